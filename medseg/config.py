@@ -1,0 +1,212 @@
+"""Typed experiment configuration, loaded from YAML with dotted ``--set`` overrides.
+
+Every hyperparameter lives here and in ``configs/*.yaml``. Unknown keys and wrong types are
+:class:`~medseg.errors.ConfigError` naming the key (with a "did you mean" where one is close).
+This module does not import torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from medseg.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Where cases come from and how they are split.
+
+    ``root`` and ``manifest`` are resolved relative to the config file's folder when relative.
+    With no manifest, one is built from ``root`` with ``layout`` on the fly.
+    """
+
+    root: str = "data"
+    manifest: str | None = None
+    layout: Literal["brats", "msd", "nnunet"] = "brats"
+    labels: str = "auto"
+    fold: int = 0
+    num_folds: int = 5
+    cache_rate: float = 1.0
+    num_workers: int = 2
+
+
+@dataclass
+class TransformConfig:
+    """Preprocessing and augmentation (MONAI dictionary transforms). Sizes in voxels, angles in degrees."""
+
+    orientation: str = "RAS"
+    spacing: list[float] | None = None
+    crop_foreground: bool = True
+    patch_size: list[int] = field(default_factory=lambda: [96, 96, 96])
+    pos_fraction: float = 0.67
+    samples_per_case: int = 2
+    flip_prob: float = 0.5
+    rotate_deg: float = 10.0
+    scale_range: float = 0.1
+    affine_prob: float = 0.2
+    intensity_shift: float = 0.1
+    intensity_scale: float = 0.1
+    intensity_prob: float = 0.5
+
+
+@dataclass
+class NetworkConfig:
+    """A registered network and the keyword arguments of its builder (see ``medseg.networks``)."""
+
+    name: str = "resunet"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LossConfig:
+    """Loss: ``dice_focal`` or ``dice_ce``; term weights, focal gamma and optional per-output weights."""
+
+    name: Literal["dice_focal", "dice_ce"] = "dice_focal"
+    dice_weight: float = 1.0
+    other_weight: float = 1.0
+    gamma: float = 2.0
+    class_weights: list[float] | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation schedule. An epoch is ``iterations_per_epoch`` optimizer steps."""
+
+    run_dir: str = "runs/train"
+    epochs: int = 50
+    iterations_per_epoch: int = 50
+    batch_size: int = 2
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    warmup_epochs: int = 2
+    schedule: Literal["cosine", "poly"] = "cosine"
+    grad_clip: float | None = 12.0
+    amp: bool = True
+    val_every: int = 5
+    max_minutes: float | None = None
+
+
+@dataclass
+class InferenceConfig:
+    """Sliding-window inference. ``roi_size`` in voxels; ``threshold`` applies to sigmoid outputs."""
+
+    roi_size: list[int] = field(default_factory=lambda: [96, 96, 96])
+    overlap: float = 0.5
+    mode: Literal["gaussian", "constant"] = "gaussian"
+    sw_batch_size: int = 2
+    threshold: float = 0.5
+
+
+@dataclass
+class Config:
+    """A whole experiment."""
+
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    transforms: TransformConfig = field(default_factory=TransformConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML/JSON/checkpoint safe)."""
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
+    """Load a YAML config file, apply ``key.sub=value`` overrides, and validate it.
+
+    Relative ``data.root``/``data.manifest``/``train.run_dir`` stay as written (relative to the
+    working directory), matching how the CLI is used from the repository root.
+
+    Raises:
+        ConfigError: unreadable YAML, an unknown key or a value of the wrong type.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config file not found", path=path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}".replace("\n", " "), path=path) from None
+    if not isinstance(raw, dict):
+        raise ConfigError("top level must be a mapping", path=path)
+    for item in overrides:
+        apply_override(raw, item)
+    try:
+        return config_from_dict(raw)
+    except ConfigError as exc:
+        raise ConfigError(exc.reason, path=path) from None
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Validate a nested dict into a :class:`Config`."""
+    return _build(Config, raw, "")
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML (``1e-3``, ``[1,2]``)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key.path=value")
+    key, _, text = item.partition("=")
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(text)
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown key '{prefix}{key}'{hint}")
+    values = {k: _coerce(hints[k], v, f"{prefix}{k}") for k, v in raw.items()}
+    return cls(**values)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value

@@ -1,0 +1,37 @@
+"""The exceptions medseg raises for problems a user can fix.
+
+The command line turns each into one line, ``error: <file>: <reason>``, and a non-zero exit code;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MedsegError(Exception):
+    """Base of every user-facing medseg error.
+
+    Args:
+        reason: what is wrong, as one sentence without a trailing full stop.
+        path: the file or folder the problem is about, when there is one.
+    """
+
+    exit_code = 2
+
+    def __init__(self, reason: str, *, path: str | Path | None = None) -> None:
+        self.reason = reason
+        self.path = Path(path) if path is not None else None
+        super().__init__(f"{self.path}: {reason}" if self.path is not None else reason)
+
+
+class MedsegInputError(MedsegError):
+    """An input image, label map, manifest or dataset is missing, malformed or inconsistent."""
+
+
+class ConfigError(MedsegError):
+    """A configuration file or ``--set`` override is invalid (unknown key, wrong type, bad value)."""
+
+
+class CheckpointError(MedsegError):
+    """A checkpoint is missing, not a medseg checkpoint, or incompatible with this version."""
