@@ -43,9 +43,7 @@ class Geometry:
         return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol))
 
     @classmethod
-    def from_itk(
-        cls, *, shape: tuple[int, int, int], spacing: Any, origin: Any, direction: Any
-    ) -> Geometry:
+    def from_itk(cls, *, shape: tuple[int, int, int], spacing: Any, origin: Any, direction: Any) -> Geometry:
         """Build from SimpleITK-style LPS spacing, origin and 3x3 (or flat 9) direction."""
         spacing = np.asarray(spacing, dtype=float)
         direction = np.asarray(direction, dtype=float).reshape(3, 3)

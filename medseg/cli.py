@@ -1,0 +1,202 @@
+"""The ``medseg`` command: a thin argparse layer over the Python API of each stage.
+
+Each handler imports its stage lazily (so ``medseg --help`` does not import torch), calls one API
+function, and returns an exit code. A :class:`~medseg.errors.MedsegError` becomes one line on stderr
+and exit code 2; ``--debug`` shows tracebacks instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from medseg import __version__
+from medseg.errors import MedsegError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _phantoms_brats(args: argparse.Namespace) -> int:
+    from medseg.phantoms.brats import generate_brats_dataset
+
+    paths = generate_brats_dataset(
+        args.out,
+        cases=args.cases,
+        seed=args.seed,
+        release=args.release,
+        shape=tuple(args.shape),
+        spacing=args.spacing,
+        workers=args.workers,
+    )
+    print(f"wrote {len(paths)} BraTS {args.release} phantom cases to {args.out}")
+    return 0
+
+
+def _phantoms_ct(args: argparse.Namespace) -> int:
+    from medseg.phantoms.ct import generate_ct_dataset
+
+    paths = generate_ct_dataset(args.out, cases=args.cases, seed=args.seed, workers=args.workers)
+    print(f"wrote {len(paths)} CT phantom cases to {args.out}")
+    return 0
+
+
+def _manifest_build(args: argparse.Namespace) -> int:
+    from medseg.data.manifest import build_manifest, save_manifest
+
+    manifest = build_manifest(args.root, layout=args.layout, num_folds=args.folds, seed=args.seed)
+    save_manifest(manifest, args.out)
+    print(f"wrote {args.out}: {len(manifest.cases)} cases, {args.folds} folds, labels {manifest.label_table.name}")
+    return 0
+
+
+def _manifest_check(args: argparse.Namespace) -> int:
+    from medseg.data.manifest import check_manifest, load_manifest
+
+    problems = check_manifest(load_manifest(args.manifest), root=args.root)
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.manifest}", file=sys.stderr)
+        return 1
+    print(f"{args.manifest}: all cases present and consistent")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from medseg.config import load_config
+    from medseg.training import train
+
+    config = load_config(args.config, args.set)
+    result = train(config, resume=args.resume)
+    print(f"training finished: best mean Dice {result.best_score:.4f} at epoch {result.best_epoch}; {result.run_dir}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from medseg.inference import predict_folder
+
+    summary = predict_folder(
+        model=args.model,
+        input_path=args.input,
+        output_dir=args.output,
+        device=args.device,
+        overwrite=args.overwrite,
+        progress=args.progress,
+    )
+    return 0 if summary.failed == 0 else 1
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from medseg.evaluation import evaluate_folder, format_summary
+
+    summary = evaluate_folder(pred_dir=args.pred, ref_dir=args.ref, out_dir=args.out, labels=args.labels)
+    print(format_summary(summary))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from medseg.demo import run_demo
+
+    run_demo(out_dir=args.out, config=args.config, overrides=args.set)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(prog="medseg", description="3D medical image segmentation on MONAI.")
+    parser.add_argument("--version", action="version", version=f"medseg {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    phantoms = sub.add_parser("phantoms", help="generate synthetic datasets").add_subparsers(dest="kind", required=True)
+    p = phantoms.add_parser("brats", help="BraTS-layout brain MRI phantoms with tumours")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--cases", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--release", choices=["2021", "2023"], default="2021")
+    p.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        metavar=("D", "H", "W"),
+        default=[240, 240, 155],
+        help="voxel grid as stored in the NIfTI file (first, second, third axis)",
+    )
+    p.add_argument("--spacing", type=float, default=1.0, help="isotropic voxel size in mm")
+    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
+    p.set_defaults(handler=_phantoms_brats)
+    p = phantoms.add_parser("ct", help="abdominal CT organ phantoms in MSD layout")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--cases", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(handler=_phantoms_ct)
+
+    manifest = sub.add_parser("manifest", help="build or check a dataset manifest").add_subparsers(
+        dest="action", required=True
+    )
+    p = manifest.add_parser("build", help="scan a dataset folder and write a manifest JSON")
+    p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--layout", choices=["brats", "msd", "nnunet"], default="brats")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_manifest_build)
+    p = manifest.add_parser("check", help="verify a manifest's files exist and agree in shape and affine")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--root", type=Path, required=True)
+    p.set_defaults(handler=_manifest_check)
+
+    p = sub.add_parser("train", help="train a model from a YAML config")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser("predict", help="segment a case folder or a folder of cases")
+    p.add_argument("--model", type=Path, required=True, help="a medseg checkpoint (.pt)")
+    p.add_argument("--input", type=Path, required=True)
+    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
+    p.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
+    p.set_defaults(handler=_predict)
+
+    p = sub.add_parser("evaluate", help="Dice and HD95 (mm) per region of predictions against references")
+    p.add_argument("--pred", type=Path, required=True, help="folder of <case>.nii.gz predictions")
+    p.add_argument("--ref", type=Path, required=True, help="reference dataset folder (BraTS layout)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--labels", default="auto", help="brats2021, brats2023 or auto")
+    p.set_defaults(handler=_evaluate)
+
+    p = sub.add_parser("demo", help="phantoms -> train -> predict -> evaluate -> report")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--config", type=Path, default=Path("configs/demo_brats_phantom.yaml"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``medseg`` console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.debug:
+        return args.handler(args)
+    try:
+        return args.handler(args)
+    except MedsegError as exc:
+        print(f"medseg: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("medseg: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the last line of defence: one line, never a traceback
+        print(f"medseg: error: unexpected {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
