@@ -1,0 +1,123 @@
+"""Self-describing checkpoints, saved atomically and loaded with ``torch.load(weights_only=True)``.
+
+A checkpoint is a dict with ``format == "medseg-checkpoint"`` holding everything needed to rebuild
+and run the model without its config file: the network name and arguments, the input channel
+names in order, the label table, the preprocessing and inference settings, the full config and the
+medseg version. Training checkpoints also hold the optimizer, scheduler, RNG states, epoch and best
+score so that ``--resume`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medseg import __version__
+from medseg.errors import CheckpointError
+from medseg.io.atomic import atomic_output
+from medseg.labels import LabelTable
+from medseg.networks import build_network
+
+FORMAT = "medseg-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint.
+
+    Attributes:
+        network: ``{"name": str, "kwargs": dict}`` for :func:`medseg.networks.build_network`.
+        channels: input channel names, in order (e.g. ``["T1", "T1ce", "T2", "FLAIR"]``).
+        label_table: the label/region table of the outputs.
+        config: the full training config as a dict (see :class:`medseg.config.Config`).
+        state_dict: model weights.
+        training: optimizer/scheduler/RNG/epoch/best state, or ``None`` in an export-only checkpoint.
+        medseg_version: the version that wrote it.
+    """
+
+    network: dict[str, Any]
+    channels: list[str]
+    label_table: LabelTable
+    config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    training: dict[str, Any] | None = None
+    medseg_version: str = __version__
+
+    @property
+    def layout(self) -> str:
+        """The dataset layout the model was trained on (``brats``, ``msd``, ``nnunet``)."""
+        return str(self.config["data"]["layout"])
+
+    def build_model(self) -> nn.Module:
+        """The network with the checkpoint's weights, in eval mode, on the CPU."""
+        model = build_network(
+            self.network["name"],
+            in_channels=len(self.channels),
+            out_channels=self.label_table.num_outputs,
+            kwargs=self.network["kwargs"],
+        )
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The on-disk representation."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "medseg_version": self.medseg_version,
+            "network": self.network,
+            "channels": list(self.channels),
+            "labels": self.label_table.to_dict(),
+            "preprocessing": self.config["transforms"],
+            "inference": self.config["inference"],
+            "config": self.config,
+            "state_dict": self.state_dict,
+            "training": self.training,
+        }
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
+    """Write ``checkpoint`` to ``path`` atomically (a reader never sees a half-written file)."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        torch.save(checkpoint.to_dict(), tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load a medseg checkpoint onto the CPU with ``weights_only=True`` (no arbitrary code runs).
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, not a medseg checkpoint, or from a newer format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("checkpoint file not found", path=path)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"not a medseg checkpoint (cannot be loaded safely: {first})", path=path) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"not a medseg checkpoint (no format tag {FORMAT!r})", path=path)
+    if int(data.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint format {data['format_version']} is newer than this medseg supports ({FORMAT_VERSION})",
+            path=path,
+        )
+    return Checkpoint(
+        network=data["network"],
+        channels=list(data["channels"]),
+        label_table=LabelTable.from_dict(data["labels"]),
+        config=data["config"],
+        state_dict=data["state_dict"],
+        training=data.get("training"),
+        medseg_version=data.get("medseg_version", "unknown"),
+    )

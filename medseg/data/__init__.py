@@ -1,0 +1,1 @@
+"""Datasets: layout scanners (BraTS, MSD, nnU-Net), manifests with patient-level folds."""

@@ -1,0 +1,53 @@
+"""Dataset layout scanners: a folder on disk -> the cases it holds, with their label table.
+
+Each scanner returns a :class:`ScannedDataset`; :data:`SCANNERS` maps a layout name to its scanner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from medseg.labels import LabelTable
+
+
+@dataclass(frozen=True)
+class ScannedCase:
+    """One case as found on disk. Paths are relative to the dataset root.
+
+    Attributes:
+        id: case identifier (e.g. ``BraTS2021_00000``).
+        images: one file per input channel, in the model's channel order.
+        label: the reference label map, or ``None`` for unlabelled (test) cases.
+        patient: the patient the case belongs to; folds never split a patient.
+    """
+
+    id: str
+    images: tuple[str, ...]
+    label: str | None
+    patient: str
+
+
+@dataclass(frozen=True)
+class ScannedDataset:
+    """What a scanner found: the label table, channel names, cases, and layout details."""
+
+    layout: str
+    label_table: LabelTable
+    channels: tuple[str, ...]
+    cases: tuple[ScannedCase, ...]
+
+
+Scanner = Callable[[Path], ScannedDataset]
+SCANNERS: dict[str, Scanner] = {}
+
+
+def register_layout(name: str) -> Callable[[Scanner], Scanner]:
+    """Decorator registering a scanner for ``medseg manifest build --layout NAME``."""
+
+    def wrap(scanner: Scanner) -> Scanner:
+        SCANNERS[name] = scanner
+        return scanner
+
+    return wrap

@@ -1,0 +1,188 @@
+"""Manifests: a JSON file listing a dataset's cases, its label table and a patient-level k-fold split.
+
+File format (``format: medseg-manifest``, ``version: 1``)::
+
+    {"layout": "brats", "labels": {...LabelTable...}, "channels": ["T1", "T1ce", "T2", "FLAIR"],
+     "num_folds": 5, "seed": 0,
+     "cases": [{"id": "BraTS2021_00000", "patient": "BraTS2021_00000", "fold": 3,
+                "images": ["BraTS2021_00000/BraTS2021_00000_t1.nii.gz", ...],
+                "label": "BraTS2021_00000/BraTS2021_00000_seg.nii.gz"}, ...]}
+
+Paths are relative to the dataset root, which is given when the manifest is used.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from medseg.data import brats as _brats  # noqa: F401  (registers the layout)
+from medseg.data.layouts import SCANNERS, ScannedCase
+from medseg.errors import MedsegInputError
+from medseg.io.atomic import atomic_output
+from medseg.labels import LabelTable
+
+FORMAT = "medseg-manifest"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class ManifestCase:
+    """One case of a manifest: a scanned case plus its cross-validation fold."""
+
+    id: str
+    images: tuple[str, ...]
+    label: str | None
+    patient: str
+    fold: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A dataset description; see the module docstring for the file format."""
+
+    layout: str
+    label_table: LabelTable
+    channels: tuple[str, ...]
+    cases: tuple[ManifestCase, ...]
+    num_folds: int
+    seed: int
+
+    def split(self, fold: int) -> tuple[list[ManifestCase], list[ManifestCase]]:
+        """(training, validation) labelled cases for ``fold``: validation is that fold's cases."""
+        if not 0 <= fold < self.num_folds:
+            raise MedsegInputError(f"fold {fold} is out of range 0..{self.num_folds - 1}")
+        labelled = [c for c in self.cases if c.label is not None]
+        return [c for c in labelled if c.fold != fold], [c for c in labelled if c.fold == fold]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON representation."""
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "layout": self.layout,
+            "labels": self.label_table.to_dict(),
+            "channels": list(self.channels),
+            "num_folds": self.num_folds,
+            "seed": self.seed,
+            "cases": [
+                {"id": c.id, "patient": c.patient, "fold": c.fold, "images": list(c.images), "label": c.label}
+                for c in self.cases
+            ],
+        }
+
+
+def assign_folds(cases: tuple[ScannedCase, ...], *, num_folds: int, seed: int) -> list[ManifestCase]:
+    """Deal shuffled patients round-robin into ``num_folds`` folds; all of a patient's cases share a fold."""
+    if num_folds < 2:
+        raise MedsegInputError(f"need at least 2 folds, got {num_folds}")
+    patients = sorted({c.patient for c in cases})
+    random.Random(seed).shuffle(patients)
+    fold_of = {p: i % num_folds for i, p in enumerate(patients)}
+    return [ManifestCase(c.id, c.images, c.label, c.patient, fold_of[c.patient]) for c in cases]
+
+
+def build_manifest(root: str | Path, *, layout: str = "brats", num_folds: int = 5, seed: int = 0) -> Manifest:
+    """Scan ``root`` with the ``layout`` scanner and assign patient-level folds."""
+    try:
+        scanner = SCANNERS[layout]
+    except KeyError:
+        raise MedsegInputError(f"unknown layout {layout!r}; known: {', '.join(sorted(SCANNERS))}") from None
+    scanned = scanner(Path(root))
+    cases = assign_folds(scanned.cases, num_folds=num_folds, seed=seed)
+    return Manifest(scanned.layout, scanned.label_table, scanned.channels, tuple(cases), num_folds, seed)
+
+
+def save_manifest(manifest: Manifest, path: str | Path) -> Path:
+    """Write the manifest as indented JSON, atomically."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(manifest.to_dict(), indent=1) + "\n")
+    return path
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read a manifest file.
+
+    Raises:
+        MedsegInputError: missing file, invalid JSON, or not a medseg manifest.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MedsegInputError("manifest file not found", path=path) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MedsegInputError(f"manifest is not valid JSON: {exc}", path=path) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise MedsegInputError(f'not a medseg manifest (no "format": "{FORMAT}")', path=path)
+    try:
+        cases = tuple(
+            ManifestCase(c["id"], tuple(c["images"]), c.get("label"), c.get("patient", c["id"]), int(c["fold"]))
+            for c in data["cases"]
+        )
+        return Manifest(
+            data["layout"],
+            LabelTable.from_dict(data["labels"]),
+            tuple(data["channels"]),
+            cases,
+            int(data["num_folds"]),
+            int(data["seed"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MedsegInputError(f"malformed manifest: missing or invalid {exc}", path=path) from None
+
+
+def check_case(case: ManifestCase, *, root: Path, table: LabelTable, check_values: bool = True) -> list[str]:
+    """Problems with one case, one line each naming the file: missing or unreadable files, images and
+    label on different grids (shape or affine), label values outside ``table``."""
+    problems: list[str] = []
+    grids: list[tuple[Path, tuple[int, ...], np.ndarray]] = []
+    files = [root / p for p in case.images] + ([root / case.label] if case.label else [])
+    for path in files:
+        if not path.is_file():
+            problems.append(f"{path}: file not found")
+            continue
+        try:
+            img = nib.load(str(path))
+            grids.append((path, tuple(img.shape[:3]), img.affine))
+        except Exception as exc:
+            problems.append(f"{path}: cannot read image header: {exc}")
+    if grids:
+        ref_path, ref_shape, ref_affine = grids[0]
+        for path, shape, affine in grids[1:]:
+            if shape != ref_shape:
+                problems.append(f"{path}: shape {shape} differs from {ref_path.name} {ref_shape}")
+            elif not np.allclose(affine, ref_affine, atol=1e-4):
+                problems.append(f"{path}: affine differs from {ref_path.name}")
+    label_path = root / case.label if case.label else None
+    if check_values and label_path is not None and not problems:
+        problems.extend(label_value_problems(label_path, table))
+    return problems
+
+
+def label_value_problems(path: Path, table: LabelTable) -> list[str]:
+    """``["<path>: label values [...] not in <table> {...}"]`` if the label map holds unknown values."""
+    try:
+        values = np.unique(np.asanyarray(nib.load(str(path)).dataobj))
+    except Exception as exc:
+        return [f"{path}: cannot read label map: {exc}"]
+    unknown = sorted(set(values.astype(int).tolist()) - set(table.labels))
+    if unknown:
+        return [f"{path}: label values {unknown} are not in {table.name} {sorted(table.labels)}"]
+    return []
+
+
+def check_manifest(manifest: Manifest, *, root: str | Path, check_values: bool = True) -> list[str]:
+    """All problems of all cases (empty when the dataset is consistent)."""
+    root = Path(root)
+    problems: list[str] = []
+    for case in manifest.cases:
+        problems.extend(check_case(case, root=root, table=manifest.label_table, check_values=check_values))
+    return problems

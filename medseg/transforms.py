@@ -1,0 +1,130 @@
+"""Transform pipelines built from :class:`~medseg.config.TransformConfig`, from MONAI dict transforms.
+
+Images are ``(C, X, Y, Z)`` float, reoriented to ``cfg.orientation`` (RAS by default); label maps are
+``(1, X, Y, Z)`` label values until the last training/validation step, which turns them into
+the network's target (``(R, X, Y, Z)`` multi-hot regions, or class indices for class tables).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai import transforms as mt
+from monai.config import KeysCollection
+
+from medseg.config import TransformConfig
+from medseg.keys import IMAGE, LABEL
+from medseg.labels import LabelTable
+
+
+class LabelsToRegionsd(mt.MapTransform):
+    """Label map ``(1, X, Y, Z)`` -> multi-hot regions ``(R, X, Y, Z)`` float, one channel per region
+    of a region :class:`LabelTable` (BraTS: WT, TC, ET). Class tables pass through unchanged."""
+
+    def __init__(self, keys: KeysCollection, table: LabelTable) -> None:
+        super().__init__(keys)
+        self.table = table
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.table.kind != "regions":
+            return d
+        for key in self.key_iterator(d):
+            label = d[key][0]
+            regions = [torch.isin(label, torch.as_tensor(r.labels, device=label.device)) for r in self.table.regions]
+            d[key] = torch.stack(regions).to(torch.float32)
+        return d
+
+
+def load_transforms(keys: Sequence[str]) -> list[mt.Transform]:
+    """Read NIfTI files channel-first; a list of files under one key is stacked into channels."""
+    return [mt.LoadImaged(keys=list(keys), reader="NibabelReader", ensure_channel_first=True, image_only=True)]
+
+
+def spatial_transforms(cfg: TransformConfig, keys: Sequence[str]) -> list[mt.Transform]:
+    """Reorient, optionally resample (image bilinear, label nearest) and crop to the image's nonzero box."""
+    steps: list[mt.Transform] = [mt.Orientationd(keys=list(keys), axcodes=cfg.orientation)]
+    modes = ["bilinear" if k == IMAGE else "nearest" for k in keys]
+    if cfg.spacing is not None:
+        steps.append(mt.Spacingd(keys=list(keys), pixdim=cfg.spacing, mode=modes))
+    if cfg.crop_foreground:
+        steps.append(mt.CropForegroundd(keys=list(keys), source_key=IMAGE, allow_smaller=True))
+    return steps
+
+
+def normalize_transforms() -> list[mt.Transform]:
+    """Per-channel z-score over nonzero (brain) voxels; background stays 0."""
+    return [mt.NormalizeIntensityd(keys=IMAGE, nonzero=True, channel_wise=True)]
+
+
+def augmentation_transforms(cfg: TransformConfig) -> list[mt.Transform]:
+    """Random patch crops (positive/negative balanced), flips, small rotation/scaling, intensity jitter."""
+    keys = [IMAGE, LABEL]
+    angle = math.radians(cfg.rotate_deg)
+    return [
+        mt.SpatialPadd(keys=keys, spatial_size=cfg.patch_size),
+        mt.RandCropByPosNegLabeld(
+            keys=keys,
+            label_key=LABEL,
+            spatial_size=cfg.patch_size,
+            pos=cfg.pos_fraction,
+            neg=1.0 - cfg.pos_fraction,
+            num_samples=cfg.samples_per_case,
+            image_key=IMAGE,
+            image_threshold=0.0,
+        ),
+        *[mt.RandFlipd(keys=keys, prob=cfg.flip_prob, spatial_axis=axis) for axis in range(3)],
+        mt.RandAffined(
+            keys=keys,
+            prob=cfg.affine_prob,
+            rotate_range=(angle, angle, angle),
+            scale_range=(cfg.scale_range,) * 3,
+            mode=("bilinear", "nearest"),
+            padding_mode="zeros",
+        ),
+        mt.RandScaleIntensityd(keys=IMAGE, factors=cfg.intensity_scale, prob=cfg.intensity_prob),
+        mt.RandShiftIntensityd(keys=IMAGE, offsets=cfg.intensity_shift, prob=cfg.intensity_prob),
+    ]
+
+
+def cached_transforms(cfg: TransformConfig) -> mt.Compose:
+    """The deterministic part shared by training and validation (cached by the dataset)."""
+    keys = [IMAGE, LABEL]
+    return mt.Compose([*load_transforms(keys), *spatial_transforms(cfg, keys), *normalize_transforms()])
+
+
+def train_transforms(cfg: TransformConfig, table: LabelTable) -> mt.Compose:
+    """Random part of training, applied to cached items; ends with the network target."""
+    return mt.Compose(
+        [*augmentation_transforms(cfg), LabelsToRegionsd(LABEL, table), mt.ToTensord(keys=[IMAGE, LABEL])]
+    )
+
+
+def target_transforms(table: LabelTable) -> mt.Compose:
+    """Validation: cached item -> network target, no randomness."""
+    return mt.Compose([LabelsToRegionsd(LABEL, table), mt.ToTensord(keys=[IMAGE, LABEL])])
+
+
+def inference_transforms(cfg: TransformConfig) -> mt.Compose:
+    """For an in-memory image (a MetaTensor carrying its affine); invertible with :class:`monai.transforms.Invertd`."""
+    return mt.Compose([*spatial_transforms(cfg, [IMAGE]), *normalize_transforms()])
+
+
+def outputs_to_labels(probs: torch.Tensor, table: LabelTable, *, threshold: float = 0.5) -> np.ndarray:
+    """Network probabilities ``(C, X, Y, Z)`` -> label map ``(X, Y, Z)`` uint8 in the table's own values.
+
+    Regions are thresholded and painted in ``table.regions_class_order`` (outer to inner, so BraTS ET
+    overwrites TC overwrites WT); classes take the argmax.
+    """
+    probs = torch.as_tensor(probs)
+    if table.kind == "regions":
+        labels = torch.zeros(probs.shape[1:], dtype=torch.uint8)
+        for channel, value in enumerate(table.regions_class_order):
+            labels[probs[channel] > threshold] = value
+        return labels.numpy()
+    values = torch.as_tensor(sorted(table.labels), dtype=torch.uint8)
+    return values[probs.argmax(0)].numpy()
