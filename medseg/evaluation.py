@@ -1,0 +1,341 @@
+"""Evaluate a folder of predicted label maps against a reference dataset: per-case and summary metrics.
+
+Predictions are ``<case>.nii.gz`` files in one folder, as in BraTS challenge submissions and as
+``medseg predict`` writes them. References are found by a *layout* function (see
+:data:`REFERENCE_LAYOUTS`): BraTS (``<case>/<case>_seg.nii.gz`` in 2021, ``<case>/<case>-seg.nii.gz``
+in 2023), MSD (``labelsTr/<case>.nii.gz``) or a flat folder of ``<case>.nii.gz``. Supporting another
+layout means writing one small function that returns :class:`References` and adding it to that tuple.
+
+Metrics are Dice and HD95 in mm (:mod:`medseg.metrics`, BraTS empty-mask rules), on the reference's
+voxel grid and spacing, for each set of :meth:`LabelTable.evaluation_sets` (WT/TC/ET for BraTS, one
+per organ for class tables).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import MedsegInputError
+from medseg.io import Image, atomic_output, read_nifti
+from medseg.labels import BRATS_RELEASES, LabelTable, get_label_table
+from medseg.metrics import RegionScore, score_label_maps
+
+NIFTI_SUFFIX = ".nii.gz"
+METRICS_CSV = "metrics.csv"
+SUMMARY_JSON = "summary.json"
+
+
+@dataclass(frozen=True)
+class References:
+    """Reference label maps found in a dataset folder.
+
+    Attributes:
+        layout: which layout matched (``"brats2021"``, ``"brats2023"``, ``"msd"``, ``"flat"``).
+        files: case id -> reference label map path, sorted by case id.
+        label_table: name of the label table the layout implies, or ``None`` if file names do not tell.
+    """
+
+    layout: str
+    files: dict[str, Path]
+    label_table: str | None = None
+
+
+def _nifti_files(folder: Path) -> dict[str, Path]:
+    """Case id -> path for every visible ``<case>.nii.gz`` directly in ``folder``."""
+    found = {
+        p.name[: -len(NIFTI_SUFFIX)]: p
+        for p in folder.iterdir()
+        if p.is_file() and p.name.endswith(NIFTI_SUFFIX) and not p.name.startswith(".")
+    }
+    return dict(sorted(found.items()))
+
+
+def find_brats_references(ref_dir: Path) -> References | None:
+    """BraTS layout: ``<case>/<case>_seg.nii.gz`` (2021) or ``<case>/<case>-seg.nii.gz`` (2023).
+
+    Returns ``None`` when no case folder holds a segmentation. Case folders without one are skipped
+    (a prediction for such a case is then reported as having no reference).
+
+    Raises:
+        MedsegInputError: the folder mixes 2021 and 2023 file names.
+    """
+    by_release: dict[str, dict[str, Path]] = {name: {} for name in BRATS_RELEASES}
+    for case_dir in sorted(p for p in ref_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for name, release in BRATS_RELEASES.items():
+            seg = case_dir / release.file_name(case_dir.name, "seg")
+            if seg.is_file():
+                by_release[name][case_dir.name] = seg
+    present = [name for name, files in by_release.items() if files]
+    if not present:
+        return None
+    if len(present) > 1:
+        examples = ", ".join(str(next(iter(by_release[name].values()))) for name in present)
+        raise MedsegInputError(f"mixes BraTS releases {' and '.join(present)} (e.g. {examples})", path=ref_dir)
+    release = BRATS_RELEASES[present[0]]
+    return References(f"brats{release.name}", by_release[release.name], release.label_table.name)
+
+
+def find_msd_references(ref_dir: Path) -> References | None:
+    """Medical Segmentation Decathlon layout: ``labelsTr/<case>.nii.gz``."""
+    labels_dir = ref_dir / "labelsTr"
+    if not labels_dir.is_dir():
+        return None
+    files = _nifti_files(labels_dir)
+    return References("msd", files) if files else None
+
+
+def find_flat_references(ref_dir: Path) -> References | None:
+    """A flat folder of ``<case>.nii.gz`` label maps (the same layout as the predictions)."""
+    files = _nifti_files(ref_dir)
+    return References("flat", files) if files else None
+
+
+REFERENCE_LAYOUTS: tuple[Callable[[Path], References | None], ...] = (
+    find_brats_references,
+    find_msd_references,
+    find_flat_references,
+)
+"""Layout finders, tried in order; the first that returns references wins."""
+
+
+def find_references(ref_dir: Path) -> References:
+    """Find the reference label maps in ``ref_dir`` with the first matching :data:`REFERENCE_LAYOUTS` entry.
+
+    Raises:
+        MedsegInputError: ``ref_dir`` is not a folder or holds no reference in any known layout.
+    """
+    ref_dir = Path(ref_dir)
+    if not ref_dir.is_dir():
+        raise MedsegInputError("reference folder not found", path=ref_dir)
+    for finder in REFERENCE_LAYOUTS:
+        refs = finder(ref_dir)
+        if refs is not None:
+            return refs
+    raise MedsegInputError(
+        "no reference label maps found (expected BraTS <case>/<case>_seg.nii.gz or <case>/<case>-seg.nii.gz, "
+        "MSD labelsTr/<case>.nii.gz, or <case>.nii.gz files)",
+        path=ref_dir,
+    )
+
+
+def _read_label_map(path: Path) -> Image:
+    image = read_nifti(path, dtype=None)
+    if image.array.ndim != 3:
+        raise MedsegInputError(f"expected a 3-D label map, got shape {image.array.shape}", path=path)
+    return image
+
+
+def _label_values(image: Image) -> set[int]:
+    values = np.unique(image.array)
+    if values.dtype.kind == "f":
+        if not np.all(np.isfinite(values)) or not np.array_equal(values, np.round(values)):
+            bad = values[~np.isfinite(values) | (values != np.round(values))][:5].tolist()
+            raise MedsegInputError(f"label map holds non-integer values {bad}", path=image.path)
+    elif values.dtype.kind not in "iub":
+        raise MedsegInputError(f"label map has non-numeric type {values.dtype}", path=image.path)
+    return {int(v) for v in values}
+
+
+def _detect_label_table(refs: References, preds: Mapping[str, Path]) -> LabelTable:
+    """BraTS table from the layout's file names, else from the values: 4 present -> 2021, 3 -> 2023."""
+    if refs.label_table is not None:
+        return get_label_table(refs.label_table)
+    for path in [*refs.files.values(), *preds.values()]:  # stops at the first decisive file
+        values = _label_values(_read_label_map(path))
+        if 3 in values and 4 in values:
+            raise MedsegInputError("holds both label 3 (BraTS 2023 ET) and 4 (BraTS 2021 ET)", path=path)
+        if 4 in values:
+            return get_label_table("brats2021")
+        if 3 in values:
+            return get_label_table("brats2023")
+    # no enhancing tumour anywhere: both BraTS tables score every region identically
+    return get_label_table("brats2021")
+
+
+def _resolve_label_table(labels: str | LabelTable, refs: References, preds: Mapping[str, Path]) -> LabelTable:
+    if isinstance(labels, LabelTable):
+        return labels
+    if labels == "auto":
+        return _detect_label_table(refs, preds)
+    try:
+        return get_label_table(labels)
+    except KeyError as exc:
+        raise MedsegInputError(f"--labels: {exc.args[0]}") from None
+
+
+def _check_values(image: Image, table: LabelTable) -> None:
+    extra = sorted(_label_values(image) - set(table.labels))
+    if extra:
+        raise MedsegInputError(
+            f"label values {extra} are not in label table {table.name} {sorted(table.labels)}", path=image.path
+        )
+
+
+def _check_same_grid(pred: Image, ref: Image) -> None:
+    if pred.geometry.shape != ref.geometry.shape:
+        raise MedsegInputError(
+            f"prediction shape {pred.geometry.shape} differs from reference shape {ref.geometry.shape} ({ref.path})",
+            path=pred.path,
+        )
+    if not pred.geometry.same_grid(ref.geometry):
+        diff = float(np.max(np.abs(pred.geometry.affine - ref.geometry.affine)))
+        raise MedsegInputError(
+            f"prediction affine differs from reference affine by up to {diff:.4g} mm ({ref.path}); "
+            "predictions must be on the reference grid",
+            path=pred.path,
+        )
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    arr = np.asarray(values, dtype=float)
+    return {"mean": float(arr.mean()), "std": float(arr.std()), "median": float(np.median(arr))}
+
+
+def summarize(scores: Mapping[str, Mapping[str, RegionScore]], table: LabelTable) -> dict[str, dict[str, Any]]:
+    """Per-region statistics over cases.
+
+    Args:
+        scores: case -> region -> ``RegionScore(dice, hd95)``.
+        table: gives the region order.
+
+    Returns:
+        Region -> ``{"n", "dice": {"mean", "std", "median"}, "hd95": {...}}``; std is the population
+        standard deviation (``ddof=0``), HD95 in mm.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for region in table.evaluation_names:
+        per_case = [case_scores[region] for case_scores in scores.values()]
+        out[region] = {
+            "n": len(per_case),
+            "dice": _stats([s.dice for s in per_case]),
+            "hd95": _stats([s.hd95 for s in per_case]),
+        }
+    return out
+
+
+def evaluate_folder(*, pred_dir: Path, ref_dir: Path, out_dir: Path, labels: str | LabelTable = "auto") -> dict:
+    """Score every prediction in ``pred_dir`` against its reference and write ``metrics.csv`` and ``summary.json``.
+
+    Cases are paired by id: ``pred_dir/<case>.nii.gz`` with the reference that :func:`find_references`
+    finds for ``<case>`` in ``ref_dir``. Each prediction must lie on its reference's grid (same shape
+    and affine); Dice and HD95 (mm, with the reference's voxel spacing) are computed per region of
+    the label table by :func:`medseg.metrics.score_label_maps`.
+
+    A reference without a prediction is scored as an **empty prediction** (Dice 0, HD95 = image
+    diagonal for every region the reference contains), as the BraTS challenge does, so a missing case
+    cannot improve the mean; a warning line listing such cases goes to stderr and the summary lists
+    them under ``"missing_predictions"``. A prediction without a reference is an error.
+
+    Args:
+        pred_dir: folder of ``<case>.nii.gz`` integer label maps.
+        ref_dir: reference dataset folder (BraTS 2021/2023 layout, MSD ``labelsTr``, or flat).
+        out_dir: where ``metrics.csv`` (one row per case and region: ``case,region,dice,hd95``) and
+            ``summary.json`` are written, atomically, and only after every case was scored.
+        labels: ``"auto"`` (the BraTS release from the reference file names, else from the label
+            values: 4 present -> brats2021, 3 present -> brats2023), a label table name such as
+            ``"brats2021"``, or a :class:`LabelTable` (e.g. CT organ classes).
+
+    Returns:
+        The summary that is written to ``summary.json``: ``label_table``, ``layout``, ``cases``,
+        ``missing_predictions``, ``hd95_unit`` and ``regions`` (see :func:`summarize`).
+
+    Raises:
+        MedsegInputError: naming the file: no predictions or references found, a prediction without a
+            reference, a prediction on a different grid (shape or affine), label values outside the
+            table, an unreadable file. Nothing is written then.
+    """
+    pred_dir, ref_dir, out_dir = Path(pred_dir), Path(ref_dir), Path(out_dir)
+    if not pred_dir.is_dir():
+        raise MedsegInputError("prediction folder not found", path=pred_dir)
+    preds = _nifti_files(pred_dir)
+    if not preds:
+        raise MedsegInputError("no predictions (<case>.nii.gz files) found", path=pred_dir)
+    refs = find_references(ref_dir)
+    orphans = [case for case in preds if case not in refs.files]
+    if orphans:
+        more = f" (and {len(orphans) - 1} more)" if len(orphans) > 1 else ""
+        raise MedsegInputError(
+            f"prediction has no reference in {ref_dir} ({refs.layout} layout){more}", path=preds[orphans[0]]
+        )
+    missing = [case for case in refs.files if case not in preds]
+    table = _resolve_label_table(labels, refs, preds)
+
+    scores: dict[str, dict[str, RegionScore]] = {}
+    for case, ref_path in refs.files.items():
+        ref = _read_label_map(ref_path)
+        _check_values(ref, table)
+        if case in preds:
+            pred = _read_label_map(preds[case])
+            _check_same_grid(pred, ref)
+            _check_values(pred, table)
+            pred_array = pred.array
+        else:
+            pred_array = np.zeros(ref.array.shape, dtype=np.uint8)
+        scores[case] = score_label_maps(pred_array, ref.array, table=table, spacing=ref.geometry.spacing)
+
+    if missing:
+        print(
+            f"medseg: warning: {len(missing)} case(s) without prediction scored as empty masks: {', '.join(missing)}",
+            file=sys.stderr,
+        )
+    summary: dict[str, Any] = {
+        "label_table": table.name,
+        "layout": refs.layout,
+        "cases": list(scores),
+        "missing_predictions": missing,
+        "hd95_unit": "mm",
+        "regions": summarize(scores, table),
+    }
+    _write_metrics_csv(out_dir / METRICS_CSV, scores)
+    with atomic_output(out_dir / SUMMARY_JSON) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _write_metrics_csv(path: Path, scores: Mapping[str, Mapping[str, RegionScore]]) -> None:
+    with atomic_output(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["case", "region", "dice", "hd95"])
+        for case, case_scores in scores.items():
+            for region, score in case_scores.items():
+                writer.writerow([case, region, f"{score.dice:.6f}", f"{score.hd95:.6f}"])
+
+
+def read_metrics_csv(path: Path) -> dict[str, dict[str, RegionScore]]:
+    """Read a ``metrics.csv`` written by :func:`evaluate_folder`: case -> region -> ``RegionScore``."""
+    scores: dict[str, dict[str, RegionScore]] = {}
+    try:
+        with Path(path).open(newline="") as f:
+            for row in csv.DictReader(f):
+                scores.setdefault(row["case"], {})[row["region"]] = RegionScore(float(row["dice"]), float(row["hd95"]))
+    except FileNotFoundError:
+        raise MedsegInputError("metrics file not found", path=path) from None
+    except (KeyError, ValueError) as exc:
+        raise MedsegInputError(f"not a medseg metrics.csv ({exc})", path=path) from None
+    return scores
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """A small aligned text table of a summary: region, Dice mean ± sd, HD95 (mm) mean ± sd, n."""
+    header = ("region", "Dice mean ± sd", "HD95 mm mean ± sd", "n")
+    rows = [header]
+    for region, stats in summary["regions"].items():
+        d, h = stats["dice"], stats["hd95"]
+        rows.append((region, f"{d['mean']:.4f} ± {d['std']:.4f}", f"{h['mean']:.2f} ± {h['std']:.2f}", str(stats["n"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [f"labels {summary['label_table']}, {len(summary['cases'])} case(s)"]
+    missing = summary.get("missing_predictions") or []
+    if missing:
+        lines[0] += f", {len(missing)} without prediction (scored as empty)"
+    for row in rows:
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)]
+        lines.append("  ".join(cells))
+    return "\n".join(lines)

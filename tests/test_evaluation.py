@@ -1,0 +1,299 @@
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from medseg.cli import main
+from medseg.errors import MedsegInputError
+from medseg.evaluation import evaluate_folder, find_references, format_summary, read_metrics_csv
+from medseg.io import Geometry, write_nifti
+from medseg.labels import BRATS_RELEASES, LabelTable
+
+SHAPE = (24, 20, 12)
+SPACING = (0.9, 1.1, 2.5)
+
+
+def _geometry(shape: tuple[int, int, int] = SHAPE, spacing: tuple[float, ...] = SPACING) -> Geometry:
+    """A non-identity grid: rotated 30 degrees about the superior axis, anisotropic, off-origin."""
+    c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
+    affine = np.eye(4)
+    affine[:3, :3] = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ np.diag(spacing)
+    affine[:3, 3] = (-12.5, 30.25, -40.0)
+    return Geometry(shape, affine)
+
+
+def _tumour(rng: np.random.Generator, et: int, shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
+    """A BraTS-like label map: oedema shell around a core of necrosis and enhancing tumour."""
+    centre = np.array(shape) / 2 + rng.uniform(-3, 3, size=3)
+    idx = np.indices(shape).astype(float)
+    r = np.sqrt(sum(((idx[i] - centre[i]) * SPACING[i]) ** 2 for i in range(3)))
+    r = r + rng.normal(0, 0.8, size=shape)
+    out = np.zeros(shape, np.uint8)
+    out[r < 9] = 2
+    out[r < 6] = et
+    out[r < 3] = 1
+    return out
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+
+def _independent_scores(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> tuple[float, float]:
+    """Dice and max-of-directed-p95 surface distance, written with numpy and scipy only."""
+    if not pred.any() and not ref.any():
+        return 1.0, 0.0
+    if not pred.any() or not ref.any():
+        return 0.0, float(np.linalg.norm(np.array(pred.shape) * np.array(spacing)))
+    dice = 2.0 * np.sum(pred & ref) / (pred.sum() + ref.sum())
+    d_pr = ndimage.distance_transform_edt(~_surface(ref), sampling=spacing)[_surface(pred)]
+    d_rp = ndimage.distance_transform_edt(~_surface(pred), sampling=spacing)[_surface(ref)]
+    return float(dice), float(max(np.percentile(d_pr, 95), np.percentile(d_rp, 95)))
+
+
+def _make_brats(
+    root: Path, release: str, n: int, seed: int = 0, *, write_preds: bool = True
+) -> tuple[Path, Path, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Write a BraTS-layout reference folder and a prediction folder; return case -> (pred, ref)."""
+    rel = BRATS_RELEASES[release]
+    et = rel.label_table.foreground_labels[-1]
+    rng = np.random.default_rng(seed)
+    ref_dir, pred_dir = root / "ref", root / "pred"
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    geometry = _geometry()
+    cases = {}
+    for i in range(n):
+        case = rel.case_id(i + 1)
+        ref = _tumour(rng, et)
+        pred = np.roll(ref, rng.integers(-2, 3), axis=int(rng.integers(0, 3)))
+        if i == 0:
+            pred[pred == et] = 1  # no enhancing tumour predicted: ET empty in the prediction only
+        write_nifti(ref, geometry, ref_dir / case / rel.file_name(case, "seg"))
+        write_nifti(np.zeros(SHAPE, np.float32), geometry, ref_dir / case / rel.file_name(case, rel.modalities[3]))
+        if write_preds:
+            write_nifti(pred, geometry, pred_dir / f"{case}.nii.gz")
+        cases[case] = (pred, ref)
+    return pred_dir, ref_dir, cases
+
+
+def _expected(cases: dict[str, tuple[np.ndarray, np.ndarray]], regions: dict[str, tuple[int, ...]]) -> dict:
+    return {
+        case: {name: _independent_scores(np.isin(p, v), np.isin(r, v), SPACING) for name, v in regions.items()}
+        for case, (p, r) in cases.items()
+    }
+
+
+@pytest.mark.parametrize("release", ["2021", "2023"])
+def test_evaluate_brats_folder_matches_independent_metrics(tmp_path: Path, release: str) -> None:
+    pred_dir, ref_dir, cases = _make_brats(tmp_path, release, n=3)
+    out = tmp_path / "eval"
+    summary = evaluate_folder(pred_dir=pred_dir, ref_dir=ref_dir, out_dir=out)
+
+    table = BRATS_RELEASES[release].label_table
+    assert summary["label_table"] == table.name
+    assert summary["layout"] == f"brats{release}"
+    assert summary["cases"] == sorted(cases)
+    assert summary["missing_predictions"] == []
+    expected = _expected(cases, table.evaluation_sets())
+
+    with (out / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["case", "region", "dice", "hd95"]
+    assert [(r["case"], r["region"]) for r in rows] == [(c, reg) for c in sorted(cases) for reg in ("WT", "TC", "ET")]
+    for row in rows:
+        dice, hd = expected[row["case"]][row["region"]]
+        assert float(row["dice"]) == pytest.approx(dice, abs=1e-5)
+        assert float(row["hd95"]) == pytest.approx(hd, abs=1e-4)
+    # the first case has no predicted ET: Dice 0 and the image diagonal in mm
+    first = sorted(cases)[0]
+    diagonal = float(np.linalg.norm(np.array(SHAPE) * np.array(SPACING)))
+    assert expected[first]["ET"] == (0.0, pytest.approx(diagonal))
+
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == summary
+    for region in ("WT", "TC", "ET"):
+        dices = [expected[c][region][0] for c in cases]
+        hds = [expected[c][region][1] for c in cases]
+        stats = summary["regions"][region]
+        assert stats["n"] == 3
+        assert stats["dice"]["mean"] == pytest.approx(np.mean(dices), abs=1e-5)
+        assert stats["dice"]["std"] == pytest.approx(np.std(dices), abs=1e-5)
+        assert stats["dice"]["median"] == pytest.approx(np.median(dices), abs=1e-5)
+        assert stats["hd95"]["mean"] == pytest.approx(np.mean(hds), abs=1e-4)
+        assert stats["hd95"]["std"] == pytest.approx(np.std(hds), abs=1e-4)
+        assert stats["hd95"]["median"] == pytest.approx(np.median(hds), abs=1e-4)
+    assert read_metrics_csv(out / "metrics.csv")[first]["ET"].dice == 0.0
+
+
+def _flat(tmp_path: Path, et: int) -> tuple[Path, Path]:
+    """References as a flat folder of <case>.nii.gz: the layout does not name the release."""
+    rng = np.random.default_rng(3)
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    for case in ("a", "b"):
+        ref = _tumour(rng, et)
+        write_nifti(ref, _geometry(), ref_dir / f"{case}.nii.gz")
+        write_nifti(ref, _geometry(), pred_dir / f"{case}.nii.gz")
+    return pred_dir, ref_dir
+
+
+@pytest.mark.parametrize(("et", "table"), [(4, "brats2021"), (3, "brats2023")])
+def test_auto_labels_fall_back_to_label_values(tmp_path: Path, et: int, table: str) -> None:
+    pred_dir, ref_dir = _flat(tmp_path, et)
+    assert find_references(ref_dir).label_table is None
+    summary = evaluate_folder(pred_dir=pred_dir, ref_dir=ref_dir, out_dir=tmp_path / "out")
+    assert summary["label_table"] == table
+    assert summary["layout"] == "flat"
+    assert summary["regions"]["ET"]["dice"]["mean"] == pytest.approx(1.0)
+
+
+def test_explicit_labels_override_and_are_checked(tmp_path: Path) -> None:
+    pred_dir, ref_dir = _flat(tmp_path, et=4)
+    with pytest.raises(MedsegInputError, match=r"label values \[4\] are not in label table brats2023") as err:
+        evaluate_folder(pred_dir=pred_dir, ref_dir=ref_dir, out_dir=tmp_path / "out", labels="brats2023")
+    assert err.value.path == ref_dir / "a.nii.gz"
+    summary = evaluate_folder(pred_dir=pred_dir, ref_dir=ref_dir, out_dir=tmp_path / "out", labels="brats2021")
+    assert summary["label_table"] == "brats2021"
+    with pytest.raises(MedsegInputError, match="unknown label table"):
+        evaluate_folder(pred_dir=pred_dir, ref_dir=ref_dir, out_dir=tmp_path / "out2", labels="brats2099")
+
+
+def test_missing_prediction_is_scored_as_empty_with_warning(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pred_dir, ref_dir, cases = _make_brats(tmp_path, "2021", n=3)
+    missing = sorted(cases)[1]
+    (pred_dir / f"{missing}.nii.gz").unlink()
+    summary = evaluate_folder(pred_dir=pred_dir, ref_dir=ref_dir, out_dir=tmp_path / "out")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "warning" in err and missing in err
+    assert summary["missing_predictions"] == [missing]
+    assert summary["cases"] == sorted(cases)
+    scores = read_metrics_csv(tmp_path / "out" / "metrics.csv")
+    diagonal = float(np.linalg.norm(np.array(SHAPE) * np.array(SPACING)))
+    for region in ("WT", "TC", "ET"):
+        assert scores[missing][region].dice == 0.0
+        assert scores[missing][region].hd95 == pytest.approx(diagonal, abs=1e-4)
+    assert summary["regions"]["WT"]["n"] == 3
+    assert "1 without prediction" in format_summary(summary)
+
+
+def _bad_input(tmp_path: Path, kind: str) -> tuple[Path, Path, Path]:
+    """Build one kind of bad input; return (pred_dir, ref_dir, the file the error must name)."""
+    pred_dir, ref_dir, cases = _make_brats(tmp_path, "2021", n=2)
+    case = sorted(cases)[1]
+    pred_path = pred_dir / f"{case}.nii.gz"
+    pred, _ = cases[case]
+    if kind == "shape":
+        write_nifti(pred[:, :, :-1], _geometry((SHAPE[0], SHAPE[1], SHAPE[2] - 1)), pred_path)
+        return pred_dir, ref_dir, pred_path
+    if kind == "affine":
+        geometry = _geometry()
+        affine = geometry.affine.copy()
+        affine[:3, 3] += (0.0, 0.5, 0.0)
+        write_nifti(pred, Geometry(SHAPE, affine), pred_path)
+        return pred_dir, ref_dir, pred_path
+    if kind == "values":
+        bad = pred.copy()
+        bad[0, 0, 0] = 3  # a 2023 label in a 2021 dataset
+        write_nifti(bad, _geometry(), pred_path)
+        return pred_dir, ref_dir, pred_path
+    if kind == "orphan":
+        orphan = pred_dir / "BraTS2021_09999.nii.gz"
+        write_nifti(pred, _geometry(), orphan)
+        return pred_dir, ref_dir, orphan
+    if kind == "no_predictions":
+        for p in pred_dir.iterdir():
+            p.unlink()
+        return pred_dir, ref_dir, pred_dir
+    if kind == "no_references":
+        empty = tmp_path / "empty_ref"
+        empty.mkdir()
+        return pred_dir, empty, empty
+    if kind == "corrupt":
+        pred_path.write_bytes(b"not a nifti file")
+        return pred_dir, ref_dir, pred_path
+    raise AssertionError(kind)
+
+
+BAD_KINDS = {
+    "shape": r"prediction shape \(24, 20, 11\) differs from reference shape \(24, 20, 12\)",
+    "affine": "prediction affine differs from reference affine",
+    "values": r"label values \[3\] are not in label table brats2021",
+    "orphan": "prediction has no reference",
+    "no_predictions": "no predictions",
+    "no_references": "no reference label maps found",
+    "corrupt": "cannot read NIfTI",
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_KINDS))
+def test_bad_input_names_the_file_and_writes_nothing(tmp_path: Path, kind: str) -> None:
+    pred_dir, ref_dir, culprit = _bad_input(tmp_path, kind)
+    out = tmp_path / "out"
+    with pytest.raises(MedsegInputError, match=BAD_KINDS[kind]) as err:
+        evaluate_folder(pred_dir=pred_dir, ref_dir=ref_dir, out_dir=out)
+    assert err.value.path == culprit
+    assert str(culprit) in str(err.value)
+    assert not out.exists()
+
+
+def test_mixed_brats_releases_are_rejected(tmp_path: Path) -> None:
+    pred_dir, ref_dir, _ = _make_brats(tmp_path, "2021", n=1)
+    rel = BRATS_RELEASES["2023"]
+    case = rel.case_id(1)
+    write_nifti(np.zeros(SHAPE, np.uint8), _geometry(), ref_dir / case / rel.file_name(case, "seg"))
+    with pytest.raises(MedsegInputError, match="mixes BraTS releases 2021 and 2023"):
+        evaluate_folder(pred_dir=pred_dir, ref_dir=ref_dir, out_dir=tmp_path / "out")
+
+
+def test_class_label_maps_in_msd_layout(tmp_path: Path) -> None:
+    table = LabelTable(name="organs", labels={0: "background", 1: "liver", 2: "spleen"}, kind="classes")
+    ref = np.zeros(SHAPE, np.uint8)
+    ref[2:12, 2:12, 2:8] = 1
+    ref[14:22, 12:18, 4:10] = 2
+    pred = ref.copy()
+    pred[14:22, 12:18, 4:10] = 0
+    pred[15:21, 13:17, 5:9] = 2
+    write_nifti(ref, _geometry(), tmp_path / "msd" / "labelsTr" / "ct_001.nii.gz")
+    write_nifti(pred, _geometry(), tmp_path / "pred" / "ct_001.nii.gz")
+    summary = evaluate_folder(
+        pred_dir=tmp_path / "pred", ref_dir=tmp_path / "msd", out_dir=tmp_path / "out", labels=table
+    )
+    assert summary["layout"] == "msd"
+    assert list(summary["regions"]) == ["liver", "spleen"]
+    assert summary["regions"]["liver"]["dice"]["mean"] == pytest.approx(1.0)
+    dice, hd = _independent_scores(pred == 2, ref == 2, SPACING)
+    assert summary["regions"]["spleen"]["dice"]["mean"] == pytest.approx(dice, abs=1e-5)
+    assert summary["regions"]["spleen"]["hd95"]["mean"] == pytest.approx(hd, abs=1e-4)
+
+
+def test_format_summary_is_an_aligned_table(tmp_path: Path) -> None:
+    pred_dir, ref_dir, _ = _make_brats(tmp_path, "2023", n=2)
+    text = format_summary(evaluate_folder(pred_dir=pred_dir, ref_dir=ref_dir, out_dir=tmp_path / "out"))
+    lines = text.splitlines()
+    assert lines[0] == "labels brats2023, 2 case(s)"
+    assert lines[1].split()[:2] == ["region", "Dice"]
+    assert [line.split()[0] for line in lines[2:]] == ["WT", "TC", "ET"]
+    assert len({len(line) for line in lines[1:]}) == 1  # columns aligned
+    assert all(" ± " in line for line in lines[2:])
+
+
+def test_cli_evaluate_in_process(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pred_dir, ref_dir, _ = _make_brats(tmp_path, "2021", n=2)
+    out = tmp_path / "out"
+    assert main(["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "WT" in captured.out and "HD95" in captured.out
+    assert (out / "metrics.csv").is_file() and (out / "summary.json").is_file()
+
+    bad_pred, bad_ref, culprit = _bad_input(tmp_path / "bad", "affine")
+    bad_out = tmp_path / "bad_out"
+    code = main(["evaluate", "--pred", str(bad_pred), "--ref", str(bad_ref), "--out", str(bad_out)])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.count("\n") == 1
+    assert str(culprit) in captured.err and "affine" in captured.err
+    assert not bad_out.exists()
