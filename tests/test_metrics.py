@@ -12,7 +12,7 @@ SPACING = (0.8, 1.3, 2.7)
 
 
 def _blob(shape: tuple[int, int, int], rng: np.random.Generator, fill: float = 0.45) -> np.ndarray:
-    """A random lumpy mask: smoothed noise thresholded, kept away from nothing (may touch the border)."""
+    """A random lumpy mask (smoothed noise, thresholded); it may touch the image border."""
     noise = ndimage.gaussian_filter(rng.standard_normal(shape), sigma=2.0)
     return noise > np.quantile(noise, 1.0 - fill * 0.3)
 
