@@ -1,0 +1,6 @@
+"""Bridges from medseg to other applications.
+
+``medseg.integrations.slicer`` holds the Slicer-free half of the 3D Slicer module in
+``tools/slicer/MedSeg``. It imports only the standard library, so Slicer's Python can use it
+without torch (``pip install --no-deps medseg`` is enough there).
+"""
