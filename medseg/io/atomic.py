@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from medseg.errors import MedsegInputError
 
 
 @contextlib.contextmanager
@@ -27,3 +29,18 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def ensure_not_input(path: str | Path, inputs: Iterable[str | Path | None]) -> None:
+    """Refuse to write ``path`` when it is one of ``inputs`` (or lies inside an input folder).
+
+    Raises:
+        MedsegInputError: ``path`` would overwrite an input file or write into an input DICOM folder.
+    """
+    target = Path(path).resolve()
+    for item in inputs:
+        if item is None:
+            continue
+        source = Path(item).resolve()
+        if target == source or (source.is_dir() and source in target.parents):
+            raise MedsegInputError(f"refusing to overwrite the input {source}; choose another output path", path=path)

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 
 from medseg.errors import MedsegInputError
-from medseg.io.atomic import atomic_output
+from medseg.io.atomic import atomic_output, ensure_not_input
 from medseg.io.image import Geometry, Image
 
 
@@ -56,6 +56,9 @@ def write_nifti(
 
     The affine is stored in both sform and qform. When ``reference`` is a NIfTI :class:`Image`, its
     qform/sform codes are kept so the output is interpreted in the same space as the input.
+
+    Raises:
+        MedsegInputError: ``path`` is the reference's own file.
     """
     if tuple(array.shape[-3:]) != tuple(geometry.shape):
         raise ValueError(f"array shape {array.shape} does not match grid {geometry.shape}")
@@ -67,6 +70,7 @@ def write_nifti(
     if np.issubdtype(data.dtype, np.integer):
         img.header.set_data_dtype(data.dtype)
     path = Path(path)
+    ensure_not_input(path, [reference.path] if reference is not None else [])
     with atomic_output(path) as tmp:
         nib.save(img, str(tmp))
     return path

@@ -1,0 +1,103 @@
+"""DICOM Segmentation objects (highdicom) that reference the DICOM series a label map was made on."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from medseg.io.atomic import atomic_output
+from medseg.io.image import Geometry, Image
+from medseg.labels import LabelTable
+
+
+def _source_datasets(reference: Image) -> list[Any]:
+    """The reference series' datasets (headers only), in the reader's k (slice) order."""
+    import pydicom
+
+    files = reference.meta.get("dicom_files")
+    if not files:
+        raise ValueError("a DICOM-SEG needs the DICOM series it was made on as reference (read_dicom_series)")
+    return [pydicom.dcmread(str(p), stop_before_pixels=True) for p in files]
+
+
+def write_dicom_seg(
+    labels: np.ndarray,
+    geometry: Geometry,
+    path: str | Path,
+    *,
+    table: LabelTable,
+    reference: Image,
+    segmentation_type: Literal["BINARY", "LABELMAP"] = "BINARY",
+) -> Path:
+    """Write an ``(X, Y, Z)`` label map as a DICOM Segmentation of the reference series, atomically.
+
+    ``reference`` must come from :func:`~medseg.io.dicom.read_dicom_series` and lie on ``geometry``.
+    Slice ``k`` of the label map becomes the frames of source image ``reference.meta["dicom_files"][k]``
+    (rows = Y, columns = X), so every frame refers to the slice it was segmented on. One segment is
+    written per foreground label of ``table`` (segment numbers 1.. in ascending label value), labelled
+    with the label's name, coded with the generic SCT category and type "Tissue", made by the automatic
+    algorithm "medseg" of this version. Empty frames are omitted.
+
+    Raises:
+        ValueError: the reference is not a DICOM series, the grids differ, or the array holds values
+            that are not labels of ``table``.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from medseg import __version__
+
+    if not reference.geometry.same_grid(geometry, atol=1e-4):
+        raise ValueError("the label map's grid differs from the reference DICOM series' grid")
+    labels = np.asarray(labels)
+    if tuple(labels.shape) != tuple(geometry.shape):
+        raise ValueError(f"label array shape {labels.shape} does not match grid {geometry.shape}")
+    sources = _source_datasets(reference)
+    values = table.foreground_labels
+    frames = np.transpose(labels, (2, 1, 0))  # (k, j, i) = (source slice, row, column)
+    stacked = np.stack([frames == v for v in values], axis=-1).astype(np.uint8)  # (frames, rows, cols, segments)
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="medseg", family=codes.cid7162.ArtificialIntelligence, version=__version__
+    )
+    descriptions = []
+    for number, value in enumerate(values, start=1):
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=table.labels[value][:64],
+                segmented_property_category=codes.SCT.Tissue,
+                segmented_property_type=codes.SCT.Tissue,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+                tracking_id=f"label {value}",
+                tracking_uid=hd.UID(),
+                display_color=hd.color.CIELabColor.from_rgb(*table.colors[value]) if value in table.colors else None,
+            )
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # highdicom notes on optional attributes
+        seg = hd.seg.Segmentation(
+            source_images=sources,
+            pixel_array=stacked,
+            segmentation_type=segmentation_type,
+            segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(),
+            series_number=900,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="medseg",
+            manufacturer_model_name="medseg",
+            software_versions=__version__,
+            device_serial_number="0",
+            content_label="MEDSEG",
+            content_description="medseg automatic segmentation",
+            series_description="medseg segmentation",
+        )
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        seg.save_as(str(tmp))
+    return path

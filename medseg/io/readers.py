@@ -1,0 +1,128 @@
+"""One entry point for reading images: a small registry that picks a reader by file ending.
+
+Every reader returns an :class:`~medseg.io.image.Image` whose array is ``(X, Y, Z)`` (or ``(C, X, Y, Z)``)
+in voxel index order (i, j, k) and whose geometry affine maps (i, j, k) to RAS+ world mm. Readers import
+their heavy libraries (SimpleITK, pydicom, pynrrd) only when they read.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from medseg.errors import MedsegInputError
+from medseg.io.image import Image
+
+
+class ImageReader(ABC):
+    """Base of every reader: the file endings it handles and how to read one path.
+
+    Attributes:
+        name: registry key, lower_snake (``"nifti"``, ``"itk"``, ...).
+        suffixes: lower-case file endings including the dot (``".nii.gz"``); empty for folder readers.
+    """
+
+    name: str = ""
+    suffixes: tuple[str, ...] = ()
+
+    def matches(self, path: Path) -> int:
+        """How well this reader fits ``path``: the length of the matching ending, 0 when it does not fit."""
+        lower = path.name.lower()
+        return max((len(s) for s in self.suffixes if lower.endswith(s)), default=0)
+
+    @abstractmethod
+    def read(self, path: Path) -> Image:
+        """Read ``path`` into an :class:`Image` with RAS geometry; raise :class:`MedsegInputError` if unreadable."""
+
+
+class NiftiReader(ImageReader):
+    """NIfTI-1/2 (``.nii``, ``.nii.gz``) through nibabel; keeps the stored data type."""
+
+    name = "nifti"
+    suffixes = (".nii", ".nii.gz")
+
+    def read(self, path: Path) -> Image:
+        from medseg.io.nifti import read_nifti
+
+        return read_nifti(path, dtype=None)
+
+
+class ItkReader(ImageReader):
+    """NRRD and MetaImage (``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``) through SimpleITK."""
+
+    name = "itk"
+    suffixes = (".nrrd", ".nhdr", ".mha", ".mhd")
+
+    def read(self, path: Path) -> Image:
+        from medseg.io.itk import read_itk
+
+        return read_itk(path)
+
+
+class SegNrrdReader(ImageReader):
+    """3D Slicer segmentation files (``.seg.nrrd``) through pynrrd: a label map plus its segment table."""
+
+    name = "seg_nrrd"
+    suffixes = (".seg.nrrd",)
+
+    def read(self, path: Path) -> Image:
+        from medseg.io.seg_nrrd import read_seg_nrrd
+
+        return read_seg_nrrd(path)
+
+
+class DicomSeriesReader(ImageReader):
+    """A folder holding one DICOM image series (other series in it must be chosen with ``read_dicom_series``)."""
+
+    name = "dicom"
+
+    def matches(self, path: Path) -> int:
+        return 1 if path.is_dir() else 0
+
+    def read(self, path: Path) -> Image:
+        from medseg.io.dicom import read_dicom_series
+
+        return read_dicom_series(path)
+
+
+READERS: dict[str, ImageReader] = {
+    r.name: r for r in (NiftiReader(), ItkReader(), SegNrrdReader(), DicomSeriesReader())
+}
+
+
+def register_reader(reader: ImageReader) -> None:
+    """Add (or replace, by name) a reader in the registry."""
+    READERS[reader.name] = reader
+
+
+def reader_for(path: str | Path) -> ImageReader:
+    """The registered reader with the longest matching file ending (a folder goes to the DICOM reader).
+
+    Raises:
+        MedsegInputError: no reader handles this file ending.
+    """
+    path = Path(path)
+    score, reader = max(((r.matches(path), r) for r in READERS.values()), key=lambda t: t[0])
+    if score == 0:
+        endings = sorted({s for r in READERS.values() for s in r.suffixes})
+        raise MedsegInputError(
+            f"unknown image format; expected a DICOM folder or one of {', '.join(endings)}", path=path
+        )
+    return reader
+
+
+def read_image(path: str | Path) -> Image:
+    """Read any supported image: NIfTI, NRRD, ``.seg.nrrd``, MHA/MHD, or a folder with one DICOM series.
+
+    Returns:
+        An :class:`Image` with array ``(X, Y, Z)`` (``(C, X, Y, Z)`` for multi-channel files) in voxel
+        index order, stored data type kept (DICOM: after RescaleSlope/Intercept), and a geometry whose
+        affine maps voxel indices to RAS+ world mm.
+
+    Raises:
+        MedsegInputError: the path is missing, of unknown type, corrupt, or not a 3-D image.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MedsegInputError("file not found", path=path)
+    return reader_for(path).read(path)

@@ -1,0 +1,115 @@
+"""Fixtures for the I/O tests: the real data in tests/data and helpers that derive DICOM variants from it."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+DICOM_DIR = DATA / "dicom_mr_oblique"
+T1_NIFTI = DATA / "itk_kmeans_t1" / "KmeansTest_T1UCharRaw.nii.gz"
+KMEANS_NIFTI = DATA / "itk_kmeans_t1" / "KmeansTest_T1KmeansPrelimSegmentation.nii.gz"
+
+
+def _dicom_files() -> list[Path]:
+    return sorted(DICOM_DIR.glob("*.dcm"))
+
+
+@functools.cache
+def _dataset(path: Path) -> Any:
+    """A parsed slice, cached: brain_001.dcm carries 2.5 MB of trailing zero padding that is slow to parse."""
+    import pydicom
+
+    ds = pydicom.dcmread(str(path))
+    for tag in [t for t in ds.keys() if t.group == 0]:  # noqa: SIM118  (the padding parses as a command group)
+        del ds[tag]
+    return ds
+
+
+def _copy_series(
+    dst: Path,
+    *,
+    files: list[Path] | None = None,
+    modify: Callable[[Any, int], None] | None = None,
+    names: Callable[[int], str] | None = None,
+) -> list[Path]:
+    """Copy DICOM slices into ``dst``, optionally editing each dataset (``modify(ds, index)``) and renaming."""
+    dst.mkdir(parents=True, exist_ok=True)
+    out = []
+    for index, src in enumerate(files if files is not None else _dicom_files()):
+        ds = copy.deepcopy(_dataset(src))
+        if modify is not None:
+            modify(ds, index)
+        target = dst / (names(index) if names is not None else src.name)
+        ds.save_as(str(target))
+        out.append(target)
+    return out
+
+
+def _new_series(uid_seed: str) -> Callable[[Any, int], None]:
+    """A ``modify`` that moves slices into a new series (new Series and SOP Instance UIDs)."""
+    from pydicom.uid import generate_uid
+
+    series_uid = generate_uid(entropy_srcs=[uid_seed])
+
+    def modify(ds: Any, index: int) -> None:
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[uid_seed, str(index)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+
+    return modify
+
+
+@pytest.fixture(scope="session")
+def dicom_dir() -> Path:
+    """The real oblique MR series (20 slices)."""
+    return DICOM_DIR
+
+
+@pytest.fixture(scope="session")
+def dicom_files() -> list[Path]:
+    """The 20 slices of the real oblique MR series, in file-name order."""
+    return _dicom_files()
+
+
+@pytest.fixture(scope="session")
+def t1_nifti() -> Path:
+    """Real T1 NIfTI with a permuted, flipped direction (int16)."""
+    return T1_NIFTI
+
+
+@pytest.fixture(scope="session")
+def kmeans_nifti() -> Path:
+    """7-class k-means label map (uint8) on the T1's grid."""
+    return KMEANS_NIFTI
+
+
+@pytest.fixture(scope="session")
+def copy_series() -> Callable[..., list[Path]]:
+    """``copy_series(dst, *, files=None, modify=None, names=None)``: copy DICOM slices, editing/renaming them."""
+    return _copy_series
+
+
+@pytest.fixture(scope="session")
+def new_series() -> Callable[[str], Callable[[Any, int], None]]:
+    """``new_series(seed)``: a ``modify`` that moves slices into a new series (new Series/SOP Instance UIDs)."""
+    return _new_series
+
+
+@pytest.fixture(scope="session")
+def sitk_series() -> Any:
+    """The real series read by SimpleITK's ImageSeriesReader (the reference geometry)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(DICOM_DIR)))
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK warns about the 0.07 mm non-uniformity
+    try:
+        return reader.Execute()
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(True)

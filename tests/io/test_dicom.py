@@ -1,0 +1,191 @@
+"""DICOM series reading against SimpleITK, with shuffled, mixed, incomplete and uneven series."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from medseg.errors import MedsegInputError
+from medseg.io import list_dicom_series, read_dicom_series, read_image
+from medseg.io.dicom import SLICE_TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def series(dicom_dir: Path) -> Any:
+    return read_dicom_series(dicom_dir)
+
+
+def test_real_oblique_series_matches_simpleitk(series: Any, sitk_series: Any) -> None:
+    import SimpleITK as sitk
+
+    spacing, origin = np.array(sitk_series.GetSpacing()), np.array(sitk_series.GetOrigin())
+    direction = np.array(sitk_series.GetDirection()).reshape(3, 3)
+    assert series.geometry.shape == tuple(sitk_series.GetSize()) == (256, 256, 20)
+    np.testing.assert_allclose(series.geometry.spacing, spacing, atol=1e-4)
+    np.testing.assert_allclose(series.geometry.origin, origin, atol=1e-4)
+    np.testing.assert_allclose(series.geometry.direction, direction, atol=1e-4)
+    expected = np.transpose(sitk.GetArrayFromImage(sitk_series), (2, 1, 0))
+    assert series.array.dtype == expected.dtype
+    np.testing.assert_array_equal(series.array, expected)
+
+
+def test_affine_is_ras_and_oblique(series: Any) -> None:
+    affine = series.geometry.affine
+    # DICOM LPS x = -110.5 mm is RAS x = +110.5 mm; the slice axis tilts ~7.7 degrees towards anterior.
+    np.testing.assert_allclose(affine[:3, 3], [110.5, 78.3063, -72.7575], atol=1e-4)
+    tilt = np.degrees(np.arccos(affine[2, 2] / np.linalg.norm(affine[:3, 2])))
+    assert 7.0 < tilt < 8.5
+    assert affine[1, 2] > 0  # k runs towards anterior (LPS y decreases)
+
+
+def test_meta_lists_sources_in_slice_order(series: Any) -> None:
+    import pydicom
+
+    files = series.meta["dicom_files"]
+    assert len(files) == 20 and len(series.meta["sop_instance_uids"]) == 20
+    normal = series.geometry.direction[:, 2]  # LPS
+    along = [
+        float(np.dot(pydicom.dcmread(str(f), stop_before_pixels=True).ImagePositionPatient, normal)) for f in files
+    ]
+    assert np.all(np.diff(along) > 0)
+
+
+def test_read_image_dispatches_folder_to_dicom(series: Any, dicom_dir: Path) -> None:
+    image = read_image(dicom_dir)
+    assert image.geometry.same_grid(series.geometry, atol=1e-9)
+
+
+def test_shuffled_renamed_nested_files_read_identically(tmp_path: Path, series: Any, dicom_files: list[Path]) -> None:
+    rng = np.random.default_rng(0)
+    order = rng.permutation(20)
+    target = tmp_path / "export" / "nested"
+    target.mkdir(parents=True)
+    for new_index, old_index in enumerate(order):
+        shutil.copy(dicom_files[old_index], target / f"IM{new_index:04d}")
+    (tmp_path / "export" / "README.txt").write_text("not a DICOM file")
+    image = read_dicom_series(tmp_path / "export")
+    assert image.geometry.same_grid(series.geometry, atol=1e-9)
+    np.testing.assert_array_equal(image.array, series.array)
+
+
+def test_instance_numbers_are_ignored(tmp_path: Path, series: Any, copy_series: Any) -> None:
+    def scramble(ds: Any, index: int) -> None:
+        ds.InstanceNumber = (index * 7) % 20 + 1
+
+    copy_series(tmp_path, modify=scramble)
+    np.testing.assert_array_equal(read_dicom_series(tmp_path).array, series.array)
+
+
+def test_two_series_in_one_folder_are_split(tmp_path: Path, series: Any, copy_series: Any, new_series: Any) -> None:
+    copy_series(tmp_path)
+    other = new_series("second")
+
+    def brighter(ds: Any, index: int) -> None:
+        other(ds, index)
+        ds.SeriesDescription = "copy"
+        ds.PixelData = (ds.pixel_array + 1).astype(np.int16).tobytes()
+
+    copy_series(tmp_path, modify=brighter, names=lambda i: f"copy_{i:03d}.dcm")
+    infos = list_dicom_series(tmp_path)
+    assert len(infos) == 2 and all(info.num_slices == 20 for info in infos)
+    with pytest.raises(MedsegInputError, match="several DICOM series"):
+        read_dicom_series(tmp_path)
+    by_description = {info.description: info.series_uid for info in infos}
+    original = read_dicom_series(tmp_path, series_uid=by_description["FSE PD AXIAL OBL"])
+    copy = read_dicom_series(tmp_path, series_uid=by_description["copy"])
+    np.testing.assert_array_equal(original.array, series.array)
+    np.testing.assert_array_equal(copy.array, series.array + 1)
+    assert set(original.meta["dicom_files"]).isdisjoint(copy.meta["dicom_files"])
+
+
+def test_missing_middle_slice_is_an_error(tmp_path: Path, copy_series: Any, dicom_files: list[Path]) -> None:
+    files = [f for f in dicom_files if f.name != "brain_010.dcm"]
+    copy_series(tmp_path, files=files)
+    with pytest.raises(MedsegInputError, match="slice may be missing") as info:
+        read_dicom_series(tmp_path)
+    assert info.value.path == tmp_path
+    assert "0.0.0.0.3.8811.2.20010413115754.12432" in str(info.value)
+
+
+@pytest.mark.parametrize(("shift", "ok"), [(0.04, True), (0.2, False)])
+def test_slice_spacing_tolerance(tmp_path: Path, shift: float, ok: bool, copy_series: Any) -> None:
+    """One slice moved along the normal by ``shift`` x the 7 mm step: within 10 % reads, beyond fails."""
+    assert SLICE_TOLERANCE == 0.10
+
+    def move(ds: Any, index: int) -> None:
+        if index == 9:
+            iop = np.array(ds.ImageOrientationPatient, dtype=float)
+            normal = np.cross(iop[:3], iop[3:])
+            ds.ImagePositionPatient = [f"{v:.4f}" for v in np.array(ds.ImagePositionPatient) + shift * 7.0 * normal]
+
+    copy_series(tmp_path, modify=move)
+    if ok:
+        assert read_dicom_series(tmp_path).geometry.shape == (256, 256, 20)
+    else:
+        with pytest.raises(MedsegInputError, match="uneven slice spacing"):
+            read_dicom_series(tmp_path)
+
+
+def test_sheared_series_is_an_error(tmp_path: Path, copy_series: Any) -> None:
+    def shear(ds: Any, index: int) -> None:
+        ds.ImagePositionPatient = [
+            f"{v:.4f}" for v in np.array(ds.ImagePositionPatient) + np.array([0.5 * index, 0, 0])
+        ]
+
+    copy_series(tmp_path, modify=shear)
+    with pytest.raises(MedsegInputError, match="sheared"):
+        read_dicom_series(tmp_path)
+
+
+def test_single_slice_and_localizer_series_are_skipped(
+    tmp_path: Path, series: Any, copy_series: Any, new_series: Any, dicom_files: list[Path]
+) -> None:
+    copy_series(tmp_path)
+    copy_series(tmp_path, files=dicom_files[:1], modify=new_series("single"), names=lambda i: "single.dcm")
+    localizer = new_series("localizer")
+
+    def as_localizer(ds: Any, index: int) -> None:
+        localizer(ds, index)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+
+    copy_series(tmp_path, files=dicom_files[:3], modify=as_localizer, names=lambda i: f"loc{i}.dcm")
+    with pytest.warns(UserWarning) as record:
+        infos = list_dicom_series(tmp_path)
+    messages = " ".join(str(w.message) for w in record)
+    assert "single-slice series" in messages and "localizer series" in messages
+    assert [info.num_slices for info in infos] == [20]
+    with pytest.warns(UserWarning, match="skipping DICOM series"):
+        image = read_dicom_series(tmp_path)
+    np.testing.assert_array_equal(image.array, series.array)
+
+
+def test_rescale_slope_and_intercept_are_applied(tmp_path: Path, series: Any, copy_series: Any) -> None:
+    def rescale(ds: Any, index: int) -> None:
+        ds.RescaleSlope = "2.5"
+        ds.RescaleIntercept = "-100"
+
+    copy_series(tmp_path, modify=rescale)
+    image = read_dicom_series(tmp_path)
+    assert image.array.dtype == np.float32
+    np.testing.assert_allclose(image.array, series.array * 2.5 - 100)
+
+
+def test_folder_without_series_is_an_error(tmp_path: Path, dicom_dir: Path) -> None:
+    (tmp_path / "notes.txt").write_text("nothing here")
+    with pytest.raises(MedsegInputError, match="no readable DICOM image series"):
+        read_dicom_series(tmp_path)
+    with pytest.raises(MedsegInputError, match=r"SeriesInstanceUID 1\.2\.3"):
+        read_dicom_series(dicom_dir, series_uid="1.2.3")
+
+
+def test_truncated_dicom_file_names_the_file(tmp_path: Path, copy_series: Any) -> None:
+    copy_series(tmp_path)
+    victim = tmp_path / "brain_005.dcm"
+    victim.write_bytes(victim.read_bytes()[:60_000])
+    with pytest.raises(MedsegInputError) as info:
+        read_dicom_series(tmp_path)
+    assert info.value.path == victim

@@ -1,0 +1,134 @@
+"""read_image and the reader registry: NIfTI, NRRD and MHA against SimpleITK, and damaged files."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from medseg.errors import MedsegInputError
+from medseg.io import Geometry, read_image, reader_for
+from medseg.io.itk import sitk_from_image
+
+
+def _sitk_geometry(image: Any) -> Geometry:
+    return Geometry.from_itk(
+        shape=image.GetSize(), spacing=image.GetSpacing(), origin=image.GetOrigin(), direction=image.GetDirection()
+    )
+
+
+def _sitk_array(image: Any) -> np.ndarray:
+    import SimpleITK as sitk
+
+    return np.transpose(sitk.GetArrayFromImage(image), (2, 1, 0))
+
+
+@pytest.mark.parametrize(
+    ("name", "reader"),
+    [
+        ("a.nii", "nifti"),
+        ("a.NII.GZ", "nifti"),
+        ("a.nrrd", "itk"),
+        ("a.seg.nrrd", "seg_nrrd"),
+        ("a.mha", "itk"),
+        ("a.mhd", "itk"),
+    ],
+)
+def test_registry_picks_reader_by_longest_ending(name: str, reader: str) -> None:
+    assert reader_for(Path(name)).name == reader
+
+
+def test_unknown_ending_and_missing_file(tmp_path: Path) -> None:
+    odd = tmp_path / "scan.png"
+    odd.write_bytes(b"x")
+    with pytest.raises(MedsegInputError, match="unknown image format") as info:
+        read_image(odd)
+    assert info.value.path == odd
+    with pytest.raises(MedsegInputError, match="not found"):
+        read_image(tmp_path / "absent.nii.gz")
+
+
+@pytest.mark.parametrize("fixture", ["t1_nifti", "kmeans_nifti"])
+def test_permuted_nifti_matches_simpleitk(fixture: str, request: pytest.FixtureRequest) -> None:
+    import SimpleITK as sitk
+
+    path = request.getfixturevalue(fixture)
+    image = read_image(path)
+    reference = sitk.ReadImage(str(path))
+    expected = _sitk_geometry(reference)
+    assert image.geometry.shape == expected.shape == (128, 128, 62)
+    np.testing.assert_allclose(image.geometry.affine, expected.affine, atol=1e-5)
+    np.testing.assert_allclose(image.geometry.origin, reference.GetOrigin(), atol=1e-5)
+    np.testing.assert_allclose(image.geometry.direction.ravel(), reference.GetDirection(), atol=1e-5)
+    # The direction is a permutation with a flip: not the identity, so a transpose bug would show.
+    assert not np.allclose(image.geometry.direction, np.eye(3))
+    np.testing.assert_array_equal(image.array, _sitk_array(reference))
+    assert image.array.dtype == _sitk_array(reference).dtype  # stored type kept (uint8 labels stay uint8)
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha", ".mhd"])
+def test_itk_formats_written_by_simpleitk_read_back(tmp_path: Path, t1_nifti: Path, suffix: str) -> None:
+    import SimpleITK as sitk
+
+    original = sitk.ReadImage(str(t1_nifti))
+    path = tmp_path / f"t1{suffix}"
+    sitk.WriteImage(original, str(path))
+    image = read_image(path)
+    np.testing.assert_allclose(image.geometry.affine, read_image(t1_nifti).geometry.affine, atol=1e-5)
+    np.testing.assert_array_equal(image.array, _sitk_array(original))
+
+
+def test_oblique_geometry_survives_nrrd_via_simpleitk(tmp_path: Path) -> None:
+    """An arbitrary oblique, anisotropic grid: our Geometry -> SimpleITK -> NRRD file -> read_image."""
+    rotation = np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))[0]
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([0.7, 1.3, 2.9])
+    affine[:3, 3] = [12.5, -40.25, 7.0]
+    geometry = Geometry((5, 6, 7), affine)
+    array = np.arange(5 * 6 * 7, dtype=np.int16).reshape(5, 6, 7)
+    import SimpleITK as sitk
+
+    path = tmp_path / "oblique.nrrd"
+    sitk.WriteImage(sitk_from_image(array, geometry), str(path))
+    image = read_image(path)
+    np.testing.assert_allclose(image.geometry.affine, affine, atol=1e-5)
+    np.testing.assert_array_equal(image.array, array)
+
+
+def test_vector_image_becomes_channels_first(tmp_path: Path) -> None:
+    import SimpleITK as sitk
+
+    data = np.random.default_rng(0).random((4, 3, 2, 5)).astype(np.float32)  # (Z, Y, X, C)
+    path = tmp_path / "vec.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(data, isVector=True), str(path))
+    image = read_image(path)
+    assert image.array.shape == (5, 2, 3, 4)
+    np.testing.assert_array_equal(image.array, np.transpose(data, (3, 2, 1, 0)))
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha", ".seg.nrrd"])
+def test_truncated_file_raises_input_error_with_path(tmp_path: Path, t1_nifti: Path, suffix: str) -> None:
+    import SimpleITK as sitk
+
+    whole = tmp_path / f"whole{suffix}"
+    if suffix == ".nii":
+        whole.write_bytes(gzip.decompress(t1_nifti.read_bytes()))
+    else:
+        sitk.WriteImage(sitk.ReadImage(str(t1_nifti)), str(whole))
+    broken = tmp_path / f"broken{suffix}"
+    broken.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(MedsegInputError) as info:
+        read_image(broken)
+    assert info.value.path == broken
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha", ".seg.nrrd"])
+def test_garbage_file_raises_input_error_with_path(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"garbage{suffix}"
+    path.write_bytes(b"this is not an image\n" * 10)
+    with pytest.raises(MedsegInputError) as info:
+        read_image(path)
+    assert info.value.path == path
