@@ -91,22 +91,27 @@ def augmentation_transforms(cfg: TransformConfig) -> list[mt.Transform]:
     ]
 
 
-def cached_transforms(cfg: TransformConfig) -> mt.Compose:
-    """The deterministic part shared by training and validation (cached by the dataset)."""
+def _cached_steps(cfg: TransformConfig) -> list[mt.Transform]:
     keys = [IMAGE, LABEL]
-    return mt.Compose([*load_transforms(keys), *spatial_transforms(cfg, keys), *normalize_transforms()])
+    return [*load_transforms(keys), *spatial_transforms(cfg, keys), *normalize_transforms()]
 
 
-def train_transforms(cfg: TransformConfig, table: LabelTable) -> mt.Compose:
-    """Random part of training, applied to cached items; ends with the network target."""
+def training_pipeline(cfg: TransformConfig, table: LabelTable) -> mt.Compose:
+    """Load -> reorient -> crop -> normalise (deterministic, cached by MONAI's CacheDataset up to the
+    first random transform) -> random patches and augmentation -> network target."""
     return mt.Compose(
-        [*augmentation_transforms(cfg), LabelsToRegionsd(LABEL, table), mt.ToTensord(keys=[IMAGE, LABEL])]
+        [
+            *_cached_steps(cfg),
+            *augmentation_transforms(cfg),
+            LabelsToRegionsd(LABEL, table),
+            mt.ToTensord([IMAGE, LABEL]),
+        ]
     )
 
 
-def target_transforms(table: LabelTable) -> mt.Compose:
-    """Validation: cached item -> network target, no randomness."""
-    return mt.Compose([LabelsToRegionsd(LABEL, table), mt.ToTensord(keys=[IMAGE, LABEL])])
+def validation_pipeline(cfg: TransformConfig, table: LabelTable) -> mt.Compose:
+    """The deterministic part of :func:`training_pipeline` on whole cases, then the network target."""
+    return mt.Compose([*_cached_steps(cfg), LabelsToRegionsd(LABEL, table), mt.ToTensord([IMAGE, LABEL])])
 
 
 def inference_transforms(cfg: TransformConfig) -> mt.Compose:

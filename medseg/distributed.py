@@ -1,0 +1,65 @@
+"""Process-group setup for ``torchrun`` (DDP): NCCL on CUDA, gloo on CPU; a no-op in a single process."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands: rank, world size and its device."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes files and prints (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """True when running under torchrun with more than one process."""
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        """Wait for every process (no-op when not distributed)."""
+        if self.distributed:
+            dist.barrier()
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> the first CUDA device if there is one, else the CPU; other names pass through."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def init_distributed(device: str = "auto") -> DistContext:
+    """Join the process group that ``torchrun`` describes in ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``.
+
+    Each process takes CUDA device ``LOCAL_RANK`` when CUDA is available (backend NCCL), else
+    the CPU (backend gloo).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistContext(0, 1, resolve_device(device))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device != "cpu"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    return DistContext(dist.get_rank(), dist.get_world_size(), dev)
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group, if one was joined."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

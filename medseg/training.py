@@ -1,0 +1,402 @@
+"""Training: a small loop built by composition (data, network, loss, optimizer, schedule, validation).
+
+``train(config)`` writes into ``config.train.run_dir``:
+
+- ``last.pt`` after every epoch and ``best.pt`` when validation improves (atomic, self-describing,
+  see :mod:`medseg.checkpoint`);
+- ``metrics.csv`` (one row per epoch) and ``training_curve.png``.
+
+``train(config, resume=True)`` continues exactly from ``last.pt``: epoch, weights, optimizer,
+scheduler, AMP scaler, RNG states, best score and history. Every epoch's data order and
+augmentation are seeded from ``(config.seed, epoch, rank)``, so a resumed run draws the same
+patches as an uninterrupted one. Under ``torchrun`` each process trains on its own share of the
+samples (DDP); rank 0 validates and writes.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import CacheDataset, DataLoader, DistributedWeightedRandomSampler
+from monai.data.utils import set_rnd
+from monai.inferers import sliding_window_inference
+from monai.metrics import DiceMetric
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from medseg import __version__
+from medseg.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from medseg.config import Config
+from medseg.data.manifest import Manifest, ManifestCase, build_manifest, check_manifest, load_manifest
+from medseg.distributed import DistContext, init_distributed, shutdown_distributed
+from medseg.errors import CheckpointError, ConfigError, MedsegError, MedsegInputError
+from medseg.keys import CASE, IMAGE, LABEL
+from medseg.labels import LabelTable, get_label_table
+from medseg.losses import build_loss
+from medseg.networks import build_network, check_patch_size
+from medseg.training_log import plot_curves, write_metrics_csv
+from medseg.transforms import training_pipeline, validation_pipeline
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train`."""
+
+    run_dir: Path
+    best_score: float
+    best_epoch: int
+    epochs_run: int
+
+
+def validate_config(config: Config) -> None:
+    """Checks that need the network registry: patch and window sizes the network can take."""
+    check_patch_size(config.network.name, config.transforms.patch_size, config.network.kwargs)
+    check_patch_size(config.network.name, config.inference.roi_size, config.network.kwargs)
+    if config.train.epochs < 1 or config.train.iterations_per_epoch < 1 or config.train.batch_size < 1:
+        raise ConfigError("train.epochs, train.iterations_per_epoch and train.batch_size must be >= 1")
+
+
+def load_dataset_manifest(config: Config) -> tuple[Manifest, Path]:
+    """The manifest named in the config, or one built from ``data.root`` with ``data.layout``."""
+    root = Path(config.data.root)
+    if config.data.manifest:
+        manifest = load_manifest(config.data.manifest)
+    else:
+        manifest = build_manifest(root, layout=config.data.layout, num_folds=config.data.num_folds, seed=config.seed)
+    return manifest, root
+
+
+def resolve_label_table(config: Config, manifest: Manifest) -> LabelTable:
+    """``data.labels`` when set, else the manifest's table."""
+    return manifest.label_table if config.data.labels == "auto" else get_label_table(config.data.labels)
+
+
+def _items(cases: list[ManifestCase], root: Path) -> list[dict[str, Any]]:
+    return [{IMAGE: [str(root / p) for p in c.images], LABEL: str(root / c.label), CASE: c.id} for c in cases]
+
+
+def _raise_first_problem(problems: list[str]) -> None:
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s); run `medseg manifest check`)" if len(problems) > 1 else ""
+        raise MedsegInputError(problems[0] + more)
+
+
+def _user_error_in(exc: BaseException) -> MedsegError | None:
+    """MONAI wraps errors raised inside transforms; find one of ours in the chain."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, MedsegError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+class _Trainer:
+    """The state of one training run; :func:`train` is its public face."""
+
+    def __init__(self, config: Config, ctx: DistContext) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.run_dir = Path(config.train.run_dir)
+        manifest, root = load_dataset_manifest(config)
+        self.manifest = manifest
+        self.table = resolve_label_table(config, manifest)
+        train_cases, val_cases = manifest.split(config.data.fold)
+        if not train_cases or not val_cases:
+            raise MedsegInputError(
+                f"fold {config.data.fold} leaves {len(train_cases)} training and {len(val_cases)} validation cases;"
+                " need at least one of each",
+                path=root,
+            )
+        _raise_first_problem(check_manifest(manifest, root=root))
+        self.train_ds = CacheDataset(
+            _items(train_cases, root),
+            transform=training_pipeline(config.transforms, self.table),
+            cache_rate=config.data.cache_rate,
+            num_workers=max(1, config.data.num_workers),
+            progress=False,
+        )
+        self.val_ds = CacheDataset(
+            _items(val_cases, root),
+            transform=validation_pipeline(config.transforms, self.table),
+            cache_rate=config.data.cache_rate,
+            num_workers=max(1, config.data.num_workers),
+            progress=False,
+        )
+        cfg = config.train
+        self.sampler_generator = torch.Generator()
+        self.sampler = DistributedWeightedRandomSampler(
+            self.train_ds,
+            weights=[1.0] * len(self.train_ds),
+            num_samples_per_rank=cfg.iterations_per_epoch * cfg.batch_size,
+            generator=self.sampler_generator,
+            num_replicas=ctx.world_size,
+            rank=ctx.rank,
+            seed=config.seed,
+        )
+        self.loader_generator = torch.Generator()
+        self.loader = DataLoader(
+            self.train_ds,
+            batch_size=cfg.batch_size,
+            sampler=self.sampler,
+            num_workers=config.data.num_workers,
+            generator=self.loader_generator,
+            persistent_workers=False,
+        )
+        self.model = build_network(
+            config.network.name,
+            in_channels=len(manifest.channels),
+            out_channels=self.table.num_outputs,
+            kwargs=config.network.kwargs,
+        ).to(ctx.device)
+        self.net: nn.Module = (
+            DistributedDataParallel(self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+            if ctx.distributed
+            else self.model
+        )
+        self.loss_fn = build_loss(config.loss, self.table).to(ctx.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = self._build_scheduler()
+        self.use_amp = cfg.amp and ctx.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        if ctx.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.epoch = 0
+        self.best_score = -1.0
+        self.best_epoch = 0
+        self.history: list[dict[str, Any]] = []
+
+    def _build_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        cfg = self.config.train
+        total = cfg.epochs * cfg.iterations_per_epoch
+        warmup = min(cfg.warmup_epochs * cfg.iterations_per_epoch, total - 1)
+        if cfg.schedule == "cosine":
+            main: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                self.optimizer, T_max=max(1, total - warmup), eta_min=cfg.lr * 1e-3
+            )
+        else:
+            main = torch.optim.lr_scheduler.PolynomialLR(self.optimizer, total_iters=max(1, total - warmup), power=0.9)
+        if warmup <= 0:
+            return main
+        ramp = torch.optim.lr_scheduler.LinearLR(self.optimizer, start_factor=0.01, total_iters=warmup)
+        return torch.optim.lr_scheduler.SequentialLR(self.optimizer, [ramp, main], milestones=[warmup])
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def checkpoint(self) -> Checkpoint:
+        training = {
+            "epoch": self.epoch,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": _numpy_state_to_list(np.random.get_state()),
+                "python": random.getstate(),
+            },
+        }
+        return Checkpoint(
+            network={"name": self.config.network.name, "kwargs": self.config.network.kwargs},
+            channels=list(self.manifest.channels),
+            label_table=self.table,
+            config=self.config.to_dict(),
+            state_dict={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            training=training,
+            medseg_version=__version__,
+        )
+
+    def restore(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
+        if ckpt.training is None:
+            raise CheckpointError("holds no training state to resume from", path=path)
+        if ckpt.network["name"] != self.config.network.name:
+            raise CheckpointError(
+                f"was trained with network {ckpt.network['name']!r}, the config asks for {self.config.network.name!r}",
+                path=path,
+            )
+        state = ckpt.training
+        self.model.load_state_dict(ckpt.state_dict)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(_numpy_state_from_list(state["rng"]["numpy"]))
+        random.setstate(_as_tuple(state["rng"]["python"]))
+        self.epoch = int(state["epoch"])
+        self.best_score = float(state["best_score"])
+        self.best_epoch = int(state["best_epoch"])
+        self.history = list(state["history"])
+
+    # --- the loop ----------------------------------------------------------------------------
+    def _seed_epoch(self, epoch: int) -> None:
+        """Make epoch ``epoch``'s sampling, augmentation and dropout a function of (seed, epoch, rank)."""
+        seed = (self.config.seed * 1_000_003 + epoch * 7919 + self.ctx.rank) % 2**31
+        self.sampler.set_epoch(epoch)
+        self.sampler_generator.manual_seed(seed)
+        self.loader_generator.manual_seed(seed + 1)
+        if self.config.data.num_workers == 0:
+            set_rnd(self.train_ds, seed + 2)
+        torch.manual_seed(seed + 3)
+
+    def train_epoch(self, epoch: int) -> float:
+        self._seed_epoch(epoch)
+        self.net.train()
+        total, steps = 0.0, 0
+        bar = tqdm(
+            self.loader,
+            desc=f"epoch {epoch + 1}/{self.config.train.epochs}",
+            leave=False,
+            disable=not self.ctx.is_main,
+            dynamic_ncols=True,
+        )
+        for batch in bar:
+            image = batch[IMAGE].to(self.ctx.device)
+            target = batch[LABEL].to(self.ctx.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(self.ctx.device.type, dtype=torch.float16, enabled=self.use_amp):
+                loss = self.loss_fn(self.net(image), target)
+            self.scaler.scale(loss).backward()
+            if self.config.train.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            total += float(loss.detach())
+            steps += 1
+            bar.set_postfix(loss=f"{total / steps:.4f}")
+        return total / max(steps, 1)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean Dice per output on whole validation cases with sliding-window inference."""
+        self.model.eval()
+        inf = self.config.inference
+        regions = self.table.kind == "regions"
+        metric = DiceMetric(include_background=regions, reduction="mean_batch", ignore_empty=False)
+        for item in self.val_ds:
+            image = item[IMAGE].unsqueeze(0).to(self.ctx.device)
+            target = item[LABEL].unsqueeze(0).to(self.ctx.device)
+            with torch.autocast(self.ctx.device.type, dtype=torch.float16, enabled=self.use_amp):
+                logits = sliding_window_inference(
+                    image, inf.roi_size, inf.sw_batch_size, self.model, overlap=inf.overlap, mode=inf.mode
+                )
+            logits = logits.float()
+            if regions:
+                pred = (torch.sigmoid(logits) > inf.threshold).float()
+            else:
+                n = self.table.num_outputs
+                pred = nn.functional.one_hot(logits.argmax(1), n).permute(0, 4, 1, 2, 3).float()
+                target = nn.functional.one_hot(target[:, 0].long(), n).permute(0, 4, 1, 2, 3).float()
+            metric(pred, target)
+        per_output = metric.aggregate().cpu().tolist()
+        names = self.table.evaluation_names
+        scores = {f"val_{name}_dice": float(v) for name, v in zip(names, per_output, strict=True)}
+        scores["val_mean_dice"] = float(np.mean(per_output))
+        return scores
+
+    def run(self, *, resume: bool) -> TrainResult:
+        cfg = self.config.train
+        last, best = self.run_dir / "last.pt", self.run_dir / "best.pt"
+        if resume:
+            if not last.is_file():
+                raise CheckpointError("--resume: no checkpoint to resume from", path=last)
+            self.restore(last)
+        elif last.exists():
+            raise CheckpointError(
+                "run folder already holds a checkpoint: use --resume, or another train.run_dir", path=last
+            )
+        if self.ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        for epoch in range(self.epoch, cfg.epochs):
+            tick = time.monotonic()
+            loss = self.train_epoch(epoch)
+            self.epoch = epoch + 1
+            row: dict[str, Any] = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": loss}
+            out_of_time = cfg.max_minutes is not None and (time.monotonic() - started) / 60 >= cfg.max_minutes
+            if self.ctx.is_main and (self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs or out_of_time):
+                row.update(self.validate())
+                if row["val_mean_dice"] > self.best_score:
+                    self.best_score, self.best_epoch = row["val_mean_dice"], self.epoch
+            row["seconds"] = round(time.monotonic() - tick, 2)
+            self.history.append(row)
+            if self.ctx.is_main:
+                self._save(last, best, improved=self.best_epoch == self.epoch)
+                self._report(row)
+            self.ctx.barrier()
+            if out_of_time:
+                print(f"stopping after epoch {self.epoch}: train.max_minutes={cfg.max_minutes} reached")
+                break
+        return TrainResult(self.run_dir, self.best_score, self.best_epoch, self.epoch)
+
+    def _save(self, last: Path, best: Path, *, improved: bool) -> None:
+        ckpt = self.checkpoint()
+        save_checkpoint(ckpt, last)
+        if improved:
+            save_checkpoint(ckpt, best)
+        write_metrics_csv(self.history, self.run_dir / "metrics.csv")
+        plot_curves(self.history, self.run_dir / "training_curve.png", region_names=self.table.evaluation_names)
+
+    def _report(self, row: dict[str, Any]) -> None:
+        parts = [f"epoch {row['epoch']}/{self.config.train.epochs}", f"loss {row['train_loss']:.4f}"]
+        if "val_mean_dice" in row:
+            dice = " ".join(f"{n} {row[f'val_{n}_dice']:.3f}" for n in self.table.evaluation_names)
+            parts.append(f"val Dice {row['val_mean_dice']:.3f} ({dice})")
+        parts.append(f"{row['seconds']:.0f}s")
+        tqdm.write(" | ".join(parts))
+
+
+def train(config: Config, *, resume: bool = False, device: str = "auto") -> TrainResult:
+    """Train the configured network; see the module docstring for what is written where.
+
+    Raises:
+        ConfigError: a patch/window size the network cannot take.
+        MedsegInputError: missing or inconsistent dataset files (one line naming the file).
+        CheckpointError: ``resume`` without a checkpoint, or a new run over an existing one.
+    """
+    validate_config(config)
+    ctx = init_distributed(device)
+    _seed_all(config.seed)
+    try:
+        trainer = _Trainer(config, ctx)
+        return trainer.run(resume=resume)
+    except MedsegError:
+        raise
+    except Exception as exc:
+        user_error = _user_error_in(exc)
+        if user_error is not None:
+            raise user_error from None
+        raise
+    finally:
+        shutdown_distributed()
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _numpy_state_to_list(state: tuple) -> list:
+    name, keys, pos, has_gauss, cached = state
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _numpy_state_from_list(state: list) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
+
+
+def _as_tuple(value: Any) -> Any:
+    """``random.setstate`` needs tuples where a checkpoint round trip may give lists."""
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
