@@ -96,6 +96,27 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _info(args: argparse.Namespace) -> int:
+    import json
+
+    from medseg.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(args.model)
+    info = {
+        "channels": ckpt.channels,
+        "labels": ckpt.label_table.to_dict(),
+        "network": ckpt.network,
+        "layout": ckpt.layout,
+        "medseg_version": ckpt.medseg_version,
+    }
+    if args.json:
+        print(json.dumps(info))
+    else:
+        names = ", ".join(f"{v}={n}" for v, n in sorted(ckpt.label_table.labels.items()))
+        print(f"network {ckpt.network['name']}; channels {', '.join(ckpt.channels)}; labels {names}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from medseg.demo import run_demo
 
@@ -170,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--labels", default="auto", help="brats2021, brats2023 or auto")
     p.set_defaults(handler=_evaluate)
+
+    p = sub.add_parser("info", help="describe a checkpoint: channels, labels, network")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--json", action="store_true", help="one JSON object (used by the Slicer module)")
+    p.set_defaults(handler=_info)
 
     p = sub.add_parser("demo", help="phantoms -> train -> predict -> evaluate -> report")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))

@@ -106,6 +106,20 @@ class InferenceConfig:
 
 
 @dataclass
+class PhantomConfig:
+    """The synthetic data ``medseg demo`` generates: training/validation and a held-out test set
+    from a different seed. ``shape`` is the NIfTI voxel grid, ``spacing`` isotropic in mm."""
+
+    release: Literal["2021", "2023"] = "2021"
+    train_cases: int = 30
+    test_cases: int = 10
+    train_seed: int = 1
+    test_seed: int = 2
+    shape: list[int] = field(default_factory=lambda: [96, 96, 80])
+    spacing: float = 2.0
+
+
+@dataclass
 class Config:
     """A whole experiment."""
 
@@ -116,6 +130,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    phantoms: PhantomConfig = field(default_factory=PhantomConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON/checkpoint safe)."""
