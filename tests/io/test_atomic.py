@@ -1,0 +1,78 @@
+"""Atomic output: a failed or killed write never leaves a partial target, and failures leave no temp files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medseg.io import Geometry, atomic_output, read_image, write_label_map
+from medseg.labels import LabelTable
+
+TABLE = LabelTable(name="t", labels={0: "background", 1: "lesion"})
+
+
+def test_body_raises_keeps_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "out.seg.nrrd"
+    target.write_bytes(b"old content")
+    with pytest.raises(RuntimeError, match="boom"), atomic_output(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.endswith(".seg.nrrd") and tmp != target
+        tmp.write_bytes(b"half a fi")
+        raise RuntimeError("boom")
+    assert target.read_bytes() == b"old content"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.seg.nrrd"]
+
+
+def test_success_replaces_target(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "out.nii.gz"
+    with atomic_output(target) as tmp:
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    assert [p.name for p in target.parent.iterdir()] == ["out.nii.gz"]
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".seg.nrrd"])
+def test_failing_writer_keeps_previous_label_map(tmp_path: Path, suffix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    geometry = Geometry((4, 5, 6), np.diag([2.0, 2.0, 3.0, 1.0]))
+    old = np.zeros(geometry.shape, dtype=np.uint8)
+    target = write_label_map(old, geometry, tmp_path / f"labels{suffix}", table=TABLE)
+    before = target.read_bytes()
+
+    def broken_write(*args: object, **kwargs: object) -> None:
+        Path(str(args[1] if suffix == ".nii.gz" else args[0])).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    if suffix == ".nii.gz":
+        import nibabel
+
+        monkeypatch.setattr(nibabel, "save", broken_write)
+    else:
+        import nrrd
+
+        monkeypatch.setattr(nrrd, "write", broken_write)
+    with pytest.raises(OSError, match="disk full"):
+        write_label_map(np.ones(geometry.shape, dtype=np.uint8), geometry, target, table=TABLE)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+    np.testing.assert_array_equal(read_image(target).array, old)
+
+
+def test_killed_process_leaves_target_untouched(tmp_path: Path) -> None:
+    """SIGKILL in the middle of a write: the target keeps its old bytes (only a hidden temp file may remain)."""
+    target = tmp_path / "out.nii.gz"
+    target.write_bytes(b"old content")
+    script = (
+        "import os, signal, sys\n"
+        "from medseg.io.atomic import atomic_output\n"
+        "with atomic_output(sys.argv[1]) as tmp:\n"
+        "    tmp.write_bytes(b'partial')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", script, str(target)], cwd=root, check=False)
+    assert result.returncode != 0
+    assert target.read_bytes() == b"old content"
+    assert all(p == target or p.name.startswith(".") for p in tmp_path.iterdir())
