@@ -23,6 +23,7 @@ import nibabel as nib
 import numpy as np
 
 from medseg.data import brats as _brats  # noqa: F401  (registers the layout)
+from medseg.data import nnunet as _nnunet  # noqa: F401  (registers "nnunet", and "msd" which it imports)
 from medseg.data.layouts import SCANNERS, ScannedCase
 from medseg.errors import MedsegInputError
 from medseg.io.atomic import atomic_output

@@ -1,0 +1,185 @@
+"""The Medical Segmentation Decathlon layout: ``dataset.json`` plus ``imagesTr/``, ``labelsTr/``, ``imagesTs/``.
+
+``dataset.json`` (MSD conventions)::
+
+    {"name": "Liver", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "liver", ...},
+     "training": [{"image": "./imagesTr/liver_0.nii.gz", "label": "./labelsTr/liver_0.nii.gz"}, ...],
+     "test": ["./imagesTs/liver_132.nii.gz", ...]}
+
+Multi-modal MSD tasks (Task01 BrainTumour, Task05 Prostate) store all channels of a case in one 4-D
+NIfTI file, channels last: such a case has ONE image path whose header holds as many channels as
+``modality`` names. Test cases become unlabelled manifest cases.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import nibabel as nib
+
+from medseg.data.layouts import ScannedCase, ScannedDataset, register_layout
+from medseg.errors import MedsegInputError
+from medseg.labels import RGB, LabelTable
+
+# Colours for label values 1, 2, ... (repeating), distinct on a grey CT or MR background.
+PALETTE: tuple[RGB, ...] = (
+    (221, 130, 101),
+    (157, 108, 162),
+    (0, 151, 206),
+    (111, 184, 210),
+    (224, 97, 76),
+    (249, 180, 111),
+    (128, 174, 128),
+    (241, 214, 145),
+    (183, 156, 220),
+    (255, 130, 180),
+    (230, 220, 70),
+    (170, 250, 250),
+)
+
+
+def classes_table(name: str, labels: dict[int, str]) -> LabelTable:
+    """A ``kind="classes"`` table for ``labels`` (value -> name), coloured from :data:`PALETTE`."""
+    colors = {v: PALETTE[(v - 1) % len(PALETTE)] for v in labels if v != 0}
+    return LabelTable(name=name, labels=dict(sorted(labels.items())), kind="classes", colors=colors)
+
+
+def read_dataset_json(root: Path) -> dict[str, Any]:
+    """Parse ``root/dataset.json``.
+
+    Raises:
+        MedsegInputError: missing, not valid JSON, or not a JSON object (naming the file).
+    """
+    path = root / "dataset.json"
+    if not root.is_dir():
+        raise MedsegInputError("dataset folder not found", path=root)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MedsegInputError("dataset.json not found", path=path) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MedsegInputError(f"dataset.json is not valid JSON: {exc}", path=path) from None
+    if not isinstance(data, dict):
+        raise MedsegInputError("dataset.json must hold a JSON object", path=path)
+    return data
+
+
+def ordered_names(mapping: Any, *, key: str, path: Path) -> tuple[str, ...]:
+    """Values of a ``{"0": name, "1": name}`` mapping in numeric key order (MSD ``modality``, nnU-Net
+    ``channel_names``)."""
+    if not isinstance(mapping, dict) or not mapping:
+        raise MedsegInputError(f'dataset.json needs a non-empty "{key}" object', path=path)
+    try:
+        items = sorted((int(k), str(v)) for k, v in mapping.items())
+    except ValueError:
+        raise MedsegInputError(f'dataset.json "{key}" keys must be integers "0", "1", ...', path=path) from None
+    if [k for k, _ in items] != list(range(len(items))):
+        raise MedsegInputError(f'dataset.json "{key}" keys must be 0..{len(items) - 1}', path=path)
+    return tuple(v for _, v in items)
+
+
+def _msd_labels(data: dict[str, Any], path: Path) -> dict[int, str]:
+    labels = data.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise MedsegInputError('dataset.json needs a non-empty "labels" object {"0": "background", ...}', path=path)
+    try:
+        table = {int(k): str(v) for k, v in labels.items()}
+    except ValueError:
+        raise MedsegInputError('dataset.json "labels" keys must be integer label values', path=path) from None
+    if 0 not in table:
+        raise MedsegInputError('dataset.json "labels" has no background value "0"', path=path)
+    return table
+
+
+def _resolve(root: Path, entry: Any, json_path: Path, what: str) -> str:
+    """``"./imagesTr/x.nii.gz"`` -> ``"imagesTr/x.nii.gz"``, checked to exist inside ``root``."""
+    if not isinstance(entry, str) or not entry:
+        raise MedsegInputError(f"dataset.json {what} entry {entry!r} is not a file path", path=json_path)
+    rel = PurePosixPath(entry)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise MedsegInputError(
+            f"dataset.json {what} path {entry!r} must stay inside the dataset folder", path=json_path
+        )
+    rel_str = str(rel)  # PurePosixPath drops the leading "./"
+    if not (root / rel_str).is_file():
+        raise MedsegInputError(f"listed in dataset.json ({what}) but not found", path=root / rel_str)
+    return rel_str
+
+
+def image_channels(path: Path) -> int:
+    """Channel count from a NIfTI header: 1 for a 3-D image, N for a 4-D ``(X, Y, Z, N)`` image.
+
+    Raises:
+        MedsegInputError: unreadable header, or not 3-D/4-D.
+    """
+    try:
+        shape = nib.load(str(path)).shape
+    except Exception as exc:
+        raise MedsegInputError(f"cannot read image header: {exc}", path=path) from None
+    if len(shape) == 3:
+        return 1
+    if len(shape) == 4:
+        return int(shape[3])
+    raise MedsegInputError(f"expected a 3-D or 4-D image, got shape {shape}", path=path)
+
+
+def _case_id(rel: str) -> str:
+    name = PurePosixPath(rel).name
+    for ending in (".nii.gz", ".nii"):
+        if name.endswith(ending):
+            return name[: -len(ending)]
+    return name.split(".")[0]
+
+
+@register_layout("msd")
+def scan_msd(root: Path) -> ScannedDataset:
+    """Scan a Medical Segmentation Decathlon folder through its ``dataset.json``.
+
+    Label table: ``kind="classes"``, named after ``"name"``, values and names from ``"labels"``. Channels:
+    ``"modality"`` names in key order. Each training entry is a labelled case, each ``"test"`` entry an
+    unlabelled one; the case id (and patient) is the image file name without ``.nii.gz``.
+
+    Raises:
+        MedsegInputError: ``dataset.json`` missing or malformed; a listed file missing (naming it); an
+            image whose channel count (1 for 3-D, N for 4-D) differs from the number of modalities.
+    """
+    root = Path(root)
+    data = read_dataset_json(root)
+    json_path = root / "dataset.json"
+    labels = _msd_labels(data, json_path)
+    channels = ordered_names(data.get("modality"), key="modality", path=json_path)
+    training, test = data.get("training", []), data.get("test", [])
+    if not isinstance(training, list) or not isinstance(test, list):
+        raise MedsegInputError('dataset.json "training" and "test" must be lists', path=json_path)
+    if not training and not test:
+        raise MedsegInputError('dataset.json lists no cases in "training" or "test"', path=json_path)
+
+    cases: list[ScannedCase] = []
+    entries: list[tuple[str, str | None]] = []
+    for entry in training:
+        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+            raise MedsegInputError(f'training entry {entry!r} needs "image" and "label"', path=json_path)
+        entries.append(
+            (_resolve(root, entry["image"], json_path, "image"), _resolve(root, entry["label"], json_path, "label"))
+        )
+    for entry in test:
+        image = entry.get("image") if isinstance(entry, dict) else entry  # some converters write {"image": ...}
+        entries.append((_resolve(root, image, json_path, "test image"), None))
+
+    seen: set[str] = set()
+    for image, label in entries:
+        case_id = _case_id(image)
+        if case_id in seen:
+            raise MedsegInputError(f"case {case_id!r} is listed twice in dataset.json", path=root / image)
+        seen.add(case_id)
+        count = image_channels(root / image)
+        if count != len(channels):
+            raise MedsegInputError(
+                f"image has {count} channel(s) but dataset.json modality lists {len(channels)} ({', '.join(channels)})",
+                path=root / image,
+            )
+        cases.append(ScannedCase(id=case_id, images=(image,), label=label, patient=case_id))
+    name = str(data.get("name") or root.name)
+    return ScannedDataset("msd", classes_table(name, labels), channels, tuple(cases))
