@@ -621,6 +621,39 @@ def validate_inputs(channel_names: Sequence[str], selected_volume_ids: Sequence[
     return problems
 
 
+# Channel name -> spellings seen in volume names (BraTS 2021 and 2023 suffixes, common synonyms).
+_CHANNEL_ALIASES: dict[str, tuple[str, ...]] = {
+    "t1": ("t1", "t1n", "t1w", "t1native"),
+    "t1ce": ("t1ce", "t1c", "t1gd", "t1post", "t1contrast"),
+    "t2": ("t2", "t2w"),
+    "flair": ("flair", "t2f", "t2flair"),
+}
+
+
+def match_channel_volumes(channel_names: Sequence[str], volume_names: Sequence[str]) -> list[int | None]:
+    """A first guess of which volume is which channel, from the volumes' names.
+
+    A volume matches a channel when one of the words of its name (split at anything but letters and
+    digits, e.g. ``BraTS2021_00001_t1ce``) is the channel's name or a known alias of it (``t1c``,
+    ``t2f``, ...). Each volume is used at most once; a channel with no match, or with more than one,
+    gets ``None``.
+
+    Returns:
+        For each channel, the index into ``volume_names`` or ``None``.
+    """
+    words = [set(re.split(r"[^a-z0-9]+", name.lower())) - {""} for name in volume_names]
+    used: set[int] = set()
+    guesses: list[int | None] = []
+    for channel in channel_names:
+        key = _normalise(channel)
+        aliases = set(_CHANNEL_ALIASES.get(key, ())) | {key}
+        hits = [i for i, w in enumerate(words) if i not in used and w & aliases]
+        guesses.append(hits[0] if len(hits) == 1 else None)
+        if len(hits) == 1:
+            used.add(hits[0])
+    return guesses
+
+
 @dataclass(frozen=True)
 class VolumeGrid:
     """The voxel grid of a volume: dimensions, spacing (mm), origin (mm) and direction matrix (rows)."""

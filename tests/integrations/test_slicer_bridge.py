@@ -496,3 +496,15 @@ def test_kill_process_tree_of_a_finished_child_reports_it_gone() -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"], **bridge.new_process_group_kwargs())
     child.wait(timeout=30)
     assert bridge.kill_process_tree(child.pid, force=True) is False
+
+
+def test_match_channel_volumes() -> None:
+    channels = ["T1", "T1ce", "T2", "FLAIR"]
+    brats2021 = ["BraTS2021_00001_flair", "BraTS2021_00001_t1", "BraTS2021_00001_t1ce", "BraTS2021_00001_t2"]
+    assert bridge.match_channel_volumes(channels, brats2021) == [1, 2, 3, 0]
+    brats2023 = ["BraTS-GLI-00001-000-t1n", "BraTS-GLI-00001-000-t1c", "BraTS-GLI-00001-000-t2w", "x-t2f"]
+    assert bridge.match_channel_volumes(channels, brats2023) == [0, 1, 2, 3]
+    # Ambiguous or absent: no guess rather than a wrong one.
+    assert bridge.match_channel_volumes(["T1", "T2"], ["a t1", "b t1", "MRHead"]) == [None, None]
+    assert bridge.match_channel_volumes(["CT"], ["patient ct"]) == [0]
+    assert bridge.match_channel_volumes([], ["x"]) == []

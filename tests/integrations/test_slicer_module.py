@@ -1,0 +1,328 @@
+"""Tests of the Slicer module's files that need no Slicer: they compile, the Slicer-free parts import
+without Slicer, Qt or torch, the child-process runner streams and cancels, the ``.ui`` file is valid
+Qt Designer XML holding every widget the panel looks up, and CMake lists every file."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import py_compile
+import re
+import subprocess
+import sys
+import textwrap
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from medseg.integrations import slicer as bridge
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE_DIR = REPO / "tools" / "slicer" / "MedSeg"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "MedSeg.ui"
+PYTHON_FILES = sorted((REPO / "tools" / "slicer").rglob("*.py"))
+
+
+@pytest.fixture
+def medseglib(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``MedSegLib`` importable as Slicer would import it (the module folder on ``sys.path``)."""
+    monkeypatch.syspath_prepend(str(MODULE_DIR))
+    yield
+    for name in [n for n in sys.modules if n == "MedSegLib" or n.startswith("MedSegLib.")]:
+        del sys.modules[name]
+
+
+# --------------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------------
+
+
+def test_module_layout() -> None:
+    for relative in (
+        "CMakeLists.txt",
+        "MedSeg.py",
+        "README.md",
+        "MedSegLib/__init__.py",
+        "MedSegLib/widget.py",
+        "MedSegLib/logic.py",
+        "MedSegLib/process.py",
+        "MedSegLib/bridge.py",
+        "Resources/UI/MedSeg.ui",
+        "Resources/Icons/MedSeg.png",
+        "Testing/make_tiny_checkpoint.py",
+    ):
+        assert (MODULE_DIR / relative).is_file(), relative
+
+
+@pytest.mark.parametrize("path", PYTHON_FILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_python_files_compile(path: Path, tmp_path: Path) -> None:
+    py_compile.compile(str(path), cfile=str(tmp_path / "out.pyc"), doraise=True)
+
+
+def test_module_file_is_small_and_declares_the_slicer_classes() -> None:
+    source = (MODULE_DIR / "MedSeg.py").read_text()
+    tree = ast.parse(source)
+    classes = {node.name: [ast.unparse(b) for b in node.bases] for node in tree.body if isinstance(node, ast.ClassDef)}
+    assert classes == {
+        "MedSeg": ["ScriptedLoadableModule"],
+        "MedSegWidget": ["ScriptedLoadableModuleWidget"],
+        "MedSegLogic": ["ScriptedLoadableModuleLogic"],
+        "MedSegTest": ["ScriptedLoadableModuleTest"],
+    }
+    assert len(source.splitlines()) < 200
+    # The self-test really runs something: it segments and checks segments.
+    test_source = ast.get_source_segment(source, next(n for n in tree.body if getattr(n, "name", "") == "MedSegTest"))
+    assert test_source is not None and "logic.segment(" in test_source and "GetNumberOfSegments" in test_source
+
+
+def test_cmake_lists_every_python_file_and_resource() -> None:
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "MedSeg")
+    assert "slicerMacroBuildScriptedModule" in cmake
+    listed = set(re.findall(r"^\s+(\S+\.(?:py|png|ui))\s*$", cmake, flags=re.MULTILINE))
+    on_disk = {str(p.relative_to(MODULE_DIR)).replace(os.sep, "/") for p in MODULE_DIR.rglob("*")}
+    on_disk = {p for p in on_disk if p.endswith((".py", ".png", ".ui")) and "__pycache__" not in p}
+    assert listed == on_disk
+
+
+def test_icon_is_128_png() -> None:
+    from PIL import Image
+
+    with Image.open(MODULE_DIR / "Resources" / "Icons" / "MedSeg.png") as icon:
+        assert icon.format == "PNG" and icon.size == (128, 128)
+
+
+# --------------------------------------------------------------------------------------------------
+# Light imports
+# --------------------------------------------------------------------------------------------------
+
+_IMPORT_CHECK = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, sys.argv[1])
+    import MedSegLib.process, MedSegLib.bridge
+    heavy = sorted(m for m in ("slicer", "qt", "vtk", "torch", "numpy", "ctk") if m in sys.modules)
+    print(json.dumps({"bridge": MedSegLib.bridge.bridge.__name__, "heavy": heavy}))
+    """
+)
+
+
+def test_slicer_free_parts_import_without_slicer_qt_or_torch() -> None:
+    # As from an installed medseg (the checkout on the path) ...
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORT_CHECK, str(MODULE_DIR)], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    assert json.loads(result.stdout) == {"bridge": "medseg.integrations.slicer", "heavy": []}
+
+
+def test_bridge_falls_back_to_the_checkout_when_medseg_is_not_installed(tmp_path: Path) -> None:
+    # ``-I -S`` keeps the checkout and site-packages (an editable install) off sys.path, like
+    # Slicer's Python without medseg installed.
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", _IMPORT_CHECK, str(MODULE_DIR)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"bridge": "medseg_slicer_bridge", "heavy": []}
+
+
+def test_module_imports_slicer_only_where_expected() -> None:
+    # widget and logic are Slicer-side; process and bridge must not import Slicer or Qt at all.
+    for name in ("process.py", "bridge.py", "__init__.py"):
+        tree = ast.parse((MODULE_DIR / "MedSegLib" / name).read_text())
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not imported & {"slicer", "qt", "ctk", "vtk", "torch", "numpy"}, name
+
+
+# --------------------------------------------------------------------------------------------------
+# The child process runner
+# --------------------------------------------------------------------------------------------------
+
+
+def _fake_medseg(tmp_path: Path, body: str) -> list[str]:
+    script = tmp_path / "fake_medseg.py"
+    script.write_text(textwrap.dedent(body))
+    return [sys.executable, str(script)]
+
+
+def test_child_process_streams_stdout_and_stderr(medseglib: None, tmp_path: Path) -> None:
+    from MedSegLib.process import STDERR, STDOUT, ChildProcess
+
+    args = _fake_medseg(
+        tmp_path,
+        """
+        import json, os, sys
+        print(json.dumps({"event": "start", "total": 1}))
+        print("a log line")
+        print(json.dumps({"event": "case_start", "case": "case", "index": 0, "total": 1}))
+        print("medseg: error: /x/case_0001.nii.gz: grid differs", file=sys.stderr)
+        print("unbuffered=" + os.environ.get("PYTHONUNBUFFERED", ""))
+        sys.exit(2)
+        """,
+    )
+    process = ChildProcess(args)
+    assert process.pid is None and process.returncode is None and not process.is_finished()
+    process.start()
+    lines: list[tuple[str, str]] = []
+    code = process.wait(on_line=lambda stream, text: lines.append((stream, text)), timeout=60)
+    assert code == 2
+    stdout = [text for stream, text in lines if stream == STDOUT]
+    assert stdout[1] == "a log line" and stdout[-1] == "unbuffered=1"
+    assert [e.event for e in map(bridge.parse_progress_line, stdout) if e] == ["start", "case_start"]
+    assert (STDERR, "medseg: error: /x/case_0001.nii.gz: grid differs") in lines
+    assert bridge.error_message_from_stderr(process.stderr_text) == "/x/case_0001.nii.gz: grid differs"
+    with pytest.raises(RuntimeError, match="already started"):
+        process.start()
+
+
+def test_child_process_poll_does_not_block(medseglib: None, tmp_path: Path) -> None:
+    from MedSegLib.process import ChildProcess
+
+    args = _fake_medseg(tmp_path, "import time\nprint('first', flush=True)\ntime.sleep(30)\n")
+    process = ChildProcess(args)
+    process.start()
+    try:
+        deadline = time.monotonic() + 20
+        seen: list[tuple[str, str]] = []
+        while not seen and time.monotonic() < deadline:
+            tick = time.monotonic()
+            seen = process.poll()
+            assert time.monotonic() - tick < 0.5
+            time.sleep(0.02)
+        assert seen == [("stdout", "first")]
+        assert not process.is_finished()
+    finally:
+        process.kill()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX process groups")
+def test_child_process_cancel_stops_the_tree(medseglib: None, tmp_path: Path) -> None:
+    from MedSegLib.process import ChildProcess
+
+    pid_file = tmp_path / "grandchild.pid"
+    args = _fake_medseg(
+        tmp_path,
+        f"""
+        import signal, subprocess, sys, time
+        # A child that ignores SIGTERM and a grandchild: cancel must escalate and reach both.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        open({str(pid_file)!r}, "w").write(str(grandchild.pid))
+        print("ready", flush=True)
+        time.sleep(60)
+        """,
+    )
+    process = ChildProcess(args, kill_grace_seconds=0.5)
+    process.start()
+    deadline = time.monotonic() + 20
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    grandchild = int(pid_file.read_text())
+    tick = time.monotonic()
+    process.cancel()
+    process.cancel()  # idempotent
+    code = process.wait(timeout=30)
+    assert process.cancelled and code < 0
+    assert time.monotonic() - tick < 20
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            break
+        stat = Path(f"/proc/{grandchild}/stat")
+        if stat.exists() and stat.read_text().split()[2] == "Z":
+            break  # dead, waiting to be reaped by init
+        time.sleep(0.05)
+    else:
+        pytest.fail("the grandchild survived cancel")
+
+
+def test_child_process_wait_timeout_kills(medseglib: None, tmp_path: Path) -> None:
+    from MedSegLib.process import ChildProcess
+
+    process = ChildProcess(_fake_medseg(tmp_path, "import time\ntime.sleep(60)\n"))
+    process.start()
+    with pytest.raises(TimeoutError):
+        process.wait(timeout=0.5)
+    assert process.returncode is not None
+
+
+def test_child_process_reports_a_missing_program(medseglib: None, tmp_path: Path) -> None:
+    from MedSegLib.process import ChildProcess
+
+    with pytest.raises(OSError):
+        ChildProcess([str(tmp_path / "no-such-python")]).start()
+
+
+# --------------------------------------------------------------------------------------------------
+# The .ui file and the widget code agree
+# --------------------------------------------------------------------------------------------------
+
+
+def _ui_widgets() -> dict[str, str]:
+    root = ET.parse(UI_FILE).getroot()
+    return {w.get("name"): w.get("class") for w in root.iter("widget")}  # type: ignore[misc]
+
+
+def test_ui_is_qt_designer_xml() -> None:
+    root = ET.parse(UI_FILE).getroot()
+    assert root.tag == "ui" and root.get("version") == "4.0"
+    assert root.findtext("class") == "MedSeg"
+    top = root.find("widget")
+    assert top is not None and top.get("class") == "qMRMLWidget" and top.get("name") == "MedSeg"
+    names = [w.get("name") for w in root.iter("widget")] + [w.get("name") for w in root.iter("layout")]
+    assert all(names) and len(names) == len(set(names)), "every widget and layout needs a unique name"
+    # Every non-Qt class used is declared as a custom widget.
+    declared = {c.findtext("class") for c in root.iter("customwidget")}
+    used = {w.get("class") for w in root.iter("widget")}
+    assert {c for c in used if c and not c.startswith("Q")} <= declared
+
+
+def test_ui_has_the_expected_widgets() -> None:
+    widgets = _ui_widgets()
+    assert widgets["modelPathLineEdit"] == "ctkPathLineEdit"
+    assert widgets["pythonPathLineEdit"] == "ctkPathLineEdit"
+    assert widgets["outputSegmentationSelector"] == "qMRMLNodeComboBox"
+    assert widgets["deviceComboBox"] == widgets["backendComboBox"] == "QComboBox"
+    assert widgets["applyButton"] == widgets["cancelButton"] == "QPushButton"
+    assert widgets["progressBar"] == "QProgressBar"
+    assert widgets["logTextEdit"] == "QPlainTextEdit"
+    root = ET.parse(UI_FILE).getroot()
+    container = next(w for w in root.iter("widget") if w.get("name") == "channelsContainer")
+    layout = container.find("layout")
+    assert layout is not None and layout.get("class") == "QFormLayout"  # the panel calls addRow/removeRow
+    selector = next(w for w in root.iter("widget") if w.get("name") == "outputSegmentationSelector")
+    types = [s.text for s in selector.iter("string") if s.text and s.text.startswith("vtkMRML")]
+    assert types == ["vtkMRMLSegmentationNode"]
+
+
+def test_ui_combo_items_match_the_bridge() -> None:
+    root = ET.parse(UI_FILE).getroot()
+    for name, expected in (("deviceComboBox", bridge.DEVICES), ("backendComboBox", bridge.BACKENDS)):
+        combo = next(w for w in root.iter("widget") if w.get("name") == name)
+        items = [item.findtext("property/string") for item in combo.findall("item")]
+        assert tuple(items) == expected
+
+
+def _names_used_by(source: str) -> set[str]:
+    names = set(re.findall(r"\bui\.([A-Za-z_]\w*)", source))
+    names |= set(re.findall(r"findChild\([^,]+,\s*[\"'](\w+)[\"']\)", source))
+    return names
+
+
+def test_every_widget_the_code_uses_is_in_the_ui() -> None:
+    sources = [MODULE_DIR / "MedSeg.py", *sorted((MODULE_DIR / "MedSegLib").glob("*.py"))]
+    used = set().union(*(_names_used_by(p.read_text()) for p in sources))
+    assert {"applyButton", "cancelButton", "progressBar", "channelsContainer"} <= used  # the regex works
+    missing = used - set(_ui_widgets())
+    assert not missing, f"used in code but not in MedSeg.ui: {sorted(missing)}"
+
+
+def test_name_extraction_catches_drift() -> None:
+    assert _names_used_by("self.ui.applyButton.enabled = True\nx = self.ui.fooBar") == {"applyButton", "fooBar"}
+    assert _names_used_by('w = slicer.util.findChild(panel, "statusLabel")') == {"statusLabel"}
