@@ -1,0 +1,166 @@
+"""End to end: the exact commands the Slicer module runs, on a phantom case exported as the module
+exports it, with a tiny checkpoint; the output's segments and geometry are checked against the input.
+
+Slicer's ``exportNode`` writes each volume with ITK's NIfTI writer; here SimpleITK (the same writer)
+reads each phantom channel and writes it as ``case_000N.nii.gz`` in the checkpoint's channel order.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medseg.integrations import slicer as bridge
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE_DIR = REPO / "tools" / "slicer" / "MedSeg"
+
+pytestmark = pytest.mark.slow
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    script = MODULE_DIR / "Testing" / "make_tiny_checkpoint.py"
+    subprocess.run([sys.executable, str(script), str(path)], check=True, env=_env(), capture_output=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def phantom_case(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from medseg.phantoms.brats import generate_brats_case
+
+    root = tmp_path_factory.mktemp("phantom")
+    return generate_brats_case(0, root, seed=0, release="2021", shape=(40, 48, 36), spacing=1.5)
+
+
+@pytest.fixture(scope="module")
+def info(checkpoint: Path) -> bridge.ModelInfo:
+    result = subprocess.run(
+        bridge.InfoParameters(sys.executable, checkpoint).command(), capture_output=True, text=True, env=_env()
+    )
+    assert result.returncode == 0, result.stderr
+    return bridge.parse_model_info(result.stdout)
+
+
+def _export_like_the_module(case_dir: Path, channels: list[str], input_dir: Path) -> list[Path]:
+    """Choose each channel's volume by name (as the panel guesses) and write it with ITK."""
+    sources = sorted(p for p in case_dir.glob("*.nii.gz") if not p.name.endswith("_seg.nii.gz"))
+    guesses = bridge.match_channel_volumes(channels, [p.name.removesuffix(".nii.gz") for p in sources])
+    assert None not in guesses, f"cannot tell the channels apart in {[p.name for p in sources]}"
+    assert bridge.validate_inputs(channels, [str(sources[g]) for g in guesses]) == []  # type: ignore[index]
+    input_dir.mkdir(parents=True)
+    paths = []
+    for guess, name in zip(guesses, bridge.export_file_names(bridge.CASE_ID, len(channels)), strict=True):
+        image = sitk.ReadImage(str(sources[guess]))  # type: ignore[index]
+        sitk.WriteImage(image, str(input_dir / name), useCompression=True)
+        paths.append(input_dir / name)
+    return paths
+
+
+@pytest.fixture
+def medseglib(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.syspath_prepend(str(MODULE_DIR))
+    yield
+    for name in [n for n in sys.modules if n == "MedSegLib" or n.startswith("MedSegLib.")]:
+        del sys.modules[name]
+
+
+def test_info_describes_the_checkpoint(info: bridge.ModelInfo) -> None:
+    assert bridge.channel_slots({"channels": list(info.channels)}) == ["T1", "T1ce", "T2", "FLAIR"]
+    specs = bridge.segments_from_label_table(info.labels)
+    assert [(s.label, s.name) for s in specs] == [(1, "NCR"), (2, "ED"), (4, "ET")]
+    assert all(s.terminology_entry() for s in specs)
+
+
+def test_predict_command_on_an_exported_phantom(
+    medseglib: None, tmp_path: Path, checkpoint: Path, phantom_case: Path, info: bridge.ModelInfo
+) -> None:
+    from MedSegLib.process import STDOUT, ChildProcess
+
+    inputs = _export_like_the_module(phantom_case, list(info.channels), tmp_path / "input")
+    output_dir = tmp_path / "output"
+    output_dir.mkdir()
+    parameters = bridge.PredictParameters(
+        python_executable=sys.executable,
+        model=checkpoint,
+        input_dir=tmp_path / "input",
+        output_dir=output_dir,
+        device="cpu",
+    )
+    process = ChildProcess(parameters.command(), env=_env())
+    process.start()
+    progress = bridge.RunProgress()
+    events: list[str] = []
+
+    def on_line(stream: str, text: str) -> None:
+        event = bridge.parse_progress_line(text) if stream == STDOUT else None
+        if event is not None:
+            events.append(event.event)
+            progress.update(event)
+
+    code = process.wait(on_line=on_line, timeout=300)
+    assert code == 0, process.stderr_text
+    assert events[0] == "start" and events[-1] == "done"
+    assert {"case_start", "case_done"} <= set(events)
+    assert progress.done and progress.fraction == 1.0 and progress.failures == []
+
+    label_map = bridge.find_output_label_map(output_dir, bridge.CASE_ID, reported=progress.outputs.get(bridge.CASE_ID))
+    assert label_map == output_dir / "case.nii.gz"
+
+    reference = sitk.ReadImage(str(inputs[0]))
+    output = sitk.ReadImage(str(label_map))
+    assert output.GetPixelID() == sitk.sitkUInt8
+    assert output.GetSize() == reference.GetSize()
+    np.testing.assert_allclose(output.GetSpacing(), reference.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(output.GetOrigin(), reference.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(output.GetDirection(), reference.GetDirection(), atol=1e-6)
+    values = set(np.unique(sitk.GetArrayViewFromImage(output)).tolist())
+    segment_labels = {s.label for s in bridge.segments_from_label_table(info.labels)}
+    assert values <= {0} | segment_labels
+
+
+def test_predict_failure_gives_medsegs_one_line_message(
+    medseglib: None, tmp_path: Path, checkpoint: Path, phantom_case: Path, info: bridge.ModelInfo
+) -> None:
+    from MedSegLib.process import ChildProcess
+
+    inputs = _export_like_the_module(phantom_case, list(info.channels), tmp_path / "input")
+    inputs[-1].unlink()  # a channel missing, as if an export had failed
+    parameters = bridge.PredictParameters(sys.executable, checkpoint, tmp_path / "input", tmp_path / "out", "cpu")
+    process = ChildProcess(parameters.command(), env=_env())
+    process.start()
+    code = process.wait(timeout=300)
+    assert code != 0
+    message = bridge.error_message_from_stderr(process.stderr_text, exit_code=code)
+    assert "medseg: error:" in process.stderr_text
+    assert message and "Traceback" not in message and not message.startswith("medseg:")
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+def test_cancel_stops_a_real_predict_run(
+    medseglib: None, tmp_path: Path, checkpoint: Path, phantom_case: Path, info: bridge.ModelInfo
+) -> None:
+    from MedSegLib.process import ChildProcess
+
+    _export_like_the_module(phantom_case, list(info.channels), tmp_path / "input")
+    parameters = bridge.PredictParameters(sys.executable, checkpoint, tmp_path / "input", tmp_path / "out", "cpu")
+    process = ChildProcess(parameters.command(), env=_env(), kill_grace_seconds=2.0)
+    process.start()
+    process.cancel()  # while it is still importing torch
+    code = process.wait(timeout=60)
+    assert process.cancelled and code != 0
+    assert not (tmp_path / "out" / "case.nii.gz").exists()
