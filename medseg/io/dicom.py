@@ -14,7 +14,6 @@ positions (≈0.07 mm on 7 mm steps in the project's fixture) is far inside this
 
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,6 @@ import numpy as np
 
 from medseg.errors import MedsegInputError
 from medseg.io.image import Geometry, Image
-
-log = logging.getLogger(__name__)
 
 SLICE_TOLERANCE = 0.10
 """Largest allowed deviation of a slice from the regular grid, as a fraction of the slice spacing."""
@@ -84,12 +81,12 @@ def _skip_reason(headers: list[Any]) -> str | None:
     return None
 
 
-def _scan(folder: Path) -> tuple[list[SeriesInfo], dict[str, list[Any]]]:
-    """Group the image files under ``folder`` (recursively) by series; warn about skipped series."""
+def _scan(folder: Path, recursive: bool) -> tuple[list[SeriesInfo], dict[str, list[Any]]]:
+    """Group the image files under ``folder`` by series; warn about skipped series."""
     if not folder.is_dir():
         raise MedsegInputError("DICOM folder not found", path=folder)
     groups: dict[str, list[Any]] = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(p for p in (folder.rglob("*") if recursive else folder.iterdir()) if p.is_file()):
         ds = _read_header(path)
         if ds is not None:
             ds.filename = str(path)
@@ -102,7 +99,6 @@ def _scan(folder: Path) -> tuple[list[SeriesInfo], dict[str, list[Any]]]:
         if reason is not None:
             message = f"{folder}: skipping DICOM series {uid} ({first.get('SeriesDescription', '')!s}): {reason}"
             warnings.warn(message, stacklevel=3)
-            log.info(message)
             continue
         kept[uid] = headers
         infos.append(
@@ -117,8 +113,8 @@ def _scan(folder: Path) -> tuple[list[SeriesInfo], dict[str, list[Any]]]:
     return infos, kept
 
 
-def list_dicom_series(folder: str | Path) -> list[SeriesInfo]:
-    """The readable image series in ``folder`` (searched recursively), largest first.
+def list_dicom_series(folder: str | Path, *, recursive: bool = True) -> list[SeriesInfo]:
+    """The readable image series in ``folder`` (and its subfolders unless ``recursive=False``), largest first.
 
     Localizers, single-slice and multi-frame series are skipped with a warning; non-DICOM files and
     non-image DICOM objects are ignored.
@@ -126,7 +122,7 @@ def list_dicom_series(folder: str | Path) -> list[SeriesInfo]:
     Raises:
         MedsegInputError: the folder is missing, or a DICOM file in it is damaged.
     """
-    infos, _ = _scan(Path(folder))
+    infos, _ = _scan(Path(folder), recursive)
     return sorted(infos, key=lambda s: (-s.num_slices, s.series_uid))
 
 
@@ -221,12 +217,13 @@ def _compact(volume: np.ndarray) -> np.ndarray:
     return volume.astype(np.float32)
 
 
-def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> Image:
-    """Read one DICOM image series from ``folder`` (searched recursively) into a volume.
+def read_dicom_series(folder: str | Path, *, series_uid: str | None = None, recursive: bool = True) -> Image:
+    """Read one DICOM image series from ``folder`` (and its subfolders by default) into a volume.
 
     Args:
         folder: a folder with the series' files (other series, localizers and non-DICOM files may be there).
         series_uid: SeriesInstanceUID to read; required only when the folder holds several volumes.
+        recursive: also search the subfolders.
 
     Returns:
         An :class:`Image` with array ``(X, Y, Z)``: X along the row direction (column index), Y along the
@@ -242,7 +239,7 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> I
             (see module docstring), or undecodable pixel data.
     """
     folder = Path(folder)
-    infos, headers_by_uid = _scan(folder)
+    infos, headers_by_uid = _scan(folder, recursive)
     if series_uid is None:
         if not infos:
             raise MedsegInputError("no readable DICOM image series (need at least 2 slices)", path=folder)

@@ -34,7 +34,8 @@ def write_dicom_seg(
 ) -> Path:
     """Write an ``(X, Y, Z)`` label map as a DICOM Segmentation of the reference series, atomically.
 
-    ``reference`` must come from :func:`~medseg.io.dicom.read_dicom_series` and lie on ``geometry``.
+    ``reference`` must come from :func:`~medseg.io.dicom.read_dicom_series` and lie on ``geometry``;
+    every value in ``labels`` must be a label of ``table``.
     Slice ``k`` of the label map becomes the frames of source image ``reference.meta["dicom_files"][k]``
     (rows = Y, columns = X), so every frame refers to the slice it was segmented on. One segment is
     written per foreground label of ``table`` (segment numbers 1.. in ascending label value), labelled
@@ -57,8 +58,13 @@ def write_dicom_seg(
         raise ValueError(f"label array shape {labels.shape} does not match grid {geometry.shape}")
     sources = _source_datasets(reference)
     values = table.foreground_labels
-    frames = np.transpose(labels, (2, 1, 0))  # (k, j, i) = (source slice, row, column)
-    stacked = np.stack([frames == v for v in values], axis=-1).astype(np.uint8)  # (frames, rows, cols, segments)
+    unknown = sorted(set(np.unique(labels).tolist()) - set(table.labels))
+    if unknown:
+        raise ValueError(f"label values {unknown} are not in label table {table.name!r}")
+    # Segment numbers must run 1..S: map label value -> segment number (background stays 0).
+    lookup = np.zeros(max(values, default=0) + 1, dtype=np.uint8 if len(values) < 256 else np.uint16)
+    lookup[list(values)] = np.arange(1, len(values) + 1)
+    frames = lookup[np.transpose(labels, (2, 1, 0))]  # (k, j, i) = (source slice, row, column)
 
     algorithm = hd.AlgorithmIdentificationSequence(
         name="medseg", family=codes.cid7162.ArtificialIntelligence, version=__version__
@@ -82,7 +88,7 @@ def write_dicom_seg(
         warnings.simplefilter("ignore", UserWarning)  # highdicom notes on optional attributes
         seg = hd.seg.Segmentation(
             source_images=sources,
-            pixel_array=stacked,
+            pixel_array=frames,
             segmentation_type=segmentation_type,
             segment_descriptions=descriptions,
             series_instance_uid=hd.UID(),

@@ -85,8 +85,27 @@ class DicomSeriesReader(ImageReader):
         return read_dicom_series(path)
 
 
+class DicomFileReader(ImageReader):
+    """One file of a DICOM series (``.dcm``): reads the whole series it belongs to from the same folder."""
+
+    name = "dicom_file"
+    suffixes = (".dcm",)
+
+    def read(self, path: Path) -> Image:
+        import pydicom
+
+        from medseg.io.dicom import read_dicom_series
+
+        try:
+            header = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+            uid = str(header.SeriesInstanceUID)
+        except Exception as exc:
+            raise MedsegInputError(f"cannot read DICOM file: {exc}", path=path) from None
+        return read_dicom_series(path.parent, series_uid=uid, recursive=False)
+
+
 READERS: dict[str, ImageReader] = {
-    r.name: r for r in (NiftiReader(), ItkReader(), SegNrrdReader(), DicomSeriesReader())
+    r.name: r for r in (NiftiReader(), ItkReader(), SegNrrdReader(), DicomSeriesReader(), DicomFileReader())
 }
 
 

@@ -34,6 +34,10 @@ def label_format_for(path: str | Path) -> LabelFormat:
     raise ValueError(f"cannot tell the label-map format from {name!r}; use one of {', '.join(_SUFFIX_FORMATS)}")
 
 
+def _known_ending(path: Path) -> bool:
+    return any(path.name.lower().endswith(suffix) for suffix in _SUFFIX_FORMATS)
+
+
 def input_paths(reference: Image | None) -> list[Path | None]:
     """Paths a writer must never overwrite: the reference's file or folder and its DICOM files."""
     if reference is None:
@@ -86,7 +90,10 @@ def write_label_map(
     from medseg.io.atomic import ensure_not_input
 
     path = Path(path)
-    fmt = fmt or label_format_for(path)
+    implied = label_format_for(path) if fmt is None or _known_ending(path) else None
+    if fmt is not None and implied is not None and implied != fmt:
+        raise ValueError(f"format {fmt!r} does not match the file ending of {path.name!r} ({implied})")
+    fmt = fmt or implied
     ensure_not_input(path, input_paths(reference))
     labels = _checked_labels(labels, geometry, table)
     if fmt == "nifti":

@@ -189,3 +189,11 @@ def test_truncated_dicom_file_names_the_file(tmp_path: Path, copy_series: Any) -
     with pytest.raises(MedsegInputError) as info:
         read_dicom_series(tmp_path)
     assert info.value.path == victim
+
+
+def test_read_image_of_one_file_reads_its_series(tmp_path: Path, series: Any, copy_series: Any) -> None:
+    copy_series(tmp_path)
+    (tmp_path / "nested").mkdir()  # not searched for a single file
+    image = read_image(tmp_path / "brain_007.dcm")
+    np.testing.assert_array_equal(image.array, series.array)
+    assert image.geometry.same_grid(series.geometry, atol=1e-9)

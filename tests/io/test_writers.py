@@ -18,7 +18,7 @@ from medseg.io import (
     write_nifti,
     write_probabilities,
 )
-from medseg.labels import LabelTable
+from medseg.labels import BRATS2021, LabelTable
 
 TABLE = LabelTable(
     name="kmeans",
@@ -139,14 +139,14 @@ def test_seg_nrrd_header_fields(tmp_path: Path, t1_nifti: Path, kmeans_nifti: Pa
     assert back.meta["label_table"].colors[1] == (0, 0, 255)
 
 
-def _frame_checks(seg_path: Path, image: Image, labels: np.ndarray) -> int:
+def _frame_checks(seg_path: Path, image: Image, labels: np.ndarray, table: LabelTable) -> int:
     """Check every DICOM-SEG frame against the label map slice it references; return the frame count."""
     import pydicom
 
     seg = pydicom.dcmread(str(seg_path))
     sources = [pydicom.dcmread(str(p), stop_before_pixels=True) for p in image.meta["dicom_files"]]
     k_of_uid = {str(ds.SOPInstanceUID): k for k, ds in enumerate(sources)}
-    value_of_segment = {n: v for n, v in enumerate(TABLE.foreground_labels, start=1)}
+    value_of_segment = dict(enumerate(table.foreground_labels, start=1))
     pixels = seg.pixel_array.reshape(int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns))
     for f, frame in enumerate(seg.PerFrameFunctionalGroupsSequence):
         uid = str(frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
@@ -159,16 +159,19 @@ def _frame_checks(seg_path: Path, image: Image, labels: np.ndarray) -> int:
     return len(seg.PerFrameFunctionalGroupsSequence)
 
 
-def test_dicom_seg_references_the_right_slices(tmp_path: Path, shuffled_dicom: Path) -> None:
+@pytest.mark.parametrize("table", [TABLE, BRATS2021], ids=["kmeans", "brats2021"])
+def test_dicom_seg_references_the_right_slices(tmp_path: Path, shuffled_dicom: Path, table: LabelTable) -> None:
     import highdicom as hd
 
     image = read_dicom_series(shuffled_dicom)
     labels = _slice_pattern(image.geometry.shape)
-    out = write_label_map(labels, image.geometry, tmp_path / "seg.dcm", table=TABLE, reference=image)
+    if table is BRATS2021:  # non-contiguous values {1, 2, 4}: segment numbers 1..3 must still map back
+        labels = np.array([0, 1, 2, 4, 0, 0, 2], dtype=np.uint8)[labels]
+    out = write_label_map(labels, image.geometry, tmp_path / "seg.dcm", table=table, reference=image)
     seg = hd.seg.segread(str(out))
-    assert seg.number_of_segments == len(TABLE.foreground_labels)
+    assert seg.number_of_segments == len(table.foreground_labels)
     names = [str(item.SegmentLabel) for item in seg.SegmentSequence]
-    assert names == [TABLE.labels[v] for v in TABLE.foreground_labels]
+    assert names == [table.labels[v] for v in table.foreground_labels]
     algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert algorithm.AlgorithmName == "medseg"
     assert str(seg.SeriesInstanceUID) != image.meta["series_uid"]
@@ -177,8 +180,8 @@ def test_dicom_seg_references_the_right_slices(tmp_path: Path, shuffled_dicom: P
         str(i.ReferencedSOPInstanceUID) for s in seg.ReferencedSeriesSequence for i in s.ReferencedInstanceSequence
     }
     assert referenced == set(image.meta["sop_instance_uids"])
-    non_empty = sum(int((labels[:, :, k] == v).any()) for k in range(labels.shape[2]) for v in TABLE.foreground_labels)
-    assert _frame_checks(out, image, labels) == non_empty
+    non_empty = sum(int((labels[:, :, k] == v).any()) for k in range(labels.shape[2]) for v in table.foreground_labels)
+    assert _frame_checks(out, image, labels, table) == non_empty
 
 
 def test_dicom_seg_needs_a_dicom_reference_on_the_same_grid(tmp_path: Path, kmeans_nifti: Path) -> None:
@@ -196,6 +199,8 @@ def test_write_rejects_bad_labels_and_formats(tmp_path: Path, kmeans_nifti: Path
         write_label_map(image.array, image.geometry, tmp_path / "l.nii.gz", table=small)
     with pytest.raises(ValueError, match="format"):
         write_label_map(image.array, image.geometry, tmp_path / "l.png", table=TABLE)
+    with pytest.raises(ValueError, match="does not match the file ending"):
+        write_label_map(image.array, image.geometry, tmp_path / "l.nii.gz", table=TABLE, fmt="seg.nrrd")
     with pytest.raises(ValueError, match="does not match grid"):
         write_label_map(image.array[:-1], image.geometry, tmp_path / "l.nii.gz", table=TABLE)
     assert not any(tmp_path.iterdir())
