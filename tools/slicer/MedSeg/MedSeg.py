@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import slicer
+import vtk
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -154,7 +155,9 @@ class MedSegTest(ScriptedLoadableModuleTest):
                 for got, want in zip(segment.GetColor(), spec.color, strict=True):
                     self.assertAlmostEqual(got, want, places=3)
                 if spec.terminology_entry():
-                    self.assertEqual(segment.GetTag("TerminologyEntry"), spec.terminology_entry())
+                    tag = vtk.mutable("")
+                    self.assertTrue(segment.GetTag("TerminologyEntry", tag))
+                    self.assertEqual(str(tag), spec.terminology_entry())
 
             # The segmentation is on the input grid: its labelmap export has the volume's geometry.
             label_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")

@@ -318,7 +318,7 @@ class SegmentationLogic:
             if segmentation is None:
                 name = slicer.mrmlScene.GenerateUniqueName(f"{reference_volume.GetName()} medseg")
                 segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
-                segmentation.CreateDefaultDisplayNodes()
+            segmentation.CreateDefaultDisplayNodes()  # also for a node created empty by the selector
             segmentation.SetAndObserveTransformNodeID(reference_volume.GetTransformNodeID())
             segmentation.GetSegmentation().RemoveAllSegments()
             segmentation.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)

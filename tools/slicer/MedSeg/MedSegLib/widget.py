@@ -197,7 +197,7 @@ class Panel:
         )
         try:
             self.run = self.logic.start(request)
-        except MedSegRunError as exc:
+        except Exception as exc:  # MedSegRunError, or anything Slicer raised while exporting
             slicer.util.errorDisplay(f"MedSeg cannot start:\n{exc}", windowTitle="MedSeg")
             return
         self._log(f"$ {bridge.format_command(self.run.parameters.command())}")
@@ -224,7 +224,7 @@ class Panel:
         self.run = None
         try:
             segmentation = self.logic.finish(run)
-        except MedSegRunError as exc:
+        except Exception as exc:  # MedSegRunError carries medseg's own message; others come from Slicer
             self.ui.statusLabel.text = "Failed."
             self._log(f"error: {exc}")
             slicer.util.errorDisplay(f"MedSeg failed:\n{exc}", windowTitle="MedSeg")
