@@ -60,9 +60,12 @@ class Predictor:
     Args:
         checkpoint: a loaded medseg checkpoint.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        backend: ``auto`` or ``torch`` (eager PyTorch; AMP on CUDA).
     """
 
-    def __init__(self, checkpoint: Checkpoint, *, device: str = "auto") -> None:
+    def __init__(self, checkpoint: Checkpoint, *, device: str = "auto", backend: str = "auto") -> None:
+        if backend not in ("auto", "torch"):
+            raise MedsegInputError(f"unknown inference backend {backend!r}; available: auto, torch")
         self.checkpoint = checkpoint
         self.table = checkpoint.label_table
         self.channels = list(checkpoint.channels)
@@ -72,9 +75,9 @@ class Predictor:
         self.model = checkpoint.build_model().to(self.device)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, *, device: str = "auto") -> Predictor:
+    def from_checkpoint(cls, path: str | Path, *, device: str = "auto", backend: str = "auto") -> Predictor:
         """Load ``path`` (a ``.pt`` written by ``medseg train``)."""
-        return cls(load_checkpoint(path), device=device)
+        return cls(load_checkpoint(path), device=device, backend=backend)
 
     @torch.no_grad()
     def predict_probabilities(self, image: Image) -> np.ndarray:

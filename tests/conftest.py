@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny BraTS phantom datasets and a tiny trained checkpoint, made once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medseg.config import Config, config_from_dict
+
+TINY_SHAPE = (48, 48, 40)
+TINY_SPACING = 4.0
+
+
+def tiny_config(root: Path, run_dir: Path, **train: object) -> Config:
+    """A config that trains a small U-Net on 32^3 patches in seconds."""
+    return config_from_dict(
+        {
+            "seed": 3,
+            "data": {"root": str(root), "num_folds": 3, "num_workers": 0, "fold": 0},
+            "transforms": {"patch_size": [32, 32, 32], "samples_per_case": 1},
+            "network": {"name": "unet", "kwargs": {"channels": [8, 16, 32], "strides": [2, 2]}},
+            "train": {
+                "run_dir": str(run_dir),
+                "epochs": 2,
+                "iterations_per_epoch": 3,
+                "batch_size": 2,
+                "val_every": 1,
+                "warmup_epochs": 1,
+                "lr": 0.003,
+                **train,
+            },
+            "inference": {"roi_size": [32, 32, 32], "sw_batch_size": 2},
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def brats_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six BraTS 2021 phantom cases at 48x48x40, 4 mm (read-only: copy before modifying)."""
+    from medseg.phantoms.brats import generate_brats_dataset
+
+    root = tmp_path_factory.mktemp("brats") / "train"
+    generate_brats_dataset(root, cases=6, seed=11, release="2021", shape=TINY_SHAPE, spacing=TINY_SPACING, workers=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(brats_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``best.pt`` of a two-epoch training run on :func:`brats_root`."""
+    from medseg.training import train
+
+    run_dir = tmp_path_factory.mktemp("run") / "tiny"
+    train(tiny_config(brats_root, run_dir))
+    return run_dir / "best.pt"

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medseg.config import Config, config_from_dict, load_config
+from medseg.errors import ConfigError
+from medseg.training import validate_config
+
+CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_loads_and_validates(path: Path) -> None:
+    config = load_config(path)
+    validate_config(config)
+    assert isinstance(config, Config)
+
+
+def test_overrides_are_parsed_as_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 0.01\n")
+    config = load_config(path, ["train.lr=1e-4", "transforms.patch_size=[32, 32, 16]", "network.kwargs.dropout=0.1"])
+    assert config.train.lr == pytest.approx(1e-4)
+    assert config.transforms.patch_size == [32, 32, 16]
+    assert config.network.kwargs == {"dropout": 0.1}
+
+
+def test_unknown_key_names_the_key_and_suggests(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epocs: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "train.epocs" in str(err.value)
+    assert "did you mean 'train.epochs'" in str(err.value)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"train": {"epochs": "many"}}, "train.epochs: expected int"),
+        ({"train": {"amp": "yes"}}, "train.amp: expected bool"),
+        ({"loss": {"name": "hinge"}}, "loss.name: 'hinge' is not one of"),
+        ({"transforms": {"patch_size": 64}}, "transforms.patch_size: expected a list"),
+        ({"data": []}, "data: expected a mapping"),
+    ],
+)
+def test_wrong_types_are_errors(raw: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(raw)
+
+
+def test_ints_are_accepted_for_floats() -> None:
+    assert config_from_dict({"train": {"lr": 1}}).train.lr == 1.0
+
+
+def test_patch_size_the_network_cannot_take_fails_validation() -> None:
+    config = config_from_dict({"network": {"name": "vnet"}, "transforms": {"patch_size": [96, 96, 70]}})
+    with pytest.raises(ConfigError, match=r"'vnet'.*multiple of 16.*\[96, 96, 64\]"):
+        validate_config(config)
+
+
+def test_invalid_yaml_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "\n" not in str(err.value)
