@@ -75,7 +75,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from medseg.inference import predict_folder
+    from medseg.batch import predict_folder
 
     summary = predict_folder(
         model=args.model,
