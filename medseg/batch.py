@@ -150,7 +150,7 @@ def predict_folder(
     """
     predictor = Predictor.from_checkpoint(model, device=device)
     output_dir = Path(output_dir)
-    cases = discover_cases(input_path, num_channels=len(predictor.channels), layout=predictor.checkpoint.layout)
+    cases = discover_cases(input_path, channels=predictor.channels, exclude=[output_dir])
     inputs = {p.resolve() for c in cases for p in c.images}
     outputs = {c.id: output_dir / f"{c.id}.nii.gz" for c in cases}
     for out in outputs.values():

@@ -21,29 +21,34 @@ from medseg.config import InferenceConfig, TransformConfig
 from medseg.data.cases import InputCase
 from medseg.distributed import resolve_device
 from medseg.errors import MedsegInputError
-from medseg.io import Image, read_nifti
+from medseg.io import Image, read_dicom_series, read_image
 from medseg.keys import IMAGE
 from medseg.transforms import inference_transforms, outputs_to_labels
 
 
 def read_case(case: InputCase) -> Image:
-    """Read and stack a case's channel files into one ``(C, X, Y, Z)`` :class:`Image`.
+    """Read a case's images (any format of :func:`~medseg.io.read_image`) into one ``(C, X, Y, Z)`` float32
+    :class:`Image` on the first file's grid; a 4-D file contributes all its channels.
 
     Raises:
-        MedsegInputError: a file is unreadable, not 3-D, or not on the first channel's grid.
+        MedsegInputError: a file is missing or unreadable, or not on the first file's grid.
     """
-    channels = [read_nifti(p) for p in case.images]
-    first = channels[0]
-    for img in channels:
-        if img.array.ndim != 3:
-            raise MedsegInputError(f"expected a 3-D image, got shape {img.array.shape}", path=img.path)
+    if case.series_uid is not None:
+        images = [read_dicom_series(case.images[0], series_uid=case.series_uid or None, recursive=False)]
+    else:
+        images = [read_image(p) for p in case.images]
+    first = images[0]
+    for img in images:
+        if img.array.ndim == 4 and len(images) > 1:
+            raise MedsegInputError(f"expected a 3-D image per channel file, got shape {img.array.shape}", path=img.path)
         if img.geometry.shape != first.geometry.shape:
             raise MedsegInputError(
                 f"shape {img.geometry.shape} differs from {first.path.name} {first.geometry.shape}", path=img.path
             )
         if not img.geometry.same_grid(first.geometry):
             raise MedsegInputError(f"affine differs from {first.path.name}", path=img.path)
-    return Image(np.stack([c.array for c in channels]), first.geometry, first.path, dict(first.meta))
+    arrays = [c.astype(np.float32, copy=False) for img in images for c in img.array.reshape(-1, *img.geometry.shape)]
+    return Image(np.stack(arrays), first.geometry, first.path, dict(first.meta))
 
 
 class Predictor:

@@ -1,71 +1,302 @@
-"""Finding the cases to predict in a path: BraTS case folders, nnU-Net channel files, or single files."""
+"""Finding the cases to predict under a path, and splitting them into shards.
+
+A *case* is one subject to segment: one image file per model input channel (in the checkpoint's channel
+order), one 4-D file holding all channels (MSD), or one DICOM series. :func:`discover_cases` walks a
+folder recursively and recognises, per folder:
+
+- a DICOM series folder: one case per image series (id: the folder name, plus ``_2``, ``_3``... when a
+  folder holds several series);
+- a BraTS case folder (``<case>/<case>_t1.nii.gz`` ... or the 2023 ``-t1n`` naming): one case, the
+  modalities ordered as the checkpoint's channels;
+- nnU-Net channel files ``<case>_0000.nii.gz`` ... ``<case>_{C-1:04d}.nii.gz``: one case per ``<case>``
+  (a missing channel file stays in the case and fails it, naming the file);
+- any other image file (NIfTI, NRRD, MHA/MHD): one case per file. For a multi-channel model the file
+  must be 4-D with the channels in the checkpoint's order (the MSD convention);
+- an MSD or nnU-Net dataset root (``imagesTs/`` beside ``dataset.json``): only ``imagesTs/`` is searched.
+
+An explicit JSON list (``--cases FILE``) replaces the discovery: ``[{"id": "a", "images": [...]}, ...]``
+with ``images`` a list in channel order or an object ``{channel name: path}``; relative paths are
+relative to the JSON file's folder.
+
+Nothing here imports torch.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from medseg.data.brats import case_files, detect_release, find_case_dirs
+from medseg.data.brats import detect_release
 from medseg.errors import MedsegInputError
 
-_NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})\.nii(\.gz)?$")
-_NIFTI = re.compile(r"\.nii(\.gz)?$")
+IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+"""File endings read as image cases (``.seg.nrrd`` label maps are not images)."""
+
+_NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.nii\.gz|\.nii|\.nrrd|\.mha|\.mhd)$")
+_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
 
 @dataclass(frozen=True)
 class InputCase:
-    """One case to predict: its id and one file per model input channel, in channel order."""
+    """One case to predict.
+
+    Attributes:
+        id: the case id; outputs are named after it (``<id>.nii.gz``).
+        images: one path per model input channel in the checkpoint's channel order, or a single path
+            holding every channel (a 4-D file, or a DICOM series folder).
+        series_uid: for a DICOM series case, its SeriesInstanceUID (``images`` is then the folder).
+    """
 
     id: str
     images: tuple[Path, ...]
+    series_uid: str | None = None
+
+    @property
+    def is_dicom(self) -> bool:
+        """Whether the case is a DICOM series (the only input a DICOM-SEG can be written for)."""
+        return self.series_uid is not None
 
 
-def _nnunet_cases(folder: Path, num_channels: int) -> list[InputCase]:
-    groups: dict[str, dict[int, Path]] = {}
-    for path in sorted(folder.iterdir()):
-        match = _NNUNET_CHANNEL.match(path.name)
-        if match and path.is_file():
-            groups.setdefault(match["case"], {})[int(match["channel"])] = path
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` (1-based, ``1 <= index <= count``), as given by ``--shard I/N``."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """Parse ``"I/N"``.
+
+        Raises:
+            MedsegInputError: not of the form ``I/N`` with ``1 <= I <= N``.
+        """
+        match = _SHARD.match(text)
+        if not match or not 1 <= int(match[1]) <= int(match[2]):
+            raise MedsegInputError(f"--shard must be I/N with 1 <= I <= N (e.g. 1/4), got {text!r}")
+        return cls(int(match[1]), int(match[2]))
+
+    def contains(self, case_id: str) -> bool:
+        """Whether ``case_id`` belongs to this shard.
+
+        The shard of a case depends on its id alone (SHA-256 of the id, modulo ``count``), so every
+        process or machine agrees on it even when they list slightly different sets of cases, and
+        adding a case never moves another one to a different shard.
+        """
+        digest = hashlib.sha256(case_id.encode("utf-8")).digest()
+        return int.from_bytes(digest[:8], "big") % self.count == self.index - 1
+
+    @property
+    def tag(self) -> str:
+        """``shard-I-of-N``, used in the shard's summary file name."""
+        return f"shard-{self.index}-of-{self.count}"
+
+
+def select_shard(cases: Iterable[InputCase], shard: Shard | None) -> list[InputCase]:
+    """The cases of ``shard`` (all of them when ``shard`` is None), in their original order."""
+    return [c for c in cases if shard is None or shard.contains(c.id)]
+
+
+def _image_stem(path: Path) -> str | None:
+    """The file name without its image ending, or None when ``path`` is not an image file."""
+    lower = path.name.lower()
+    if lower.endswith(".seg.nrrd"):
+        return None
+    for ending in IMAGE_ENDINGS:
+        if lower.endswith(ending):
+            return path.name[: -len(ending)]
+    return None
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    """A ``.dcm`` file, or a file with the DICOM preamble (``DICM`` at byte 128)."""
+    if path.suffix.lower() == ".dcm":
+        return True
+    if path.suffix:
+        return False
+    try:
+        with path.open("rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _brats_channel_order(channels: Sequence[str], modalities: Sequence[str], names: Sequence[str]) -> list[str]:
+    """The release's modality suffixes in the checkpoint's channel order (release order if names differ)."""
+    lookup = {n.lower(): m for n, m in zip(names, modalities, strict=True)}
+    lookup.update({m.lower(): m for m in modalities})
+    if channels and all(c.lower() in lookup for c in channels):
+        return [lookup[c.lower()] for c in channels]
+    return list(modalities)
+
+
+def _dicom_cases(folder: Path) -> list[InputCase]:
+    from medseg.io.dicom import list_dicom_series
+
+    series = list_dicom_series(folder, recursive=False)
+    if not series:
+        return [InputCase(folder.name, (folder,), series_uid="")]  # fails when read, naming the folder
+    return [
+        InputCase(folder.name if n == 0 else f"{folder.name}_{n + 1}", (folder,), series_uid=s.series_uid)
+        for n, s in enumerate(series)
+    ]
+
+
+def _folder_cases(folder: Path, files: list[Path], channels: Sequence[str]) -> list[InputCase]:
+    """The cases made of the files directly in ``folder`` (no recursion)."""
+    if any(_looks_like_dicom(p) for p in files):
+        return _dicom_cases(folder)
+    try:
+        release = detect_release(folder)
+    except MedsegInputError:
+        release = None
+    if release is not None:
+        order = _brats_channel_order(channels, release.modalities, release.channel_names)
+        return [InputCase(folder.name, tuple(folder / release.file_name(folder.name, m) for m in order))]
     cases = []
-    for case_id, channels in sorted(groups.items()):
-        missing = [i for i in range(num_channels) if i not in channels]
-        if missing:
-            raise MedsegInputError(f"missing channel file {case_id}_{missing[0]:04d}.nii.gz", path=folder)
-        cases.append(InputCase(case_id, tuple(channels[i] for i in range(num_channels))))
+    groups: dict[str, dict[int, Path]] = {}
+    endings: dict[str, str] = {}
+    for path in files:
+        match = _NNUNET_CHANNEL.match(path.name)
+        if match and len(channels) > 1:
+            groups.setdefault(match["case"], {})[int(match["channel"])] = path
+            endings[match["case"]] = match["ending"]
+            continue
+        if match and match["channel"] == "0000":  # one-channel model: CASE_0000.nii.gz is case CASE
+            cases.append(InputCase(match["case"], (path,)))
+            continue
+        stem = _image_stem(path)
+        if stem is not None:
+            cases.append(InputCase(stem, (path,)))
+    for case_id, found in groups.items():
+        images = tuple(found.get(i, folder / f"{case_id}_{i:04d}{endings[case_id]}") for i in range(len(channels)))
+        cases.append(InputCase(case_id, images))
     return cases
 
 
-def discover_cases(path: str | Path, *, num_channels: int, layout: str) -> list[InputCase]:
-    """The cases under ``path``, sorted by id.
+def _walk(folder: Path, exclude: set[Path]) -> Iterable[tuple[Path, list[Path]]]:
+    """``(folder, files)`` for ``folder`` and every sub-folder, sorted, skipping hidden and excluded ones."""
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    files = [p for p in entries if p.is_file()]
+    yield folder, files
+    for sub in entries:
+        if sub.is_dir() and sub.resolve() not in exclude:
+            yield from _walk(sub, exclude)
 
-    Accepted, in this order:
 
-    - a single NIfTI file (one-channel models): the case id is the file name without extension;
-    - a folder of nnU-Net-style channel files ``CASE_0000.nii.gz`` ... ``CASE_{C-1:04d}.nii.gz``;
-    - for BraTS models, one BraTS case folder or a folder of them (four modalities each).
+def _unique_ids(cases: list[InputCase], root: Path) -> list[InputCase]:
+    """Cases whose ids clash (same name in different folders) get their folder path as id prefix."""
+    counts: dict[str, int] = {}
+    for case in cases:
+        counts[case.id] = counts.get(case.id, 0) + 1
+    out = []
+    for case in cases:
+        if counts[case.id] > 1:
+            where = case.images[0] if case.is_dicom else case.images[0].parent
+            try:
+                rel = where.relative_to(root)
+            except ValueError:
+                rel = Path(where.name)
+            prefix = "__".join(rel.parts[:-1] if case.is_dicom else rel.parts)
+            case = InputCase(f"{prefix}__{case.id}" if prefix else case.id, case.images, case.series_uid)
+        out.append(case)
+    ids = [c.id for c in out]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise MedsegInputError(f"several cases share the id {duplicates[0]!r}; list them with --cases", path=root)
+    return out
+
+
+def read_cases_file(path: str | Path, *, channels: Sequence[str]) -> list[InputCase]:
+    """Cases from a JSON list ``[{"id": ..., "images": [...] or {channel: path}}, ...]``, sorted by id.
 
     Raises:
-        MedsegInputError: the path does not exist or holds no case in any accepted form.
+        MedsegInputError: unreadable JSON, a malformed entry, a duplicate id, or an ``images`` object
+            whose keys are not the checkpoint's channel names.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MedsegInputError(f"cannot read the cases JSON: {exc}", path=path) from None
+    if not isinstance(data, list):
+        raise MedsegInputError('expected a JSON list of {"id": ..., "images": [...]} objects', path=path)
+    cases: dict[str, InputCase] = {}
+    for n, entry in enumerate(data):
+        where = f"entry {n}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not entry["id"].strip():
+            raise MedsegInputError(f'{where}: needs a non-empty string "id"', path=path)
+        case_id, images = entry["id"], entry.get("images")
+        if "/" in case_id or "\\" in case_id or case_id.startswith("."):
+            raise MedsegInputError(f"{where}: case id {case_id!r} must be a plain file name", path=path)
+        if isinstance(images, dict):
+            if set(images) != set(channels):
+                raise MedsegInputError(
+                    f"{where} ({case_id}): image keys {sorted(images)} are not the model's channels {list(channels)}",
+                    path=path,
+                )
+            images = [images[c] for c in channels]
+        if not isinstance(images, list) or not images or not all(isinstance(p, str) for p in images):
+            raise MedsegInputError(f'{where} ({case_id}): "images" must be a non-empty list of paths', path=path)
+        if case_id in cases:
+            raise MedsegInputError(f"{where}: duplicate case id {case_id!r}", path=path)
+        cases[case_id] = InputCase(case_id, tuple((path.parent / p) for p in images))
+    return [cases[k] for k in sorted(cases)]
+
+
+def discover_cases(
+    path: str | Path,
+    *,
+    channels: Sequence[str],
+    exclude: Iterable[str | Path] = (),
+) -> list[InputCase]:
+    """The cases under ``path`` (a file, a DICOM series folder, or a folder searched recursively), sorted by id.
+
+    Args:
+        path: an image file, a ``.dcm`` file (its series), a DICOM folder, or a folder of cases in any of
+            the layouts of the module docstring.
+        channels: the checkpoint's input channel names, in order.
+        exclude: folders not to search (the output folder, when it lies inside ``path``).
+
+    Raises:
+        MedsegInputError: the path does not exist, holds no case, or two cases share an id.
     """
     path = Path(path)
     if path.is_file():
-        if num_channels != 1:
-            raise MedsegInputError(f"the model needs {num_channels} input channels, got one file", path=path)
-        return [InputCase(_NIFTI.sub("", path.name), (path,))]
+        if _looks_like_dicom(path):
+            return _dicom_file_case(path)
+        stem = _image_stem(path)
+        if stem is None:
+            raise MedsegInputError(f"not an image file; expected one of {', '.join(IMAGE_ENDINGS)}", path=path)
+        match = _NNUNET_CHANNEL.match(path.name)
+        return [InputCase(match["case"] if match and len(channels) == 1 else stem, (path,))]
     if not path.is_dir():
         raise MedsegInputError("input not found", path=path)
-    cases = _nnunet_cases(path, num_channels)
-    if cases:
-        return cases
-    if layout == "brats":
-        found = []
-        for case_dir in find_case_dirs(path):
-            images, _ = case_files(case_dir, detect_release(case_dir))
-            found.append(InputCase(case_dir.name, tuple(images)))
-        return found
-    if num_channels == 1:
-        files = sorted(p for p in path.iterdir() if p.is_file() and _NIFTI.search(p.name))
-        if files:
-            return [InputCase(_NIFTI.sub("", p.name), (p,)) for p in files]
-    raise MedsegInputError("no cases found (expected CASE_0000.nii.gz channel files or case folders)", path=path)
+    root = path / "imagesTs" if (path / "imagesTs").is_dir() and (path / "dataset.json").is_file() else path
+    excluded = {Path(p).resolve() for p in exclude}
+    cases: list[InputCase] = []
+    for folder, files in _walk(root, excluded):
+        cases.extend(_folder_cases(folder, files, channels))
+    if not cases:
+        raise MedsegInputError(
+            "no cases found (expected image files, CASE_0000.nii.gz channel files, BraTS case folders or DICOM series)",
+            path=path,
+        )
+    return sorted(_unique_ids(cases, root), key=lambda c: c.id)
+
+
+def _dicom_file_case(path: Path) -> list[InputCase]:
+    """The case of the DICOM series that the file ``path`` belongs to."""
+    import pydicom
+
+    try:
+        header = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        uid = str(header.SeriesInstanceUID)
+    except Exception as exc:
+        raise MedsegInputError(f"cannot read DICOM file: {exc}", path=path) from None
+    return [InputCase(path.parent.name, (path.parent,), series_uid=uid)]
