@@ -1,11 +1,31 @@
-"""Batch inference: :func:`predict_folder` runs a :class:`~medseg.inference.Predictor` over a case or a
-folder of cases, with progress, resumability and per-case failures, and writes ``summary.csv``.
+"""Batch inference: :func:`predict_folder` runs one :class:`~medseg.inference.Predictor` over a file, a DICOM
+series folder or a folder of cases, with progress, resumability, per-case failures and a summary CSV.
+
+Contract of a batch run (``medseg predict``):
+
+- **Outputs.** ``<output>/<case>.nii.gz`` (or ``.seg.nrrd``, or ``.dcm`` for a DICOM-SEG), optionally
+  ``<case>_probabilities.nii.gz``, and a summary CSV. Every file is written to a temporary name in the
+  output folder and renamed into place, so an output that exists is complete. No output may be an input
+  (or lie inside an input DICOM folder); inputs are only ever opened for reading.
+- **Resuming.** A case whose outputs all exist is reported as ``skipped`` (unless ``overwrite``).
+  Temporary files that a killed run left behind for this run's cases are removed first.
+- **Failures.** A case that cannot be read or predicted is recorded as ``failed`` with its reason, and the
+  batch goes on; the caller turns ``BatchSummary.failed > 0`` into a non-zero exit code.
+- **Summary.** ``summary.csv``: one row per case (sorted by id) with status, seconds, output path, reason
+  and the volume in mL of every foreground label. With ``shard=I/N`` the run handles only its share of
+  the cases (see :class:`~medseg.data.cases.Shard`) and writes ``summary.shard-I-of-N.csv`` instead, so
+  that processes sharing one output folder never write the same file; :func:`merge_summaries` joins the
+  shard files into ``summary.csv`` once all shards are done.
+- **Progress.** ``bar``: a tqdm bar with ETA on stderr when it is a terminal; ``json``: one JSON object
+  per line on stdout (``start``, ``case_start``, ``case_done``, ``done``; read by the Slicer module, see
+  :mod:`medseg.integrations.slicer`); ``none``.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -17,18 +37,34 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from medseg.data.cases import InputCase, discover_cases
+from medseg.data.cases import InputCase, Shard, discover_cases, read_cases_file, select_shard
 from medseg.errors import MedsegError, MedsegInputError
 from medseg.inference import Predictor, read_case
-from medseg.io import Image, atomic_output, write_nifti
+from medseg.io import Image, atomic_output, ensure_not_input, read_image, write_label_map, write_probabilities
+from medseg.io.writers import LabelFormat
+
+OUTPUT_SUFFIXES: dict[str, str] = {"nifti": ".nii.gz", "seg.nrrd": ".seg.nrrd", "dicom-seg": ".dcm"}
+"""File ending of the label map for each ``--format``."""
+
+PROBABILITIES_SUFFIX = "_probabilities.nii.gz"
+SUMMARY_NAME = "summary.csv"
 
 
 @dataclass
 class CaseResult:
-    """What happened to one case of a batch."""
+    """What happened to one case of a batch.
+
+    Attributes:
+        case: the case id.
+        status: ``"ok"``, ``"skipped"`` (outputs already there) or ``"failed"``.
+        seconds: wall time spent on the case (reading, predicting, writing).
+        output: the label-map file, when there is one.
+        reason: why it failed or was skipped.
+        volumes_ml: volume in mL of each foreground label, by label name.
+    """
 
     case: str
-    status: str  # "ok", "skipped" or "failed"
+    status: str
     seconds: float = 0.0
     output: Path | None = None
     reason: str | None = None
@@ -37,9 +73,10 @@ class CaseResult:
 
 @dataclass
 class BatchSummary:
-    """Counts of a :func:`predict_folder` run and its per-case results."""
+    """Counts of a :func:`predict_folder` run and its per-case results (sorted by case id)."""
 
     results: list[CaseResult]
+    summary_path: Path | None = None
 
     @property
     def ok(self) -> int:
@@ -55,13 +92,25 @@ class BatchSummary:
 
 
 class _Progress:
-    """Progress as a tqdm bar, JSON lines on stdout (one event per line), or nothing."""
+    """Progress as a tqdm bar (on a terminal), JSON lines on stdout (one event per line), or nothing.
 
-    def __init__(self, mode: str, total: int) -> None:
+    The JSON events and their fields are read by the Slicer module: add fields, never rename or remove.
+    """
+
+    def __init__(self, mode: str, total: int, *, already_done: int = 0, shard: Shard | None = None) -> None:
+        if mode not in ("bar", "json", "none"):
+            raise MedsegInputError(f"unknown progress mode {mode!r}; use bar, json or none")
         self.mode = mode
         self.total = total
-        self.bar = tqdm(total=total, unit="case", dynamic_ncols=True) if mode == "bar" else None
-        self.emit({"event": "start", "total": total})
+        self.bar = (
+            tqdm(total=total, initial=already_done, unit="case", dynamic_ncols=True, disable=None)
+            if mode == "bar"
+            else None
+        )
+        start: dict[str, Any] = {"event": "start", "total": total}
+        if shard is not None:
+            start["shard"] = f"{shard.index}/{shard.count}"
+        self.emit(start)
 
     def emit(self, event: dict[str, Any]) -> None:
         if self.mode == "json":
@@ -72,7 +121,7 @@ class _Progress:
         if self.bar is not None:
             self.bar.set_postfix_str(case)
 
-    def case_done(self, index: int, result: CaseResult) -> None:
+    def case_done(self, index: int, result: CaseResult, *, count: bool = True) -> None:
         self.emit(
             {
                 "event": "case_done",
@@ -83,12 +132,13 @@ class _Progress:
                 "seconds": round(result.seconds, 3),
                 "output": str(result.output) if result.output else None,
                 "reason": result.reason,
+                "volumes_ml": result.volumes_ml,
             }
         )
         if result.status == "failed":
             message = f"medseg: error: {result.reason}"
             (tqdm.write(message, file=sys.stderr) if self.bar is not None else print(message, file=sys.stderr))
-        if self.bar is not None:
+        if self.bar is not None and count:
             self.bar.update(1)
 
     def close(self, summary: BatchSummary) -> None:
@@ -98,25 +148,34 @@ class _Progress:
 
 
 def _prefetched(cases: Sequence[InputCase]) -> Iterator[tuple[InputCase, Future[Image]]]:
-    """Yield each case with a future of its image, reading the next case while the current one runs."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        futures = [pool.submit(read_case, cases[0])] if cases else []
+    """Yield each case with a future of its image; the next case is read while the current one runs.
+
+    Only the current and the next image are held in memory.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-read") as pool:
+        upcoming = pool.submit(read_case, cases[0]) if cases else None
         for i, case in enumerate(cases):
-            if i + 1 < len(cases):
-                futures.append(pool.submit(read_case, cases[i + 1]))
-            yield case, futures[i]
+            current = upcoming
+            upcoming = pool.submit(read_case, cases[i + 1]) if i + 1 < len(cases) else None
+            assert current is not None
+            yield case, current
+            del current
 
 
-def _volumes_ml(labels: np.ndarray, image: Image, names: dict[int, str]) -> dict[str, float]:
-    voxel_ml = float(np.prod(image.geometry.spacing)) / 1000.0
-    counts = np.bincount(labels.ravel(), minlength=max(names) + 1)
+def _volumes_ml(labels: np.ndarray, spacing: Sequence[float], names: dict[int, str]) -> dict[str, float]:
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    counts = np.bincount(np.asarray(labels, dtype=np.int64).ravel(), minlength=max(names) + 1)
     return {names[v]: round(float(counts[v]) * voxel_ml, 3) for v in sorted(names) if v != 0}
+
+
+def _summary_columns(label_names: Sequence[str]) -> list[str]:
+    return ["case", "status", "seconds", "output", "reason", *[f"{n}_ml" for n in label_names]]
 
 
 def _write_summary(results: Sequence[CaseResult], path: Path, label_names: Sequence[str]) -> None:
     with atomic_output(path) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["case", "status", "seconds", "output", "reason", *[f"{n}_ml" for n in label_names]])
+        writer.writerow(_summary_columns(label_names))
         for r in results:
             writer.writerow(
                 [
@@ -130,61 +189,204 @@ def _write_summary(results: Sequence[CaseResult], path: Path, label_names: Seque
             )
 
 
+def merge_summaries(output_dir: str | Path) -> Path:
+    """Join the ``summary.shard-I-of-N.csv`` files of ``output_dir`` into ``summary.csv`` (atomically).
+
+    Run it once every shard has finished; rows are sorted by case id.
+
+    Raises:
+        MedsegInputError: no shard summaries, a missing shard, or shard files with different columns.
+    """
+    output_dir = Path(output_dir)
+    files = sorted(output_dir.glob("summary.shard-*-of-*.csv"))
+    if not files:
+        raise MedsegInputError("no summary.shard-I-of-N.csv files to merge", path=output_dir)
+    counts = {int(re.search(r"-of-(\d+)\.csv$", f.name)[1]) for f in files}  # type: ignore[index]
+    if len(counts) != 1 or len(files) != next(iter(counts)):
+        raise MedsegInputError(f"expected all shards of one split, found {[f.name for f in files]}", path=output_dir)
+    header: list[str] | None = None
+    rows: list[list[str]] = []
+    for f in files:
+        with f.open(newline="") as fh:
+            reader = csv.reader(fh)
+            this = next(reader)
+            if header is not None and this != header:
+                raise MedsegInputError(f"columns differ from {files[0].name}", path=f)
+            header = this
+            rows.extend(reader)
+    path = output_dir / SUMMARY_NAME
+    with atomic_output(path) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(sorted(rows, key=lambda r: r[0]))
+    return path
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete the temporary files :func:`~medseg.io.atomic_output` left for ``path`` in a killed run."""
+    stem = path.name.split(".")[0]
+    suffix = "".join(path.suffixes)
+    pattern = re.compile(rf"^\.{re.escape(stem)}\.[A-Za-z0-9_]{{8}}{re.escape(suffix)}$")
+    if path.parent.is_dir():
+        for candidate in path.parent.glob(f".{stem}.*"):
+            if pattern.match(candidate.name) and candidate.is_file():
+                candidate.unlink(missing_ok=True)
+
+
+def _existing_volumes(path: Path, names: dict[int, str], fmt: str) -> dict[str, float] | None:
+    """Volumes of an existing label-map output, ``{}`` when not computed (DICOM-SEG), None if unreadable."""
+    if fmt == "dicom-seg":
+        return {}
+    try:
+        image = read_image(path)
+    except MedsegError:
+        return None
+    return _volumes_ml(image.array, image.geometry.spacing, names)
+
+
 def predict_folder(
     *,
-    model: str | Path,
+    model: str | Path | Predictor,
     input_path: str | Path,
     output_dir: str | Path,
+    fmt: LabelFormat = "nifti",
+    save_probabilities: bool = False,
+    cases_file: str | Path | None = None,
+    shard: Shard | None = None,
     device: str = "auto",
+    backend: str = "auto",
     overwrite: bool = False,
     progress: str = "bar",
 ) -> BatchSummary:
-    """Segment every case under ``input_path`` into ``output_dir/<case>.nii.gz`` and ``summary.csv``.
+    """Segment every case under ``input_path`` into ``output_dir`` (see the module docstring).
 
-    A case whose output exists is skipped unless ``overwrite`` (outputs are written atomically, so an
-    existing one is complete). A case that fails is recorded with its reason and the batch goes on.
+    Args:
+        model: a checkpoint path, or a loaded :class:`~medseg.inference.Predictor`.
+        input_path: an image file, a DICOM series folder (or one of its files), or a folder of cases
+            (see :func:`~medseg.data.cases.discover_cases`). Ignored when ``cases_file`` is given.
+        output_dir: where outputs and the summary go (created if missing).
+        fmt: label-map format: ``nifti``, ``seg.nrrd`` or ``dicom-seg`` (DICOM input only).
+        save_probabilities: also write ``<case>_probabilities.nii.gz`` (``(X, Y, Z, C_out)`` float32).
+        cases_file: a JSON list of cases (see :func:`~medseg.data.cases.read_cases_file`).
+        shard: handle only this shard of the cases.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        backend: passed to :meth:`Predictor.from_checkpoint`.
+        overwrite: redo cases whose outputs exist.
+        progress: ``bar``, ``json`` or ``none``.
+
+    Returns:
+        The per-case results (cases of this shard only).
 
     Raises:
         CheckpointError: the model is not a readable medseg checkpoint.
-        MedsegInputError: no cases found, or ``output_dir`` would overwrite an input.
+        MedsegInputError: no cases found, an unknown format, ``dicom-seg`` for a non-DICOM case, or an
+            output that would overwrite an input.
     """
-    predictor = Predictor.from_checkpoint(model, device=device)
+    if fmt not in OUTPUT_SUFFIXES:
+        raise MedsegInputError(f"unknown output format {fmt!r}; use {', '.join(OUTPUT_SUFFIXES)}")
     output_dir = Path(output_dir)
-    cases = discover_cases(input_path, channels=predictor.channels, exclude=[output_dir])
-    inputs = {p.resolve() for c in cases for p in c.images}
-    outputs = {c.id: output_dir / f"{c.id}.nii.gz" for c in cases}
-    for out in outputs.values():
-        if out.resolve() in inputs:
-            raise MedsegInputError("output would overwrite an input file; choose another --output", path=out)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise MedsegInputError("the output must be a folder", path=output_dir)
+    predictor = (
+        model if isinstance(model, Predictor) else Predictor.from_checkpoint(model, device=device, backend=backend)
+    )
+    if cases_file is not None:
+        all_cases = read_cases_file(cases_file, channels=predictor.channels)
+    else:
+        all_cases = discover_cases(input_path, channels=predictor.channels, exclude=[output_dir])
+    cases = select_shard(all_cases, shard)
+    if fmt == "dicom-seg":
+        for case in cases:
+            if not case.is_dicom:
+                raise MedsegInputError(
+                    "--format dicom-seg needs DICOM series input; use nifti or seg.nrrd for this case",
+                    path=case.images[0],
+                )
+    label_outputs = {c.id: output_dir / f"{c.id}{OUTPUT_SUFFIXES[fmt]}" for c in cases}
+    prob_outputs = {c.id: output_dir / f"{c.id}{PROBABILITIES_SUFFIX}" for c in cases}
+    summary_path = output_dir / (SUMMARY_NAME if shard is None else f"summary.{shard.tag}.csv")
+    all_inputs = [p for c in all_cases for p in c.images]
+    ensure_not_input(summary_path, all_inputs)
+    for case in cases:
+        for out in (label_outputs[case.id], prob_outputs[case.id]):
+            ensure_not_input(out, all_inputs)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
     names = predictor.table.labels
-    reporter = _Progress(progress, len(cases))
+    label_names = [names[v] for v in sorted(names) if v != 0]
     results: list[CaseResult] = []
-    todo = [c for c in cases if overwrite or not outputs[c.id].is_file()]
+    todo: list[InputCase] = []
+    done_before: list[tuple[int, CaseResult]] = []
     for index, case in enumerate(cases):
-        if case not in todo:
-            results.append(CaseResult(case.id, "skipped", output=outputs[case.id], reason="output exists"))
-            reporter.case_done(index, results[-1])
-    for case, future in _prefetched(todo):
-        index = cases.index(case)
-        reporter.case_start(index, case.id)
-        tick = time.monotonic()
-        try:
-            image = future.result()
-            labels = predictor.predict(image)
-            write_nifti(labels, image.geometry, outputs[case.id], reference=image)
-            result = CaseResult(
-                case.id, "ok", time.monotonic() - tick, outputs[case.id], volumes_ml=_volumes_ml(labels, image, names)
-            )
-        except MedsegError as exc:
-            result = CaseResult(case.id, "failed", time.monotonic() - tick, reason=str(exc))
-        except Exception as exc:  # one broken case must not stop a batch of hundreds
-            result = CaseResult(
-                case.id, "failed", time.monotonic() - tick, reason=f"{case.id}: {type(exc).__name__}: {exc}"
-            )
+        expected = [label_outputs[case.id], *([prob_outputs[case.id]] if save_probabilities else [])]
+        for out in expected:
+            _remove_stale_temporaries(out)
+        volumes = None
+        if not overwrite and all(p.is_file() for p in expected):
+            volumes = _existing_volumes(label_outputs[case.id], names, fmt)
+        if volumes is None:
+            todo.append(case)
+        else:
+            result = CaseResult(case.id, "skipped", output=label_outputs[case.id], reason="outputs exist")
+            result.volumes_ml = volumes
+            done_before.append((index, result))
+    _remove_stale_temporaries(summary_path)
+
+    reporter = _Progress(progress, len(cases), already_done=len(done_before), shard=shard)
+    for index, result in done_before:
         results.append(result)
-        reporter.case_done(index, result)
-    results.sort(key=lambda r: r.case)
-    summary = BatchSummary(results)
-    _write_summary(results, output_dir / "summary.csv", [names[v] for v in sorted(names) if v != 0])
+        reporter.case_done(index, result, count=False)
+    position = {c.id: i for i, c in enumerate(cases)}
+    try:
+        for case, future in _prefetched(todo):
+            reporter.case_start(position[case.id], case.id)
+            result = _predict_one(predictor, case, future, label_outputs[case.id], fmt, save_probabilities, names)
+            results.append(result)
+            reporter.case_done(position[case.id], result)
+    finally:
+        results.sort(key=lambda r: r.case)
+        _write_summary(results, summary_path, label_names)
+    summary = BatchSummary(results, summary_path)
     reporter.close(summary)
     return summary
+
+
+def _predict_one(
+    predictor: Predictor,
+    case: InputCase,
+    future: Future[Image],
+    output: Path,
+    fmt: LabelFormat,
+    save_probabilities: bool,
+    names: dict[int, str],
+) -> CaseResult:
+    """Read (from the prefetch), predict and write one case; any error becomes a ``failed`` result."""
+    from medseg.transforms import outputs_to_labels
+
+    tick = time.monotonic()
+    try:
+        image = future.result()
+        if save_probabilities:
+            import torch
+
+            probs = predictor.predict_probabilities(image)
+            labels = outputs_to_labels(
+                torch.from_numpy(probs), predictor.table, threshold=predictor.inference.threshold
+            )
+            write_probabilities(
+                probs, image.geometry, output.with_name(f"{case.id}{PROBABILITIES_SUFFIX}"), reference=image
+            )
+        else:
+            labels = predictor.predict(image)
+        write_label_map(labels, image.geometry, output, table=predictor.table, reference=image, fmt=fmt)
+        return CaseResult(
+            case.id,
+            "ok",
+            time.monotonic() - tick,
+            output,
+            volumes_ml=_volumes_ml(labels, image.geometry.spacing, names),
+        )
+    except MedsegError as exc:
+        return CaseResult(case.id, "failed", time.monotonic() - tick, reason=str(exc))
+    except Exception as exc:  # one broken case must not stop a batch of hundreds
+        return CaseResult(case.id, "failed", time.monotonic() - tick, reason=f"{case.id}: {type(exc).__name__}: {exc}")

@@ -76,16 +76,38 @@ def _train(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from medseg.batch import predict_folder
+    from medseg.data.cases import Shard
+    from medseg.errors import MedsegInputError
 
+    if args.input is None and args.cases is None:
+        raise MedsegInputError("give --input (a file or folder) or --cases (a JSON list of cases)")
     summary = predict_folder(
         model=args.model,
         input_path=args.input,
         output_dir=args.output,
+        fmt=args.format,
+        save_probabilities=args.save_probabilities,
+        cases_file=args.cases,
+        shard=Shard.parse(args.shard) if args.shard else None,
         device=args.device,
+        backend=args.backend,
         overwrite=args.overwrite,
         progress=args.progress,
     )
+    if args.progress != "json":
+        print(
+            f"{summary.ok} ok, {summary.skipped} skipped, {summary.failed} failed; {summary.summary_path}",
+            file=sys.stderr,
+        )
     return 0 if summary.failed == 0 else 1
+
+
+def _export(args: argparse.Namespace) -> int:
+    from medseg.export import export_model
+
+    path = export_model(model=args.model, fmt=args.format, out=args.out)
+    print(f"wrote {args.format} model to {path}")
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -117,10 +139,18 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from medseg.demo import run_demo
+_DEMO_DEFAULTS = {
+    "brats": (Path("runs/demo"), Path("configs/demo_brats_phantom.yaml")),
+    "ct": (Path("runs/demo_ct"), Path("configs/demo_ct_phantom.yaml")),
+}
 
-    run_demo(out_dir=args.out, config=args.config, overrides=args.set)
+
+def _demo(args: argparse.Namespace) -> int:
+    from medseg.demo import run_ct_demo, run_demo
+
+    out, config = _DEMO_DEFAULTS[args.kind]
+    run = run_ct_demo if args.kind == "ct" else run_demo
+    run(out_dir=args.out or out, config=args.config or config, overrides=args.set)
     return 0
 
 
@@ -176,20 +206,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.set_defaults(handler=_train)
 
-    p = sub.add_parser("predict", help="segment a case folder or a folder of cases")
+    p = sub.add_parser("predict", help="segment an image, a DICOM series or a folder of cases")
     p.add_argument("--model", type=Path, required=True, help="a medseg checkpoint (.pt)")
-    p.add_argument("--input", type=Path, required=True)
-    p.add_argument("--output", type=Path, required=True)
+    p.add_argument(
+        "--input",
+        type=Path,
+        help="an image file, a DICOM series folder, or a folder of cases (searched recursively)",
+    )
+    p.add_argument("--output", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--format",
+        choices=["nifti", "seg.nrrd", "dicom-seg"],
+        default="nifti",
+        help="label-map format (dicom-seg only for DICOM input)",
+    )
+    p.add_argument("--save-probabilities", action="store_true", help="also write <case>_probabilities.nii.gz (float32)")
+    p.add_argument(
+        "--cases",
+        type=Path,
+        default=None,
+        help='JSON list of cases [{"id": ..., "images": [...]}] instead of discovering them under --input',
+    )
+    p.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="process only shard I of N (1-based, split by a stable hash of the case id); "
+        "writes summary.shard-I-of-N.csv",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--backend", choices=["auto", "torch", "openvino"], default="auto")
     p.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
     p.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
     p.set_defaults(handler=_predict)
 
+    p = sub.add_parser("export", help="export a checkpoint's network as TorchScript or ONNX")
+    p.add_argument("--model", type=Path, required=True, help="a medseg checkpoint (.pt)")
+    p.add_argument("--format", choices=["torchscript", "onnx"], required=True)
+    p.add_argument("--out", type=Path, required=True, help="output file (.pt for TorchScript, .onnx)")
+    p.set_defaults(handler=_export)
+
     p = sub.add_parser("evaluate", help="Dice and HD95 (mm) per region of predictions against references")
     p.add_argument("--pred", type=Path, required=True, help="folder of <case>.nii.gz predictions")
-    p.add_argument("--ref", type=Path, required=True, help="reference dataset folder (BraTS layout)")
+    p.add_argument("--ref", type=Path, required=True, help="reference dataset folder (BraTS, MSD or flat layout)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--labels", default="auto", help="brats2021, brats2023 or auto")
+    p.add_argument(
+        "--labels",
+        default="auto",
+        help="auto (the reference's dataset.json, else the BraTS release), a table name (brats2021, btcv, ...),"
+        " or a path to a dataset.json or medseg manifest",
+    )
     p.set_defaults(handler=_evaluate)
 
     p = sub.add_parser("info", help="describe a checkpoint: channels, labels, network")
@@ -198,8 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_info)
 
     p = sub.add_parser("demo", help="phantoms -> train -> predict -> evaluate -> report")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--config", type=Path, default=Path("configs/demo_brats_phantom.yaml"))
+    p.add_argument(
+        "kind", nargs="?", choices=sorted(_DEMO_DEFAULTS), default="brats", help="brats (default) or ct organs"
+    )
+    p.add_argument("--out", type=Path, default=None, help="default: runs/demo (brats), runs/demo_ct (ct)")
+    p.add_argument("--config", type=Path, default=None, help="default: configs/demo_<kind>_phantom.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(handler=_demo)
     return parser
