@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy import ndimage
 
 from medseg.phantoms._anatomy import DEEP_GM, GM, SEMI_AXES, WM, BrainParams, _rotation, ventricle_radius, world_box
 from medseg.phantoms._fields import WorldGrid, smooth_field
@@ -69,7 +70,7 @@ def sample_tumour_params(rng: np.random.Generator, ventricle_size: float) -> Tum
 def _sample_lesion(rng: np.random.Generator, *, enhancing: bool, small: bool) -> Lesion:
     radius = rng.uniform(3.0, 8.0) if small else rng.uniform(10.0, 24.0)
     core_axes = radius * rng.uniform(0.7, 1.3, size=3)
-    margin_scale = rng.uniform(2.0, 8.0) if small else rng.uniform(6.0, 26.0)
+    margin_scale = rng.uniform(2.0, 8.0) if small else rng.uniform(5.0, 20.0)
     et = float(np.clip(rng.uniform(2.0, 6.0), 2.0, 0.45 * radius + 1.0)) if enhancing else 0.0
     return Lesion(
         centre=np.zeros(3),
@@ -172,10 +173,10 @@ def _draw_lesion(
     rho_core = _lesion_radius(q, lesion, lesion.core_axes) + lesion.roughness * core_noise
     rho_oedema = _lesion_radius(q, lesion, lesion.core_axes + lesion.oedema_margin) + 0.3 * oedema_noise
     spreads = (tissue == WM) | (tissue == DEEP_GM) | ((tissue == GM) & (rho_oedema < 0.75))
-    oedema = (rho_oedema < 1) & spreads
+    core = (rho_core < 1) & (tissue > 0)
+    oedema = _connected_to(((rho_oedema < 1) & spreads) | core, core) & ~core
     labels[oedema & (labels == 0)] = ED
     np.maximum(strength, np.where(oedema, np.sqrt(np.clip(1.0 - rho_oedema, 0, 1)), 0), out=strength)
-    core = (rho_core < 1) & (tissue > 0)
     if lesion.et_thickness > 0:
         depth = (1.0 - rho_core) * lesion.core_radius
         thickness = lesion.et_thickness * np.clip(1.0 + 0.35 * rim_noise, 0.5, 1.6)
@@ -183,3 +184,10 @@ def _draw_lesion(
         labels[core & (depth > thickness)] = NCR
     else:
         labels[core] = NCR
+
+
+def _connected_to(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The parts of ``mask`` connected to ``seed``: oedema islands cut off by cortex or CSF are dropped."""
+    components, _ = ndimage.label(mask)
+    keep = np.unique(components[seed & mask])
+    return np.isin(components, keep[keep > 0])

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from medseg.errors import MedsegInputError
 from medseg.io import Geometry, write_nifti
@@ -87,6 +88,15 @@ def _supersampling(spacing: float) -> int:
     return 2 if spacing >= 1.75 else 1
 
 
+def _drop_specks(labels: np.ndarray, *, min_mm3: float, spacing: float) -> np.ndarray:
+    """Remove tumour components smaller than ``min_mm3`` (sampling specks, not lesions), as annotators do."""
+    components, count = ndimage.label(labels > 0)
+    sizes = np.bincount(components.ravel(), minlength=count + 1) * spacing**3
+    small = sizes < min_mm3
+    small[0] = False
+    return np.where(small[components], 0, labels).astype(np.uint8)
+
+
 def _et_value(release: BratsRelease) -> int:
     return next(v for v, name in release.label_table.labels.items() if name == "ET")
 
@@ -139,7 +149,7 @@ def make_brats_phantom(
             enhancing=tumour.enhancing,
         )
         images[suffix] = _mri.acquire(rng, grid, block_mean(signal, factor), mask, spacing)
-    labels = np.where(mask, block_mode(labels, factor), 0)
+    labels = _drop_specks(np.where(mask, block_mode(labels, factor), 0), min_mm3=30.0, spacing=spacing)
     seg = np.where(labels == _tumour.ET, _et_value(rel), labels).astype(np.uint8)
     return BratsPhantom(
         case_id=rel.case_id(index),
