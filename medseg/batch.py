@@ -247,7 +247,7 @@ def _existing_volumes(path: Path, names: dict[int, str], fmt: str) -> dict[str, 
 def predict_folder(
     *,
     model: str | Path | Predictor,
-    input_path: str | Path,
+    input_path: str | Path | None,
     output_dir: str | Path,
     fmt: LabelFormat = "nifti",
     save_probabilities: bool = False,
@@ -292,6 +292,8 @@ def predict_folder(
     )
     if cases_file is not None:
         all_cases = read_cases_file(cases_file, channels=predictor.channels)
+    elif input_path is None:
+        raise MedsegInputError("give an input path or a cases file")
     else:
         all_cases = discover_cases(input_path, channels=predictor.channels, exclude=[output_dir])
     cases = select_shard(all_cases, shard)

@@ -53,3 +53,40 @@ def tiny_checkpoint(brats_root: Path, tmp_path_factory: pytest.TempPathFactory) 
     run_dir = tmp_path_factory.mktemp("run") / "tiny"
     train(tiny_config(brats_root, run_dir))
     return run_dir / "best.pt"
+
+
+def make_one_channel_checkpoint(path: Path, *, seed: int = 0) -> Path:
+    """Save an untrained one-channel, two-class U-Net checkpoint (nnU-Net layout, 32x32x16 windows)."""
+    import torch
+
+    from medseg.checkpoint import Checkpoint, save_checkpoint
+    from medseg.config import Config
+    from medseg.labels import LabelTable
+    from medseg.networks import build_network
+
+    torch.manual_seed(seed)
+    network = {"name": "unet", "kwargs": {"channels": [4, 8], "strides": [2]}}
+    model = build_network("unet", in_channels=1, out_channels=2, kwargs=network["kwargs"])
+    config = Config().to_dict()
+    config["data"]["layout"] = "nnunet"
+    config["network"]["name"] = network["name"]
+    config["network"]["kwargs"] = network["kwargs"]
+    config["inference"]["roi_size"] = [32, 32, 16]
+    if "min_overlap" in config["inference"]:  # tiled inference: neighbouring windows must overlap less than 16
+        config["inference"]["min_overlap"] = 4
+    config["transforms"]["crop_foreground"] = False
+    checkpoint = Checkpoint(
+        network=network,
+        channels=["image"],
+        label_table=LabelTable("tissue", {0: "background", 1: "tissue"}),
+        config=config,
+        state_dict=model.state_dict(),
+    )
+    return save_checkpoint(checkpoint, path)
+
+
+@pytest.fixture(scope="session")
+def one_channel_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained one-channel, two-class (background, tissue) U-Net checkpoint; see
+    :func:`make_one_channel_checkpoint`."""
+    return make_one_channel_checkpoint(tmp_path_factory.mktemp("one_channel") / "one_channel.pt")

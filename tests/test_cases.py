@@ -1,0 +1,147 @@
+"""Case discovery (BraTS, nnU-Net, MSD, DICOM, plain files, JSON lists) and shards."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medseg.data.cases import InputCase, Shard, discover_cases, read_cases_file, select_shard
+from medseg.errors import MedsegInputError
+
+DATA = Path(__file__).resolve().parent / "data"
+BRATS_CHANNELS = ["T1", "T1ce", "T2", "FLAIR"]
+
+
+def _nifti(path: Path, shape: tuple[int, ...] = (4, 4, 3)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.zeros(shape, dtype=np.float32), np.eye(4)), str(path))
+    return path
+
+
+def test_single_file_and_nnunet_channel_files(tmp_path: Path) -> None:
+    one = _nifti(tmp_path / "single" / "scan.nii.gz")
+    assert discover_cases(one, channels=["CT"]) == [InputCase("scan", (one,))]
+    for case in ("b", "a"):
+        for c in range(2):
+            _nifti(tmp_path / "nn" / f"{case}_{c:04d}.nii.gz")
+    cases = discover_cases(tmp_path / "nn", channels=["T1", "T2"])
+    assert [c.id for c in cases] == ["a", "b"]
+    assert [p.name for p in cases[0].images] == ["a_0000.nii.gz", "a_0001.nii.gz"]
+    # one-channel model: CASE_0000 is case CASE
+    (tmp_path / "nn" / "b_0001.nii.gz").unlink()
+    (tmp_path / "nn" / "a_0001.nii.gz").unlink()
+    assert [c.id for c in discover_cases(tmp_path / "nn", channels=["CT"])] == ["a", "b"]
+
+
+def test_missing_channel_file_stays_in_the_case_and_names_the_file(tmp_path: Path) -> None:
+    _nifti(tmp_path / "x_0000.nii.gz")
+    (case,) = discover_cases(tmp_path, channels=["T1", "T2"])
+    assert case.images[1] == tmp_path / "x_0001.nii.gz" and not case.images[1].exists()
+
+
+def test_brats_case_folders_follow_the_checkpoint_channel_order(tmp_path: Path) -> None:
+    for release, names in (("2021", ["t1", "t1ce", "t2", "flair"]), ("2023", ["t1n", "t1c", "t2w", "t2f"])):
+        case_id = "BraTS2021_00001" if release == "2021" else "BraTS-GLI-00002-000"
+        sep = "_" if release == "2021" else "-"
+        for m in [*names, "seg"]:
+            _nifti(tmp_path / "root" / release / case_id / f"{case_id}{sep}{m}.nii.gz")
+    cases = {c.id: c for c in discover_cases(tmp_path / "root", channels=["FLAIR", "T1", "T1ce", "T2"])}
+    assert [p.name for p in cases["BraTS2021_00001"].images] == [
+        "BraTS2021_00001_flair.nii.gz",
+        "BraTS2021_00001_t1.nii.gz",
+        "BraTS2021_00001_t1ce.nii.gz",
+        "BraTS2021_00001_t2.nii.gz",
+    ]
+    assert cases["BraTS-GLI-00002-000"].images[0].name == "BraTS-GLI-00002-000-t2f.nii.gz"
+
+
+def test_msd_root_uses_images_ts_with_4d_files(tmp_path: Path) -> None:
+    (tmp_path / "dataset.json").write_text("{}")
+    _nifti(tmp_path / "imagesTr" / "BRATS_001.nii.gz", (4, 4, 3, 4))
+    _nifti(tmp_path / "labelsTr" / "BRATS_001.nii.gz")
+    ts = _nifti(tmp_path / "imagesTs" / "BRATS_484.nii.gz", (4, 4, 3, 4))
+    assert discover_cases(tmp_path, channels=BRATS_CHANNELS) == [InputCase("BRATS_484", (ts,))]
+
+
+def test_recursive_mixed_formats_dicom_hidden_excluded_and_clashing_ids(tmp_path: Path) -> None:
+    shutil.copytree(DATA / "dicom_mr_oblique", tmp_path / "in" / "patient1" / "mr")
+    _nifti(tmp_path / "in" / "site_a" / "scan.nii.gz")
+    _nifti(tmp_path / "in" / "site_b" / "scan.nii.gz")
+    (tmp_path / "in" / "site_b" / "vol.mha").write_bytes(b"")
+    (tmp_path / "in" / "site_b" / "vol.seg.nrrd").write_bytes(b"")  # a label map, not a case
+    (tmp_path / "in" / "site_b" / "notes.txt").write_text("x")
+    _nifti(tmp_path / "in" / ".cache" / "hidden.nii.gz")
+    _nifti(tmp_path / "in" / "out" / "previous.nii.gz")
+    cases = discover_cases(tmp_path / "in", channels=["MR"], exclude=[tmp_path / "in" / "out"])
+    by_id = {c.id: c for c in cases}
+    assert sorted(by_id) == ["mr", "site_a__scan", "site_b__scan", "vol"]
+    assert by_id["mr"].is_dicom and by_id["mr"].images == (tmp_path / "in" / "patient1" / "mr",)
+    assert not by_id["vol"].is_dicom
+    # a DICOM folder, and one of its files, are one case
+    (folder_case,) = discover_cases(tmp_path / "in" / "patient1" / "mr", channels=["MR"])
+    (file_case,) = discover_cases(tmp_path / "in" / "patient1" / "mr" / "brain_007.dcm", channels=["MR"])
+    assert folder_case == file_case == by_id["mr"]
+
+
+def test_no_cases_and_missing_input_are_one_line_errors(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(MedsegInputError, match="no cases found"):
+        discover_cases(tmp_path, channels=["CT"])
+    with pytest.raises(MedsegInputError, match="not found"):
+        discover_cases(tmp_path / "nope", channels=["CT"])
+    with pytest.raises(MedsegInputError, match="not an image file"):
+        discover_cases(tmp_path / "notes.txt", channels=["CT"])
+
+
+def test_cases_json_lists_and_channel_objects(tmp_path: Path) -> None:
+    spec = [
+        {"id": "b", "images": {"T2": "b_t2.nii.gz", "T1": "sub/b_t1.nii.gz"}},
+        {"id": "a", "images": ["a1.nii.gz", "/abs/a2.nii.gz"]},
+    ]
+    path = tmp_path / "cases.json"
+    path.write_text(json.dumps(spec))
+    cases = read_cases_file(path, channels=["T1", "T2"])
+    assert [c.id for c in cases] == ["a", "b"]
+    assert cases[0].images == (tmp_path / "a1.nii.gz", Path("/abs/a2.nii.gz"))
+    assert cases[1].images == (tmp_path / "sub" / "b_t1.nii.gz", tmp_path / "b_t2.nii.gz")
+    for bad, match in [
+        ({"id": "a"}, "images"),
+        ([{"images": ["x"]}], '"id"'),
+        ([{"id": "a", "images": {"T1": "x"}}], "channels"),
+        ([{"id": "a", "images": ["x"]}, {"id": "a", "images": ["y"]}], "duplicate"),
+        ([{"id": "../a", "images": ["x"]}], "plain file name"),
+    ]:
+        path.write_text(json.dumps(bad))
+        with pytest.raises(MedsegInputError, match=match):
+            read_cases_file(path, channels=["T1", "T2"])
+
+
+def test_shards_partition_the_cases_deterministically() -> None:
+    cases = [InputCase(f"case_{i:03d}", (Path(f"/x/{i}.nii.gz"),)) for i in range(60)]
+    for count in (1, 2, 3, 7):
+        parts = [select_shard(cases, Shard(i, count)) for i in range(1, count + 1)]
+        ids = [c.id for part in parts for c in part]
+        assert sorted(ids) == [c.id for c in cases]  # union is all, nothing twice
+        assert len(set(ids)) == len(ids)
+        assert parts == [select_shard(list(reversed(cases))[::-1], Shard(i, count)) for i in range(1, count + 1)]
+        if count > 1:
+            assert all(part for part in parts)
+    # a case's shard depends on its id only
+    assert select_shard(cases[:10], Shard(2, 3)) == [c for c in select_shard(cases, Shard(2, 3)) if c in cases[:10]]
+    assert select_shard(cases, None) == cases
+
+
+@pytest.mark.parametrize("text", ["0/2", "3/2", "1-2", "a/b", "1/0", ""])
+def test_shard_parse_rejects_bad_values(text: str) -> None:
+    with pytest.raises(MedsegInputError, match="--shard"):
+        Shard.parse(text)
+
+
+def test_shard_parse() -> None:
+    assert Shard.parse(" 2/5 ") == Shard(2, 5)
+    assert Shard(2, 5).tag == "shard-2-of-5"
