@@ -244,6 +244,20 @@ def _existing_volumes(path: Path, names: dict[int, str], fmt: str) -> dict[str, 
     return _volumes_ml(image.array, image.geometry.spacing, names)
 
 
+def _check_not_inputs(outputs: Sequence[Path], cases: Sequence[InputCase]) -> None:
+    """Refuse outputs that are input files or lie inside an input folder (a DICOM series), in O(n).
+
+    Raises:
+        MedsegInputError: naming the first such output.
+    """
+    files = {p.resolve() for c in cases for p in c.images}
+    folders = {p for p in files if p.is_dir()}
+    for out in outputs:
+        target = out.resolve()
+        if target in files or folders.intersection(target.parents):
+            ensure_not_input(out, [target, *folders.intersection(target.parents)])  # raises, naming the input
+
+
 def predict_folder(
     *,
     model: str | Path | Predictor,
@@ -307,11 +321,7 @@ def predict_folder(
     label_outputs = {c.id: output_dir / f"{c.id}{OUTPUT_SUFFIXES[fmt]}" for c in cases}
     prob_outputs = {c.id: output_dir / f"{c.id}{PROBABILITIES_SUFFIX}" for c in cases}
     summary_path = output_dir / (SUMMARY_NAME if shard is None else f"summary.{shard.tag}.csv")
-    all_inputs = [p for c in all_cases for p in c.images]
-    ensure_not_input(summary_path, all_inputs)
-    for case in cases:
-        for out in (label_outputs[case.id], prob_outputs[case.id]):
-            ensure_not_input(out, all_inputs)
+    _check_not_inputs([summary_path, *label_outputs.values(), *prob_outputs.values()], all_cases)
     output_dir.mkdir(parents=True, exist_ok=True)
 
     names = predictor.table.labels
