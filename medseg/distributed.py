@@ -27,6 +27,14 @@ class DistContext:
         """True when running under torchrun with more than one process."""
         return self.world_size > 1
 
+    def gather(self, items: list) -> list:
+        """Concatenate every process's ``items`` (in rank order) on every process."""
+        if not self.distributed:
+            return items
+        parts: list[list] = [[] for _ in range(self.world_size)]
+        dist.all_gather_object(parts, items)
+        return [x for part in parts for x in part]
+
     def barrier(self) -> None:
         """Wait for every process (no-op when not distributed)."""
         if self.distributed:

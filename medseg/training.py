@@ -26,7 +26,7 @@ import torch
 from monai.data import CacheDataset, DataLoader, DistributedWeightedRandomSampler
 from monai.data.utils import set_rnd
 from monai.inferers import sliding_window_inference
-from monai.metrics import DiceMetric
+from monai.metrics import compute_dice
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -74,8 +74,24 @@ def load_dataset_manifest(config: Config) -> tuple[Manifest, Path]:
 
 
 def resolve_label_table(config: Config, manifest: Manifest) -> LabelTable:
-    """``data.labels`` when set, else the manifest's table."""
-    return manifest.label_table if config.data.labels == "auto" else get_label_table(config.data.labels)
+    """``data.labels`` when set, else the manifest's table (e.g. from ``dataset.json``).
+
+    Raises:
+        ConfigError: an unknown table name, or a table lacking label values the dataset's table has.
+    """
+    if config.data.labels == "auto":
+        return manifest.label_table
+    try:
+        table = get_label_table(config.data.labels)
+    except KeyError as exc:
+        raise ConfigError(f"data.labels: {exc.args[0]}") from None
+    missing = sorted(set(manifest.label_table.labels) - set(table.labels))
+    if missing:
+        raise ConfigError(
+            f"data.labels={table.name} has no label value(s) {missing} of the dataset's table "
+            f"{manifest.label_table.name} {sorted(manifest.label_table.labels)}"
+        )
+    return table
 
 
 def _items(cases: list[ManifestCase], root: Path) -> list[dict[str, Any]]:
@@ -278,12 +294,18 @@ class _Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean Dice per output on whole validation cases with sliding-window inference."""
+        """Mean Dice per output over whole validation cases, with sliding-window inference.
+
+        Under DDP each process scores every ``world_size``-th case and the per-case scores are
+        gathered, so every process returns the same numbers. Empty masks follow BraTS: both empty
+        scores 1, one empty scores 0.
+        """
         self.model.eval()
         inf = self.config.inference
         regions = self.table.kind == "regions"
-        metric = DiceMetric(include_background=regions, reduction="mean_batch", ignore_empty=False)
-        for item in self.val_ds:
+        per_case: list[list[float]] = []
+        for index in range(self.ctx.rank, len(self.val_ds), self.ctx.world_size):
+            item = self.val_ds[index]
             image = item[IMAGE].unsqueeze(0).to(self.ctx.device)
             target = item[LABEL].unsqueeze(0).to(self.ctx.device)
             with torch.autocast(self.ctx.device.type, dtype=torch.float16, enabled=self.use_amp):
@@ -297,8 +319,10 @@ class _Trainer:
                 n = self.table.num_outputs
                 pred = nn.functional.one_hot(logits.argmax(1), n).permute(0, 4, 1, 2, 3).float()
                 target = nn.functional.one_hot(target[:, 0].long(), n).permute(0, 4, 1, 2, 3).float()
-            metric(pred, target)
-        per_output = metric.aggregate().cpu().tolist()
+            dice = compute_dice(pred, target, include_background=regions, ignore_empty=False)
+            per_case.append(dice[0].cpu().tolist())
+        per_case = self.ctx.gather(per_case)
+        per_output = np.mean(np.asarray(per_case), axis=0)
         names = self.table.evaluation_names
         scores = {f"val_{name}_dice": float(v) for name, v in zip(names, per_output, strict=True)}
         scores["val_mean_dice"] = float(np.mean(per_output))
@@ -324,7 +348,8 @@ class _Trainer:
             self.epoch = epoch + 1
             row: dict[str, Any] = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": loss}
             out_of_time = cfg.max_minutes is not None and (time.monotonic() - started) / 60 >= cfg.max_minutes
-            if self.ctx.is_main and (self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs or out_of_time):
+            out_of_time = any(self.ctx.gather([out_of_time]))  # every process must stop at the same epoch
+            if self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs or out_of_time:
                 row.update(self.validate())
                 if row["val_mean_dice"] > self.best_score:
                     self.best_score, self.best_epoch = row["val_mean_dice"], self.epoch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ TINY_SHAPE = (48, 48, 40)
 TINY_SPACING = 4.0
 
 
-def tiny_config(root: Path, run_dir: Path, **train: object) -> Config:
+def make_tiny_config(root: Path, run_dir: Path, **train: object) -> Config:
     """A config that trains a small U-Net on 32^3 patches in seconds."""
     return config_from_dict(
         {
@@ -35,6 +36,12 @@ def tiny_config(root: Path, run_dir: Path, **train: object) -> Config:
     )
 
 
+@pytest.fixture
+def tiny_config() -> Callable[..., Config]:
+    """``tiny_config(root, run_dir, **train_overrides) -> Config`` (see :func:`make_tiny_config`)."""
+    return make_tiny_config
+
+
 @pytest.fixture(scope="session")
 def brats_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Six BraTS 2021 phantom cases at 48x48x40, 4 mm (read-only: copy before modifying)."""
@@ -51,7 +58,7 @@ def tiny_checkpoint(brats_root: Path, tmp_path_factory: pytest.TempPathFactory) 
     from medseg.training import train
 
     run_dir = tmp_path_factory.mktemp("run") / "tiny"
-    train(tiny_config(brats_root, run_dir))
+    train(make_tiny_config(brats_root, run_dir))
     return run_dir / "best.pt"
 
 

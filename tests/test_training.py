@@ -1,0 +1,88 @@
+"""Real (tiny) training runs: outputs, exact resume, refusal to clobber a run, and DDP with gloo."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_tiny_config as tiny_config
+
+from medseg.checkpoint import load_checkpoint
+from medseg.errors import CheckpointError
+from medseg.training import train
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path).state_dict
+
+
+def test_training_writes_checkpoints_log_and_curve(tiny_checkpoint: Path) -> None:
+    run_dir = tiny_checkpoint.parent
+    for name in ("last.pt", "best.pt", "metrics.csv", "training_curve.png"):
+        assert (run_dir / name).is_file(), name
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(0.0 <= float(r["val_mean_dice"]) <= 1.0 for r in rows)
+    assert {"val_WT_dice", "val_TC_dice", "val_ET_dice", "train_loss", "lr"} <= set(rows[0])
+    assert (run_dir / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(brats_root: Path, tmp_path: Path) -> None:
+    straight = tiny_config(brats_root, tmp_path / "straight", epochs=3, val_every=2)
+    train(straight)
+
+    interrupted = tiny_config(brats_root, tmp_path / "resumed", epochs=3, val_every=2, max_minutes=0.0)
+    result = train(interrupted)  # stops after its first epoch: the time budget is already spent
+    assert result.epochs_run == 1
+    resumed = train(tiny_config(brats_root, tmp_path / "resumed", epochs=3, val_every=2), resume=True)
+    assert resumed.epochs_run == 3
+
+    a, b = _weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "resumed" / "last.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    sa = load_checkpoint(tmp_path / "straight" / "last.pt").training
+    sb = load_checkpoint(tmp_path / "resumed" / "last.pt").training
+    assert sa["best_score"] == sb["best_score"] and sa["best_epoch"] == sb["best_epoch"]
+    assert [r["train_loss"] for r in sa["history"]] == [r["train_loss"] for r in sb["history"]]
+
+
+def test_resume_without_checkpoint_is_an_error(brats_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
+        train(tiny_config(brats_root, tmp_path / "empty"), resume=True)
+
+
+def test_a_new_run_never_overwrites_an_old_one(tiny_checkpoint: Path, brats_root: Path) -> None:
+    before = tiny_checkpoint.read_bytes()
+    with pytest.raises(CheckpointError, match="already holds a checkpoint"):
+        train(tiny_config(brats_root, tiny_checkpoint.parent))
+    assert tiny_checkpoint.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(brats_root: Path, tmp_path: Path) -> None:
+    config = tmp_path / "ddp.yaml"
+    config.write_text(
+        "seed: 3\n"
+        f"data: {{root: '{brats_root}', num_folds: 3, num_workers: 0}}\n"
+        "transforms: {patch_size: [32, 32, 32], samples_per_case: 1}\n"
+        "network: {name: unet, kwargs: {channels: [8, 16, 32], strides: [2, 2]}}\n"
+        f"train: {{run_dir: '{tmp_path / 'run'}', epochs: 2, iterations_per_epoch: 2, batch_size: 1, val_every: 2}}\n"
+        "inference: {roi_size: [32, 32, 32]}\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           "-m", "medseg", "train", "--config", str(config)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt.training["epoch"] == 2
+    assert not any(k.startswith("module.") for k in ckpt.state_dict), "DDP wrapper leaked into the checkpoint"
+    assert proc.stdout.count("training finished") == 2  # both ranks ran to the end
