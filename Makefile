@@ -20,6 +20,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/medseg demo --out runs/demo
 
+demo-ct: $(STAMP)
+	$(VENV)/bin/medseg demo ct --out runs/demo_ct
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check medseg tests tools
 	$(VENV)/bin/ruff format --check medseg tests tools

@@ -66,9 +66,14 @@ def _manifest_check(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from medseg.config import load_config
-    from medseg.training import train
+    from medseg.errors import ConfigError
+    from medseg.training import train, validate_config
 
     config = load_config(args.config, args.set)
+    try:
+        validate_config(config)
+    except ConfigError as exc:  # name the config file, as load_config's own errors do
+        raise ConfigError(exc.reason, path=exc.path or args.config) from None
     result = train(config, resume=args.resume)
     print(f"training finished: best mean Dice {result.best_score:.4f} at epoch {result.best_epoch}; {result.run_dir}")
     return 0

@@ -40,12 +40,26 @@ class DataConfig:
 
 @dataclass
 class TransformConfig:
-    """Preprocessing and augmentation (MONAI dictionary transforms). Sizes in voxels, angles in degrees."""
+    """Preprocessing and augmentation (MONAI dictionary transforms). Sizes in voxels, angles in degrees.
+
+    The defaults are BraTS's: z-score over nonzero voxels, crop to the nonzero box, patches balanced
+    between tumour and background. CT configs set ``intensity: ct_window`` (clip ``hu_window``
+    ``[a_min, a_max]`` HU and scale it to [0, 1]), ``foreground_threshold`` (crop to the box of voxels
+    above that HU, e.g. -500 for the body), ``spacing`` in mm with ``interpolation`` for the image
+    (``linear`` or ``spline``, cubic; labels always nearest) and ``sampling: class_balanced`` (patch
+    centres drawn per label value with ``class_ratios``, background first; equal when unset).
+    """
 
     orientation: str = "RAS"
     spacing: list[float] | None = None
+    interpolation: Literal["linear", "spline"] = "linear"
+    intensity: Literal["zscore_nonzero", "ct_window"] = "zscore_nonzero"
+    hu_window: list[float] = field(default_factory=lambda: [-175.0, 250.0])
     crop_foreground: bool = True
+    foreground_threshold: float | None = None
     patch_size: list[int] = field(default_factory=lambda: [96, 96, 96])
+    sampling: Literal["pos_neg", "class_balanced"] = "pos_neg"
+    class_ratios: list[float] | None = None
     pos_fraction: float = 0.67
     samples_per_case: int = 2
     flip_prob: float = 0.5
@@ -55,6 +69,14 @@ class TransformConfig:
     intensity_shift: float = 0.1
     intensity_scale: float = 0.1
     intensity_prob: float = 0.5
+
+    def __post_init__(self) -> None:
+        if len(self.hu_window) != 2 or not self.hu_window[0] < self.hu_window[1]:
+            raise ConfigError(f"transforms.hu_window must be [a_min, a_max] with a_min < a_max, got {self.hu_window}")
+        if self.spacing is not None and (len(self.spacing) != 3 or min(self.spacing) <= 0):
+            raise ConfigError(f"transforms.spacing must be three positive sizes in mm, got {self.spacing}")
+        if len(self.patch_size) != 3:
+            raise ConfigError(f"transforms.patch_size must be three sizes in voxels, got {self.patch_size}")
 
 
 @dataclass
@@ -96,26 +118,40 @@ class TrainConfig:
 
 @dataclass
 class InferenceConfig:
-    """Sliding-window inference. ``roi_size`` in voxels; ``threshold`` applies to sigmoid outputs."""
+    """Sliding-window inference. ``roi_size`` in voxels; ``threshold`` applies to sigmoid outputs.
+
+    ``tiling``: ``tight`` (default) covers the foreground crop with the fewest windows of at most
+    ``roi_size`` that overlap by at least ``min_overlap`` voxels (see :mod:`medseg.tiling`); ``monai``
+    is MONAI's ``sliding_window_inference`` stepping by ``roi_size * (1 - overlap)``. ``crop_foreground``
+    crops to the foreground box (``transforms.foreground_threshold`` or nonzero) before the windows,
+    even when training did not, and writes background outside it. ``precision`` ``bf16`` is used on
+    the CPU only where it reports native bf16; fp32 otherwise (CUDA always uses fp16 autocast).
+    """
 
     roi_size: list[int] = field(default_factory=lambda: [96, 96, 96])
     overlap: float = 0.5
     mode: Literal["gaussian", "constant"] = "gaussian"
     sw_batch_size: int = 2
     threshold: float = 0.5
+    tiling: Literal["tight", "monai"] = "tight"
+    min_overlap: int = 16
+    crop_foreground: bool = True
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 @dataclass
 class PhantomConfig:
     """The synthetic data ``medseg demo`` generates: training/validation and a held-out test set
-    from a different seed. ``shape`` is the NIfTI voxel grid, ``spacing`` isotropic in mm."""
+    from a different seed. ``shape`` is the NIfTI voxel grid, ``spacing`` isotropic in mm (BraTS);
+    ``release`` and ``spacing`` are BraTS-only. The CT demo takes ``shape: null`` for the CT
+    generator's own grid (128 x 128 in-plane, 3.2-5 mm slices, per-case spacing)."""
 
     release: Literal["2021", "2023"] = "2021"
     train_cases: int = 30
     test_cases: int = 10
     train_seed: int = 1
     test_seed: int = 2
-    shape: list[int] = field(default_factory=lambda: [96, 96, 80])
+    shape: list[int] | None = field(default_factory=lambda: [96, 96, 80])
     spacing: float = 2.0
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from medseg.errors import MedsegInputError
 from medseg.io import Image, atomic_output, read_nifti
-from medseg.labels import BRATS_RELEASES, LabelTable, get_label_table
+from medseg.labels import BRATS_RELEASES, LABEL_TABLES, LabelTable, get_label_table
 from medseg.metrics import RegionScore, score_label_maps
 
 NIFTI_SUFFIX = ".nii.gz"
@@ -41,11 +41,14 @@ class References:
         layout: which layout matched (``"brats2021"``, ``"brats2023"``, ``"msd"``, ``"flat"``).
         files: case id -> reference label map path, sorted by case id.
         label_table: name of the label table the layout implies, or ``None`` if file names do not tell.
+        dataset_json: the dataset's ``dataset.json`` (MSD/nnU-Net) when there is one; ``labels="auto"``
+            reads the label table from it.
     """
 
     layout: str
     files: dict[str, Path]
     label_table: str | None = None
+    dataset_json: Path | None = None
 
 
 def _nifti_files(folder: Path) -> dict[str, Path]:
@@ -89,13 +92,15 @@ def find_msd_references(ref_dir: Path) -> References | None:
     if not labels_dir.is_dir():
         return None
     files = _nifti_files(labels_dir)
-    return References("msd", files) if files else None
+    meta = ref_dir / "dataset.json"
+    return References("msd", files, dataset_json=meta if meta.is_file() else None) if files else None
 
 
 def find_flat_references(ref_dir: Path) -> References | None:
     """A flat folder of ``<case>.nii.gz`` label maps (the same layout as the predictions)."""
     files = _nifti_files(ref_dir)
-    return References("flat", files) if files else None
+    meta = ref_dir / "dataset.json"
+    return References("flat", files, dataset_json=meta if meta.is_file() else None) if files else None
 
 
 REFERENCE_LAYOUTS: tuple[Callable[[Path], References | None], ...] = (
@@ -160,15 +165,59 @@ def _detect_label_table(refs: References, preds: Mapping[str, Path]) -> LabelTab
     return get_label_table("brats2021")
 
 
+def label_table_from_json(path: Path) -> LabelTable:
+    """The label table of a ``dataset.json`` (MSD ``{"0": "background", ...}`` or nnU-Net v2
+    ``{"background": 0, ...}``, a class table named after ``"name"``) or of a medseg manifest.
+
+    Raises:
+        MedsegInputError: unreadable file, or no usable ``labels`` (naming the file).
+    """
+    from medseg.data.manifest import FORMAT as MANIFEST_FORMAT
+    from medseg.data.manifest import load_manifest
+    from medseg.data.msd import classes_table
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MedsegInputError("label file not found", path=path) from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MedsegInputError(f"not a readable JSON file: {exc}", path=path) from None
+    if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT:
+        return load_manifest(path).label_table
+    labels = data.get("labels") if isinstance(data, dict) else None
+    if not isinstance(labels, dict) or not labels:
+        raise MedsegInputError('needs a non-empty "labels" object (dataset.json) or a medseg manifest', path=path)
+    try:
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in labels.values()):  # nnU-Net: name -> value
+            table = {int(v): str(k) for k, v in labels.items()}
+        else:  # MSD: "value" -> name
+            table = {int(k): str(v) for k, v in labels.items()}
+    except (TypeError, ValueError):
+        raise MedsegInputError('"labels" must map values to names (or names to integer values)', path=path) from None
+    if 0 not in table:
+        raise MedsegInputError('"labels" has no background value 0', path=path)
+    return classes_table(str(data.get("name") or path.parent.name), table)
+
+
 def _resolve_label_table(labels: str | LabelTable, refs: References, preds: Mapping[str, Path]) -> LabelTable:
+    """``labels`` as a table: a :class:`LabelTable`; ``"auto"`` (the reference's ``dataset.json`` when
+    there is one, else the BraTS release); a registered table name; or a path to a ``dataset.json`` or
+    a medseg manifest."""
     if isinstance(labels, LabelTable):
         return labels
     if labels == "auto":
+        if refs.dataset_json is not None:
+            return label_table_from_json(refs.dataset_json)
         return _detect_label_table(refs, preds)
-    try:
+    if labels in LABEL_TABLES:
         return get_label_table(labels)
-    except KeyError as exc:
-        raise MedsegInputError(f"--labels: {exc.args[0]}") from None
+    if labels.endswith(".json") or Path(labels).is_file():
+        return label_table_from_json(Path(labels))
+    raise MedsegInputError(
+        f"--labels: unknown label table {labels!r}; use auto, a path to dataset.json or a manifest, "
+        f"or one of {', '.join(sorted(LABEL_TABLES))}"
+    )
 
 
 def _check_values(image: Image, table: LabelTable) -> None:
@@ -239,9 +288,11 @@ def evaluate_folder(*, pred_dir: Path, ref_dir: Path, out_dir: Path, labels: str
         ref_dir: reference dataset folder (BraTS 2021/2023 layout, MSD ``labelsTr``, or flat).
         out_dir: where ``metrics.csv`` (one row per case and region: ``case,region,dice,hd95``) and
             ``summary.json`` are written, atomically, and only after every case was scored.
-        labels: ``"auto"`` (the BraTS release from the reference file names, else from the label
-            values: 4 present -> brats2021, 3 present -> brats2023), a label table name such as
-            ``"brats2021"``, or a :class:`LabelTable` (e.g. CT organ classes).
+        labels: ``"auto"`` (the reference folder's ``dataset.json`` labels when it has one, e.g. MSD;
+            else the BraTS release from the reference file names, else from the label values: 4
+            present -> brats2021, 3 present -> brats2023), a label table name such as ``"brats2021"``
+            or ``"btcv"``, a path to a ``dataset.json`` or medseg manifest, or a :class:`LabelTable`.
+            Class tables are scored per label (e.g. per organ), region tables per region.
 
     Returns:
         The summary that is written to ``summary.json``: ``label_table``, ``layout``, ``cases``,

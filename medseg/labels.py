@@ -151,11 +151,56 @@ BRATS_RELEASES: dict[str, BratsRelease] = {
     "2023": BratsRelease("2023", ("t1n", "t1c", "t2w", "t2f"), ("T1", "T1ce", "T2", "FLAIR"), "-", BRATS2023),
 }
 
-LABEL_TABLES: dict[str, LabelTable] = {t.name: t for t in (BRATS2021, BRATS2023)}
+MSD_SPLEEN = LabelTable(
+    name="msd_spleen",
+    labels={0: "background", 1: "spleen"},
+    kind="classes",
+    colors={1: (157, 108, 162)},
+)
+"""Medical Segmentation Decathlon Task09 Spleen (portal-venous CT)."""
+
+BTCV = LabelTable(
+    name="btcv",
+    labels={
+        0: "background",
+        1: "spleen",
+        2: "kidney_right",
+        3: "kidney_left",
+        4: "gallbladder",
+        5: "esophagus",
+        6: "liver",
+        7: "stomach",
+        8: "aorta",
+        9: "inferior_vena_cava",
+        10: "portal_and_splenic_veins",
+        11: "pancreas",
+        12: "adrenal_gland_right",
+        13: "adrenal_gland_left",
+    },
+    kind="classes",
+    colors={
+        1: (157, 108, 162),
+        2: (185, 102, 83),
+        3: (185, 102, 83),
+        4: (139, 150, 98),
+        5: (211, 171, 143),
+        6: (221, 130, 101),
+        7: (216, 132, 105),
+        8: (224, 97, 76),
+        9: (0, 151, 206),
+        10: (0, 112, 165),
+        11: (249, 180, 111),
+        12: (244, 214, 49),
+        13: (244, 214, 49),
+    },
+)
+"""Multi-Atlas Labeling Beyond the Cranial Vault (BTCV) abdomen: 13 organs in the challenge's label order."""
+
+LABEL_TABLES: dict[str, LabelTable] = {t.name: t for t in (BRATS2021, BRATS2023, MSD_SPLEEN, BTCV)}
 
 
 def get_label_table(name: str) -> LabelTable:
-    """Look up a label table by name (``brats2021``, ``brats2023``, ...)."""
+    """Look up a label table by name (``brats2021``, ``brats2023``, ``msd_spleen``, ``btcv``)."""
     try:
         return LABEL_TABLES[name]
     except KeyError:

@@ -17,6 +17,7 @@ from monai import transforms as mt
 from monai.config import KeysCollection
 
 from medseg.config import TransformConfig
+from medseg.errors import ConfigError
 from medseg.keys import IMAGE, LABEL
 from medseg.labels import LabelTable
 
@@ -45,29 +46,62 @@ def load_transforms(keys: Sequence[str]) -> list[mt.Transform]:
     return [mt.LoadImaged(keys=list(keys), reader="NibabelReader", ensure_channel_first=True, image_only=True)]
 
 
+class AboveThreshold:
+    """``x > threshold``: a picklable ``select_fn`` for :class:`monai.transforms.CropForegroundd`
+    (e.g. the body in CT: ``AboveThreshold(-500.0)`` in HU)."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = float(threshold)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x > self.threshold
+
+    def __repr__(self) -> str:
+        return f"AboveThreshold({self.threshold})"
+
+
 def spatial_transforms(cfg: TransformConfig, keys: Sequence[str]) -> list[mt.Transform]:
-    """Reorient, optionally resample (image bilinear, label nearest) and crop to the image's nonzero box."""
+    """Reorient, optionally resample to ``cfg.spacing`` mm (image linear or cubic spline, label
+    nearest) and crop to the foreground box: nonzero voxels of any channel, or voxels above
+    ``cfg.foreground_threshold`` (in the image's units, e.g. HU) when set. All steps are invertible."""
     steps: list[mt.Transform] = [mt.Orientationd(keys=list(keys), axcodes=cfg.orientation)]
-    modes = ["bilinear" if k == IMAGE else "nearest" for k in keys]
+    image_mode: str | int = "bilinear" if cfg.interpolation == "linear" else 3
+    modes = [image_mode if k == IMAGE else "nearest" for k in keys]
     if cfg.spacing is not None:
         steps.append(mt.Spacingd(keys=list(keys), pixdim=cfg.spacing, mode=modes))
     if cfg.crop_foreground:
-        steps.append(mt.CropForegroundd(keys=list(keys), source_key=IMAGE, allow_smaller=True))
+        select = AboveThreshold(cfg.foreground_threshold) if cfg.foreground_threshold is not None else None
+        extra = {"select_fn": select} if select is not None else {}
+        steps.append(mt.CropForegroundd(keys=list(keys), source_key=IMAGE, allow_smaller=True, **extra))
     return steps
 
 
-def normalize_transforms() -> list[mt.Transform]:
-    """Per-channel z-score over nonzero (brain) voxels; background stays 0."""
+def normalize_transforms(cfg: TransformConfig | None = None) -> list[mt.Transform]:
+    """Intensity normalisation of ``cfg.intensity``:
+
+    - ``zscore_nonzero`` (default, MRI): per-channel z-score over nonzero voxels; background stays 0;
+    - ``ct_window``: clip to ``cfg.hu_window`` ``[a_min, a_max]`` HU and scale linearly to [0, 1].
+    """
+    if cfg is not None and cfg.intensity == "ct_window":
+        a_min, a_max = cfg.hu_window
+        return [mt.ScaleIntensityRanged(keys=IMAGE, a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True)]
     return [mt.NormalizeIntensityd(keys=IMAGE, nonzero=True, channel_wise=True)]
 
 
-def augmentation_transforms(cfg: TransformConfig) -> list[mt.Transform]:
-    """Random patch crops (positive/negative balanced), flips, small rotation/scaling, intensity jitter."""
+def patch_sampler(cfg: TransformConfig, table: LabelTable | None = None) -> mt.Transform:
+    """The random patch crop of ``cfg.sampling``.
+
+    ``pos_neg``: centres on foreground with probability ``pos_fraction``, else on background inside
+    the image (``image > 0``). ``class_balanced`` (class tables): centres drawn per label value
+    ``0..max`` with ``class_ratios`` (background first; equal ratios when unset), so that small organs
+    are seen as often as large ones.
+
+    Raises:
+        ConfigError: ``class_balanced`` with a region table or with a ``class_ratios`` of the wrong length.
+    """
     keys = [IMAGE, LABEL]
-    angle = math.radians(cfg.rotate_deg)
-    return [
-        mt.SpatialPadd(keys=keys, spatial_size=cfg.patch_size),
-        mt.RandCropByPosNegLabeld(
+    if cfg.sampling == "pos_neg":
+        return mt.RandCropByPosNegLabeld(
             keys=keys,
             label_key=LABEL,
             spatial_size=cfg.patch_size,
@@ -76,7 +110,37 @@ def augmentation_transforms(cfg: TransformConfig) -> list[mt.Transform]:
             num_samples=cfg.samples_per_case,
             image_key=IMAGE,
             image_threshold=0.0,
-        ),
+        )
+    if table is None or table.kind != "classes":
+        name = table.name if table is not None else "none"
+        raise ConfigError(f"transforms.sampling=class_balanced needs a class label table, got {name!r}")
+    num_classes = max(table.labels) + 1
+    ratios = cfg.class_ratios if cfg.class_ratios is not None else [1.0] * num_classes
+    if len(ratios) != num_classes:
+        raise ConfigError(
+            f"transforms.class_ratios has {len(ratios)} values; label table {table.name} needs {num_classes}"
+            f" (label values 0..{num_classes - 1}, background first)"
+        )
+    return mt.RandCropByLabelClassesd(
+        keys=keys,
+        label_key=LABEL,
+        spatial_size=cfg.patch_size,
+        ratios=list(ratios),
+        num_classes=num_classes,
+        num_samples=cfg.samples_per_case,
+        image_key=IMAGE,
+        image_threshold=0.0,
+        warn=False,
+    )
+
+
+def augmentation_transforms(cfg: TransformConfig, table: LabelTable | None = None) -> list[mt.Transform]:
+    """Random patch crops (:func:`patch_sampler`), flips, small rotation/scaling, intensity jitter."""
+    keys = [IMAGE, LABEL]
+    angle = math.radians(cfg.rotate_deg)
+    return [
+        mt.SpatialPadd(keys=keys, spatial_size=cfg.patch_size),
+        patch_sampler(cfg, table),
         *[mt.RandFlipd(keys=keys, prob=cfg.flip_prob, spatial_axis=axis) for axis in range(3)],
         mt.RandAffined(
             keys=keys,
@@ -93,7 +157,7 @@ def augmentation_transforms(cfg: TransformConfig) -> list[mt.Transform]:
 
 def _cached_steps(cfg: TransformConfig) -> list[mt.Transform]:
     keys = [IMAGE, LABEL]
-    return [*load_transforms(keys), *spatial_transforms(cfg, keys), *normalize_transforms()]
+    return [*load_transforms(keys), *spatial_transforms(cfg, keys), *normalize_transforms(cfg)]
 
 
 def training_pipeline(cfg: TransformConfig, table: LabelTable) -> mt.Compose:
@@ -102,7 +166,7 @@ def training_pipeline(cfg: TransformConfig, table: LabelTable) -> mt.Compose:
     return mt.Compose(
         [
             *_cached_steps(cfg),
-            *augmentation_transforms(cfg),
+            *augmentation_transforms(cfg, table),
             LabelsToRegionsd(LABEL, table),
             mt.ToTensord([IMAGE, LABEL]),
         ]
@@ -116,7 +180,7 @@ def validation_pipeline(cfg: TransformConfig, table: LabelTable) -> mt.Compose:
 
 def inference_transforms(cfg: TransformConfig) -> mt.Compose:
     """For an in-memory image (a MetaTensor carrying its affine); invertible with :class:`monai.transforms.Invertd`."""
-    return mt.Compose([*spatial_transforms(cfg, [IMAGE]), *normalize_transforms()])
+    return mt.Compose([*spatial_transforms(cfg, [IMAGE]), *normalize_transforms(cfg)])
 
 
 def outputs_to_labels(probs: torch.Tensor, table: LabelTable, *, threshold: float = 0.5) -> np.ndarray:
