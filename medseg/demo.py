@@ -1,4 +1,11 @@
-"""``medseg demo``: BraTS phantoms -> train -> predict the held-out set -> evaluate -> HTML report.
+"""``medseg demo``: phantoms -> train -> predict the held-out set -> evaluate -> HTML report.
+
+Two demos share the steps after data generation (:func:`_train_predict_report`):
+
+- :func:`run_demo` (``medseg demo``, ``medseg demo brats``): BraTS-layout brain MRI phantoms,
+  WT/TC/ET regions, ``configs/demo_brats_phantom.yaml``;
+- :func:`run_ct_demo` (``medseg demo ct``): abdominal CT organ phantoms in MSD layout, Dice and HD95
+  per organ, ``configs/demo_ct_phantom.yaml``.
 
 Every step is resumable: existing phantoms are reused, training resumes from ``last.pt`` (and does
 nothing when it already finished), and existing predictions are skipped.
@@ -6,13 +13,16 @@ nothing when it already finished), and existing predictions are skipped.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from medseg.config import load_config
+from medseg.config import Config, load_config
 from medseg.evaluation import evaluate_folder, format_summary
-from medseg.inference import predict_folder
+from medseg.batch import predict_folder
 from medseg.phantoms.brats import generate_brats_dataset
+from medseg.phantoms.ct import generate_ct_dataset
 from medseg.report import render_case_overlays, write_report
 from medseg.training import train
 
@@ -25,8 +35,55 @@ def _phantoms(out: Path, *, cases: int, seed: int, release: str, shape: Sequence
     generate_brats_dataset(out, cases=cases, seed=seed, release=release, shape=tuple(shape), spacing=spacing)
 
 
+def _ct_phantoms(out: Path, *, cases: int, seed: int, shape: Sequence[int] | None) -> None:
+    meta = out / "dataset.json"
+    if meta.is_file() and len(json.loads(meta.read_text()).get("training", [])) >= cases:
+        print(f"reusing phantoms in {out}")
+        return
+    print(f"generating {cases} CT organ phantoms in {out} ...", flush=True)
+    generate_ct_dataset(out, cases=cases, seed=seed, shape=tuple(shape) if shape else None)
+
+
+def _train_predict_report(
+    cfg: Config,
+    *,
+    out_dir: Path,
+    test_input: Path,
+    test_ref: Path,
+    test_cases: int,
+    overlay_region: str,
+    image_path: Callable[[str, Path], Path] | None = None,
+    title: str = "medseg evaluation report",
+) -> dict:
+    """Train ``cfg`` (resuming), predict ``test_input`` with ``best.pt``, evaluate against ``test_ref``,
+    render best/median/worst overlays by ``overlay_region`` Dice and write ``report.html``."""
+    run_dir = Path(cfg.train.run_dir)
+    print(f"training {cfg.network.name} for {cfg.train.epochs} epochs into {run_dir} ...", flush=True)
+    train(cfg, resume=(run_dir / "last.pt").is_file())
+
+    print(f"predicting {test_cases} held-out cases ...", flush=True)
+    pred_dir = out_dir / "predictions"
+    predict_folder(model=run_dir / "best.pt", input_path=test_input, output_dir=pred_dir)
+
+    summary = evaluate_folder(pred_dir=pred_dir, ref_dir=test_ref, out_dir=out_dir)
+    overlays = render_case_overlays(
+        metrics_csv=out_dir / "metrics.csv",
+        pred_dir=pred_dir,
+        ref_dir=test_ref,
+        out_dir=out_dir,
+        region=overlay_region,
+        **({"image_path": image_path} if image_path is not None else {}),
+    )
+    report = write_report(
+        out_dir=out_dir, summary=summary, curve_png=run_dir / "training_curve.png", overlays=overlays, title=title
+    )
+    print(f"\nheld-out evaluation ({test_cases} cases); report: {report}")
+    print(format_summary(summary))
+    return summary
+
+
 def run_demo(*, out_dir: Path, config: Path, overrides: Sequence[str] = ()) -> dict:
-    """Run the whole pipeline into ``out_dir`` and return the evaluation summary.
+    """Run the whole BraTS pipeline into ``out_dir`` and return the evaluation summary.
 
     ``out_dir`` receives ``data/{train,test}``, ``train/`` (checkpoints, metrics.csv, curve),
     ``predictions/``, ``metrics.csv``, ``summary.json``, ``overlays/`` and ``report.html``.
@@ -38,19 +95,41 @@ def run_demo(*, out_dir: Path, config: Path, overrides: Sequence[str] = ()) -> d
     common = {"release": ph.release, "shape": ph.shape, "spacing": ph.spacing}
     _phantoms(train_dir, cases=ph.train_cases, seed=ph.train_seed, **common)
     _phantoms(test_dir, cases=ph.test_cases, seed=ph.test_seed, **common)
-
-    print(f"training {cfg.network.name} for {cfg.train.epochs} epochs into {run_dir} ...", flush=True)
-    train(cfg, resume=(run_dir / "last.pt").is_file())
-
-    print(f"predicting {ph.test_cases} held-out cases ...", flush=True)
-    pred_dir = out_dir / "predictions"
-    predict_folder(model=run_dir / "best.pt", input_path=test_dir, output_dir=pred_dir)
-
-    summary = evaluate_folder(pred_dir=pred_dir, ref_dir=test_dir, out_dir=out_dir)
-    overlays = render_case_overlays(
-        metrics_csv=out_dir / "metrics.csv", pred_dir=pred_dir, ref_dir=test_dir, out_dir=out_dir
+    return _train_predict_report(
+        cfg, out_dir=out_dir, test_input=test_dir, test_ref=test_dir, test_cases=ph.test_cases, overlay_region="WT"
     )
-    report = write_report(out_dir=out_dir, summary=summary, curve_png=run_dir / "training_curve.png", overlays=overlays)
-    print(f"\nheld-out evaluation ({ph.test_cases} cases); report: {report}")
-    print(format_summary(summary))
+
+
+def run_ct_demo(*, out_dir: Path, config: Path, overrides: Sequence[str] = ()) -> dict:
+    """Run the CT organ pipeline into ``out_dir`` and return the evaluation summary (Dice and HD95 per organ).
+
+    Training phantoms (``phantoms.train_seed``) and held-out phantoms (``phantoms.test_seed``) are MSD
+    folders ``out_dir/data/{train,test}``; the held-out images ``data/test/imagesTr`` are predicted into
+    ``predictions/`` (on each input's own grid) and scored against ``data/test/labelsTr`` with the
+    label names of ``data/test/dataset.json``. Also writes ``metrics.csv``, ``summary.json``,
+    ``overlays/``, ``report.html`` and ``timing.json`` (seconds per step).
+    """
+    out_dir = Path(out_dir)
+    train_dir, test_dir, run_dir = out_dir / "data" / "train", out_dir / "data" / "test", out_dir / "train"
+    cfg = load_config(config, [*overrides, f"data.root={train_dir}", f"train.run_dir={run_dir}"])
+    ph = cfg.phantoms
+    started = time.monotonic()
+    _ct_phantoms(train_dir, cases=ph.train_cases, seed=ph.train_seed, shape=ph.shape)
+    _ct_phantoms(test_dir, cases=ph.test_cases, seed=ph.test_seed, shape=ph.shape)
+    phantoms_s = time.monotonic() - started
+    summary = _train_predict_report(
+        cfg,
+        out_dir=out_dir,
+        test_input=test_dir / "imagesTr",
+        test_ref=test_dir,
+        test_cases=ph.test_cases,
+        overlay_region="pancreas",
+        image_path=lambda case, ref_path: ref_path.parent.parent / "imagesTr" / ref_path.name,
+        title="medseg CT organ demo",
+    )
+    total_s = time.monotonic() - started
+    mean_dice = sum(r["dice"]["mean"] for r in summary["regions"].values()) / len(summary["regions"])
+    timing = {"phantoms_s": round(phantoms_s, 1), "total_s": round(total_s, 1), "mean_dice": round(mean_dice, 4)}
+    (out_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+    print(f"mean organ Dice {mean_dice:.4f}; {total_s / 60:.1f} min in all ({phantoms_s:.0f} s generating phantoms)")
     return summary
