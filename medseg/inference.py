@@ -8,6 +8,7 @@ the label map is written on the input's own grid (same shape and affine).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 
+from medseg.backends import create_backend, default_cache_dir
+from medseg.backends.factory import network_divisor
 from medseg.checkpoint import Checkpoint, load_checkpoint
 from medseg.config import InferenceConfig, TransformConfig
 from medseg.data.cases import InputCase
@@ -23,6 +26,7 @@ from medseg.distributed import resolve_device
 from medseg.errors import MedsegInputError
 from medseg.io import Image, read_dicom_series, read_image
 from medseg.keys import IMAGE
+from medseg.tiling import TilePlan, tiled_inference
 from medseg.transforms import inference_transforms, outputs_to_labels
 
 
@@ -54,34 +58,91 @@ def read_case(case: InputCase) -> Image:
 class Predictor:
     """A model ready to segment images, loaded once.
 
+    Per image: reorient (and resample, if configured), crop to the foreground box, normalise, run the
+    windows (:mod:`medseg.tiling`) on a backend (:mod:`medseg.backends`), then invert the crop and
+    the reorientation so that the output lies on the input's grid, background outside the crop.
+
     Args:
         checkpoint: a loaded medseg checkpoint.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        backend: ``auto`` or ``torch`` (eager PyTorch; AMP on CUDA).
+        backend: ``auto`` (``torch`` on CUDA, ``openvino`` on the CPU when installed, else ``torch``),
+            ``torch`` (eager PyTorch; AMP on CUDA) or ``openvino`` (CPU).
+        inference: settings that replace the checkpoint's ``inference`` section.
+        cache_dir: where the OpenVINO backend caches its ONNX export (default: next to the
+            checkpoint when :meth:`from_checkpoint` loaded it and that folder is writable, else
+            ``~/.cache/medseg``).
+
+    Raises:
+        MedsegError: an unknown backend, or ``openvino`` when OpenVINO is not installed.
     """
 
-    def __init__(self, checkpoint: Checkpoint, *, device: str = "auto", backend: str = "auto") -> None:
-        if backend not in ("auto", "torch"):
-            raise MedsegInputError(f"unknown inference backend {backend!r}; available: auto, torch")
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        *,
+        device: str = "auto",
+        backend: str = "auto",
+        inference: InferenceConfig | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> None:
         self.checkpoint = checkpoint
         self.table = checkpoint.label_table
         self.channels = list(checkpoint.channels)
         self.device = resolve_device(device)
-        self.inference = InferenceConfig(**checkpoint.config["inference"])
-        self.transforms = inference_transforms(TransformConfig(**checkpoint.config["transforms"]))
-        self.model = checkpoint.build_model().to(self.device)
+        self.inference = inference or InferenceConfig(**checkpoint.config["inference"])
+        transforms = TransformConfig(**checkpoint.config["transforms"])
+        if self.inference.crop_foreground:
+            transforms = dataclasses.replace(transforms, crop_foreground=True)
+        self.transforms = inference_transforms(transforms)
+        self.divisor = network_divisor(checkpoint)
+        self.backend = create_backend(
+            backend,
+            checkpoint,
+            device=self.device,
+            cache_dir=Path(cache_dir) if cache_dir is not None else None,
+            precision=self.inference.precision,
+        )
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, *, device: str = "auto", backend: str = "auto") -> Predictor:
-        """Load ``path`` (a ``.pt`` written by ``medseg train``)."""
-        return cls(load_checkpoint(path), device=device, backend=backend)
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        *,
+        device: str = "auto",
+        backend: str = "auto",
+        inference: InferenceConfig | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> Predictor:
+        """Load ``path`` (a ``.pt`` written by ``medseg train``); see the class for the arguments."""
+        if cache_dir is None:
+            cache_dir = default_cache_dir(Path(path))
+        return cls(load_checkpoint(path), device=device, backend=backend, inference=inference, cache_dir=cache_dir)
+
+    def tile_plan(self, shape: tuple[int, int, int]) -> TilePlan:
+        """The ``tight`` window layout for a (cropped, preprocessed) volume of ``shape`` voxels."""
+        inf = self.inference
+        overlaps = [min(inf.min_overlap, r // 2) for r in inf.roi_size]  # a small window keeps half of it
+        return TilePlan.tight(shape, inf.roi_size, min_overlap=overlaps, multiple=self.divisor)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``(1, C_in, X, Y, Z)`` preprocessed -> logits ``(1, C_out, X, Y, Z)``."""
+        inf = self.inference
+        if min(x.shape[2:]) == 0:  # nothing above the foreground threshold
+            return torch.zeros((1, self.table.num_outputs, *x.shape[2:]))
+        if inf.tiling == "monai":
+            return sliding_window_inference(
+                x, inf.roi_size, inf.sw_batch_size, self.backend, overlap=inf.overlap, mode=inf.mode
+            )
+        plan = self.tile_plan(tuple(int(s) for s in x.shape[2:]))  # type: ignore[arg-type]
+        return tiled_inference(x, self.backend, plan, batch_size=inf.sw_batch_size, mode=inf.mode)
 
     @torch.no_grad()
     def predict_probabilities(self, image: Image) -> np.ndarray:
         """Per-output probabilities ``(C_out, X, Y, Z)`` float32 on ``image``'s own grid.
 
         ``image.array`` is ``(C_in, X, Y, Z)`` in file voxel order with ``image.geometry.affine``.
-        Region models give sigmoid probabilities, class models softmax.
+        Region models give sigmoid probabilities (0 outside the foreground crop), class models
+        softmax (background 1 outside the crop).
         """
         if image.array.shape[0] != len(self.channels):
             raise MedsegInputError(
@@ -91,17 +152,7 @@ class Predictor:
             )
         data = self.transforms({IMAGE: MetaTensor(torch.as_tensor(image.array), affine=image.geometry.affine)})
         x = data[IMAGE]
-        inf = self.inference
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
-            logits = sliding_window_inference(
-                x.unsqueeze(0).as_tensor().to(self.device),
-                inf.roi_size,
-                inf.sw_batch_size,
-                self.model,
-                overlap=inf.overlap,
-                mode=inf.mode,
-            )
-        logits = logits[0].float().cpu()
+        logits = self._logits(x.unsqueeze(0).as_tensor().to(self.backend.device))[0].float().cpu()
         probs = torch.sigmoid(logits) if self.table.kind == "regions" else torch.softmax(logits, 0)
         restored = self.transforms.inverse(
             {IMAGE: MetaTensor(probs, affine=x.affine, applied_operations=x.applied_operations)}
@@ -109,6 +160,8 @@ class Predictor:
         out = torch.as_tensor(restored[IMAGE]).numpy().astype(np.float32, copy=False)
         if tuple(out.shape[1:]) != image.geometry.shape:
             raise RuntimeError(f"inverse transforms gave shape {out.shape[1:]}, expected {image.geometry.shape}")
+        if self.table.kind != "regions":  # the crop's inverse pads with 0: make that background
+            out[0][out.sum(0) == 0] = 1.0
         return out
 
     def predict(self, image: Image) -> np.ndarray:

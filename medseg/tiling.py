@@ -1,0 +1,157 @@
+"""Tight sliding-window tiling: cover a volume with as few windows as a minimum overlap allows.
+
+MONAI's ``sliding_window_inference`` steps every axis by ``roi * (1 - overlap)``; at ``overlap=0.5``
+each voxel of a large volume is computed about 2³ = 8 times. A :class:`TilePlan` instead puts, per
+axis, the fewest windows that still overlap their neighbours by ``min_overlap`` voxels,
+
+    n = ceil((L - min_overlap) / (roi - min_overlap))        (n = 1 when L <= roi)
+
+evenly spaced so that the first starts at 0 and the last ends at ``L``. With ``multiple`` set the
+window is also shrunk, per axis, to the smallest multiple of ``multiple`` (the network's size
+divisor) with which those ``n`` windows still keep the overlap: a 140-voxel axis with ``roi=128``
+takes two 96-voxel windows instead of two 128-voxel ones. An axis shorter than its window is padded
+with zeros (the value of background after medseg's normalisation), as MONAI does.
+
+Window outputs are blended with an importance map (MONAI's ``compute_importance_map``, gaussian by
+default), so seams stay smooth: where windows overlap, each voxel is mostly decided by the window
+whose centre is nearest. Every voxel is covered by at least one window and gets a positive weight.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from monai.data.utils import compute_importance_map
+
+Shape3 = tuple[int, int, int]
+
+
+def plan_axis(length: int, roi: int, *, min_overlap: int, multiple: int = 1) -> tuple[int, list[int]]:
+    """Window size and start offsets (voxels) covering one axis of ``length`` voxels.
+
+    Args:
+        length: axis length in voxels (>= 1).
+        roi: the largest window size in voxels.
+        min_overlap: the least overlap in voxels between neighbouring windows (``0 <= min_overlap < roi``).
+        multiple: the window size is a multiple of this (the network's size divisor); ``roi`` must be one.
+
+    Returns:
+        ``(window, starts)``: ``starts[0] == 0`` and ``starts[-1] + window == max(length, window)``.
+    """
+    if length < 1 or roi < 1 or multiple < 1:
+        raise ValueError(f"length, roi and multiple must be >= 1, got {length}, {roi}, {multiple}")
+    if not 0 <= min_overlap < roi:
+        raise ValueError(f"min_overlap must be in [0, roi={roi}), got {min_overlap}")
+    if roi % multiple:
+        raise ValueError(f"roi {roi} is not a multiple of {multiple}")
+    if length <= roi:
+        return min(roi, multiple * math.ceil(length / multiple)), [0]
+    n = math.ceil((length - min_overlap) / (roi - min_overlap))
+    window = min(roi, multiple * math.ceil(math.ceil((length + (n - 1) * min_overlap) / n) / multiple))
+    # floor keeps every gap <= window - min_overlap; the last window ends exactly at ``length``
+    starts = [(i * (length - window)) // (n - 1) for i in range(n)]
+    return window, starts
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Where the windows go on a ``(X, Y, Z)`` volume.
+
+    Attributes:
+        shape: the volume's spatial shape in voxels.
+        window: the window's spatial shape in voxels (may exceed ``shape`` on an axis: that axis is padded).
+        starts: per axis, the windows' start offsets in voxels.
+    """
+
+    shape: Shape3
+    window: Shape3
+    starts: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+
+    @classmethod
+    def tight(
+        cls, shape: Sequence[int], roi: Sequence[int], *, min_overlap: int | Sequence[int], multiple: int = 1
+    ) -> TilePlan:
+        """The fewest windows of at most ``roi`` voxels that overlap by at least ``min_overlap`` voxels;
+        see the module docstring."""
+        overlaps = [min_overlap] * 3 if isinstance(min_overlap, int) else list(min_overlap)
+        axes = [
+            plan_axis(int(s), int(r), min_overlap=int(o), multiple=multiple)
+            for s, r, o in zip(shape, roi, overlaps, strict=True)
+        ]
+        return cls(
+            shape=tuple(int(s) for s in shape),  # type: ignore[arg-type]
+            window=tuple(w for w, _ in axes),  # type: ignore[arg-type]
+            starts=tuple(tuple(s) for _, s in axes),  # type: ignore[arg-type]
+        )
+
+    @property
+    def padded_shape(self) -> Shape3:
+        """The volume's shape after padding each axis up to at least the window."""
+        return tuple(max(s, w) for s, w in zip(self.shape, self.window, strict=True))  # type: ignore[return-value]
+
+    def slices(self) -> list[tuple[slice, slice, slice]]:
+        """The windows as spatial slices into the padded volume, in C order."""
+        return [
+            tuple(slice(s, s + w) for s, w in zip(corner, self.window, strict=True))  # type: ignore[misc]
+            for corner in itertools.product(*self.starts)
+        ]
+
+    def __len__(self) -> int:
+        return math.prod(len(s) for s in self.starts)
+
+
+def tiled_inference(
+    image: torch.Tensor,
+    network: Callable[[torch.Tensor], torch.Tensor],
+    plan: TilePlan,
+    *,
+    batch_size: int = 1,
+    mode: str = "gaussian",
+    sigma_scale: float = 0.125,
+) -> torch.Tensor:
+    """Run ``network`` over the windows of ``plan`` and blend the outputs.
+
+    Args:
+        image: ``(B, C_in, X, Y, Z)`` with ``(X, Y, Z) == plan.shape``.
+        network: maps ``(N, C_in, *plan.window)`` to ``(N, C_out, *plan.window)`` (logits).
+        plan: the window layout.
+        batch_size: windows per network call.
+        mode: ``gaussian`` or ``constant`` importance map.
+        sigma_scale: the gaussian's sigma as a fraction of the window size.
+
+    Returns:
+        ``(B, C_out, X, Y, Z)`` float32 on ``image``'s device: the importance-weighted mean of the
+        window outputs covering each voxel.
+    """
+    if tuple(image.shape[2:]) != plan.shape:
+        raise ValueError(f"image spatial shape {tuple(image.shape[2:])} does not match the plan's {plan.shape}")
+    pads = [p - s for s, p in zip(plan.shape, plan.padded_shape, strict=True)]
+    if any(pads):
+        image = F.pad(image, [0, pads[2], 0, pads[1], 0, pads[0]])
+    weight = compute_importance_map(
+        plan.window, mode=mode, sigma_scale=sigma_scale, device=image.device, dtype=torch.float32
+    )
+    slices = plan.slices()
+    output: torch.Tensor | None = None
+    norm = torch.zeros(plan.padded_shape, dtype=torch.float32, device=image.device)
+    for sl in slices:
+        norm[sl] += weight
+    for b in range(image.shape[0]):
+        for first in range(0, len(slices), batch_size):
+            chunk = slices[first : first + batch_size]
+            logits = network(torch.stack([image[b][(slice(None), *sl)] for sl in chunk])).float()
+            if output is None:
+                output = torch.zeros(
+                    (image.shape[0], logits.shape[1], *plan.padded_shape), dtype=torch.float32, device=image.device
+                )
+            for sl, out in zip(chunk, logits, strict=True):
+                output[(b, slice(None), *sl)] += out * weight
+    assert output is not None  # a plan has at least one window
+    output /= norm
+    x, y, z = plan.shape
+    return output[:, :, :x, :y, :z]
