@@ -1,0 +1,309 @@
+"""Benchmark CPU inference: MONAI's plain sliding window against medseg's Predictor, end to end.
+
+For each network (the default ResU-Net and the nnU-Net-like DynUNet), on one full-size BraTS phantom
+case (4 x 240 x 240 x 155, 1 mm):
+
+- ``baseline``: MONAI ``sliding_window_inference`` (roi 128, overlap 0.5, gaussian), eager torch fp32,
+  on the whole reoriented, normalised volume (no crop); only the sliding window and the label map
+  are timed, not the file I/O, which flatters the baseline;
+- ``predictor``: ``Predictor.from_checkpoint(...)`` with default settings, from loading the
+  checkpoint to the label map written as NIfTI (reading the four channel files included);
+- ``predictor_monai_tiling`` / ``predictor_min_overlap_32``: the Predictor with ``inference.tiling:
+  monai`` (crop, then overlap 0.5) and with a larger tight-tiling overlap, to show the tiling's
+  effect on agreement (one repeat each).
+
+The networks need trained weights (agreement on random weights means nothing once the background is
+cropped away): the first run trains each for a few minutes on full-size phantoms and caches the
+checkpoints under ``runs/bench/``. Every configuration runs in its own process, so its peak RSS is
+its own. Each prints one JSON line; the last line is a summary.
+
+    .venv/bin/python tools/bench_inference.py            # full run
+    .venv/bin/python tools/bench_inference.py --quick    # small case, tiny networks, one repeat
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+CHANNELS = ["t1", "t1ce", "t2", "flair"]
+
+
+def _network(name: str, quick: bool) -> dict[str, Any]:
+    if not quick:
+        return {"name": name, "kwargs": {}}
+    if name == "resunet":
+        return {"name": name, "kwargs": {"channels": [8, 16, 32], "strides": [2, 2]}}
+    return {"name": name, "kwargs": {"filters": [8, 16, 32, 64], "strides": [1, 2, 2, 2], "kernel_size": [3] * 4}}
+
+
+def train_checkpoint(name: str, *, out: Path, quick: bool, minutes: float) -> Path:
+    """A briefly trained checkpoint of network ``name`` (cached at ``out/checkpoints/<name>.pt``)."""
+    target = out / "checkpoints" / f"{name}{'-quick' if quick else ''}.pt"
+    if target.is_file():
+        return target
+    from medseg.config import config_from_dict
+    from medseg.phantoms.brats import generate_brats_dataset
+    from medseg.training import train
+
+    shape, spacing = ((96, 96, 64), 2.5) if quick else ((240, 240, 155), 1.0)
+    root = out / f"train_phantoms{'-quick' if quick else ''}"
+    if not root.is_dir():
+        generate_brats_dataset(root, cases=3 if quick else 5, seed=21, shape=shape, spacing=spacing, workers=1)
+    patch = 32 if quick else (96 if name == "resunet" else 64)
+    network = _network(name, quick)
+    run_dir = out / "train" / target.stem
+    config = config_from_dict(
+        {
+            "seed": 0,
+            "data": {"root": str(root), "num_folds": 3 if quick else 5, "num_workers": 0, "cache_rate": 1.0},
+            "transforms": {"patch_size": [patch] * 3, "samples_per_case": 2},
+            "network": network,
+            "train": {
+                "run_dir": str(run_dir),
+                "epochs": 2 if quick else 1000,
+                "iterations_per_epoch": 3 if quick else 10,
+                "batch_size": 2,
+                "val_every": 1000,
+                "warmup_epochs": 1,
+                "lr": 3e-3,
+                "amp": False,
+                "max_minutes": None if quick else minutes,
+            },
+            "inference": {"roi_size": [64 if quick else 128] * 3, "sw_batch_size": 1},
+        }
+    )
+    train(config, device="cpu")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (run_dir / "last.pt").replace(target)
+    return target
+
+
+def make_case(out: Path, quick: bool) -> Path:
+    """The benchmark case folder (one BraTS 2021 phantom from a seed unseen in training)."""
+    from medseg.phantoms.brats import generate_brats_dataset
+
+    root = out / f"case{'-quick' if quick else ''}"
+    if not root.is_dir():
+        shape, spacing = ((120, 120, 80), 2.0) if quick else ((240, 240, 155), 1.0)
+        generate_brats_dataset(root, cases=1, seed=99, shape=shape, spacing=spacing, workers=1)
+    return sorted(p for p in root.iterdir() if p.is_dir())[0]
+
+
+# --------------------------------------------------------------------------- one configuration
+
+
+def _case_files(case: Path) -> list[Path]:
+    return [next(case.glob(f"*_{c}.nii.gz")) for c in CHANNELS]
+
+
+def run_baseline(checkpoint: Path, case: Path, out_file: Path, repeats: int) -> list[float]:
+    import torch
+    from monai.data import MetaTensor
+    from monai.inferers import sliding_window_inference
+
+    from medseg.checkpoint import load_checkpoint
+    from medseg.config import TransformConfig
+    from medseg.data.cases import InputCase
+    from medseg.inference import read_case
+    from medseg.io import write_nifti
+    from medseg.keys import IMAGE
+    from medseg.transforms import inference_transforms, outputs_to_labels
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    ckpt = load_checkpoint(checkpoint)
+    model = ckpt.build_model()
+    image = read_case(InputCase(case.name, tuple(_case_files(case))))
+    cfg = TransformConfig(**{**ckpt.config["transforms"], "crop_foreground": False})
+    transforms = inference_transforms(cfg)
+    seconds = []
+    for _ in range(repeats):
+        data = transforms({IMAGE: MetaTensor(torch.as_tensor(image.array), affine=image.geometry.affine)})
+        x = data[IMAGE]
+        tick = time.perf_counter()
+        with torch.no_grad():
+            logits = sliding_window_inference(
+                x.unsqueeze(0).as_tensor(), (128, 128, 128), 1, model, overlap=0.5, mode="gaussian"
+            )
+        probs = torch.sigmoid(logits[0]) if ckpt.label_table.kind == "regions" else torch.softmax(logits[0], 0)
+        restored = transforms.inverse(
+            {IMAGE: MetaTensor(probs, affine=x.affine, applied_operations=x.applied_operations)}
+        )
+        labels = outputs_to_labels(torch.as_tensor(restored[IMAGE]), ckpt.label_table)
+        seconds.append(time.perf_counter() - tick)
+    write_nifti(labels, image.geometry, out_file, reference=image)
+    return seconds
+
+
+def run_predictor(
+    checkpoint: Path, case: Path, out_file: Path, repeats: int, overrides: dict[str, Any]
+) -> tuple[list[float], dict[str, Any]]:
+    from medseg.checkpoint import load_checkpoint
+    from medseg.config import InferenceConfig
+    from medseg.data.cases import InputCase
+    from medseg.inference import Predictor, read_case
+    from medseg.io import write_nifti
+
+    inference = None
+    if overrides:
+        inference = InferenceConfig(**{**load_checkpoint(checkpoint).config["inference"], **overrides})
+    seconds = []
+    info: dict[str, Any] = {}
+    for _ in range(repeats):
+        tick = time.perf_counter()
+        predictor = Predictor.from_checkpoint(checkpoint, inference=inference)
+        image = read_case(InputCase(case.name, tuple(_case_files(case))))
+        labels = predictor.predict(image)
+        write_nifti(labels, image.geometry, out_file, reference=image)
+        seconds.append(time.perf_counter() - tick)
+        info = {"backend": predictor.backend.name, "tiling": predictor.inference.tiling}
+    return seconds, info
+
+
+def worker(args: argparse.Namespace) -> None:
+    spec = json.loads(args.worker)
+    checkpoint, case, out_file = Path(spec["checkpoint"]), Path(spec["case"]), Path(spec["out_file"])
+    info: dict[str, Any] = {}
+    if spec["kind"] == "baseline":
+        seconds = run_baseline(checkpoint, case, out_file, spec["repeats"])
+        info = {"backend": "torch", "tiling": "monai-0.5-nocrop"}
+    else:
+        seconds, info = run_predictor(checkpoint, case, out_file, spec["repeats"], spec.get("overrides", {}))
+    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB
+    print(json.dumps({"seconds": seconds, "peak_rss_gb": round(rss_gb, 3), **info}), flush=True)
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def dice_per_region(a: Path, b: Path, checkpoint: Path) -> dict[str, float]:
+    """Dice of label maps ``a`` and ``b`` per region (BraTS WT/TC/ET) or label; 1.0 where both are empty."""
+    import numpy as np
+
+    from medseg.checkpoint import load_checkpoint
+    from medseg.io import read_nifti
+
+    table = load_checkpoint(checkpoint).label_table
+    x, y = np.asarray(read_nifti(a).array), np.asarray(read_nifti(b).array)
+    groups = (
+        {r.name: list(r.labels) for r in table.regions}
+        if table.kind == "regions"
+        else {n: [v] for v, n in table.labels.items() if v}
+    )
+    out = {}
+    for name, values in groups.items():
+        p, q = np.isin(x, values), np.isin(y, values)
+        total = int(p.sum() + q.sum())
+        out[name] = 1.0 if total == 0 else round(2.0 * float((p & q).sum()) / total, 4)
+    return out
+
+
+def run_config(spec: dict[str, Any]) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"configuration {spec['name']} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small case, tiny networks, one repeat (smoke test)")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench", help="cache and output folder")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3; 1 with --quick)")
+    parser.add_argument("--networks", nargs="+", default=["resunet", "dynunet"])
+    parser.add_argument("--train-minutes", type=float, default=3.0, help="training time per network if not cached")
+    parser.add_argument("--no-study", action="store_true", help="skip the tiling study configurations")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    repeats = args.repeats or (1 if args.quick else 3)
+    out = args.out.resolve()
+    labels_dir = out / "labels"
+    labels_dir.mkdir(parents=True, exist_ok=True)
+    case = make_case(out, args.quick)
+    machine = {
+        "cores": len(os.sched_getaffinity(0)),
+        "load_1min_at_start": round(os.getloadavg()[0], 2),
+        "case": case.name,
+        "quick": args.quick,
+    }
+    summary: dict[str, Any] = {"summary": True, **machine, "networks": {}}
+    for name in args.networks:
+        checkpoint = train_checkpoint(name, out=out, quick=args.quick, minutes=args.train_minutes)
+        configs = [
+            ("baseline", {"kind": "baseline", "repeats": repeats}),
+            ("predictor", {"kind": "predictor", "repeats": repeats}),
+        ]
+        if not args.no_study:
+            configs += [
+                ("predictor_monai_tiling", {"kind": "predictor", "repeats": 1, "overrides": {"tiling": "monai"}}),
+                ("predictor_min_overlap_32", {"kind": "predictor", "repeats": 1, "overrides": {"min_overlap": 32}}),
+            ]
+        results: dict[str, dict[str, Any]] = {}
+        for config_name, spec in configs:
+            out_file = labels_dir / f"{name}-{config_name}{'-quick' if args.quick else ''}.nii.gz"
+            spec = {
+                **spec,
+                "name": config_name,
+                "checkpoint": str(checkpoint),
+                "case": str(case),
+                "out_file": str(out_file),
+            }
+            load = round(os.getloadavg()[0], 2)
+            result = run_config(spec)
+            median = statistics.median(result["seconds"])
+            row = {
+                "network": name,
+                "config": config_name,
+                "median_s": round(median, 2),
+                "seconds": [round(s, 2) for s in result["seconds"]],
+                "peak_rss_gb": result["peak_rss_gb"],
+                "backend": result["backend"],
+                "tiling": result["tiling"],
+                "load_1min": load,
+            }
+            if config_name != "baseline":
+                base = results["baseline"]
+                row["speedup"] = round(base["median_s"] / median, 2)
+                row["dice_vs_baseline"] = dice_per_region(base["out_file"], out_file, checkpoint)
+            print(json.dumps(row), flush=True)
+            results[config_name] = {**row, "out_file": out_file}
+        pred = results["predictor"]
+        summary["networks"][name] = {
+            "baseline_s": results["baseline"]["median_s"],
+            "predictor_s": pred["median_s"],
+            "speedup": pred["speedup"],
+            "min_dice": min(pred["dice_vs_baseline"].values()),
+            "peak_rss_gb": max(r["peak_rss_gb"] for r in results.values()),
+            "predictor_peak_rss_gb": pred["peak_rss_gb"],
+            **{
+                f"{k}_min_dice": min(v["dice_vs_baseline"].values())
+                for k, v in results.items()
+                if k.startswith("predictor_")
+            },
+        }
+    summary["load_1min_at_end"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    raise SystemExit(main())
