@@ -1,0 +1,118 @@
+"""The foundation's bad inputs: each gives one line naming the file, a non-zero exit, nothing written."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medseg.cli import main
+
+
+def _copy_case(src_root: Path, dst_root: Path, case: str = "BraTS2021_00000") -> Path:
+    dst = dst_root / case
+    shutil.copytree(src_root / case, dst)
+    return dst
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str], *needles: str) -> str:
+    """Exactly one ``medseg: error:`` line (a batch may add its one-line tally), never a traceback."""
+    text = capsys.readouterr().err
+    assert "Traceback" not in text
+    err = [line for line in text.splitlines() if line.startswith("medseg: error")]
+    assert len(err) == 1, text
+    for needle in needles:
+        assert needle in err[0], (needle, err[0])
+    return err[0]
+
+
+def _train_config(tmp_path: Path, root: Path, extra: str = "") -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(
+        f"data: {{root: '{root}', num_folds: 2, num_workers: 0}}\n"
+        "transforms: {patch_size: [32, 32, 32]}\n"
+        "network: {name: unet, kwargs: {channels: [4, 8], strides: [2]}}\n"
+        f"train: {{run_dir: '{tmp_path / 'run'}', epochs: 1, iterations_per_epoch: 1}}\n"
+        "inference: {roi_size: [32, 32, 32]}\n" + extra
+    )
+    return path
+
+
+def test_missing_modality_file(brats_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    case = _copy_case(brats_root, tmp_path / "data")
+    missing = case / "BraTS2021_00000_t1ce.nii.gz"
+    missing.unlink()
+    assert main(["manifest", "build", "--root", str(tmp_path / "data"), "--out", str(tmp_path / "m.json")]) == 2
+    _one_error_line(capsys, str(missing), "missing modality")
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_modalities_on_different_grids(brats_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for case in ("BraTS2021_00000", "BraTS2021_00001"):
+        _copy_case(brats_root, tmp_path / "data", case)
+    flair = tmp_path / "data" / "BraTS2021_00001" / "BraTS2021_00001_flair.nii.gz"
+    img = nib.load(flair)
+    shifted = img.affine.copy()
+    shifted[0, 3] += 5.0
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), shifted), flair)
+    config = _train_config(tmp_path, tmp_path / "data")
+    assert main(["train", "--config", str(config)]) == 2
+    _one_error_line(capsys, str(flair), "affine differs")
+    assert not (tmp_path / "run").exists()
+
+
+def test_label_values_outside_the_release(brats_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for case in ("BraTS2021_00000", "BraTS2021_00001"):
+        _copy_case(brats_root, tmp_path / "data", case)
+    seg = tmp_path / "data" / "BraTS2021_00000" / "BraTS2021_00000_seg.nii.gz"
+    img = nib.load(seg)
+    data = np.asanyarray(img.dataobj).copy()
+    data[0, 0, 0] = 7
+    nib.save(nib.Nifti1Image(data, img.affine), seg)
+    assert main(["train", "--config", str(_train_config(tmp_path, tmp_path / "data"))]) == 2
+    _one_error_line(capsys, str(seg), "[7]", "brats2021")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_an_image"])
+def test_unreadable_image_fails_its_case(
+    damage: str, brats_root: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    case = _copy_case(brats_root, tmp_path / "data")
+    t2 = case / "BraTS2021_00000_t2.nii.gz"
+    content = t2.read_bytes()
+    t2.write_bytes(content[: len(content) // 3] if damage == "truncated" else b"hello, I am not a NIfTI file")
+    code = main(["predict", "--model", str(tiny_checkpoint), "--input", str(case), "--output", str(tmp_path / "out"),
+                 "--progress", "none"])  # fmt: skip
+    assert code != 0
+    _one_error_line(capsys, str(t2))
+    assert not (tmp_path / "out" / "BraTS2021_00000.nii.gz").exists()
+
+
+def test_config_unknown_key(tmp_path: Path, brats_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _train_config(tmp_path, brats_root, extra="optimiser: {lr: 1}\n")
+    assert main(["train", "--config", str(config)]) == 2
+    _one_error_line(capsys, str(config), "unknown key 'optimiser'")
+
+
+def test_config_wrong_type(tmp_path: Path, brats_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _train_config(tmp_path, brats_root)
+    assert main(["train", "--config", str(config), "--set", "train.epochs=two"]) == 2
+    _one_error_line(capsys, str(config), "train.epochs", "expected int")
+
+
+def test_resume_with_no_checkpoint(tmp_path: Path, brats_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--config", str(_train_config(tmp_path, brats_root)), "--resume"]) == 2
+    _one_error_line(capsys, str(tmp_path / "run" / "last.pt"), "no checkpoint")
+
+
+def test_checkpoint_that_is_not_ours(tmp_path: Path, brats_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fake = tmp_path / "model.pt"
+    fake.write_bytes(b"PK\x03\x04 definitely not a torch zip")
+    code = main(["predict", "--model", str(fake), "--input", str(brats_root), "--output", str(tmp_path / "out")])
+    assert code == 2
+    _one_error_line(capsys, str(fake), "not a medseg checkpoint")
+    assert not (tmp_path / "out").exists()
