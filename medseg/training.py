@@ -132,20 +132,15 @@ class _Trainer:
                 path=root,
             )
         _raise_first_problem(check_manifest(manifest, root=root))
+        cache = {
+            "cache_rate": config.data.cache_rate,
+            "num_workers": max(1, config.data.num_workers),
+            "progress": False,
+        }
         self.train_ds = CacheDataset(
-            _items(train_cases, root),
-            transform=training_pipeline(config.transforms, self.table),
-            cache_rate=config.data.cache_rate,
-            num_workers=max(1, config.data.num_workers),
-            progress=False,
+            _items(train_cases, root), training_pipeline(config.transforms, self.table), **cache
         )
-        self.val_ds = CacheDataset(
-            _items(val_cases, root),
-            transform=validation_pipeline(config.transforms, self.table),
-            cache_rate=config.data.cache_rate,
-            num_workers=max(1, config.data.num_workers),
-            progress=False,
-        )
+        self.val_ds = CacheDataset(_items(val_cases, root), validation_pipeline(config.transforms, self.table), **cache)
         cfg = config.train
         self.sampler_generator = torch.Generator()
         self.sampler = DistributedWeightedRandomSampler(
