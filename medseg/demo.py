@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from medseg.batch import predict_folder
 from medseg.config import Config, load_config
 from medseg.evaluation import evaluate_folder, format_summary
-from medseg.batch import predict_folder
 from medseg.phantoms.brats import generate_brats_dataset
 from medseg.phantoms.ct import generate_ct_dataset
 from medseg.report import render_case_overlays, write_report
