@@ -132,11 +132,9 @@ class _Trainer:
                 path=root,
             )
         _raise_first_problem(check_manifest(manifest, root=root))
-        cache = {
-            "cache_rate": config.data.cache_rate,
-            "num_workers": max(1, config.data.num_workers),
-            "progress": False,
-        }
+        # A single caching thread: MONAI's LoadImaged stacking several files under one key is not
+        # thread-safe (with 2 threads a cached BraTS case now and then kept 1 of its 4 channels).
+        cache = {"cache_rate": config.data.cache_rate, "num_workers": 1, "progress": False}
         self.train_ds = CacheDataset(
             _items(train_cases, root), training_pipeline(config.transforms, self.table), **cache
         )
