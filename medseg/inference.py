@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -169,11 +168,3 @@ class Predictor:
         probs = self.predict_probabilities(image)
         return outputs_to_labels(torch.from_numpy(probs), self.table, threshold=self.inference.threshold)
 
-
-def __getattr__(name: str) -> Any:
-    # ``predict_folder`` moved to :mod:`medseg.batch`; resolved lazily for callers not yet updated.
-    if name == "predict_folder":
-        from medseg.batch import predict_folder
-
-        return predict_folder
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
