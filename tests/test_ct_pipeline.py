@@ -22,7 +22,15 @@ from medseg.io import read_nifti
 from medseg.keys import IMAGE, LABEL
 from medseg.labels import BRATS2021, LabelTable
 from medseg.phantoms.ct import LABELS, generate_ct_dataset
-from medseg.transforms import inference_transforms, patch_sampler, training_pipeline, validation_pipeline
+from medseg.transforms import (
+    inference_transforms,
+    load_transforms,
+    normalize_transforms,
+    patch_sampler,
+    spatial_transforms,
+    training_pipeline,
+    validation_pipeline,
+)
 
 CT_SHAPE = (40, 40, 16)  # about 8.5 x 8.5 x 13 mm voxels: anisotropic
 CT_SEED = 21  # case 0 is stored head first, case 4 on an oblique grid (non-identity directions)
@@ -78,6 +86,12 @@ def ct_checkpoint(ct_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return run_dir / "best.pt"
 
 
+def _preprocess(cfg: TransformConfig) -> mt.Compose:
+    """The deterministic training/validation steps, keeping MetaTensors (with their affine)."""
+    keys = [IMAGE, LABEL]
+    return mt.Compose([*load_transforms(keys), *spatial_transforms(cfg, keys), *normalize_transforms(cfg)])
+
+
 def _items(root: Path) -> list[dict]:
     manifest = build_manifest(root, layout="msd", num_folds=3)
     return [{IMAGE: [str(root / p) for p in c.images], LABEL: str(root / c.label)} for c in manifest.cases]
@@ -102,7 +116,7 @@ def test_defaults_keep_the_brats_preprocessing() -> None:
 def test_ct_window_resampling_and_body_crop(ct_root: Path, tmp_path: Path) -> None:
     cfg = ct_config(ct_root, tmp_path).transforms
     item = _items(ct_root)[0]
-    out = validation_pipeline(cfg, TABLE)(item)
+    out = _preprocess(cfg)(item)
     image, label = out[IMAGE], out[LABEL]
     assert image.shape[0] == 1 and image.shape == label.shape
     assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
@@ -181,13 +195,14 @@ def test_msd_4d_multimodal_images_load_as_channels(tmp_path: Path) -> None:
     (root / "dataset.json").write_text(json.dumps(meta))
     cfg = TransformConfig(crop_foreground=False)
     table = build_manifest(root, layout="msd", num_folds=3).label_table
+    assert table.name == "four_d"
     out = validation_pipeline(cfg, table)(_items(root)[0])
     assert out[IMAGE].shape == (3, 12, 10, 8) and out[LABEL].shape == (1, 12, 10, 8)
     # RAS reorientation flips the first two axes; each channel keeps its own data
     raw = torch.as_tensor(data[::-1, ::-1].copy()).permute(3, 0, 1, 2).float()
     expected = torch.stack([(c - c.mean()) / c.std(unbiased=False) for c in raw])
-    torch.testing.assert_close(out[IMAGE].as_tensor(), expected, atol=1e-4, rtol=1e-4)
-    np.testing.assert_array_equal(out[LABEL][0].numpy(), label[::-1, ::-1])
+    torch.testing.assert_close(torch.as_tensor(out[IMAGE]), expected, atol=1e-4, rtol=1e-4)
+    np.testing.assert_array_equal(torch.as_tensor(out[LABEL])[0].numpy(), label[::-1, ::-1])
 
 
 def test_prediction_lands_on_the_input_grid(ct_root: Path, ct_checkpoint: Path, tmp_path: Path) -> None:
@@ -205,3 +220,51 @@ def test_prediction_lands_on_the_input_grid(ct_root: Path, ct_checkpoint: Path, 
         assert pred.shape == ref.shape
         np.testing.assert_allclose(pred.affine, ref.affine, atol=1e-4)
         assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= set(LABELS)
+
+
+def test_demo_subcommand_defaults_to_brats(monkeypatch: pytest.MonkeyPatch) -> None:
+    import medseg.demo
+
+    calls: list[tuple[str, dict]] = []
+    monkeypatch.setattr(medseg.demo, "run_demo", lambda **kw: calls.append(("brats", kw)))
+    monkeypatch.setattr(medseg.demo, "run_ct_demo", lambda **kw: calls.append(("ct", kw)))
+    assert main(["demo"]) == 0 and main(["demo", "ct", "--set", "train.epochs=1"]) == 0
+    assert calls[0] == (
+        "brats",
+        {"out_dir": Path("runs/demo"), "config": Path("configs/demo_brats_phantom.yaml"), "overrides": []},
+    )
+    ct = {
+        "out_dir": Path("runs/demo_ct"),
+        "config": Path("configs/demo_ct_phantom.yaml"),
+        "overrides": ["train.epochs=1"],
+    }
+    assert calls[1] == ("ct", ct)
+
+
+@pytest.mark.slow
+def test_ct_demo_end_to_end_on_a_tiny_budget(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from medseg.demo import run_ct_demo
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "demo_ct_phantom.yaml"
+    overrides = [
+        "phantoms.train_cases=4",
+        "phantoms.test_cases=2",
+        "phantoms.shape=[48,48,20]",
+        "transforms.spacing=[8.0,8.0,10.0]",
+        "transforms.patch_size=[32,32,16]",
+        "inference.roi_size=[32,32,16]",
+        "data.num_folds=4",
+        "data.num_workers=0",
+        "train.epochs=1",
+        "train.iterations_per_epoch=2",
+    ]
+    summary = run_ct_demo(out_dir=tmp_path / "demo", config=config, overrides=overrides)
+    assert list(summary["regions"]) == [name for value, name in sorted(LABELS.items()) if value]
+    assert summary["cases"] == ["ct_000", "ct_001"] and summary["layout"] == "msd"
+    for case in summary["cases"]:
+        pred = nib.load(tmp_path / "demo" / "predictions" / f"{case}.nii.gz")
+        ref = nib.load(tmp_path / "demo" / "data" / "test" / "labelsTr" / f"{case}.nii.gz")
+        assert pred.shape == ref.shape
+        np.testing.assert_allclose(pred.affine, ref.affine, atol=1e-4)
+    assert (tmp_path / "demo" / "report.html").is_file() and (tmp_path / "demo" / "timing.json").is_file()
+    assert "mean organ Dice" in capsys.readouterr().out
