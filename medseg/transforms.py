@@ -168,14 +168,16 @@ def training_pipeline(cfg: TransformConfig, table: LabelTable) -> mt.Compose:
             *_cached_steps(cfg),
             *augmentation_transforms(cfg, table),
             LabelsToRegionsd(LABEL, table),
-            mt.ToTensord([IMAGE, LABEL]),
+            mt.ToTensord([IMAGE, LABEL], track_meta=False),
         ]
     )
 
 
 def validation_pipeline(cfg: TransformConfig, table: LabelTable) -> mt.Compose:
     """The deterministic part of :func:`training_pipeline` on whole cases, then the network target."""
-    return mt.Compose([*_cached_steps(cfg), LabelsToRegionsd(LABEL, table), mt.ToTensord([IMAGE, LABEL])])
+    return mt.Compose(
+        [*_cached_steps(cfg), LabelsToRegionsd(LABEL, table), mt.ToTensord([IMAGE, LABEL], track_meta=False)]
+    )
 
 
 def inference_transforms(cfg: TransformConfig) -> mt.Compose:
