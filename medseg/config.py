@@ -126,6 +126,8 @@ class InferenceConfig:
     crops to the foreground box (``transforms.foreground_threshold`` or nonzero) before the windows,
     even when training did not, and writes background outside it. ``precision`` ``bf16`` is used on
     the CPU only where it reports native bf16; fp32 otherwise (CUDA always uses fp16 autocast).
+    ``keep_largest_component`` keeps only the largest connected piece of each foreground label
+    (right for organs, wrong for tumours that may have several lesions).
     """
 
     roi_size: list[int] = field(default_factory=lambda: [96, 96, 96])
@@ -137,6 +139,7 @@ class InferenceConfig:
     min_overlap: int = 16
     crop_foreground: bool = True
     precision: Literal["fp32", "bf16"] = "fp32"
+    keep_largest_component: bool = False
 
 
 @dataclass

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
+from monai.transforms import KeepLargestConnectedComponent
 
 from medseg.backends import create_backend, default_cache_dir
 from medseg.backends.factory import network_divisor
@@ -164,7 +165,13 @@ class Predictor:
         return out
 
     def predict(self, image: Image) -> np.ndarray:
-        """Label map ``(X, Y, Z)`` uint8 in the model's own label values, on ``image``'s grid."""
-        probs = self.predict_probabilities(image)
-        return outputs_to_labels(torch.from_numpy(probs), self.table, threshold=self.inference.threshold)
+        """Label map ``(X, Y, Z)`` uint8 in the model's own label values, on ``image``'s grid.
 
+        With ``inference.keep_largest_component`` each foreground label keeps only its largest
+        connected piece (MONAI's ``KeepLargestConnectedComponent``, 26-connectivity)."""
+        probs = self.predict_probabilities(image)
+        labels = outputs_to_labels(torch.from_numpy(probs), self.table, threshold=self.inference.threshold)
+        if self.inference.keep_largest_component:
+            keep = KeepLargestConnectedComponent(applied_labels=list(self.table.foreground_labels), independent=True)
+            labels = np.asarray(keep(labels[None]))[0].astype(np.uint8)
+        return labels

@@ -79,8 +79,7 @@ def make_one_channel_checkpoint(path: Path, *, seed: int = 0) -> Path:
     config["network"]["name"] = network["name"]
     config["network"]["kwargs"] = network["kwargs"]
     config["inference"]["roi_size"] = [32, 32, 16]
-    if "min_overlap" in config["inference"]:  # tiled inference: neighbouring windows must overlap less than 16
-        config["inference"]["min_overlap"] = 4
+    config["inference"]["min_overlap"] = 4  # a 16-voxel window axis keeps neighbours overlapping by less than 16
     config["transforms"]["crop_foreground"] = False
     checkpoint = Checkpoint(
         network=network,
