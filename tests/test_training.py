@@ -6,15 +6,18 @@ import csv
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_config as tiny_config
 
 from medseg.checkpoint import load_checkpoint
+from medseg.config import Config
 from medseg.errors import CheckpointError
 from medseg.training import train
+
+MakeConfig = Callable[..., Config]
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -34,7 +37,7 @@ def test_training_writes_checkpoints_log_and_curve(tiny_checkpoint: Path) -> Non
 
 
 @pytest.mark.slow
-def test_resume_continues_exactly(brats_root: Path, tmp_path: Path) -> None:
+def test_resume_continues_exactly(brats_root: Path, tmp_path: Path, tiny_config: MakeConfig) -> None:
     straight = tiny_config(brats_root, tmp_path / "straight", epochs=3, val_every=2)
     train(straight)
 
@@ -54,12 +57,14 @@ def test_resume_continues_exactly(brats_root: Path, tmp_path: Path) -> None:
     assert [r["train_loss"] for r in sa["history"]] == [r["train_loss"] for r in sb["history"]]
 
 
-def test_resume_without_checkpoint_is_an_error(brats_root: Path, tmp_path: Path) -> None:
+def test_resume_without_checkpoint_is_an_error(brats_root: Path, tmp_path: Path, tiny_config: MakeConfig) -> None:
     with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
         train(tiny_config(brats_root, tmp_path / "empty"), resume=True)
 
 
-def test_a_new_run_never_overwrites_an_old_one(tiny_checkpoint: Path, brats_root: Path) -> None:
+def test_a_new_run_never_overwrites_an_old_one(
+    tiny_checkpoint: Path, brats_root: Path, tiny_config: MakeConfig
+) -> None:
     before = tiny_checkpoint.read_bytes()
     with pytest.raises(CheckpointError, match="already holds a checkpoint"):
         train(tiny_config(brats_root, tiny_checkpoint.parent))
