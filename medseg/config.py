@@ -127,7 +127,10 @@ class InferenceConfig:
     even when training did not, and writes background outside it. ``precision`` ``bf16`` is used on
     the CPU only where it reports native bf16; fp32 otherwise (CUDA always uses fp16 autocast).
     ``keep_largest_component`` keeps only the largest connected piece of each foreground label
-    (right for organs, wrong for tumours that may have several lesions).
+    (right for organs, wrong for tumours that may have several lesions). ``min_region_ml`` (region
+    tables) maps a region name to a minimum predicted volume in mL: a smaller prediction of that
+    region is relabelled as the enclosing region's own label (BraTS: ET below 0.5 mL becomes NCR,
+    as in nnU-Net's BraTS 2020 post-processing, Isensee et al. 2021).
     """
 
     roi_size: list[int] = field(default_factory=lambda: [96, 96, 96])
@@ -140,6 +143,7 @@ class InferenceConfig:
     crop_foreground: bool = True
     precision: Literal["fp32", "bf16"] = "fp32"
     keep_largest_component: bool = False
+    min_region_ml: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

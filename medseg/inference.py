@@ -27,7 +27,7 @@ from medseg.errors import MedsegInputError
 from medseg.io import Image, read_dicom_series, read_image
 from medseg.keys import IMAGE
 from medseg.tiling import TilePlan, tiled_inference
-from medseg.transforms import inference_transforms, outputs_to_labels
+from medseg.transforms import inference_transforms, outputs_to_labels, suppress_small_regions
 
 
 def read_case(case: InputCase) -> Image:
@@ -167,10 +167,16 @@ class Predictor:
     def predict(self, image: Image) -> np.ndarray:
         """Label map ``(X, Y, Z)`` uint8 in the model's own label values, on ``image``'s grid.
 
-        With ``inference.keep_largest_component`` each foreground label keeps only its largest
-        connected piece (MONAI's ``KeepLargestConnectedComponent``, 26-connectivity)."""
+        Post-processing from the ``inference`` config: ``min_region_ml`` relabels too-small region
+        predictions (:func:`~medseg.transforms.suppress_small_regions`), and ``keep_largest_component``
+        keeps each foreground label's largest connected piece (MONAI's ``KeepLargestConnectedComponent``)."""
         probs = self.predict_probabilities(image)
         labels = outputs_to_labels(torch.from_numpy(probs), self.table, threshold=self.inference.threshold)
+        if self.inference.min_region_ml:
+            voxel_ml = float(np.prod(image.geometry.spacing)) / 1000.0
+            labels = suppress_small_regions(
+                labels, self.table, voxel_ml=voxel_ml, min_region_ml=self.inference.min_region_ml
+            )
         if self.inference.keep_largest_component:
             keep = KeepLargestConnectedComponent(applied_labels=list(self.table.foreground_labels), independent=True)
             labels = np.asarray(keep(labels[None]))[0].astype(np.uint8)

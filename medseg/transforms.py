@@ -199,3 +199,28 @@ def outputs_to_labels(probs: torch.Tensor, table: LabelTable, *, threshold: floa
         return labels.numpy()
     values = torch.as_tensor(sorted(table.labels), dtype=torch.uint8)
     return values[probs.argmax(0)].numpy()
+
+
+def suppress_small_regions(
+    labels: np.ndarray, table: LabelTable, *, voxel_ml: float, min_region_ml: Mapping[str, float]
+) -> np.ndarray:
+    """Relabel regions predicted smaller than ``min_region_ml[name]`` mL as their enclosing region.
+
+    ``labels`` is a ``(X, Y, Z)`` label map of a region table; the voxels painted for region ``i``
+    (``table.regions_class_order[i]``) take the label painted for region ``i - 1`` (background for
+    the outermost). Returns a new array.
+
+    Raises:
+        ConfigError: a name that is not one of the table's regions.
+    """
+    out = labels.copy()
+    names = [r.name for r in table.regions]
+    for name, minimum in min_region_ml.items():
+        if name not in names:
+            raise ConfigError(f"inference.min_region_ml: {name!r} is not a region of {table.name} ({', '.join(names)})")
+        index = names.index(name)
+        own = table.regions_class_order[index]
+        voxels = out == own
+        if 0 < voxels.sum() * voxel_ml < minimum:
+            out[voxels] = table.regions_class_order[index - 1] if index > 0 else 0
+    return out
