@@ -8,11 +8,11 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo demo-ct test test-fast lint format clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,onnx,openvino]"
 	touch $(STAMP)
 
 install: $(STAMP)
