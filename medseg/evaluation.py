@@ -25,6 +25,7 @@ import numpy as np
 
 from medseg.errors import MedsegInputError
 from medseg.io import Image, atomic_output, read_nifti
+from medseg.io.jsonfile import read_json
 from medseg.labels import BRATS_RELEASES, LABEL_TABLES, LabelTable, get_label_table
 from medseg.metrics import RegionScore, score_label_maps
 
@@ -177,12 +178,7 @@ def label_table_from_json(path: Path) -> LabelTable:
     from medseg.data.msd import classes_table
 
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MedsegInputError("label file not found", path=path) from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MedsegInputError(f"not a readable JSON file: {exc}", path=path) from None
+    data = read_json(path, what="label file")
     if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT:
         return load_manifest(path).label_table
     labels = data.get("labels") if isinstance(data, dict) else None

@@ -24,7 +24,6 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from pathlib import Path
 
 from medseg.data.brats import detect_release
 from medseg.errors import MedsegInputError
+from medseg.io.jsonfile import read_json
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 """File endings read as image cases (``.seg.nrrd`` label maps are not images)."""
@@ -220,10 +220,7 @@ def read_cases_file(path: str | Path, *, channels: Sequence[str]) -> list[InputC
             whose keys are not the checkpoint's channel names.
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise MedsegInputError(f"cannot read the cases JSON: {exc}", path=path) from None
+    data = read_json(path, what="cases file")
     if not isinstance(data, list):
         raise MedsegInputError('expected a JSON list of {"id": ..., "images": [...]} objects', path=path)
     cases: dict[str, InputCase] = {}

@@ -27,6 +27,7 @@ from medseg.data import nnunet as _nnunet  # noqa: F401  (registers "nnunet", an
 from medseg.data.layouts import SCANNERS, ScannedCase
 from medseg.errors import MedsegInputError
 from medseg.io.atomic import atomic_output
+from medseg.io.jsonfile import read_json
 from medseg.labels import LabelTable
 
 FORMAT = "medseg-manifest"
@@ -115,12 +116,7 @@ def load_manifest(path: str | Path) -> Manifest:
         MedsegInputError: missing file, invalid JSON, or not a medseg manifest.
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MedsegInputError("manifest file not found", path=path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MedsegInputError(f"manifest is not valid JSON: {exc}", path=path) from None
+    data = read_json(path, what="manifest file")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise MedsegInputError(f'not a medseg manifest (no "format": "{FORMAT}")', path=path)
     try:

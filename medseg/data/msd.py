@@ -13,7 +13,6 @@ NIfTI file, channels last: such a case has ONE image path whose header holds as 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -21,6 +20,7 @@ import nibabel as nib
 
 from medseg.data.layouts import ScannedCase, ScannedDataset, register_layout
 from medseg.errors import MedsegInputError
+from medseg.io.jsonfile import read_json
 from medseg.labels import RGB, LabelTable
 
 # Colours for label values 1, 2, ... (repeating), distinct on a grey CT or MR background.
@@ -55,12 +55,7 @@ def read_dataset_json(root: Path) -> dict[str, Any]:
     path = root / "dataset.json"
     if not root.is_dir():
         raise MedsegInputError("dataset folder not found", path=root)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MedsegInputError("dataset.json not found", path=path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MedsegInputError(f"dataset.json is not valid JSON: {exc}", path=path) from None
+    data = read_json(path, what="dataset.json")
     if not isinstance(data, dict):
         raise MedsegInputError("dataset.json must hold a JSON object", path=path)
     return data
