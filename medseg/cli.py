@@ -8,8 +8,10 @@ and exit code 2; ``--debug`` shows tracebacks instead.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -160,6 +162,14 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_library_noise() -> None:
+    """Hide dependency chatter a user cannot act on (shown again with ``--debug``): MONAI's
+    deprecation notices and its note that the optional GPU DICOM decoder (nvImageCodec) is absent."""
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"monai\.")
+    warnings.filterwarnings("ignore", message=r".*nvImageCodec", category=UserWarning)
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(prog="medseg", description="3D medical image segmentation on MONAI.")
@@ -290,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.debug:
         return args.handler(args)
+    _quiet_library_noise()
     try:
         return args.handler(args)
     except MedsegError as exc:
