@@ -35,13 +35,9 @@ VERSION = 1
 
 
 @dataclass(frozen=True)
-class ManifestCase:
+class ManifestCase(ScannedCase):
     """One case of a manifest: a scanned case plus its cross-validation fold."""
 
-    id: str
-    images: tuple[str, ...]
-    label: str | None
-    patient: str
     fold: int
 
 
