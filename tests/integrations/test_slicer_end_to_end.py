@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -69,14 +68,6 @@ def _export_like_the_module(case_dir: Path, channels: list[str], input_dir: Path
         sitk.WriteImage(image, str(input_dir / name), useCompression=True)
         paths.append(input_dir / name)
     return paths
-
-
-@pytest.fixture
-def medseglib(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.syspath_prepend(str(MODULE_DIR))
-    yield
-    for name in [n for n in sys.modules if n == "MedSegLib" or n.startswith("MedSegLib.")]:
-        del sys.modules[name]
 
 
 def test_info_describes_the_checkpoint(info: bridge.ModelInfo) -> None:

@@ -14,7 +14,6 @@ import sys
 import textwrap
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,15 +24,6 @@ REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "tools" / "slicer" / "MedSeg"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "MedSeg.ui"
 PYTHON_FILES = sorted((REPO / "tools" / "slicer").rglob("*.py"))
-
-
-@pytest.fixture
-def medseglib(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """``MedSegLib`` importable as Slicer would import it (the module folder on ``sys.path``)."""
-    monkeypatch.syspath_prepend(str(MODULE_DIR))
-    yield
-    for name in [n for n in sys.modules if n == "MedSegLib" or n.startswith("MedSegLib.")]:
-        del sys.modules[name]
 
 
 # --------------------------------------------------------------------------------------------------
