@@ -120,9 +120,11 @@ class TrainConfig:
 class InferenceConfig:
     """Sliding-window inference. ``roi_size`` in voxels; ``threshold`` applies to sigmoid outputs.
 
-    ``tiling``: ``tight`` (default) covers the foreground crop with the fewest windows of at most
-    ``roi_size`` that overlap by at least ``min_overlap`` voxels (see :mod:`medseg.tiling`); ``monai``
-    is MONAI's ``sliding_window_inference`` stepping by ``roi_size * (1 - overlap)``. ``crop_foreground``
+    ``tiling``: ``tight`` (default) covers the foreground crop with few windows of ``roi_size`` to
+    ``max_window`` voxels per axis (one window where the axis fits in ``max_window``) that overlap
+    by at least ``min_overlap`` voxels (see :mod:`medseg.tiling`); ``max_window`` ``null`` is
+    1.25 x ``roi_size`` rounded down to the network's size divisor. ``monai`` is MONAI's
+    ``sliding_window_inference`` stepping by ``roi_size * (1 - overlap)``. ``crop_foreground``
     crops to the foreground box (``transforms.foreground_threshold`` or nonzero) before the windows,
     even when training did not, and writes background outside it. ``precision`` ``bf16`` is used on
     the CPU only where it reports native bf16; fp32 otherwise (CUDA always uses fp16 autocast).
@@ -140,6 +142,7 @@ class InferenceConfig:
     threshold: float = 0.5
     tiling: Literal["tight", "monai"] = "tight"
     min_overlap: int = 16
+    max_window: list[int] | None = None
     crop_foreground: bool = True
     precision: Literal["fp32", "bf16"] = "fp32"
     keep_largest_component: bool = False

@@ -122,7 +122,8 @@ class Predictor:
         """The ``tight`` window layout for a (cropped, preprocessed) volume of ``shape`` voxels."""
         inf = self.inference
         overlaps = [min(inf.min_overlap, r // 2) for r in inf.roi_size]  # a small window keeps half of it
-        return TilePlan.tight(shape, inf.roi_size, min_overlap=overlaps, multiple=self.divisor)
+        largest = inf.max_window or [max(r, 5 * r // 4 // self.divisor * self.divisor) for r in inf.roi_size]
+        return TilePlan.tight(shape, inf.roi_size, min_overlap=overlaps, multiple=self.divisor, max_window=largest)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """``(1, C_in, X, Y, Z)`` preprocessed -> logits ``(1, C_out, X, Y, Z)``."""

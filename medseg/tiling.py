@@ -1,16 +1,23 @@
-"""Tight sliding-window tiling: cover a volume with as few windows as a minimum overlap allows.
+"""Tight sliding-window tiling: cover a volume with few, large windows.
 
 MONAI's ``sliding_window_inference`` steps every axis by ``roi * (1 - overlap)``; at ``overlap=0.5``
-each voxel of a large volume is computed about 2³ = 8 times. A :class:`TilePlan` instead puts, per
-axis, the fewest windows that still overlap their neighbours by ``min_overlap`` voxels,
+each voxel of a large volume is computed about 2³ = 8 times. A :class:`TilePlan` instead places, per
+axis, windows of between ``roi`` and ``max_window`` voxels:
 
-    n = ceil((L - min_overlap) / (roi - min_overlap))        (n = 1 when L <= roi)
+- an axis of at most ``max_window`` voxels gets one window spanning it (rounded up to ``multiple``,
+  the network's size divisor, and zero-padded): no seam, and every voxel sees the whole axis;
+- a longer axis gets the fewest ``max_window`` windows that overlap their neighbours by ``min_overlap``,
 
-evenly spaced so that the first starts at 0 and the last ends at ``L``. With ``multiple`` set the
-window is also shrunk, per axis, to the smallest multiple of ``multiple`` (the network's size
-divisor) with which those ``n`` windows still keep the overlap: a 140-voxel axis with ``roi=128``
-takes two 96-voxel windows instead of two 128-voxel ones. An axis shorter than its window is padded
-with zeros (the value of background after medseg's normalisation), as MONAI does.
+      n = ceil((L - min_overlap) / (max_window - min_overlap)),
+
+  evenly spaced so that the first starts at 0 and the last ends at ``L``, each shrunk to the smallest
+  multiple of ``multiple`` that keeps the overlap, but never below ``roi``.
+
+Windows are never shrunk below ``roi``: a voxel near a window's edge is predicted with less context,
+and on the benchmark's brain crop (145 x 157 x 152 voxels, ResU-Net trained on 96³ patches) eight
+96³ windows scored 0.844 whole-tumour Dice against the ground truth, eight 128³ windows 0.871 and
+one 160³ window 0.876, with 40% fewer voxels than the 96³ windows (``tools/bench_inference.py``). A network trained on ``roi``-sized patches usually does at least as
+well on a somewhat larger window; ``max_window`` bounds the memory one window takes.
 
 Window outputs are blended with an importance map (MONAI's ``compute_importance_map``, gaussian by
 default), so seams stay smooth: where windows overlap, each voxel is mostly decided by the window
@@ -31,28 +38,36 @@ from monai.data.utils import compute_importance_map
 Shape3 = tuple[int, int, int]
 
 
-def plan_axis(length: int, roi: int, *, min_overlap: int, multiple: int = 1) -> tuple[int, list[int]]:
+def plan_axis(
+    length: int, roi: int, *, min_overlap: int, multiple: int = 1, max_window: int | None = None
+) -> tuple[int, list[int]]:
     """Window size and start offsets (voxels) covering one axis of ``length`` voxels.
 
     Args:
         length: axis length in voxels (>= 1).
-        roi: the largest window size in voxels.
+        roi: the smallest window in voxels where one window cannot cover the axis.
         min_overlap: the least overlap in voxels between neighbouring windows (``0 <= min_overlap < roi``).
-        multiple: the window size is a multiple of this (the network's size divisor); ``roi`` must be one.
+        multiple: the window size is a multiple of this (the network's size divisor); ``roi`` and
+            ``max_window`` must be multiples of it.
+        max_window: the largest window in voxels (``>= roi``); ``None`` means ``roi``.
 
     Returns:
         ``(window, starts)``: ``starts[0] == 0`` and ``starts[-1] + window == max(length, window)``.
     """
+    largest = roi if max_window is None else max_window
     if length < 1 or roi < 1 or multiple < 1:
         raise ValueError(f"length, roi and multiple must be >= 1, got {length}, {roi}, {multiple}")
     if not 0 <= min_overlap < roi:
         raise ValueError(f"min_overlap must be in [0, roi={roi}), got {min_overlap}")
-    if roi % multiple:
-        raise ValueError(f"roi {roi} is not a multiple of {multiple}")
-    if length <= roi:
-        return min(roi, multiple * math.ceil(length / multiple)), [0]
-    n = math.ceil((length - min_overlap) / (roi - min_overlap))
-    window = min(roi, multiple * math.ceil(math.ceil((length + (n - 1) * min_overlap) / n) / multiple))
+    if roi % multiple or largest % multiple:
+        raise ValueError(f"roi {roi} and max_window {largest} must be multiples of {multiple}")
+    if largest < roi:
+        raise ValueError(f"max_window {largest} is smaller than roi {roi}")
+    if length <= largest:
+        return multiple * math.ceil(length / multiple), [0]
+    n = math.ceil((length - min_overlap) / (largest - min_overlap))
+    needed = multiple * math.ceil(math.ceil((length + (n - 1) * min_overlap) / n) / multiple)
+    window = min(largest, max(roi, needed))
     # floor keeps every gap <= window - min_overlap; the last window ends exactly at ``length``
     starts = [(i * (length - window)) // (n - 1) for i in range(n)]
     return window, starts
@@ -74,14 +89,21 @@ class TilePlan:
 
     @classmethod
     def tight(
-        cls, shape: Sequence[int], roi: Sequence[int], *, min_overlap: int | Sequence[int], multiple: int = 1
+        cls,
+        shape: Sequence[int],
+        roi: Sequence[int],
+        *,
+        min_overlap: int | Sequence[int],
+        multiple: int = 1,
+        max_window: Sequence[int] | None = None,
     ) -> TilePlan:
-        """The fewest windows of at most ``roi`` voxels that overlap by at least ``min_overlap`` voxels;
-        see the module docstring."""
+        """Windows of ``roi`` to ``max_window`` voxels (default ``roi``) per axis that overlap by at
+        least ``min_overlap`` voxels; see the module docstring and :func:`plan_axis`."""
         overlaps = [min_overlap] * 3 if isinstance(min_overlap, int) else list(min_overlap)
+        largest = list(roi) if max_window is None else list(max_window)
         axes = [
-            plan_axis(int(s), int(r), min_overlap=int(o), multiple=multiple)
-            for s, r, o in zip(shape, roi, overlaps, strict=True)
+            plan_axis(int(s), int(r), min_overlap=int(o), multiple=multiple, max_window=int(m))
+            for s, r, o, m in zip(shape, roi, overlaps, largest, strict=True)
         ]
         return cls(
             shape=tuple(int(s) for s in shape),  # type: ignore[arg-type]

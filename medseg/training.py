@@ -59,6 +59,11 @@ def validate_config(config: Config) -> None:
     """Checks that need the network registry: patch and window sizes the network can take."""
     check_patch_size(config.network.name, config.transforms.patch_size, config.network.kwargs)
     check_patch_size(config.network.name, config.inference.roi_size, config.network.kwargs)
+    largest, roi = config.inference.max_window, config.inference.roi_size
+    if largest is not None:
+        check_patch_size(config.network.name, largest, config.network.kwargs)
+        if len(largest) != len(roi) or any(m < r for m, r in zip(largest, roi, strict=True)):
+            raise ConfigError(f"inference.max_window {largest} must give one size >= roi_size {roi} per axis")
     if config.train.epochs < 1 or config.train.iterations_per_epoch < 1 or config.train.batch_size < 1:
         raise ConfigError("train.epochs, train.iterations_per_epoch and train.batch_size must be >= 1")
 

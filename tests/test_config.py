@@ -68,3 +68,18 @@ def test_invalid_yaml_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("max_window", "message"),
+    [
+        ([96, 96, 96], "must give one size >= roi_size"),
+        ([128, 128], "must give one size"),
+        ([130] * 3, "multiple of 16"),
+    ],
+)
+def test_max_window_is_checked_against_roi_and_network(max_window: list[int], message: str) -> None:
+    config = config_from_dict({"inference": {"roi_size": [128] * 3, "max_window": max_window}})
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config)
+    validate_config(config_from_dict({"inference": {"roi_size": [128] * 3, "max_window": [160] * 3}}))

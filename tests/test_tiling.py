@@ -25,16 +25,32 @@ def monai_windows(shape: tuple[int, ...], roi: int, overlap: float) -> int:
 
 
 @pytest.mark.parametrize("length", [1, 7, 31, 32, 33, 96, 97, 140, 170, 240, 1000])
-@pytest.mark.parametrize(("roi", "overlap", "multiple"), [(96, 16, 1), (128, 16, 32), (64, 0, 16), (96, 48, 32)])
-def test_axis_plan_covers_with_min_overlap(length: int, roi: int, overlap: int, multiple: int) -> None:
-    window, starts = plan_axis(length, roi, min_overlap=overlap, multiple=multiple)
-    assert window <= roi and window % multiple == 0
+@pytest.mark.parametrize(
+    ("roi", "overlap", "multiple", "largest"),
+    [
+        (96, 16, 1, None),
+        (128, 16, 32, None),
+        (64, 0, 16, None),
+        (96, 48, 32, None),
+        (128, 16, 32, 160),
+        (96, 16, 16, 112),
+    ],
+)
+def test_axis_plan_covers_with_min_overlap(
+    length: int, roi: int, overlap: int, multiple: int, largest: int | None
+) -> None:
+    window, starts = plan_axis(length, roi, min_overlap=overlap, multiple=multiple, max_window=largest)
+    largest = largest or roi
+    assert window <= largest and window % multiple == 0
     assert starts[0] == 0 and starts[-1] + window == max(length, window)
     assert starts == sorted(starts)
     for a, b in itertools.pairwise(starts):
         assert a + window - b >= overlap  # neighbours overlap by at least min_overlap
-    if length > roi:  # the fewest windows of size roi that keep the overlap
-        assert len(starts) == math.ceil((length - overlap) / (roi - overlap))
+    if length <= largest:  # one window spanning the axis
+        assert starts == [0] and window < length + multiple
+    else:  # the fewest windows of at most max_window that keep the overlap, none smaller than roi
+        assert len(starts) == math.ceil((length - overlap) / (largest - overlap))
+        assert window >= roi
 
 
 def test_plan_covers_every_voxel_with_positive_weight() -> None:
@@ -79,9 +95,19 @@ def test_never_more_computed_voxels_than_monai(shape: tuple[int, int, int]) -> N
 
 
 def test_brain_crop_plan() -> None:
-    """The BraTS brain box (~140x170x140 voxels) at roi 128: eight 96³ windows, not MONAI's 27 of 128³."""
-    plan = TilePlan.tight((140, 170, 140), (128, 128, 128), min_overlap=16, multiple=32)
-    assert plan.window == (96, 96, 96) and len(plan) == 8
+    """The benchmark's brain box (145x157x152 voxels) at roi 128: one 160³ window with max_window 160,
+    a quarter of the voxels of MONAI's eight 128³ windows at overlap 0.5; never eight 96³ windows."""
+    shape = (145, 157, 152)
+    plan = TilePlan.tight(shape, (128,) * 3, min_overlap=16, multiple=32, max_window=(160,) * 3)
+    assert plan.window == (160, 160, 160) and len(plan) == 1
+    assert math.prod(plan.window) < 0.5 * monai_windows(shape, 128, 0.5) * 128**3
+    assert TilePlan.tight(shape, (128,) * 3, min_overlap=16, multiple=32).window == (128, 128, 128)
+
+
+def test_long_axes_take_windows_between_roi_and_max_window() -> None:
+    plan = TilePlan.tight((240, 240, 155), (128,) * 3, min_overlap=16, multiple=32, max_window=(160,) * 3)
+    assert plan.window == (128, 128, 160) and len(plan) == 4
+    assert plan.starts == ((0, 112), (0, 112), (0,))
 
 
 def test_invalid_arguments() -> None:
@@ -89,5 +115,7 @@ def test_invalid_arguments() -> None:
         plan_axis(100, 32, min_overlap=32)
     with pytest.raises(ValueError, match="multiple"):
         plan_axis(100, 48, min_overlap=8, multiple=32)
+    with pytest.raises(ValueError, match="smaller than roi"):
+        plan_axis(100, 64, min_overlap=8, max_window=32)
     with pytest.raises(ValueError, match="does not match"):
         tiled_inference(torch.ones(1, 1, 8, 8, 8), lambda x: x, TilePlan.tight((9, 8, 8), (8, 8, 8), min_overlap=2))
