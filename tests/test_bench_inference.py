@@ -1,0 +1,47 @@
+"""tools/bench_inference.py end to end in its --quick form: real training, real predictions, its JSON lines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quick_benchmark_prints_one_line_per_configuration_and_a_summary(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "tools/bench_inference.py", "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    summary = rows[-1]
+    assert summary["summary"] is True and summary["quick"] is True
+    assert set(summary["networks"]) == {"resunet", "dynunet"}
+    configs = {(r["network"], r["config"]) for r in rows[:-1]}
+    for net in ("resunet", "dynunet"):
+        assert {
+            (net, c) for c in ("baseline", "predictor", "predictor_monai_tiling", "predictor_roi_windows")
+        } <= configs
+        result = summary["networks"][net]
+        assert result["baseline_s"] > 0 and result["predictor_s"] > 0
+        assert result["speedup"] == pytest.approx(result["baseline_s"] / result["predictor_s"], rel=0.05)
+        assert 0.0 <= result["min_dice"] <= 1.0
+        assert 0.0 < result["peak_rss_gb"] < 24
+    for row in rows[:-1]:
+        assert set(row["dice_vs_reference"]) == {"WT", "TC", "ET"}
+        if row["config"] != "baseline":
+            assert set(row["dice_vs_baseline"]) == {"WT", "TC", "ET"}
+    labels = sorted(p.name for p in (tmp_path / "labels").iterdir())
+    assert "resunet-predictor-quick.nii.gz" in labels and "dynunet-baseline-quick.nii.gz" in labels
+    # the trained checkpoints are cached: a second run would not train again
+    assert (tmp_path / "checkpoints" / "resunet-quick.pt").is_file()
