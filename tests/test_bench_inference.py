@@ -37,6 +37,7 @@ def test_quick_benchmark_prints_one_line_per_configuration_and_a_summary(tmp_pat
         assert result["speedup"] == pytest.approx(result["baseline_s"] / result["predictor_s"], rel=0.05)
         assert 0.0 <= result["min_dice"] <= 1.0
         assert 0.0 < result["peak_rss_gb"] < 24
+        assert set(result["predictor_dice_vs_crop_overlap_0.5"]) == {"WT", "TC", "ET"}
     for row in rows[:-1]:
         assert set(row["dice_vs_reference"]) == {"WT", "TC", "ET"}
         if row["config"] != "baseline":

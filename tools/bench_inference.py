@@ -9,17 +9,18 @@ case (4 x 240 x 240 x 155, 1 mm):
 - ``predictor``: ``Predictor.from_checkpoint(...)`` with default settings, from loading the
   checkpoint to the label map written as NIfTI (reading the four channel files included);
 - ``predictor_monai_tiling`` / ``predictor_roi_windows``: the Predictor with ``inference.tiling:
-  monai`` (crop, then MONAI's windows at overlap 0.5: the quality reference for the tiling) and with
-  tight windows no larger than ``roi_size`` (``inference.max_window`` = roi), to show the tiling's
-  effect (one repeat each).
+  monai`` (crop, then MONAI's windows at overlap 0.5: the quality reference for the tiling; the
+  summary gives the default Predictor's Dice against it) and with tight windows no larger than
+  ``roi_size`` (``inference.max_window`` = roi, the memory-bounded setting), one repeat each.
 
 Every label map is also scored against the phantom's ground truth (``dice_vs_reference``), so a
 disagreement with the baseline can be told apart from a loss of accuracy.
 
 The networks need trained weights (agreement on random weights means nothing once the background is
-cropped away): the first run trains each for a few minutes on full-size phantoms and caches the
-checkpoints under ``runs/bench/``. Every configuration runs in its own process, so its peak RSS is
-its own. Each prints one JSON line; the last line is a summary.
+cropped away): the first run trains each on full-size 1 mm phantoms (``RECIPES``; on 2 CPU cores
+about 20 min for ResU-Net and 60 min for DynUNet) and caches the checkpoints under ``runs/bench/``.
+Every configuration runs in its own process, so its peak RSS is its own. Each prints one JSON line;
+the last line is a summary.
 
     .venv/bin/python tools/bench_inference.py            # full run
     .venv/bin/python tools/bench_inference.py --quick    # small case, tiny networks, one repeat
@@ -52,7 +53,7 @@ def _network(name: str, quick: bool) -> dict[str, Any]:
 
 # Training recipe per network on this benchmark's 1 mm phantoms: patch edge (voxels) and epochs of 20
 # steps of 2 patches. The learning rate anneals to zero over exactly these epochs, so a short run still
-# ends with a settled model. On 2 CPU cores ResU-Net takes ~25 min, DynUNet ~60 min (once; cached).
+# ends with a settled model. On 2 CPU cores ResU-Net takes ~20 min, DynUNet ~60 min (once; cached).
 RECIPES: dict[str, dict[str, int]] = {"resunet": {"patch": 96, "epochs": 60}, "dynunet": {"patch": 64, "epochs": 42}}
 
 
@@ -314,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(row), flush=True)
             results[config_name] = {**row, "out_file": out_file}
         pred = results["predictor"]
+        if "predictor_monai_tiling" in results:  # the tiling's effect alone: same crop, MONAI overlap 0.5
+            pred["dice_vs_crop_overlap_0.5"] = dice_per_region(
+                results["predictor_monai_tiling"]["out_file"], pred["out_file"], checkpoint
+            )
         summary["networks"][name] = {
             "baseline_s": results["baseline"]["median_s"],
             "predictor_s": pred["median_s"],
@@ -323,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             "predictor_dice_vs_reference": pred["dice_vs_reference"],
             "peak_rss_gb": max(r["peak_rss_gb"] for r in results.values()),
             "predictor_peak_rss_gb": pred["peak_rss_gb"],
+            "predictor_dice_vs_crop_overlap_0.5": pred.get("dice_vs_crop_overlap_0.5"),
             **{
                 f"{k}_min_dice": min(v["dice_vs_baseline"].values())
                 for k, v in results.items()
