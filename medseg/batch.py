@@ -373,18 +373,12 @@ def _predict_one(
     names: dict[int, str],
 ) -> CaseResult:
     """Read (from the prefetch), predict and write one case; any error becomes a ``failed`` result."""
-    from medseg.transforms import outputs_to_labels
-
     tick = time.monotonic()
     try:
         image = future.result()
         if save_probabilities:
-            import torch
-
             probs = predictor.predict_probabilities(image)
-            labels = outputs_to_labels(
-                torch.from_numpy(probs), predictor.table, threshold=predictor.inference.threshold
-            )
+            labels = predictor.labels_from_probabilities(probs, image)
             write_probabilities(
                 probs, image.geometry, output.with_name(f"{case.id}{PROBABILITIES_SUFFIX}"), reference=image
             )

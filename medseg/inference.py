@@ -166,12 +166,16 @@ class Predictor:
         return out
 
     def predict(self, image: Image) -> np.ndarray:
-        """Label map ``(X, Y, Z)`` uint8 in the model's own label values, on ``image``'s grid.
+        """Label map ``(X, Y, Z)`` uint8 in the model's own label values, on ``image``'s grid: the
+        :meth:`labels_from_probabilities` of :meth:`predict_probabilities`."""
+        return self.labels_from_probabilities(self.predict_probabilities(image), image)
+
+    def labels_from_probabilities(self, probs: np.ndarray, image: Image) -> np.ndarray:
+        """Label map ``(X, Y, Z)`` uint8 from ``probs`` ``(C_out, X, Y, Z)`` on ``image``'s grid.
 
         Post-processing from the ``inference`` config: ``min_region_ml`` relabels too-small region
         predictions (:func:`~medseg.transforms.suppress_small_regions`), and ``keep_largest_component``
         keeps each foreground label's largest connected piece (MONAI's ``KeepLargestConnectedComponent``)."""
-        probs = self.predict_probabilities(image)
         labels = outputs_to_labels(torch.from_numpy(probs), self.table, threshold=self.inference.threshold)
         if self.inference.min_region_ml:
             voxel_ml = float(np.prod(image.geometry.spacing)) / 1000.0

@@ -6,8 +6,9 @@ from pathlib import Path
 import numpy as np
 import scipy.ndimage as ndi
 
+from medseg.batch import predict_folder
 from medseg.inference import Predictor
-from medseg.io import Geometry, Image
+from medseg.io import Geometry, Image, read_nifti, write_nifti
 
 
 def test_keep_largest_component_leaves_one_piece_per_label(one_channel_checkpoint: Path) -> None:
@@ -15,12 +16,36 @@ def test_keep_largest_component_leaves_one_piece_per_label(one_channel_checkpoin
     noise = ndi.gaussian_filter(rng.normal(size=(48, 40, 24)), 1.5).astype(np.float32)
     image = Image(noise[None] * 50, Geometry((48, 40, 24), np.diag([1.5, 1.5, 3.0, 1.0])))
     raw = Predictor.from_checkpoint(one_channel_checkpoint, device="cpu", backend="torch")
-    assert ndi.label(raw.predict(image) == 1)[1] > 1, "the untrained model must give several pieces"
+    raw_labels = raw.predict(image)
+    assert ndi.label(raw_labels == 1)[1] > 1, "the untrained model must give several pieces"
 
     inference = dataclasses.replace(raw.inference, keep_largest_component=True)
     kept = Predictor.from_checkpoint(one_channel_checkpoint, device="cpu", backend="torch", inference=inference)
     labels = kept.predict(image)
     count = ndi.label(labels == 1, structure=np.ones((3, 3, 3)))[1]
     assert count == 1
-    largest = np.bincount(ndi.label(raw.predict(image) == 1, structure=np.ones((3, 3, 3)))[0].ravel())[1:].max()
+    largest = np.bincount(ndi.label(raw_labels == 1, structure=np.ones((3, 3, 3)))[0].ravel())[1:].max()
     assert (labels == 1).sum() == largest
+
+
+def test_saving_probabilities_keeps_the_post_processing(one_channel_checkpoint: Path, tmp_path: Path) -> None:
+    """The label map written beside the probabilities is post-processed like the one written alone."""
+    rng = np.random.default_rng(4)
+    noise = ndi.gaussian_filter(rng.normal(size=(48, 40, 24)), 1.5).astype(np.float32) * 50
+    geometry = Geometry((48, 40, 24), np.diag([1.5, 1.5, 3.0, 1.0]))
+    scan = write_nifti(noise, geometry, tmp_path / "in" / "noise.nii.gz")
+    raw = Predictor.from_checkpoint(one_channel_checkpoint, device="cpu", backend="torch")
+    kept = Predictor(
+        raw.checkpoint,
+        device="cpu",
+        backend="torch",
+        inference=dataclasses.replace(raw.inference, keep_largest_component=True),
+    )
+    outputs = {}
+    for save in (False, True):
+        out = tmp_path / f"out-{save}"
+        predict_folder(model=kept, input_path=scan, output_dir=out, save_probabilities=save, progress="none")
+        outputs[save] = np.asarray(read_nifti(out / "noise.nii.gz").array)
+        np.testing.assert_allclose(read_nifti(out / "noise.nii.gz").geometry.affine, geometry.affine)
+    np.testing.assert_array_equal(outputs[True], outputs[False])
+    assert ndi.label(outputs[True] == 1, structure=np.ones((3, 3, 3)))[1] == 1
