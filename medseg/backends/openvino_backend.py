@@ -1,8 +1,12 @@
 """OpenVINO backend (CPU): the network is exported to ONNX once per checkpoint and cached on disk,
-then compiled by OpenVINO once per process and window shape.
+then compiled by OpenVINO for the window shape in use.
 
 The ONNX file has dynamic batch and spatial axes, so one export serves every window shape; each
 shape is reshaped to static and compiled separately (static shapes run fastest on the CPU plugin).
+Only the latest compiled shape is kept per process: a compiled model and its request hold that
+shape's working memory (about 250 MB for the ResU-Net at 160³, more than 1 GB for the DynUNet), and
+tight tiling sizes windows to each case's crop, so keeping every shape would grow without bound over
+a batch. A case uses one shape for all its windows; a new shape costs one compile.
 Precision is fp32 unless bf16 is asked for and the CPU has native bf16: OpenVINO's own default on
 such CPUs is bf16, so the hint is always set explicitly.
 """
@@ -22,8 +26,8 @@ from torch import nn
 from medseg.backends.base import available_threads, cpu_has_native_bf16
 from medseg.io.atomic import atomic_output
 
-# (onnx path, window shape (B, C, X, Y, Z), precision, threads) -> compiled model; once per process
-_COMPILED: dict[tuple[str, tuple[int, ...], str, int], Any] = {}
+# the latest (onnx path, window shape (B, C, X, Y, Z), precision, threads) and its infer request
+_LATEST: dict[tuple[str, tuple[int, ...], str, int], Any] = {}
 
 
 def model_hash(model: nn.Module, *, extra: dict[str, Any]) -> str:
@@ -91,23 +95,20 @@ class OpenVINOBackend:
         self.onnx_path = Path(cache_dir) / f"{key}.onnx"
         if not self.onnx_path.is_file():
             export_onnx(model, self.onnx_path, in_channels=in_channels, size=2 * divisor)
-        self._requests: dict[tuple[int, ...], Any] = {}
 
     def _request(self, shape: tuple[int, ...]) -> Any:
-        request = self._requests.get(shape)
+        key = (str(self.onnx_path), shape, self.precision, self.threads)
+        request = _LATEST.get(key)
         if request is None:
-            key = (str(self.onnx_path), shape, self.precision, self.threads)
-            compiled = _COMPILED.get(key)
-            if compiled is None:
-                model = self.core.read_model(str(self.onnx_path))
-                model.reshape({model.inputs[0]: list(shape)})
-                config = {
-                    "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
-                    "INFERENCE_NUM_THREADS": self.threads,
-                    "PERFORMANCE_HINT": "LATENCY",
-                }
-                compiled = _COMPILED[key] = self.core.compile_model(model, "CPU", config)
-            request = self._requests[shape] = compiled.create_infer_request()
+            _LATEST.clear()  # free the previous shape's memory before compiling the next
+            model = self.core.read_model(str(self.onnx_path))
+            model.reshape({model.inputs[0]: list(shape)})
+            config = {
+                "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
+                "INFERENCE_NUM_THREADS": self.threads,
+                "PERFORMANCE_HINT": "LATENCY",
+            }
+            request = _LATEST[key] = self.core.compile_model(model, "CPU", config).create_infer_request()
         return request
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
