@@ -12,10 +12,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_quick_benchmark_prints_one_line_per_configuration_and_a_summary(tmp_path: Path) -> None:
+def _run(out: Path, *extra: str) -> list[dict]:
     proc = subprocess.run(
-        [sys.executable, "tools/bench_inference.py", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "tools/bench_inference.py", "--quick", "--out", str(out), *extra],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -23,7 +22,12 @@ def test_quick_benchmark_prints_one_line_per_configuration_and_a_summary(tmp_pat
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.slow
+def test_quick_benchmark_prints_one_line_per_configuration_and_a_summary(tmp_path: Path) -> None:
+    rows = _run(tmp_path)
     summary = rows[-1]
     assert summary["summary"] is True and summary["quick"] is True
     assert set(summary["networks"]) == {"resunet", "dynunet"}
@@ -34,15 +38,19 @@ def test_quick_benchmark_prints_one_line_per_configuration_and_a_summary(tmp_pat
         } <= configs
         result = summary["networks"][net]
         assert result["baseline_s"] > 0 and result["predictor_s"] > 0
-        assert result["speedup"] == pytest.approx(result["baseline_s"] / result["predictor_s"], rel=0.05)
-        assert 0.0 <= result["min_dice"] <= 1.0
         assert 0.0 < result["peak_rss_gb"] < 24
         assert set(result["predictor_dice_vs_crop_overlap_0.5"]) == {"WT", "TC", "ET"}
     for row in rows[:-1]:
         assert set(row["dice_vs_reference"]) == {"WT", "TC", "ET"}
+        assert row["first_s"] in row["seconds"]
         if row["config"] != "baseline":
             assert set(row["dice_vs_baseline"]) == {"WT", "TC", "ET"}
     labels = sorted(p.name for p in (tmp_path / "labels").iterdir())
     assert "resunet-predictor-quick.nii.gz" in labels and "dynunet-baseline-quick.nii.gz" in labels
-    # the trained checkpoints are cached: a second run would not train again
-    assert (tmp_path / "checkpoints" / "resunet-quick.pt").is_file()
+
+    # a second run reuses the trained checkpoint instead of training again
+    cached = tmp_path / "checkpoints" / "resunet-quick.pt"
+    stamp = cached.stat().st_mtime_ns
+    again = _run(tmp_path, "--networks", "resunet", "--no-study")
+    assert [r["config"] for r in again[:-1]] == ["baseline", "predictor"]
+    assert cached.stat().st_mtime_ns == stamp

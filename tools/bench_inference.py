@@ -11,7 +11,10 @@ case (4 x 240 x 240 x 155, 1 mm):
 - ``predictor_monai_tiling`` / ``predictor_roi_windows``: the Predictor with ``inference.tiling:
   monai`` (crop, then MONAI's windows at overlap 0.5: the quality reference for the tiling; the
   summary gives the default Predictor's Dice against it) and with tight windows no larger than
-  ``roi_size`` (``inference.max_window`` = roi, the memory-bounded setting), one repeat each.
+  ``roi_size`` (``inference.max_window`` = roi, the memory-bounded setting).
+
+Every configuration runs its repeats in one process: ``median_s`` is warm (OpenVINO compiles a window
+shape once per process), ``first_s`` is the first repeat, compile included.
 
 Every label map is also scored against the phantom's ground truth (``dice_vs_reference``), so a
 disagreement with the baseline can be told apart from a loss of accuracy.
@@ -31,13 +34,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from medseg.labels import LabelTable
 
 REPO = Path(__file__).resolve().parents[1]
 CHANNELS = ["t1", "t1ce", "t2", "flair"]
@@ -96,7 +101,7 @@ def train_checkpoint(name: str, *, out: Path, quick: bool, epochs: int | None) -
             "inference": {"roi_size": [64 if quick else 128] * 3, "sw_batch_size": 1},
         }
     )
-    train(config, device="cpu")
+    train(config, resume=(run_dir / "last.pt").is_file(), device="cpu")  # an interrupted run goes on
     target.parent.mkdir(parents=True, exist_ok=True)
     (run_dir / "last.pt").replace(target)
     return target
@@ -146,7 +151,7 @@ def run_baseline(checkpoint: Path, case: Path, out_file: Path, repeats: int) -> 
         tick = time.perf_counter()
         with torch.no_grad():
             logits = sliding_window_inference(
-                x.unsqueeze(0).as_tensor(), (128, 128, 128), 1, model, overlap=0.5, mode="gaussian"
+                x.unsqueeze(0).as_tensor(), ckpt.config["inference"]["roi_size"], 1, model, overlap=0.5, mode="gaussian"
             )
         probs = torch.sigmoid(logits[0]) if ckpt.label_table.kind == "regions" else torch.softmax(logits[0], 0)
         restored = transforms.inverse(
@@ -174,7 +179,7 @@ def run_predictor(
     info: dict[str, Any] = {}
     for _ in range(repeats):
         tick = time.perf_counter()
-        predictor = Predictor.from_checkpoint(checkpoint, inference=inference)
+        predictor = Predictor.from_checkpoint(checkpoint, device="cpu", inference=inference)
         image = read_case(InputCase(case.name, tuple(_case_files(case))))
         labels = predictor.predict(image)
         write_nifti(labels, image.geometry, out_file, reference=image)
@@ -186,7 +191,6 @@ def run_predictor(
 def worker(args: argparse.Namespace) -> None:
     spec = json.loads(args.worker)
     checkpoint, case, out_file = Path(spec["checkpoint"]), Path(spec["case"]), Path(spec["out_file"])
-    info: dict[str, Any] = {}
     if spec["kind"] == "baseline":
         seconds = run_baseline(checkpoint, case, out_file, spec["repeats"])
         info = {"backend": "torch", "tiling": "monai-0.5-nocrop"}
@@ -196,40 +200,27 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def peak_rss_gb() -> float:
-    """This process's peak resident memory in GiB.
+    """This process's peak resident memory in GiB (Linux).
 
     ``VmHWM`` belongs to the process's own address space; ``getrusage``'s ``ru_maxrss`` survives
     ``exec`` and would report the driver's peak (it trains in-process) for every worker.
     """
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024**2  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # not Linux: KiB on most systems
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024**2  # kB
 
 
 # --------------------------------------------------------------------------- driver
 
 
-def dice_per_region(a: Path, b: Path, checkpoint: Path) -> dict[str, float]:
+def dice_per_region(a: Path, b: Path, table: LabelTable) -> dict[str, float]:
     """Dice of label maps ``a`` and ``b`` per region (BraTS WT/TC/ET) or label; 1.0 where both are empty."""
     import numpy as np
 
-    from medseg.checkpoint import load_checkpoint
     from medseg.io import read_nifti
+    from medseg.metrics import dice
 
-    table = load_checkpoint(checkpoint).label_table
     x, y = np.asarray(read_nifti(a).array), np.asarray(read_nifti(b).array)
-    groups = (
-        {r.name: list(r.labels) for r in table.regions}
-        if table.kind == "regions"
-        else {n: [v] for v, n in table.labels.items() if v}
-    )
-    out = {}
-    for name, values in groups.items():
-        p, q = np.isin(x, values), np.isin(y, values)
-        total = int(p.sum() + q.sum())
-        out[name] = 1.0 if total == 0 else round(2.0 * float((p & q).sum()) / total, 4)
-    return out
+    return {name: round(dice(np.isin(x, v), np.isin(y, v)), 4) for name, v in table.evaluation_sets().items()}
 
 
 def run_config(spec: dict[str, Any]) -> dict[str, Any]:
@@ -274,15 +265,18 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = {"summary": True, **machine, "networks": {}}
     for name in args.networks:
         checkpoint = train_checkpoint(name, out=out, quick=args.quick, epochs=args.train_epochs)
-        roi = [64 if args.quick else 128] * 3
+        from medseg.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(checkpoint)
+        table, roi = loaded.label_table, loaded.config["inference"]["roi_size"]
         configs = [
             ("baseline", {"kind": "baseline", "repeats": repeats}),
             ("predictor", {"kind": "predictor", "repeats": repeats}),
         ]
         if not args.no_study:
             configs += [
-                ("predictor_monai_tiling", {"kind": "predictor", "repeats": 1, "overrides": {"tiling": "monai"}}),
-                ("predictor_roi_windows", {"kind": "predictor", "repeats": 1, "overrides": {"max_window": roi}}),
+                ("predictor_monai_tiling", {"kind": "predictor", "repeats": repeats, "overrides": {"tiling": "monai"}}),
+                ("predictor_roi_windows", {"kind": "predictor", "repeats": repeats, "overrides": {"max_window": roi}}),
             ]
         results: dict[str, dict[str, Any]] = {}
         for config_name, spec in configs:
@@ -301,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                 "network": name,
                 "config": config_name,
                 "median_s": round(median, 2),
+                "first_s": round(result["seconds"][0], 2),  # the Predictor's first compiles for OpenVINO
                 "seconds": [round(s, 2) for s in result["seconds"]],
                 "peak_rss_gb": result["peak_rss_gb"],
                 "backend": result["backend"],
@@ -310,14 +305,14 @@ def main(argv: list[str] | None = None) -> int:
             if config_name != "baseline":
                 base = results["baseline"]
                 row["speedup"] = round(base["median_s"] / median, 2)
-                row["dice_vs_baseline"] = dice_per_region(base["out_file"], out_file, checkpoint)
-            row["dice_vs_reference"] = dice_per_region(reference, out_file, checkpoint)
+                row["dice_vs_baseline"] = dice_per_region(base["out_file"], out_file, table)
+            row["dice_vs_reference"] = dice_per_region(reference, out_file, table)
             print(json.dumps(row), flush=True)
             results[config_name] = {**row, "out_file": out_file}
         pred = results["predictor"]
         if "predictor_monai_tiling" in results:  # the tiling's effect alone: same crop, MONAI overlap 0.5
             pred["dice_vs_crop_overlap_0.5"] = dice_per_region(
-                results["predictor_monai_tiling"]["out_file"], pred["out_file"], checkpoint
+                results["predictor_monai_tiling"]["out_file"], pred["out_file"], table
             )
         summary["networks"][name] = {
             "baseline_s": results["baseline"]["median_s"],
