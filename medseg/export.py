@@ -75,20 +75,29 @@ def export_model(*, model: str | Path, fmt: ExportFormat, out: str | Path) -> Pa
             traced = torch.jit.trace(network, example, check_trace=False)
             torch.jit.save(traced, str(tmp), _extra_files={"medseg.json": description})
         else:
-            axes = {0: "batch", 2: "x", 3: "y", 4: "z"}
-            torch.onnx.export(
-                network,
-                (example,),
-                str(tmp),
-                input_names=["image"],
-                output_names=["logits"],
-                dynamic_axes={"image": axes, "logits": axes},
-                opset_version=ONNX_OPSET,
-                dynamo=False,
-            )
+            write_onnx(network, example, tmp)
             proto = onnx.load(str(tmp))
             entry = proto.metadata_props.add()
             entry.key, entry.value = "medseg", description
             onnx.checker.check_model(proto)
             onnx.save(proto, str(tmp))
     return out
+
+
+def write_onnx(network: Any, example: Any, path: Path) -> None:
+    """Trace ``network`` (a ``torch.nn.Module`` in eval mode) on ``example`` ``(1, C_in, X, Y, Z)``
+    into an ONNX file at ``path`` (written in place): opset :data:`ONNX_OPSET`, input ``"image"``,
+    output ``"logits"``, dynamic batch and spatial axes."""
+    import torch
+
+    axes = {0: "batch", 2: "x", 3: "y", 4: "z"}
+    torch.onnx.export(
+        network,
+        (example,),
+        str(path),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": axes, "logits": axes},
+        opset_version=ONNX_OPSET,
+        dynamo=False,
+    )

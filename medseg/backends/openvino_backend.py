@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from medseg.backends.base import available_threads, cpu_has_native_bf16
+from medseg.export import write_onnx
 from medseg.io.atomic import atomic_output
 
 # the latest (onnx path, window shape (B, C, X, Y, Z), precision, threads) and its infer request
@@ -44,19 +45,9 @@ def export_onnx(model: nn.Module, path: Path, *, in_channels: int, size: int) ->
     """Export ``model`` (eval mode, CPU) to ONNX at ``path`` atomically, with dynamic batch and spatial
     axes; traced on a ``(1, in_channels, size, size, size)`` input."""
     example = torch.zeros(1, in_channels, size, size, size)
-    axes = {0: "batch", 2: "x", 3: "y", 4: "z"}
     with atomic_output(path) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model.cpu().eval(),
-            (example,),
-            str(tmp),
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": axes, "logits": axes},
-            opset_version=17,
-            dynamo=False,
-        )
+        write_onnx(model.cpu().eval(), example, tmp)
     return path
 
 
