@@ -9,8 +9,7 @@ import torch
 
 from medseg.backends.base import Backend, resolve_backend_name
 from medseg.checkpoint import Checkpoint
-from medseg.networks import get_network_spec
-from medseg.networks.registry import resolve_kwargs
+from medseg.networks.registry import size_divisor
 
 
 def user_cache_dir() -> Path:
@@ -31,8 +30,7 @@ def default_cache_dir(checkpoint_path: Path | None) -> Path:
 
 def network_divisor(checkpoint: Checkpoint) -> int:
     """Every spatial size of the network's input must be a multiple of this."""
-    name = checkpoint.network["name"]
-    return int(get_network_spec(name).divisor(resolve_kwargs(name, checkpoint.network["kwargs"])))
+    return size_divisor(checkpoint.network["name"], checkpoint.network["kwargs"])
 
 
 def create_backend(

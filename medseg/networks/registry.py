@@ -86,12 +86,17 @@ def build_network(name: str, *, in_channels: int, out_channels: int, kwargs: dic
     return spec.builder(in_channels=in_channels, out_channels=out_channels, **resolve_kwargs(name, kwargs or {}))
 
 
+def size_divisor(name: str, kwargs: dict[str, Any] | None = None) -> int:
+    """Every spatial size (voxels) of network ``name``'s input must be a multiple of this."""
+    return int(get_network_spec(name).divisor(resolve_kwargs(name, kwargs or {})))
+
+
 def check_patch_size(name: str, patch_size: Sequence[int], kwargs: dict[str, Any] | None = None) -> None:
     """Raise :class:`ConfigError` if ``patch_size`` (voxels) is not a size the network can take.
 
     The message names the network and the nearest valid size.
     """
-    divisor = get_network_spec(name).divisor(resolve_kwargs(name, kwargs or {}))
+    divisor = size_divisor(name, kwargs)
     if all(s % divisor == 0 and s > 0 for s in patch_size):
         return
     nearest = [max(divisor, divisor * round(s / divisor)) for s in patch_size]
