@@ -27,7 +27,12 @@ from medseg.errors import MedsegInputError
 from medseg.io import Image, read_dicom_series, read_image
 from medseg.keys import IMAGE
 from medseg.tiling import TilePlan, tiled_inference
-from medseg.transforms import inference_transforms, outputs_to_labels, suppress_small_regions
+from medseg.transforms import (
+    check_min_region_ml,
+    inference_transforms,
+    outputs_to_labels,
+    suppress_small_regions,
+)
 
 
 def read_case(case: InputCase) -> Image:
@@ -90,6 +95,7 @@ class Predictor:
         self.channels = list(checkpoint.channels)
         self.device = resolve_device(device)
         self.inference = inference or InferenceConfig(**checkpoint.config["inference"])
+        check_min_region_ml(self.table, self.inference.min_region_ml)  # once, not in every case of a batch
         transforms = TransformConfig(**checkpoint.config["transforms"])
         if self.inference.crop_foreground:
             transforms = dataclasses.replace(transforms, crop_foreground=True)

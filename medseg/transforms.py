@@ -201,6 +201,14 @@ def outputs_to_labels(probs: torch.Tensor, table: LabelTable, *, threshold: floa
     return values[probs.argmax(0)].numpy()
 
 
+def check_min_region_ml(table: LabelTable, min_region_ml: Mapping[str, float]) -> None:
+    """Raise :class:`ConfigError` if a name of ``min_region_ml`` is not one of ``table``'s regions."""
+    names = [r.name for r in table.regions]
+    for name in min_region_ml:
+        if name not in names:
+            raise ConfigError(f"inference.min_region_ml: {name!r} is not a region of {table.name} ({', '.join(names)})")
+
+
 def suppress_small_regions(
     labels: np.ndarray, table: LabelTable, *, voxel_ml: float, min_region_ml: Mapping[str, float]
 ) -> np.ndarray:
@@ -213,11 +221,10 @@ def suppress_small_regions(
     Raises:
         ConfigError: a name that is not one of the table's regions.
     """
+    check_min_region_ml(table, min_region_ml)
     out = labels.copy()
     names = [r.name for r in table.regions]
     for name, minimum in min_region_ml.items():
-        if name not in names:
-            raise ConfigError(f"inference.min_region_ml: {name!r} is not a region of {table.name} ({', '.join(names)})")
         index = names.index(name)
         own = table.regions_class_order[index]
         voxels = out == own

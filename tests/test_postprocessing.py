@@ -4,6 +4,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pytest
 import scipy.ndimage as ndi
 
 from medseg.batch import predict_folder
@@ -49,3 +50,15 @@ def test_saving_probabilities_keeps_the_post_processing(one_channel_checkpoint: 
         np.testing.assert_allclose(read_nifti(out / "noise.nii.gz").geometry.affine, geometry.affine)
     np.testing.assert_array_equal(outputs[True], outputs[False])
     assert ndi.label(outputs[True] == 1, structure=np.ones((3, 3, 3)))[1] == 1
+
+
+def test_unknown_min_region_ml_name_fails_once_when_the_predictor_is_built(tiny_checkpoint: Path) -> None:
+    """Not once per case of a batch: the Predictor refuses it before any case is read."""
+    from medseg.checkpoint import load_checkpoint
+    from medseg.config import InferenceConfig
+    from medseg.errors import ConfigError
+
+    config = load_checkpoint(tiny_checkpoint).config["inference"]
+    inference = InferenceConfig(**{**config, "min_region_ml": {"XT": 0.5}})
+    with pytest.raises(ConfigError, match=r"'XT' is not a region of brats2021 \(WT, TC, ET\)"):
+        Predictor.from_checkpoint(tiny_checkpoint, device="cpu", backend="torch", inference=inference)
