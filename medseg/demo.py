@@ -21,6 +21,8 @@ from pathlib import Path
 from medseg.batch import predict_folder
 from medseg.config import Config, load_config
 from medseg.evaluation import evaluate_folder, format_summary
+from medseg.io.atomic import atomic_output
+from medseg.io.jsonfile import read_json
 from medseg.phantoms.brats import generate_brats_dataset
 from medseg.phantoms.ct import generate_ct_dataset
 from medseg.report import render_case_overlays, write_report
@@ -37,7 +39,7 @@ def _phantoms(out: Path, *, cases: int, seed: int, release: str, shape: Sequence
 
 def _ct_phantoms(out: Path, *, cases: int, seed: int, shape: Sequence[int] | None) -> None:
     meta = out / "dataset.json"
-    if meta.is_file() and len(json.loads(meta.read_text()).get("training", [])) >= cases:
+    if meta.is_file() and len(read_json(meta, what="dataset.json").get("training", [])) >= cases:
         print(f"reusing phantoms in {out}")
         return
     print(f"generating {cases} CT organ phantoms in {out} ...", flush=True)
@@ -130,6 +132,7 @@ def run_ct_demo(*, out_dir: Path, config: Path, overrides: Sequence[str] = ()) -
     total_s = time.monotonic() - started
     mean_dice = sum(r["dice"]["mean"] for r in summary["regions"].values()) / len(summary["regions"])
     timing = {"phantoms_s": round(phantoms_s, 1), "total_s": round(total_s, 1), "mean_dice": round(mean_dice, 4)}
-    (out_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+    with atomic_output(out_dir / "timing.json") as tmp:
+        tmp.write_text(json.dumps(timing, indent=2) + "\n")
     print(f"mean organ Dice {mean_dice:.4f}; {total_s / 60:.1f} min in all ({phantoms_s:.0f} s generating phantoms)")
     return summary
