@@ -91,8 +91,11 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
+def load_checkpoint(path: str | Path, *, training: bool = True) -> Checkpoint:
     """Load a medseg checkpoint onto the CPU with ``weights_only=True`` (no arbitrary code runs).
+
+    The file is memory-mapped, so tensors are read from disk only when used: with ``training=False``
+    (inference) the optimizer state, twice the weights' size under Adam, is never read into memory.
 
     Raises:
         CheckpointError: the file is missing, unreadable, not a medseg checkpoint, or from a newer format.
@@ -101,7 +104,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError("checkpoint file not found", path=path)
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"not a medseg checkpoint (cannot be loaded safely: {first})", path=path) from None
@@ -118,6 +121,6 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         label_table=LabelTable.from_dict(data["labels"]),
         config=data["config"],
         state_dict=data["state_dict"],
-        training=data.get("training"),
+        training=data.get("training") if training else None,
         medseg_version=data.get("medseg_version", "unknown"),
     )

@@ -131,7 +131,7 @@ def _info(args: argparse.Namespace) -> int:
 
     from medseg.checkpoint import load_checkpoint
 
-    ckpt = load_checkpoint(args.model)
+    ckpt = load_checkpoint(args.model, training=False)
     info = {
         "channels": ckpt.channels,
         "labels": ckpt.label_table.to_dict(),

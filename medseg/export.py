@@ -65,7 +65,7 @@ def export_model(*, model: str | Path, fmt: ExportFormat, out: str | Path) -> Pa
             ) from None
     out = Path(out)
     ensure_not_input(out, [model])
-    checkpoint = load_checkpoint(model)
+    checkpoint = load_checkpoint(model, training=False)
     network = checkpoint.build_model()
     roi = [int(s) for s in checkpoint.config["inference"]["roi_size"]]
     example = torch.zeros(1, len(checkpoint.channels), *roi)

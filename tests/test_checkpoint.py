@@ -65,3 +65,15 @@ def test_trained_checkpoint_is_self_describing(tiny_checkpoint: Path) -> None:
     assert ckpt.training is not None and ckpt.training["epoch"] >= 1
     raw = torch.load(tiny_checkpoint, weights_only=True)
     assert raw["medseg_version"] and raw["preprocessing"] == ckpt.config["transforms"]
+
+
+def test_inference_load_leaves_the_training_state_on_disk(tiny_checkpoint: Path) -> None:
+    full = load_checkpoint(tiny_checkpoint)
+    weights_only = load_checkpoint(tiny_checkpoint, training=False)
+    assert weights_only.training is None and full.training is not None
+    assert weights_only.state_dict.keys() == full.state_dict.keys()
+    for name, tensor in full.state_dict.items():
+        assert torch.equal(weights_only.state_dict[name], tensor), name
+    x = torch.randn(1, 4, 32, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(weights_only.build_model()(x), full.build_model()(x))
