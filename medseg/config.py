@@ -143,6 +143,7 @@ class InferenceConfig:
     tiling: Literal["tight", "monai"] = "tight"
     min_overlap: int = 16
     max_window: list[int] | None = None
+    max_window_voxels: int | None = None
     crop_foreground: bool = True
     precision: Literal["fp32", "bf16"] = "fp32"
     keep_largest_component: bool = False

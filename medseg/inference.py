@@ -26,6 +26,7 @@ from medseg.distributed import resolve_device
 from medseg.errors import MedsegInputError
 from medseg.io import Image, read_dicom_series, read_image
 from medseg.keys import IMAGE
+from medseg.networks.registry import default_window_voxels
 from medseg.tiling import TilePlan, tiled_inference
 from medseg.transforms import (
     check_min_region_ml,
@@ -101,6 +102,9 @@ class Predictor:
             transforms = dataclasses.replace(transforms, crop_foreground=True)
         self.transforms = inference_transforms(transforms)
         self.divisor = network_divisor(checkpoint)
+        self.window_voxels = self.inference.max_window_voxels or default_window_voxels(
+            checkpoint.network["name"], checkpoint.network["kwargs"]
+        )
         self.backend = create_backend(
             backend,
             checkpoint,
@@ -122,14 +126,27 @@ class Predictor:
         """Load ``path`` (a ``.pt`` written by ``medseg train``); see the class for the arguments."""
         if cache_dir is None:
             cache_dir = default_cache_dir(Path(path))
-        return cls(load_checkpoint(path), device=device, backend=backend, inference=inference, cache_dir=cache_dir)
+        return cls(
+            load_checkpoint(path, training=False),
+            device=device,
+            backend=backend,
+            inference=inference,
+            cache_dir=cache_dir,
+        )
 
     def tile_plan(self, shape: tuple[int, int, int]) -> TilePlan:
         """The ``tight`` window layout for a (cropped, preprocessed) volume of ``shape`` voxels."""
         inf = self.inference
         overlaps = [min(inf.min_overlap, r // 2) for r in inf.roi_size]  # a small window keeps half of it
         largest = inf.max_window or [max(r, 5 * r // 4 // self.divisor * self.divisor) for r in inf.roi_size]
-        return TilePlan.tight(shape, inf.roi_size, min_overlap=overlaps, multiple=self.divisor, max_window=largest)
+        return TilePlan.tight(
+            shape,
+            inf.roi_size,
+            min_overlap=overlaps,
+            multiple=self.divisor,
+            max_window=largest,
+            max_voxels=self.window_voxels,
+        )
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """``(1, C_in, X, Y, Z)`` preprocessed -> logits ``(1, C_out, X, Y, Z)``."""

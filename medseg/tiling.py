@@ -75,6 +75,55 @@ def plan_axis(
     return window, starts
 
 
+def smallest_window(roi: Sequence[int], multiple: int) -> list[int]:
+    """The smallest window a voxel budget may shrink to: half of ``roi`` per axis, rounded down to
+    ``multiple`` (at least ``multiple``)."""
+    return [max(multiple, r // 2 // multiple * multiple) for r in roi]
+
+
+def budget_plan(
+    shape: Sequence[int],
+    roi: Sequence[int],
+    min_overlap: Sequence[int],
+    *,
+    multiple: int,
+    max_window: Sequence[int],
+    max_voxels: int,
+) -> list[tuple[int, list[int]]]:
+    """Per axis ``(window, starts)`` whose windows hold at most ``max_voxels`` voxels, computing the
+    fewest voxels in all (windows x window voxels; ties: fewer windows, then the larger smallest edge).
+
+    Each axis is planned by :func:`plan_axis` with every cap from its :func:`smallest_window` edge to
+    its ``max_window``; a cap below ``roi`` lowers the axis's
+    roi to the cap and its overlap to at most half of it.
+
+    Raises:
+        ValueError: no such windows fit in ``max_voxels``.
+    """
+    choices = []
+    for length, r, overlap, largest, smallest in zip(
+        shape, roi, min_overlap, max_window, smallest_window(roi, multiple), strict=True
+    ):
+        axis = set()
+        for cap in range(smallest, largest + 1, multiple):
+            low = min(r, cap)
+            window, starts = plan_axis(
+                int(length), low, min_overlap=min(overlap, low // 2), multiple=multiple, max_window=cap
+            )
+            axis.add((window, tuple(starts)))
+        choices.append(sorted(axis))
+    fitting = [c for c in itertools.product(*choices) if math.prod(w for w, _ in c) <= max_voxels]
+    if not fitting:
+        smallest = smallest_window(roi, multiple)
+        raise ValueError(f"max_voxels {max_voxels} is smaller than the smallest window {smallest}")
+
+    def cost(plan: tuple[tuple[int, tuple[int, ...]], ...]) -> tuple[int, int, int]:
+        windows = math.prod(len(s) for _, s in plan)
+        return windows * math.prod(w for w, _ in plan), windows, -min(w for w, _ in plan)
+
+    return [(w, list(s)) for w, s in min(fitting, key=cost)]
+
+
 @dataclass(frozen=True)
 class TilePlan:
     """Where the windows go on a ``(X, Y, Z)`` volume.
@@ -98,15 +147,22 @@ class TilePlan:
         min_overlap: int | Sequence[int],
         multiple: int = 1,
         max_window: Sequence[int] | None = None,
+        max_voxels: int | None = None,
     ) -> TilePlan:
         """Windows of ``roi`` to ``max_window`` voxels (default ``roi``) per axis that overlap by at
-        least ``min_overlap`` voxels; see the module docstring and :func:`plan_axis`."""
+        least ``min_overlap`` voxels; see the module docstring and :func:`plan_axis`.
+
+        ``max_voxels`` bounds one window's voxel count (its working memory): when those windows hold
+        more, the plan is the one that fits with the fewest voxels computed in all, with windows of
+        down to half of ``roi`` per axis (see :func:`budget_plan`)."""
         overlaps = [min_overlap] * 3 if isinstance(min_overlap, int) else list(min_overlap)
         largest = list(roi) if max_window is None else list(max_window)
         axes = [
             plan_axis(int(s), int(r), min_overlap=int(o), multiple=multiple, max_window=int(m))
             for s, r, o, m in zip(shape, roi, overlaps, largest, strict=True)
         ]
+        if max_voxels is not None and math.prod(w for w, _ in axes) > max_voxels:
+            axes = budget_plan(shape, roi, overlaps, multiple=multiple, max_window=largest, max_voxels=max_voxels)
         return cls(
             shape=tuple(int(s) for s in shape),  # type: ignore[arg-type]
             window=tuple(w for w, _ in axes),  # type: ignore[arg-type]

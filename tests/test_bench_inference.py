@@ -34,17 +34,22 @@ def test_quick_benchmark_prints_one_line_per_configuration_and_a_summary(tmp_pat
     configs = {(r["network"], r["config"]) for r in rows[:-1]}
     for net in ("resunet", "dynunet"):
         assert {
-            (net, c) for c in ("baseline", "predictor", "predictor_monai_tiling", "predictor_roi_windows")
+            (net, c)
+            for c in ("baseline", "predictor", "baseline_shifted", "predictor_monai_tiling", "predictor_roi_windows")
         } <= configs
         result = summary["networks"][net]
         assert result["baseline_s"] > 0 and result["predictor_s"] > 0
         assert 0.0 < result["peak_rss_gb"] < 24
         assert set(result["predictor_dice_vs_crop_overlap_0.5"]) == {"WT", "TC", "ET"}
+        assert set(result["shifted_baseline_dice"]) == {"WT", "TC", "ET"}
+    assert ("dynunet", "predictor_unbounded") in configs  # only networks with a default window budget
+    assert ("resunet", "predictor_unbounded") not in configs
     for row in rows[:-1]:
         assert set(row["dice_vs_reference"]) == {"WT", "TC", "ET"}
         assert row["first_s"] in row["seconds"]
         if row["config"] != "baseline":
             assert set(row["dice_vs_baseline"]) == {"WT", "TC", "ET"}
+        assert ("speedup" in row) == row["config"].startswith("predictor")
     labels = sorted(p.name for p in (tmp_path / "labels").iterdir())
     assert "resunet-predictor-quick.nii.gz" in labels and "dynunet-baseline-quick.nii.gz" in labels
 

@@ -83,3 +83,11 @@ def test_max_window_is_checked_against_roi_and_network(max_window: list[int], me
     with pytest.raises(ConfigError, match=message):
         validate_config(config)
     validate_config(config_from_dict({"inference": {"roi_size": [128] * 3, "max_window": [160] * 3}}))
+
+
+def test_max_window_voxels_must_hold_the_smallest_window() -> None:
+    """The default network (divisor 16) may shrink a 128 roi to 64 per axis under a voxel budget."""
+    config = config_from_dict({"inference": {"roi_size": [128] * 3, "max_window_voxels": 64**3 - 1}})
+    with pytest.raises(ConfigError, match=r"max_window_voxels .* \[64, 64, 64\]"):
+        validate_config(config)
+    validate_config(config_from_dict({"inference": {"roi_size": [128] * 3, "max_window_voxels": 64**3}}))

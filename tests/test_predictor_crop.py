@@ -156,3 +156,25 @@ def test_empty_image_is_all_background(tmp_path: Path) -> None:
     image = Image(np.full((1, 20, 20, 20), -1000.0, np.float32), Geometry((20, 20, 20), np.eye(4)), tmp_path, {})
     predictor = Predictor.from_checkpoint(ckpt, backend="torch", device="cpu")
     assert np.all(predictor.predict(image) == 0)
+
+
+def test_window_voxel_budget_bounds_every_window(tiny_checkpoint: Path, brats_root: Path) -> None:
+    """``inference.max_window_voxels`` reshapes the windows, not the result: with a pointwise network
+    the bounded and unbounded Predictors agree, and no window holds more voxels than the budget."""
+    image = _first_case(brats_root)
+    ckpt = load_checkpoint(tiny_checkpoint, training=False)
+    budget = 32 * 32 * 16
+    bounded = Predictor(
+        ckpt,
+        backend="torch",
+        device="cpu",
+        inference=InferenceConfig(**{**ckpt.config["inference"], "max_window_voxels": budget}),
+    )
+    unbounded = Predictor(ckpt, backend="torch", device="cpu")
+    assert bounded.window_voxels == budget and unbounded.window_voxels is None  # the U-Net has no default budget
+    bounded.backend = counting = CountingBackend(PointwiseBackend(3))
+    unbounded.backend = whole = CountingBackend(PointwiseBackend(3))
+    np.testing.assert_allclose(bounded.predict_probabilities(image), unbounded.predict_probabilities(image), atol=1e-5)
+    assert max(np.prod(s) for s in whole.shapes) > budget  # without the budget one window would be larger
+    assert len(counting.shapes) > len(whole.shapes)
+    assert all(np.prod(s) <= budget for s in counting.shapes)

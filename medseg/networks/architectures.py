@@ -104,6 +104,13 @@ def segresnet(
     )
 
 
+def _full_resolution_budget(kwargs: dict) -> int:
+    """A 128³ window at 32 full-resolution filters, fewer voxels for wider first stages: the DynUNet keeps
+    several full-resolution feature maps alive (about 0.7 GB per million window voxels on OpenVINO fp32,
+    ``tools/bench_inference.py``), so one 160³ window of it peaks near 3.7 GB, one 128³ near 2.5 GB."""
+    return 128**3 * 32 // int(kwargs["filters"][0])
+
+
 @register_network(
     "dynunet",
     defaults={
@@ -115,6 +122,7 @@ def segresnet(
         "res_block": False,
     },
     divisor=_by_strides,
+    window_voxels=_full_resolution_budget,
 )
 def dynunet(
     *,

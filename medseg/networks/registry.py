@@ -30,26 +30,34 @@ class NetworkSpec:
             ``(B, in_channels, X, Y, Z)`` returning logits ``(B, out_channels, X, Y, Z)``.
         defaults: the default 3-D hyperparameters (documented in the builder's docstring).
         divisor: ``divisor(kwargs) -> int``: every spatial size of the input must be a multiple of it.
+        window_voxels: ``window_voxels(kwargs) -> int | None``: the default ``inference.max_window_voxels``,
+            for networks whose working memory per window voxel is large (``None``: no bound).
     """
 
     name: str
     builder: Builder
     defaults: dict[str, Any]
     divisor: Callable[[dict[str, Any]], int]
+    window_voxels: Callable[[dict[str, Any]], int | None]
 
 
 _REGISTRY: dict[str, NetworkSpec] = {}
 
 
 def register_network(
-    name: str, *, defaults: dict[str, Any], divisor: Callable[[dict[str, Any]], int]
+    name: str,
+    *,
+    defaults: dict[str, Any],
+    divisor: Callable[[dict[str, Any]], int],
+    window_voxels: Callable[[dict[str, Any]], int | None] = lambda kwargs: None,
 ) -> Callable[[Builder], Builder]:
-    """Decorator registering ``builder`` under ``name``. Registering a name twice is an error."""
+    """Decorator registering ``builder`` under ``name`` (see :class:`NetworkSpec` for the arguments).
+    Registering a name twice is an error."""
 
     def wrap(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"network {name!r} is registered twice")
-        _REGISTRY[name] = NetworkSpec(name, builder, dict(defaults), divisor)
+        _REGISTRY[name] = NetworkSpec(name, builder, dict(defaults), divisor, window_voxels)
         return builder
 
     return wrap
@@ -89,6 +97,11 @@ def build_network(name: str, *, in_channels: int, out_channels: int, kwargs: dic
 def size_divisor(name: str, kwargs: dict[str, Any] | None = None) -> int:
     """Every spatial size (voxels) of network ``name``'s input must be a multiple of this."""
     return int(get_network_spec(name).divisor(resolve_kwargs(name, kwargs or {})))
+
+
+def default_window_voxels(name: str, kwargs: dict[str, Any] | None = None) -> int | None:
+    """The most voxels one inference window of network ``name`` should hold by default (``None``: no bound)."""
+    return get_network_spec(name).window_voxels(resolve_kwargs(name, kwargs or {}))
 
 
 def check_patch_size(name: str, patch_size: Sequence[int], kwargs: dict[str, Any] | None = None) -> None:

@@ -65,3 +65,13 @@ def test_network_contract(name: str, tmp_path: Path) -> None:
     restored = load_checkpoint(path).build_model()
     with torch.no_grad():
         assert torch.allclose(model(x[:1]), restored(x[:1]), atol=1e-5)
+
+
+def test_only_the_dynunet_bounds_its_windows_by_default() -> None:
+    """The nnU-Net-like DynUNet keeps 32-channel full-resolution maps: a 128³ window by default, half
+    as many voxels at twice the first-stage width; the other networks leave windows unbounded."""
+    from medseg.networks.registry import default_window_voxels
+
+    assert default_window_voxels("dynunet") == 128**3
+    assert default_window_voxels("dynunet", {"filters": [64, 128, 256, 320, 320, 320]}) == 128**3 // 2
+    assert all(default_window_voxels(n) is None for n in NAMES if n != "dynunet")
