@@ -123,10 +123,12 @@ class InferenceConfig:
     ``tiling``: ``tight`` (default) covers the foreground crop with few windows of ``roi_size`` to
     ``max_window`` voxels per axis (one window where the axis fits in ``max_window``) that overlap
     by at least ``min_overlap`` voxels (see :mod:`medseg.tiling`); ``max_window`` ``null`` is
-    1.25 x ``roi_size`` rounded down to the network's size divisor. ``monai`` is MONAI's
-    ``sliding_window_inference`` stepping by ``roi_size * (1 - overlap)``. ``crop_foreground``
-    crops to the foreground box (``transforms.foreground_threshold`` or nonzero) before the windows,
-    even when training did not, and writes background outside it. ``precision`` ``bf16`` is used on
+    1.25 x ``roi_size`` rounded down to the network's size divisor. ``max_window_voxels`` bounds one
+    window's voxels (its working memory): over it, the windows are reshaped, down to half of
+    ``roi_size`` per axis; ``null`` is the network's default (128³ for the DynUNet, else unbounded).
+    ``monai`` is MONAI's ``sliding_window_inference`` stepping by ``roi_size * (1 - overlap)``.
+    ``crop_foreground`` crops to the foreground box (``transforms.foreground_threshold`` or nonzero)
+    before the windows, even when training did not, and writes background outside it. ``precision`` ``bf16`` is used on
     the CPU only where it reports native bf16; fp32 otherwise (CUDA always uses fp16 autocast).
     ``keep_largest_component`` keeps only the largest connected piece of each foreground label
     (right for organs, wrong for tumours that may have several lesions). ``min_region_ml`` (region

@@ -9,7 +9,9 @@ the label map is written on the input's own grid (same shape and affine).
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,17 +25,36 @@ from medseg.checkpoint import Checkpoint, load_checkpoint
 from medseg.config import InferenceConfig, TransformConfig
 from medseg.data.cases import InputCase
 from medseg.distributed import resolve_device
-from medseg.errors import MedsegInputError
+from medseg.errors import ConfigError, MedsegInputError
 from medseg.io import Image, read_dicom_series, read_image
 from medseg.keys import IMAGE
-from medseg.networks.registry import default_window_voxels
-from medseg.tiling import TilePlan, tiled_inference
+from medseg.networks.registry import check_patch_size, default_window_voxels, size_divisor
+from medseg.tiling import TilePlan, smallest_window, tiled_inference
 from medseg.transforms import (
     check_min_region_ml,
     inference_transforms,
     outputs_to_labels,
     suppress_small_regions,
 )
+
+
+def check_windows(inference: InferenceConfig, network: str, kwargs: dict[str, Any]) -> None:
+    """Check ``inference``'s window sizes against network ``network`` (with ``kwargs``): ``roi_size``
+    and ``max_window`` are sizes it takes, ``max_window`` is at least ``roi_size`` per axis, and
+    ``max_window_voxels`` holds the smallest window a budget may use.
+
+    Raises:
+        ConfigError: naming the setting and the valid values.
+    """
+    check_patch_size(network, inference.roi_size, kwargs)
+    largest, roi = inference.max_window, inference.roi_size
+    if largest is not None:
+        check_patch_size(network, largest, kwargs)
+        if len(largest) != len(roi) or any(m < r for m, r in zip(largest, roi, strict=True)):
+            raise ConfigError(f"inference.max_window {largest} must give one size >= roi_size {roi} per axis")
+    budget, smallest = inference.max_window_voxels, smallest_window(roi, size_divisor(network, kwargs))
+    if budget is not None and budget < math.prod(smallest):
+        raise ConfigError(f"inference.max_window_voxels {budget} is below the smallest window it may use, {smallest}")
 
 
 def read_case(case: InputCase) -> Image:
@@ -96,6 +117,7 @@ class Predictor:
         self.channels = list(checkpoint.channels)
         self.device = resolve_device(device)
         self.inference = inference or InferenceConfig(**checkpoint.config["inference"])
+        check_windows(self.inference, checkpoint.network["name"], checkpoint.network["kwargs"])
         check_min_region_ml(self.table, self.inference.min_region_ml)  # once, not in every case of a batch
         transforms = TransformConfig(**checkpoint.config["transforms"])
         if self.inference.crop_foreground:

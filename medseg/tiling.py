@@ -13,13 +13,19 @@ axis, windows of between ``roi`` and ``max_window`` voxels:
   evenly spaced so that the first starts at 0 and the last ends at ``L``, each shrunk to the smallest
   multiple of ``multiple`` that keeps the overlap, but never below ``roi``.
 
-Windows are never shrunk below ``roi``: a voxel near a window's edge is predicted with less context,
-and on the benchmark's brain crop (145 x 157 x 152 voxels, ResU-Net trained on 96³ patches) eight
-96³ windows scored 0.844 whole-tumour Dice against the ground truth, eight 128³ windows 0.871 and
-one 160³ window 0.876, with 40% fewer voxels than the 96³ windows (``tools/bench_inference.py``).
-A network trained on ``roi``-sized patches usually does at least as well on a somewhat larger
-window; ``max_window`` bounds the memory one window takes (one 160³ window of the nnU-Net-like
-DynUNet peaks at 4.2 GB on OpenVINO, eight 128³ windows at 2.8 GB).
+Windows are never shrunk below ``roi`` for a better fit: a voxel near a window's edge is predicted
+with less context, and on the benchmark's brain crop (145 x 157 x 152 voxels, ResU-Net trained on 96³
+patches) eight 96³ windows scored 0.844 whole-tumour Dice against the ground truth, eight 128³
+windows 0.871 and one 160³ window 0.876, with 40% fewer voxels than the 96³ windows
+(``tools/bench_inference.py``). A network trained on ``roi``-sized patches usually does at least as
+well on a somewhat larger window.
+
+Memory is the exception. A window's working memory grows with its voxels, so ``max_voxels`` (the
+config's ``inference.max_window_voxels``) bounds them: when the windows above hold more, the plan is
+the one within the budget that computes the fewest voxels in all, with windows of down to half of
+``roi`` on an axis (:func:`budget_plan`). One 160³ window of the nnU-Net-like DynUNet peaks at
+3.6 GB on OpenVINO (end to end); its default budget of 128³ voxels gives the brain crop three
+64 x 160 x 160 windows instead (2.4 GB, 1.2 times the voxels), not eight 128³ ones (4 times).
 
 Window outputs are blended with an importance map (MONAI's ``compute_importance_map``, gaussian by
 default), so seams stay smooth: where windows overlap, each voxel is mostly decided by the window

@@ -15,7 +15,6 @@ samples (DDP); rank 0 validates and writes.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -38,12 +37,11 @@ from medseg.config import Config
 from medseg.data.manifest import Manifest, ManifestCase, build_manifest, check_manifest, load_manifest
 from medseg.distributed import DistContext, init_distributed, shutdown_distributed
 from medseg.errors import CheckpointError, ConfigError, MedsegError, MedsegInputError
+from medseg.inference import check_windows
 from medseg.keys import CASE, IMAGE, LABEL
 from medseg.labels import LabelTable, get_label_table
 from medseg.losses import build_loss
 from medseg.networks import build_network, check_patch_size
-from medseg.networks.registry import size_divisor
-from medseg.tiling import smallest_window
 from medseg.training_log import plot_curves, write_metrics_csv
 from medseg.transforms import training_pipeline, validation_pipeline
 
@@ -59,18 +57,10 @@ class TrainResult:
 
 
 def validate_config(config: Config) -> None:
-    """Checks that need the network registry: patch and window sizes the network can take."""
+    """Checks that need the network registry: patch and window sizes the network can take
+    (:func:`~medseg.inference.check_windows`)."""
     check_patch_size(config.network.name, config.transforms.patch_size, config.network.kwargs)
-    check_patch_size(config.network.name, config.inference.roi_size, config.network.kwargs)
-    largest, roi = config.inference.max_window, config.inference.roi_size
-    if largest is not None:
-        check_patch_size(config.network.name, largest, config.network.kwargs)
-        if len(largest) != len(roi) or any(m < r for m, r in zip(largest, roi, strict=True)):
-            raise ConfigError(f"inference.max_window {largest} must give one size >= roi_size {roi} per axis")
-    budget = config.inference.max_window_voxels
-    smallest = smallest_window(roi, size_divisor(config.network.name, config.network.kwargs))
-    if budget is not None and budget < math.prod(smallest):
-        raise ConfigError(f"inference.max_window_voxels {budget} is below the smallest window it may use, {smallest}")
+    check_windows(config.inference, config.network.name, config.network.kwargs)
     if config.train.epochs < 1 or config.train.iterations_per_epoch < 1 or config.train.batch_size < 1:
         raise ConfigError("train.epochs, train.iterations_per_epoch and train.batch_size must be >= 1")
 

@@ -12,6 +12,7 @@ import torch
 from medseg.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medseg.config import Config, InferenceConfig, TransformConfig
 from medseg.data.cases import InputCase
+from medseg.errors import ConfigError
 from medseg.inference import Predictor, read_case
 from medseg.io import Geometry, Image
 from medseg.labels import LabelTable
@@ -178,3 +179,21 @@ def test_window_voxel_budget_bounds_every_window(tiny_checkpoint: Path, brats_ro
     assert max(np.prod(s) for s in whole.shapes) > budget  # without the budget one window would be larger
     assert len(counting.shapes) > len(whole.shapes)
     assert all(np.prod(s) <= budget for s in counting.shapes)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"max_window_voxels": 16**3 - 1}, "max_window_voxels"),
+        ({"roi_size": [30, 32, 16]}, "multiple of 4"),
+        ({"max_window": [16, 32, 16]}, "must give one size >= roi_size"),
+    ],
+)
+def test_window_settings_given_to_a_predictor_are_checked(
+    tiny_checkpoint: Path, override: dict[str, object], message: str
+) -> None:
+    """The checks training runs on its config also guard settings handed straight to a Predictor."""
+    ckpt = load_checkpoint(tiny_checkpoint, training=False)
+    inference = InferenceConfig(**{**ckpt.config["inference"], **override})
+    with pytest.raises(ConfigError, match=message):
+        Predictor(ckpt, backend="torch", device="cpu", inference=inference)

@@ -105,9 +105,10 @@ def segresnet(
 
 
 def _full_resolution_budget(kwargs: dict) -> int:
-    """A 128³ window at 32 full-resolution filters, fewer voxels for wider first stages: the DynUNet keeps
-    several full-resolution feature maps alive (about 0.7 GB per million window voxels on OpenVINO fp32,
-    ``tools/bench_inference.py``), so one 160³ window of it peaks near 3.7 GB, one 128³ near 2.5 GB."""
+    """A 128³ window at 32 full-resolution filters, fewer voxels for wider first stages: the DynUNet
+    keeps several full-resolution feature maps alive (about 0.7 GB per million window voxels on
+    OpenVINO fp32, ``tools/bench_inference.py``), so a BraTS case run in one 160³ window peaks near
+    3.6 GB, in windows of at most 128³ voxels at 2.4-2.7 GB."""
     return 128**3 * 32 // int(kwargs["filters"][0])
 
 
