@@ -188,7 +188,9 @@ class Predictor:
 
         ``image.array`` is ``(C_in, X, Y, Z)`` in file voxel order with ``image.geometry.affine``.
         Region models give sigmoid probabilities (0 outside the foreground crop), class models
-        softmax (background 1 outside the crop).
+        softmax (background 1 outside the crop; at its edge, where resampling back to the input's
+        grid mixes in the outside, that share goes to background, so every voxel sums to 1).
+        A cubic-spline resampling's overshoot is clipped to [0, 1] (and renormalised for classes).
         """
         if image.array.shape[0] != len(self.channels):
             raise MedsegInputError(
@@ -206,8 +208,10 @@ class Predictor:
         out = torch.as_tensor(restored[IMAGE]).numpy().astype(np.float32, copy=False)
         if tuple(out.shape[1:]) != image.geometry.shape:
             raise RuntimeError(f"inverse transforms gave shape {out.shape[1:]}, expected {image.geometry.shape}")
-        if self.table.kind != "regions":  # the crop's inverse pads with 0: make that background
-            out[0][out.sum(0) == 0] = 1.0
+        np.clip(out, 0.0, 1.0, out=out)  # a cubic-spline inverse resampling overshoots at edges
+        if self.table.kind != "regions":  # the crop's inverse pads with 0: that share is background
+            out[0] += np.clip(1.0 - out.sum(0), 0.0, None)
+            out /= out.sum(0, keepdims=True)  # >= 1 everywhere now; > 1 only after an overshoot
         return out
 
     def predict(self, image: Image) -> np.ndarray:

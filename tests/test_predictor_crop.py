@@ -109,7 +109,9 @@ def test_monai_tiling_is_selectable(tiny_checkpoint: Path, brats_root: Path) -> 
     np.testing.assert_allclose(monai.predict_probabilities(image), tight.predict_probabilities(image), atol=1e-5)
 
 
-def _ct_checkpoint(path: Path, threshold: float) -> Path:
+def _ct_checkpoint(
+    path: Path, threshold: float, spacing: list[float] | None = None, interpolation: str = "linear"
+) -> Path:
     torch.manual_seed(0)
     kwargs = {"channels": [4, 8], "strides": [2]}
     model = build_network("unet", in_channels=1, out_channels=2, kwargs=kwargs)
@@ -117,6 +119,8 @@ def _ct_checkpoint(path: Path, threshold: float) -> Path:
     config["data"]["layout"] = "nnunet"
     config["network"] = {"name": "unet", "kwargs": kwargs}
     config["transforms"]["foreground_threshold"] = threshold
+    config["transforms"]["spacing"] = spacing
+    config["transforms"]["interpolation"] = interpolation
     config["inference"]["roi_size"] = [16, 16, 16]
     config["inference"]["min_overlap"] = 4
     checkpoint = Checkpoint(
@@ -150,6 +154,21 @@ def test_ct_threshold_crop(tmp_path: Path) -> None:
     assert np.allclose(probs[0][outside], 1.0) and np.all(probs[1][outside] == 0)  # softmax: background 1
     assert all(s[0] <= 32 and s[1] <= 32 and s[2] <= 32 for s in counting.shapes)
     assert sum(np.prod(s) for s in counting.shapes) < 40 * 36 * 30 * 2
+
+
+@pytest.mark.parametrize("interpolation", ["linear", "spline"])
+def test_class_probabilities_sum_to_one_across_the_crop_edge(tmp_path: Path, interpolation: str) -> None:
+    """Resampled back from a coarser grid, voxels at the crop's edge mix the crop's softmax with the
+    zeros its inverse pads with: the missing share is background, so every voxel still sums to 1
+    (a cubic spline overshoots there: clipped and renormalised)."""
+    ckpt = _ct_checkpoint(tmp_path / "ct.pt", threshold=-500.0, spacing=[1.7, 1.7, 1.7], interpolation=interpolation)
+    ct = np.full((1, 40, 36, 30), -1000.0, np.float32)
+    ct[0, 5:25, 8:30, 3:20] = 40.0
+    image = Image(ct, Geometry(shape=(40, 36, 30), affine=np.eye(4)), tmp_path / "ct.nii.gz", {})
+    probs = Predictor.from_checkpoint(ckpt, backend="torch", device="cpu").predict_probabilities(image)
+    assert probs.shape == (2, 40, 36, 30)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    assert probs.min() >= 0.0 and probs.max() <= 1.0
 
 
 def test_empty_image_is_all_background(tmp_path: Path) -> None:
