@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,6 @@ from monai.inferers import sliding_window_inference
 from monai.transforms import KeepLargestConnectedComponent
 
 from medseg.backends import create_backend, default_cache_dir
-from medseg.backends.factory import network_divisor
 from medseg.checkpoint import Checkpoint, load_checkpoint
 from medseg.config import InferenceConfig, TransformConfig
 from medseg.data.cases import InputCase
@@ -38,23 +39,65 @@ from medseg.transforms import (
 )
 
 
-def check_windows(inference: InferenceConfig, network: str, kwargs: dict[str, Any]) -> None:
-    """Check ``inference``'s window sizes against network ``network`` (with ``kwargs``): ``roi_size``
-    and ``max_window`` are sizes it takes, ``max_window`` is at least ``roi_size`` per axis, and
-    ``max_window_voxels`` holds the smallest window a budget may use.
+@dataclass(frozen=True)
+class Windows:
+    """How inference runs a network over a preprocessed volume: ``inference.tiling`` (``tight``, see
+    :mod:`medseg.tiling`, or MONAI's ``sliding_window_inference``) for a network whose input sizes
+    are multiples of ``divisor`` and whose windows hold at most ``max_voxels`` voxels (``None``: no
+    bound). The Predictor and training's validation share it, so ``best.pt`` is chosen under the
+    inference it will be deployed with."""
 
-    Raises:
-        ConfigError: naming the setting and the valid values.
-    """
-    check_patch_size(network, inference.roi_size, kwargs)
-    largest, roi = inference.max_window, inference.roi_size
-    if largest is not None:
-        check_patch_size(network, largest, kwargs)
-        if len(largest) != len(roi) or any(m < r for m, r in zip(largest, roi, strict=True)):
-            raise ConfigError(f"inference.max_window {largest} must give one size >= roi_size {roi} per axis")
-    budget, smallest = inference.max_window_voxels, smallest_window(roi, size_divisor(network, kwargs))
-    if budget is not None and budget < math.prod(smallest):
-        raise ConfigError(f"inference.max_window_voxels {budget} is below the smallest window it may use, {smallest}")
+    inference: InferenceConfig
+    divisor: int
+    max_voxels: int | None
+
+    @classmethod
+    def for_network(cls, inference: InferenceConfig, network: str, kwargs: dict[str, Any]) -> Windows:
+        """Check ``inference``'s window sizes against network ``network`` (with ``kwargs``): ``roi_size``
+        and ``max_window`` are sizes it takes, ``max_window`` is at least ``roi_size`` per axis, and
+        ``max_window_voxels`` (default: the network's, see :func:`~medseg.networks.registry.default_window_voxels`)
+        holds the smallest window a budget may use.
+
+        Raises:
+            ConfigError: naming the setting and the valid values.
+        """
+        check_patch_size(network, inference.roi_size, kwargs)
+        largest, roi = inference.max_window, inference.roi_size
+        if largest is not None:
+            check_patch_size(network, largest, kwargs)
+            if len(largest) != len(roi) or any(m < r for m, r in zip(largest, roi, strict=True)):
+                raise ConfigError(f"inference.max_window {largest} must give one size >= roi_size {roi} per axis")
+        divisor = size_divisor(network, kwargs)
+        budget, smallest = inference.max_window_voxels, smallest_window(roi, divisor)
+        if budget is not None and budget < math.prod(smallest):
+            raise ConfigError(
+                f"inference.max_window_voxels {budget} is below the smallest window it may use, {smallest}"
+            )
+        return cls(inference, divisor, budget or default_window_voxels(network, kwargs))
+
+    def plan(self, shape: tuple[int, int, int]) -> TilePlan:
+        """The ``tight`` window layout for a (cropped, preprocessed) volume of ``shape`` voxels."""
+        inf = self.inference
+        overlaps = [min(inf.min_overlap, r // 2) for r in inf.roi_size]  # a small window keeps half of it
+        largest = inf.max_window or [max(r, 5 * r // 4 // self.divisor * self.divisor) for r in inf.roi_size]
+        return TilePlan.tight(
+            shape,
+            inf.roi_size,
+            min_overlap=overlaps,
+            multiple=self.divisor,
+            max_window=largest,
+            max_voxels=self.max_voxels,
+        )
+
+    def __call__(self, x: torch.Tensor, network: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``(B, C_in, X, Y, Z)`` preprocessed -> logits ``(B, C_out, X, Y, Z)`` of ``network``'s windows."""
+        inf = self.inference
+        if inf.tiling == "monai":
+            return sliding_window_inference(
+                x, inf.roi_size, inf.sw_batch_size, network, overlap=inf.overlap, mode=inf.mode
+            )
+        plan = self.plan(tuple(int(s) for s in x.shape[2:]))  # type: ignore[arg-type]
+        return tiled_inference(x, network, plan, batch_size=inf.sw_batch_size, mode=inf.mode)
 
 
 def read_case(case: InputCase) -> Image:
@@ -117,16 +160,12 @@ class Predictor:
         self.channels = list(checkpoint.channels)
         self.device = resolve_device(device)
         self.inference = inference or InferenceConfig(**checkpoint.config["inference"])
-        check_windows(self.inference, checkpoint.network["name"], checkpoint.network["kwargs"])
+        self.windows = Windows.for_network(self.inference, checkpoint.network["name"], checkpoint.network["kwargs"])
         check_min_region_ml(self.table, self.inference.min_region_ml)  # once, not in every case of a batch
         transforms = TransformConfig(**checkpoint.config["transforms"])
         if self.inference.crop_foreground:
             transforms = dataclasses.replace(transforms, crop_foreground=True)
         self.transforms = inference_transforms(transforms)
-        self.divisor = network_divisor(checkpoint)
-        self.window_voxels = self.inference.max_window_voxels or default_window_voxels(
-            checkpoint.network["name"], checkpoint.network["kwargs"]
-        )
         self.backend = create_backend(
             backend,
             checkpoint,
@@ -156,31 +195,11 @@ class Predictor:
             cache_dir=cache_dir,
         )
 
-    def tile_plan(self, shape: tuple[int, int, int]) -> TilePlan:
-        """The ``tight`` window layout for a (cropped, preprocessed) volume of ``shape`` voxels."""
-        inf = self.inference
-        overlaps = [min(inf.min_overlap, r // 2) for r in inf.roi_size]  # a small window keeps half of it
-        largest = inf.max_window or [max(r, 5 * r // 4 // self.divisor * self.divisor) for r in inf.roi_size]
-        return TilePlan.tight(
-            shape,
-            inf.roi_size,
-            min_overlap=overlaps,
-            multiple=self.divisor,
-            max_window=largest,
-            max_voxels=self.window_voxels,
-        )
-
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """``(1, C_in, X, Y, Z)`` preprocessed -> logits ``(1, C_out, X, Y, Z)``."""
-        inf = self.inference
         if min(x.shape[2:]) == 0:  # nothing above the foreground threshold
             return torch.zeros((1, self.table.num_outputs, *x.shape[2:]))
-        if inf.tiling == "monai":
-            return sliding_window_inference(
-                x, inf.roi_size, inf.sw_batch_size, self.backend, overlap=inf.overlap, mode=inf.mode
-            )
-        plan = self.tile_plan(tuple(int(s) for s in x.shape[2:]))  # type: ignore[arg-type]
-        return tiled_inference(x, self.backend, plan, batch_size=inf.sw_batch_size, mode=inf.mode)
+        return self.windows(x, self.backend)
 
     @torch.no_grad()
     def predict_probabilities(self, image: Image) -> np.ndarray:

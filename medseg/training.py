@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from monai.data import CacheDataset, DataLoader, DistributedWeightedRandomSampler
 from monai.data.utils import set_rnd
-from monai.inferers import sliding_window_inference
 from monai.metrics import compute_dice
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -37,7 +36,7 @@ from medseg.config import Config
 from medseg.data.manifest import Manifest, ManifestCase, build_manifest, check_manifest, load_manifest
 from medseg.distributed import DistContext, init_distributed, shutdown_distributed
 from medseg.errors import CheckpointError, ConfigError, MedsegError, MedsegInputError
-from medseg.inference import check_windows
+from medseg.inference import Windows
 from medseg.keys import CASE, IMAGE, LABEL
 from medseg.labels import LabelTable, get_label_table
 from medseg.losses import build_loss
@@ -58,9 +57,9 @@ class TrainResult:
 
 def validate_config(config: Config) -> None:
     """Checks that need the network registry: patch and window sizes the network can take
-    (:func:`~medseg.inference.check_windows`)."""
+    (:meth:`~medseg.inference.Windows.for_network`)."""
     check_patch_size(config.network.name, config.transforms.patch_size, config.network.kwargs)
-    check_windows(config.inference, config.network.name, config.network.kwargs)
+    Windows.for_network(config.inference, config.network.name, config.network.kwargs)
     if config.train.epochs < 1 or config.train.iterations_per_epoch < 1 or config.train.batch_size < 1:
         raise ConfigError("train.epochs, train.iterations_per_epoch and train.batch_size must be >= 1")
 
@@ -140,6 +139,7 @@ class _Trainer:
         self.train_ds = CacheDataset(
             _items(train_cases, root), training_pipeline(config.transforms, self.table), **cache
         )
+        self.windows = Windows.for_network(config.inference, config.network.name, config.network.kwargs)
         self.val_ds = CacheDataset(_items(val_cases, root), validation_pipeline(config.transforms, self.table), **cache)
         cfg = config.train
         self.sampler_generator = torch.Generator()
@@ -289,7 +289,8 @@ class _Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean Dice per output over whole validation cases, with sliding-window inference.
+        """Mean Dice per output over whole validation cases, windowed as the Predictor does
+        (:class:`~medseg.inference.Windows`; the crop is training's own, ``transforms.crop_foreground``).
 
         Under DDP each process scores every ``world_size``-th case and the per-case scores are
         gathered, so every process returns the same numbers. Empty masks follow BraTS: both empty
@@ -304,9 +305,7 @@ class _Trainer:
             image = item[IMAGE].unsqueeze(0).to(self.ctx.device)
             target = item[LABEL].unsqueeze(0).to(self.ctx.device)
             with torch.autocast(self.ctx.device.type, dtype=torch.float16, enabled=self.use_amp):
-                logits = sliding_window_inference(
-                    image, inf.roi_size, inf.sw_batch_size, self.model, overlap=inf.overlap, mode=inf.mode
-                )
+                logits = self.windows(image, self.model)
             logits = logits.float()
             if regions:
                 pred = (torch.sigmoid(logits) > inf.threshold).float()
