@@ -128,8 +128,9 @@ class InferenceConfig:
     ``roi_size`` per axis; ``null`` is the network's default (128³ for the DynUNet, else unbounded).
     ``monai`` is MONAI's ``sliding_window_inference`` stepping by ``roi_size * (1 - overlap)``.
     ``crop_foreground`` crops to the foreground box (``transforms.foreground_threshold`` or nonzero)
-    before the windows, even when training did not, and writes background outside it. ``precision`` ``bf16`` is used on
-    the CPU only where it reports native bf16; fp32 otherwise (CUDA always uses fp16 autocast).
+    before the windows, even when training did not, and writes background outside it. ``precision``
+    ``bf16`` is used on the CPU only where it reports native bf16; fp32 otherwise (CUDA always uses
+    fp16 autocast).
     ``keep_largest_component`` keeps only the largest connected piece of each foreground label
     (right for organs, wrong for tumours that may have several lesions). ``min_region_ml`` (region
     tables) maps a region name to a minimum predicted volume in mL: a smaller prediction of that

@@ -229,8 +229,9 @@ class Predictor:
             raise RuntimeError(f"inverse transforms gave shape {out.shape[1:]}, expected {image.geometry.shape}")
         np.clip(out, 0.0, 1.0, out=out)  # a cubic-spline inverse resampling overshoots at edges
         if self.table.kind != "regions":  # the crop's inverse pads with 0: that share is background
-            out[0] += np.clip(1.0 - out.sum(0), 0.0, None)
-            out /= out.sum(0, keepdims=True)  # >= 1 everywhere now; > 1 only after an overshoot
+            total = out.sum(0)
+            out[0] += np.clip(1.0 - total, 0.0, None)
+            out /= np.maximum(total, 1.0)  # the sum after the line above; > 1 only after an overshoot
         return out
 
     def predict(self, image: Image) -> np.ndarray:

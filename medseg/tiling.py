@@ -100,16 +100,15 @@ def budget_plan(
     fewest voxels in all (windows x window voxels; ties: fewer windows, then the larger smallest edge).
 
     Each axis is planned by :func:`plan_axis` with every cap from its :func:`smallest_window` edge to
-    its ``max_window``; a cap below ``roi`` lowers the axis's
-    roi to the cap and its overlap to at most half of it.
+    its ``max_window``; a cap below ``roi`` lowers the axis's roi to the cap and its overlap to at
+    most half of it.
 
     Raises:
         ValueError: no such windows fit in ``max_voxels``.
     """
+    edges = smallest_window(roi, multiple)
     choices = []
-    for length, r, overlap, largest, smallest in zip(
-        shape, roi, min_overlap, max_window, smallest_window(roi, multiple), strict=True
-    ):
+    for length, r, overlap, largest, smallest in zip(shape, roi, min_overlap, max_window, edges, strict=True):
         axis = set()
         for cap in range(smallest, largest + 1, multiple):
             low = min(r, cap)
@@ -120,8 +119,9 @@ def budget_plan(
         choices.append(sorted(axis))
     fitting = [c for c in itertools.product(*choices) if math.prod(w for w, _ in c) <= max_voxels]
     if not fitting:
-        smallest = smallest_window(roi, multiple)
-        raise ValueError(f"max_voxels {max_voxels} is smaller than the smallest window {smallest}")
+        raise ValueError(
+            f"max_voxels {max_voxels} is smaller than the smallest window {smallest_window(roi, multiple)}"
+        )
 
     def cost(plan: tuple[tuple[int, tuple[int, ...]], ...]) -> tuple[int, int, int]:
         windows = math.prod(len(s) for _, s in plan)

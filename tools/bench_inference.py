@@ -11,7 +11,13 @@ case (4 x 240 x 240 x 155, 1 mm):
 - ``predictor_monai_tiling`` / ``predictor_roi_windows``: the Predictor with ``inference.tiling:
   monai`` (crop, then MONAI's windows at overlap 0.5: the quality reference for the tiling; the
   summary gives the default Predictor's Dice against it) and with tight windows no larger than
-  ``roi_size`` (``inference.max_window`` = roi, the memory-bounded setting).
+  ``roi_size`` (``inference.max_window`` = roi);
+- ``predictor_unbounded`` (networks with a default ``inference.max_window_voxels``, the DynUNet): the
+  Predictor without that budget, to show what the budget costs in time and saves in memory;
+- ``baseline_shifted``: the baseline with every window moved a quarter of the roi along each axis
+  (one repeat). Its Dice against the baseline is how much the network's answer moves with window
+  placement alone, whatever the inference code: roughly the best agreement to expect from any
+  inference that places windows differently (cropping does).
 
 Every configuration runs its repeats in one process: ``median_s`` is warm (OpenVINO compiles a window
 shape once per process), ``first_s`` is the first repeat, compile included.
@@ -142,7 +148,7 @@ def run_baseline(checkpoint: Path, case: Path, out_file: Path, repeats: int, shi
     from medseg.transforms import inference_transforms, outputs_to_labels
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint, training=False)
     model = ckpt.build_model()
     image = read_case(InputCase(case.name, tuple(_case_files(case))))
     cfg = TransformConfig(**{**ckpt.config["transforms"], "crop_foreground": False})
@@ -182,7 +188,7 @@ def run_predictor(
 
     inference = None
     if overrides:
-        inference = InferenceConfig(**{**load_checkpoint(checkpoint).config["inference"], **overrides})
+        inference = InferenceConfig(**{**load_checkpoint(checkpoint, training=False).config["inference"], **overrides})
     seconds = []
     info: dict[str, Any] = {}
     for _ in range(repeats):
