@@ -121,6 +121,7 @@ def _full_resolution_budget(kwargs: dict) -> int:
         "deep_supervision": False,
         "deep_supr_num": 2,
         "res_block": False,
+        "norm": "instance",
     },
     divisor=_by_strides,
     window_voxels=_full_resolution_budget,
@@ -135,8 +136,10 @@ def dynunet(
     deep_supervision: bool,
     deep_supr_num: int,
     res_block: bool,
+    norm: str,
 ) -> nn.Module:
-    """nnU-Net-like DynUNet (MONAI ``DynUNet``): 6 stages, 32→320 filters, instance norm, LeakyReLU.
+    """nnU-Net-like DynUNet (MONAI ``DynUNet``): 6 stages, 32→320 filters, LeakyReLU, affine ``norm``
+    (``instance`` as in nnU-Net, or ``batch``).
     Sizes must be multiples of the product of strides (32). With ``deep_supervision`` the training
     output is ``(B, 1 + deep_supr_num, C, X, Y, Z)``; in eval mode it is the usual ``(B, C, X, Y, Z)``."""
     return nets.DynUNet(
@@ -147,7 +150,7 @@ def dynunet(
         strides=list(strides),
         upsample_kernel_size=list(strides[1:]),
         filters=list(filters),
-        norm_name=("INSTANCE", {"affine": True}),
+        norm_name=(norm, {"affine": True}),
         act_name=("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
         deep_supervision=deep_supervision,
         deep_supr_num=deep_supr_num,

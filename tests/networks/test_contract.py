@@ -75,3 +75,16 @@ def test_only_the_dynunet_bounds_its_windows_by_default() -> None:
     assert default_window_voxels("dynunet") == 128**3
     assert default_window_voxels("dynunet", {"filters": [64, 128, 256, 320, 320, 320]}) == 128**3 // 2
     assert all(default_window_voxels(n) is None for n in NAMES if n != "dynunet")
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if "norm" in get_network_spec(n).defaults])
+def test_norm_argument_selects_the_normalisation_layers(name: str) -> None:
+    """``norm: batch`` gives running-statistics layers (eval output independent of the rest of the
+    window), the default ``instance`` per-window statistics."""
+    assert get_network_spec(name).defaults["norm"] == "instance"
+    for norm, layer, other in (
+        ("instance", torch.nn.InstanceNorm3d, torch.nn.BatchNorm3d),
+        ("batch", torch.nn.BatchNorm3d, torch.nn.InstanceNorm3d),
+    ):
+        kinds = {type(m) for m in build_network(name, in_channels=4, out_channels=3, kwargs={"norm": norm}).modules()}
+        assert layer in kinds and other not in kinds
