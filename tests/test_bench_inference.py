@@ -35,7 +35,14 @@ def test_quick_benchmark_prints_one_line_per_configuration_and_a_summary(tmp_pat
     for net in ("resunet", "dynunet"):
         assert {
             (net, c)
-            for c in ("baseline", "predictor", "baseline_shifted", "predictor_monai_tiling", "predictor_roi_windows")
+            for c in (
+                "baseline",
+                "predictor",
+                "baseline_shifted",
+                "predictor_monai_tiling",
+                "predictor_roi_windows",
+                "predictor_uncropped_monai",
+            )
         } <= configs
         result = summary["networks"][net]
         assert result["baseline_s"] > 0 and result["predictor_s"] > 0
@@ -45,6 +52,8 @@ def test_quick_benchmark_prints_one_line_per_configuration_and_a_summary(tmp_pat
     assert ("dynunet", "predictor_unbounded") in configs  # only networks with a default window budget
     assert ("resunet", "predictor_unbounded") not in configs
     for row in rows[:-1]:
+        if row["config"] == "predictor_uncropped_monai":  # the baseline's own windows: its answer, any backend
+            assert min(row["dice_vs_baseline"].values()) >= 0.99, row
         assert set(row["dice_vs_reference"]) == {"WT", "TC", "ET"}
         assert row["first_s"] in row["seconds"]
         if row["config"] != "baseline":

@@ -12,6 +12,9 @@ case (4 x 240 x 240 x 155, 1 mm):
   monai`` (crop, then MONAI's windows at overlap 0.5: the quality reference for the tiling; the
   summary gives the default Predictor's Dice against it) and with tight windows no larger than
   ``roi_size`` (``inference.max_window`` = roi);
+- ``predictor_uncropped_monai``: the Predictor doing what the baseline does (no crop, MONAI's windows
+  at overlap 0.5) on its own backend: its Dice against the baseline checks that the Predictor's
+  pipeline adds no disagreement of its own, and its time is what the backend alone gains;
 - ``predictor_unbounded`` (networks with a default ``inference.max_window_voxels``, the DynUNet): the
   Predictor without that budget, to show what the budget costs in time and saves in memory;
 - ``baseline_shifted``: the baseline with every window moved a quarter of the roi along each axis
@@ -289,10 +292,12 @@ def main(argv: list[str] | None = None) -> int:
             ("predictor", {"kind": "predictor", "repeats": repeats}),
         ]
         if not args.no_study:
+            uncropped = {"tiling": "monai", "crop_foreground": False}
             configs += [
                 ("baseline_shifted", {"kind": "baseline", "repeats": 1, "shift": roi[0] // 4}),
                 ("predictor_monai_tiling", {"kind": "predictor", "repeats": repeats, "overrides": {"tiling": "monai"}}),
                 ("predictor_roi_windows", {"kind": "predictor", "repeats": repeats, "overrides": {"max_window": roi}}),
+                ("predictor_uncropped_monai", {"kind": "predictor", "repeats": repeats, "overrides": uncropped}),
             ]
             if default_window_voxels(loaded.network["name"], loaded.network["kwargs"]) is not None:
                 unbounded = {"max_window_voxels": 2**40}  # one window per axis where max_window allows
