@@ -56,8 +56,10 @@ class TrainResult:
 
 
 def validate_config(config: Config) -> None:
-    """Checks that need the network registry: patch and window sizes the network can take
-    (:meth:`~medseg.inference.Windows.for_network`)."""
+    """Checks that need the network registry: arguments the network takes (built without memory, on
+    the ``meta`` device), patch and window sizes it can take (:meth:`~medseg.inference.Windows.for_network`)."""
+    with torch.device("meta"):
+        build_network(config.network.name, in_channels=1, out_channels=1, kwargs=config.network.kwargs)
     check_patch_size(config.network.name, config.transforms.patch_size, config.network.kwargs)
     Windows.for_network(config.inference, config.network.name, config.network.kwargs)
     if config.train.epochs < 1 or config.train.iterations_per_epoch < 1 or config.train.batch_size < 1:

@@ -104,6 +104,15 @@ def test_config_wrong_type(tmp_path: Path, brats_root: Path, capsys: pytest.Capt
     _one_error_line(capsys, str(config), "train.epochs", "expected int")
 
 
+def test_network_argument_the_network_refuses(
+    tmp_path: Path, brats_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _train_config(tmp_path, brats_root)
+    assert main(["train", "--config", str(config), "--set", "network.kwargs.norm=layr"]) == 2
+    _one_error_line(capsys, str(config), "network 'unet'", "'LAYR'", "LAYER")
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_with_no_checkpoint(tmp_path: Path, brats_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--config", str(_train_config(tmp_path, brats_root)), "--resume"]) == 2
     _one_error_line(capsys, str(tmp_path / "run" / "last.pt"), "no checkpoint")

@@ -89,9 +89,18 @@ def resolve_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_network(name: str, *, in_channels: int, out_channels: int, kwargs: dict[str, Any] | None = None) -> nn.Module:
-    """Build the network ``name`` with its defaults overridden by ``kwargs``."""
+    """Build the network ``name`` with its defaults overridden by ``kwargs``.
+
+    Raises:
+        ConfigError: an unknown name or argument, or a value the network refuses (MONAI's
+            ``ValueError``, in one line).
+    """
     spec = get_network_spec(name)
-    return spec.builder(in_channels=in_channels, out_channels=out_channels, **resolve_kwargs(name, kwargs or {}))
+    resolved = resolve_kwargs(name, kwargs or {})
+    try:
+        return spec.builder(in_channels=in_channels, out_channels=out_channels, **resolved)
+    except ValueError as exc:
+        raise ConfigError(f"network {name!r}: {' '.join(str(exc).split())}") from None
 
 
 def size_divisor(name: str, kwargs: dict[str, Any] | None = None) -> int:
