@@ -161,7 +161,7 @@ class Predictor:
         self.device = resolve_device(device)
         self.inference = inference or InferenceConfig(**checkpoint.config["inference"])
         self.windows = Windows.for_network(self.inference, checkpoint.network["name"], checkpoint.network["kwargs"])
-        check_min_region_ml(self.table, self.inference.min_region_ml)  # once, not in every case of a batch
+        check_min_region_ml(self.table, self.inference.min_region_ml)  # fail before a batch reads any case
         transforms = TransformConfig(**checkpoint.config["transforms"])
         if self.inference.crop_foreground:
             transforms = dataclasses.replace(transforms, crop_foreground=True)

@@ -280,11 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
     }
     summary: dict[str, Any] = {"summary": True, **machine, "networks": {}}
+    from medseg.checkpoint import load_checkpoint
+    from medseg.networks.registry import default_window_voxels
+
     for name in args.networks:
         checkpoint = train_checkpoint(name, out=out, quick=args.quick, epochs=args.train_epochs)
-        from medseg.checkpoint import load_checkpoint
-        from medseg.networks.registry import default_window_voxels
-
         loaded = load_checkpoint(checkpoint, training=False)
         table, roi = loaded.label_table, loaded.config["inference"]["roi_size"]
         configs = [
