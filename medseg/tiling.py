@@ -119,9 +119,7 @@ def budget_plan(
         choices.append(sorted(axis))
     fitting = [c for c in itertools.product(*choices) if math.prod(w for w, _ in c) <= max_voxels]
     if not fitting:
-        raise ValueError(
-            f"max_voxels {max_voxels} is smaller than the smallest window {smallest_window(roi, multiple)}"
-        )
+        raise ValueError(f"max_voxels {max_voxels} is smaller than the smallest window {edges}")
 
     def cost(plan: tuple[tuple[int, tuple[int, ...]], ...]) -> tuple[int, int, int]:
         windows = math.prod(len(s) for _, s in plan)
