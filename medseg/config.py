@@ -100,7 +100,12 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation schedule. An epoch is ``iterations_per_epoch`` optimizer steps."""
+    """Optimisation schedule. An epoch is ``iterations_per_epoch`` optimizer steps.
+
+    ``init_weights``: a medseg checkpoint of the same network, channels and labels whose weights a
+    new run starts from (fine-tuning, e.g. on larger patches); the optimizer and schedule start afresh.
+    A resumed run takes its weights from ``last.pt`` instead.
+    """
 
     run_dir: str = "runs/train"
     epochs: int = 50
@@ -114,6 +119,7 @@ class TrainConfig:
     amp: bool = True
     val_every: int = 5
     max_minutes: float | None = None
+    init_weights: str | None = None
 
 
 @dataclass

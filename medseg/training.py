@@ -10,7 +10,8 @@
 scheduler, AMP scaler, RNG states, best score and history. Every epoch's data order and
 augmentation are seeded from ``(config.seed, epoch, rank)``, so a resumed run draws the same
 patches as an uninterrupted one. Under ``torchrun`` each process trains on its own share of the
-samples (DDP); rank 0 validates and writes.
+samples (DDP); rank 0 validates and writes. A new run with ``train.init_weights`` starts from
+another checkpoint's weights (fine-tuning) with a fresh optimizer and schedule.
 """
 
 from __future__ import annotations
@@ -227,17 +228,28 @@ class _Trainer:
             medseg_version=__version__,
         )
 
-    def restore(self, path: Path) -> None:
-        ckpt = load_checkpoint(path)
-        if ckpt.training is None:
-            raise CheckpointError("holds no training state to resume from", path=path)
+    def _load_weights(self, ckpt: Checkpoint, path: Path) -> None:
+        """Copy ``ckpt``'s weights into the model, or say in one line why they do not fit it."""
         if ckpt.network["name"] != self.config.network.name:
             raise CheckpointError(
                 f"was trained with network {ckpt.network['name']!r}, the config asks for {self.config.network.name!r}",
                 path=path,
             )
+        try:
+            self.model.load_state_dict(ckpt.state_dict)
+        except RuntimeError:
+            theirs = _describe(ckpt.network["kwargs"], len(ckpt.channels), ckpt.label_table.num_outputs)
+            ours = _describe(self.config.network.kwargs, len(self.manifest.channels), self.table.num_outputs)
+            raise CheckpointError(
+                f"its {self.config.network.name} ({theirs}) does not fit this run's ({ours})", path=path
+            ) from None
+
+    def restore(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
+        if ckpt.training is None:
+            raise CheckpointError("holds no training state to resume from", path=path)
+        self._load_weights(ckpt, path)
         state = ckpt.training
-        self.model.load_state_dict(ckpt.state_dict)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -324,7 +336,7 @@ class _Trainer:
         scores["val_mean_dice"] = float(np.mean(per_output))
         return scores
 
-    def run(self, *, resume: bool) -> TrainResult:
+    def run(self, *, resume: bool, init: Checkpoint | None = None) -> TrainResult:
         cfg = self.config.train
         last, best = self.run_dir / "last.pt", self.run_dir / "best.pt"
         if resume:
@@ -335,6 +347,8 @@ class _Trainer:
             raise CheckpointError(
                 "run folder already holds a checkpoint: use --resume, or another train.run_dir", path=last
             )
+        elif init is not None:
+            self._load_weights(init, Path(str(cfg.init_weights)))
         if self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
@@ -386,11 +400,14 @@ def train(config: Config, *, resume: bool = False, device: str = "auto") -> Trai
         CheckpointError: ``resume`` without a checkpoint, or a new run over an existing one.
     """
     validate_config(config)
+    init_weights = config.train.init_weights
+    # Read before the dataset is cached, so that a wrong path fails at once.
+    init = None if resume or init_weights is None else load_checkpoint(init_weights, training=False)
     ctx = init_distributed(device)
     _seed_all(config.seed)
     try:
         trainer = _Trainer(config, ctx)
-        return trainer.run(resume=resume)
+        return trainer.run(resume=resume, init=init)
     except MedsegError:
         raise
     except Exception as exc:
@@ -400,6 +417,10 @@ def train(config: Config, *, resume: bool = False, device: str = "auto") -> Trai
         raise
     finally:
         shutdown_distributed()
+
+
+def _describe(network_kwargs: dict[str, Any], channels: int, outputs: int) -> str:
+    return f"{channels} input channels, {outputs} outputs, arguments {network_kwargs}"
 
 
 def _seed_all(seed: int) -> None:

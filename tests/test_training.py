@@ -92,3 +92,35 @@ def test_ddp_two_processes_on_cpu(brats_root: Path, tmp_path: Path) -> None:
     assert ckpt.training["epoch"] == 2
     assert not any(k.startswith("module.") for k in ckpt.state_dict), "DDP wrapper leaked into the checkpoint"
     assert proc.stdout.count("training finished") == 2  # both ranks ran to the end
+
+
+def test_init_weights_starts_a_new_run_from_a_checkpoint(
+    tiny_checkpoint: Path, brats_root: Path, tmp_path: Path, tiny_config: MakeConfig
+) -> None:
+    # A learning rate of 1e-12 leaves the weights where the run started: the checkpoint's, not fresh ones.
+    config = tiny_config(brats_root, tmp_path / "fine", epochs=1, lr=1e-12, init_weights=str(tiny_checkpoint))
+    config.transforms.patch_size = [16, 16, 16]  # e.g. fine-tuning on another patch size
+    train(config)
+    start, fine = _weights(tiny_checkpoint), _weights(tmp_path / "fine" / "last.pt")
+    moved = [k for k in start if not torch.allclose(start[k].float(), fine[k].float(), atol=1e-6)]
+    assert not moved
+    assert load_checkpoint(tmp_path / "fine" / "last.pt").training["epoch"] == 1
+
+    train(tiny_config(brats_root, tmp_path / "fresh", epochs=1, lr=1e-12))
+    fresh = _weights(tmp_path / "fresh" / "last.pt")
+    assert any(not torch.allclose(start[k].float(), fresh[k].float(), atol=1e-3) for k in start)
+
+
+def test_init_weights_that_do_not_fit_are_a_one_line_error(
+    one_channel_checkpoint: Path, brats_root: Path, tmp_path: Path, tiny_config: MakeConfig
+) -> None:
+    config = tiny_config(brats_root, tmp_path / "run", init_weights=str(one_channel_checkpoint))
+    expected = r"its unet \(1 input channels, 2 outputs, .*\) does not fit this run's \(4 input channels, 3 outputs"
+    with pytest.raises(CheckpointError, match=expected) as err:
+        train(config)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+    missing = tiny_config(brats_root, tmp_path / "run", init_weights=str(tmp_path / "nope.pt"))
+    with pytest.raises(CheckpointError, match="not found"):
+        train(missing)
