@@ -397,7 +397,8 @@ def train(config: Config, *, resume: bool = False, device: str = "auto") -> Trai
     Raises:
         ConfigError: a patch/window size the network cannot take.
         MedsegInputError: missing or inconsistent dataset files (one line naming the file).
-        CheckpointError: ``resume`` without a checkpoint, or a new run over an existing one.
+        CheckpointError: ``resume`` without a checkpoint, a new run over an existing one, or
+            ``train.init_weights`` missing or of another network shape, channel count or label table.
     """
     validate_config(config)
     init_weights = config.train.init_weights

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from medseg.checkpoint import load_checkpoint
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -61,6 +63,13 @@ def test_quick_benchmark_prints_one_line_per_configuration_and_a_summary(tmp_pat
         assert ("speedup" in row) == row["config"].startswith("predictor")
     labels = sorted(p.name for p in (tmp_path / "labels").iterdir())
     assert "resunet-predictor-quick.nii.gz" in labels and "dynunet-baseline-quick.nii.gz" in labels
+
+    # the DynUNet's recipe has two stages: the second fine-tunes the first's weights on larger patches
+    stage1, final = tmp_path / "checkpoints" / "dynunet-quick-stage1.pt", tmp_path / "checkpoints" / "dynunet-quick.pt"
+    config = load_checkpoint(final, training=False).config
+    assert config["train"]["init_weights"] == str(stage1)
+    assert config["transforms"]["patch_size"] == [64] * 3
+    assert load_checkpoint(stage1, training=False).config["transforms"]["patch_size"] == [32] * 3
 
     # a second run reuses the trained checkpoint instead of training again
     cached = tmp_path / "checkpoints" / "resunet-quick.pt"
