@@ -228,7 +228,7 @@ class _Trainer:
             medseg_version=__version__,
         )
 
-    def _load_weights(self, ckpt: Checkpoint, path: Path) -> None:
+    def load_weights(self, ckpt: Checkpoint, path: str | Path) -> None:
         """Copy ``ckpt``'s weights into the model, or say in one line why they do not fit it."""
         if ckpt.network["name"] != self.config.network.name:
             raise CheckpointError(
@@ -248,7 +248,7 @@ class _Trainer:
         ckpt = load_checkpoint(path)
         if ckpt.training is None:
             raise CheckpointError("holds no training state to resume from", path=path)
-        self._load_weights(ckpt, path)
+        self.load_weights(ckpt, path)
         state = ckpt.training
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -336,7 +336,7 @@ class _Trainer:
         scores["val_mean_dice"] = float(np.mean(per_output))
         return scores
 
-    def run(self, *, resume: bool, init: Checkpoint | None = None) -> TrainResult:
+    def run(self, *, resume: bool) -> TrainResult:
         cfg = self.config.train
         last, best = self.run_dir / "last.pt", self.run_dir / "best.pt"
         if resume:
@@ -347,8 +347,6 @@ class _Trainer:
             raise CheckpointError(
                 "run folder already holds a checkpoint: use --resume, or another train.run_dir", path=last
             )
-        elif init is not None:
-            self._load_weights(init, Path(str(cfg.init_weights)))
         if self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
@@ -401,14 +399,15 @@ def train(config: Config, *, resume: bool = False, device: str = "auto") -> Trai
             ``train.init_weights`` missing or of another network shape, channel count or label table.
     """
     validate_config(config)
-    init_weights = config.train.init_weights
-    # Read before the dataset is cached, so that a wrong path fails at once.
-    init = None if resume or init_weights is None else load_checkpoint(init_weights, training=False)
+    init_weights = None if resume else config.train.init_weights  # a resumed run has its own weights
+    init = None if init_weights is None else load_checkpoint(init_weights, training=False)  # before any caching
     ctx = init_distributed(device)
     _seed_all(config.seed)
     try:
         trainer = _Trainer(config, ctx)
-        return trainer.run(resume=resume, init=init)
+        if init is not None:
+            trainer.load_weights(init, str(init_weights))
+        return trainer.run(resume=resume)
     except MedsegError:
         raise
     except Exception as exc:

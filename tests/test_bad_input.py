@@ -113,6 +113,14 @@ def test_network_argument_the_network_refuses(
     assert not (tmp_path / "run").exists()
 
 
+def test_init_weights_that_do_not_exist(tmp_path: Path, brats_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "pretrained.pt"
+    config = _train_config(tmp_path, brats_root)
+    assert main(["train", "--config", str(config), "--set", f"train.init_weights={missing}"]) == 2
+    _one_error_line(capsys, str(missing), "not found")
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_with_no_checkpoint(tmp_path: Path, brats_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--config", str(_train_config(tmp_path, brats_root)), "--resume"]) == 2
     _one_error_line(capsys, str(tmp_path / "run" / "last.pt"), "no checkpoint")
