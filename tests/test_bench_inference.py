@@ -2,16 +2,68 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
+from scipy.spatial import cKDTree
 
 from medseg.checkpoint import load_checkpoint
+from medseg.labels import BRATS2021
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("bench_inference", REPO / "tools" / "bench_inference.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_labels(path: Path, labels: np.ndarray, spacing: tuple[float, float, float]) -> Path:
+    nib.save(nib.Nifti1Image(labels.astype(np.uint8), np.diag([*spacing, 1.0])), path)
+    return path
+
+
+def test_differences_locate_boundary_jitter_and_far_false_positives(tmp_path: Path) -> None:
+    """On anisotropic voxels (1 x 1 x 2.5 mm): a one-voxel shell grown around the true tumour and a
+    slice lost inside it are boundary jitter, a blob 30 mm away is far; checked against brute-force
+    nearest-voxel distances in mm."""
+    bench = _bench_module()
+    spacing = (1.0, 1.0, 2.5)
+    truth = np.zeros((60, 40, 20), np.uint8)
+    truth[10:20, 10:20, 5:10] = 2  # oedema: WT only
+    truth[13:17, 13:17, 6:9] = 4  # enhancing: WT, TC and ET
+    a = truth.copy()
+    a[:, :, 9] = 0  # loses the top oedema slice: 2.5 mm from outside across z, 1 mm at its rim
+    b = truth.copy()
+    b[9:21, 9:21, 5:10] = np.where(b[9:21, 9:21, 5:10] == 0, 2, b[9:21, 9:21, 5:10])  # WT grown 1 voxel in-plane
+    b[50:53, 30:33, 8:10] = 2  # false oedema 30+ mm from the tumour
+    paths = [_write_labels(tmp_path / f"{n}.nii.gz", m, spacing) for n, m in (("t", truth), ("a", a), ("b", b))]
+
+    result = bench.Truth.read(paths[0], BRATS2021)
+    wt = result.differences(paths[1], paths[2], BRATS2021)["WT"]
+
+    inside, outside = np.argwhere(truth > 0) * spacing, np.argwhere(truth == 0) * spacing
+    differ = np.argwhere((a > 0) ^ (b > 0))
+    in_truth = truth[tuple(differ.T)] > 0
+    nearest = np.where(  # to the other side of the true boundary, voxel centre to voxel centre
+        in_truth, cKDTree(outside).query(differ * spacing)[0], cKDTree(inside).query(differ * spacing)[0]
+    )
+    assert wt["voxels"] == len(differ) == 100 + 44 * 5 + 18  # slice, shell, blob
+    assert wt["near_boundary"] == round(float((nearest <= bench.NEAR_MM).mean()), 3)
+    assert wt["far"] == round(float((~in_truth & (nearest > bench.FAR_MM)).mean()), 3)
+    assert 0 < wt["far"] < wt["near_boundary"] < 1  # the slice's centre is 2.5 mm deep: not near
+    far_fp = result.far_false_positives(paths[2], BRATS2021)
+    assert far_fp["WT"] == 18 and far_fp["ET"] == 0  # the 3 x 3 x 2 blob
+    assert result.differences(paths[1], paths[1], BRATS2021)["TC"] == {"voxels": 0, "near_boundary": 0.0, "far": 0.0}
 
 
 def _run(out: Path, *extra: str) -> list[dict]:
@@ -57,9 +109,11 @@ def test_quick_benchmark_prints_one_line_per_configuration_and_a_summary(tmp_pat
         if row["config"] == "predictor_uncropped_monai":  # the baseline's own windows: its answer, any backend
             assert min(row["dice_vs_baseline"].values()) >= 0.99, row
         assert set(row["dice_vs_reference"]) == {"WT", "TC", "ET"}
+        assert set(row["far_false_positives"]) == {"WT", "TC", "ET"}
         assert row["first_s"] in row["seconds"]
         if row["config"] != "baseline":
             assert set(row["dice_vs_baseline"]) == {"WT", "TC", "ET"}
+            assert set(row["differences_vs_baseline"]) == {"WT", "TC", "ET"}
         assert ("speedup" in row) == row["config"].startswith("predictor")
     labels = sorted(p.name for p in (tmp_path / "labels").iterdir())
     assert "resunet-predictor-quick.nii.gz" in labels and "dynunet-baseline-quick.nii.gz" in labels

@@ -26,7 +26,10 @@ Every configuration runs its repeats in one process: ``median_s`` is warm (OpenV
 shape once per process), ``first_s`` is the first repeat, compile included.
 
 Every label map is also scored against the phantom's ground truth (``dice_vs_reference``), so a
-disagreement with the baseline can be told apart from a loss of accuracy.
+disagreement with the baseline can be told apart from a loss of accuracy. ``far_false_positives``
+counts each region's voxels more than 20 mm from the true region, and ``differences_vs_baseline``
+says where a map and the baseline's differ: how many voxels, and which fractions of them lie within
+1.5 mm of the true boundary (boundary jitter) or more than 20 mm from the true region.
 
 The networks need trained weights (agreement on random weights means nothing once the background is
 cropped away): the first run trains each on full-size 1 mm phantoms (``RECIPES``; on 2 CPU cores
@@ -50,6 +53,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 if TYPE_CHECKING:
     from medseg.labels import LabelTable
@@ -260,15 +265,70 @@ def peak_rss_gb() -> float:
 # --------------------------------------------------------------------------- driver
 
 
+def region_masks(path: Path, table: LabelTable) -> dict[str, np.ndarray]:
+    """The boolean ``(X, Y, Z)`` mask of each region (BraTS WT/TC/ET) or label in label map ``path``."""
+    from medseg.io import read_nifti
+
+    labels = np.asarray(read_nifti(path).array)
+    return {name: np.isin(labels, v) for name, v in table.evaluation_sets().items()}
+
+
 def dice_per_region(a: Path, b: Path, table: LabelTable) -> dict[str, float]:
     """Dice of label maps ``a`` and ``b`` per region (BraTS WT/TC/ET) or label; 1.0 where both are empty."""
-    import numpy as np
-
-    from medseg.io import read_nifti
     from medseg.metrics import dice
 
-    x, y = np.asarray(read_nifti(a).array), np.asarray(read_nifti(b).array)
-    return {name: round(dice(np.isin(x, v), np.isin(y, v)), 4) for name, v in table.evaluation_sets().items()}
+    x, y = region_masks(a, table), region_masks(b, table)
+    return {name: round(dice(x[name], y[name]), 4) for name in x}
+
+
+# A voxel within NEAR_MM of a true region's boundary is boundary jitter; one of a predicted region further
+# than FAR_MM from the true region is a false positive far from it (false oedema in the cortex).
+NEAR_MM, FAR_MM = 1.5, 20.0
+
+
+@dataclass(frozen=True)
+class Truth:
+    """The reference label map's region masks, and each voxel's distance (mm) to the nearest voxel on the
+    other side of each region's boundary: to the region from outside it, out of it from inside."""
+
+    masks: dict[str, np.ndarray]
+    distance_mm: dict[str, np.ndarray]
+
+    @classmethod
+    def read(cls, reference: Path, table: LabelTable) -> Truth:
+        from scipy.ndimage import distance_transform_edt
+
+        from medseg.io import read_nifti
+
+        spacing = read_nifti(reference).geometry.spacing
+        masks = region_masks(reference, table)
+        distance = {
+            name: np.where(m, distance_transform_edt(m, sampling=spacing), distance_transform_edt(~m, sampling=spacing))
+            for name, m in masks.items()
+        }
+        return cls(masks, distance)
+
+    def far_false_positives(self, labels: Path, table: LabelTable) -> dict[str, int]:
+        """Voxels of each region in label map ``labels`` further than FAR_MM from the true region."""
+        masks = region_masks(labels, table)
+        return {name: int((m & (self.distance_mm[name] > FAR_MM)).sum()) for name, m in masks.items()}
+
+    def differences(self, a: Path, b: Path, table: LabelTable) -> dict[str, dict[str, float]]:
+        """Per region, the voxels on which label maps ``a`` and ``b`` differ, and the fractions of them
+        within NEAR_MM of the true boundary and further than FAR_MM from the true region."""
+        x, y = region_masks(a, table), region_masks(b, table)
+        out = {}
+        for name in x:
+            differ = x[name] ^ y[name]
+            distance = self.distance_mm[name][differ]
+            far = distance[~self.masks[name][differ]] > FAR_MM
+            n = int(differ.sum())
+            out[name] = {
+                "voxels": n,
+                "near_boundary": round(float((distance <= NEAR_MM).mean()), 3) if n else 0.0,
+                "far": round(float(far.sum() / n), 3) if n else 0.0,
+            }
+        return out
 
 
 def run_config(spec: dict[str, Any]) -> dict[str, Any]:
@@ -317,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = train_checkpoint(name, out=out, quick=args.quick)
         loaded = load_checkpoint(checkpoint, training=False)
         table, roi = loaded.label_table, loaded.config["inference"]["roi_size"]
+        truth = Truth.read(reference, table)
         configs = [
             ("baseline", {"kind": "baseline", "repeats": repeats}),
             ("predictor", {"kind": "predictor", "repeats": repeats}),
@@ -363,7 +424,9 @@ def main(argv: list[str] | None = None) -> int:
                 if spec["kind"] == "predictor":
                     row["speedup"] = round(base["median_s"] / median, 2)
                 row["dice_vs_baseline"] = dice_per_region(base["out_file"], out_file, table)
+                row["differences_vs_baseline"] = truth.differences(base["out_file"], out_file, table)
             row["dice_vs_reference"] = dice_per_region(reference, out_file, table)
+            row["far_false_positives"] = truth.far_false_positives(out_file, table)
             print(json.dumps(row), flush=True)
             results[config_name] = {**row, "out_file": out_file}
         pred = results["predictor"]
