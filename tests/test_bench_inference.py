@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,11 +28,6 @@ def _bench_module():
     return module
 
 
-def _write_labels(path: Path, labels: np.ndarray, spacing: tuple[float, float, float]) -> Path:
-    nib.save(nib.Nifti1Image(labels.astype(np.uint8), np.diag([*spacing, 1.0])), path)
-    return path
-
-
 def test_differences_locate_boundary_jitter_and_far_false_positives(tmp_path: Path) -> None:
     """On anisotropic voxels (1 x 1 x 2.5 mm): a one-voxel shell grown around the true tumour and a
     slice lost inside it are boundary jitter, a blob 30 mm away is far; checked against brute-force
@@ -46,10 +42,12 @@ def test_differences_locate_boundary_jitter_and_far_false_positives(tmp_path: Pa
     b = truth.copy()
     b[9:21, 9:21, 5:10] = np.where(b[9:21, 9:21, 5:10] == 0, 2, b[9:21, 9:21, 5:10])  # WT grown 1 voxel in-plane
     b[50:53, 30:33, 8:10] = 2  # false oedema 30+ mm from the tumour
-    paths = [_write_labels(tmp_path / f"{n}.nii.gz", m, spacing) for n, m in (("t", truth), ("a", a), ("b", b))]
+    reference = tmp_path / "seg.nii.gz"
+    nib.save(nib.Nifti1Image(truth, np.diag([*spacing, 1.0])), reference)  # the spacing comes from the file
 
-    result = bench.Truth.read(paths[0], BRATS2021)
-    wt = result.differences(paths[1], paths[2], BRATS2021)["WT"]
+    result = bench.Truth.read(reference, BRATS2021)
+    masks_a, masks_b = bench.region_masks(a, BRATS2021), bench.region_masks(b, BRATS2021)
+    wt = result.differences(masks_a, masks_b)["WT"]
 
     inside, outside = np.argwhere(truth > 0) * spacing, np.argwhere(truth == 0) * spacing
     differ = np.argwhere((a > 0) ^ (b > 0))
@@ -61,9 +59,21 @@ def test_differences_locate_boundary_jitter_and_far_false_positives(tmp_path: Pa
     assert wt["near_boundary"] == round(float((nearest <= bench.NEAR_MM).mean()), 3)
     assert wt["far"] == round(float((~in_truth & (nearest > bench.FAR_MM)).mean()), 3)
     assert 0 < wt["far"] < wt["near_boundary"] < 1  # the slice's centre is 2.5 mm deep: not near
-    far_fp = result.far_false_positives(paths[2], BRATS2021)
+    far_fp = result.far_false_positives(masks_b)
     assert far_fp["WT"] == 18 and far_fp["ET"] == 0  # the 3 x 3 x 2 blob
-    assert result.differences(paths[1], paths[1], BRATS2021)["TC"] == {"voxels": 0, "near_boundary": 0.0, "far": 0.0}
+    assert result.differences(masks_a, masks_a)["TC"] == {"voxels": 0, "near_boundary": 0.0, "far": 0.0}
+
+
+def test_a_cached_checkpoint_from_another_recipe_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Figures measured on weights that the recipe did not train would be reported as the recipe's."""
+    bench = _bench_module()
+    cached = tmp_path / "checkpoints" / "resunet-quick.pt"
+    cached.parent.mkdir()
+    shutil.copy(tiny_checkpoint, cached)
+    expected = r"resunet-quick\.pt: a unet trained as Stage\(patch=32, .* asks for a resunet .*; delete it to retrain"
+    with pytest.raises(SystemExit, match=expected):
+        bench.train_checkpoint("resunet", out=tmp_path, quick=True)
+    assert not (tmp_path / "train_phantoms-quick").exists()  # nothing trained, nothing generated
 
 
 def _run(out: Path, *extra: str) -> list[dict]:
@@ -131,3 +141,18 @@ def test_quick_benchmark_prints_one_line_per_configuration_and_a_summary(tmp_pat
     again = _run(tmp_path, "--networks", "resunet", "--no-study")
     assert [r["config"] for r in again[:-1]] == ["baseline", "predictor"]
     assert cached.stat().st_mtime_ns == stamp
+
+    # ... but not one that another recipe trained: the DynUNet's final stage is 64³ patches, batch 1
+    shutil.copy(cached, final)
+    proc = subprocess.run(
+        [sys.executable, "tools/bench_inference.py", "--quick", "--out", str(tmp_path), "--networks", "dynunet"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"{final}: a resunet trained as Stage(patch=32, epochs=2, batch_size=2, lr=0.003), but the recipe asks"
+        " for a dynunet trained as Stage(patch=64, epochs=1, batch_size=1, lr=0.001); delete it to retrain"
+    )

@@ -33,7 +33,8 @@ says where a map and the baseline's differ: how many voxels, and which fractions
 
 The networks need trained weights (agreement on random weights means nothing once the background is
 cropped away): the first run trains each on full-size 1 mm phantoms (``RECIPES``; on 2 CPU cores
-about 20 min for ResU-Net and 100 min for DynUNet) and caches the checkpoints under ``runs/bench/``.
+about 20 min for ResU-Net and 100 min for DynUNet) and caches the checkpoints under ``runs/bench/``;
+a cached checkpoint that another network or recipe stage trained is refused, not measured.
 Every configuration runs in its own process, so its peak RSS is its own. Each prints one JSON line;
 the last line is a summary.
 
@@ -105,20 +106,40 @@ def train_checkpoint(name: str, *, out: Path, quick: bool) -> Path:
     Patches are drawn from the whole volume (no crop to the brain's box), so the network also sees the
     background-heavy windows that the uncropped baseline feeds it.
     """
-    from medseg.phantoms.brats import generate_brats_dataset
-
     suffix = "-quick" if quick else ""
     stages = (QUICK_RECIPES if quick else RECIPES)[name]
-    shape, spacing = ((96, 96, 64), 2.5) if quick else ((240, 240, 155), 1.0)
-    root = out / f"train_phantoms{suffix or '-1mm'}"
-    if not root.is_dir():
-        generate_brats_dataset(root, cases=3 if quick else 8, seed=21, shape=shape, spacing=spacing, workers=1)
     folder = out / "checkpoints"
     targets = [folder / f"{name}{suffix}-stage{i}.pt" for i in range(1, len(stages))] + [folder / f"{name}{suffix}.pt"]
     for stage, target, init in zip(stages, targets, [None, *targets[:-1]], strict=True):
-        if not target.is_file():
-            _train_stage(name, stage, root=root, target=target, init=init, quick=quick)
+        if target.is_file():
+            _check_cached(target, name, stage)
+        else:
+            _train_stage(name, stage, root=_train_phantoms(out, quick), target=target, init=init, quick=quick)
     return targets[-1]
+
+
+def _check_cached(target: Path, name: str, stage: Stage) -> None:
+    """Refuse a cached checkpoint that another recipe trained: the figures would not be this recipe's."""
+    from medseg.checkpoint import load_checkpoint
+
+    config = load_checkpoint(target, training=False).config
+    train = config["train"]
+    cached = Stage(config["transforms"]["patch_size"][0], train["epochs"], train["batch_size"], train["lr"])
+    if (config["network"]["name"], cached) != (name, stage):
+        raise SystemExit(
+            f"{target}: a {config['network']['name']} trained as {cached}, but the recipe asks for a {name} "
+            f"trained as {stage}; delete it to retrain"
+        )
+
+
+def _train_phantoms(out: Path, quick: bool) -> Path:
+    from medseg.phantoms.brats import generate_brats_dataset
+
+    root = out / f"train_phantoms{'-quick' if quick else '-1mm'}"
+    if not root.is_dir():
+        shape, spacing = ((96, 96, 64), 2.5) if quick else ((240, 240, 155), 1.0)
+        generate_brats_dataset(root, cases=3 if quick else 8, seed=21, shape=shape, spacing=spacing, workers=1)
+    return root
 
 
 def _train_stage(name: str, stage: Stage, *, root: Path, target: Path, init: Path | None, quick: bool) -> None:
@@ -265,19 +286,15 @@ def peak_rss_gb() -> float:
 # --------------------------------------------------------------------------- driver
 
 
-def region_masks(path: Path, table: LabelTable) -> dict[str, np.ndarray]:
-    """The boolean ``(X, Y, Z)`` mask of each region (BraTS WT/TC/ET) or label in label map ``path``."""
-    from medseg.io import read_nifti
-
-    labels = np.asarray(read_nifti(path).array)
+def region_masks(labels: np.ndarray, table: LabelTable) -> dict[str, np.ndarray]:
+    """The boolean ``(X, Y, Z)`` mask of each region (BraTS WT/TC/ET) or label in a label map."""
     return {name: np.isin(labels, v) for name, v in table.evaluation_sets().items()}
 
 
-def dice_per_region(a: Path, b: Path, table: LabelTable) -> dict[str, float]:
-    """Dice of label maps ``a`` and ``b`` per region (BraTS WT/TC/ET) or label; 1.0 where both are empty."""
+def dice_per_region(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> dict[str, float]:
+    """Dice of two label maps' region masks, per region; 1.0 where both are empty."""
     from medseg.metrics import dice
 
-    x, y = region_masks(a, table), region_masks(b, table)
     return {name: round(dice(x[name], y[name]), 4) for name in x}
 
 
@@ -300,23 +317,22 @@ class Truth:
 
         from medseg.io import read_nifti
 
-        spacing = read_nifti(reference).geometry.spacing
-        masks = region_masks(reference, table)
+        image = read_nifti(reference)
+        spacing = image.geometry.spacing
+        masks = region_masks(np.asarray(image.array), table)
         distance = {
             name: np.where(m, distance_transform_edt(m, sampling=spacing), distance_transform_edt(~m, sampling=spacing))
             for name, m in masks.items()
         }
         return cls(masks, distance)
 
-    def far_false_positives(self, labels: Path, table: LabelTable) -> dict[str, int]:
-        """Voxels of each region in label map ``labels`` further than FAR_MM from the true region."""
-        masks = region_masks(labels, table)
+    def far_false_positives(self, masks: dict[str, np.ndarray]) -> dict[str, int]:
+        """Voxels of each region of a label map (its ``region_masks``) further than FAR_MM from the true region."""
         return {name: int((m & (self.distance_mm[name] > FAR_MM)).sum()) for name, m in masks.items()}
 
-    def differences(self, a: Path, b: Path, table: LabelTable) -> dict[str, dict[str, float]]:
-        """Per region, the voxels on which label maps ``a`` and ``b`` differ, and the fractions of them
+    def differences(self, x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+        """Per region, the voxels on which two label maps' region masks differ, and the fractions of them
         within NEAR_MM of the true boundary and further than FAR_MM from the true region."""
-        x, y = region_masks(a, table), region_masks(b, table)
         out = {}
         for name in x:
             differ = x[name] ^ y[name]
@@ -371,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     summary: dict[str, Any] = {"summary": True, **machine, "networks": {}}
     from medseg.checkpoint import load_checkpoint
+    from medseg.io import read_nifti
     from medseg.networks.registry import default_window_voxels
 
     for name in args.networks:
@@ -407,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             load = round(os.getloadavg()[0], 2)
             result = run_config(spec)
+            masks = region_masks(np.asarray(read_nifti(out_file).array), table)
             median = statistics.median(result["seconds"])
             row = {
                 "network": name,
@@ -423,17 +441,16 @@ def main(argv: list[str] | None = None) -> int:
                 base = results["baseline"]
                 if spec["kind"] == "predictor":
                     row["speedup"] = round(base["median_s"] / median, 2)
-                row["dice_vs_baseline"] = dice_per_region(base["out_file"], out_file, table)
-                row["differences_vs_baseline"] = truth.differences(base["out_file"], out_file, table)
-            row["dice_vs_reference"] = dice_per_region(reference, out_file, table)
-            row["far_false_positives"] = truth.far_false_positives(out_file, table)
+                row["dice_vs_baseline"] = dice_per_region(base["masks"], masks)
+                row["differences_vs_baseline"] = truth.differences(base["masks"], masks)
+            row["dice_vs_reference"] = dice_per_region(truth.masks, masks)
+            row["far_false_positives"] = truth.far_false_positives(masks)
             print(json.dumps(row), flush=True)
-            results[config_name] = {**row, "out_file": out_file}
+            results[config_name] = {**row, "masks": masks}
         pred = results["predictor"]
         if "predictor_monai_tiling" in results:  # the tiling's effect alone: same crop, MONAI overlap 0.5
-            pred["dice_vs_crop_overlap_0.5"] = dice_per_region(
-                results["predictor_monai_tiling"]["out_file"], pred["out_file"], table
-            )
+            crop_monai = results["predictor_monai_tiling"]["masks"]
+            pred["dice_vs_crop_overlap_0.5"] = dice_per_region(crop_monai, pred["masks"])
         summary["networks"][name] = {
             "baseline_s": results["baseline"]["median_s"],
             "predictor_s": pred["median_s"],
