@@ -102,8 +102,9 @@ class LossConfig:
 class TrainConfig:
     """Optimisation schedule. An epoch is ``iterations_per_epoch`` optimizer steps.
 
-    ``init_weights``: a medseg checkpoint of the same network, channels and labels whose weights a
-    new run starts from (fine-tuning, e.g. on larger patches); the optimizer and schedule start afresh.
+    ``init_weights``: a medseg checkpoint whose weights fit this run's network (same architecture,
+    input channel count and number of outputs) and that a new run starts from (fine-tuning, e.g. on
+    larger patches); the optimizer and schedule start afresh.
     A resumed run takes its weights from ``last.pt`` instead.
     """
 
