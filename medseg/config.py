@@ -106,6 +106,10 @@ class TrainConfig:
     input channel count and number of outputs) and that a new run starts from (fine-tuning, e.g. on
     larger patches); the optimizer and schedule start afresh.
     A resumed run takes its weights from ``last.pt`` instead.
+    ``consistency_weight`` > 0 adds :class:`~medseg.losses.WindowConsistency` with that weight: the
+    network's answer on part of each patch, seen in a window that is otherwise background, is pulled
+    towards its answer with the whole patch around it, so sliding-window inference depends less on
+    how much background its windows hold (one more forward and backward pass per step).
     """
 
     run_dir: str = "runs/train"
@@ -121,6 +125,11 @@ class TrainConfig:
     val_every: int = 5
     max_minutes: float | None = None
     init_weights: str | None = None
+    consistency_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.consistency_weight < 0:
+            raise ConfigError(f"train.consistency_weight must be >= 0 (0: off), got {self.consistency_weight}")
 
 
 @dataclass

@@ -43,3 +43,51 @@ class _HeadsLoss(nn.Module):
         if logits.dim() == target.dim() + 1:
             return self.deep(list(torch.unbind(logits, dim=1)), target)
         return self.loss(logits, target)
+
+
+class WindowConsistency(nn.Module):
+    """How much a network's answer depends on what else its window holds: the divergence of its logits
+    on a random sub-window of a training patch, seen in a window that is background (zeros) elsewhere,
+    from its logits on the same voxels seen with the whole patch around them.
+
+    Sliding-window inference sees each voxel in windows that hold more or less background, depending
+    on where they fall (a crop to the foreground moves them all); instance norm takes its statistics
+    from the whole window, so a briefly trained network answers differently in them, mostly by
+    adding false positives along the foreground's edge. This term teaches it not to. The sub-window
+    is, per axis, a multiple of ``divisor`` from half the patch up to one ``divisor`` short of it, at
+    a random offset; the whole patch's answer is the target and gets no gradient from this term.
+
+    ``net`` maps ``(B, C_in, X, Y, Z)`` to logits ``(B, C, X, Y, Z)`` or, in training mode with deep
+    supervision, ``(B, H, C, X, Y, Z)`` (head 0 is the full-resolution one). The value is the mean
+    KL divergence per voxel of the sub-window (and per region for region tables, whose outputs are
+    independent sigmoids; across classes for class tables, whose outputs are a softmax): 0 when the
+    two answers agree.
+    """
+
+    def __init__(self, regions: bool, divisor: int) -> None:
+        super().__init__()
+        self.regions = regions
+        self.divisor = divisor
+
+    def sub_window(self, shape: tuple[int, ...], generator: torch.Generator | None = None) -> tuple[slice, ...]:
+        """A random sub-window of a patch of spatial ``shape`` (voxels), one slice per axis."""
+        out = []
+        for size in shape:
+            sizes = [s for s in range(self.divisor, size, self.divisor) if 2 * s >= size] or [size]
+            q = sizes[int(torch.randint(len(sizes), (1,), generator=generator))]
+            start = int(torch.randint(size - q + 1, (1,), generator=generator))
+            out.append(slice(start, start + q))
+        return tuple(out)
+
+    def forward(self, net: nn.Module, image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """``image (B, C_in, X, Y, Z)`` and ``net``'s ``logits`` on it -> a scalar (see the class)."""
+        window = (..., *self.sub_window(tuple(image.shape[2:])))
+        padded = torch.zeros_like(image)
+        padded[window] = image[window]
+        inner, outer = net(padded), logits
+        if inner.dim() == image.dim() + 1:  # deep-supervision heads: the full-resolution one
+            inner, outer = inner[:, 0], outer[:, 0]
+        inner, target = inner[window], outer[window].detach()
+        soft = nn.functional.binary_cross_entropy_with_logits if self.regions else nn.functional.cross_entropy
+        p = torch.sigmoid(target) if self.regions else torch.softmax(target, dim=1)
+        return soft(inner, p) - soft(target, p)  # cross-entropy minus entropy: KL(target || inner)

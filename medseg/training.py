@@ -40,8 +40,8 @@ from medseg.errors import CheckpointError, ConfigError, MedsegError, MedsegInput
 from medseg.inference import Windows
 from medseg.keys import CASE, IMAGE, LABEL
 from medseg.labels import LabelTable, get_label_table
-from medseg.losses import build_loss
-from medseg.networks import build_network, check_patch_size
+from medseg.losses import WindowConsistency, build_loss
+from medseg.networks import build_network, check_patch_size, size_divisor
 from medseg.training_log import plot_curves, write_metrics_csv
 from medseg.transforms import training_pipeline, validation_pipeline
 
@@ -176,6 +176,8 @@ class _Trainer:
             else self.model
         )
         self.loss_fn = build_loss(config.loss, self.table).to(ctx.device)
+        divisor = size_divisor(config.network.name, config.network.kwargs)
+        self.consistency = WindowConsistency(self.table.kind == "regions", divisor) if cfg.consistency_weight else None
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = self._build_scheduler()
         self.use_amp = cfg.amp and ctx.device.type == "cuda"
@@ -288,7 +290,10 @@ class _Trainer:
             target = batch[LABEL].to(self.ctx.device)
             self.optimizer.zero_grad(set_to_none=True)
             with torch.autocast(self.ctx.device.type, dtype=torch.float16, enabled=self.use_amp):
-                loss = self.loss_fn(self.net(image), target)
+                logits = self.net(image)
+                loss = self.loss_fn(logits, target)
+                if self.consistency is not None:
+                    loss = loss + self.config.train.consistency_weight * self.consistency(self.net, image, logits)
             self.scaler.scale(loss).backward()
             if self.config.train.grad_clip:
                 self.scaler.unscale_(self.optimizer)

@@ -42,6 +42,7 @@ def test_unknown_key_names_the_key_and_suggests(tmp_path: Path) -> None:
     [
         ({"train": {"epochs": "many"}}, "train.epochs: expected int"),
         ({"train": {"amp": "yes"}}, "train.amp: expected bool"),
+        ({"train": {"consistency_weight": -1.0}}, "train.consistency_weight must be >= 0"),
         ({"loss": {"name": "hinge"}}, "loss.name: 'hinge' is not one of"),
         ({"transforms": {"patch_size": 64}}, "transforms.patch_size: expected a list"),
         ({"data": []}, "data: expected a mapping"),

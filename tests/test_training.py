@@ -39,13 +39,13 @@ def test_training_writes_checkpoints_log_and_curve(tiny_checkpoint: Path) -> Non
 
 @pytest.mark.slow
 def test_resume_continues_exactly(brats_root: Path, tmp_path: Path, tiny_config: MakeConfig) -> None:
-    straight = tiny_config(brats_root, tmp_path / "straight", epochs=3, val_every=2)
-    train(straight)
+    run = {"epochs": 3, "val_every": 2, "consistency_weight": 0.5}  # its sub-windows are drawn from the seeded RNG too
+    train(tiny_config(brats_root, tmp_path / "straight", **run))
 
-    interrupted = tiny_config(brats_root, tmp_path / "resumed", epochs=3, val_every=2, max_minutes=0.0)
+    interrupted = tiny_config(brats_root, tmp_path / "resumed", **run, max_minutes=0.0)
     result = train(interrupted)  # stops after its first epoch: the time budget is already spent
     assert result.epochs_run == 1
-    resumed = train(tiny_config(brats_root, tmp_path / "resumed", epochs=3, val_every=2), resume=True)
+    resumed = train(tiny_config(brats_root, tmp_path / "resumed", **run), resume=True)
     assert resumed.epochs_run == 3
 
     a, b = _weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "resumed" / "last.pt")
@@ -80,7 +80,8 @@ def test_ddp_two_processes_on_cpu(brats_root: Path, tmp_path: Path) -> None:
         f"data: {{root: '{brats_root}', num_folds: 3, num_workers: 0}}\n"
         "transforms: {patch_size: [32, 32, 32], samples_per_case: 1}\n"
         "network: {name: unet, kwargs: {channels: [8, 16, 32], strides: [2, 2]}}\n"
-        f"train: {{run_dir: '{tmp_path / 'run'}', epochs: 2, iterations_per_epoch: 2, batch_size: 1, val_every: 2}}\n"
+        f"train: {{run_dir: '{tmp_path / 'run'}', epochs: 2, iterations_per_epoch: 2, batch_size: 1, val_every: 2,"
+        " consistency_weight: 0.5}\n"  # two forward passes per step under DDP
         "inference: {roi_size: [32, 32, 32]}\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
