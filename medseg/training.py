@@ -41,7 +41,7 @@ from medseg.inference import Windows
 from medseg.keys import CASE, IMAGE, LABEL
 from medseg.labels import LabelTable, get_label_table
 from medseg.losses import WindowConsistency, build_loss
-from medseg.networks import build_network, check_patch_size, size_divisor
+from medseg.networks import build_network, check_patch_size
 from medseg.training_log import plot_curves, write_metrics_csv
 from medseg.transforms import training_pipeline, validation_pipeline
 
@@ -58,11 +58,17 @@ class TrainResult:
 
 def validate_config(config: Config) -> None:
     """Checks that need the network registry: arguments the network takes (built without memory, on
-    the ``meta`` device), patch and window sizes it can take (:meth:`~medseg.inference.Windows.for_network`)."""
+    the ``meta`` device), patch and window sizes it can take (:meth:`~medseg.inference.Windows.for_network`),
+    and a patch that ``train.consistency_weight`` can take a smaller window of."""
     with torch.device("meta"):
         build_network(config.network.name, in_channels=1, out_channels=1, kwargs=config.network.kwargs)
     check_patch_size(config.network.name, config.transforms.patch_size, config.network.kwargs)
-    Windows.for_network(config.inference, config.network.name, config.network.kwargs)
+    divisor = Windows.for_network(config.inference, config.network.name, config.network.kwargs).divisor
+    if config.train.consistency_weight and all(s < 2 * divisor for s in config.transforms.patch_size):
+        raise ConfigError(
+            f"train.consistency_weight needs transforms.patch_size to be at least {2 * divisor} voxels on some axis"
+            f" (twice network {config.network.name!r}'s size divisor), got {config.transforms.patch_size}"
+        )
     if config.train.epochs < 1 or config.train.iterations_per_epoch < 1 or config.train.batch_size < 1:
         raise ConfigError("train.epochs, train.iterations_per_epoch and train.batch_size must be >= 1")
 
@@ -176,8 +182,8 @@ class _Trainer:
             else self.model
         )
         self.loss_fn = build_loss(config.loss, self.table).to(ctx.device)
-        divisor = size_divisor(config.network.name, config.network.kwargs)
-        self.consistency = WindowConsistency(self.table.kind == "regions", divisor) if cfg.consistency_weight else None
+        regions = self.table.kind == "regions"
+        self.consistency = WindowConsistency(regions, self.windows.divisor) if cfg.consistency_weight else None
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = self._build_scheduler()
         self.use_amp = cfg.amp and ctx.device.type == "cuda"

@@ -113,6 +113,16 @@ def test_network_argument_the_network_refuses(
     assert not (tmp_path / "run").exists()
 
 
+def test_consistency_on_a_patch_too_small_to_take_a_window_of(
+    tmp_path: Path, brats_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _train_config(tmp_path, brats_root)
+    args = ["--set", "transforms.patch_size=[2, 2, 2]", "--set", "train.consistency_weight=1.0"]
+    assert main(["train", "--config", str(config), *args]) == 2  # the term would silently be 0
+    _one_error_line(capsys, str(config), "train.consistency_weight needs transforms.patch_size", "at least 4 voxels")
+    assert not (tmp_path / "run").exists()
+
+
 def test_init_weights_that_do_not_exist(tmp_path: Path, brats_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "pretrained.pt"
     config = _train_config(tmp_path, brats_root)

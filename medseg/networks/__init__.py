@@ -10,15 +10,6 @@ from medseg.networks.registry import (
     get_network_spec,
     network_names,
     register_network,
-    size_divisor,
 )
 
-__all__ = [
-    "NetworkSpec",
-    "build_network",
-    "check_patch_size",
-    "get_network_spec",
-    "network_names",
-    "register_network",
-    "size_divisor",
-]
+__all__ = ["NetworkSpec", "build_network", "check_patch_size", "get_network_spec", "network_names", "register_network"]
