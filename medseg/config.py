@@ -110,6 +110,9 @@ class TrainConfig:
     network's answer on part of each patch, seen in a window that is otherwise background, is pulled
     towards its answer with the whole patch around it, so sliding-window inference depends less on
     how much background its windows hold (one more forward and backward pass per step).
+    ``amp``: fp16 autocast on CUDA (with gradient scaling). ``precision`` ``bf16`` autocasts the
+    forward passes to bf16 on a CPU that has native bf16 (``avx512_bf16`` or ``amx_bf16``; about 2.6
+    times faster per 128³ DynUNet step on such a 2-core machine) and is ignored elsewhere; fp32 is the default.
     """
 
     run_dir: str = "runs/train"
@@ -122,6 +125,7 @@ class TrainConfig:
     schedule: Literal["cosine", "poly"] = "cosine"
     grad_clip: float | None = 12.0
     amp: bool = True
+    precision: Literal["fp32", "bf16"] = "fp32"
     val_every: int = 5
     max_minutes: float | None = None
     init_weights: str | None = None

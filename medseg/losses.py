@@ -87,7 +87,7 @@ class WindowConsistency(nn.Module):
         inner, outer = net(padded), logits
         if inner.dim() == image.dim() + 1:  # deep-supervision heads: the full-resolution one
             inner, outer = inner[:, 0], outer[:, 0]
-        inner, target = inner[window], outer[window].detach()
+        inner, target = inner[window].float(), outer[window].detach().float()  # fp32 under autocast too
         soft = nn.functional.binary_cross_entropy_with_logits if self.regions else nn.functional.cross_entropy
         p = torch.sigmoid(target) if self.regions else torch.softmax(target, dim=1)
         return soft(inner, p) - soft(target, p)  # cross-entropy minus entropy: KL(target || inner)

@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from medseg import __version__
+from medseg.backends.base import autocast_dtype
 from medseg.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medseg.config import Config
 from medseg.data.manifest import Manifest, ManifestCase, build_manifest, check_manifest, load_manifest
@@ -186,14 +187,21 @@ class _Trainer:
         self.consistency = WindowConsistency(regions, self.windows.divisor) if cfg.consistency_weight else None
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = self._build_scheduler()
-        self.use_amp = cfg.amp and ctx.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.amp_dtype = autocast_dtype(ctx.device, cfg.precision, cuda_amp=cfg.amp)
+        # fp16 needs its gradients scaled; bf16 has fp32's exponent range and does not
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         if ctx.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.epoch = 0
         self.best_score = -1.0
         self.best_epoch = 0
         self.history: list[dict[str, Any]] = []
+
+    def _autocast(self) -> torch.autocast:
+        """Mixed precision for the forward passes: fp16 on CUDA with ``train.amp``, bf16 on a CPU with
+        native bf16 under ``train.precision: bf16``; plain fp32 otherwise."""
+        dtype = self.amp_dtype or torch.float32
+        return torch.autocast(self.ctx.device.type, dtype=dtype, enabled=self.amp_dtype is not None)
 
     def _build_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
         cfg = self.config.train
@@ -295,9 +303,9 @@ class _Trainer:
             image = batch[IMAGE].to(self.ctx.device)
             target = batch[LABEL].to(self.ctx.device)
             self.optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(self.ctx.device.type, dtype=torch.float16, enabled=self.use_amp):
+            with self._autocast():
                 logits = self.net(image)
-                loss = self.loss_fn(logits, target)
+                loss = self.loss_fn(logits.float(), target)
                 if self.consistency is not None:
                     loss = loss + self.config.train.consistency_weight * self.consistency(self.net, image, logits)
             self.scaler.scale(loss).backward()
@@ -329,7 +337,7 @@ class _Trainer:
             item = self.val_ds[index]
             image = item[IMAGE].unsqueeze(0).to(self.ctx.device)
             target = item[LABEL].unsqueeze(0).to(self.ctx.device)
-            with torch.autocast(self.ctx.device.type, dtype=torch.float16, enabled=self.use_amp):
+            with self._autocast():
                 logits = self.windows(image, self.model)
             logits = logits.float()
             if regions:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -70,6 +71,28 @@ def test_a_new_run_never_overwrites_an_old_one(
     with pytest.raises(CheckpointError, match="already holds a checkpoint"):
         train(tiny_config(brats_root, tiny_checkpoint.parent))
     assert tiny_checkpoint.read_bytes() == before
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "no-bf16"])
+def test_bf16_precision_autocasts_training_only_on_a_cpu_that_has_it(
+    native: bool, brats_root: Path, tmp_path: Path, tiny_config: MakeConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("medseg.backends.base.cpu_has_native_bf16", lambda: native)
+    dtypes: set[torch.dtype] = set()
+
+    def record(module: torch.nn.Module, args: object, output: torch.Tensor) -> None:
+        if isinstance(module, torch.nn.Conv3d):
+            dtypes.add(output.dtype)
+
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
+    try:  # training, the consistency term's second pass and validation all run convolutions
+        train(tiny_config(brats_root, tmp_path / "run", epochs=1, precision="bf16", consistency_weight=0.5))
+    finally:
+        hook.remove()
+    assert dtypes == ({torch.bfloat16} if native else {torch.float32})
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert {t.dtype for t in ckpt.state_dict.values() if t.is_floating_point()} == {torch.float32}
+    assert math.isfinite(ckpt.training["history"][0]["train_loss"])
 
 
 @pytest.mark.slow

@@ -57,6 +57,19 @@ def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+def autocast_dtype(device: torch.device, precision: str, *, cuda_amp: bool = True) -> torch.dtype | None:
+    """The dtype to autocast to when running on ``device``, or None for plain fp32.
+
+    fp16 on CUDA (when ``cuda_amp``); bf16 on the CPU when ``precision`` is ``bf16`` and the CPU has
+    it natively (:func:`cpu_has_native_bf16`: elsewhere bf16 is emulated and slower than fp32).
+    """
+    if device.type == "cuda":
+        return torch.float16 if cuda_amp else None
+    if device.type == "cpu" and precision == "bf16" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
 def openvino_available() -> bool:
     """Whether the ``openvino`` package can be imported (without importing it)."""
     return importlib.util.find_spec("openvino") is not None

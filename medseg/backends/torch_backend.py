@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medseg.backends.base import available_threads, cpu_has_native_bf16
+from medseg.backends.base import autocast_dtype, available_threads
 
 
 class TorchBackend:
@@ -23,12 +23,7 @@ class TorchBackend:
     def __init__(self, model: nn.Module, *, device: torch.device, precision: str = "fp32") -> None:
         self.device = device
         self.model = model.to(device).eval()
-        if device.type == "cuda":
-            self.autocast_dtype: torch.dtype | None = torch.float16
-        elif precision == "bf16" and cpu_has_native_bf16():
-            self.autocast_dtype = torch.bfloat16
-        else:
-            self.autocast_dtype = None
+        self.autocast_dtype = autocast_dtype(device, precision)
         if device.type == "cpu" and torch.get_num_threads() > available_threads():
             torch.set_num_threads(available_threads())
 
