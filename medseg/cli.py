@@ -77,7 +77,7 @@ def _train(args: argparse.Namespace) -> int:
         validate_config(config)
     except ConfigError as exc:  # name the config file, as load_config's own errors do
         raise ConfigError(exc.reason, path=exc.path or args.config) from None
-    result = train(config, resume=args.resume)
+    result = train(config, resume=args.resume, device=args.device)
     print(f"training finished: best mean Dice {result.best_score:.4f} at epoch {result.best_epoch}; {result.run_dir}")
     return 0
 
@@ -220,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun each process takes cuda:LOCAL_RANK)"
+    )
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("predict", help="segment an image, a DICOM series or a folder of cases")

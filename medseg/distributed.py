@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from medseg.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -42,24 +45,46 @@ class DistContext:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> the first CUDA device if there is one, else the CPU; other names pass through."""
+    """``auto`` -> the first CUDA device if there is one, else the CPU; ``cpu``, ``cuda`` and ``cuda:N``
+    pass through once this machine is known to have them.
+
+    Raises:
+        ConfigError: an unknown device name, or a CUDA device that this machine does not have.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    device = torch.device(name)
+    if device.type == "cuda":
+        _check_cuda_index(device.index or 0, f"device {name!r}")
+    return device
+
+
+def _check_cuda_index(index: int, what: str) -> None:
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if index >= count:
+        raise ConfigError(f"{what} needs CUDA device {index}, and this machine has {count}; use --device cpu")
 
 
 def init_distributed(device: str = "auto") -> DistContext:
     """Join the process group that ``torchrun`` describes in ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``.
 
-    Each process takes CUDA device ``LOCAL_RANK`` when CUDA is available (backend NCCL), else
-    the CPU (backend gloo).
+    Each process takes CUDA device ``LOCAL_RANK`` when ``device`` resolves to CUDA (backend NCCL),
+    else the CPU (backend gloo).
+
+    Raises:
+        ConfigError: ``device`` is unknown or absent, or there are fewer CUDA devices than processes
+            on this node.
     """
+    requested = resolve_device(device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return DistContext(0, 1, resolve_device(device))
+        return DistContext(0, 1, requested)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device != "cpu"
+    use_cuda = requested.type == "cuda"
     if use_cuda:
+        _check_cuda_index(local_rank, f"torchrun's process with LOCAL_RANK={local_rank}")
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")

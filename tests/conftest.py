@@ -1,14 +1,18 @@
-"""Shared fixtures: tiny BraTS phantom datasets and a tiny trained checkpoint, made once per session."""
+"""Shared fixtures: tiny BraTS phantom datasets, tiny trained checkpoints (made once per session) and the
+agreement of two predictors' label maps."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from medseg.config import Config, config_from_dict
 
+MakeConfig = Callable[..., Config]
 TINY_SHAPE = (48, 48, 40)
 TINY_SPACING = 4.0
 
@@ -37,7 +41,7 @@ def make_tiny_config(root: Path, run_dir: Path, **train: object) -> Config:
 
 
 @pytest.fixture
-def tiny_config() -> Callable[..., Config]:
+def tiny_config() -> MakeConfig:
     """``tiny_config(root, run_dir, **train_overrides) -> Config`` (see :func:`make_tiny_config`)."""
     return make_tiny_config
 
@@ -96,3 +100,52 @@ def one_channel_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained one-channel, two-class (background, tissue) U-Net checkpoint; see
     :func:`make_one_channel_checkpoint`."""
     return make_one_channel_checkpoint(tmp_path_factory.mktemp("one_channel") / "one_channel.pt")
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(brats_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small ResU-Net trained for ~1 minute on :func:`brats_root` on the CPU (more than
+    ``tiny_checkpoint``'s few steps, so that it predicts tumour regions rather than noise)."""
+    from medseg.training import train
+
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    config = make_tiny_config(brats_root, run_dir, epochs=12, iterations_per_epoch=8, val_every=12, amp=False)
+    config.seed = 5
+    config.transforms.samples_per_case = 2
+    config.network.name = "resunet"
+    config.network.kwargs = {"channels": [8, 16, 32, 64], "strides": [2, 2, 2]}
+    train(config, device="cpu")
+    return run_dir / "last.pt"
+
+
+Agreement = Callable[[Path, Path, Mapping[str, Any], Mapping[str, Any]], dict[str, float]]
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
+
+
+def _label_agreement(
+    checkpoint: Path, case_dir: Path, reference: Mapping[str, Any], candidate: Mapping[str, Any]
+) -> dict[str, float]:
+    """Dice per region between the label maps of two Predictors (``Predictor.from_checkpoint`` keyword
+    arguments ``reference`` and ``candidate``) on the BraTS case in ``case_dir``."""
+    from medseg.checkpoint import load_checkpoint
+    from medseg.data.cases import InputCase
+    from medseg.inference import Predictor, read_case
+
+    files = tuple(next(case_dir.glob(f"*_{c}.nii.gz")) for c in ("t1", "t1ce", "t2", "flair"))
+    image = read_case(InputCase(case_dir.name, files))
+    expected = Predictor.from_checkpoint(checkpoint, **reference).predict(image)
+    actual = Predictor.from_checkpoint(checkpoint, **candidate).predict(image)
+    assert expected.any(), "an empty prediction would agree with anything"
+    table = load_checkpoint(checkpoint).label_table
+    return {r.name: _dice(np.isin(expected, r.labels), np.isin(actual, r.labels)) for r in table.regions}
+
+
+@pytest.fixture
+def label_agreement() -> Agreement:
+    """``label_agreement(checkpoint, case_dir, reference, candidate) -> {region: Dice}``; see
+    :func:`_label_agreement`."""
+    return _label_agreement

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import pytest
 import torch
 
@@ -21,8 +21,13 @@ from medseg.backends import base as backend_base
 from medseg.checkpoint import load_checkpoint
 from medseg.errors import MedsegError
 
+if TYPE_CHECKING:
+    from conftest import Agreement
+
 openvino_installed = backend_base.openvino_available()
 needs_openvino = pytest.mark.skipif(not openvino_installed, reason="openvino not installed")
+TORCH_CPU = {"backend": "torch", "device": "cpu"}
+OPENVINO = {"backend": "openvino", "device": "cpu"}
 
 
 def test_auto_picks_openvino_on_cpu_when_installed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -103,67 +108,20 @@ def test_openvino_is_fp32_by_default(tiny_checkpoint: Path, tmp_path: Path) -> N
     assert backend.precision == "fp32"
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
-
-
-def _agreement(checkpoint: Path, case_dir: Path, cache: Path) -> dict[str, float]:
-    from medseg.data.cases import InputCase
-    from medseg.inference import Predictor, read_case
-
-    files = tuple(next(case_dir.glob(f"*_{c}.nii.gz")) for c in ("t1", "t1ce", "t2", "flair"))
-    image = read_case(InputCase(case_dir.name, files))
-    torch_labels = Predictor.from_checkpoint(checkpoint, backend="torch", device="cpu").predict(image)
-    ov_labels = Predictor.from_checkpoint(checkpoint, backend="openvino", device="cpu", cache_dir=cache).predict(image)
-    assert torch_labels.any(), "an empty prediction would agree with anything"
-    table = load_checkpoint(checkpoint).label_table
-    return {r.name: _dice(np.isin(torch_labels, r.labels), np.isin(ov_labels, r.labels)) for r in table.regions}
-
-
 @needs_openvino
-def test_predictor_openvino_agrees_with_torch(tiny_checkpoint: Path, brats_root: Path, tmp_path: Path) -> None:
+def test_predictor_openvino_agrees_with_torch(
+    tiny_checkpoint: Path, brats_root: Path, tmp_path: Path, label_agreement: Agreement
+) -> None:
     case_dir = sorted(p for p in brats_root.iterdir() if p.is_dir())[0]
-    dice = _agreement(tiny_checkpoint, case_dir, tmp_path)
+    dice = label_agreement(tiny_checkpoint, case_dir, TORCH_CPU, {**OPENVINO, "cache_dir": tmp_path})
     assert min(dice.values()) >= 0.99, dice
-
-
-@pytest.fixture(scope="session")
-def trained_checkpoint(brats_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small U-Net trained for ~1 minute on :func:`brats_root` (more than ``tiny_checkpoint``'s few
-    steps, so that it predicts tumour regions rather than noise)."""
-    from medseg.config import config_from_dict
-    from medseg.training import train
-
-    run_dir = tmp_path_factory.mktemp("trained") / "run"
-    config = config_from_dict(
-        {
-            "seed": 5,
-            "data": {"root": str(brats_root), "num_folds": 3, "num_workers": 0},
-            "transforms": {"patch_size": [32, 32, 32], "samples_per_case": 2},
-            "network": {"name": "resunet", "kwargs": {"channels": [8, 16, 32, 64], "strides": [2, 2, 2]}},
-            "train": {
-                "run_dir": str(run_dir),
-                "epochs": 12,
-                "iterations_per_epoch": 8,
-                "batch_size": 2,
-                "val_every": 12,
-                "warmup_epochs": 1,
-                "lr": 0.003,
-                "amp": False,
-            },
-            "inference": {"roi_size": [32, 32, 32], "sw_batch_size": 2},
-        }
-    )
-    train(config, device="cpu")
-    return run_dir / "last.pt"
 
 
 @needs_openvino
 @pytest.mark.slow
 def test_predictor_openvino_agrees_with_torch_trained(
-    trained_checkpoint: Path, brats_root: Path, tmp_path: Path
+    trained_checkpoint: Path, brats_root: Path, tmp_path: Path, label_agreement: Agreement
 ) -> None:
     for case_dir in sorted(p for p in brats_root.iterdir() if p.is_dir())[:3]:
-        dice = _agreement(trained_checkpoint, case_dir, tmp_path)
+        dice = label_agreement(trained_checkpoint, case_dir, TORCH_CPU, {**OPENVINO, "cache_dir": tmp_path})
         assert min(dice.values()) >= 0.99, (case_dir.name, dice)

@@ -131,6 +131,15 @@ def test_init_weights_that_do_not_exist(tmp_path: Path, brats_root: Path, capsys
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(("device", "reason"), [("cuda:99", "needs CUDA device 99"), ("gpu", "unknown device 'gpu'")])
+def test_a_device_this_machine_does_not_have(
+    device: str, reason: str, tmp_path: Path, brats_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", "--config", str(_train_config(tmp_path, brats_root)), "--device", device]) == 2
+    _one_error_line(capsys, reason)
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_with_no_checkpoint(tmp_path: Path, brats_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--config", str(_train_config(tmp_path, brats_root)), "--resume"]) == 2
     _one_error_line(capsys, str(tmp_path / "run" / "last.pt"), "no checkpoint")

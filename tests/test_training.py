@@ -1,4 +1,4 @@
-"""Real (tiny) training runs: outputs, exact resume, refusal to clobber a run, and DDP with gloo."""
+"""Real (tiny) training runs: outputs, exact resume, refusal to clobber a run, and DDP (gloo; NCCL with two GPUs)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,19 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 
 from medseg.checkpoint import load_checkpoint
-from medseg.config import Config
-from medseg.errors import CheckpointError
+from medseg.distributed import init_distributed
+from medseg.errors import CheckpointError, ConfigError
 from medseg.training import train
 
-MakeConfig = Callable[..., Config]
+if TYPE_CHECKING:
+    from conftest import MakeConfig
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -86,7 +87,8 @@ def test_bf16_precision_autocasts_training_only_on_a_cpu_that_has_it(
 
     hook = torch.nn.modules.module.register_module_forward_hook(record)
     try:  # training, the consistency term's second pass and validation all run convolutions
-        train(tiny_config(brats_root, tmp_path / "run", epochs=1, precision="bf16", consistency_weight=0.5))
+        config = tiny_config(brats_root, tmp_path / "run", epochs=1, precision="bf16", consistency_weight=0.5)
+        train(config, device="cpu")
     finally:
         hook.remove()
     assert dtypes == ({torch.bfloat16} if native else {torch.float32})
@@ -95,8 +97,12 @@ def test_bf16_precision_autocasts_training_only_on_a_cpu_that_has_it(
     assert math.isfinite(ckpt.training["history"][0]["train_loss"])
 
 
+two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs a CUDA device per process")
+
+
 @pytest.mark.slow
-def test_ddp_two_processes_on_cpu(brats_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=two_gpus)])
+def test_ddp_two_processes(device: str, brats_root: Path, tmp_path: Path) -> None:
     config = tmp_path / "ddp.yaml"
     config.write_text(
         "seed: 3\n"
@@ -109,13 +115,23 @@ def test_ddp_two_processes_on_cpu(brats_root: Path, tmp_path: Path) -> None:
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-           "-m", "medseg", "train", "--config", str(config)]  # fmt: skip
+           "-m", "medseg", "train", "--config", str(config), "--device", device]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt.training["epoch"] == 2
     assert not any(k.startswith("module.") for k in ckpt.state_dict), "DDP wrapper leaked into the checkpoint"
     assert proc.stdout.count("training finished") == 2  # both ranks ran to the end
+
+
+def test_more_processes_than_gpus_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ConfigError, match=r"LOCAL_RANK=1 needs CUDA device 1, and this machine has 1"):
+        init_distributed("auto")
+    assert not torch.distributed.is_initialized()
 
 
 def test_init_weights_starts_a_new_run_from_a_checkpoint(
