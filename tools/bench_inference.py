@@ -191,9 +191,12 @@ def _case_files(case: Path) -> list[Path]:
     return [next(case.glob(f"*_{c}.nii.gz")) for c in CHANNELS]
 
 
-def run_baseline(checkpoint: Path, case: Path, out_file: Path, repeats: int, shift: int = 0) -> list[float]:
-    """MONAI's plain sliding window; ``shift`` > 0 pads the volume's low corner by that many voxels of
-    background first (removed from the output), moving every window by ``shift`` voxels per axis."""
+def run_baseline(
+    checkpoint: Path, case: Path, out_file: Path, repeats: int, shift: int = 0, device: str = "cpu"
+) -> list[float]:
+    """MONAI's plain sliding window on ``device`` (fp32); ``shift`` > 0 pads the volume's low corner by that
+    many voxels of background first (removed from the output), moving every window by ``shift`` voxels per
+    axis."""
     import torch
     import torch.nn.functional as F
     from monai.data import MetaTensor
@@ -209,7 +212,7 @@ def run_baseline(checkpoint: Path, case: Path, out_file: Path, repeats: int, shi
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     ckpt = load_checkpoint(checkpoint, training=False)
-    model = ckpt.build_model()
+    model = ckpt.build_model().to(device)
     image = read_case(InputCase(case.name, tuple(_case_files(case))))
     cfg = TransformConfig(**{**ckpt.config["transforms"], "crop_foreground": False})
     transforms = inference_transforms(cfg)
@@ -220,13 +223,13 @@ def run_baseline(checkpoint: Path, case: Path, out_file: Path, repeats: int, shi
         tick = time.perf_counter()
         with torch.no_grad():
             logits = sliding_window_inference(
-                F.pad(x.unsqueeze(0).as_tensor(), [shift, 0] * 3),
+                F.pad(x.unsqueeze(0).as_tensor().to(device), [shift, 0] * 3),
                 ckpt.config["inference"]["roi_size"],
                 1,
                 model,
                 overlap=0.5,
                 mode="gaussian",
-            )[..., shift:, shift:, shift:]
+            )[..., shift:, shift:, shift:].cpu()
         probs = torch.sigmoid(logits[0]) if ckpt.label_table.kind == "regions" else torch.softmax(logits[0], 0)
         restored = transforms.inverse(
             {IMAGE: MetaTensor(probs, affine=x.affine, applied_operations=x.applied_operations)}
@@ -238,7 +241,7 @@ def run_baseline(checkpoint: Path, case: Path, out_file: Path, repeats: int, shi
 
 
 def run_predictor(
-    checkpoint: Path, case: Path, out_file: Path, repeats: int, overrides: dict[str, Any]
+    checkpoint: Path, case: Path, out_file: Path, repeats: int, overrides: dict[str, Any], device: str = "cpu"
 ) -> tuple[list[float], dict[str, Any]]:
     from medseg.checkpoint import load_checkpoint
     from medseg.config import InferenceConfig
@@ -253,7 +256,7 @@ def run_predictor(
     info: dict[str, Any] = {}
     for _ in range(repeats):
         tick = time.perf_counter()
-        predictor = Predictor.from_checkpoint(checkpoint, device="cpu", inference=inference)
+        predictor = Predictor.from_checkpoint(checkpoint, device=device, inference=inference)
         image = read_case(InputCase(case.name, tuple(_case_files(case))))
         labels = predictor.predict(image)
         write_nifti(labels, image.geometry, out_file, reference=image)
@@ -347,9 +350,10 @@ class Truth:
         return out
 
 
-def run_config(spec: dict[str, Any]) -> dict[str, Any]:
+def run_config(spec: dict[str, Any], script: str = __file__) -> dict[str, Any]:
+    """Run one configuration in a fresh process (``script --worker SPEC``); its last stdout line, as JSON."""
     proc = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(spec)],
+        [sys.executable, script, "--worker", json.dumps(spec)],
         capture_output=True,
         text=True,
         cwd=REPO,
