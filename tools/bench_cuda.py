@@ -29,9 +29,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench_inference import CHANNELS, make_case, run_baseline, run_config, run_predictor
+
 REPO = Path(__file__).resolve().parents[1]
-CHANNELS = ["t1", "t1ce", "t2", "flair"]
 ROI = [128, 128, 128]
+STEPS_PER_EPOCH = 8
 
 
 def random_checkpoint(name: str, path: Path) -> Path:
@@ -60,7 +62,7 @@ def random_checkpoint(name: str, path: Path) -> Path:
 
 
 def train_seconds_per_step(out: Path, *, amp: bool) -> dict[str, Any]:
-    """Train the DynUNet for three epochs of 8 steps on :func:`_train_phantoms`; the second epoch's
+    """Train the DynUNet for three epochs of ``STEPS_PER_EPOCH`` steps on :func:`_train_phantoms`; the second epoch's
     seconds per step and the run's peak GPU memory (GiB)."""
     import torch
 
@@ -78,7 +80,7 @@ def train_seconds_per_step(out: Path, *, amp: bool) -> dict[str, Any]:
             "train": {
                 "run_dir": str(run_dir),
                 "epochs": 3,
-                "iterations_per_epoch": 8,
+                "iterations_per_epoch": STEPS_PER_EPOCH,
                 "batch_size": 2,
                 "val_every": 1000,
                 "amp": amp,
@@ -90,7 +92,7 @@ def train_seconds_per_step(out: Path, *, amp: bool) -> dict[str, Any]:
     train(config, device="cuda")
     history = load_checkpoint(run_dir / "last.pt").training["history"]
     return {
-        "seconds_per_step": round(history[1]["seconds"] / 8, 3),
+        "seconds_per_step": round(history[1]["seconds"] / STEPS_PER_EPOCH, 3),
         "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 1024**3, 2),
         "train_loss": [round(r["train_loss"], 4) for r in history],
     }
@@ -107,7 +109,6 @@ def _train_phantoms(out: Path) -> Path:
 
 def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
-    from bench_inference import run_baseline, run_predictor
 
     torch.cuda.reset_peak_memory_stats()
     checkpoint, case, out_file = Path(spec["checkpoint"]), Path(spec["case"]), Path(spec["out_file"])
@@ -130,7 +131,6 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_worker(json.loads(args.worker))), flush=True)
         return 0
     import torch
-    from bench_inference import make_case, run_config
 
     if not torch.cuda.is_available():
         raise SystemExit("bench_cuda: no CUDA device")
