@@ -313,7 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("medseg: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # the last line of defence: one line, never a traceback
-        print(f"medseg: error: unexpected {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
+        first_line = next(iter(str(exc).splitlines()), "")
+        print(f"medseg: error: unexpected {type(exc).__name__}: {first_line} (rerun with --debug)", file=sys.stderr)
         return 1
 
 

@@ -222,7 +222,7 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}".replace("\n", " "), path=path) from None
+        raise ConfigError(f"invalid YAML: {exc}", path=path) from None
     if not isinstance(raw, dict):
         raise ConfigError("top level must be a mapping", path=path)
     for item in overrides:

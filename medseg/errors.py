@@ -13,16 +13,17 @@ class MedsegError(Exception):
     """Base of every user-facing medseg error.
 
     Args:
-        reason: what is wrong, as one sentence without a trailing full stop.
+        reason: what is wrong, as one sentence without a trailing full stop; kept to one line (a
+            library's multi-line message, quoted in it, has its line breaks folded into spaces).
         path: the file or folder the problem is about, when there is one.
     """
 
     exit_code = 2
 
     def __init__(self, reason: str, *, path: str | Path | None = None) -> None:
-        self.reason = reason
+        self.reason = " ".join(reason.split())
         self.path = Path(path) if path is not None else None
-        super().__init__(f"{self.path}: {reason}" if self.path is not None else reason)
+        super().__init__(f"{self.path}: {self.reason}" if self.path is not None else self.reason)
 
 
 class MedsegInputError(MedsegError):

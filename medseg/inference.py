@@ -27,7 +27,7 @@ from medseg.config import InferenceConfig, TransformConfig
 from medseg.data.cases import InputCase
 from medseg.distributed import resolve_device
 from medseg.errors import ConfigError, MedsegInputError
-from medseg.io import Image, read_dicom_series, read_image
+from medseg.io import Image, read_dicom_series, read_image, require_finite
 from medseg.keys import IMAGE
 from medseg.networks.registry import check_patch_size, default_window_voxels, size_divisor
 from medseg.tiling import TilePlan, smallest_window, tiled_inference
@@ -105,7 +105,8 @@ def read_case(case: InputCase) -> Image:
     :class:`Image` on the first file's grid; a 4-D file contributes all its channels.
 
     Raises:
-        MedsegInputError: a file is missing or unreadable, or not on the first file's grid.
+        MedsegInputError: a file is missing or unreadable, not on the first file's grid, or holds NaN or
+            infinite voxels.
     """
     if case.series_uid is not None:
         images = [read_dicom_series(case.images[0], series_uid=case.series_uid or None, recursive=False)]
@@ -121,6 +122,7 @@ def read_case(case: InputCase) -> Image:
             )
         if not img.geometry.same_grid(first.geometry):
             raise MedsegInputError(f"affine differs from {first.path.name}", path=img.path)
+        require_finite(img.array, path=img.path)
     arrays = [c.astype(np.float32, copy=False) for img in images for c in img.array.reshape(-1, *img.geometry.shape)]
     return Image(np.stack(arrays), first.geometry, first.path, dict(first.meta))
 
@@ -210,6 +212,10 @@ class Predictor:
         softmax (background 1 outside the crop; at its edge, where resampling back to the input's
         grid mixes in the outside, that share goes to background, so every voxel sums to 1).
         A cubic-spline resampling's overshoot is clipped to [0, 1] (and renormalised for classes).
+
+        Raises:
+            MedsegInputError: ``image`` has another number of channels than the model, or NaN or
+                infinite voxels.
         """
         if image.array.shape[0] != len(self.channels):
             raise MedsegInputError(
@@ -217,6 +223,8 @@ class Predictor:
                 f"got {image.array.shape[0]}",
                 path=image.path,
             )
+        for name, channel in zip(self.channels, image.array, strict=True):
+            require_finite(channel, path=image.path, channel=name)
         data = self.transforms({IMAGE: MetaTensor(torch.as_tensor(image.array), affine=image.geometry.affine)})
         x = data[IMAGE]
         logits = self._logits(x.unsqueeze(0).as_tensor().to(self.backend.device))[0].float().cpu()

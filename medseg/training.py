@@ -17,6 +17,7 @@ another checkpoint's weights (fine-tuning) with a fresh optimizer and schedule.
 from __future__ import annotations
 
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from medseg import __version__
+from medseg import __version__, errors
 from medseg.backends.base import autocast_dtype
 from medseg.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medseg.config import Config
@@ -115,12 +116,21 @@ def _raise_first_problem(problems: list[str]) -> None:
         raise MedsegInputError(problems[0] + more)
 
 
+# how one of our errors reads in a traceback's text: ``medseg.errors.MedsegInputError: <file>: <reason>``
+_ERROR_LINE = re.compile(r"^medseg\.errors\.(\w+): (.+)$", re.MULTILINE)
+
+
 def _user_error_in(exc: BaseException) -> MedsegError | None:
-    """MONAI wraps errors raised inside transforms; find one of ours in the chain."""
+    """MONAI wraps errors raised inside transforms, and an error in a DataLoader worker process reaches
+    this one only as its traceback's text; find one of ours in the chain or in that text."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, MedsegError):
             return seen
+        match = _ERROR_LINE.search(str(seen))
+        error_class = getattr(errors, match.group(1), None) if match else None
+        if isinstance(error_class, type) and issubclass(error_class, MedsegError):
+            return error_class(match.group(2))  # type: ignore[union-attr]
         seen = seen.__cause__ or seen.__context__
     return None
 

@@ -17,7 +17,8 @@ from monai import transforms as mt
 from monai.config import KeysCollection
 
 from medseg.config import TransformConfig
-from medseg.errors import ConfigError
+from medseg.errors import ConfigError, MedsegInputError
+from medseg.io import read_nifti, require_finite
 from medseg.keys import IMAGE, LABEL
 from medseg.labels import LabelTable
 
@@ -41,9 +42,33 @@ class LabelsToRegionsd(mt.MapTransform):
         return d
 
 
+class LoadImagesd(mt.MapTransform):
+    """MONAI's ``LoadImaged`` for NIfTI files, channel first (a list of files under one key is stacked
+    into channels), that names the file when one cannot be read or holds NaN or infinite voxels; MONAI
+    itself would only say which transform failed."""
+
+    def __init__(self, keys: KeysCollection) -> None:
+        super().__init__(keys)
+        self.load = mt.LoadImaged(keys=self.keys, reader="NibabelReader", ensure_channel_first=True, image_only=True)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        files = {key: [data[key]] if isinstance(data[key], str) else list(data[key]) for key in self.key_iterator(data)}
+        try:
+            d = dict(self.load(data))
+        except Exception as exc:
+            for path in (p for paths in files.values() for p in paths):
+                read_nifti(path)  # raises the reason, naming the file
+            raise MedsegInputError(f"cannot load: {exc}", path=next(iter(files.values()))[0]) from None
+        for key, paths in files.items():
+            for i, channel in enumerate(d[key]):
+                # one file per channel, or one multi-channel file (a 4-D NIfTI)
+                require_finite(np.asarray(channel), path=paths[i] if len(paths) == len(d[key]) else paths[0])
+        return d
+
+
 def load_transforms(keys: Sequence[str]) -> list[mt.Transform]:
-    """Read NIfTI files channel-first; a list of files under one key is stacked into channels."""
-    return [mt.LoadImaged(keys=list(keys), reader="NibabelReader", ensure_channel_first=True, image_only=True)]
+    """Read NIfTI files channel-first (:class:`LoadImagesd`)."""
+    return [LoadImagesd(keys=list(keys))]
 
 
 class AboveThreshold:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from medseg.cli import main
+from medseg.errors import MedsegInputError
 
 
 def _copy_case(src_root: Path, dst_root: Path, case: str = "BraTS2021_00000") -> Path:
@@ -152,3 +154,94 @@ def test_checkpoint_that_is_not_ours(tmp_path: Path, brats_root: Path, capsys: p
     assert code == 2
     _one_error_line(capsys, str(fake), "not a medseg checkpoint")
     assert not (tmp_path / "out").exists()
+
+
+def _with_nan(path: Path) -> None:
+    img = nib.load(path)
+    data = np.asanyarray(img.dataobj).astype(np.float32)
+    data[10:12, 10:12, 10:12] = np.nan
+    nib.save(nib.Nifti1Image(data, img.affine), path)
+
+
+def test_nan_voxels_fail_only_their_case(
+    brats_root: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for case in ("BraTS2021_00000", "BraTS2021_00001"):
+        _copy_case(brats_root, tmp_path / "data", case)
+    flair = tmp_path / "data" / "BraTS2021_00001" / "BraTS2021_00001_flair.nii.gz"
+    _with_nan(flair)
+    code = main(["predict", "--model", str(tiny_checkpoint), "--input", str(tmp_path / "data"),
+                 "--output", str(tmp_path / "out"), "--progress", "none"])  # fmt: skip
+    assert code != 0
+    _one_error_line(capsys, str(flair), "8 voxels are NaN or infinite")
+    assert (tmp_path / "out" / "BraTS2021_00000.nii.gz").exists()
+    assert not (tmp_path / "out" / "BraTS2021_00001.nii.gz").exists()
+
+
+@pytest.mark.parametrize(
+    "loading", [["--set", "data.num_workers=0"], ["--set", "data.num_workers=1", "--set", "data.cache_rate=0"]],
+    ids=["cached_in_this_process", "in_a_loader_worker"],
+)  # fmt: skip
+def test_training_images_with_nan_voxels(
+    loading: list[str], brats_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flairs = []
+    for case in ("BraTS2021_00000", "BraTS2021_00001"):
+        flairs.append(_copy_case(brats_root, tmp_path / "data", case) / f"{case}_flair.nii.gz")
+        _with_nan(flairs[-1])
+    assert main(["train", "--config", str(_train_config(tmp_path, tmp_path / "data")), *loading]) == 2
+    line = _one_error_line(capsys, "8 voxels are NaN or infinite")
+    assert any(str(f) in line for f in flairs), line
+
+
+def test_training_image_truncated_after_its_header(
+    brats_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for case in ("BraTS2021_00000", "BraTS2021_00001"):
+        _copy_case(brats_root, tmp_path / "data", case)
+    t1 = tmp_path / "data" / "BraTS2021_00001" / "BraTS2021_00001_t1.nii.gz"
+    raw = gzip.decompress(t1.read_bytes())
+    t1.write_bytes(gzip.compress(raw[: len(raw) // 2]))  # the header still reads: the manifest check passes
+    assert main(["train", "--config", str(_train_config(tmp_path, tmp_path / "data"))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"medseg: error: {t1}: cannot read NIfTI image")
+    assert len(err.splitlines()) == 1, err  # nibabel's message has two lines: folded into one
+
+
+def test_image_with_a_degenerate_affine(brats_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for case in ("BraTS2021_00000", "BraTS2021_00001"):
+        _copy_case(brats_root, tmp_path / "data", case)
+    t2 = tmp_path / "data" / "BraTS2021_00000" / "BraTS2021_00000_t2.nii.gz"
+    img = nib.load(t2)
+    header = img.header.copy()
+    affine = img.affine.copy()
+    affine[:3, 0] = 0.0  # nibabel's Nifti1Image(data, affine) refuses this; a header can still carry it
+    header.set_sform(affine, code=1)
+    header.set_qform(None, code=0)
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), None, header=header), t2)
+    assert main(["train", "--config", str(_train_config(tmp_path, tmp_path / "data"))]) == 2
+    _one_error_line(capsys, str(t2), "zero-length or non-finite voxel axis")
+    assert not (tmp_path / "run").exists()
+
+
+def test_predictor_refuses_an_in_memory_image_with_nan_voxels(tiny_checkpoint: Path, brats_root: Path) -> None:
+    from medseg.data.cases import discover_cases
+    from medseg.inference import Predictor, read_case
+
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, backend="torch")
+    image = read_case(discover_cases(brats_root / "BraTS2021_00000", channels=predictor.channels)[0])
+    image.array[3, 5, 5, 5] = np.inf
+    with pytest.raises(MedsegInputError, match=f"channel {predictor.channels[3]}: 1 voxel is NaN or infinite"):
+        predictor.predict(image)
+
+
+def test_an_unexpected_error_is_still_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, brats_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def fails(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Caught RuntimeError in a worker.\nOriginal Traceback (most recent call last):\n  ...")
+
+    monkeypatch.setattr("medseg.training.train", fails)
+    assert main(["train", "--config", str(_train_config(tmp_path, brats_root))]) == 1
+    err = capsys.readouterr().err
+    assert err == "medseg: error: unexpected RuntimeError: Caught RuntimeError in a worker. (rerun with --debug)\n"

@@ -27,6 +27,7 @@ from medseg.data import nnunet as _nnunet  # noqa: F401  (registers "nnunet", an
 from medseg.data.layouts import SCANNERS, ScannedCase
 from medseg.errors import MedsegInputError
 from medseg.io.atomic import atomic_output
+from medseg.io.image import require_invertible
 from medseg.io.jsonfile import read_json
 from medseg.labels import LabelTable
 
@@ -132,9 +133,9 @@ def load_manifest(path: str | Path) -> Manifest:
         raise MedsegInputError(f"malformed manifest: missing or invalid {exc}", path=path) from None
 
 
-def check_case(case: ManifestCase, *, root: Path, table: LabelTable, check_values: bool = True) -> list[str]:
-    """Problems with one case, one line each naming the file: missing or unreadable files, images and
-    label on different grids (shape or affine), label values outside ``table``."""
+def check_case(case: ManifestCase, *, root: Path, table: LabelTable) -> list[str]:
+    """Problems with one case, one line each naming the file: missing or unreadable files, degenerate
+    affines, images and label on different grids (shape or affine), label values outside ``table``."""
     problems: list[str] = []
     grids: list[tuple[Path, tuple[int, ...], np.ndarray]] = []
     files = [root / p for p in case.images] + ([root / case.label] if case.label else [])
@@ -144,9 +145,15 @@ def check_case(case: ManifestCase, *, root: Path, table: LabelTable, check_value
             continue
         try:
             img = nib.load(str(path))
-            grids.append((path, tuple(img.shape[:3]), img.affine))
         except Exception as exc:
             problems.append(f"{path}: cannot read image header: {exc}")
+            continue
+        try:
+            require_invertible(img.affine, path=path)
+        except MedsegInputError as exc:
+            problems.append(str(exc))
+            continue
+        grids.append((path, tuple(img.shape[:3]), img.affine))
     if grids:
         ref_path, ref_shape, ref_affine = grids[0]
         for path, shape, affine in grids[1:]:
@@ -155,7 +162,7 @@ def check_case(case: ManifestCase, *, root: Path, table: LabelTable, check_value
             elif not np.allclose(affine, ref_affine, atol=1e-4):
                 problems.append(f"{path}: affine differs from {ref_path.name}")
     label_path = root / case.label if case.label else None
-    if check_values and label_path is not None and not problems:
+    if label_path is not None and not problems:
         problems.extend(label_value_problems(label_path, table))
     return problems
 
@@ -172,10 +179,10 @@ def label_value_problems(path: Path, table: LabelTable) -> list[str]:
     return []
 
 
-def check_manifest(manifest: Manifest, *, root: str | Path, check_values: bool = True) -> list[str]:
+def check_manifest(manifest: Manifest, *, root: str | Path) -> list[str]:
     """All problems of all cases (empty when the dataset is consistent)."""
     root = Path(root)
     problems: list[str] = []
     for case in manifest.cases:
-        problems.extend(check_case(case, root=root, table=manifest.label_table, check_values=check_values))
+        problems.extend(check_case(case, root=root, table=manifest.label_table))
     return problems

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from medseg.errors import MedsegInputError
+
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -69,3 +71,34 @@ class Image:
     geometry: Geometry
     path: Path | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+def require_finite(array: np.ndarray, *, path: str | Path | None, channel: str | None = None) -> None:
+    """Refuse image voxels that are NaN or infinite: a network fed one returns NaN logits around it (and
+    every instance norm spreads them through its window), so the label map would be silently wrong.
+
+    Raises:
+        MedsegInputError: naming ``path`` (and ``channel``, when given) and how many voxels are bad.
+    """
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    if bad:
+        where = f"channel {channel}: " if channel is not None else ""
+        are = "voxel is" if bad == 1 else "voxels are"
+        raise MedsegInputError(f"{where}{bad} {are} NaN or infinite", path=path)
+
+
+def require_invertible(affine: np.ndarray, *, path: str | Path | None) -> None:
+    """Refuse a 4x4 voxel-to-world affine that is not finite or whose three voxel axes (columns) are
+    zero or (nearly) parallel: no orientation, spacing or resampling can be derived from it.
+
+    Raises:
+        MedsegInputError: naming ``path``.
+    """
+    axes = np.asarray(affine, dtype=float)[:3, :3]
+    lengths = np.linalg.norm(axes, axis=0)
+    if not np.all(np.isfinite(affine)) or np.any(lengths == 0):
+        raise MedsegInputError("the affine has a zero-length or non-finite voxel axis", path=path)
+    if abs(np.linalg.det(axes / lengths)) < 1e-3:  # 1 for orthogonal axes, 0 for parallel ones
+        raise MedsegInputError("the affine's voxel axes are parallel: no orientation can be derived", path=path)

@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from medseg.errors import MedsegInputError
-from medseg.io.image import Image
+from medseg.io.image import Image, require_invertible
 
 
 class ImageReader(ABC):
@@ -139,9 +139,12 @@ def read_image(path: str | Path) -> Image:
         affine maps voxel indices to RAS+ world mm.
 
     Raises:
-        MedsegInputError: the path is missing, of unknown type, corrupt, or not a 3-D image.
+        MedsegInputError: the path is missing, of unknown type, corrupt, not a 3-D image, or its
+            affine is degenerate.
     """
     path = Path(path)
     if not path.exists():
         raise MedsegInputError("file not found", path=path)
-    return reader_for(path).read(path)
+    image = reader_for(path).read(path)
+    require_invertible(image.geometry.affine, path=path)
+    return image

@@ -132,3 +132,42 @@ def test_garbage_file_raises_input_error_with_path(tmp_path: Path, suffix: str) 
     with pytest.raises(MedsegInputError) as info:
         read_image(path)
     assert info.value.path == path
+
+
+def _nifti_with_sform(path: Path, affine: np.ndarray) -> Path:
+    """A NIfTI whose header carries ``affine`` as its only transform (nibabel's constructor would refuse a
+    degenerate one: it derives a qform from it)."""
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((4, 5, 6))
+    header.set_data_dtype(np.float32)
+    header.set_sform(affine, code=1)
+    header.set_qform(None, code=0)
+    nib.save(nib.Nifti1Image(np.ones((4, 5, 6), np.float32), None, header=header), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("columns", "reason"),
+    [
+        ([[0, 0, 0], [0, 2, 0], [0, 0, 2]], "zero-length"),
+        ([[2, 2, 0], [0, 0, 0], [0, 0, 2]], "parallel"),
+        ([[2, 2.001, 0], [0, 0.001, 0], [0, 0, 2]], "parallel"),
+    ],
+    ids=["zero_axis", "repeated_axis", "nearly_parallel_axes"],
+)
+def test_degenerate_affine_is_refused_naming_the_file(tmp_path: Path, columns: list[list[float]], reason: str) -> None:
+    affine = np.eye(4)
+    affine[:3, :3] = columns
+    path = _nifti_with_sform(tmp_path / "bad.nii.gz", affine)
+    with pytest.raises(MedsegInputError, match=reason) as info:
+        read_image(path)
+    assert info.value.path == path
+
+
+def test_sheared_oblique_affine_is_read(tmp_path: Path) -> None:
+    affine = np.eye(4)
+    affine[:3, :3] = [[1.0, 0.5, 0.0], [0.0, 0.866, 0.0], [0.0, 0.0, 3.0]]  # axes 60 degrees apart: unusual, valid
+    image = read_image(_nifti_with_sform(tmp_path / "sheared.nii.gz", affine))
+    np.testing.assert_allclose(image.geometry.affine, affine, atol=1e-6)
