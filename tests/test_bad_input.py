@@ -20,6 +20,11 @@ def _copy_case(src_root: Path, dst_root: Path, case: str = "BraTS2021_00000") ->
     return dst
 
 
+def _copy_two_cases(src_root: Path, dst_root: Path) -> list[Path]:
+    """Two cases: enough for a two-fold training run (one to train on, one to validate)."""
+    return [_copy_case(src_root, dst_root, case) for case in ("BraTS2021_00000", "BraTS2021_00001")]
+
+
 def _one_error_line(capsys: pytest.CaptureFixture[str], *needles: str) -> str:
     """Exactly one ``medseg: error:`` line (a batch may add its one-line tally), never a traceback."""
     text = capsys.readouterr().err
@@ -53,8 +58,7 @@ def test_missing_modality_file(brats_root: Path, tmp_path: Path, capsys: pytest.
 
 
 def test_modalities_on_different_grids(brats_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for case in ("BraTS2021_00000", "BraTS2021_00001"):
-        _copy_case(brats_root, tmp_path / "data", case)
+    _copy_two_cases(brats_root, tmp_path / "data")
     flair = tmp_path / "data" / "BraTS2021_00001" / "BraTS2021_00001_flair.nii.gz"
     img = nib.load(flair)
     shifted = img.affine.copy()
@@ -67,8 +71,7 @@ def test_modalities_on_different_grids(brats_root: Path, tmp_path: Path, capsys:
 
 
 def test_label_values_outside_the_release(brats_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for case in ("BraTS2021_00000", "BraTS2021_00001"):
-        _copy_case(brats_root, tmp_path / "data", case)
+    _copy_two_cases(brats_root, tmp_path / "data")
     seg = tmp_path / "data" / "BraTS2021_00000" / "BraTS2021_00000_seg.nii.gz"
     img = nib.load(seg)
     data = np.asanyarray(img.dataobj).copy()
@@ -166,8 +169,7 @@ def _with_nan(path: Path) -> None:
 def test_nan_voxels_fail_only_their_case(
     brats_root: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for case in ("BraTS2021_00000", "BraTS2021_00001"):
-        _copy_case(brats_root, tmp_path / "data", case)
+    _copy_two_cases(brats_root, tmp_path / "data")
     flair = tmp_path / "data" / "BraTS2021_00001" / "BraTS2021_00001_flair.nii.gz"
     _with_nan(flair)
     code = main(["predict", "--model", str(tiny_checkpoint), "--input", str(tmp_path / "data"),
@@ -185,10 +187,9 @@ def test_nan_voxels_fail_only_their_case(
 def test_training_images_with_nan_voxels(
     loading: list[str], brats_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    flairs = []
-    for case in ("BraTS2021_00000", "BraTS2021_00001"):
-        flairs.append(_copy_case(brats_root, tmp_path / "data", case) / f"{case}_flair.nii.gz")
-        _with_nan(flairs[-1])
+    flairs = [case / f"{case.name}_flair.nii.gz" for case in _copy_two_cases(brats_root, tmp_path / "data")]
+    for flair in flairs:
+        _with_nan(flair)
     assert main(["train", "--config", str(_train_config(tmp_path, tmp_path / "data")), *loading]) == 2
     line = _one_error_line(capsys, "8 voxels are NaN or infinite")
     assert any(str(f) in line for f in flairs), line
@@ -197,8 +198,7 @@ def test_training_images_with_nan_voxels(
 def test_training_image_truncated_after_its_header(
     brats_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for case in ("BraTS2021_00000", "BraTS2021_00001"):
-        _copy_case(brats_root, tmp_path / "data", case)
+    _copy_two_cases(brats_root, tmp_path / "data")
     t1 = tmp_path / "data" / "BraTS2021_00001" / "BraTS2021_00001_t1.nii.gz"
     raw = gzip.decompress(t1.read_bytes())
     t1.write_bytes(gzip.compress(raw[: len(raw) // 2]))  # the header still reads: the manifest check passes
@@ -209,8 +209,7 @@ def test_training_image_truncated_after_its_header(
 
 
 def test_image_with_a_degenerate_affine(brats_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for case in ("BraTS2021_00000", "BraTS2021_00001"):
-        _copy_case(brats_root, tmp_path / "data", case)
+    _copy_two_cases(brats_root, tmp_path / "data")
     t2 = tmp_path / "data" / "BraTS2021_00000" / "BraTS2021_00000_t2.nii.gz"
     img = nib.load(t2)
     header = img.header.copy()
