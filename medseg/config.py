@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,52 @@ from typing import Any, Literal, Union
 import yaml
 
 from medseg.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a number may take (every number, in a list): from ``low`` to ``high``, each end
+    included unless ``open_low``/``open_high``; ``None`` leaves that end unbounded. NaN and infinity
+    are never in range."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def __contains__(self, value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.open_low and value == self.low)):
+            return False
+        return self.high is None or not (value > self.high or (self.open_high and value == self.high))
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.open_low else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.open_high else '<='} {self.high:g}"
+        return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
+
+
+def _ranged(default: Any, low: float | None = None, high: float | None = None, **open_ends: bool) -> Any:
+    """A dataclass field whose value (or every item of a list value) must lie in :class:`Range`."""
+    metadata = {"range": Range(low, high, **open_ends)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _check_ranges(section: Any, name: str) -> None:
+    """Raise :class:`ConfigError` for the first field of ``section`` outside its :class:`Range`."""
+    for f in dataclasses.fields(section):
+        allowed = f.metadata.get("range")
+        value = getattr(section, f.name)
+        if allowed is None or value is None:
+            continue
+        if not all(v in allowed for v in (value if isinstance(value, list) else [value])):
+            each = " (each)" if isinstance(value, list) else ""
+            raise ConfigError(f"{name}.{f.name} must be {allowed}{each}, got {value!r}")
 
 
 @dataclass
@@ -32,10 +79,13 @@ class DataConfig:
     manifest: str | None = None
     layout: Literal["brats", "msd", "nnunet"] = "brats"
     labels: str = "auto"
-    fold: int = 0
-    num_folds: int = 5
-    cache_rate: float = 1.0
-    num_workers: int = 2
+    fold: int = _ranged(0, 0)
+    num_folds: int = _ranged(5, 2)
+    cache_rate: float = _ranged(1.0, 0, 1)
+    num_workers: int = _ranged(2, 0)
+
+    def __post_init__(self) -> None:
+        _check_ranges(self, "data")
 
 
 @dataclass
@@ -57,18 +107,18 @@ class TransformConfig:
     hu_window: list[float] = field(default_factory=lambda: [-175.0, 250.0])
     crop_foreground: bool = True
     foreground_threshold: float | None = None
-    patch_size: list[int] = field(default_factory=lambda: [96, 96, 96])
+    patch_size: list[int] = _ranged([96, 96, 96], 1)
     sampling: Literal["pos_neg", "class_balanced"] = "pos_neg"
-    class_ratios: list[float] | None = None
-    pos_fraction: float = 0.67
-    samples_per_case: int = 2
-    flip_prob: float = 0.5
-    rotate_deg: float = 10.0
-    scale_range: float = 0.1
-    affine_prob: float = 0.2
-    intensity_shift: float = 0.1
-    intensity_scale: float = 0.1
-    intensity_prob: float = 0.5
+    class_ratios: list[float] | None = _ranged(None, 0)
+    pos_fraction: float = _ranged(0.67, 0, 1)
+    samples_per_case: int = _ranged(2, 1)
+    flip_prob: float = _ranged(0.5, 0, 1)
+    rotate_deg: float = _ranged(10.0, 0, 180)
+    scale_range: float = _ranged(0.1, 0, 1, open_high=True)
+    affine_prob: float = _ranged(0.2, 0, 1)
+    intensity_shift: float = _ranged(0.1, 0)
+    intensity_scale: float = _ranged(0.1, 0, 1, open_high=True)
+    intensity_prob: float = _ranged(0.5, 0, 1)
 
     def __post_init__(self) -> None:
         if len(self.hu_window) != 2 or not self.hu_window[0] < self.hu_window[1]:
@@ -77,6 +127,7 @@ class TransformConfig:
             raise ConfigError(f"transforms.spacing must be three positive sizes in mm, got {self.spacing}")
         if len(self.patch_size) != 3:
             raise ConfigError(f"transforms.patch_size must be three sizes in voxels, got {self.patch_size}")
+        _check_ranges(self, "transforms")
 
 
 @dataclass
@@ -92,10 +143,13 @@ class LossConfig:
     """Loss: ``dice_focal`` or ``dice_ce``; term weights, focal gamma and optional per-output weights."""
 
     name: Literal["dice_focal", "dice_ce"] = "dice_focal"
-    dice_weight: float = 1.0
-    other_weight: float = 1.0
-    gamma: float = 2.0
-    class_weights: list[float] | None = None
+    dice_weight: float = _ranged(1.0, 0)
+    other_weight: float = _ranged(1.0, 0)
+    gamma: float = _ranged(2.0, 0)
+    class_weights: list[float] | None = _ranged(None, 0)
+
+    def __post_init__(self) -> None:
+        _check_ranges(self, "loss")
 
 
 @dataclass
@@ -106,6 +160,8 @@ class TrainConfig:
     input channel count and number of outputs) and that a new run starts from (fine-tuning, e.g. on
     larger patches); the optimizer and schedule start afresh.
     A resumed run takes its weights from ``last.pt`` instead.
+    ``max_minutes``: stop after the epoch that reaches this much wall time (0: after the first
+    epoch); ``--resume`` goes on from there.
     ``consistency_weight`` > 0 adds :class:`~medseg.losses.WindowConsistency` with that weight: the
     network's answer on part of each patch, seen in a window that is otherwise background, is pulled
     towards its answer with the whole patch around it, so sliding-window inference depends less on
@@ -116,24 +172,23 @@ class TrainConfig:
     """
 
     run_dir: str = "runs/train"
-    epochs: int = 50
-    iterations_per_epoch: int = 50
-    batch_size: int = 2
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    warmup_epochs: int = 2
+    epochs: int = _ranged(50, 1)
+    iterations_per_epoch: int = _ranged(50, 1)
+    batch_size: int = _ranged(2, 1)
+    lr: float = _ranged(1e-3, 0, open_low=True)
+    weight_decay: float = _ranged(1e-5, 0)
+    warmup_epochs: int = _ranged(2, 0)
     schedule: Literal["cosine", "poly"] = "cosine"
-    grad_clip: float | None = 12.0
+    grad_clip: float | None = _ranged(12.0, 0, open_low=True)
     amp: bool = True
     precision: Literal["fp32", "bf16"] = "fp32"
-    val_every: int = 5
-    max_minutes: float | None = None
+    val_every: int = _ranged(5, 1)
+    max_minutes: float | None = _ranged(None, 0)
     init_weights: str | None = None
-    consistency_weight: float = 0.0
+    consistency_weight: float = _ranged(0.0, 0)
 
     def __post_init__(self) -> None:
-        if self.consistency_weight < 0:
-            raise ConfigError(f"train.consistency_weight must be >= 0 (0: off), got {self.consistency_weight}")
+        _check_ranges(self, "train")
 
 
 @dataclass
@@ -158,19 +213,22 @@ class InferenceConfig:
     as in nnU-Net's BraTS 2020 post-processing, Isensee et al. 2021).
     """
 
-    roi_size: list[int] = field(default_factory=lambda: [96, 96, 96])
-    overlap: float = 0.5
+    roi_size: list[int] = _ranged([96, 96, 96], 1)
+    overlap: float = _ranged(0.5, 0, 1, open_high=True)
     mode: Literal["gaussian", "constant"] = "gaussian"
-    sw_batch_size: int = 2
-    threshold: float = 0.5
+    sw_batch_size: int = _ranged(2, 1)
+    threshold: float = _ranged(0.5, 0, 1, open_low=True, open_high=True)
     tiling: Literal["tight", "monai"] = "tight"
-    min_overlap: int = 16
-    max_window: list[int] | None = None
-    max_window_voxels: int | None = None
+    min_overlap: int = _ranged(16, 0)
+    max_window: list[int] | None = _ranged(None, 1)
+    max_window_voxels: int | None = _ranged(None, 1)
     crop_foreground: bool = True
     precision: Literal["fp32", "bf16"] = "fp32"
     keep_largest_component: bool = False
     min_region_ml: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_ranges(self, "inference")
 
 
 @dataclass
@@ -181,12 +239,15 @@ class PhantomConfig:
     generator's own grid (128 x 128 in-plane, 3.2-5 mm slices, per-case spacing)."""
 
     release: Literal["2021", "2023"] = "2021"
-    train_cases: int = 30
-    test_cases: int = 10
+    train_cases: int = _ranged(30, 2)
+    test_cases: int = _ranged(10, 1)
     train_seed: int = 1
     test_seed: int = 2
-    shape: list[int] | None = field(default_factory=lambda: [96, 96, 80])
-    spacing: float = 2.0
+    shape: list[int] | None = _ranged([96, 96, 80], 1)
+    spacing: float = _ranged(2.0, 0, open_low=True)
+
+    def __post_init__(self) -> None:
+        _check_ranges(self, "phantoms")
 
 
 @dataclass

@@ -71,8 +71,6 @@ def validate_config(config: Config) -> None:
             f"train.consistency_weight needs transforms.patch_size to be at least {2 * divisor} voxels on some axis"
             f" (twice network {config.network.name!r}'s size divisor), got {config.transforms.patch_size}"
         )
-    if config.train.epochs < 1 or config.train.iterations_per_epoch < 1 or config.train.batch_size < 1:
-        raise ConfigError("train.epochs, train.iterations_per_epoch and train.batch_size must be >= 1")
 
 
 def load_dataset_manifest(config: Config) -> tuple[Manifest, Path]:

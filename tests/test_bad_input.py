@@ -109,6 +109,13 @@ def test_config_wrong_type(tmp_path: Path, brats_root: Path, capsys: pytest.Capt
     _one_error_line(capsys, str(config), "train.epochs", "expected int")
 
 
+def test_config_value_out_of_range(tmp_path: Path, brats_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _train_config(tmp_path, brats_root)
+    assert main(["train", "--config", str(config), "--set", "train.val_every=0"]) == 2  # was a ZeroDivisionError
+    _one_error_line(capsys, str(config), "train.val_every must be >= 1, got 0")
+    assert not (tmp_path / "run").exists()
+
+
 def test_network_argument_the_network_refuses(
     tmp_path: Path, brats_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

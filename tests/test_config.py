@@ -53,6 +53,36 @@ def test_wrong_types_are_errors(raw: dict, message: str) -> None:
         config_from_dict(raw)
 
 
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"train": {"lr": -1}}, r"train.lr must be > 0, got -1.0"),
+        ({"train": {"lr": float("nan")}}, r"train.lr must be > 0, got nan"),
+        ({"train": {"val_every": 0}}, r"train.val_every must be >= 1, got 0"),
+        ({"train": {"grad_clip": 0}}, r"train.grad_clip must be > 0"),
+        ({"inference": {"overlap": 1.0}}, r"inference.overlap must be in \[0, 1\), got 1.0"),
+        ({"inference": {"threshold": 2}}, r"inference.threshold must be in \(0, 1\), got 2.0"),
+        ({"inference": {"roi_size": [64, 0, 64]}}, r"inference.roi_size must be >= 1 \(each\), got \[64, 0, 64\]"),
+        ({"transforms": {"pos_fraction": 1.5}}, r"transforms.pos_fraction must be in \[0, 1\]"),
+        ({"transforms": {"class_ratios": [1, -1]}}, r"transforms.class_ratios must be >= 0 \(each\)"),
+        ({"data": {"cache_rate": 2}}, r"data.cache_rate must be in \[0, 1\]"),
+        ({"data": {"num_folds": 1}}, r"data.num_folds must be >= 2"),
+        ({"loss": {"gamma": -2}}, r"loss.gamma must be >= 0"),
+        ({"phantoms": {"spacing": 0}}, r"phantoms.spacing must be > 0"),
+    ],
+)
+def test_values_out_of_range_are_errors(raw: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(raw)
+
+
+def test_values_at_the_closed_ends_of_their_range_are_accepted() -> None:
+    config = config_from_dict(
+        {"data": {"cache_rate": 0, "fold": 0}, "transforms": {"pos_fraction": 1}, "inference": {"overlap": 0}}
+    )
+    assert (config.data.cache_rate, config.transforms.pos_fraction, config.inference.overlap) == (0.0, 1.0, 0.0)
+
+
 def test_ints_are_accepted_for_floats() -> None:
     assert config_from_dict({"train": {"lr": 1}}).train.lr == 1.0
 
