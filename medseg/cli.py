@@ -32,6 +32,7 @@ def _phantoms_brats(args: argparse.Namespace) -> int:
         shape=tuple(args.shape),
         spacing=args.spacing,
         workers=args.workers,
+        overwrite=args.overwrite,
     )
     print(f"wrote {len(paths)} BraTS {args.release} phantom cases to {args.out}")
     return 0
@@ -40,7 +41,9 @@ def _phantoms_brats(args: argparse.Namespace) -> int:
 def _phantoms_ct(args: argparse.Namespace) -> int:
     from medseg.phantoms.ct import generate_ct_dataset
 
-    paths = generate_ct_dataset(args.out, cases=args.cases, seed=args.seed, workers=args.workers)
+    paths = generate_ct_dataset(
+        args.out, cases=args.cases, seed=args.seed, workers=args.workers, overwrite=args.overwrite
+    )
     print(f"wrote {len(paths)} CT phantom cases to {args.out}")
     return 0
 
@@ -192,14 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="voxel grid as stored in the NIfTI file (first, second, third axis)",
     )
     p.add_argument("--spacing", type=float, default=1.0, help="isotropic voxel size in mm")
-    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
     p.set_defaults(handler=_phantoms_brats)
     p = phantoms.add_parser("ct", help="abdominal CT organ phantoms in MSD layout")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--cases", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=None)
     p.set_defaults(handler=_phantoms_ct)
+    for p in phantoms.choices.values():
+        p.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
+        p.add_argument("--overwrite", action="store_true", help="replace cases that already exist in --out")
 
     manifest = sub.add_parser("manifest", help="build or check a dataset manifest").add_subparsers(
         dest="action", required=True

@@ -34,7 +34,9 @@ def _phantoms(out: Path, *, cases: int, seed: int, release: str, shape: Sequence
         print(f"reusing phantoms in {out}")
         return
     print(f"generating {cases} BraTS {release} phantoms in {out} ...", flush=True)
-    generate_brats_dataset(out, cases=cases, seed=seed, release=release, shape=tuple(shape), spacing=spacing)
+    generate_brats_dataset(  # the demo's own folder: a generation it did not finish is redone
+        out, cases=cases, seed=seed, release=release, shape=tuple(shape), spacing=spacing, overwrite=True
+    )
 
 
 def _ct_phantoms(out: Path, *, cases: int, seed: int, shape: Sequence[int] | None) -> None:
@@ -43,7 +45,7 @@ def _ct_phantoms(out: Path, *, cases: int, seed: int, shape: Sequence[int] | Non
         print(f"reusing phantoms in {out}")
         return
     print(f"generating {cases} CT organ phantoms in {out} ...", flush=True)
-    generate_ct_dataset(out, cases=cases, seed=seed, shape=tuple(shape) if shape else None)
+    generate_ct_dataset(out, cases=cases, seed=seed, shape=tuple(shape) if shape else None, overwrite=True)
 
 
 def _train_predict_report(

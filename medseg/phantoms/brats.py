@@ -32,7 +32,7 @@ from scipy import ndimage
 from medseg.errors import MedsegInputError
 from medseg.io import Geometry, write_nifti
 from medseg.labels import BratsRelease, get_brats_release
-from medseg.phantoms import _anatomy, _mri, _tumour
+from medseg.phantoms import _anatomy, _mri, _tumour, refuse_existing
 from medseg.phantoms._fields import WorldGrid, block_mean, block_mode, smooth_field, supersampled
 
 Shape = tuple[int, int, int]
@@ -188,8 +188,8 @@ def _check_arguments(out: Path, cases: int, release: str, shape: tuple, spacing:
         get_brats_release(release)
     except KeyError as exc:
         raise MedsegInputError(str(exc.args[0]), path=out) from None
-    if cases < 0:
-        raise MedsegInputError(f"number of cases must be >= 0, got {cases}", path=out)
+    if cases < 1:
+        raise MedsegInputError(f"number of cases must be >= 1, got {cases}", path=out)
     if len(shape) != 3 or any(int(s) < 8 for s in shape):
         raise MedsegInputError(f"shape must be three sizes >= 8 voxels, got {tuple(shape)}", path=out)
     if not spacing > 0:
@@ -208,6 +208,7 @@ def generate_brats_dataset(
     spacing: float = 1.0,
     workers: int | None = None,
     start_index: int = 0,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Generate a BraTS-layout phantom dataset of ``cases`` cases under ``out``.
 
@@ -223,18 +224,21 @@ def generate_brats_dataset(
         spacing: isotropic voxel size in mm (1.0 in the real releases).
         workers: processes to use (default: all cores); 1 runs in this process.
         start_index: index of the first case.
+        overwrite: replace case folders that already exist (else they are an error).
 
     Returns:
         The case folders, sorted.
 
     Raises:
-        MedsegInputError: an argument is invalid.
+        MedsegInputError: an argument is invalid, or a case folder exists and not ``overwrite``.
     """
     out = Path(out)
     _check_arguments(out, cases, release, shape, spacing, workers)
     shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
     spacing = float(spacing)
     indices = list(range(start_index, start_index + cases))
+    rel = get_brats_release(release)
+    refuse_existing((out / rel.case_id(i) for i in indices), overwrite=overwrite)
     workers = min(workers or os.cpu_count() or 1, max(len(indices), 1))
     out.mkdir(parents=True, exist_ok=True)
     kwargs = {"seed": seed, "release": str(release), "shape": shape, "spacing": spacing}

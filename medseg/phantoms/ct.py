@@ -49,6 +49,7 @@ from scipy import ndimage
 from medseg import __version__
 from medseg.errors import MedsegInputError
 from medseg.io import Geometry, atomic_output, write_nifti
+from medseg.phantoms import refuse_existing
 from medseg.phantoms._ct_shapes import SmoothNoise, bezier, ellipsoid_level, rotation_matrix, tube_distance
 
 Shape = tuple[int, int, int]
@@ -350,6 +351,7 @@ def generate_ct_dataset(
     workers: int | None = None,
     shape: Shape | None = None,
     start_index: int = 0,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write ``cases`` CT phantoms in MSD layout: ``out/imagesTr``, ``out/labelsTr``, ``out/dataset.json``.
 
@@ -361,15 +363,22 @@ def generate_ct_dataset(
         shape: ``(X, Y, Z)`` voxels for every case; default 128 x 128 x (40-67) with per-case spacing.
         start_index: first case index. With ``start_index > 0`` the cases already listed in an existing
             ``dataset.json`` are kept, so a dataset can be grown in batches; with 0 it is rewritten.
+        overwrite: replace images, label maps and a ``dataset.json`` (``start_index`` 0) that already
+            exist (else they are an error).
 
     Returns:
         The written image paths, in case order.
+
+    Raises:
+        MedsegInputError: ``cases`` < 1, or a file to write exists and not ``overwrite``.
     """
-    if cases < 1:
-        raise MedsegInputError(f"need at least 1 case, got {cases}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if cases < 1:
+        raise MedsegInputError(f"number of cases must be >= 1, got {cases}", path=out)
     indices = list(range(start_index, start_index + cases))
+    targets = [out / folder / f"{case_id(i)}.nii.gz" for i in indices for folder in ("imagesTr", "labelsTr")]
+    refuse_existing([*targets, *([out / "dataset.json"] if start_index == 0 else [])], overwrite=overwrite)
+    out.mkdir(parents=True, exist_ok=True)
     tasks = [(out, int(seed), i, tuple(shape) if shape is not None else None) for i in indices]
     workers = min(workers or os.cpu_count() or 1, cases)
     if workers <= 1:

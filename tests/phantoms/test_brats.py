@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -185,3 +186,20 @@ def test_cli_writes_a_tiny_dataset(tmp_path: Path, capsys: pytest.CaptureFixture
     assert code == 0
     assert "wrote 1 BraTS 2023 phantom cases" in capsys.readouterr().out
     assert (out / "BraTS-GLI-00000-000" / "BraTS-GLI-00000-000-t2f.nii.gz").is_file()
+
+
+def test_an_existing_case_is_never_replaced_unless_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    real = tmp_path / "BraTS2021_00001" / "BraTS2021_00001_t1.nii.gz"  # e.g. the user's own download
+    real.parent.mkdir()
+    real.write_bytes(b"a real scan")
+    argv = ["phantoms", "brats", "--out", str(tmp_path), "--cases", "2", "--shape", "32", "32", "24", "--workers", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"medseg: error: {real.parent}: already exists; phantoms do not replace files" + (
+        " (choose an empty folder, or --overwrite)\n"
+    )
+    assert real.read_bytes() == b"a real scan"
+    assert not (tmp_path / "BraTS2021_00000").exists()  # refused before writing anything
+
+    assert main([*argv, "--overwrite"]) == 0
+    assert nib.load(real).shape == (32, 32, 24)

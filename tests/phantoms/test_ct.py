@@ -11,6 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from medseg.cli import main
+from medseg.errors import MedsegInputError
 from medseg.io import read_nifti
 from medseg.phantoms.ct import LABELS, ORIENTATIONS, generate_ct_dataset, render_ct_case
 
@@ -79,6 +80,23 @@ def test_start_index_extends_dataset(tmp_path: Path) -> None:
     meta = json.loads((tmp_path / "dataset.json").read_text())
     assert meta["numTraining"] == 3
     assert [e["label"] for e in meta["training"]] == [f"./labelsTr/ct_{i:03d}.nii.gz" for i in range(3)]
+
+
+def test_existing_files_are_never_replaced_unless_asked(tmp_path: Path) -> None:
+    generate_ct_dataset(tmp_path, cases=1, seed=0, workers=1, shape=TINY)
+    image = tmp_path / "imagesTr" / "ct_000.nii.gz"
+    before = image.read_bytes()
+    with pytest.raises(MedsegInputError, match="already exists") as info:
+        generate_ct_dataset(tmp_path, cases=2, seed=1, workers=1, shape=TINY)
+    assert info.value.path == image
+    assert image.read_bytes() == before
+    (tmp_path / "imagesTr" / "ct_000.nii.gz").unlink()
+    (tmp_path / "labelsTr" / "ct_000.nii.gz").unlink()
+    with pytest.raises(MedsegInputError, match="already exists") as info:  # it would rewrite the case list
+        generate_ct_dataset(tmp_path, cases=1, seed=1, workers=1, shape=TINY)
+    assert info.value.path == tmp_path / "dataset.json"
+    generate_ct_dataset(tmp_path, cases=2, seed=1, workers=1, shape=TINY, overwrite=True)
+    assert json.loads((tmp_path / "dataset.json").read_text())["numTraining"] == 2
 
 
 def test_deterministic_per_seed_and_index(tmp_path: Path) -> None:
