@@ -103,6 +103,8 @@ def load_checkpoint(path: str | Path, *, training: bool = True) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError("checkpoint file not found", path=path)
+    if not zipfile.is_zipfile(path):  # e.g. an image passed as --model
+        raise CheckpointError("not a medseg checkpoint (not the zip archive that medseg train writes)", path=path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as exc:

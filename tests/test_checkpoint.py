@@ -39,7 +39,7 @@ def test_arbitrary_pickles_are_refused(tmp_path: Path, capsys: pytest.CaptureFix
 def test_garbage_files(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "garbage.pt"
     path.write_bytes(content)
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(CheckpointError, match="not the zip archive that medseg train writes") as err:
         load_checkpoint(path)
     assert str(path) in str(err.value)
 
