@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench_inference import CHANNELS, make_case, run_baseline, run_config, run_predictor
+from bench_inference import CHANNELS, make_case, phantom_folder, run_baseline, run_config, run_predictor
 
 REPO = Path(__file__).resolve().parents[1]
 ROI = [128, 128, 128]
@@ -99,12 +99,7 @@ def train_seconds_per_step(out: Path, *, amp: bool) -> dict[str, Any]:
 
 
 def _train_phantoms(out: Path) -> Path:
-    from medseg.phantoms.brats import generate_brats_dataset
-
-    root = out / "train_phantoms"
-    if not root.is_dir():
-        generate_brats_dataset(root, cases=3, seed=21, shape=(240, 240, 155), spacing=1.0, workers=3)
-    return root
+    return phantom_folder(out / "train_phantoms", cases=3, seed=21, shape=(240, 240, 155), spacing=1.0, workers=3)
 
 
 def _worker(spec: dict[str, Any]) -> dict[str, Any]:

@@ -132,14 +132,22 @@ def _check_cached(target: Path, name: str, stage: Stage) -> None:
         )
 
 
-def _train_phantoms(out: Path, quick: bool) -> Path:
+def phantom_folder(root: Path, **kwargs: Any) -> Path:
+    """``root`` holding the BraTS phantoms of ``generate_brats_dataset(**kwargs)``, generated once: into a
+    ``.partial`` folder renamed when complete, so an interrupted generation is redone, never reused."""
     from medseg.phantoms.brats import generate_brats_dataset
 
-    root = out / f"train_phantoms{'-quick' if quick else '-1mm'}"
     if not root.is_dir():
-        shape, spacing = ((96, 96, 64), 2.5) if quick else ((240, 240, 155), 1.0)
-        generate_brats_dataset(root, cases=3 if quick else 8, seed=21, shape=shape, spacing=spacing, workers=1)
+        partial = root.with_name(root.name + ".partial")
+        generate_brats_dataset(partial, overwrite=True, **kwargs)
+        partial.rename(root)
     return root
+
+
+def _train_phantoms(out: Path, quick: bool) -> Path:
+    shape, spacing = ((96, 96, 64), 2.5) if quick else ((240, 240, 155), 1.0)
+    root = out / f"train_phantoms{'-quick' if quick else '-1mm'}"
+    return phantom_folder(root, cases=3 if quick else 8, seed=21, shape=shape, spacing=spacing, workers=1)
 
 
 def _train_stage(name: str, stage: Stage, *, root: Path, target: Path, init: Path | None, quick: bool) -> None:
@@ -175,12 +183,8 @@ def _train_stage(name: str, stage: Stage, *, root: Path, target: Path, init: Pat
 
 def make_case(out: Path, quick: bool) -> Path:
     """The benchmark case folder (one BraTS 2021 phantom from a seed unseen in training)."""
-    from medseg.phantoms.brats import generate_brats_dataset
-
-    root = out / f"case{'-quick' if quick else ''}"
-    if not root.is_dir():
-        shape, spacing = ((120, 120, 80), 2.0) if quick else ((240, 240, 155), 1.0)
-        generate_brats_dataset(root, cases=1, seed=99, shape=shape, spacing=spacing, workers=1)
+    shape, spacing = ((120, 120, 80), 2.0) if quick else ((240, 240, 155), 1.0)
+    root = phantom_folder(out / f"case{'-quick' if quick else ''}", cases=1, seed=99, shape=shape, spacing=spacing)
     return sorted(p for p in root.iterdir() if p.is_dir())[0]
 
 
