@@ -272,6 +272,14 @@ class _Trainer:
         ckpt = load_checkpoint(path)
         if ckpt.training is None:
             raise CheckpointError("holds no training state to resume from", path=path)
+        changed = _changed_setting(ckpt.config, self.config.to_dict())
+        if changed is not None:
+            key, saved, now = changed
+            raise CheckpointError(
+                f"--resume: {key} is {now!r} here but was {saved!r} for this run, and a resumed run keeps its"
+                f" settings; to change them, start a new run with train.init_weights={path}",
+                path=path,
+            )
         self.load_weights(ckpt, path)
         state = ckpt.training
         self.optimizer.load_state_dict(state["optimizer"])
@@ -444,6 +452,25 @@ def train(config: Config, *, resume: bool = False, device: str = "auto") -> Trai
         raise
     finally:
         shutdown_distributed()
+
+
+# settings that change how a run executes, not what it computes: a resumed run may take new values
+RESUME_MAY_CHANGE = frozenset({"data.num_workers", "data.cache_rate", "train.max_minutes"})
+
+
+def _changed_setting(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> tuple[str, Any, Any] | None:
+    """The first dotted config key (outside :data:`RESUME_MAY_CHANGE`) whose value differs between a
+    checkpoint's config and this run's, with both values; keys one side lacks (another medseg
+    version) are not compared."""
+    for key in (k for k in now if k in saved):
+        name = prefix + key
+        if isinstance(now[key], dict) and isinstance(saved[key], dict):
+            changed = _changed_setting(saved[key], now[key], name + ".")
+            if changed is not None:
+                return changed
+        elif now[key] != saved[key] and name not in RESUME_MAY_CHANGE:
+            return name, saved[key], now[key]
+    return None
 
 
 def _describe(network_kwargs: dict[str, Any], channels: int, outputs: int) -> str:

@@ -60,6 +60,22 @@ def test_resume_continues_exactly(brats_root: Path, tmp_path: Path, tiny_config:
     assert [r["train_loss"] for r in sa["history"]] == [r["train_loss"] for r in sb["history"]]
 
 
+def test_resume_refuses_changed_settings_but_takes_new_loader_settings(
+    brats_root: Path, tmp_path: Path, tiny_config: MakeConfig
+) -> None:
+    run_dir = tmp_path / "run"
+    assert train(tiny_config(brats_root, run_dir, max_minutes=0.0)).epochs_run == 1
+    with pytest.raises(CheckpointError, match=r"train.lr is 0.1 here but was 0.003 for this run.*init_weights="):
+        train(tiny_config(brats_root, run_dir, lr=0.1), resume=True)  # the restored schedule would ignore it
+    with pytest.raises(CheckpointError, match=r"network.kwargs.channels is \[4, 8, 16\] here but was \[8, 16, 32\]"):
+        config = tiny_config(brats_root, run_dir)
+        config.network.kwargs["channels"] = [4, 8, 16]
+        train(config, resume=True)
+    config = tiny_config(brats_root, run_dir)
+    config.data.cache_rate = 0.5  # how the run executes, not what it computes
+    assert train(config, resume=True).epochs_run == 2
+
+
 def test_resume_without_checkpoint_is_an_error(brats_root: Path, tmp_path: Path, tiny_config: MakeConfig) -> None:
     with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
         train(tiny_config(brats_root, tmp_path / "empty"), resume=True)
