@@ -20,9 +20,7 @@ case at another ``shape`` or ``spacing`` shows the same brain sampled on another
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +30,7 @@ from scipy import ndimage
 from medseg.errors import MedsegInputError
 from medseg.io import Geometry, write_nifti
 from medseg.labels import BratsRelease, get_brats_release
-from medseg.phantoms import _anatomy, _mri, _tumour, refuse_existing
+from medseg.phantoms import _anatomy, _mri, _tumour, generate_cases, refuse_existing
 from medseg.phantoms._fields import WorldGrid, block_mean, block_mode, smooth_field, supersampled
 
 Shape = tuple[int, int, int]
@@ -239,15 +237,8 @@ def generate_brats_dataset(
     indices = list(range(start_index, start_index + cases))
     rel = get_brats_release(release)
     refuse_existing((out / rel.case_id(i) for i in indices), overwrite=overwrite)
-    workers = min(workers or os.cpu_count() or 1, max(len(indices), 1))
     out.mkdir(parents=True, exist_ok=True)
-    kwargs = {"seed": seed, "release": str(release), "shape": shape, "spacing": spacing}
-    if workers == 1:
-        paths = [generate_brats_case(i, out, **kwargs) for i in indices]
-    else:
-        # spawn: safe even when the caller has already started threads (torch, BLAS).
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = [pool.submit(generate_brats_case, i, out, **kwargs) for i in indices]
-            paths = [f.result() for f in futures]
-    return sorted(paths)
+    make = functools.partial(
+        generate_brats_case, out=out, seed=seed, release=str(release), shape=shape, spacing=spacing
+    )
+    return sorted(generate_cases(make, indices, workers=workers, what=f"BraTS {release} phantoms"))

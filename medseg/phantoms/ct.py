@@ -37,9 +37,8 @@ A case depends only on ``(seed, index)``.
 
 from __future__ import annotations
 
+import functools
 import json
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +48,7 @@ from scipy import ndimage
 from medseg import __version__
 from medseg.errors import MedsegInputError
 from medseg.io import Geometry, atomic_output, write_nifti
-from medseg.phantoms import refuse_existing
+from medseg.phantoms import generate_cases, refuse_existing
 from medseg.phantoms._ct_shapes import SmoothNoise, bezier, ellipsoid_level, rotation_matrix, tube_distance
 
 Shape = tuple[int, int, int]
@@ -318,8 +317,7 @@ def render_ct_case(*, seed: int, index: int, shape: Shape | None = None) -> CtPh
     return CtPhantom(case_id(index), image, label, geometry, orientation, phase)
 
 
-def _write_case(task: tuple[Path, int, int, Shape | None]) -> tuple[Path, Path]:
-    out, seed, index, shape = task
+def _write_case(index: int, *, out: Path, seed: int, shape: Shape | None) -> tuple[Path, Path]:
     case = render_ct_case(seed=seed, index=index, shape=shape)
     image = write_nifti(case.image, case.geometry, out / "imagesTr" / f"{case.case_id}.nii.gz")
     label = write_nifti(case.label, case.geometry, out / "labelsTr" / f"{case.case_id}.nii.gz")
@@ -379,13 +377,8 @@ def generate_ct_dataset(
     targets = [out / folder / f"{case_id(i)}.nii.gz" for i in indices for folder in ("imagesTr", "labelsTr")]
     refuse_existing([*targets, *([out / "dataset.json"] if start_index == 0 else [])], overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    tasks = [(out, int(seed), i, tuple(shape) if shape is not None else None) for i in indices]
-    workers = min(workers or os.cpu_count() or 1, cases)
-    if workers <= 1:
-        written = [_write_case(task) for task in tasks]
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            written = list(pool.map(_write_case, tasks))
+    make = functools.partial(_write_case, out=out, seed=int(seed), shape=tuple(shape) if shape is not None else None)
+    written = generate_cases(make, indices, workers=workers, what="CT phantoms")
 
     ids = [case_id(i) for i in indices]
     meta_path = out / "dataset.json"
