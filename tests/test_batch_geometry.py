@@ -72,6 +72,33 @@ def test_permuted_direction_nifti_keeps_its_affine(one_channel_checkpoint: Path,
     assert int(out.header["qform_code"]) == int(source.header["qform_code"])
 
 
+def test_qform_and_sform_that_disagree_are_copied_so_every_reader_overlays_the_output(
+    predictor: Predictor, tmp_path: Path
+) -> None:
+    import SimpleITK as sitk
+
+    source = nib.load(str(T1))
+    qform = np.array([[0.0, 0.0, 1.5, -20.0], [1.2, 0.0, 0.0, 5.0], [0.0, 1.2, 0.0, -7.0], [0, 0, 0, 1]])
+    sform = qform.copy()
+    sform[:3, 1] += [0.3, 0.0, 0.0]  # sheared (a registration output): nibabel takes it, ITK the qform
+    sform[:3, 3] += [4.0, -2.0, 1.0]
+    image = nib.Nifti1Image(np.asanyarray(source.dataobj), None)
+    image.set_qform(qform, code=1)
+    image.set_sform(sform, code=2)
+    nib.save(image, tmp_path / "sheared.nii.gz")
+    assert predict_folder(model=predictor, input_path=tmp_path / "sheared.nii.gz", output_dir=tmp_path / "out",
+                          progress="none").ok == 1  # fmt: skip
+
+    out = nib.load(str(tmp_path / "out" / "sheared.nii.gz"))
+    written = nib.load(str(tmp_path / "sheared.nii.gz"))
+    np.testing.assert_allclose(out.header.get_sform(), written.header.get_sform(), atol=1e-5)
+    np.testing.assert_allclose(out.header.get_qform(), written.header.get_qform(), atol=1e-5)
+    assert (int(out.header["sform_code"]), int(out.header["qform_code"])) == (2, 1)
+    itk_in, itk_out = sitk.ReadImage(str(tmp_path / "sheared.nii.gz")), sitk.ReadImage(str(out.get_filename()))
+    for get in ("GetOrigin", "GetSpacing", "GetDirection"):
+        np.testing.assert_allclose(getattr(itk_out, get)(), getattr(itk_in, get)(), atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def t1_labels(predictor: Predictor, tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     """The prediction on the NIfTI original of the NRRD/MHA copies."""

@@ -41,7 +41,12 @@ def read_nifti(path: str | Path, *, dtype: type | None = np.float32) -> Image:
     if dtype is not None:
         data = data.astype(dtype, copy=False)
     header = img.header
-    meta = {"qform_code": int(header["qform_code"]), "sform_code": int(header["sform_code"])}
+    meta = {
+        "qform_code": int(header["qform_code"]),
+        "sform_code": int(header["sform_code"]),
+        "qform": header.get_qform(),
+        "sform": header.get_sform(),
+    }
     return Image(array=data, geometry=Geometry(tuple(data.shape[-3:]), img.affine.copy()), path=path, meta=meta)
 
 
@@ -54,8 +59,10 @@ def write_nifti(
 ) -> Path:
     """Write ``array`` (``(X, Y, Z)`` or ``(C, X, Y, Z)``) on ``geometry`` as NIfTI, atomically.
 
-    The affine is stored in both sform and qform. When ``reference`` is a NIfTI :class:`Image`, its
-    qform/sform codes are kept so the output is interpreted in the same space as the input.
+    The affine is stored in both sform and qform. When ``reference`` is a NIfTI :class:`Image` on the
+    same grid, its own qform and sform (matrices and codes) are written instead: readers that choose
+    between the two differently (nibabel takes a sheared sform, ITK then falls back to the qform)
+    still place the output exactly where they place the input.
 
     Raises:
         MedsegInputError: ``path`` is the reference's own file.
@@ -65,8 +72,12 @@ def write_nifti(
     data = np.moveaxis(array, 0, -1) if array.ndim == 4 else array
     img = nib.Nifti1Image(np.ascontiguousarray(data), geometry.affine)
     meta = reference.meta if reference is not None else {}
-    img.set_sform(geometry.affine, code=meta.get("sform_code", 1) or 1)
-    img.set_qform(geometry.affine, code=meta.get("qform_code", 1) or 1)
+    if "sform" in meta and reference is not None and reference.geometry.same_grid(geometry):
+        img.set_sform(meta["sform"], code=meta["sform_code"])
+        img.set_qform(meta["qform"], code=meta["qform_code"])
+    else:
+        img.set_sform(geometry.affine, code=meta.get("sform_code", 1) or 1)
+        img.set_qform(geometry.affine, code=meta.get("qform_code", 1) or 1)
     if np.issubdtype(data.dtype, np.integer):
         img.header.set_data_dtype(data.dtype)
     path = Path(path)
