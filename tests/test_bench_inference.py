@@ -156,3 +156,12 @@ def test_quick_benchmark_prints_one_line_per_configuration_and_a_summary(tmp_pat
         f"{final}: a resunet trained as Stage(patch=32, epochs=2, batch_size=2, lr=0.003), but the recipe asks"
         " for a dynunet trained as Stage(patch=64, epochs=1, batch_size=1, lr=0.001); delete it to retrain"
     )
+
+
+@pytest.mark.slow
+def test_given_weights_are_measured_instead_of_a_recipe(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    rows = _run(tmp_path, "--networks", "tiny", "--weights", f"tiny={tiny_checkpoint}", "--no-study")
+    assert [(r["network"], r["config"]) for r in rows[:-1]] == [("tiny", "baseline"), ("tiny", "predictor")]
+    assert rows[-1]["networks"]["tiny"]["checkpoint"] == str(tiny_checkpoint.resolve())
+    assert rows[-1]["networks"]["tiny"]["speedup"] > 0
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "train_phantoms-quick").exists()

@@ -35,11 +35,14 @@ The networks need trained weights (agreement on random weights means nothing onc
 cropped away): the first run trains each on full-size 1 mm phantoms (``RECIPES``; on 2 CPU cores
 about 20 min for ResU-Net and 100 min for DynUNet) and caches the checkpoints under ``runs/bench/``;
 a cached checkpoint that another network or recipe stage trained is refused, not measured.
+``--weights NAME=CHECKPOINT`` measures given weights instead (trained elsewhere, e.g. on a GPU); the
+summary names the checkpoint each network's figures come from.
 Every configuration runs in its own process, so its peak RSS is its own. Each prints one JSON line;
 the last line is a summary.
 
     .venv/bin/python tools/bench_inference.py            # full run
     .venv/bin/python tools/bench_inference.py --quick    # small case, tiny networks, one repeat
+    .venv/bin/python tools/bench_inference.py --networks dynunet --weights dynunet=gpu-run/best.pt
 """
 
 from __future__ import annotations
@@ -375,6 +378,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3; 1 with --quick)")
     parser.add_argument("--networks", nargs="+", default=["resunet", "dynunet"])
     parser.add_argument("--no-study", action="store_true", help="skip the tiling study configurations")
+    parser.add_argument(
+        "--weights",
+        nargs="+",
+        default=[],
+        metavar="NAME=CHECKPOINT",
+        help="measure these weights under NAME instead of training the recipe (e.g. a DynUNet trained on a GPU)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -398,9 +408,13 @@ def main(argv: list[str] | None = None) -> int:
     from medseg.io import read_nifti
     from medseg.networks.registry import default_window_voxels
 
+    given = dict(item.split("=", 1) for item in args.weights)
+    for name in given.keys() - set(args.networks):
+        raise SystemExit(f"--weights {name}=...: {name} is not among --networks {' '.join(args.networks)}")
     for name in args.networks:
-        checkpoint = train_checkpoint(name, out=out, quick=args.quick)
+        checkpoint = Path(given[name]).resolve() if name in given else train_checkpoint(name, out=out, quick=args.quick)
         loaded = load_checkpoint(checkpoint, training=False)
+        summary["networks"][name] = {"checkpoint": str(checkpoint)}
         table, roi = loaded.label_table, loaded.config["inference"]["roi_size"]
         truth = Truth.read(reference, table)
         configs = [
@@ -459,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         if "predictor_monai_tiling" in results:  # the tiling's effect alone: same crop, MONAI overlap 0.5
             crop_monai = results["predictor_monai_tiling"]["masks"]
             pred["dice_vs_crop_overlap_0.5"] = dice_per_region(crop_monai, pred["masks"])
-        summary["networks"][name] = {
+        summary["networks"][name] |= {
             "baseline_s": results["baseline"]["median_s"],
             "predictor_s": pred["median_s"],
             "speedup": pred["speedup"],
