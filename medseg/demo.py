@@ -20,7 +20,7 @@ from pathlib import Path
 
 from medseg.batch import predict_folder
 from medseg.config import Config, load_config
-from medseg.evaluation import evaluate_folder, format_summary
+from medseg.evaluation import METRICS_PNG, evaluate_folder, format_summary
 from medseg.io.atomic import atomic_output
 from medseg.io.jsonfile import read_json
 from medseg.phantoms.brats import generate_brats_dataset
@@ -79,7 +79,12 @@ def _train_predict_report(
         **({"image_path": image_path} if image_path is not None else {}),
     )
     report = write_report(
-        out_dir=out_dir, summary=summary, curve_png=run_dir / "training_curve.png", overlays=overlays, title=title
+        out_dir=out_dir,
+        summary=summary,
+        curve_png=run_dir / "training_curve.png",
+        scores_png=out_dir / METRICS_PNG,
+        overlays=overlays,
+        title=title,
     )
     print(f"\nheld-out evaluation ({test_cases} cases); report: {report}")
     print(format_summary(summary))

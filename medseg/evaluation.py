@@ -28,10 +28,12 @@ from medseg.io import Image, atomic_output, read_nifti
 from medseg.io.jsonfile import read_json
 from medseg.labels import BRATS_RELEASES, LABEL_TABLES, LabelTable, get_label_table
 from medseg.metrics import RegionScore, score_label_maps
+from medseg.score_plot import plot_scores
 
 NIFTI_SUFFIX = ".nii.gz"
 METRICS_CSV = "metrics.csv"
 SUMMARY_JSON = "summary.json"
+METRICS_PNG = "metrics.png"
 
 
 @dataclass(frozen=True)
@@ -267,7 +269,8 @@ def summarize(scores: Mapping[str, Mapping[str, RegionScore]], table: LabelTable
 
 
 def evaluate_folder(*, pred_dir: Path, ref_dir: Path, out_dir: Path, labels: str | LabelTable = "auto") -> dict:
-    """Score every prediction in ``pred_dir`` against its reference and write ``metrics.csv`` and ``summary.json``.
+    """Score every prediction in ``pred_dir`` against its reference and write ``metrics.csv``, ``summary.json``
+    and ``metrics.png`` (:func:`~medseg.score_plot.plot_scores`: Dice and HD95 per region over cases).
 
     Cases are paired by id: ``pred_dir/<case>.nii.gz`` with the reference that :func:`find_references`
     finds for ``<case>`` in ``ref_dir``. Each prediction must lie on its reference's grid (same shape
@@ -282,8 +285,9 @@ def evaluate_folder(*, pred_dir: Path, ref_dir: Path, out_dir: Path, labels: str
     Args:
         pred_dir: folder of ``<case>.nii.gz`` integer label maps.
         ref_dir: reference dataset folder (BraTS 2021/2023 layout, MSD ``labelsTr``, or flat).
-        out_dir: where ``metrics.csv`` (one row per case and region: ``case,region,dice,hd95``) and
-            ``summary.json`` are written, atomically, and only after every case was scored.
+        out_dir: where ``metrics.csv`` (one row per case and region: ``case,region,dice,hd95``),
+            ``summary.json`` and ``metrics.png`` are written, atomically, and only after every case was
+            scored.
         labels: ``"auto"`` (the reference folder's ``dataset.json`` labels when it has one, e.g. MSD;
             else the BraTS release from the reference file names, else from the label values: 4
             present -> brats2021, 3 present -> brats2023), a label table name such as ``"brats2021"``
@@ -342,6 +346,7 @@ def evaluate_folder(*, pred_dir: Path, ref_dir: Path, out_dir: Path, labels: str
         "regions": summarize(scores, table),
     }
     _write_metrics_csv(out_dir / METRICS_CSV, scores)
+    plot_scores(scores, out_dir / METRICS_PNG)
     with atomic_output(out_dir / SUMMARY_JSON) as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return summary

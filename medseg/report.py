@@ -272,6 +272,7 @@ def write_report(
     out_dir: Path,
     summary: Mapping[str, Any],
     curve_png: Path | None = None,
+    scores_png: Path | None = None,
     overlays: Sequence[Overlay] = (),
     title: str = "medseg evaluation report",
 ) -> Path:
@@ -281,6 +282,7 @@ def write_report(
         out_dir: output folder.
         summary: what :func:`medseg.evaluation.evaluate_folder` returned (or ``summary.json``).
         curve_png: a training-curve PNG to embed, if any.
+        scores_png: the per-region score plot (``metrics.png`` of the evaluation) to embed, if any.
         overlays: overlays to embed, e.g. from :func:`render_case_overlays`.
         title: page title.
 
@@ -300,6 +302,8 @@ def write_report(
         "<h2>Metrics</h2>",
         _summary_table(summary),
     ]
+    if scores_png is not None:
+        parts.append(f'<img src="{_png_data_uri(scores_png)}" alt="Dice and HD95 per region over cases">')
     if curve_png is not None:
         parts += ["<h2>Training</h2>", f'<img src="{_png_data_uri(curve_png)}" alt="training curve">']
     if overlays:

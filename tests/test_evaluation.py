@@ -4,6 +4,7 @@ import csv
 import json
 from pathlib import Path
 
+import matplotlib.image as mpimg
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -13,6 +14,8 @@ from medseg.errors import MedsegInputError
 from medseg.evaluation import evaluate_folder, find_references, format_summary, read_metrics_csv
 from medseg.io import Geometry, write_nifti
 from medseg.labels import BRATS_RELEASES, LabelTable
+from medseg.metrics import RegionScore
+from medseg.score_plot import plot_scores
 
 SHAPE = (24, 20, 12)
 SPACING = (0.9, 1.1, 2.5)
@@ -288,6 +291,7 @@ def test_cli_evaluate_in_process(tmp_path: Path, capsys: pytest.CaptureFixture) 
     captured = capsys.readouterr()
     assert "WT" in captured.out and "HD95" in captured.out
     assert (out / "metrics.csv").is_file() and (out / "summary.json").is_file()
+    assert mpimg.imread(out / "metrics.png").shape[:2] == (400, 780)  # 4 inches high, 3 + 1.6 per region wide
 
     bad_pred, bad_ref, culprit = _bad_input(tmp_path / "bad", "affine")
     bad_out = tmp_path / "bad_out"
@@ -297,3 +301,13 @@ def test_cli_evaluate_in_process(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert captured.err.count("\n") == 1
     assert str(culprit) in captured.err and "affine" in captured.err
     assert not bad_out.exists()
+
+
+def test_score_plot_draws_the_scores_one_box_per_region(tmp_path: Path) -> None:
+    spleen = RegionScore(0.8, 4.0)
+    good = {f"case{i}": {"liver": RegionScore(0.9 + i / 100, 2.0 + i), "spleen": spleen} for i in range(5)}
+    bad = {case: {"liver": RegionScore(0.2, 40.0), "spleen": spleen} for case in good}
+    a = mpimg.imread(plot_scores(good, tmp_path / "good.png"))
+    b = mpimg.imread(plot_scores(bad, tmp_path / "bad.png"))
+    assert a.shape[:2] == b.shape[:2] == (400, 620)  # two regions
+    assert np.abs(a - b).sum() > 100  # the liver's box and dots moved
