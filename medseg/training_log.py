@@ -22,13 +22,16 @@ def write_metrics_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
 
 
 def plot_curves(rows: Sequence[dict[str, Any]], path: Path, *, region_names: Sequence[str]) -> None:
-    """Training loss and validation Dice per region against epoch, side by side, as a PNG."""
-    import matplotlib
+    """Training loss and validation Dice per region against epoch, side by side, as a PNG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on matplotlib's Agg canvas directly: no pyplot, so a notebook's own backend and figures
+    are left alone."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    ax_loss, ax_dice = fig.subplots(1, 2)
     epochs = [r["epoch"] for r in rows]
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], color="tab:blue")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="Loss")
@@ -48,5 +51,4 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path, *, region_names: Seq
         ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+        fig.savefig(tmp, dpi=100, format="png")

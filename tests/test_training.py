@@ -180,3 +180,19 @@ def test_init_weights_that_do_not_fit_are_a_one_line_error(
     missing = tiny_config(brats_root, tmp_path / "run", init_weights=str(tmp_path / "nope.pt"))
     with pytest.raises(CheckpointError, match="not found"):
         train(missing)
+
+
+def test_the_training_curve_leaves_the_callers_matplotlib_backend_alone(tmp_path: Path) -> None:
+    import matplotlib
+
+    from medseg.training_log import plot_curves
+
+    previous = matplotlib.get_backend()
+    matplotlib.use("svg")  # e.g. a notebook's own backend
+    try:
+        rows = [{"epoch": e, "train_loss": 1.0 / e, "val_mean_dice": 0.1 * e, "val_WT_dice": 0.1 * e} for e in (1, 2)]
+        plot_curves(rows, tmp_path / "curve.png", region_names=["WT"])
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(previous)
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
