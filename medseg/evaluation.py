@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from medseg.errors import MedsegInputError
 from medseg.io import Image, atomic_output, read_nifti
@@ -320,7 +321,8 @@ def evaluate_folder(*, pred_dir: Path, ref_dir: Path, out_dir: Path, labels: str
     table = _resolve_label_table(labels, refs, preds)
 
     scores: dict[str, dict[str, RegionScore]] = {}
-    for case, ref_path in refs.files.items():
+    # a progress bar on a terminal (not in a log or a pipe)
+    for case, ref_path in tqdm(refs.files.items(), desc="scoring", unit="case", disable=None, dynamic_ncols=True):
         ref = _read_label_map(ref_path)
         _check_values(ref, table)
         if case in preds:

@@ -3,6 +3,8 @@ agreement of two predictors' label maps."""
 
 from __future__ import annotations
 
+import io
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -149,3 +151,21 @@ def label_agreement() -> Agreement:
     """``label_agreement(checkpoint, case_dir, reference, candidate) -> {region: Dice}``; see
     :func:`_label_agreement`."""
     return _label_agreement
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def terminal_stderr(monkeypatch: pytest.MonkeyPatch) -> Callable[[], io.StringIO]:
+    """Call it in the test body (pytest's output capture resets ``sys.stderr`` after fixtures): it
+    replaces ``sys.stderr`` with a buffer that says it is a terminal, where progress bars are drawn."""
+
+    def install() -> io.StringIO:
+        stream = _Terminal()
+        monkeypatch.setattr(sys, "stderr", stream)
+        return stream
+
+    return install

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -311,3 +313,10 @@ def test_score_plot_draws_the_scores_one_box_per_region(tmp_path: Path) -> None:
     b = mpimg.imread(plot_scores(bad, tmp_path / "bad.png"))
     assert a.shape[:2] == b.shape[:2] == (400, 620)  # two regions
     assert np.abs(a - b).sum() > 100  # the liver's box and dots moved
+
+
+def test_scoring_shows_progress_on_a_terminal(tmp_path: Path, terminal_stderr: Callable[[], io.StringIO]) -> None:
+    pred_dir, ref_dir, _ = _make_brats(tmp_path, "2021", n=2)
+    terminal = terminal_stderr()
+    evaluate_folder(pred_dir=pred_dir, ref_dir=ref_dir, out_dir=tmp_path / "out")
+    assert "scoring: 100%" in terminal.getvalue() and "2/2" in terminal.getvalue()

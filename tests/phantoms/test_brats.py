@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -207,14 +208,10 @@ def test_an_existing_case_is_never_replaced_unless_asked(tmp_path: Path, capsys:
     assert nib.load(real).shape == (32, 32, 24)
 
 
-class _Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-def test_progress_is_shown_on_a_terminal_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    terminal = _Terminal()
-    monkeypatch.setattr(sys, "stderr", terminal)
+def test_progress_is_shown_on_a_terminal_only(
+    tmp_path: Path, terminal_stderr: Callable[[], io.StringIO], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    terminal = terminal_stderr()
     generate_brats_dataset(tmp_path / "a", cases=2, seed=0, shape=(32, 32, 24), spacing=6.0, workers=1)
     assert "BraTS 2021 phantoms: 100%" in terminal.getvalue() and "2/2" in terminal.getvalue()
     log = io.StringIO()  # a log file or a pipe: no bar
