@@ -8,7 +8,10 @@ Contract of a batch run (``medseg predict``):
   output folder and renamed into place, so an output that exists is complete. No output may be an input
   (or lie inside an input DICOM folder); inputs are only ever opened for reading.
 - **Resuming.** A case whose outputs all exist is reported as ``skipped`` (unless ``overwrite``).
-  Temporary files that a killed run left behind for this run's cases are removed first.
+  Temporary files that a killed run left behind for this run's cases are removed first. The output
+  folder records which model wrote it (``predict_run.json``: a digest of the weights, labels,
+  preprocessing, inference settings and format); resuming into a folder that another model or other
+  settings wrote is an error, since its skipped cases would be theirs.
 - **Failures.** A case that cannot be read or predicted is recorded as ``failed`` with its reason, and the
   batch goes on; the caller turns ``BatchSummary.failed > 0`` into a non-zero exit code.
 - **Summary.** ``summary.csv``: one row per case (sorted by id) with status, seconds, output path, reason
@@ -24,6 +27,7 @@ Contract of a batch run (``medseg predict``):
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 import sys
@@ -37,10 +41,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from medseg import __version__
+from medseg.checkpoint import weights_digest
 from medseg.data.cases import InputCase, Shard, discover_cases, read_cases_file, select_shard
 from medseg.errors import MedsegError, MedsegInputError
 from medseg.inference import Predictor, read_case
 from medseg.io import Image, atomic_output, ensure_not_input, read_image, write_label_map, write_probabilities
+from medseg.io.jsonfile import read_json
 from medseg.io.writers import LabelFormat
 
 OUTPUT_SUFFIXES: dict[str, str] = {"nifti": ".nii.gz", "seg.nrrd": ".seg.nrrd", "dicom-seg": ".dcm"}
@@ -48,6 +55,7 @@ OUTPUT_SUFFIXES: dict[str, str] = {"nifti": ".nii.gz", "seg.nrrd": ".seg.nrrd", 
 
 PROBABILITIES_SUFFIX = "_probabilities.nii.gz"
 SUMMARY_NAME = "summary.csv"
+RUN_RECORD = "predict_run.json"
 
 
 @dataclass
@@ -323,6 +331,7 @@ def predict_folder(
     summary_path = output_dir / (SUMMARY_NAME if shard is None else f"summary.{shard.tag}.csv")
     _check_not_inputs([summary_path, *label_outputs.values(), *prob_outputs.values()], all_cases)
     output_dir.mkdir(parents=True, exist_ok=True)
+    _claim_output_folder(output_dir, _run_identity(predictor, fmt), overwrite=overwrite)
 
     names = predictor.table.labels
     label_names = [names[v] for v in sorted(names) if v != 0]
@@ -361,6 +370,32 @@ def predict_folder(
     summary = BatchSummary(results, summary_path)
     reporter.close(summary)
     return summary
+
+
+def _run_identity(predictor: Predictor, fmt: LabelFormat) -> str:
+    """What decides a run's label maps: the weights, labels, preprocessing, inference settings and format."""
+    checkpoint = predictor.checkpoint
+    extra = {
+        "labels": checkpoint.label_table.to_dict(),
+        "transforms": checkpoint.config["transforms"],
+        "inference": dataclasses.asdict(predictor.inference),
+        "format": fmt,
+    }
+    return weights_digest(checkpoint.state_dict, extra=extra)
+
+
+def _claim_output_folder(output_dir: Path, identity: str, *, overwrite: bool) -> None:
+    """Record ``identity`` in ``output_dir``; refuse (unless ``overwrite``) when a run of another
+    identity wrote there: resuming would keep that run's outputs as this one's."""
+    record = output_dir / RUN_RECORD
+    if record.is_file() and not overwrite and read_json(record, what="run record").get("model") != identity:
+        raise MedsegInputError(
+            "holds predictions of another model or other inference settings; use --overwrite to redo every"
+            " case, or another output folder",
+            path=output_dir,
+        )
+    with atomic_output(record) as tmp:
+        tmp.write_text(json.dumps({"model": identity, "medseg": __version__}, indent=2) + "\n")
 
 
 def _predict_one(

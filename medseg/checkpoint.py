@@ -9,6 +9,8 @@ score so that ``--resume`` continues exactly.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -26,6 +28,17 @@ from medseg.networks import build_network
 
 FORMAT = "medseg-checkpoint"
 FORMAT_VERSION = 1
+
+
+def weights_digest(state_dict: dict[str, torch.Tensor], *, extra: dict[str, Any]) -> str:
+    """SHA-256 (hex) of every tensor of ``state_dict`` (name, shape and bytes) and of the JSON of
+    ``extra`` (what else the weights are used with): equal for equal weights, whatever file holds them."""
+    digest = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode())
+    for name, tensor in state_dict.items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 @dataclass

@@ -17,7 +17,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medseg.batch import merge_summaries, predict_folder
+from medseg.batch import RUN_RECORD, merge_summaries, predict_folder
+from medseg.checkpoint import load_checkpoint, save_checkpoint
 from medseg.cli import main
 from medseg.data.cases import Shard
 from medseg.io import read_image
@@ -73,7 +74,7 @@ def test_corrupt_and_wrong_shape_cases_fail_and_the_rest_succeed(
         assert rows[case]["status"] == "ok"
         assert float(rows[case]["tissue_ml"]) >= 0.0 and rows[case]["output"] == str(out / f"{case}.nii.gz")
         _assert_valid_output(out / f"{case}.nii.gz", tmp_path / "in" / f"{case}.nii.gz")
-    assert sorted(p.name for p in out.iterdir()) == sorted([*(f"{c}.nii.gz" for c in ids), "summary.csv"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(f"{c}.nii.gz" for c in ids), "summary.csv", RUN_RECORD])
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert sum(line.startswith("medseg: error:") for line in err.splitlines()) == 2
@@ -148,7 +149,7 @@ def test_killed_run_resumes_to_complete_outputs(brats_root: Path, one_channel_ch
     assert {r["status"] for c, r in rows.items() if c not in finished} == {"ok"}
     for case in ids:
         _assert_valid_output(out / f"{case}.nii.gz", tmp_path / "in" / f"{case}.nii.gz")
-    assert sorted(p.name for p in out.iterdir()) == sorted([*(f"{c}.nii.gz" for c in ids), "summary.csv"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(f"{c}.nii.gz" for c in ids), "summary.csv", RUN_RECORD])
 
 
 def test_shards_share_one_output_folder(brats_root: Path, one_channel_checkpoint: Path, tmp_path: Path) -> None:
@@ -227,3 +228,34 @@ def test_gzip_truncation_is_really_corrupt(brats_root: Path, tmp_path: Path) -> 
     data = (case / f"{case.name}_t1.nii.gz").read_bytes()
     with pytest.raises((EOFError, OSError)):
         gzip.decompress(data[: len(data) // 3])
+
+
+def test_resuming_into_another_models_output_folder_is_refused(
+    brats_root: Path, one_channel_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = _phantoms(brats_root, tmp_path / "in", 2)
+    out = tmp_path / "out"
+    other = tmp_path / "other.pt"
+    checkpoint = load_checkpoint(one_channel_checkpoint, training=False)
+    name = next(k for k, v in checkpoint.state_dict.items() if v.is_floating_point())
+    checkpoint.state_dict = {**checkpoint.state_dict, name: checkpoint.state_dict[name] + 0.01}  # retrained
+    save_checkpoint(checkpoint, other)
+    args = ["predict", "--input", str(tmp_path / "in"), "--output", str(out), "--progress", "none"]
+    assert main([*args, "--model", str(one_channel_checkpoint)]) == 0
+    (out / f"{ids[1]}.nii.gz").unlink()  # an interrupted run, resumed with other weights: cases would mix
+    before = (out / f"{ids[0]}.nii.gz").read_bytes()
+    capsys.readouterr()
+
+    assert main([*args, "--model", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"medseg: error: {out}: holds predictions of another model or other inference settings;" + (
+        " use --overwrite to redo every case, or another output folder\n"
+    )
+    assert (out / f"{ids[0]}.nii.gz").read_bytes() == before and not (out / f"{ids[1]}.nii.gz").exists()
+
+    assert main([*args, "--model", str(one_channel_checkpoint)]) == 0  # the same model resumes
+    assert {r["status"] for r in _rows(out / "summary.csv").values()} == {"ok", "skipped"}
+    assert main([*args, "--model", str(other), "--overwrite"]) == 0
+    assert {r["status"] for r in _rows(out / "summary.csv").values()} == {"ok"}
+    assert main([*args, "--model", str(other)]) == 0  # and now the folder is the other model's
+    assert {r["status"] for r in _rows(out / "summary.csv").values()} == {"skipped"}

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from medseg.backends.base import Backend, resolve_backend_name
-from medseg.checkpoint import Checkpoint
+from medseg.checkpoint import Checkpoint, weights_digest
 from medseg.networks.registry import size_divisor
 
 
@@ -56,7 +56,7 @@ def create_backend(
         from medseg.backends.torch_backend import TorchBackend
 
         return TorchBackend(model, device=device, precision=precision)
-    from medseg.backends.openvino_backend import OpenVINOBackend, model_hash
+    from medseg.backends.openvino_backend import OpenVINOBackend
 
     description = {
         "network": checkpoint.network,
@@ -68,7 +68,7 @@ def create_backend(
         model,
         in_channels=len(checkpoint.channels),
         cache_dir=cache_dir or user_cache_dir(),
-        key=f"{checkpoint.network['name']}-{model_hash(model, extra=description)[:20]}",
+        key=f"{checkpoint.network['name']}-{weights_digest(model.state_dict(), extra=description)[:20]}",
         divisor=network_divisor(checkpoint),
         precision=precision,
     )

@@ -13,8 +13,6 @@ such CPUs is bf16, so the hint is always set explicitly.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,16 +27,6 @@ from medseg.io.atomic import atomic_output
 
 # the latest (onnx path, window shape (B, C, X, Y, Z), precision, threads) and its infer request
 _LATEST: dict[tuple[str, tuple[int, ...], str, int], Any] = {}
-
-
-def model_hash(model: nn.Module, *, extra: dict[str, Any]) -> str:
-    """SHA-256 (hex) of the weights and buffers of ``model`` and the JSON of ``extra`` (its description)."""
-    digest = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode())
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def export_onnx(model: nn.Module, path: Path, *, in_channels: int, size: int) -> Path:
