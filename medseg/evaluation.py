@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from medseg.errors import MedsegInputError
-from medseg.io import Image, atomic_output, read_nifti
+from medseg.io import Image, atomic_output, label_values, read_nifti
 from medseg.io.jsonfile import read_json
 from medseg.labels import BRATS_RELEASES, LABEL_TABLES, LabelTable, get_label_table
 from medseg.metrics import RegionScore, score_label_maps
@@ -142,23 +142,13 @@ def _read_label_map(path: Path) -> Image:
     return image
 
 
-def _label_values(image: Image) -> set[int]:
-    values = np.unique(image.array)
-    if values.dtype.kind == "f":
-        if not np.all(np.isfinite(values)) or not np.array_equal(values, np.round(values)):
-            bad = values[~np.isfinite(values) | (values != np.round(values))][:5].tolist()
-            raise MedsegInputError(f"label map holds non-integer values {bad}", path=image.path)
-    elif values.dtype.kind not in "iub":
-        raise MedsegInputError(f"label map has non-numeric type {values.dtype}", path=image.path)
-    return {int(v) for v in values}
-
-
 def _detect_label_table(refs: References, preds: Mapping[str, Path]) -> LabelTable:
     """BraTS table from the layout's file names, else from the values: 4 present -> 2021, 3 -> 2023."""
     if refs.label_table is not None:
         return get_label_table(refs.label_table)
     for path in [*refs.files.values(), *preds.values()]:  # stops at the first decisive file
-        values = _label_values(_read_label_map(path))
+        image = _read_label_map(path)
+        values = label_values(image.array, path=image.path)
         if 3 in values and 4 in values:
             raise MedsegInputError("holds both label 3 (BraTS 2023 ET) and 4 (BraTS 2021 ET)", path=path)
         if 4 in values:
@@ -220,7 +210,7 @@ def _resolve_label_table(labels: str | LabelTable, refs: References, preds: Mapp
 
 
 def _check_values(image: Image, table: LabelTable) -> None:
-    extra = sorted(_label_values(image) - set(table.labels))
+    extra = sorted(label_values(image.array, path=image.path) - set(table.labels))
     if extra:
         raise MedsegInputError(
             f"label values {extra} are not in label table {table.name} {sorted(table.labels)}", path=image.path

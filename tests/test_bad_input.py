@@ -82,6 +82,20 @@ def test_label_values_outside_the_release(brats_root: Path, tmp_path: Path, caps
     assert not (tmp_path / "run").exists()
 
 
+def test_label_map_resampled_with_linear_interpolation(
+    brats_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _copy_two_cases(brats_root, tmp_path / "data")
+    seg = tmp_path / "data" / "BraTS2021_00001" / "BraTS2021_00001_seg.nii.gz"
+    img = nib.load(seg)
+    data = np.asanyarray(img.dataobj).astype(np.float32)
+    data[data == 2] = 1.5  # casting to int would have made this oedema necrosis, silently
+    nib.save(nib.Nifti1Image(data, img.affine), seg)
+    assert main(["train", "--config", str(_train_config(tmp_path, tmp_path / "data"))]) == 2
+    _one_error_line(capsys, str(seg), "non-integer values [1.5]")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("damage", ["truncated", "not_an_image"])
 def test_unreadable_image_fails_its_case(
     damage: str, brats_root: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -27,7 +27,7 @@ from medseg.data import nnunet as _nnunet  # noqa: F401  (registers "nnunet", an
 from medseg.data.layouts import SCANNERS, ScannedCase
 from medseg.errors import MedsegInputError
 from medseg.io.atomic import atomic_output
-from medseg.io.image import require_invertible
+from medseg.io.image import label_values, require_invertible
 from medseg.io.jsonfile import read_json
 from medseg.labels import LabelTable
 
@@ -170,10 +170,12 @@ def check_case(case: ManifestCase, *, root: Path, table: LabelTable) -> list[str
 def label_value_problems(path: Path, table: LabelTable) -> list[str]:
     """``["<path>: label values [...] not in <table> {...}"]`` if the label map holds unknown values."""
     try:
-        values = np.unique(np.asanyarray(nib.load(str(path)).dataobj))
+        values = label_values(np.asanyarray(nib.load(str(path)).dataobj), path=path)
+    except MedsegInputError as exc:
+        return [str(exc)]
     except Exception as exc:
         return [f"{path}: cannot read label map: {exc}"]
-    unknown = sorted(set(values.astype(int).tolist()) - set(table.labels))
+    unknown = sorted(values - set(table.labels))
     if unknown:
         return [f"{path}: label values {unknown} are not in {table.name} {sorted(table.labels)}"]
     return []

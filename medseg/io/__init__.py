@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from medseg.io.atomic import atomic_output, ensure_not_input
 from medseg.io.dicom import SeriesInfo, list_dicom_series, read_dicom_series
-from medseg.io.image import Geometry, Image, require_finite, require_invertible
+from medseg.io.image import Geometry, Image, label_values, require_finite, require_invertible
 from medseg.io.nifti import read_nifti, write_nifti
 from medseg.io.readers import ImageReader, read_image, reader_for, register_reader
 from medseg.io.writers import write_label_map, write_probabilities
@@ -21,6 +21,7 @@ __all__ = [
     "SeriesInfo",
     "atomic_output",
     "ensure_not_input",
+    "label_values",
     "list_dicom_series",
     "read_dicom_series",
     "read_image",

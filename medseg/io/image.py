@@ -102,3 +102,21 @@ def require_invertible(affine: np.ndarray, *, path: str | Path | None) -> None:
         raise MedsegInputError("the affine has a zero-length or non-finite voxel axis", path=path)
     if abs(np.linalg.det(axes / lengths)) < 1e-3:  # 1 for orthogonal axes, 0 for parallel ones
         raise MedsegInputError("the affine's voxel axes are parallel: no orientation can be derived", path=path)
+
+
+def label_values(array: np.ndarray, *, path: str | Path | None) -> set[int]:
+    """The distinct values of a label map, as ints.
+
+    Raises:
+        MedsegInputError: naming ``path``, when a value is not an integer (a label map resampled with
+            linear interpolation holds 0.5s, which casting would silently turn into other labels), NaN,
+            or not a number at all.
+    """
+    values = np.unique(array)
+    if values.dtype.kind == "f":
+        bad = values[~np.isfinite(values) | (values != np.round(values))]
+        if bad.size:
+            raise MedsegInputError(f"label map holds non-integer values {bad[:5].tolist()}", path=path)
+    elif values.dtype.kind not in "iub":
+        raise MedsegInputError(f"label map has non-numeric type {values.dtype}", path=path)
+    return {int(v) for v in values}
