@@ -44,7 +44,7 @@ from tqdm import tqdm
 from medseg import __version__
 from medseg.checkpoint import weights_digest
 from medseg.data.cases import InputCase, Shard, discover_cases, read_cases_file, select_shard
-from medseg.errors import MedsegError, MedsegInputError
+from medseg.errors import MedsegError, MedsegInputError, first_line
 from medseg.inference import Predictor, read_case
 from medseg.io import Image, atomic_output, ensure_not_input, read_image, write_label_map, write_probabilities
 from medseg.io.jsonfile import read_json
@@ -430,4 +430,5 @@ def _predict_one(
     except MedsegError as exc:
         return CaseResult(case.id, "failed", time.monotonic() - tick, reason=str(exc))
     except Exception as exc:  # one broken case must not stop a batch of hundreds
-        return CaseResult(case.id, "failed", time.monotonic() - tick, reason=f"{case.id}: {type(exc).__name__}: {exc}")
+        reason = f"{case.id}: {type(exc).__name__}: {first_line(exc)}"  # one line of stderr and of summary.csv
+        return CaseResult(case.id, "failed", time.monotonic() - tick, reason=reason)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from medseg import __version__
-from medseg.errors import CheckpointError
+from medseg.errors import CheckpointError, first_line
 from medseg.io.atomic import atomic_output
 from medseg.labels import LabelTable
 from medseg.networks import build_network
@@ -121,8 +121,8 @@ def load_checkpoint(path: str | Path, *, training: bool = True) -> Checkpoint:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"not a medseg checkpoint (cannot be loaded safely: {first})", path=path) from None
+        reason = first_line(exc) or type(exc).__name__
+        raise CheckpointError(f"not a medseg checkpoint (cannot be loaded safely: {reason})", path=path) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"not a medseg checkpoint (no format tag {FORMAT!r})", path=path)
     if int(data.get("format_version", 0)) > FORMAT_VERSION:

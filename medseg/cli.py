@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from medseg import __version__
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, first_line
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -317,8 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("medseg: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # the last line of defence: one line, never a traceback
-        first_line = next(iter(str(exc).splitlines()), "")
-        print(f"medseg: error: unexpected {type(exc).__name__}: {first_line} (rerun with --debug)", file=sys.stderr)
+        message = f"unexpected {type(exc).__name__}: {first_line(exc)} (rerun with --debug)"
+        print(f"medseg: error: {message}", file=sys.stderr)
         return 1
 
 

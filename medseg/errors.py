@@ -36,3 +36,9 @@ class ConfigError(MedsegError):
 
 class CheckpointError(MedsegError):
     """A checkpoint is missing, not a medseg checkpoint, or incompatible with this version."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of ``exc``'s message (``""`` when it has none): what of a library's
+    multi-line message fits the one line of an error report."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")

@@ -21,7 +21,7 @@ from medseg.batch import RUN_RECORD, merge_summaries, predict_folder
 from medseg.checkpoint import load_checkpoint, save_checkpoint
 from medseg.cli import main
 from medseg.data.cases import Shard
-from medseg.io import read_image
+from medseg.io import Image, read_image
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
@@ -259,3 +259,27 @@ def test_resuming_into_another_models_output_folder_is_refused(
     assert {r["status"] for r in _rows(out / "summary.csv").values()} == {"ok"}
     assert main([*args, "--model", str(other)]) == 0  # and now the folder is the other model's
     assert {r["status"] for r in _rows(out / "summary.csv").values()} == {"skipped"}
+
+
+def test_an_unexpected_error_in_one_case_is_one_line_and_the_batch_goes_on(
+    brats_root: Path, one_channel_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    from medseg.inference import Predictor
+
+    ids = _phantoms(brats_root, tmp_path / "in", 3)
+    predict = Predictor.predict
+
+    def out_of_memory_on_the_second_case(self: Predictor, image: Image) -> np.ndarray:
+        if image.path is not None and image.path.name == f"{ids[1]}.nii.gz":
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nGPU 0 has a total capacity of 8 GiB")
+        return predict(self, image)
+
+    monkeypatch.setattr(Predictor, "predict", out_of_memory_on_the_second_case)
+    argv = ["predict", "--model", str(one_channel_checkpoint), "--input", str(tmp_path / "in")]
+    assert main([*argv, "--output", str(tmp_path / "out"), "--progress", "none"]) == 1
+    rows = _rows(tmp_path / "out" / "summary.csv")
+    assert rows[ids[1]]["reason"] == f"{ids[1]}: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert rows[ids[0]]["status"] == rows[ids[2]]["status"] == "ok"
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"medseg: error: {rows[ids[1]]['reason']}" and "GPU 0" not in "".join(err)
