@@ -9,7 +9,7 @@ Contract of a batch run (``medseg predict``):
   (or lie inside an input DICOM folder); inputs are only ever opened for reading.
 - **Resuming.** A case whose outputs all exist is reported as ``skipped`` (unless ``overwrite``).
   Temporary files that a killed run left behind for this run's cases are removed first. The output
-  folder records which model wrote it (``predict_run.json``: a digest of the weights, labels,
+  folder records which model wrote it (``predict_run.json``: a fingerprint of the weights, labels,
   preprocessing, inference settings and format); resuming into a folder that another model or other
   settings wrote is an error, since its skipped cases would be theirs.
 - **Failures.** A case that cannot be read or predicted is recorded as ``failed`` with its reason, and the
@@ -42,7 +42,6 @@ import numpy as np
 from tqdm import tqdm
 
 from medseg import __version__
-from medseg.checkpoint import weights_digest
 from medseg.data.cases import InputCase, Shard, discover_cases, read_cases_file, select_shard
 from medseg.errors import MedsegError, MedsegInputError, first_line
 from medseg.inference import Predictor, read_case
@@ -381,7 +380,7 @@ def _run_identity(predictor: Predictor, fmt: LabelFormat) -> str:
         "inference": dataclasses.asdict(predictor.inference),
         "format": fmt,
     }
-    return weights_digest(checkpoint.state_dict, extra=extra)
+    return checkpoint.fingerprint(extra)
 
 
 def _claim_output_folder(output_dir: Path, identity: str, *, overwrite: bool) -> None:

@@ -9,6 +9,7 @@ score so that ``--resume`` continues exactly.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import pickle
@@ -28,17 +29,6 @@ from medseg.networks import build_network
 
 FORMAT = "medseg-checkpoint"
 FORMAT_VERSION = 1
-
-
-def weights_digest(state_dict: dict[str, torch.Tensor], *, extra: dict[str, Any]) -> str:
-    """SHA-256 (hex) of every tensor of ``state_dict`` (name, shape and bytes) and of the JSON of
-    ``extra`` (what else the weights are used with): equal for equal weights, whatever file holds them."""
-    digest = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode())
-    for name, tensor in state_dict.items():
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 @dataclass
@@ -62,6 +52,23 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     training: dict[str, Any] | None = None
     medseg_version: str = __version__
+
+    @functools.cached_property
+    def weights_sha256(self) -> str:
+        """SHA-256 (hex) of every weight tensor (name, shape and bytes), computed once: equal for equal
+        weights, whatever file holds them."""
+        digest = hashlib.sha256()
+        for name, tensor in self.state_dict.items():
+            digest.update(name.encode())
+            digest.update(str(tuple(tensor.shape)).encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    def fingerprint(self, extra: dict[str, Any]) -> str:
+        """SHA-256 (hex) of the weights together with the JSON of ``extra``: what else decides the
+        outputs of a use of them (an export's description, a batch run's settings)."""
+        text = json.dumps(extra, sort_keys=True, default=str) + self.weights_sha256
+        return hashlib.sha256(text.encode()).hexdigest()
 
     @property
     def layout(self) -> str:

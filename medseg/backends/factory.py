@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from medseg.backends.base import Backend, resolve_backend_name
-from medseg.checkpoint import Checkpoint, weights_digest
+from medseg.checkpoint import Checkpoint
 from medseg.networks.registry import size_divisor
 
 
@@ -68,7 +68,7 @@ def create_backend(
         model,
         in_channels=len(checkpoint.channels),
         cache_dir=cache_dir or user_cache_dir(),
-        key=f"{checkpoint.network['name']}-{weights_digest(model.state_dict(), extra=description)[:20]}",
+        key=f"{checkpoint.network['name']}-{checkpoint.fingerprint(description)[:20]}",
         divisor=network_divisor(checkpoint),
         precision=precision,
     )
