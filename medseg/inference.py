@@ -104,9 +104,10 @@ def read_case(case: InputCase) -> Image:
     """Read a case's images (any format of :func:`~medseg.io.read_image`) into one ``(C, X, Y, Z)`` float32
     :class:`Image` on the first file's grid; a 4-D file contributes all its channels.
 
+    ``meta["channel_files"]`` names each channel's file, for the Predictor's errors.
+
     Raises:
-        MedsegInputError: a file is missing or unreadable, not on the first file's grid, or holds NaN or
-            infinite voxels.
+        MedsegInputError: a file is missing or unreadable, or not on the first file's grid.
     """
     if case.series_uid is not None:
         images = [read_dicom_series(case.images[0], series_uid=case.series_uid or None, recursive=False)]
@@ -122,9 +123,9 @@ def read_case(case: InputCase) -> Image:
             )
         if not img.geometry.same_grid(first.geometry):
             raise MedsegInputError(f"affine differs from {first.path.name}", path=img.path)
-        require_finite(img.array, path=img.path)
-    arrays = [c.astype(np.float32, copy=False) for img in images for c in img.array.reshape(-1, *img.geometry.shape)]
-    return Image(np.stack(arrays), first.geometry, first.path, dict(first.meta))
+    channels = [(img.path, c) for img in images for c in img.array.reshape(-1, *img.geometry.shape)]
+    meta = {**first.meta, "channel_files": [path for path, _ in channels]}
+    return Image(np.stack([c.astype(np.float32, copy=False) for _, c in channels]), first.geometry, first.path, meta)
 
 
 class Predictor:
@@ -215,7 +216,7 @@ class Predictor:
 
         Raises:
             MedsegInputError: ``image`` has another number of channels than the model, or NaN or
-                infinite voxels.
+                infinite voxels (naming the channel and, for an image from :func:`read_case`, its file).
         """
         if image.array.shape[0] != len(self.channels):
             raise MedsegInputError(
@@ -223,8 +224,9 @@ class Predictor:
                 f"got {image.array.shape[0]}",
                 path=image.path,
             )
-        for name, channel in zip(self.channels, image.array, strict=True):
-            require_finite(channel, path=image.path, channel=name)
+        files = image.meta.get("channel_files", [image.path] * len(self.channels))
+        for name, path, channel in zip(self.channels, files, image.array, strict=True):
+            require_finite(channel, path=path, channel=name)
         data = self.transforms({IMAGE: MetaTensor(torch.as_tensor(image.array), affine=image.geometry.affine)})
         x = data[IMAGE]
         logits = self._logits(x.unsqueeze(0).as_tensor().to(self.backend.device))[0].float().cpu()
