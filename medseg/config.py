@@ -101,7 +101,7 @@ class TransformConfig:
     """
 
     orientation: str = "RAS"
-    spacing: list[float] | None = None
+    spacing: list[float] | None = _ranged(None, 0, open_low=True)
     interpolation: Literal["linear", "spline"] = "linear"
     intensity: Literal["zscore_nonzero", "ct_window"] = "zscore_nonzero"
     hu_window: list[float] = field(default_factory=lambda: [-175.0, 250.0])
@@ -123,8 +123,8 @@ class TransformConfig:
     def __post_init__(self) -> None:
         if len(self.hu_window) != 2 or not self.hu_window[0] < self.hu_window[1]:
             raise ConfigError(f"transforms.hu_window must be [a_min, a_max] with a_min < a_max, got {self.hu_window}")
-        if self.spacing is not None and (len(self.spacing) != 3 or min(self.spacing) <= 0):
-            raise ConfigError(f"transforms.spacing must be three positive sizes in mm, got {self.spacing}")
+        if self.spacing is not None and len(self.spacing) != 3:
+            raise ConfigError(f"transforms.spacing must be three sizes in mm, got {self.spacing}")
         if len(self.patch_size) != 3:
             raise ConfigError(f"transforms.patch_size must be three sizes in voxels, got {self.patch_size}")
         _check_ranges(self, "transforms")
