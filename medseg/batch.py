@@ -267,7 +267,7 @@ def _check_not_inputs(outputs: Sequence[Path], cases: Sequence[InputCase]) -> No
 
 def predict_folder(
     *,
-    model: str | Path | Predictor,
+    model: str | Path | Sequence[str | Path] | Predictor,
     input_path: str | Path | None,
     output_dir: str | Path,
     fmt: LabelFormat = "nifti",
@@ -276,13 +276,14 @@ def predict_folder(
     shard: Shard | None = None,
     device: str = "auto",
     backend: str = "auto",
+    mirror_axes: Sequence[int] | None = None,
     overwrite: bool = False,
     progress: str = "bar",
 ) -> BatchSummary:
     """Segment every case under ``input_path`` into ``output_dir`` (see the module docstring).
 
     Args:
-        model: a checkpoint path, or a loaded :class:`~medseg.inference.Predictor`.
+        model: a checkpoint path, several (an ensemble), or a loaded :class:`~medseg.inference.Predictor`.
         input_path: an image file, a DICOM series folder (or one of its files), or a folder of cases
             (see :func:`~medseg.data.cases.discover_cases`). Ignored when ``cases_file`` is given.
         output_dir: where outputs and the summary go (created if missing).
@@ -291,7 +292,7 @@ def predict_folder(
         cases_file: a JSON list of cases (see :func:`~medseg.data.cases.read_cases_file`).
         shard: handle only this shard of the cases.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        backend: passed to :meth:`Predictor.from_checkpoint`.
+        backend, mirror_axes: passed to :meth:`Predictor.from_checkpoint` (not used with a loaded Predictor).
         overwrite: redo cases whose outputs exist.
         progress: ``bar``, ``json`` or ``none``.
 
@@ -309,7 +310,9 @@ def predict_folder(
     if output_dir.exists() and not output_dir.is_dir():
         raise MedsegInputError("the output must be a folder", path=output_dir)
     predictor = (
-        model if isinstance(model, Predictor) else Predictor.from_checkpoint(model, device=device, backend=backend)
+        model
+        if isinstance(model, Predictor)
+        else Predictor.from_checkpoint(model, device=device, backend=backend, mirror_axes=mirror_axes)
     )
     if cases_file is not None:
         all_cases = read_cases_file(cases_file, channels=predictor.channels)
@@ -372,14 +375,17 @@ def predict_folder(
 
 
 def _run_identity(predictor: Predictor, fmt: LabelFormat) -> str:
-    """What decides a run's label maps: the weights, labels, preprocessing, inference settings and format."""
+    """What decides a run's label maps: the weights (every member's), labels, preprocessing, inference
+    settings and format."""
     checkpoint = predictor.checkpoint
-    extra = {
+    extra: dict[str, Any] = {
         "labels": checkpoint.label_table.to_dict(),
         "transforms": checkpoint.config["transforms"],
         "inference": dataclasses.asdict(predictor.inference),
         "format": fmt,
     }
+    if len(predictor.checkpoints) > 1:
+        extra["ensemble"] = [member.weights_sha256 for member in predictor.checkpoints]
     return checkpoint.fingerprint(extra)
 
 

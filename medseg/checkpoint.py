@@ -43,6 +43,7 @@ class Checkpoint:
         state_dict: model weights.
         training: optimizer/scheduler/RNG/epoch/best state, or ``None`` in an export-only checkpoint.
         medseg_version: the version that wrote it.
+        source: the file it was loaded from (``None`` when built in memory); not saved.
     """
 
     network: dict[str, Any]
@@ -52,6 +53,7 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     training: dict[str, Any] | None = None
     medseg_version: str = __version__
+    source: Path | None = None
 
     @functools.cached_property
     def weights_sha256(self) -> str:
@@ -145,4 +147,5 @@ def load_checkpoint(path: str | Path, *, training: bool = True) -> Checkpoint:
         state_dict=data["state_dict"],
         training=data.get("training") if training else None,
         medseg_version=data.get("medseg_version", "unknown"),
+        source=path,
     )

@@ -102,6 +102,7 @@ def _predict(args: argparse.Namespace) -> int:
         shard=Shard.parse(args.shard) if args.shard else None,
         device=args.device,
         backend=args.backend,
+        mirror_axes=None if args.mirror is None else (args.mirror or [0, 1, 2]),
         overwrite=args.overwrite,
         progress=args.progress,
     )
@@ -230,7 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("predict", help="segment an image, a DICOM series or a folder of cases")
-    p.add_argument("--model", type=Path, required=True, help="a medseg checkpoint (.pt)")
+    p.add_argument(
+        "--model",
+        type=Path,
+        nargs="+",
+        action="extend",
+        required=True,
+        help="a medseg checkpoint (.pt), or several of one configuration (e.g. its folds): their mean logits",
+    )
     p.add_argument(
         "--input",
         type=Path,
@@ -259,6 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--backend", choices=["auto", "torch", "openvino"], default="auto")
+    p.add_argument(
+        "--mirror",
+        type=int,
+        nargs="*",
+        choices=[0, 1, 2],
+        metavar="AXIS",
+        help="test-time mirroring: average over mirror images along these axes (0 1 2: R, A, S; all three,"
+        " 8 passes, when none is given)",
+    )
     p.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
     p.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
     p.set_defaults(handler=_predict)

@@ -211,6 +211,11 @@ class InferenceConfig:
     tables) maps a region name to a minimum predicted volume in mL: a smaller prediction of that
     region is relabelled as the enclosing region's own label (BraTS: ET below 0.5 mL becomes NCR,
     as in nnU-Net's BraTS 2020 post-processing, Isensee et al. 2021).
+    ``mirror_axes`` (test-time mirroring, as nnU-Net's default inference does) averages the logits
+    over the image and its mirror images along these axes of the preprocessed volume (0, 1, 2 along
+    ``transforms.orientation``, R, A, S by default): every combination, so ``[0, 1, 2]`` costs 8
+    passes. Only for a model trained with flips (``transforms.flip_prob`` > 0, see
+    :func:`check_mirroring`).
     """
 
     roi_size: list[int] = _ranged([96, 96, 96], 1)
@@ -226,9 +231,12 @@ class InferenceConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     keep_largest_component: bool = False
     min_region_ml: dict[str, float] = field(default_factory=dict)
+    mirror_axes: list[int] = _ranged([], 0, 2)
 
     def __post_init__(self) -> None:
         _check_ranges(self, "inference")
+        if len(set(self.mirror_axes)) != len(self.mirror_axes):
+            raise ConfigError(f"inference.mirror_axes names an axis twice: {self.mirror_axes}")
 
 
 @dataclass
@@ -263,9 +271,27 @@ class Config:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     phantoms: PhantomConfig = field(default_factory=PhantomConfig)
 
+    def __post_init__(self) -> None:
+        check_mirroring(self.inference, self.transforms)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON/checkpoint safe)."""
         return dataclasses.asdict(self)
+
+
+def check_mirroring(inference: InferenceConfig, transforms: TransformConfig) -> None:
+    """Refuse test-time mirroring (``inference.mirror_axes``) for a model trained without flips
+    (``transforms.flip_prob`` 0): its mirror images are unlike anything it was trained on, and labels
+    with a side (left and right kidney) would trade places.
+
+    Raises:
+        ConfigError: naming both settings.
+    """
+    if inference.mirror_axes and transforms.flip_prob == 0:
+        raise ConfigError(
+            f"inference.mirror_axes {inference.mirror_axes} needs a model trained with flips, but"
+            " transforms.flip_prob is 0 (organs with a side would swap labels)"
+        )
 
 
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:

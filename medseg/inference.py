@@ -9,8 +9,9 @@ the label map is written on the input's own grid (same shape and affine).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,12 @@ from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 from monai.transforms import KeepLargestConnectedComponent
 
-from medseg.backends import create_backend, default_cache_dir
+from medseg.backends import Backend, create_backend, default_cache_dir
 from medseg.checkpoint import Checkpoint, load_checkpoint
-from medseg.config import InferenceConfig, TransformConfig
+from medseg.config import InferenceConfig, TransformConfig, check_mirroring
 from medseg.data.cases import InputCase
 from medseg.distributed import resolve_device
-from medseg.errors import ConfigError, MedsegInputError
+from medseg.errors import CheckpointError, ConfigError, MedsegInputError
 from medseg.io import Image, read_dicom_series, read_image, require_finite
 from medseg.keys import IMAGE
 from medseg.networks.registry import check_patch_size, default_window_voxels, size_divisor
@@ -90,7 +91,18 @@ class Windows:
         )
 
     def __call__(self, x: torch.Tensor, network: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """``(B, C_in, X, Y, Z)`` preprocessed -> logits ``(B, C_out, X, Y, Z)`` of ``network``'s windows."""
+        """``(B, C_in, X, Y, Z)`` preprocessed -> logits ``(B, C_out, X, Y, Z)`` of ``network``'s windows,
+        averaged over ``x`` and its mirror images along every combination of ``inference.mirror_axes``
+        (each pass's logits mirrored back)."""
+        axes = self.inference.mirror_axes
+        total = self._windows(x, network)
+        for flipped in (c for k in range(1, len(axes) + 1) for c in itertools.combinations(axes, k)):
+            dims = [2 + axis for axis in flipped]
+            total = total + self._windows(x.flip(dims), network).flip(dims)
+        return total / 2 ** len(axes)
+
+    def _windows(self, x: torch.Tensor, network: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """One pass of ``network``'s windows over ``x``: ``(B, C_in, X, Y, Z)`` -> ``(B, C_out, X, Y, Z)``."""
         inf = self.inference
         if inf.tiling == "monai":
             return sliding_window_inference(
@@ -128,81 +140,140 @@ def read_case(case: InputCase) -> Image:
     return Image(np.stack([c.astype(np.float32, copy=False) for _, c in channels]), first.geometry, first.path, meta)
 
 
+def check_ensemble(checkpoints: Sequence[Checkpoint]) -> None:
+    """Check that ``checkpoints`` can be ensembled: the same network and arguments, input channels,
+    label table and preprocessing as the first (the folds of one configuration).
+
+    Raises:
+        CheckpointError: naming the first checkpoint that differs and in what.
+    """
+    if not checkpoints:
+        raise CheckpointError("no checkpoint given")
+    first = checkpoints[0]
+    name = first.source.name if first.source is not None else "the first model"
+    for other in checkpoints[1:]:
+        differences = [
+            what
+            for what, a, b in (
+                ("network", first.network, other.network),
+                ("input channels", first.channels, other.channels),
+                ("labels", first.label_table.to_dict(), other.label_table.to_dict()),
+                ("preprocessing (transforms)", first.config["transforms"], other.config["transforms"]),
+            )
+            if a != b
+        ]
+        if differences:
+            raise CheckpointError(
+                f"cannot be ensembled with {name}: its {', '.join(differences)} differ"
+                " (an ensemble takes the folds of one configuration)",
+                path=other.source,
+            )
+
+
 class Predictor:
-    """A model ready to segment images, loaded once.
+    """A model, or an ensemble of models, ready to segment images, loaded once.
 
     Per image: reorient (and resample, if configured), crop to the foreground box, normalise, run the
     windows (:mod:`medseg.tiling`) on a backend (:mod:`medseg.backends`), then invert the crop and
     the reorientation so that the output lies on the input's grid, background outside the crop.
+    An ensemble (several checkpoints, e.g. the folds of one configuration) runs each member's windows
+    over the case in turn and averages their logits, as nnU-Net ensembles folds; the first
+    checkpoint's inference settings apply. Members run one after another, so an OpenVINO ensemble
+    holds one compiled model at a time (compiling one costs well under a second).
 
     Args:
-        checkpoint: a loaded medseg checkpoint.
+        checkpoint: a loaded medseg checkpoint, or several (see :func:`check_ensemble`).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         backend: ``auto`` (``torch`` on CUDA, ``openvino`` on the CPU when installed, else ``torch``),
             ``torch`` (eager PyTorch; AMP on CUDA) or ``openvino`` (CPU).
         inference: settings that replace the checkpoint's ``inference`` section.
+        mirror_axes: replaces ``inference.mirror_axes`` (test-time mirroring; see
+            :class:`~medseg.config.InferenceConfig`).
         cache_dir: where the OpenVINO backend caches its ONNX export (default: next to the
             checkpoint when :meth:`from_checkpoint` loaded it and that folder is writable, else
             ``~/.cache/medseg``).
 
+    Attributes:
+        checkpoint: the (first) checkpoint, whose settings apply.
+        checkpoints: every member, in order.
+        backends: one backend per member, in the same order.
+
     Raises:
         MedsegError: an unknown backend, or ``openvino`` when OpenVINO is not installed.
+        CheckpointError: checkpoints that cannot be ensembled.
+        ConfigError: ``inference.mirror_axes`` for a model trained without flips.
     """
 
     def __init__(
         self,
-        checkpoint: Checkpoint,
+        checkpoint: Checkpoint | Sequence[Checkpoint],
         *,
         device: str = "auto",
         backend: str = "auto",
         inference: InferenceConfig | None = None,
+        mirror_axes: Sequence[int] | None = None,
         cache_dir: str | Path | None = None,
     ) -> None:
-        self.checkpoint = checkpoint
+        self.checkpoints = [checkpoint] if isinstance(checkpoint, Checkpoint) else list(checkpoint)
+        check_ensemble(self.checkpoints)
+        self.checkpoint = checkpoint = self.checkpoints[0]
         self.table = checkpoint.label_table
         self.channels = list(checkpoint.channels)
         self.device = resolve_device(device)
         self.inference = inference or InferenceConfig(**checkpoint.config["inference"])
+        if mirror_axes is not None:
+            self.inference = dataclasses.replace(self.inference, mirror_axes=list(mirror_axes))
         self.windows = Windows.for_network(self.inference, checkpoint.network["name"], checkpoint.network["kwargs"])
         check_min_region_ml(self.table, self.inference.min_region_ml)  # fail before a batch reads any case
         transforms = TransformConfig(**checkpoint.config["transforms"])
+        check_mirroring(self.inference, transforms)
         if self.inference.crop_foreground:
             transforms = dataclasses.replace(transforms, crop_foreground=True)
         self.transforms = inference_transforms(transforms)
-        self.backend = create_backend(
-            backend,
-            checkpoint,
-            device=self.device,
-            cache_dir=Path(cache_dir) if cache_dir is not None else None,
-            precision=self.inference.precision,
-        )
+        self.backends: list[Backend] = [
+            create_backend(
+                backend,
+                member,
+                device=self.device,
+                cache_dir=Path(cache_dir) if cache_dir is not None else None,
+                precision=self.inference.precision,
+            )
+            for member in self.checkpoints
+        ]
 
     @classmethod
     def from_checkpoint(
         cls,
-        path: str | Path,
+        path: str | Path | Sequence[str | Path],
         *,
         device: str = "auto",
         backend: str = "auto",
         inference: InferenceConfig | None = None,
+        mirror_axes: Sequence[int] | None = None,
         cache_dir: str | Path | None = None,
     ) -> Predictor:
-        """Load ``path`` (a ``.pt`` written by ``medseg train``); see the class for the arguments."""
+        """Load ``path`` (a ``.pt`` written by ``medseg train``, or several for an ensemble); see the class
+        for the arguments. The default ``cache_dir`` is the first checkpoint's."""
+        paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
         if cache_dir is None:
-            cache_dir = default_cache_dir(Path(path))
+            cache_dir = default_cache_dir(paths[0] if paths else None)
         return cls(
-            load_checkpoint(path, training=False),
+            [load_checkpoint(p, training=False) for p in paths],
             device=device,
             backend=backend,
             inference=inference,
+            mirror_axes=mirror_axes,
             cache_dir=cache_dir,
         )
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        """``(1, C_in, X, Y, Z)`` preprocessed -> logits ``(1, C_out, X, Y, Z)``."""
+        """``(1, C_in, X, Y, Z)`` preprocessed -> logits ``(1, C_out, X, Y, Z)``, the members' mean."""
         if min(x.shape[2:]) == 0:  # nothing above the foreground threshold
             return torch.zeros((1, self.table.num_outputs, *x.shape[2:]))
-        return self.windows(x, self.backend)
+        total = self.windows(x, self.backends[0])
+        for backend in self.backends[1:]:
+            total = total + self.windows(x, backend)
+        return total / len(self.backends)
 
     @torch.no_grad()
     def predict_probabilities(self, image: Image) -> np.ndarray:
@@ -229,7 +300,7 @@ class Predictor:
             require_finite(channel, path=path, channel=name)
         data = self.transforms({IMAGE: MetaTensor(torch.as_tensor(image.array), affine=image.geometry.affine)})
         x = data[IMAGE]
-        logits = self._logits(x.unsqueeze(0).as_tensor().to(self.backend.device))[0].float().cpu()
+        logits = self._logits(x.unsqueeze(0).as_tensor().to(self.backends[0].device))[0].float().cpu()
         probs = torch.sigmoid(logits) if self.table.kind == "regions" else torch.softmax(logits, 0)
         restored = self.transforms.inverse(
             {IMAGE: MetaTensor(probs, affine=x.affine, applied_operations=x.applied_operations)}

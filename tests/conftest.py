@@ -97,6 +97,12 @@ def make_one_channel_checkpoint(path: Path, *, seed: int = 0) -> Path:
     return save_checkpoint(checkpoint, path)
 
 
+@pytest.fixture
+def one_channel_checkpoint_at() -> Callable[..., Path]:
+    """``one_channel_checkpoint_at(path, seed=0) -> path`` (see :func:`make_one_channel_checkpoint`)."""
+    return make_one_channel_checkpoint
+
+
 @pytest.fixture(scope="session")
 def one_channel_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained one-channel, two-class (background, tissue) U-Net checkpoint; see

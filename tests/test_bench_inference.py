@@ -106,6 +106,7 @@ def test_quick_benchmark_prints_one_line_per_configuration_and_a_summary(tmp_pat
                 "predictor_monai_tiling",
                 "predictor_roi_windows",
                 "predictor_uncropped_monai",
+                "predictor_mirrored",
             )
         } <= configs
         result = summary["networks"][net]

@@ -69,6 +69,12 @@ def test_wrong_types_are_errors(raw: dict, message: str) -> None:
         ({"data": {"num_folds": 1}}, r"data.num_folds must be >= 2"),
         ({"loss": {"gamma": -2}}, r"loss.gamma must be >= 0"),
         ({"phantoms": {"spacing": 0}}, r"phantoms.spacing must be > 0"),
+        ({"inference": {"mirror_axes": [0, 3]}}, r"inference.mirror_axes must be in \[0, 2\] \(each\)"),
+        ({"inference": {"mirror_axes": [1, 1]}}, r"inference.mirror_axes names an axis twice: \[1, 1\]"),
+        (
+            {"inference": {"mirror_axes": [0]}, "transforms": {"flip_prob": 0}},
+            r"inference.mirror_axes \[0\] needs a model trained with flips, but transforms.flip_prob is 0",
+        ),
     ],
 )
 def test_values_out_of_range_are_errors(raw: dict, message: str) -> None:

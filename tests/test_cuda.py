@@ -57,14 +57,14 @@ def test_amp_training_runs_fp16_with_scaled_gradients_and_resumes(
     assert [r["epoch"] for r in history] == [1, 2]
     assert all(math.isfinite(r["train_loss"]) for r in history)
     cpu = Predictor.from_checkpoint(tmp_path / "run" / "last.pt", device="cpu", backend="torch")
-    assert next(cpu.backend.model.parameters()).device.type == "cpu"
+    assert next(cpu.backends[0].model.parameters()).device.type == "cpu"
 
 
 def test_fp16_label_maps_agree_with_fp32_on_the_cpu(
     trained_checkpoint: Path, brats_root: Path, label_agreement: Agreement
 ) -> None:
     gpu = Predictor.from_checkpoint(trained_checkpoint, device="cuda")  # backend auto
-    assert (gpu.backend.name, gpu.backend.autocast_dtype) == ("torch", torch.float16)
+    assert (gpu.backends[0].name, gpu.backends[0].autocast_dtype) == ("torch", torch.float16)
     for case_dir in sorted(p for p in brats_root.iterdir() if p.is_dir())[:3]:
         dice = label_agreement(trained_checkpoint, case_dir, {"backend": "torch", "device": "cpu"}, {"device": "cuda"})
         assert min(dice.values()) >= 0.99, (case_dir.name, dice)

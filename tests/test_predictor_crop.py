@@ -49,7 +49,8 @@ def test_output_on_input_grid_with_background_outside_crop(tiny_checkpoint: Path
     image = Image(big, Geometry(shape=(80, 64, 48), affine=image.geometry.affine), image.path, {})
     predictor = Predictor.from_checkpoint(tiny_checkpoint, backend="torch", device="cpu")
     assert predictor.inference.crop_foreground and predictor.inference.tiling == "tight"
-    predictor.backend = counting = CountingBackend(predictor.backend)
+    counting = CountingBackend(predictor.backends[0])
+    predictor.backends = [counting]
     probs = predictor.predict_probabilities(image)
     labels = predictor.predict(image)
     assert probs.shape == (3, 80, 64, 48) and labels.shape == (80, 64, 48)
@@ -84,7 +85,7 @@ def test_crop_puts_the_prediction_back_in_place(tiny_checkpoint: Path, brats_roo
     full = Predictor(
         ckpt, backend="torch", device="cpu", inference=dataclasses.replace(cropped.inference, crop_foreground=False)
     )
-    cropped.backend = full.backend = PointwiseBackend(3)
+    cropped.backends = full.backends = [PointwiseBackend(3)]
     a, b = cropped.predict_probabilities(image), full.predict_probabilities(image)
     assert a.shape == b.shape == (3, *image.geometry.shape)
     box = _box((image.array != 0).any(0))
@@ -105,7 +106,7 @@ def test_monai_tiling_is_selectable(tiny_checkpoint: Path, brats_root: Path) -> 
     )
     tight = Predictor(ckpt, backend="torch", device="cpu")
     assert tight.inference.tiling == "tight" and monai.inference.tiling == "monai"
-    monai.backend = tight.backend = PointwiseBackend(3)
+    monai.backends = tight.backends = [PointwiseBackend(3)]
     np.testing.assert_allclose(monai.predict_probabilities(image), tight.predict_probabilities(image), atol=1e-5)
 
 
@@ -144,7 +145,8 @@ def test_ct_threshold_crop(tmp_path: Path) -> None:
     ct[0, 5:25, 8:30, 3:20] = 40.0
     image = Image(ct, Geometry(shape=(40, 36, 30), affine=np.eye(4)), tmp_path / "ct.nii.gz", {})
     predictor = Predictor.from_checkpoint(ckpt, backend="torch", device="cpu")
-    predictor.backend = counting = CountingBackend(predictor.backend)
+    counting = CountingBackend(predictor.backends[0])
+    predictor.backends = [counting]
     probs = predictor.predict_probabilities(image)
     labels = predictor.predict(image)
     assert probs.shape == (2, 40, 36, 30) and labels.shape == (40, 36, 30)
@@ -193,8 +195,10 @@ def test_window_voxel_budget_bounds_every_window(tiny_checkpoint: Path, brats_ro
     unbounded = Predictor(ckpt, backend="torch", device="cpu")
     assert bounded.windows.max_voxels == budget
     assert unbounded.windows.max_voxels is None  # the U-Net has no default budget
-    bounded.backend = counting = CountingBackend(PointwiseBackend(3))
-    unbounded.backend = whole = CountingBackend(PointwiseBackend(3))
+    counting = CountingBackend(PointwiseBackend(3))
+    bounded.backends = [counting]
+    whole = CountingBackend(PointwiseBackend(3))
+    unbounded.backends = [whole]
     np.testing.assert_allclose(bounded.predict_probabilities(image), unbounded.predict_probabilities(image), atol=1e-5)
     assert max(np.prod(s) for s in whole.shapes) > budget  # without the budget one window would be larger
     assert len(counting.shapes) > len(whole.shapes)

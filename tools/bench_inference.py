@@ -17,6 +17,8 @@ case (4 x 240 x 240 x 155, 1 mm):
   pipeline adds no disagreement of its own, and its time is what the backend alone gains;
 - ``predictor_unbounded`` (networks with a default ``inference.max_window_voxels``, the DynUNet): the
   Predictor without that budget, to show what the budget costs in time and saves in memory;
+- ``predictor_mirrored``: the Predictor with test-time mirroring along all three axes
+  (``inference.mirror_axes: [0, 1, 2]``, eight passes), what it costs and what it changes;
 - ``baseline_shifted``: the baseline with every window moved a quarter of the roi along each axis
   (one repeat). Its Dice against the baseline is how much the network's answer moves with window
   placement alone, whatever the inference code: roughly the best agreement to expect from any
@@ -268,7 +270,7 @@ def run_predictor(
         labels = predictor.predict(image)
         write_nifti(labels, image.geometry, out_file, reference=image)
         seconds.append(time.perf_counter() - tick)
-        info = {"backend": predictor.backend.name, "tiling": predictor.inference.tiling}
+        info = {"backend": predictor.backends[0].name, "tiling": predictor.inference.tiling}
     return seconds, info
 
 
@@ -428,6 +430,10 @@ def main(argv: list[str] | None = None) -> int:
                 ("predictor_monai_tiling", {"kind": "predictor", "repeats": repeats, "overrides": {"tiling": "monai"}}),
                 ("predictor_roi_windows", {"kind": "predictor", "repeats": repeats, "overrides": {"max_window": roi}}),
                 ("predictor_uncropped_monai", {"kind": "predictor", "repeats": repeats, "overrides": uncropped}),
+                (
+                    "predictor_mirrored",
+                    {"kind": "predictor", "repeats": repeats, "overrides": {"mirror_axes": [0, 1, 2]}},
+                ),
             ]
             if default_window_voxels(loaded.network["name"], loaded.network["kwargs"]) is not None:
                 unbounded = {"max_window_voxels": 2**40}  # one window per axis where max_window allows

@@ -1,0 +1,131 @@
+"""Test-time mirroring (``inference.mirror_axes``) and ensembles of checkpoints (``--model A B ...``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medseg.checkpoint import load_checkpoint, save_checkpoint
+from medseg.cli import main
+from medseg.config import InferenceConfig
+from medseg.errors import CheckpointError, ConfigError
+from medseg.inference import Predictor, Windows
+from medseg.io import Geometry, Image
+
+MakeCheckpoint = Callable[..., Path]
+
+SHAPE = (32, 32, 16)  # one_channel_checkpoint's window: one window covers the image
+
+
+def _image(seed: int = 0) -> Image:
+    """A one-channel image of positive noise (nonzero everywhere, so the foreground crop keeps it all) on a
+    RAS grid (identity affine), so that flipping the array flips the world."""
+    rng = np.random.default_rng(seed)
+    array = rng.uniform(1.0, 2.0, (1, *SHAPE)).astype(np.float32)
+    return Image(array, Geometry(SHAPE, np.eye(4)), Path("noise.nii.gz"), {})
+
+
+def _log_odds(probs: np.ndarray) -> np.ndarray:
+    return np.log(probs[1]) - np.log(probs[0])
+
+
+def test_windows_average_every_mirror_combination() -> None:
+    torch.manual_seed(0)
+    network = torch.nn.Conv3d(2, 3, 3, padding=1)  # not equivariant to flips
+    windows = Windows.for_network(
+        InferenceConfig(roi_size=[16, 16, 16], mirror_axes=[0, 2]), "unet", {"channels": [4, 8], "strides": [2]}
+    )
+    x = torch.randn(1, 2, 16, 16, 16)
+    with torch.no_grad():
+        got = windows(x, network)
+        expected = sum(network(x.flip(dims)).flip(dims) for dims in ([], [2], [4], [2, 4])) / 4
+        plain = network(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert (got - plain).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("axes", [(0,), (0, 2)])
+def test_mirroring_makes_the_prediction_flip_equivariant(one_channel_checkpoint: Path, axes: tuple[int, ...]) -> None:
+    image = _image()
+    flipped = Image(np.flip(image.array, [1 + a for a in axes]).copy(), image.geometry, image.path, {})
+    mirrored = Predictor.from_checkpoint(one_channel_checkpoint, backend="torch", device="cpu", mirror_axes=[0, 1, 2])
+    plain = Predictor.from_checkpoint(one_channel_checkpoint, backend="torch", device="cpu")
+    assert mirrored.inference.mirror_axes == [0, 1, 2] and plain.inference.mirror_axes == []
+
+    def flip_back(probs: np.ndarray) -> np.ndarray:
+        return np.flip(probs, [1 + a for a in axes])
+
+    with_mirroring = mirrored.predict_probabilities(image)
+    np.testing.assert_allclose(flip_back(mirrored.predict_probabilities(flipped)), with_mirroring, atol=1e-5)
+    without = plain.predict_probabilities(image)
+    assert np.abs(flip_back(plain.predict_probabilities(flipped)) - without).max() > 1e-3  # the network alone is not
+    assert np.abs(with_mirroring - without).max() > 1e-3
+
+
+def test_mirroring_is_refused_for_a_model_trained_without_flips(
+    tmp_path: Path, one_channel_checkpoint_at: MakeCheckpoint
+) -> None:
+    path = one_channel_checkpoint_at(tmp_path / "no_flips.pt")
+    checkpoint = load_checkpoint(path, training=False)
+    checkpoint.config["transforms"]["flip_prob"] = 0.0
+    save_checkpoint(checkpoint, path)
+    assert Predictor.from_checkpoint(path, backend="torch", device="cpu").inference.mirror_axes == []
+    with pytest.raises(ConfigError, match=r"mirror_axes \[0\] needs a model trained with flips"):
+        Predictor.from_checkpoint(path, backend="torch", device="cpu", mirror_axes=[0])
+
+
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_an_ensemble_averages_its_members_logits(
+    tmp_path: Path, one_channel_checkpoint_at: MakeCheckpoint, backend: str
+) -> None:
+    paths = [one_channel_checkpoint_at(tmp_path / f"fold{i}.pt", seed=i) for i in range(3)]
+    image = _image(1)
+    members = [Predictor.from_checkpoint(p, backend=backend, device="cpu").predict_probabilities(image) for p in paths]
+    ensemble = Predictor.from_checkpoint(paths, backend=backend, device="cpu")
+    assert [b.name for b in ensemble.backends] == [backend] * 3
+    assert len(ensemble.checkpoints) == 3 and ensemble.checkpoint.source == paths[0]
+    probs = ensemble.predict_probabilities(image)
+
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    expected = np.mean([_log_odds(p) for p in members], axis=0)  # two classes: the log-odds are a logit difference
+    np.testing.assert_allclose(_log_odds(probs), expected, atol=1e-3)
+    assert min(np.abs(_log_odds(p) - expected).max() for p in members) > 1e-2  # no member alone gives it
+
+
+def test_checkpoints_of_different_configurations_are_not_ensembled(
+    one_channel_checkpoint: Path, tiny_checkpoint: Path
+) -> None:
+    with pytest.raises(CheckpointError) as err:
+        Predictor.from_checkpoint([one_channel_checkpoint, tiny_checkpoint], backend="torch", device="cpu")
+    assert str(err.value) == (
+        f"{tiny_checkpoint}: cannot be ensembled with {one_channel_checkpoint.name}: its network, input channels,"
+        " labels, preprocessing (transforms) differ (an ensemble takes the folds of one configuration)"
+    )
+
+
+def test_predict_cli_takes_several_models_and_mirroring(
+    tmp_path: Path, one_channel_checkpoint_at: MakeCheckpoint, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folds = [one_channel_checkpoint_at(tmp_path / f"fold{i}.pt", seed=i) for i in range(2)]
+    image = _image(2)
+    nib.save(nib.Nifti1Image(image.array[0], np.eye(4)), tmp_path / "case.nii.gz")
+    args = ["predict", "--input", str(tmp_path / "case.nii.gz"), "--backend", "torch", "--progress", "none"]
+
+    assert main([*args, "--output", str(tmp_path / "a"), "--model", str(folds[0]), str(folds[1]), "--mirror"]) == 0
+    assert main([*args, "--output", str(tmp_path / "b"), "--model", str(folds[0]), "--model", str(folds[1])]) == 0
+    assert main([*args, "--output", str(tmp_path / "c"), "--model", str(folds[0])]) == 0
+    expected = Predictor.from_checkpoint(folds, backend="torch", device="cpu", mirror_axes=[0, 1, 2]).predict(image)
+    written = np.asarray(nib.load(tmp_path / "a" / "case.nii.gz").dataobj)
+    np.testing.assert_array_equal(written, expected)
+    runs = {name: json.loads((tmp_path / name / "predict_run.json").read_text())["model"] for name in "abc"}
+    assert len(set(runs.values())) == 3  # mirroring and each member are part of what a folder holds
+    capsys.readouterr()
+
+    assert main([*args, "--output", str(tmp_path / "b"), "--model", str(folds[0])]) == 2  # one fold of the two
+    assert "holds predictions of another model" in capsys.readouterr().err
