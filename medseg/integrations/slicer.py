@@ -71,6 +71,8 @@ class PredictParameters:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         backend: ``auto`` (medseg's default), ``torch`` or ``openvino``. ``auto`` adds no argument,
             so the command also works with a medseg that has no ``--backend`` option.
+        mirror: test-time mirroring along all three axes (``--mirror``: 8 passes, more accurate);
+            off adds no argument.
         extra_args: further arguments appended verbatim (e.g. ``("--overwrite",)``).
     """
 
@@ -80,6 +82,7 @@ class PredictParameters:
     output_dir: str | Path
     device: str = "auto"
     backend: str = "auto"
+    mirror: bool = False
     extra_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -111,6 +114,8 @@ class PredictParameters:
         ]
         if self.backend != "auto":
             args += ["--backend", self.backend]
+        if self.mirror:
+            args.append("--mirror")
         return args + list(self.extra_args)
 
 

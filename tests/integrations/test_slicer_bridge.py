@@ -50,8 +50,9 @@ def test_predict_command_backend_and_extra_args() -> None:
     auto = bridge.PredictParameters("py", "m.pt", "in", "out").command()
     assert "--backend" not in auto
     assert auto[auto.index("--device") + 1] == "auto"
+    assert "--mirror" not in auto
     cmd = bridge.PredictParameters(
-        "py", "m.pt", "in", "out", device="cuda:1", backend="openvino", extra_args=("--overwrite",)
+        "py", "m.pt", "in", "out", device="cuda:1", backend="openvino", mirror=True, extra_args=("--overwrite",)
     ).command()
     assert cmd[cmd.index("--progress") :] == [
         "--progress",
@@ -60,6 +61,7 @@ def test_predict_command_backend_and_extra_args() -> None:
         "cuda:1",
         "--backend",
         "openvino",
+        "--mirror",
         "--overwrite",
     ]
 

@@ -77,8 +77,9 @@ def test_info_describes_the_checkpoint(info: bridge.ModelInfo) -> None:
     assert all(s.terminology_entry() for s in specs)
 
 
+@pytest.mark.parametrize("mirror", [False, True], ids=["plain", "mirrored"])
 def test_predict_command_on_an_exported_phantom(
-    medseglib: None, tmp_path: Path, checkpoint: Path, phantom_case: Path, info: bridge.ModelInfo
+    medseglib: None, tmp_path: Path, checkpoint: Path, phantom_case: Path, info: bridge.ModelInfo, mirror: bool
 ) -> None:
     from MedSegLib.process import STDOUT, ChildProcess
 
@@ -91,7 +92,9 @@ def test_predict_command_on_an_exported_phantom(
         input_dir=tmp_path / "input",
         output_dir=output_dir,
         device="cpu",
+        mirror=mirror,
     )
+    assert ("--mirror" in parameters.command()) == mirror
     process = ChildProcess(parameters.command(), env=_env())
     process.start()
     progress = bridge.RunProgress()

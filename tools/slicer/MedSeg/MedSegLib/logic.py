@@ -44,6 +44,7 @@ class SegmentationRequest:
         python_executable: the Python with medseg installed ("" for Slicer's own).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         backend: ``auto``, ``torch`` or ``openvino``.
+        mirror: test-time mirroring (8 passes).
         segmentation: the segmentation node to fill (its segments are replaced), or ``None`` to create one.
         extra_args: further ``medseg predict`` arguments.
     """
@@ -54,6 +55,7 @@ class SegmentationRequest:
     python_executable: str = ""
     device: str = "auto"
     backend: str = "auto"
+    mirror: bool = False
     segmentation: Any = None
     extra_args: tuple[str, ...] = ()
 
@@ -188,6 +190,7 @@ class SegmentationLogic:
                 output_dir=output_dir,
                 device=request.device,
                 backend=request.backend,
+                mirror=request.mirror,
                 extra_args=tuple(request.extra_args),
             )
             process = ChildProcess(parameters.command(), env=child_environment(python))

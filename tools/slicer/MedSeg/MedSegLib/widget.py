@@ -76,6 +76,7 @@ class Panel:
         for combo, key in ((self.ui.deviceComboBox, "device"), (self.ui.backendComboBox, "backend")):
             index = combo.findText(settings.value(SETTINGS_PREFIX + key, "auto"))
             combo.setCurrentIndex(max(index, 0))
+        self.ui.mirrorCheckBox.checked = str(settings.value(SETTINGS_PREFIX + "mirror", "false")).lower() == "true"
 
     def _save_settings(self) -> None:
         settings = qt.QSettings()
@@ -83,6 +84,7 @@ class Panel:
         settings.setValue(SETTINGS_PREFIX + "python", self.ui.pythonPathLineEdit.currentPath)
         settings.setValue(SETTINGS_PREFIX + "device", self.ui.deviceComboBox.currentText)
         settings.setValue(SETTINGS_PREFIX + "backend", self.ui.backendComboBox.currentText)
+        settings.setValue(SETTINGS_PREFIX + "mirror", "true" if self.ui.mirrorCheckBox.checked else "false")
 
     # -- model metadata ----------------------------------------------------------------------------
 
@@ -193,6 +195,7 @@ class Panel:
             python_executable=self.ui.pythonPathLineEdit.currentPath,
             device=self.ui.deviceComboBox.currentText,
             backend=self.ui.backendComboBox.currentText,
+            mirror=self.ui.mirrorCheckBox.checked,
             segmentation=self.ui.outputSegmentationSelector.currentNode(),
         )
         try:
@@ -284,6 +287,7 @@ class Panel:
             self.ui.channelsContainer,
             self.ui.deviceComboBox,
             self.ui.backendComboBox,
+            self.ui.mirrorCheckBox,
             self.ui.outputSegmentationSelector,
         )
         for widget in inputs:
