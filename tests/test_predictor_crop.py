@@ -41,6 +41,13 @@ class CountingBackend:
         return self.inner(x)  # type: ignore[operator]
 
 
+def _count_windows(predictor: Predictor, inner: object | None = None) -> CountingBackend:
+    """Make ``predictor`` run ``inner`` (default: its own backend) through a :class:`CountingBackend`."""
+    counting = CountingBackend(predictor.backends[0] if inner is None else inner)
+    predictor.backends = [counting]
+    return counting
+
+
 def test_output_on_input_grid_with_background_outside_crop(tiny_checkpoint: Path, brats_root: Path) -> None:
     image = _first_case(brats_root)
     # move the brain off-centre in a bigger grid, so that the crop really cuts a lot away
@@ -49,8 +56,7 @@ def test_output_on_input_grid_with_background_outside_crop(tiny_checkpoint: Path
     image = Image(big, Geometry(shape=(80, 64, 48), affine=image.geometry.affine), image.path, {})
     predictor = Predictor.from_checkpoint(tiny_checkpoint, backend="torch", device="cpu")
     assert predictor.inference.crop_foreground and predictor.inference.tiling == "tight"
-    counting = CountingBackend(predictor.backends[0])
-    predictor.backends = [counting]
+    counting = _count_windows(predictor)
     probs = predictor.predict_probabilities(image)
     labels = predictor.predict(image)
     assert probs.shape == (3, 80, 64, 48) and labels.shape == (80, 64, 48)
@@ -145,8 +151,7 @@ def test_ct_threshold_crop(tmp_path: Path) -> None:
     ct[0, 5:25, 8:30, 3:20] = 40.0
     image = Image(ct, Geometry(shape=(40, 36, 30), affine=np.eye(4)), tmp_path / "ct.nii.gz", {})
     predictor = Predictor.from_checkpoint(ckpt, backend="torch", device="cpu")
-    counting = CountingBackend(predictor.backends[0])
-    predictor.backends = [counting]
+    counting = _count_windows(predictor)
     probs = predictor.predict_probabilities(image)
     labels = predictor.predict(image)
     assert probs.shape == (2, 40, 36, 30) and labels.shape == (40, 36, 30)
@@ -195,10 +200,8 @@ def test_window_voxel_budget_bounds_every_window(tiny_checkpoint: Path, brats_ro
     unbounded = Predictor(ckpt, backend="torch", device="cpu")
     assert bounded.windows.max_voxels == budget
     assert unbounded.windows.max_voxels is None  # the U-Net has no default budget
-    counting = CountingBackend(PointwiseBackend(3))
-    bounded.backends = [counting]
-    whole = CountingBackend(PointwiseBackend(3))
-    unbounded.backends = [whole]
+    counting = _count_windows(bounded, PointwiseBackend(3))
+    whole = _count_windows(unbounded, PointwiseBackend(3))
     np.testing.assert_allclose(bounded.predict_probabilities(image), unbounded.predict_probabilities(image), atol=1e-5)
     assert max(np.prod(s) for s in whole.shapes) > budget  # without the budget one window would be larger
     assert len(counting.shapes) > len(whole.shapes)
