@@ -142,15 +142,25 @@ def read_case(case: InputCase) -> Image:
 
 def check_ensemble(checkpoints: Sequence[Checkpoint]) -> None:
     """Check that ``checkpoints`` can be ensembled: the same network and arguments, input channels,
-    label table and preprocessing as the first (the folds of one configuration).
+    label table and preprocessing as the first (the folds of one configuration), and no two with the
+    same weights (a copy, or one path given twice, would only cost time).
 
     Raises:
-        CheckpointError: naming the first checkpoint that differs and in what.
+        CheckpointError: naming the first checkpoint that differs and in what, or that repeats another.
     """
     if not checkpoints:
         raise CheckpointError("no checkpoint given")
     first = checkpoints[0]
     name = first.source.name if first.source is not None else "the first model"
+    if len(checkpoints) > 1:
+        seen: dict[str, Checkpoint] = {}
+        for member in checkpoints:
+            earlier = seen.setdefault(member.weights_sha256, member)
+            if earlier is not member:
+                raise CheckpointError(
+                    f"has the same weights as {earlier.source or 'an earlier member'}: an ensemble member given twice",
+                    path=member.source,
+                )
     for other in checkpoints[1:]:
         differences = [
             what

@@ -109,6 +109,16 @@ def test_checkpoints_of_different_configurations_are_not_ensembled(
     )
 
 
+def test_a_checkpoint_given_twice_is_not_an_ensemble(one_channel_checkpoint: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(one_channel_checkpoint.read_bytes())
+    with pytest.raises(CheckpointError) as err:
+        Predictor.from_checkpoint([one_channel_checkpoint, copy], backend="torch", device="cpu")
+    assert str(err.value) == (
+        f"{copy}: has the same weights as {one_channel_checkpoint}: an ensemble member given twice"
+    )
+
+
 def test_predict_cli_takes_several_models_and_mirroring(
     tmp_path: Path, one_channel_checkpoint_at: MakeCheckpoint, capsys: pytest.CaptureFixture[str]
 ) -> None:
