@@ -134,20 +134,26 @@ def _info(args: argparse.Namespace) -> int:
     import json
 
     from medseg.checkpoint import load_checkpoint
+    from medseg.config import TransformConfig, mirroring_allowed
 
     ckpt = load_checkpoint(args.model, training=False)
+    mirroring = mirroring_allowed(TransformConfig(**ckpt.config["transforms"]))
     info = {
         "channels": ckpt.channels,
         "labels": ckpt.label_table.to_dict(),
         "network": ckpt.network,
         "layout": ckpt.layout,
+        "mirroring": mirroring,
         "medseg_version": ckpt.medseg_version,
     }
     if args.json:
         print(json.dumps(info))
     else:
         names = ", ".join(f"{v}={n}" for v, n in sorted(ckpt.label_table.labels.items()))
-        print(f"network {ckpt.network['name']}; channels {', '.join(ckpt.channels)}; labels {names}")
+        print(
+            f"network {ckpt.network['name']}; channels {', '.join(ckpt.channels)}; labels {names}; test-time"
+            f" mirroring {'available' if mirroring else 'refused (trained without flips)'}"
+        )
     return 0
 
 

@@ -279,15 +279,20 @@ class Config:
         return dataclasses.asdict(self)
 
 
+def mirroring_allowed(transforms: TransformConfig) -> bool:
+    """Whether a model trained with ``transforms`` may be mirrored at test time: only one trained with
+    flips (``flip_prob`` > 0). Without them its mirror images are unlike anything it was trained on,
+    and labels with a side (left and right kidney) would trade places."""
+    return transforms.flip_prob > 0
+
+
 def check_mirroring(inference: InferenceConfig, transforms: TransformConfig) -> None:
-    """Refuse test-time mirroring (``inference.mirror_axes``) for a model trained without flips
-    (``transforms.flip_prob`` 0): its mirror images are unlike anything it was trained on, and labels
-    with a side (left and right kidney) would trade places.
+    """Refuse test-time mirroring (``inference.mirror_axes``) where :func:`mirroring_allowed` says no.
 
     Raises:
         ConfigError: naming both settings.
     """
-    if inference.mirror_axes and transforms.flip_prob == 0:
+    if inference.mirror_axes and not mirroring_allowed(transforms):
         raise ConfigError(
             f"inference.mirror_axes {inference.mirror_axes} needs a model trained with flips, but"
             " transforms.flip_prob is 0 (organs with a side would swap labels)"

@@ -80,6 +80,21 @@ def test_mirroring_is_refused_for_a_model_trained_without_flips(
         Predictor.from_checkpoint(path, backend="torch", device="cpu", mirror_axes=[0])
 
 
+@pytest.mark.parametrize("flip_prob", [0.5, 0.0])
+def test_info_says_whether_mirroring_is_available(
+    tmp_path: Path, one_channel_checkpoint_at: MakeCheckpoint, flip_prob: float, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = one_channel_checkpoint_at(tmp_path / "model.pt")
+    checkpoint = load_checkpoint(path, training=False)
+    checkpoint.config["transforms"]["flip_prob"] = flip_prob
+    save_checkpoint(checkpoint, path)
+    assert main(["info", "--model", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["mirroring"] is (flip_prob > 0)
+    assert main(["info", "--model", str(path)]) == 0
+    expected = "available" if flip_prob > 0 else "refused (trained without flips)"
+    assert capsys.readouterr().out.rstrip().endswith(f"test-time mirroring {expected}")
+
+
 @pytest.mark.parametrize("backend", ["torch", "openvino"])
 def test_an_ensemble_averages_its_members_logits(
     tmp_path: Path, one_channel_checkpoint_at: MakeCheckpoint, backend: str

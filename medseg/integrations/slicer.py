@@ -344,6 +344,8 @@ class ModelInfo:
         network: ``{"name": ..., "kwargs": ...}``.
         layout: the dataset layout the model was trained on.
         medseg_version: the medseg version that wrote the checkpoint.
+        mirroring: False when the model refuses test-time mirroring (trained without flips); True when
+            medseg allows it or does not say (an older medseg, which then decides when it runs).
     """
 
     channels: tuple[str, ...]
@@ -351,6 +353,7 @@ class ModelInfo:
     network: Mapping[str, Any] = field(default_factory=dict)
     layout: str | None = None
     medseg_version: str | None = None
+    mirroring: bool = True
 
 
 def parse_model_info(stdout: str) -> ModelInfo:
@@ -385,6 +388,7 @@ def parse_model_info(stdout: str) -> ModelInfo:
         network=data.get("network") if isinstance(data.get("network"), dict) else {},
         layout=_as_str(data.get("layout")),
         medseg_version=_as_str(data.get("medseg_version")),
+        mirroring=data.get("mirroring") is not False,
     )
 
 

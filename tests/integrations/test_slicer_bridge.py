@@ -240,6 +240,12 @@ def test_parse_model_info_compact_pretty_and_noisy() -> None:
         assert info.channels == ("T1", "T1ce", "T2", "FLAIR")
         assert info.labels["name"] == "brats2021"
         assert info.network["name"] == "unet" and info.layout == "brats" and info.medseg_version == "0.1.0"
+        assert info.mirroring  # an older medseg's info does not say: medseg predict decides
+
+
+@pytest.mark.parametrize(("reported", "expected"), [(True, True), (False, False)])
+def test_parse_model_info_mirroring(reported: bool, expected: bool) -> None:
+    assert bridge.parse_model_info(json.dumps({**_info(), "mirroring": reported})).mirroring is expected
 
 
 @pytest.mark.parametrize(

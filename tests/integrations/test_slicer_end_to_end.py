@@ -75,6 +75,7 @@ def test_info_describes_the_checkpoint(info: bridge.ModelInfo) -> None:
     specs = bridge.segments_from_label_table(info.labels)
     assert [(s.label, s.name) for s in specs] == [(1, "NCR"), (2, "ED"), (4, "ET")]
     assert all(s.terminology_entry() for s in specs)
+    assert info.mirroring  # trained with flips (the default config)
 
 
 @pytest.mark.parametrize("mirror", [False, True], ids=["plain", "mirrored"])

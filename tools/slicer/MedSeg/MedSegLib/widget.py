@@ -195,7 +195,7 @@ class Panel:
             python_executable=self.ui.pythonPathLineEdit.currentPath,
             device=self.ui.deviceComboBox.currentText,
             backend=self.ui.backendComboBox.currentText,
-            mirror=self.ui.mirrorCheckBox.checked,
+            mirror=self.ui.mirrorCheckBox.checked and self._mirroring_allowed(),
             segmentation=self.ui.outputSegmentationSelector.currentNode(),
         )
         try:
@@ -287,11 +287,15 @@ class Panel:
             self.ui.channelsContainer,
             self.ui.deviceComboBox,
             self.ui.backendComboBox,
-            self.ui.mirrorCheckBox,
             self.ui.outputSegmentationSelector,
         )
         for widget in inputs:
             widget.enabled = not running
+        self.ui.mirrorCheckBox.enabled = not running and self._mirroring_allowed()
+
+    def _mirroring_allowed(self) -> bool:
+        """False once medseg has said the chosen model refuses test-time mirroring."""
+        return self.model_info is None or self.model_info.mirroring
 
     def cleanup(self) -> None:
         """Stop whatever runs (the module is closing or being reloaded) and remove temporary files."""
