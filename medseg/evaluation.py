@@ -338,7 +338,7 @@ def evaluate_folder(*, pred_dir: Path, ref_dir: Path, out_dir: Path, labels: str
         "regions": summarize(scores, table),
     }
     _write_metrics_csv(out_dir / METRICS_CSV, scores)
-    plot_scores(scores, out_dir / METRICS_PNG)
+    plot_scores({pred_dir.name: scores}, out_dir / METRICS_PNG)
     with atomic_output(out_dir / SUMMARY_JSON) as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return summary

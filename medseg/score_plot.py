@@ -1,4 +1,5 @@
-"""The per-region score plot that :func:`~medseg.evaluation.evaluate_folder` writes beside ``metrics.csv``.
+"""The per-region score plot that :func:`~medseg.evaluation.evaluate_folder` writes beside ``metrics.csv``
+(one model) and :func:`~medseg.comparison.compare_evaluations` beside ``comparison.csv`` (several).
 
 Drawn with matplotlib's Agg canvas directly (no pyplot, no global backend change).
 """
@@ -18,35 +19,47 @@ from medseg.io.atomic import atomic_output
 if TYPE_CHECKING:
     from medseg.metrics import RegionScore
 
+Scores = Mapping[str, Mapping[str, "RegionScore"]]
+"""One model's scores: case -> region -> score, as :func:`~medseg.evaluation.read_metrics_csv` returns."""
 
-def plot_scores(scores: Mapping[str, Mapping[str, RegionScore]], path: str | Path) -> Path:
-    """Dice (left) and HD95 in mm (right) per region over cases, as a PNG written atomically: a box per
-    region (median, quartiles, whiskers at 1.5 IQR) with every case drawn as a dot beside it.
+
+def plot_scores(models: Mapping[str, Scores], path: str | Path) -> Path:
+    """Dice (left) and HD95 in mm (right) per region over cases, as a PNG written atomically: for each
+    region a box per model (median, quartiles, whiskers at 1.5 IQR) with every case drawn as a dot
+    beside it. Several models stand side by side within each region, one colour each, with a legend.
 
     Args:
-        scores: case -> region -> score, as :func:`~medseg.evaluation.read_metrics_csv` returns;
-            every case has the same regions.
+        models: model name -> its :data:`Scores`; every case of every model has the same regions, in
+            the same order.
         path: the PNG to write.
 
     Returns:
         ``path``.
     """
-    regions = list(next(iter(scores.values())))
-    fig = Figure(figsize=(3 + 1.6 * len(regions), 4), dpi=100)
+    first = next(iter(models.values()))
+    regions = list(next(iter(first.values())))
+    slot = 0.8 / len(models)  # the width of one model's box and dots within a region
+    fig = Figure(figsize=(3 + 1.6 * len(regions) * max(1.0, len(models) / 2), 4), dpi=100)
     FigureCanvasAgg(fig)
-    offsets = np.linspace(-0.2, 0.2, len(scores)) if len(scores) > 1 else np.zeros(1)
     for column, (metric, label) in enumerate((("dice", "Dice"), ("hd95", "HD95 (mm)")), start=1):
         ax = fig.add_subplot(1, 2, column)
-        values = [[getattr(case[region], metric) for case in scores.values()] for region in regions]
-        ax.boxplot(values, widths=0.6, showfliers=False)
-        for position, column_values in enumerate(values, start=1):
-            ax.scatter(position + offsets, column_values, s=12, alpha=0.6, color="tab:blue", zorder=3)
+        for index, (name, scores) in enumerate(models.items()):
+            centres = np.arange(1, len(regions) + 1) + (index - (len(models) - 1) / 2) * slot
+            offsets = np.linspace(-0.25, 0.25, len(scores)) * slot if len(scores) > 1 else np.zeros(1)
+            values = [[getattr(case[region], metric) for case in scores.values()] for region in regions]
+            ax.boxplot(values, positions=centres, widths=0.75 * slot, showfliers=False, manage_ticks=False)
+            for centre, region_values in zip(centres, values, strict=True):
+                ax.scatter(centre + offsets, region_values, s=12, alpha=0.6, color=f"C{index}", zorder=3)
+            if len(models) > 1:
+                ax.scatter([], [], s=12, color=f"C{index}", label=name)  # one legend entry per model
         ax.set_xticks(range(1, len(regions) + 1), regions)
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
         if metric == "dice":
             ax.set_ylim(0.0, 1.02)
-    fig.suptitle(f"{len(scores)} case(s)", fontsize=10)
+        if len(models) > 1 and column == 1:
+            ax.legend(fontsize=8, loc="lower left")
+    fig.suptitle(f"{len(first)} case(s)", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     with atomic_output(path) as tmp:

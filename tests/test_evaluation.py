@@ -309,8 +309,8 @@ def test_score_plot_draws_the_scores_one_box_per_region(tmp_path: Path) -> None:
     spleen = RegionScore(0.8, 4.0)
     good = {f"case{i}": {"liver": RegionScore(0.9 + i / 100, 2.0 + i), "spleen": spleen} for i in range(5)}
     bad = {case: {"liver": RegionScore(0.2, 40.0), "spleen": spleen} for case in good}
-    a = mpimg.imread(plot_scores(good, tmp_path / "good.png"))
-    b = mpimg.imread(plot_scores(bad, tmp_path / "bad.png"))
+    a = mpimg.imread(plot_scores({"good": good}, tmp_path / "good.png"))
+    b = mpimg.imread(plot_scores({"bad": bad}, tmp_path / "bad.png"))
     assert a.shape[:2] == b.shape[:2] == (400, 620)  # two regions
     assert np.abs(a - b).sum() > 100  # the liver's box and dots moved
 
