@@ -130,6 +130,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from medseg.comparison import compare_evaluations, format_comparison
+
+    rows = compare_evaluations(eval_dirs=args.eval_dirs, out_dir=args.out, names=args.names)
+    print(format_comparison(rows))
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     import json
 
@@ -303,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
         " or a path to a dataset.json or medseg manifest",
     )
     p.set_defaults(handler=_evaluate)
+
+    p = sub.add_parser("compare", help="compare models evaluated on the same cases, region by region")
+    p.add_argument("eval_dirs", type=Path, nargs="+", metavar="EVAL_DIR", help="medseg evaluate output folders")
+    p.add_argument("--out", type=Path, required=True, help="where comparison.csv and comparison.png go")
+    p.add_argument("--names", nargs="+", default=None, help="a name per folder (default: the folder names)")
+    p.set_defaults(handler=_compare)
 
     p = sub.add_parser("info", help="describe a checkpoint: channels, labels, network")
     p.add_argument("--model", type=Path, required=True)
