@@ -81,9 +81,11 @@ def _read(folder: Path) -> Scores:
 
 
 def _check_same_cases_and_regions(models: dict[str, Scores], folders: dict[str, Path]) -> None:
-    (first_name, first), *others = models.items()
+    """Every folder holds the first folder's cases, and every case of every folder (the first's too)
+    the regions of the first folder's first case, in that order."""
+    first_name, first = next(iter(models.items()))
     regions = list(next(iter(first.values())))
-    for name, scores in others:
+    for name, scores in models.items():
         missing, extra = sorted(first.keys() - scores.keys()), sorted(scores.keys() - first.keys())
         if missing or extra:
             what = f"lacks case(s) {', '.join(missing[:3])}" if missing else f"has extra case(s) {', '.join(extra[:3])}"

@@ -98,11 +98,13 @@ def test_bad_requests_are_one_line_errors(tmp_path: Path, capsys: pytest.Capture
     a = _write_metrics(tmp_path / "a", scores)
     fewer = _write_metrics(tmp_path / "fewer", {k: v for k, v in scores.items() if k != "case1"})
     other_regions = _write_metrics(tmp_path / "organs", {c: {"liver": v["liver"]} for c, v in scores.items()})
+    uneven = _write_metrics(tmp_path / "uneven", {**scores, "case2": {"liver": scores["case2"]["liver"]}})
     (tmp_path / "empty").mkdir()
     cases = [
         ([str(a)], "give two or more evaluation folders to compare"),
         ([str(a), str(fewer)], f"{fewer}: lacks case(s) case1 of {a}: compare evaluations of the same cases"),
         ([str(a), str(other_regions)], f"{other_regions}: case case0 has regions liver, {a} has liver, spleen"),
+        ([str(uneven), str(a)], f"{uneven}: case case2 has regions liver, {uneven} has liver, spleen"),
         ([str(a), str(tmp_path / "empty")], f"{tmp_path / 'empty' / 'metrics.csv'}: metrics file not found"),
         ([str(a), str(tmp_path / "nowhere")], f"{tmp_path / 'nowhere'}: evaluation folder not found"),
         ([str(a), str(fewer), "--names", "one"], "give one distinct name per folder: 2 folders, names ['one']"),
