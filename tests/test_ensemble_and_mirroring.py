@@ -14,8 +14,9 @@ import torch
 from medseg.checkpoint import load_checkpoint, save_checkpoint
 from medseg.cli import main
 from medseg.config import InferenceConfig
+from medseg.data.cases import InputCase
 from medseg.errors import CheckpointError, ConfigError
-from medseg.inference import Predictor, Windows
+from medseg.inference import Predictor, Windows, read_case
 from medseg.io import Geometry, Image
 
 MakeCheckpoint = Callable[..., Path]
@@ -66,6 +67,22 @@ def test_mirroring_makes_the_prediction_flip_equivariant(one_channel_checkpoint:
     without = plain.predict_probabilities(image)
     assert np.abs(flip_back(plain.predict_probabilities(flipped)) - without).max() > 1e-3  # the network alone is not
     assert np.abs(with_mirroring - without).max() > 1e-3
+
+
+def test_a_mirrored_ensemble_gives_the_same_world_space_labels_for_a_permuted_flipped_copy(
+    tmp_path: Path, one_channel_checkpoint_at: MakeCheckpoint
+) -> None:
+    paths = [one_channel_checkpoint_at(tmp_path / f"fold{i}.pt", seed=i) for i in range(2)]
+    predictor = Predictor.from_checkpoint(paths, backend="torch", device="cpu", mirror_axes=[0, 1, 2])
+    image = _image(3)
+    # copy[a, b, c] = image[n - 1 - b, a, c]: the same world content, stored in another voxel order
+    n = SHAPE[0]
+    array = np.flip(image.array, 1).transpose(0, 2, 1, 3).copy()
+    affine = np.array([[0.0, -1.0, 0.0, n - 1.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    copy = Image(array, Geometry(SHAPE, affine), Path("copy.nii.gz"), {})
+    labels = predictor.predict(image)
+    assert labels.any() and not labels.all()  # both classes occur: the comparison below can fail
+    np.testing.assert_array_equal(predictor.predict(copy), np.flip(labels, 0).transpose(1, 0, 2))
 
 
 def test_mirroring_is_refused_for_a_model_trained_without_flips(
@@ -138,16 +155,18 @@ def test_predict_cli_takes_several_models_and_mirroring(
     tmp_path: Path, one_channel_checkpoint_at: MakeCheckpoint, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folds = [one_channel_checkpoint_at(tmp_path / f"fold{i}.pt", seed=i) for i in range(2)]
-    image = _image(2)
-    nib.save(nib.Nifti1Image(image.array[0], np.eye(4)), tmp_path / "case.nii.gz")
+    oblique = np.array([[0.0, -1.5, 0.0, 40.0], [1.2, 0.0, 0.0, -7.0], [0.0, 0.0, 2.0, 3.0], [0.0, 0.0, 0.0, 1.0]])
+    nib.save(nib.Nifti1Image(_image(2).array[0], oblique), tmp_path / "case.nii.gz")  # permuted, flipped, anisotropic
+    image = read_case(InputCase("case", (tmp_path / "case.nii.gz",)))
     args = ["predict", "--input", str(tmp_path / "case.nii.gz"), "--backend", "torch", "--progress", "none"]
 
     assert main([*args, "--output", str(tmp_path / "a"), "--model", str(folds[0]), str(folds[1]), "--mirror"]) == 0
     assert main([*args, "--output", str(tmp_path / "b"), "--model", str(folds[0]), "--model", str(folds[1])]) == 0
     assert main([*args, "--output", str(tmp_path / "c"), "--model", str(folds[0])]) == 0
     expected = Predictor.from_checkpoint(folds, backend="torch", device="cpu", mirror_axes=[0, 1, 2]).predict(image)
-    written = np.asarray(nib.load(tmp_path / "a" / "case.nii.gz").dataobj)
-    np.testing.assert_array_equal(written, expected)
+    written = nib.load(tmp_path / "a" / "case.nii.gz")
+    np.testing.assert_array_equal(np.asarray(written.dataobj), expected)
+    np.testing.assert_array_equal(written.affine, nib.load(tmp_path / "case.nii.gz").affine)  # the input's grid
     runs = {name: json.loads((tmp_path / name / "predict_run.json").read_text())["model"] for name in "abc"}
     assert len(set(runs.values())) == 3  # mirroring and each member are part of what a folder holds
     capsys.readouterr()
