@@ -125,7 +125,8 @@ def _export(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from medseg.evaluation import evaluate_folder, format_summary
 
-    summary = evaluate_folder(pred_dir=args.pred, ref_dir=args.ref, out_dir=args.out, labels=args.labels)
+    tolerance = {} if args.nsd_tolerance is None else {"nsd_tolerance_mm": args.nsd_tolerance}
+    summary = evaluate_folder(pred_dir=args.pred, ref_dir=args.ref, out_dir=args.out, labels=args.labels, **tolerance)
     print(format_summary(summary))
     return 0
 
@@ -300,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output file (.pt for TorchScript, .onnx)")
     p.set_defaults(handler=_export)
 
-    p = sub.add_parser("evaluate", help="Dice and HD95 (mm) per region of predictions against references")
+    p = sub.add_parser("evaluate", help="Dice, HD95 (mm) and NSD per region of predictions against references")
     p.add_argument("--pred", type=Path, required=True, help="folder of <case>.nii.gz predictions")
     p.add_argument("--ref", type=Path, required=True, help="reference dataset folder (BraTS, MSD or flat layout)")
     p.add_argument("--out", type=Path, required=True)
@@ -309,6 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto (the reference's dataset.json, else the BraTS release), a table name (brats2021, btcv, ...),"
         " or a path to a dataset.json or medseg manifest",
+    )
+    p.add_argument(
+        "--nsd-tolerance",
+        type=float,
+        default=None,
+        metavar="MM",
+        help="the normalised surface Dice's tolerance in mm (default 1, as FLARE; TotalSegmentator reports 3)",
     )
     p.set_defaults(handler=_evaluate)
 

@@ -1,5 +1,5 @@
 """Compare models evaluated on the same cases (``medseg evaluate`` folders): per region, each model's
-mean Dice and HD95 (mm), its mean paired difference from the first model, and the two-sided Wilcoxon
+mean Dice, HD95 (mm) and NSD, its mean paired difference from the first model, and the two-sided Wilcoxon
 signed-rank p-value of that difference over the cases (``scipy.stats.wilcoxon``; 1.0 where every
 difference is 0). Writes ``comparison.csv`` and ``comparison.png`` (:func:`~medseg.score_plot.plot_scores`,
 the models side by side).
@@ -19,13 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import MedsegInputError
-from medseg.evaluation import METRICS_CSV, read_metrics_csv
+from medseg.evaluation import METRICS_CSV, Metrics, read_metrics_csv
 from medseg.io import atomic_output
 from medseg.score_plot import Scores, plot_scores
 
 COMPARISON_CSV = "comparison.csv"
 COMPARISON_PNG = "comparison.png"
-METRICS = ("dice", "hd95")
+METRICS = ("dice", "hd95", "nsd")
+METRIC_NAMES = {"dice": "Dice", "hd95": "HD95 mm", "nsd": "NSD"}
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Row:
 
     Attributes:
         region: region or organ name.
-        metric: ``dice`` or ``hd95`` (mm).
+        metric: ``dice``, ``hd95`` (mm) or ``nsd`` (at the folders' common tolerance).
         model: the model's name.
         mean: mean over the cases.
         difference: mean of (this model - first model) over the cases; 0 for the first model.
@@ -71,13 +72,24 @@ def paired_p_value(a: np.ndarray, b: np.ndarray) -> float:
         return float(wilcoxon(b, a).pvalue)
 
 
-def _read(folder: Path) -> Scores:
+def _read(folder: Path) -> Metrics:
     if not folder.is_dir():
         raise MedsegInputError("evaluation folder not found", path=folder)
-    scores = read_metrics_csv(folder / METRICS_CSV)
-    if not scores:
+    metrics = read_metrics_csv(folder / METRICS_CSV)
+    if not metrics.scores:
         raise MedsegInputError("no cases in the metrics file", path=folder / METRICS_CSV)
-    return scores
+    return metrics
+
+
+def _check_same_tolerance(metrics: dict[str, Metrics], folders: dict[str, Path]) -> None:
+    first_name, first = next(iter(metrics.items()))
+    for name, m in metrics.items():
+        if m.nsd_tolerance_mm != first.nsd_tolerance_mm:
+            raise MedsegInputError(
+                f"NSD at {m.nsd_tolerance_mm:g} mm, {folders[first_name]} at {first.nsd_tolerance_mm:g} mm: "
+                "evaluate both with the same --nsd-tolerance",
+                path=folders[name],
+            )
 
 
 def _check_same_cases_and_regions(models: dict[str, Scores], folders: dict[str, Path]) -> None:
@@ -114,7 +126,7 @@ def compare_evaluations(*, eval_dirs: Sequence[Path], out_dir: Path, names: Sequ
 
     Raises:
         MedsegInputError: fewer than two folders, names that do not match them, a missing or foreign
-            metrics file, or folders that scored different cases or regions.
+            metrics file, or folders that scored different cases or regions, or NSD at different tolerances.
     """
     folders = [Path(f) for f in eval_dirs]
     if len(folders) < 2:
@@ -123,7 +135,9 @@ def compare_evaluations(*, eval_dirs: Sequence[Path], out_dir: Path, names: Sequ
     if len(names) != len(folders) or len(set(names)) != len(names):
         raise MedsegInputError(f"give one distinct name per folder: {len(folders)} folders, names {names}")
     by_name = dict(zip(names, folders, strict=True))
-    models = {name: _read(folder) for name, folder in by_name.items()}
+    metrics = {name: _read(folder) for name, folder in by_name.items()}
+    _check_same_tolerance(metrics, by_name)
+    models = {name: m.scores for name, m in metrics.items()}
     _check_same_cases_and_regions(models, by_name)
 
     first = models[names[0]]
@@ -145,7 +159,7 @@ def compare_evaluations(*, eval_dirs: Sequence[Path], out_dir: Path, names: Sequ
         for r in rows:
             p = "" if r.p_value is None else f"{r.p_value:.6g}"
             writer.writerow([r.region, r.metric, r.model, f"{r.mean:.6f}", f"{r.difference:.6f}", p, len(cases)])
-    plot_scores(models, out_dir / COMPARISON_PNG)
+    plot_scores(models, out_dir / COMPARISON_PNG, nsd_tolerance_mm=metrics[names[0]].nsd_tolerance_mm)
     return rows
 
 
@@ -157,10 +171,10 @@ def format_comparison(rows: Sequence[Row]) -> str:
     table = [header]
     for start in range(0, len(rows), len(models)):
         group = rows[start : start + len(models)]
-        digits = 4 if group[0].metric == "dice" else 2
+        digits = 2 if group[0].metric == "hd95" else 4
         cells = [f"{group[0].mean:.{digits}f}"]
         cells += [f"{r.mean:.{digits}f} ({r.difference:+.{digits}f}, p={r.p_value:.2g})" for r in group[1:]]
-        table.append([group[0].region, "Dice" if group[0].metric == "dice" else "HD95 mm", *cells])
+        table.append([group[0].region, METRIC_NAMES[group[0].metric], *cells])
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     lines = [f"paired over the cases, against {models[0]} (Wilcoxon signed-rank, two-sided)"]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in table]

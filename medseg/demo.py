@@ -28,6 +28,12 @@ from medseg.phantoms.ct import generate_ct_dataset
 from medseg.report import render_case_overlays, write_report
 from medseg.training import train
 
+BRATS_DEMO_NSD_TOLERANCE_MM = 2.0
+"""The BraTS demo's phantoms have 1.5 mm voxels: a tolerance finer than one voxel would count only
+coinciding surface voxels."""
+CT_DEMO_NSD_TOLERANCE_MM = 3.0
+"""TotalSegmentator's tolerance for CT organs; the CT phantoms' voxels are 2.5-5 mm."""
+
 
 def _phantoms(out: Path, *, cases: int, seed: int, release: str, shape: Sequence[int], spacing: float) -> None:
     if out.is_dir() and len([p for p in out.iterdir() if p.is_dir()]) >= cases:
@@ -56,11 +62,13 @@ def _train_predict_report(
     test_ref: Path,
     test_cases: int,
     overlay_region: str,
+    nsd_tolerance_mm: float,
     image_path: Callable[[str, Path], Path] | None = None,
     title: str = "medseg evaluation report",
 ) -> dict:
-    """Train ``cfg`` (resuming), predict ``test_input`` with ``best.pt``, evaluate against ``test_ref``,
-    render best/median/worst overlays by ``overlay_region`` Dice and write ``report.html``."""
+    """Train ``cfg`` (resuming), predict ``test_input`` with ``best.pt``, evaluate against ``test_ref``
+    (NSD at ``nsd_tolerance_mm``), render best/median/worst overlays by ``overlay_region`` Dice and
+    write ``report.html``."""
     run_dir = Path(cfg.train.run_dir)
     print(f"training {cfg.network.name} for {cfg.train.epochs} epochs into {run_dir} ...", flush=True)
     train(cfg, resume=(run_dir / "last.pt").is_file())
@@ -69,7 +77,7 @@ def _train_predict_report(
     pred_dir = out_dir / "predictions"
     predict_folder(model=run_dir / "best.pt", input_path=test_input, output_dir=pred_dir)
 
-    summary = evaluate_folder(pred_dir=pred_dir, ref_dir=test_ref, out_dir=out_dir)
+    summary = evaluate_folder(pred_dir=pred_dir, ref_dir=test_ref, out_dir=out_dir, nsd_tolerance_mm=nsd_tolerance_mm)
     overlays = render_case_overlays(
         metrics_csv=out_dir / "metrics.csv",
         pred_dir=pred_dir,
@@ -105,7 +113,13 @@ def run_demo(*, out_dir: Path, config: Path, overrides: Sequence[str] = ()) -> d
     _phantoms(train_dir, cases=ph.train_cases, seed=ph.train_seed, **common)
     _phantoms(test_dir, cases=ph.test_cases, seed=ph.test_seed, **common)
     return _train_predict_report(
-        cfg, out_dir=out_dir, test_input=test_dir, test_ref=test_dir, test_cases=ph.test_cases, overlay_region="WT"
+        cfg,
+        out_dir=out_dir,
+        test_input=test_dir,
+        test_ref=test_dir,
+        test_cases=ph.test_cases,
+        overlay_region="WT",
+        nsd_tolerance_mm=BRATS_DEMO_NSD_TOLERANCE_MM,
     )
 
 
@@ -133,6 +147,7 @@ def run_ct_demo(*, out_dir: Path, config: Path, overrides: Sequence[str] = ()) -
         test_ref=test_dir,
         test_cases=ph.test_cases,
         overlay_region="pancreas",
+        nsd_tolerance_mm=CT_DEMO_NSD_TOLERANCE_MM,
         image_path=lambda case, ref_path: ref_path.parent.parent / "imagesTr" / ref_path.name,
         title="medseg CT organ demo",
     )

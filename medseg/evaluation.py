@@ -6,9 +6,9 @@ Predictions are ``<case>.nii.gz`` files in one folder, as in BraTS challenge sub
 in 2023), MSD (``labelsTr/<case>.nii.gz``) or a flat folder of ``<case>.nii.gz``. Supporting another
 layout means writing one small function that returns :class:`References` and adding it to that tuple.
 
-Metrics are Dice and HD95 in mm (:mod:`medseg.metrics`, BraTS empty-mask rules), on the reference's
-voxel grid and spacing, for each set of :meth:`LabelTable.evaluation_sets` (WT/TC/ET for BraTS, one
-per organ for class tables).
+Metrics are Dice, HD95 in mm and NSD at a tolerance in mm (:mod:`medseg.metrics`, BraTS empty-mask
+rules), on the reference's voxel grid and spacing, for each set of :meth:`LabelTable.evaluation_sets`
+(WT/TC/ET for BraTS, one per organ for class tables).
 """
 
 from __future__ import annotations
@@ -28,13 +28,14 @@ from medseg.errors import MedsegInputError
 from medseg.io import Image, atomic_output, label_values, read_nifti
 from medseg.io.jsonfile import read_json
 from medseg.labels import BRATS_RELEASES, LABEL_TABLES, LabelTable, get_label_table
-from medseg.metrics import RegionScore, score_label_maps
-from medseg.score_plot import plot_scores
+from medseg.metrics import NSD_TOLERANCE_MM, RegionScore, check_nsd_tolerance, score_label_maps
+from medseg.score_plot import Scores, plot_scores
 
 NIFTI_SUFFIX = ".nii.gz"
 METRICS_CSV = "metrics.csv"
 SUMMARY_JSON = "summary.json"
 METRICS_PNG = "metrics.png"
+METRICS_COLUMNS = ("case", "region", "dice", "hd95", "nsd", "nsd_tolerance_mm")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,19 @@ class References:
     files: dict[str, Path]
     label_table: str | None = None
     dataset_json: Path | None = None
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """What a ``metrics.csv`` holds.
+
+    Attributes:
+        scores: case -> region -> ``RegionScore(dice, hd95, nsd)``, in the file's order.
+        nsd_tolerance_mm: the tolerance (mm) every NSD in it was computed at.
+    """
+
+    scores: Scores
+    nsd_tolerance_mm: float
 
 
 def _nifti_files(folder: Path) -> dict[str, Path]:
@@ -241,12 +255,12 @@ def summarize(scores: Mapping[str, Mapping[str, RegionScore]], table: LabelTable
     """Per-region statistics over cases.
 
     Args:
-        scores: case -> region -> ``RegionScore(dice, hd95)``.
+        scores: case -> region -> ``RegionScore(dice, hd95, nsd)``.
         table: gives the region order.
 
     Returns:
-        Region -> ``{"n", "dice": {"mean", "std", "median"}, "hd95": {...}}``; std is the population
-        standard deviation (``ddof=0``), HD95 in mm.
+        Region -> ``{"n", "dice": {"mean", "std", "median"}, "hd95": {...}, "nsd": {...}}``; std is the
+        population standard deviation (``ddof=0``), HD95 in mm.
     """
     out: dict[str, dict[str, Any]] = {}
     for region in table.evaluation_names:
@@ -255,45 +269,58 @@ def summarize(scores: Mapping[str, Mapping[str, RegionScore]], table: LabelTable
             "n": len(per_case),
             "dice": _stats([s.dice for s in per_case]),
             "hd95": _stats([s.hd95 for s in per_case]),
+            "nsd": _stats([s.nsd for s in per_case]),
         }
     return out
 
 
-def evaluate_folder(*, pred_dir: Path, ref_dir: Path, out_dir: Path, labels: str | LabelTable = "auto") -> dict:
+def evaluate_folder(
+    *,
+    pred_dir: Path,
+    ref_dir: Path,
+    out_dir: Path,
+    labels: str | LabelTable = "auto",
+    nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
+) -> dict:
     """Score every prediction in ``pred_dir`` against its reference and write ``metrics.csv``, ``summary.json``
-    and ``metrics.png`` (:func:`~medseg.score_plot.plot_scores`: Dice and HD95 per region over cases).
+    and ``metrics.png`` (:func:`~medseg.score_plot.plot_scores`: Dice, HD95 and NSD per region over cases).
 
     Cases are paired by id: ``pred_dir/<case>.nii.gz`` with the reference that :func:`find_references`
     finds for ``<case>`` in ``ref_dir``. Each prediction must lie on its reference's grid (same shape
-    and affine); Dice and HD95 (mm, with the reference's voxel spacing) are computed per region of
+    and affine); Dice, HD95 and NSD (mm, with the reference's voxel spacing) are computed per region of
     the label table by :func:`medseg.metrics.score_label_maps`.
 
     A reference without a prediction is scored as an **empty prediction** (Dice 0, HD95 = image
-    diagonal for every region the reference contains), as the BraTS challenge does, so a missing case
+    diagonal, NSD 0 for every region the reference contains), as the BraTS challenge does, so a missing case
     cannot improve the mean; a warning line listing such cases goes to stderr and the summary lists
     them under ``"missing_predictions"``. A prediction without a reference is an error.
 
     Args:
         pred_dir: folder of ``<case>.nii.gz`` integer label maps.
         ref_dir: reference dataset folder (BraTS 2021/2023 layout, MSD ``labelsTr``, or flat).
-        out_dir: where ``metrics.csv`` (one row per case and region: ``case,region,dice,hd95``),
-            ``summary.json`` and ``metrics.png`` are written, atomically, and only after every case was
-            scored.
+        out_dir: where ``metrics.csv`` (one row per case and region:
+            ``case,region,dice,hd95,nsd,nsd_tolerance_mm``), ``summary.json`` and ``metrics.png`` are
+            written, atomically, and only after every case was scored.
         labels: ``"auto"`` (the reference folder's ``dataset.json`` labels when it has one, e.g. MSD;
             else the BraTS release from the reference file names, else from the label values: 4
             present -> brats2021, 3 present -> brats2023), a label table name such as ``"brats2021"``
             or ``"btcv"``, a path to a ``dataset.json`` or medseg manifest, or a :class:`LabelTable`.
             Class tables are scored per label (e.g. per organ), region tables per region.
+        nsd_tolerance_mm: the tolerance of the normalised surface Dice, in mm.
 
     Returns:
         The summary that is written to ``summary.json``: ``label_table``, ``layout``, ``cases``,
-        ``missing_predictions``, ``hd95_unit`` and ``regions`` (see :func:`summarize`).
+        ``missing_predictions``, ``hd95_unit``, ``nsd_tolerance_mm`` and ``regions`` (see :func:`summarize`).
 
     Raises:
         MedsegInputError: naming the file: no predictions or references found, a prediction without a
             reference, a prediction on a different grid (shape or affine), label values outside the
-            table, an unreadable file. Nothing is written then.
+            table, an unreadable file; or a negative or non-finite NSD tolerance. Nothing is written then.
     """
+    try:
+        nsd_tolerance_mm = check_nsd_tolerance(nsd_tolerance_mm)
+    except ValueError as exc:
+        raise MedsegInputError(str(exc)) from None
     pred_dir, ref_dir, out_dir = Path(pred_dir), Path(ref_dir), Path(out_dir)
     if not pred_dir.is_dir():
         raise MedsegInputError("prediction folder not found", path=pred_dir)
@@ -311,6 +338,7 @@ def evaluate_folder(*, pred_dir: Path, ref_dir: Path, out_dir: Path, labels: str
     table = _resolve_label_table(labels, refs, preds)
 
     scores: dict[str, dict[str, RegionScore]] = {}
+    coarse: dict[str, float] = {}  # case -> its smallest voxel size (mm) where that exceeds the tolerance
     # a progress bar on a terminal (not in a log or a pipe)
     for case, ref_path in tqdm(refs.files.items(), desc="scoring", unit="case", disable=None, dynamic_ncols=True):
         ref = _read_label_map(ref_path)
@@ -322,11 +350,22 @@ def evaluate_folder(*, pred_dir: Path, ref_dir: Path, out_dir: Path, labels: str
             pred_array = pred.array
         else:
             pred_array = np.zeros(ref.array.shape, dtype=np.uint8)
-        scores[case] = score_label_maps(pred_array, ref.array, table=table, spacing=ref.geometry.spacing)
+        if min(ref.geometry.spacing) > nsd_tolerance_mm:
+            coarse[case] = min(ref.geometry.spacing)
+        scores[case] = score_label_maps(
+            pred_array, ref.array, table=table, spacing=ref.geometry.spacing, nsd_tolerance_mm=nsd_tolerance_mm
+        )
 
     if missing:
         print(
             f"medseg: warning: {len(missing)} case(s) without prediction scored as empty masks: {', '.join(missing)}",
+            file=sys.stderr,
+        )
+    if coarse:
+        print(
+            f"medseg: warning: NSD tolerance {nsd_tolerance_mm:g} mm is below the voxel size of {len(coarse)}"
+            f" case(s) (smallest voxel side {min(coarse.values()):.3g} mm): only surface voxels that coincide"
+            " count as agreeing; consider an --nsd-tolerance of at least the voxel size",
             file=sys.stderr,
         )
     summary: dict[str, Any] = {
@@ -335,45 +374,73 @@ def evaluate_folder(*, pred_dir: Path, ref_dir: Path, out_dir: Path, labels: str
         "cases": list(scores),
         "missing_predictions": missing,
         "hd95_unit": "mm",
+        "nsd_tolerance_mm": nsd_tolerance_mm,
         "regions": summarize(scores, table),
     }
-    _write_metrics_csv(out_dir / METRICS_CSV, scores)
-    plot_scores({pred_dir.name: scores}, out_dir / METRICS_PNG)
+    _write_metrics_csv(out_dir / METRICS_CSV, Metrics(scores, nsd_tolerance_mm))
+    plot_scores({pred_dir.name: scores}, out_dir / METRICS_PNG, nsd_tolerance_mm=nsd_tolerance_mm)
     with atomic_output(out_dir / SUMMARY_JSON) as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _write_metrics_csv(path: Path, scores: Mapping[str, Mapping[str, RegionScore]]) -> None:
+def _write_metrics_csv(path: Path, metrics: Metrics) -> None:
     with atomic_output(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["case", "region", "dice", "hd95"])
-        for case, case_scores in scores.items():
-            for region, score in case_scores.items():
-                writer.writerow([case, region, f"{score.dice:.6f}", f"{score.hd95:.6f}"])
+        writer.writerow(METRICS_COLUMNS)
+        tolerance = f"{metrics.nsd_tolerance_mm:g}"
+        for case, case_scores in metrics.scores.items():
+            for region, s in case_scores.items():
+                writer.writerow([case, region, f"{s.dice:.6f}", f"{s.hd95:.6f}", f"{s.nsd:.6f}", tolerance])
 
 
-def read_metrics_csv(path: Path) -> dict[str, dict[str, RegionScore]]:
-    """Read a ``metrics.csv`` written by :func:`evaluate_folder`: case -> region -> ``RegionScore``."""
+def read_metrics_csv(path: Path) -> Metrics:
+    """Read a ``metrics.csv`` written by :func:`evaluate_folder`.
+
+    Raises:
+        MedsegInputError: naming the file: it is missing, lacks a column of :data:`METRICS_COLUMNS`
+            (one written before medseg scored NSD: run ``medseg evaluate`` again), holds a value that
+            is not a number, or NSDs at more than one tolerance.
+    """
     scores: dict[str, dict[str, RegionScore]] = {}
+    tolerances: set[float] = set()
     try:
         with Path(path).open(newline="") as f:
-            for row in csv.DictReader(f):
-                scores.setdefault(row["case"], {})[row["region"]] = RegionScore(float(row["dice"]), float(row["hd95"]))
+            reader = csv.DictReader(f)
+            absent = [c for c in METRICS_COLUMNS if c not in (reader.fieldnames or [])]
+            if absent:
+                raise MedsegInputError(
+                    f"not a metrics.csv of this medseg: no column {', '.join(absent)} (run medseg evaluate again)",
+                    path=path,
+                )
+            for row in reader:
+                score = RegionScore(float(row["dice"]), float(row["hd95"]), float(row["nsd"]))
+                scores.setdefault(row["case"], {})[row["region"]] = score
+                tolerances.add(float(row["nsd_tolerance_mm"]))
     except FileNotFoundError:
         raise MedsegInputError("metrics file not found", path=path) from None
-    except (KeyError, ValueError) as exc:
+    except (TypeError, ValueError) as exc:
         raise MedsegInputError(f"not a medseg metrics.csv ({exc})", path=path) from None
-    return scores
+    if len(tolerances) > 1:
+        raise MedsegInputError(f"NSDs at several tolerances {sorted(tolerances)} mm in one file", path=path)
+    return Metrics(scores, tolerances.pop() if tolerances else NSD_TOLERANCE_MM)
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
-    """A small aligned text table of a summary: region, Dice mean ± sd, HD95 (mm) mean ± sd, n."""
-    header = ("region", "Dice mean ± sd", "HD95 mm mean ± sd", "n")
+    """A small aligned text table of a summary: region, Dice, HD95 (mm) and NSD mean ± sd, n."""
+    header = ("region", "Dice mean ± sd", "HD95 mm mean ± sd", f"NSD {summary['nsd_tolerance_mm']:g} mm mean ± sd", "n")
     rows = [header]
     for region, stats in summary["regions"].items():
-        d, h = stats["dice"], stats["hd95"]
-        rows.append((region, f"{d['mean']:.4f} ± {d['std']:.4f}", f"{h['mean']:.2f} ± {h['std']:.2f}", str(stats["n"])))
+        d, h, n = stats["dice"], stats["hd95"], stats["nsd"]
+        rows.append(
+            (
+                region,
+                f"{d['mean']:.4f} ± {d['std']:.4f}",
+                f"{h['mean']:.2f} ± {h['std']:.2f}",
+                f"{n['mean']:.4f} ± {n['std']:.4f}",
+                str(stats["n"]),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = [f"labels {summary['label_table']}, {len(summary['cases'])} case(s)"]
     missing = summary.get("missing_predictions") or []

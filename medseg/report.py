@@ -206,7 +206,7 @@ def render_case_overlays(
     Returns:
         The overlays in best, median, worst order.
     """
-    scores = read_metrics_csv(metrics_csv)
+    scores = read_metrics_csv(metrics_csv).scores
     by_case = {case: s[region].dice for case, s in scores.items() if region in s}
     if not by_case:
         raise MedsegInputError(f"no {region} scores found", path=metrics_csv)
@@ -243,16 +243,18 @@ def _png_data_uri(path: Path) -> str:
 def _summary_table(summary: Mapping[str, Any]) -> str:
     rows = []
     for region, stats in summary["regions"].items():
-        d, h = stats["dice"], stats["hd95"]
+        d, h, n = stats["dice"], stats["hd95"], stats["nsd"]
         rows.append(
             f"<tr><td>{html.escape(region)}</td>"
             f"<td>{d['mean']:.4f} ± {d['std']:.4f}</td><td>{d['median']:.4f}</td>"
             f"<td>{h['mean']:.2f} ± {h['std']:.2f}</td><td>{h['median']:.2f}</td>"
+            f"<td>{n['mean']:.4f} ± {n['std']:.4f}</td><td>{n['median']:.4f}</td>"
             f"<td>{stats['n']}</td></tr>"
         )
     head = (
         "<tr><th>region</th><th>Dice mean ± sd</th><th>Dice median</th>"
-        "<th>HD95 (mm) mean ± sd</th><th>HD95 (mm) median</th><th>n</th></tr>"
+        "<th>HD95 (mm) mean ± sd</th><th>HD95 (mm) median</th>"
+        "<th>NSD mean ± sd</th><th>NSD median</th><th>n</th></tr>"
     )
     return f"<table>\n{head}\n" + "\n".join(rows) + "\n</table>"
 
@@ -297,13 +299,14 @@ def write_report(
         f"<h1>{html.escape(title)}</h1>",
         f"<p>Label table <b>{html.escape(str(summary['label_table']))}</b>, {len(summary['cases'])} case(s)"
         + (f", {len(missing)} without prediction (scored as empty masks)" if missing else "")
-        + ". Dice and 95th-percentile Hausdorff distance (HD95, mm) per region; sd is the population"
-        " standard deviation over cases.</p>",
+        + ". Dice, 95th-percentile Hausdorff distance (HD95, mm) and normalised surface Dice (NSD) at"
+        f" {summary['nsd_tolerance_mm']:g} mm per region; sd is the population standard deviation over"
+        " cases.</p>",
         "<h2>Metrics</h2>",
         _summary_table(summary),
     ]
     if scores_png is not None:
-        parts.append(f'<img src="{_png_data_uri(scores_png)}" alt="Dice and HD95 per region over cases">')
+        parts.append(f'<img src="{_png_data_uri(scores_png)}" alt="Dice, HD95 and NSD per region over cases">')
     if curve_png is not None:
         parts += ["<h2>Training</h2>", f'<img src="{_png_data_uri(curve_png)}" alt="training curve">']
     if overlays:

@@ -20,18 +20,20 @@ if TYPE_CHECKING:
     from medseg.metrics import RegionScore
 
 Scores = Mapping[str, Mapping[str, "RegionScore"]]
-"""One model's scores: case -> region -> score, as :func:`~medseg.evaluation.read_metrics_csv` returns."""
+"""One model's scores: case -> region -> score, as :func:`~medseg.evaluation.read_metrics_csv` reads them."""
 
 
-def plot_scores(models: Mapping[str, Scores], path: str | Path) -> Path:
-    """Dice (left) and HD95 in mm (right) per region over cases, as a PNG written atomically: for each
-    region a box per model (median, quartiles, whiskers at 1.5 IQR) with every case drawn as a dot
-    beside it. Several models stand side by side within each region, one colour each, with a legend.
+def plot_scores(models: Mapping[str, Scores], path: str | Path, *, nsd_tolerance_mm: float) -> Path:
+    """Dice (left), HD95 in mm (middle) and NSD (right) per region over cases, as a PNG written
+    atomically: for each region a box per model (median, quartiles, whiskers at 1.5 IQR) with every
+    case drawn as a dot beside it. Several models stand side by side within each region, one colour
+    each, with a legend.
 
     Args:
         models: model name -> its :data:`Scores`; every case of every model has the same regions, in
             the same order.
         path: the PNG to write.
+        nsd_tolerance_mm: the tolerance the NSDs were computed at, for the axis label.
 
     Returns:
         ``path``.
@@ -39,10 +41,11 @@ def plot_scores(models: Mapping[str, Scores], path: str | Path) -> Path:
     first = next(iter(models.values()))
     regions = list(next(iter(first.values())))
     slot = 0.8 / len(models)  # the width of one model's box and dots within a region
-    fig = Figure(figsize=(3 + 1.6 * len(regions) * max(1.0, len(models) / 2), 4), dpi=100)
+    panels = (("dice", "Dice"), ("hd95", "HD95 (mm)"), ("nsd", f"NSD at {nsd_tolerance_mm:g} mm"))
+    fig = Figure(figsize=(3 + 2.4 * len(regions) * max(1.0, len(models) / 2), 4), dpi=100)
     FigureCanvasAgg(fig)
-    for column, (metric, label) in enumerate((("dice", "Dice"), ("hd95", "HD95 (mm)")), start=1):
-        ax = fig.add_subplot(1, 2, column)
+    for column, (metric, label) in enumerate(panels, start=1):
+        ax = fig.add_subplot(1, len(panels), column)
         for index, (name, scores) in enumerate(models.items()):
             centres = np.arange(1, len(regions) + 1) + (index - (len(models) - 1) / 2) * slot
             offsets = np.linspace(-0.25, 0.25, len(scores)) * slot if len(scores) > 1 else np.zeros(1)
@@ -55,7 +58,7 @@ def plot_scores(models: Mapping[str, Scores], path: str | Path) -> Path:
         ax.set_xticks(range(1, len(regions) + 1), regions)
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
-        if metric == "dice":
+        if metric != "hd95":
             ax.set_ylim(0.0, 1.02)
         if len(models) > 1 and column == 1:
             ax.legend(fontsize=8, loc="lower left")

@@ -20,15 +20,18 @@ from medseg.errors import MedsegInputError
 REGIONS = ("liver", "spleen")
 
 
-def _write_metrics(folder: Path, scores: dict[str, dict[str, tuple[float, float]]]) -> Path:
-    """A ``metrics.csv`` as ``medseg evaluate`` writes it: case -> region -> (dice, hd95)."""
+Scores = dict[str, dict[str, tuple[float, float, float]]]
+
+
+def _write_metrics(folder: Path, scores: Scores, tolerance: float = 1.0) -> Path:
+    """A ``metrics.csv`` as ``medseg evaluate`` writes it: case -> region -> (dice, hd95, nsd)."""
     folder.mkdir(parents=True)
     with (folder / "metrics.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["case", "region", "dice", "hd95"])
+        writer.writerow(["case", "region", "dice", "hd95", "nsd", "nsd_tolerance_mm"])
         for case, regions in scores.items():
-            for region, (dice, hd95) in regions.items():
-                writer.writerow([case, region, f"{dice:.6f}", f"{hd95:.6f}"])
+            for region, values in regions.items():
+                writer.writerow([case, region, *(f"{v:.6f}" for v in values), tolerance])
     return folder
 
 
@@ -41,9 +44,11 @@ def _exact_wilcoxon(differences: np.ndarray) -> float:
     return min(1.0, 2 * min(np.mean(sums <= observed), np.mean(sums >= observed)))
 
 
-def _random_scores(rng: np.random.Generator, cases: int) -> dict[str, dict[str, tuple[float, float]]]:
+def _random_scores(rng: np.random.Generator, cases: int) -> Scores:
     return {
-        f"case{i}": {r: (float(rng.uniform(0.5, 0.95)), float(rng.uniform(1, 30))) for r in REGIONS}
+        f"case{i}": {
+            r: (float(rng.uniform(0.5, 0.95)), float(rng.uniform(1, 30)), float(rng.uniform(0.3, 0.9))) for r in REGIONS
+        }
         for i in range(cases)
     }
 
@@ -55,10 +60,10 @@ def test_means_differences_and_p_values(tmp_path: Path) -> None:
     rows = compare_evaluations(eval_dirs=folders, out_dir=tmp_path / "out")
 
     assert [(r.region, r.metric, r.model) for r in rows] == [
-        (region, metric, model) for region in REGIONS for metric in ("dice", "hd95") for model in "abc"
+        (region, metric, model) for region in REGIONS for metric in ("dice", "hd95", "nsd") for model in "abc"
     ]
     for row in rows:
-        column = 0 if row.metric == "dice" else 1
+        column = ("dice", "hd95", "nsd").index(row.metric)
         values = {m: np.array([round(s[c][row.region][column], 6) for c in s]) for m, s in scores.items()}
         difference = values[row.model] - values["a"]
         assert row.mean == pytest.approx(values[row.model].mean(), abs=1e-9)
@@ -100,6 +105,7 @@ def test_bad_requests_are_one_line_errors(tmp_path: Path, capsys: pytest.Capture
     other_regions = _write_metrics(tmp_path / "organs", {c: {"liver": v["liver"]} for c, v in scores.items()})
     uneven = _write_metrics(tmp_path / "uneven", {**scores, "case2": {"liver": scores["case2"]["liver"]}})
     (tmp_path / "empty").mkdir()
+    wider = _write_metrics(tmp_path / "wider", scores, tolerance=3.0)
     cases = [
         ([str(a)], "give two or more evaluation folders to compare"),
         ([str(a), str(fewer)], f"{fewer}: lacks case(s) case1 of {a}: compare evaluations of the same cases"),
@@ -108,6 +114,7 @@ def test_bad_requests_are_one_line_errors(tmp_path: Path, capsys: pytest.Capture
         ([str(a), str(tmp_path / "empty")], f"{tmp_path / 'empty' / 'metrics.csv'}: metrics file not found"),
         ([str(a), str(tmp_path / "nowhere")], f"{tmp_path / 'nowhere'}: evaluation folder not found"),
         ([str(a), str(fewer), "--names", "one"], "give one distinct name per folder: 2 folders, names ['one']"),
+        ([str(a), str(wider)], f"{wider}: NSD at 3 mm, {a} at 1 mm: evaluate both with the same --nsd-tolerance"),
     ]
     for args, message in cases:
         assert main(["compare", *args, "--out", str(tmp_path / "out")]) == 2
@@ -142,3 +149,6 @@ def test_compare_two_real_evaluations(brats_root: Path, tmp_path: Path, capsys: 
     assert float(rows[("ET", "dice", "exact")]["mean"]) == 1.0
     assert float(rows[("ET", "dice", "no-ET")]["mean"]) == pytest.approx(1 - np.mean(has_et))  # empty ET scores 0
     assert any(line.startswith("ET ") and "no-ET" not in line for line in table)
+    assert float(rows[("TC", "nsd", "no-ET")]["difference"]) == 0
+    assert float(rows[("ET", "nsd", "no-ET")]["mean"]) == pytest.approx(1 - np.mean(has_et))
+    assert [line.split()[1] for line in table[1:]] == ["metric", *["Dice", "HD95", "NSD"] * 3]

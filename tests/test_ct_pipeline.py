@@ -261,6 +261,8 @@ def test_ct_demo_end_to_end_on_a_tiny_budget(tmp_path: Path, capsys: pytest.Capt
     summary = run_ct_demo(out_dir=tmp_path / "demo", config=config, overrides=overrides)
     assert list(summary["regions"]) == [name for value, name in sorted(LABELS.items()) if value]
     assert summary["cases"] == ["ct_000", "ct_001"] and summary["layout"] == "msd"
+    assert summary["nsd_tolerance_mm"] == 3.0  # TotalSegmentator's, which the report table states
+    assert "(NSD) at 3 mm" in (tmp_path / "demo" / "report.html").read_text(encoding="utf-8")
     for case in summary["cases"]:
         pred = nib.load(tmp_path / "demo" / "predictions" / f"{case}.nii.gz")
         ref = nib.load(tmp_path / "demo" / "data" / "test" / "labelsTr" / f"{case}.nii.gz")

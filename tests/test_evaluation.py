@@ -49,16 +49,24 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
 
-def _independent_scores(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> tuple[float, float]:
-    """Dice and max-of-directed-p95 surface distance, written with numpy and scipy only."""
+def _independent_scores(
+    pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], tolerance: float = 1.0
+) -> tuple[float, float, float]:
+    """Dice, max-of-directed-p95 surface distance and the share of surface voxels within ``tolerance``
+    mm of the other surface, written with numpy and scipy only."""
     if not pred.any() and not ref.any():
-        return 1.0, 0.0
+        return 1.0, 0.0, 1.0
     if not pred.any() or not ref.any():
-        return 0.0, float(np.linalg.norm(np.array(pred.shape) * np.array(spacing)))
+        return 0.0, float(np.linalg.norm(np.array(pred.shape) * np.array(spacing))), 0.0
     dice = 2.0 * np.sum(pred & ref) / (pred.sum() + ref.sum())
     d_pr = ndimage.distance_transform_edt(~_surface(ref), sampling=spacing)[_surface(pred)]
     d_rp = ndimage.distance_transform_edt(~_surface(pred), sampling=spacing)[_surface(ref)]
-    return float(dice), float(max(np.percentile(d_pr, 95), np.percentile(d_rp, 95)))
+    within = np.sum(d_pr <= tolerance) + np.sum(d_rp <= tolerance)
+    return (
+        float(dice),
+        float(max(np.percentile(d_pr, 95), np.percentile(d_rp, 95))),
+        float(within / (d_pr.size + d_rp.size)),
+    )
 
 
 def _make_brats(
@@ -86,9 +94,13 @@ def _make_brats(
     return pred_dir, ref_dir, cases
 
 
-def _expected(cases: dict[str, tuple[np.ndarray, np.ndarray]], regions: dict[str, tuple[int, ...]]) -> dict:
+def _expected(
+    cases: dict[str, tuple[np.ndarray, np.ndarray]], regions: dict[str, tuple[int, ...]], tolerance: float = 1.0
+) -> dict:
     return {
-        case: {name: _independent_scores(np.isin(p, v), np.isin(r, v), SPACING) for name, v in regions.items()}
+        case: {
+            name: _independent_scores(np.isin(p, v), np.isin(r, v), SPACING, tolerance) for name, v in regions.items()
+        }
         for case, (p, r) in cases.items()
     }
 
@@ -108,31 +120,34 @@ def test_evaluate_brats_folder_matches_independent_metrics(tmp_path: Path, relea
 
     with (out / "metrics.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["case", "region", "dice", "hd95"]
+    assert list(rows[0]) == ["case", "region", "dice", "hd95", "nsd", "nsd_tolerance_mm"]
     assert [(r["case"], r["region"]) for r in rows] == [(c, reg) for c in sorted(cases) for reg in ("WT", "TC", "ET")]
     for row in rows:
-        dice, hd = expected[row["case"]][row["region"]]
+        dice, hd, nsd = expected[row["case"]][row["region"]]
         assert float(row["dice"]) == pytest.approx(dice, abs=1e-5)
         assert float(row["hd95"]) == pytest.approx(hd, abs=1e-4)
-    # the first case has no predicted ET: Dice 0 and the image diagonal in mm
+        assert float(row["nsd"]) == pytest.approx(nsd, abs=1e-5)
+        assert row["nsd_tolerance_mm"] == "1"
+    # the first case has no predicted ET: Dice 0, the image diagonal in mm, NSD 0
     first = sorted(cases)[0]
     diagonal = float(np.linalg.norm(np.array(SHAPE) * np.array(SPACING)))
-    assert expected[first]["ET"] == (0.0, pytest.approx(diagonal))
+    assert expected[first]["ET"] == (0.0, pytest.approx(diagonal), 0.0)
+    assert 0.0 < expected[sorted(cases)[1]]["WT"][2] < 1.0  # a shifted map: part of its surface is off
 
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk == summary
+    assert summary["nsd_tolerance_mm"] == 1.0
     for region in ("WT", "TC", "ET"):
-        dices = [expected[c][region][0] for c in cases]
-        hds = [expected[c][region][1] for c in cases]
         stats = summary["regions"][region]
         assert stats["n"] == 3
-        assert stats["dice"]["mean"] == pytest.approx(np.mean(dices), abs=1e-5)
-        assert stats["dice"]["std"] == pytest.approx(np.std(dices), abs=1e-5)
-        assert stats["dice"]["median"] == pytest.approx(np.median(dices), abs=1e-5)
-        assert stats["hd95"]["mean"] == pytest.approx(np.mean(hds), abs=1e-4)
-        assert stats["hd95"]["std"] == pytest.approx(np.std(hds), abs=1e-4)
-        assert stats["hd95"]["median"] == pytest.approx(np.median(hds), abs=1e-4)
-    assert read_metrics_csv(out / "metrics.csv")[first]["ET"].dice == 0.0
+        for index, metric in enumerate(("dice", "hd95", "nsd")):
+            values = [expected[c][region][index] for c in cases]
+            assert stats[metric]["mean"] == pytest.approx(np.mean(values), abs=1e-4)
+            assert stats[metric]["std"] == pytest.approx(np.std(values), abs=1e-4)
+            assert stats[metric]["median"] == pytest.approx(np.median(values), abs=1e-4)
+    metrics = read_metrics_csv(out / "metrics.csv")
+    assert metrics.nsd_tolerance_mm == 1.0
+    assert metrics.scores[first]["ET"] == (0.0, pytest.approx(diagonal, abs=1e-4), 0.0)
 
 
 def _flat(tmp_path: Path, et: int) -> tuple[Path, Path]:
@@ -176,11 +191,12 @@ def test_missing_prediction_is_scored_as_empty_with_warning(tmp_path: Path, caps
     assert err.count("\n") == 1 and "warning" in err and missing in err
     assert summary["missing_predictions"] == [missing]
     assert summary["cases"] == sorted(cases)
-    scores = read_metrics_csv(tmp_path / "out" / "metrics.csv")
+    scores = read_metrics_csv(tmp_path / "out" / "metrics.csv").scores
     diagonal = float(np.linalg.norm(np.array(SHAPE) * np.array(SPACING)))
     for region in ("WT", "TC", "ET"):
         assert scores[missing][region].dice == 0.0
         assert scores[missing][region].hd95 == pytest.approx(diagonal, abs=1e-4)
+        assert scores[missing][region].nsd == 0.0
     assert summary["regions"]["WT"]["n"] == 3
     assert "1 without prediction" in format_summary(summary)
 
@@ -270,9 +286,10 @@ def test_class_label_maps_in_msd_layout(tmp_path: Path) -> None:
     assert summary["layout"] == "msd"
     assert list(summary["regions"]) == ["liver", "spleen"]
     assert summary["regions"]["liver"]["dice"]["mean"] == pytest.approx(1.0)
-    dice, hd = _independent_scores(pred == 2, ref == 2, SPACING)
+    dice, hd, nsd = _independent_scores(pred == 2, ref == 2, SPACING)
     assert summary["regions"]["spleen"]["dice"]["mean"] == pytest.approx(dice, abs=1e-5)
     assert summary["regions"]["spleen"]["hd95"]["mean"] == pytest.approx(hd, abs=1e-4)
+    assert summary["regions"]["spleen"]["nsd"]["mean"] == pytest.approx(nsd, abs=1e-5)
 
 
 def test_format_summary_is_an_aligned_table(tmp_path: Path) -> None:
@@ -291,9 +308,9 @@ def test_cli_evaluate_in_process(tmp_path: Path, capsys: pytest.CaptureFixture) 
     out = tmp_path / "out"
     assert main(["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "--out", str(out)]) == 0
     captured = capsys.readouterr()
-    assert "WT" in captured.out and "HD95" in captured.out
+    assert "WT" in captured.out and "HD95" in captured.out and "NSD 1 mm" in captured.out
     assert (out / "metrics.csv").is_file() and (out / "summary.json").is_file()
-    assert mpimg.imread(out / "metrics.png").shape[:2] == (400, 780)  # 4 inches high, 3 + 1.6 per region wide
+    assert mpimg.imread(out / "metrics.png").shape[:2] == (400, 1020)  # 4 inches high, 3 + 2.4 per region wide
 
     bad_pred, bad_ref, culprit = _bad_input(tmp_path / "bad", "affine")
     bad_out = tmp_path / "bad_out"
@@ -305,14 +322,62 @@ def test_cli_evaluate_in_process(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert not bad_out.exists()
 
 
+def test_cli_evaluate_nsd_tolerance(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pred_dir, ref_dir, cases = _make_brats(tmp_path, "2023", n=2)
+    out = tmp_path / "out"
+    argv = ["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "--out", str(out)]
+    assert main([*argv, "--nsd-tolerance", "0.5"]) == 0
+    assert capsys.readouterr().err == (
+        "medseg: warning: NSD tolerance 0.5 mm is below the voxel size of 2 case(s) (smallest voxel side 0.9 mm):"
+        " only surface voxels that coincide count as agreeing; consider an --nsd-tolerance of at least the voxel"
+        " size\n"
+    )
+    assert main([*argv, "--nsd-tolerance", "2.5"]) == 0
+    captured = capsys.readouterr()
+    assert "NSD 2.5 mm" in captured.out and captured.err == ""
+    metrics = read_metrics_csv(out / "metrics.csv")
+    assert metrics.nsd_tolerance_mm == 2.5
+    assert json.loads((out / "summary.json").read_text())["nsd_tolerance_mm"] == 2.5
+    expected = _expected(cases, BRATS_RELEASES["2023"].label_table.evaluation_sets(), tolerance=2.5)
+    at_one_mm = _expected(cases, BRATS_RELEASES["2023"].label_table.evaluation_sets(), tolerance=1.0)
+    for case, regions in metrics.scores.items():
+        for region, score in regions.items():
+            assert score.nsd == pytest.approx(expected[case][region][2], abs=1e-5)
+    assert any(expected[c]["WT"][2] != pytest.approx(at_one_mm[c]["WT"][2]) for c in cases)
+
+    for bad in ("-1", "nan"):
+        assert main([*argv[:-1], str(tmp_path / f"bad{bad}"), "--nsd-tolerance", bad]) == 2
+        err = capsys.readouterr().err
+        assert err == f"medseg: error: the NSD tolerance must be a finite number of mm >= 0, got {float(bad)}\n"
+        assert not (tmp_path / f"bad{bad}").exists()
+
+
+def test_read_metrics_csv_refuses_old_and_mixed_files(tmp_path: Path) -> None:
+    old = tmp_path / "old.csv"
+    old.write_text("case,region,dice,hd95\nc1,WT,0.9,2.0\n")
+    with pytest.raises(MedsegInputError, match=r"no column nsd, nsd_tolerance_mm \(run medseg evaluate again\)"):
+        read_metrics_csv(old)
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("case,region,dice,hd95,nsd,nsd_tolerance_mm\nc1,WT,0.9,2.0,0.8,1\nc2,WT,0.9,2.0,0.8,2\n")
+    with pytest.raises(MedsegInputError, match=r"NSDs at several tolerances \[1.0, 2.0\] mm"):
+        read_metrics_csv(mixed)
+
+
 def test_score_plot_draws_the_scores_one_box_per_region(tmp_path: Path) -> None:
-    spleen = RegionScore(0.8, 4.0)
-    good = {f"case{i}": {"liver": RegionScore(0.9 + i / 100, 2.0 + i), "spleen": spleen} for i in range(5)}
-    bad = {case: {"liver": RegionScore(0.2, 40.0), "spleen": spleen} for case in good}
-    a = mpimg.imread(plot_scores({"good": good}, tmp_path / "good.png"))
-    b = mpimg.imread(plot_scores({"bad": bad}, tmp_path / "bad.png"))
-    assert a.shape[:2] == b.shape[:2] == (400, 620)  # two regions
+    spleen = RegionScore(0.8, 4.0, 0.7)
+    good = {f"case{i}": {"liver": RegionScore(0.9 + i / 100, 2.0 + i, 0.95), "spleen": spleen} for i in range(5)}
+    bad = {case: {"liver": RegionScore(0.2, 40.0, 0.95), "spleen": spleen} for case in good}
+    worse_nsd = {case: {"liver": RegionScore(0.9, 2.0, 0.1), "spleen": spleen} for case in good}
+    same_nsd = {case: {"liver": RegionScore(0.9, 2.0, 0.95), "spleen": spleen} for case in good}
+    a, b, c, d = (
+        mpimg.imread(plot_scores({name: scores}, tmp_path / f"{name}.png", nsd_tolerance_mm=1.0))
+        for name, scores in (("good", good), ("bad", bad), ("worse_nsd", worse_nsd), ("same_nsd", same_nsd))
+    )
+    assert a.shape[:2] == b.shape[:2] == (400, 780)  # two regions
     assert np.abs(a - b).sum() > 100  # the liver's box and dots moved
+    # only the right-hand third (the NSD panel) differs when only the NSD does
+    diff = np.abs(c - d).sum(axis=(0, 2))
+    assert diff[: 2 * 780 // 3].sum() == 0 and diff[2 * 780 // 3 :].sum() > 100
 
 
 def test_scoring_shows_progress_on_a_terminal(tmp_path: Path, terminal_stderr: Callable[[], io.StringIO]) -> None:

@@ -65,12 +65,15 @@ def test_auto_reads_organ_names_from_dataset_json(tmp_path: Path) -> None:
     regions = summary["regions"]
     assert regions["liver"]["dice"]["mean"] == pytest.approx(1.0)
     assert regions["liver"]["hd95"]["mean"] == pytest.approx(0.0)
-    # an organ missed in one case: Dice 0 and HD95 = image diagonal there (BraTS empty-mask rule)
+    assert regions["liver"]["nsd"]["mean"] == pytest.approx(1.0)
+    # an organ missed in one case: Dice 0, HD95 = image diagonal, NSD 0 there (BraTS empty-mask rule)
     assert regions["spleen"]["dice"]["mean"] == pytest.approx(0.5)
     assert regions["spleen"]["hd95"]["mean"] == pytest.approx(image_diagonal_mm(SHAPE, SPACING) / 2)
-    # an organ absent from reference and prediction: Dice 1, HD95 0
+    assert regions["spleen"]["nsd"]["mean"] == pytest.approx(0.5)
+    # an organ absent from reference and prediction: Dice 1, HD95 0, NSD 1
     assert regions["pancreas"]["dice"]["mean"] == pytest.approx(1.0)
     assert regions["pancreas"]["hd95"]["mean"] == pytest.approx(0.0)
+    assert regions["pancreas"]["nsd"]["mean"] == pytest.approx(1.0)
     with (tmp_path / "out" / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [(r["case"], r["region"]) for r in rows[:3]] == [("ct_0", "liver"), ("ct_0", "spleen"), ("ct_0", "pancreas")]

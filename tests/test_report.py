@@ -143,14 +143,19 @@ def test_report_with_case_overlays(tmp_path: Path) -> None:
 
     # table values equal the summary
     rows = re.findall(
-        r"<tr><td>(\w+)</td><td>([^<]+)</td><td>[^<]+</td><td>([^<]+)</td><td>[^<]+</td><td>(\d+)</td>", text
+        r"<tr><td>(\w+)</td><td>([^<]+)</td><td>[^<]+</td><td>([^<]+)</td><td>[^<]+</td>"
+        r"<td>([^<]+)</td><td>([^<]+)</td><td>(\d+)</td>",
+        text,
     )
     assert [r[0] for r in rows] == ["WT", "TC", "ET"]
-    for region, dice_cell, hd_cell, n in rows:
+    for region, dice_cell, hd_cell, nsd_cell, nsd_median, n in rows:
         stats = summary["regions"][region]
         assert dice_cell == f"{stats['dice']['mean']:.4f} ± {stats['dice']['std']:.4f}"
         assert hd_cell == f"{stats['hd95']['mean']:.2f} ± {stats['hd95']['std']:.2f}"
+        assert nsd_cell == f"{stats['nsd']['mean']:.4f} ± {stats['nsd']['std']:.4f}"
+        assert nsd_median == f"{stats['nsd']['median']:.4f}"
         assert int(n) == stats["n"]
+    assert "(NSD) at 1 mm" in text
 
     # self-contained: every image is an embedded PNG (curve + 3 overlays)
     images = re.findall(r'<img src="([^"]+)"', text)
@@ -167,11 +172,13 @@ def test_report_without_curve_or_overlays(tmp_path: Path) -> None:
         "label_table": "brats2023",
         "cases": ["x"],
         "missing_predictions": ["x"],
+        "nsd_tolerance_mm": 2.0,
         "regions": {
             r: {
                 "n": 1,
                 "dice": {"mean": 0.0, "std": 0.0, "median": 0.0},
                 "hd95": {"mean": 1.5, "std": 0, "median": 1.5},
+                "nsd": {"mean": 0.25, "std": 0, "median": 0.25},
             }
             for r in ("WT", "TC", "ET")
         },
@@ -180,3 +187,4 @@ def test_report_without_curve_or_overlays(tmp_path: Path) -> None:
     assert "<img" not in text
     assert "1 without prediction" in text
     assert text.count("0.0000 ± 0.0000") == 3
+    assert text.count("0.2500 ± 0.0000") == 3 and "(NSD) at 2 mm" in text
