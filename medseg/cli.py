@@ -126,7 +126,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     from medseg.evaluation import evaluate_folder, format_summary
 
     tolerance = {} if args.nsd_tolerance is None else {"nsd_tolerance_mm": args.nsd_tolerance}
-    summary = evaluate_folder(pred_dir=args.pred, ref_dir=args.ref, out_dir=args.out, labels=args.labels, **tolerance)
+    summary = evaluate_folder(
+        pred_dir=args.pred,
+        ref_dir=args.ref,
+        out_dir=args.out,
+        labels=args.labels,
+        lesion_rules=args.lesion_wise,
+        **tolerance,
+    )
     print(format_summary(summary))
     return 0
 
@@ -317,6 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="MM",
         help="the normalised surface Dice's tolerance in mm (default 1, as FLARE; TotalSegmentator reports 3)",
+    )
+    p.add_argument(
+        "--lesion-wise",
+        default=None,
+        metavar="RULES",
+        help="also score lesion-wise Dice and HD95 (BraTS 2023) with one challenge's rules: GLI (adult glioma),"
+        " SSA, MEN, PED or MET; written to lesion_metrics.csv",
     )
     p.set_defaults(handler=_evaluate)
 

@@ -63,12 +63,13 @@ def _train_predict_report(
     test_cases: int,
     overlay_region: str,
     nsd_tolerance_mm: float,
+    lesion_rules: str | None = None,
     image_path: Callable[[str, Path], Path] | None = None,
     title: str = "medseg evaluation report",
 ) -> dict:
     """Train ``cfg`` (resuming), predict ``test_input`` with ``best.pt``, evaluate against ``test_ref``
-    (NSD at ``nsd_tolerance_mm``), render best/median/worst overlays by ``overlay_region`` Dice and
-    write ``report.html``."""
+    (NSD at ``nsd_tolerance_mm``, lesion-wise scores with ``lesion_rules`` when given), render
+    best/median/worst overlays by ``overlay_region`` Dice and write ``report.html``."""
     run_dir = Path(cfg.train.run_dir)
     print(f"training {cfg.network.name} for {cfg.train.epochs} epochs into {run_dir} ...", flush=True)
     train(cfg, resume=(run_dir / "last.pt").is_file())
@@ -77,7 +78,13 @@ def _train_predict_report(
     pred_dir = out_dir / "predictions"
     predict_folder(model=run_dir / "best.pt", input_path=test_input, output_dir=pred_dir)
 
-    summary = evaluate_folder(pred_dir=pred_dir, ref_dir=test_ref, out_dir=out_dir, nsd_tolerance_mm=nsd_tolerance_mm)
+    summary = evaluate_folder(
+        pred_dir=pred_dir,
+        ref_dir=test_ref,
+        out_dir=out_dir,
+        nsd_tolerance_mm=nsd_tolerance_mm,
+        lesion_rules=lesion_rules,
+    )
     overlays = render_case_overlays(
         metrics_csv=out_dir / "metrics.csv",
         pred_dir=pred_dir,
@@ -120,6 +127,7 @@ def run_demo(*, out_dir: Path, config: Path, overrides: Sequence[str] = ()) -> d
         test_cases=ph.test_cases,
         overlay_region="WT",
         nsd_tolerance_mm=BRATS_DEMO_NSD_TOLERANCE_MM,
+        lesion_rules="GLI",  # the phantoms are glioma-like
     )
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from medseg.errors import MedsegInputError
 from medseg.io import Image, atomic_output, label_values, read_nifti
 from medseg.io.jsonfile import read_json
 from medseg.labels import BRATS_RELEASES, LABEL_TABLES, LabelTable, get_label_table
+from medseg.lesion_metrics import LESION_RULES, LesionScore, lesion_wise_label_maps
 from medseg.metrics import NSD_TOLERANCE_MM, RegionScore, check_nsd_tolerance, score_label_maps
 from medseg.score_plot import Scores, plot_scores
 
@@ -35,6 +36,7 @@ NIFTI_SUFFIX = ".nii.gz"
 METRICS_CSV = "metrics.csv"
 SUMMARY_JSON = "summary.json"
 METRICS_PNG = "metrics.png"
+LESION_METRICS_CSV = "lesion_metrics.csv"
 METRICS_COLUMNS = ("case", "region", "dice", "hd95", "nsd", "nsd_tolerance_mm")
 
 
@@ -262,16 +264,43 @@ def summarize(scores: Mapping[str, Mapping[str, RegionScore]], table: LabelTable
         Region -> ``{"n", "dice": {"mean", "std", "median"}, "hd95": {...}, "nsd": {...}}``; std is the
         population standard deviation (``ddof=0``), HD95 in mm.
     """
+    return _per_region(scores, table, stats=("dice", "hd95", "nsd"))
+
+
+def _per_region(
+    scores: Mapping[str, Mapping[str, tuple]], table: LabelTable, *, stats: Sequence[str], sums: Sequence[str] = ()
+) -> dict[str, dict[str, Any]]:
+    """Region -> ``{"n"}``, :func:`_stats` of each field in ``stats`` and the total of each in ``sums``,
+    over the cases of ``scores`` (case -> region -> a named tuple with those fields)."""
     out: dict[str, dict[str, Any]] = {}
     for region in table.evaluation_names:
         per_case = [case_scores[region] for case_scores in scores.values()]
         out[region] = {
             "n": len(per_case),
-            "dice": _stats([s.dice for s in per_case]),
-            "hd95": _stats([s.hd95 for s in per_case]),
-            "nsd": _stats([s.nsd for s in per_case]),
+            **{field: _stats([getattr(s, field) for s in per_case]) for field in stats},
+            **{field: sum(getattr(s, field) for s in per_case) for field in sums},
         }
     return out
+
+
+def summarize_lesions(
+    lesions: Mapping[str, Mapping[str, LesionScore]], table: LabelTable, rules: str
+) -> dict[str, Any]:
+    """Per-region statistics of lesion-wise scores over cases.
+
+    Args:
+        lesions: case -> region -> :class:`~medseg.lesion_metrics.LesionScore`.
+        table: gives the region order.
+        rules: the :data:`~medseg.lesion_metrics.LESION_RULES` key the scores were computed with.
+
+    Returns:
+        ``{"rules", "dilation", "min_volume_mm3", "regions"}``, where ``regions`` maps each region to
+        ``{"n", "dice": {"mean", "std", "median"}, "hd95": {...}, "tp", "fn", "fp"}`` (lesion counts
+        summed over cases; HD95 in mm).
+    """
+    regions = _per_region(lesions, table, stats=("dice", "hd95"), sums=("tp", "fn", "fp"))
+    r = LESION_RULES[rules]
+    return {"rules": rules, "dilation": r.dilation, "min_volume_mm3": r.min_volume_mm3, "regions": regions}
 
 
 def evaluate_folder(
@@ -281,6 +310,7 @@ def evaluate_folder(
     out_dir: Path,
     labels: str | LabelTable = "auto",
     nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
+    lesion_rules: str | None = None,
 ) -> dict:
     """Score every prediction in ``pred_dir`` against its reference and write ``metrics.csv``, ``summary.json``
     and ``metrics.png`` (:func:`~medseg.score_plot.plot_scores`: Dice, HD95 and NSD per region over cases).
@@ -307,20 +337,29 @@ def evaluate_folder(
             or ``"btcv"``, a path to a ``dataset.json`` or medseg manifest, or a :class:`LabelTable`.
             Class tables are scored per label (e.g. per organ), region tables per region.
         nsd_tolerance_mm: the tolerance of the normalised surface Dice, in mm.
+        lesion_rules: also score lesion-wise Dice and HD95 (:mod:`medseg.lesion_metrics`) with these
+            BraTS 2023 rules (``"GLI"``, ``"SSA"``, ``"MEN"``, ``"PED"`` or ``"MET"``), into
+            ``lesion_metrics.csv`` (``case,region,dice,hd95,tp,fn,fp,rules``) and the summary's
+            ``"lesion_wise"`` (see :func:`summarize_lesions`); ``None``: not scored, and a
+            ``lesion_metrics.csv`` an earlier evaluation left in ``out_dir`` is removed.
 
     Returns:
         The summary that is written to ``summary.json``: ``label_table``, ``layout``, ``cases``,
-        ``missing_predictions``, ``hd95_unit``, ``nsd_tolerance_mm`` and ``regions`` (see :func:`summarize`).
+        ``missing_predictions``, ``hd95_unit``, ``nsd_tolerance_mm``, ``regions`` (see :func:`summarize`)
+        and, with ``lesion_rules``, ``lesion_wise``.
 
     Raises:
         MedsegInputError: naming the file: no predictions or references found, a prediction without a
             reference, a prediction on a different grid (shape or affine), label values outside the
-            table, an unreadable file; or a negative or non-finite NSD tolerance. Nothing is written then.
+            table, an unreadable file; or a negative or non-finite NSD tolerance, or unknown lesion rules.
+            Nothing is written then.
     """
     try:
         nsd_tolerance_mm = check_nsd_tolerance(nsd_tolerance_mm)
     except ValueError as exc:
         raise MedsegInputError(str(exc)) from None
+    if lesion_rules is not None and lesion_rules not in LESION_RULES:
+        raise MedsegInputError(f"unknown lesion rules {lesion_rules!r}; choose one of {', '.join(LESION_RULES)}")
     pred_dir, ref_dir, out_dir = Path(pred_dir), Path(ref_dir), Path(out_dir)
     if not pred_dir.is_dir():
         raise MedsegInputError("prediction folder not found", path=pred_dir)
@@ -338,6 +377,7 @@ def evaluate_folder(
     table = _resolve_label_table(labels, refs, preds)
 
     scores: dict[str, dict[str, RegionScore]] = {}
+    lesions: dict[str, dict[str, LesionScore]] = {}
     coarse: dict[str, float] = {}  # case -> its smallest voxel size (mm) where that exceeds the tolerance
     # a progress bar on a terminal (not in a log or a pipe)
     for case, ref_path in tqdm(refs.files.items(), desc="scoring", unit="case", disable=None, dynamic_ncols=True):
@@ -355,6 +395,10 @@ def evaluate_folder(
         scores[case] = score_label_maps(
             pred_array, ref.array, table=table, spacing=ref.geometry.spacing, nsd_tolerance_mm=nsd_tolerance_mm
         )
+        if lesion_rules is not None:
+            lesions[case] = lesion_wise_label_maps(
+                pred_array, ref.array, table=table, spacing=ref.geometry.spacing, rules=LESION_RULES[lesion_rules]
+            )
 
     if missing:
         print(
@@ -378,6 +422,11 @@ def evaluate_folder(
         "regions": summarize(scores, table),
     }
     _write_metrics_csv(out_dir / METRICS_CSV, Metrics(scores, nsd_tolerance_mm))
+    if lesion_rules is not None:
+        summary["lesion_wise"] = summarize_lesions(lesions, table, lesion_rules)
+        _write_lesion_csv(out_dir / LESION_METRICS_CSV, lesions, lesion_rules)
+    else:
+        (out_dir / LESION_METRICS_CSV).unlink(missing_ok=True)
     plot_scores({pred_dir.name: scores}, out_dir / METRICS_PNG, nsd_tolerance_mm=nsd_tolerance_mm)
     with atomic_output(out_dir / SUMMARY_JSON) as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
@@ -392,6 +441,15 @@ def _write_metrics_csv(path: Path, metrics: Metrics) -> None:
         for case, case_scores in metrics.scores.items():
             for region, s in case_scores.items():
                 writer.writerow([case, region, f"{s.dice:.6f}", f"{s.hd95:.6f}", f"{s.nsd:.6f}", tolerance])
+
+
+def _write_lesion_csv(path: Path, lesions: Mapping[str, Mapping[str, LesionScore]], rules: str) -> None:
+    with atomic_output(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["case", "region", "dice", "hd95", "tp", "fn", "fp", "rules"])
+        for case, case_scores in lesions.items():
+            for region, s in case_scores.items():
+                writer.writerow([case, region, f"{s.dice:.6f}", f"{s.hd95:.6f}", s.tp, s.fn, s.fp, rules])
 
 
 def read_metrics_csv(path: Path) -> Metrics:
@@ -426,27 +484,41 @@ def read_metrics_csv(path: Path) -> Metrics:
     return Metrics(scores, tolerances.pop() if tolerances else NSD_TOLERANCE_MM)
 
 
+def _aligned(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows of cells as lines: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join([row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)])
+        for row in rows
+    ]
+
+
+def format_mean_sd(stats: Mapping[str, float], digits: int) -> str:
+    """``"mean ± sd"`` of a :func:`summarize` statistic, with ``digits`` decimals."""
+    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+
+
 def format_summary(summary: Mapping[str, Any]) -> str:
-    """A small aligned text table of a summary: region, Dice, HD95 (mm) and NSD mean ± sd, n."""
-    header = ("region", "Dice mean ± sd", "HD95 mm mean ± sd", f"NSD {summary['nsd_tolerance_mm']:g} mm mean ± sd", "n")
-    rows = [header]
+    """Small aligned text tables of a summary: per region Dice, HD95 (mm) and NSD mean ± sd and n; and,
+    when it holds lesion-wise scores, their Dice and HD95 mean ± sd and lesion counts."""
+    rows = [("region", "Dice mean ± sd", "HD95 mm mean ± sd", f"NSD {summary['nsd_tolerance_mm']:g} mm mean ± sd", "n")]
     for region, stats in summary["regions"].items():
-        d, h, n = stats["dice"], stats["hd95"], stats["nsd"]
-        rows.append(
-            (
-                region,
-                f"{d['mean']:.4f} ± {d['std']:.4f}",
-                f"{h['mean']:.2f} ± {h['std']:.2f}",
-                f"{n['mean']:.4f} ± {n['std']:.4f}",
-                str(stats["n"]),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        cells = (format_mean_sd(stats["dice"], 4), format_mean_sd(stats["hd95"], 2), format_mean_sd(stats["nsd"], 4))
+        rows.append((region, *cells, str(stats["n"])))
     lines = [f"labels {summary['label_table']}, {len(summary['cases'])} case(s)"]
     missing = summary.get("missing_predictions") or []
     if missing:
         lines[0] += f", {len(missing)} without prediction (scored as empty)"
-    for row in rows:
-        cells = [row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)]
-        lines.append("  ".join(cells))
+    lines += _aligned(rows)
+    lesion_wise = summary.get("lesion_wise")
+    if lesion_wise:
+        lines.append(
+            f"lesion-wise, BraTS {lesion_wise['rules']} rules (dilation {lesion_wise['dilation']},"
+            f" lesions > {lesion_wise['min_volume_mm3']:g} mm³)"
+        )
+        rows = [("region", "Dice mean ± sd", "HD95 mm mean ± sd", "TP", "FN", "FP")]
+        for region, stats in lesion_wise["regions"].items():
+            counts = (str(stats["tp"]), str(stats["fn"]), str(stats["fp"]))
+            rows.append((region, format_mean_sd(stats["dice"], 4), format_mean_sd(stats["hd95"], 2), *counts))
+        lines += _aligned(rows)
     return "\n".join(lines)

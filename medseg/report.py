@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from medseg.errors import MedsegInputError
-from medseg.evaluation import find_references, read_metrics_csv
+from medseg.evaluation import find_references, format_mean_sd, read_metrics_csv
 from medseg.io import atomic_output, read_nifti
 from medseg.labels import BRATS_RELEASES
 
@@ -240,23 +240,40 @@ def _png_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """An HTML table; every cell is escaped."""
+    lines = ["<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+    lines += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows]
+    return "<table>\n" + "\n".join(lines) + "\n</table>"
+
+
+def _mean_sd_median(stats: Mapping[str, float], digits: int) -> tuple[str, str]:
+    return format_mean_sd(stats, digits), f"{stats['median']:.{digits}f}"
+
+
 def _summary_table(summary: Mapping[str, Any]) -> str:
+    header = ["region", "Dice mean ± sd", "Dice median", "HD95 (mm) mean ± sd", "HD95 (mm) median"]
+    header += ["NSD mean ± sd", "NSD median", "n"]
+    rows = [
+        [
+            region,
+            *_mean_sd_median(stats["dice"], 4),
+            *_mean_sd_median(stats["hd95"], 2),
+            *_mean_sd_median(stats["nsd"], 4),
+            str(stats["n"]),
+        ]
+        for region, stats in summary["regions"].items()
+    ]
+    return _html_table(header, rows)
+
+
+def _lesion_table(lesion_wise: Mapping[str, Any]) -> str:
+    header = ["region", "Dice mean ± sd", "HD95 (mm) mean ± sd", "TP", "FN", "FP"]
     rows = []
-    for region, stats in summary["regions"].items():
-        d, h, n = stats["dice"], stats["hd95"], stats["nsd"]
-        rows.append(
-            f"<tr><td>{html.escape(region)}</td>"
-            f"<td>{d['mean']:.4f} ± {d['std']:.4f}</td><td>{d['median']:.4f}</td>"
-            f"<td>{h['mean']:.2f} ± {h['std']:.2f}</td><td>{h['median']:.2f}</td>"
-            f"<td>{n['mean']:.4f} ± {n['std']:.4f}</td><td>{n['median']:.4f}</td>"
-            f"<td>{stats['n']}</td></tr>"
-        )
-    head = (
-        "<tr><th>region</th><th>Dice mean ± sd</th><th>Dice median</th>"
-        "<th>HD95 (mm) mean ± sd</th><th>HD95 (mm) median</th>"
-        "<th>NSD mean ± sd</th><th>NSD median</th><th>n</th></tr>"
-    )
-    return f"<table>\n{head}\n" + "\n".join(rows) + "\n</table>"
+    for region, stats in lesion_wise["regions"].items():
+        counts = (str(stats["tp"]), str(stats["fn"]), str(stats["fp"]))
+        rows.append([region, format_mean_sd(stats["dice"], 4), format_mean_sd(stats["hd95"], 2), *counts])
+    return _html_table(header, rows)
 
 
 _CSS = """
@@ -305,6 +322,17 @@ def write_report(
         "<h2>Metrics</h2>",
         _summary_table(summary),
     ]
+    lesion_wise = summary.get("lesion_wise")
+    if lesion_wise:
+        parts += [
+            "<h2>Lesion-wise</h2>",
+            f"<p>BraTS 2023 lesion-wise scores, {html.escape(lesion_wise['rules'])} rules: reference lesions"
+            f" joined by a {lesion_wise['dilation']}-voxel dilation, those of at most"
+            f" {lesion_wise['min_volume_mm3']:g} mm³ left out; every missed lesion (FN) and every predicted"
+            " piece that matches no lesion (FP) scores Dice 0 and HD95 374 mm. TP, FN and FP are lesion"
+            " counts summed over cases.</p>",
+            _lesion_table(lesion_wise),
+        ]
     if scores_png is not None:
         parts.append(f'<img src="{_png_data_uri(scores_png)}" alt="Dice, HD95 and NSD per region over cases">')
     if curve_png is not None:

@@ -16,6 +16,7 @@ from medseg.errors import MedsegInputError
 from medseg.evaluation import evaluate_folder, find_references, format_summary, read_metrics_csv
 from medseg.io import Geometry, write_nifti
 from medseg.labels import BRATS_RELEASES, LabelTable
+from medseg.lesion_metrics import LESION_RULES, lesion_wise_label_maps
 from medseg.metrics import RegionScore
 from medseg.score_plot import plot_scores
 
@@ -350,6 +351,70 @@ def test_cli_evaluate_nsd_tolerance(tmp_path: Path, capsys: pytest.CaptureFixtur
         err = capsys.readouterr().err
         assert err == f"medseg: error: the NSD tolerance must be a finite number of mm >= 0, got {float(bad)}\n"
         assert not (tmp_path / f"bad{bad}").exists()
+
+
+def test_cli_evaluate_lesion_wise(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pred_dir, ref_dir, cases = _make_brats(tmp_path, "2023", n=3)
+    speck = np.zeros(SHAPE, np.uint8)
+    speck[0, 0, 0] = 2  # a one-voxel oedema far from the tumour: a WT false positive
+    first = sorted(cases)[0]
+    write_nifti(np.maximum(cases[first][0], speck), _geometry(), pred_dir / f"{first}.nii.gz")
+    out = tmp_path / "out"
+    argv = ["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "--out", str(out)]
+    assert main([*argv, "--lesion-wise", "GLI"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+
+    table = BRATS_RELEASES["2023"].label_table
+    rules = LESION_RULES["GLI"]
+    with (out / "lesion_metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["case"], r["region"]) for r in rows] == [(c, reg) for c in sorted(cases) for reg in ("WT", "TC", "ET")]
+    for row in rows:
+        pred, ref = cases[row["case"]]
+        if row["case"] == first:
+            pred = np.maximum(pred, speck)
+        expected = lesion_wise_label_maps(pred, ref, table=table, spacing=SPACING, rules=rules)[row["region"]]
+        assert float(row["dice"]) == pytest.approx(expected.dice, abs=1e-6)
+        assert float(row["hd95"]) == pytest.approx(expected.hd95, abs=1e-5)
+        assert (int(row["tp"]), int(row["fn"]), int(row["fp"])) == (expected.tp, expected.fn, expected.fp)
+        assert row["rules"] == "GLI"
+    by_key = {(r["case"], r["region"]): r for r in rows}
+    assert by_key[(first, "WT")]["fp"] == "1"  # the speck
+    assert by_key[(first, "ET")]["fn"] == "1"  # this case's prediction has no ET at all
+
+    lesion_wise = json.loads((out / "summary.json").read_text())["lesion_wise"]
+    assert (lesion_wise["rules"], lesion_wise["dilation"], lesion_wise["min_volume_mm3"]) == ("GLI", 3, 50.0)
+    for region, stats in lesion_wise["regions"].items():
+        region_rows = [r for r in rows if r["region"] == region]
+        assert stats["n"] == 3
+        assert stats["dice"]["mean"] == pytest.approx(np.mean([float(r["dice"]) for r in region_rows]), abs=1e-5)
+        assert stats["fp"] == sum(int(r["fp"]) for r in region_rows)
+    assert "lesion-wise, BraTS GLI rules (dilation 3, lesions > 50 mm³)" in printed
+    assert printed[-4].split() == [
+        "region",
+        "Dice",
+        "mean",
+        "±",
+        "sd",
+        "HD95",
+        "mm",
+        "mean",
+        "±",
+        "sd",
+        "TP",
+        "FN",
+        "FP",
+    ]
+
+    # evaluating again without lesion-wise scores removes the earlier run's file
+    assert main(argv) == 0
+    assert not (out / "lesion_metrics.csv").exists()
+    assert "lesion_wise" not in json.loads((out / "summary.json").read_text())
+    capsys.readouterr()
+    assert main([*argv, "--lesion-wise", "GBM"]) == 2
+    assert (
+        capsys.readouterr().err == "medseg: error: unknown lesion rules 'GBM'; choose one of GLI, SSA, MEN, PED, MET\n"
+    )
 
 
 def test_read_metrics_csv_refuses_old_and_mixed_files(tmp_path: Path) -> None:

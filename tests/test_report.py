@@ -188,3 +188,25 @@ def test_report_without_curve_or_overlays(tmp_path: Path) -> None:
     assert "1 without prediction" in text
     assert text.count("0.0000 ± 0.0000") == 3
     assert text.count("0.2500 ± 0.0000") == 3 and "(NSD) at 2 mm" in text
+    assert "Lesion-wise" not in text
+
+    summary["lesion_wise"] = {
+        "rules": "MET",
+        "dilation": 1,
+        "min_volume_mm3": 2.0,
+        "regions": {
+            r: {
+                "n": 1,
+                "dice": {"mean": 0.125, "std": 0.0},
+                "hd95": {"mean": 93.5, "std": 0.0},
+                "tp": 1,
+                "fn": 2,
+                "fp": 5,
+            }
+            for r in ("WT", "TC", "ET")
+        },
+    }
+    text = write_report(out_dir=tmp_path, summary=summary).read_text(encoding="utf-8")
+    assert "MET rules" in text and "at most 2 mm³" in text
+    row = "<tr><td>ET</td><td>0.1250 ± 0.0000</td><td>93.50 ± 0.00</td><td>1</td><td>2</td><td>5</td></tr>"
+    assert row in text
