@@ -277,6 +277,7 @@ def predict_folder(
     device: str = "auto",
     backend: str = "auto",
     mirror_axes: Sequence[int] | None = None,
+    inference_overrides: Sequence[str] = (),
     overwrite: bool = False,
     progress: str = "bar",
 ) -> BatchSummary:
@@ -292,7 +293,8 @@ def predict_folder(
         cases_file: a JSON list of cases (see :func:`~medseg.data.cases.read_cases_file`).
         shard: handle only this shard of the cases.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        backend, mirror_axes: passed to :meth:`Predictor.from_checkpoint` (not used with a loaded Predictor).
+        backend, mirror_axes, inference_overrides: passed to :meth:`Predictor.from_checkpoint` (not used
+            with a loaded Predictor).
         overwrite: redo cases whose outputs exist.
         progress: ``bar``, ``json`` or ``none``.
 
@@ -312,7 +314,9 @@ def predict_folder(
     predictor = (
         model
         if isinstance(model, Predictor)
-        else Predictor.from_checkpoint(model, device=device, backend=backend, mirror_axes=mirror_axes)
+        else Predictor.from_checkpoint(
+            model, device=device, backend=backend, mirror_axes=mirror_axes, inference_overrides=inference_overrides
+        )
     )
     if cases_file is not None:
         all_cases = read_cases_file(cases_file, channels=predictor.channels)

@@ -103,6 +103,7 @@ def _predict(args: argparse.Namespace) -> int:
         device=args.device,
         backend=args.backend,
         mirror_axes=None if args.mirror is None else (args.mirror or [0, 1, 2]),
+        inference_overrides=args.set,
         overwrite=args.overwrite,
         progress=args.progress,
     )
@@ -297,6 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="AXIS",
         help="test-time mirroring: average over mirror images along these axes (0 1 2: R, A, S; all three,"
         " 8 passes, when none is given)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="inference.KEY=VALUE",
+        help="change one of the checkpoint's inference settings, e.g. inference.min_component_ml={WT: 0.1}",
     )
     p.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
     p.add_argument("--progress", choices=["bar", "json", "none"], default="bar")

@@ -24,7 +24,7 @@ from monai.transforms import KeepLargestConnectedComponent
 
 from medseg.backends import Backend, create_backend, default_cache_dir
 from medseg.checkpoint import Checkpoint, load_checkpoint
-from medseg.config import InferenceConfig, TransformConfig, check_mirroring
+from medseg.config import InferenceConfig, TransformConfig, check_mirroring, override_inference
 from medseg.data.cases import InputCase
 from medseg.distributed import resolve_device
 from medseg.errors import CheckpointError, ConfigError, MedsegInputError
@@ -33,9 +33,11 @@ from medseg.keys import IMAGE
 from medseg.networks.registry import check_patch_size, default_window_voxels, size_divisor
 from medseg.tiling import TilePlan, smallest_window, tiled_inference
 from medseg.transforms import (
+    check_min_component_ml,
     check_min_region_ml,
     inference_transforms,
     outputs_to_labels,
+    remove_small_components,
     suppress_small_regions,
 )
 
@@ -197,6 +199,8 @@ class Predictor:
         backend: ``auto`` (``torch`` on CUDA, ``openvino`` on the CPU when installed, else ``torch``),
             ``torch`` (eager PyTorch; AMP on CUDA) or ``openvino`` (CPU).
         inference: settings that replace the checkpoint's ``inference`` section.
+        inference_overrides: ``inference.key=value`` changes to those settings (``medseg predict --set``),
+            e.g. ``inference.min_component_ml={WT: 0.1}``; see :func:`~medseg.config.override_inference`.
         mirror_axes: replaces ``inference.mirror_axes`` (test-time mirroring; see
             :class:`~medseg.config.InferenceConfig`).
         cache_dir: where the OpenVINO backend caches its ONNX export (default: next to the
@@ -211,7 +215,7 @@ class Predictor:
     Raises:
         MedsegError: an unknown backend, or ``openvino`` when OpenVINO is not installed.
         CheckpointError: checkpoints that cannot be ensembled.
-        ConfigError: ``inference.mirror_axes`` for a model trained without flips.
+        ConfigError: ``inference.mirror_axes`` for a model trained without flips, or a bad override.
     """
 
     def __init__(
@@ -221,6 +225,7 @@ class Predictor:
         device: str = "auto",
         backend: str = "auto",
         inference: InferenceConfig | None = None,
+        inference_overrides: Sequence[str] = (),
         mirror_axes: Sequence[int] | None = None,
         cache_dir: str | Path | None = None,
     ) -> None:
@@ -230,11 +235,14 @@ class Predictor:
         self.table = checkpoint.label_table
         self.channels = list(checkpoint.channels)
         self.device = resolve_device(device)
-        self.inference = inference or InferenceConfig(**checkpoint.config["inference"])
+        self.inference = override_inference(
+            inference or InferenceConfig(**checkpoint.config["inference"]), inference_overrides
+        )
         if mirror_axes is not None:
             self.inference = dataclasses.replace(self.inference, mirror_axes=list(mirror_axes))
         self.windows = Windows.for_network(self.inference, checkpoint.network["name"], checkpoint.network["kwargs"])
         check_min_region_ml(self.table, self.inference.min_region_ml)  # fail before a batch reads any case
+        check_min_component_ml(self.table, self.inference.min_component_ml)
         transforms = TransformConfig(**checkpoint.config["transforms"])
         check_mirroring(self.inference, transforms)
         if self.inference.crop_foreground:
@@ -259,6 +267,7 @@ class Predictor:
         device: str = "auto",
         backend: str = "auto",
         inference: InferenceConfig | None = None,
+        inference_overrides: Sequence[str] = (),
         mirror_axes: Sequence[int] | None = None,
         cache_dir: str | Path | None = None,
     ) -> Predictor:
@@ -272,6 +281,7 @@ class Predictor:
             device=device,
             backend=backend,
             inference=inference,
+            inference_overrides=inference_overrides,
             mirror_axes=mirror_axes,
             cache_dir=cache_dir,
         )
@@ -333,10 +343,15 @@ class Predictor:
     def labels_from_probabilities(self, probs: np.ndarray, image: Image) -> np.ndarray:
         """Label map ``(X, Y, Z)`` uint8 from ``probs`` ``(C_out, X, Y, Z)`` on ``image``'s grid.
 
-        Post-processing from the ``inference`` config: ``min_region_ml`` relabels too-small region
+        Post-processing from the ``inference`` config: ``min_component_ml`` relabels too-small connected
+        pieces (:func:`~medseg.transforms.remove_small_components`), ``min_region_ml`` too-small region
         predictions (:func:`~medseg.transforms.suppress_small_regions`), and ``keep_largest_component``
         keeps each foreground label's largest connected piece (MONAI's ``KeepLargestConnectedComponent``)."""
         labels = outputs_to_labels(torch.from_numpy(probs), self.table, threshold=self.inference.threshold)
+        if self.inference.min_component_ml:
+            labels = remove_small_components(
+                labels, self.table, spacing=image.geometry.spacing, min_component_ml=self.inference.min_component_ml
+            )
         if self.inference.min_region_ml:
             voxel_ml = float(np.prod(image.geometry.spacing)) / 1000.0
             labels = suppress_small_regions(

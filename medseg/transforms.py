@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from monai import transforms as mt
 from monai.config import KeysCollection
+from scipy import ndimage
 
 from medseg.config import TransformConfig
 from medseg.errors import ConfigError, MedsegInputError
@@ -251,8 +252,57 @@ def suppress_small_regions(
     names = [r.name for r in table.regions]
     for name, minimum in min_region_ml.items():
         index = names.index(name)
-        own = table.regions_class_order[index]
-        voxels = out == own
+        voxels = out == table.regions_class_order[index]
         if 0 < voxels.sum() * voxel_ml < minimum:
-            out[voxels] = table.regions_class_order[index - 1] if index > 0 else 0
+            out[voxels] = _enclosing_label(table, name)
+    return out
+
+
+def _enclosing_label(table: LabelTable, name: str) -> int:
+    """The label that takes over a removed piece of ``name``: for region tables the label painted for
+    the region before it (the enclosing one; background for the outermost), for class tables background."""
+    names = [r.name for r in table.regions]
+    if table.kind != "regions" or names.index(name) == 0:
+        return 0
+    return table.regions_class_order[names.index(name) - 1]
+
+
+def check_min_component_ml(table: LabelTable, min_component_ml: Mapping[str, float]) -> None:
+    """Raise :class:`ConfigError` if a name of ``min_component_ml`` is not one of ``table``'s regions
+    (region tables) or foreground labels (class tables)."""
+    names = table.evaluation_names
+    for name in min_component_ml:
+        if name not in names:
+            raise ConfigError(
+                f"inference.min_component_ml: {name!r} is not a region or label of {table.name} ({', '.join(names)})"
+            )
+
+
+def remove_small_components(
+    labels: np.ndarray, table: LabelTable, *, spacing: Sequence[float], min_component_ml: Mapping[str, float]
+) -> np.ndarray:
+    """Relabel the connected pieces of a region (or label) that are smaller than ``min_component_ml[name]`` mL.
+
+    ``labels`` is a ``(X, Y, Z)`` label map and ``spacing`` its voxel size along those axes in mm.
+    For each named set of ``table.evaluation_sets()``, in table order (outer regions first), the
+    26-connected pieces of the set's mask whose volume is under the minimum take the enclosing
+    region's painted label: a stray whole-tumour speck becomes background, a small enhancing piece
+    necrosis. For class tables they become background. Returns a new array.
+
+    The pieces are found with ``scipy.ndimage.label``, not MONAI's ``RemoveSmallObjects``: whether
+    that keeps a piece of exactly the minimum depends on the installed scikit-image (0.26 changed it).
+
+    Raises:
+        ConfigError: a name that is not one of the table's regions or labels.
+    """
+    check_min_component_ml(table, min_component_ml)
+    out = labels.copy()
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    for name, values in table.evaluation_sets().items():
+        if name not in min_component_ml:
+            continue
+        pieces, _ = ndimage.label(np.isin(out, values), structure=np.ones((3, 3, 3), dtype=bool))
+        small = np.bincount(pieces.ravel()) * voxel_ml < min_component_ml[name] - 1e-12  # no float residue
+        small[0] = False  # outside the set
+        out[small[pieces]] = _enclosing_label(table, name)
     return out
