@@ -2,7 +2,8 @@
 mean Dice, HD95 (mm) and NSD, its mean paired difference from the first model, and the two-sided Wilcoxon
 signed-rank p-value of that difference over the cases (``scipy.stats.wilcoxon``; 1.0 where every
 difference is 0). Writes ``comparison.csv`` and ``comparison.png`` (:func:`~medseg.score_plot.plot_scores`,
-the models side by side).
+the models side by side). When every folder also holds lesion-wise scores (``medseg evaluate
+--lesion-wise``) under the same rules, their Dice and HD95 are compared the same way.
 
 The p-values are per region and metric, not corrected for testing several; a handful of cases
 gives little power, so read them as a guide, not a verdict.
@@ -11,22 +12,40 @@ gives little power, so read them as a guide, not a verdict.
 from __future__ import annotations
 
 import csv
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from medseg.errors import MedsegInputError
-from medseg.evaluation import METRICS_CSV, Metrics, read_metrics_csv
+from medseg.evaluation import (
+    LESION_METRICS_CSV,
+    METRICS_CSV,
+    LesionMetrics,
+    Metrics,
+    read_lesion_metrics_csv,
+    read_metrics_csv,
+)
 from medseg.io import atomic_output
-from medseg.score_plot import Scores, plot_scores
+from medseg.score_plot import plot_scores
 
 COMPARISON_CSV = "comparison.csv"
 COMPARISON_PNG = "comparison.png"
+CaseScores = Mapping[str, Mapping[str, tuple]]
+"""case -> region -> a named tuple of that case's scores (a ``RegionScore`` or a ``LesionScore``)."""
+
 METRICS = ("dice", "hd95", "nsd")
-METRIC_NAMES = {"dice": "Dice", "hd95": "HD95 mm", "nsd": "NSD"}
+LESION_METRICS = ("lesion_dice", "lesion_hd95")
+METRIC_NAMES = {
+    "dice": "Dice",
+    "hd95": "HD95 mm",
+    "nsd": "NSD",
+    "lesion_dice": "lesion-wise Dice",
+    "lesion_hd95": "lesion-wise HD95 mm",
+}
 
 
 @dataclass(frozen=True)
@@ -35,7 +54,8 @@ class Row:
 
     Attributes:
         region: region or organ name.
-        metric: ``dice``, ``hd95`` (mm) or ``nsd`` (at the folders' common tolerance).
+        metric: ``dice``, ``hd95`` (mm), ``nsd`` (at the folders' common tolerance), ``lesion_dice`` or
+            ``lesion_hd95`` (mm; lesion-wise, under the folders' common rules).
         model: the model's name.
         mean: mean over the cases.
         difference: mean of (this model - first model) over the cases; 0 for the first model.
@@ -81,6 +101,47 @@ def _read(folder: Path) -> Metrics:
     return metrics
 
 
+def _read_lesions(folders: dict[str, Path]) -> dict[str, LesionMetrics]:
+    """Every folder's lesion-wise scores when every folder has them under the same rules; none (with a
+    warning line) when only some have them."""
+    present = {name: folder / LESION_METRICS_CSV for name, folder in folders.items()}
+    lacking = [name for name, path in present.items() if not path.is_file()]
+    if len(lacking) == len(present):
+        return {}
+    if lacking:
+        print(
+            f"medseg: warning: lesion-wise scores not compared: {folders[lacking[0]]} has no {LESION_METRICS_CSV}",
+            file=sys.stderr,
+        )
+        return {}
+    lesions = {name: read_lesion_metrics_csv(path) for name, path in present.items()}
+    first_name, first = next(iter(lesions.items()))
+    for name, scored in lesions.items():
+        if scored.rules != first.rules:
+            raise MedsegInputError(
+                f"lesion-wise scores under {scored.rules} rules, {folders[first_name]} under {first.rules}",
+                path=present[name],
+            )
+    return lesions
+
+
+def _paired_rows(models: dict[str, CaseScores], metrics: Sequence[tuple[str, str]]) -> list[Row]:
+    """For each region, each ``(metric, field)``: every model's mean of ``field`` over the cases, its
+    mean paired difference from the first model and the p-value of that difference."""
+    names = list(models)
+    first = models[names[0]]
+    cases = list(first)
+    rows: list[Row] = []
+    for region in next(iter(first.values())):
+        for metric, field in metrics:
+            base = np.array([getattr(first[c][region], field) for c in cases])
+            for name in names:
+                values = np.array([getattr(models[name][c][region], field) for c in cases])
+                p_value = None if name == names[0] else paired_p_value(base, values)
+                rows.append(Row(region, metric, name, float(values.mean()), float((values - base).mean()), p_value))
+    return rows
+
+
 def _check_same_tolerance(metrics: dict[str, Metrics], folders: dict[str, Path]) -> None:
     first_name, first = next(iter(metrics.items()))
     for name, m in metrics.items():
@@ -92,7 +153,7 @@ def _check_same_tolerance(metrics: dict[str, Metrics], folders: dict[str, Path])
             )
 
 
-def _check_same_cases_and_regions(models: dict[str, Scores], folders: dict[str, Path]) -> None:
+def _check_same_cases_and_regions(models: dict[str, CaseScores], folders: dict[str, Path]) -> None:
     """Every folder holds the first folder's cases, and every case of every folder (the first's too)
     the regions of the first folder's first case, in that order."""
     first_name, first = next(iter(models.items()))
@@ -122,11 +183,13 @@ def compare_evaluations(*, eval_dirs: Sequence[Path], out_dir: Path, names: Sequ
         names: a name per folder (default: :func:`distinct_names`).
 
     Returns:
-        The rows of ``comparison.csv``: for each region, Dice then HD95, each model in the given order.
+        The rows of ``comparison.csv``: for each region Dice, HD95 and NSD, then (when compared) for each
+        region the lesion-wise Dice and HD95; each model in the given order.
 
     Raises:
         MedsegInputError: fewer than two folders, names that do not match them, a missing or foreign
-            metrics file, or folders that scored different cases or regions, or NSD at different tolerances.
+            metrics file, or folders that scored different cases or regions, NSD at different
+            tolerances, or lesion-wise scores under different rules.
     """
     folders = [Path(f) for f in eval_dirs]
     if len(folders) < 2:
@@ -139,17 +202,12 @@ def compare_evaluations(*, eval_dirs: Sequence[Path], out_dir: Path, names: Sequ
     _check_same_tolerance(metrics, by_name)
     models = {name: m.scores for name, m in metrics.items()}
     _check_same_cases_and_regions(models, by_name)
-
-    first = models[names[0]]
-    cases = list(first)
-    rows: list[Row] = []
-    for region in next(iter(first.values())):
-        for metric in METRICS:
-            base = np.array([getattr(first[c][region], metric) for c in cases])
-            for name in names:
-                values = np.array([getattr(models[name][c][region], metric) for c in cases])
-                p_value = None if name == names[0] else paired_p_value(base, values)
-                rows.append(Row(region, metric, name, float(values.mean()), float((values - base).mean()), p_value))
+    rows = _paired_rows(models, [(metric, metric) for metric in METRICS])
+    lesions = {name: m.scores for name, m in _read_lesions(by_name).items()}
+    if lesions:
+        _check_same_cases_and_regions(lesions, by_name)
+        rows += _paired_rows(lesions, [(metric, metric.removeprefix("lesion_")) for metric in LESION_METRICS])
+    cases = list(models[names[0]])
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -171,7 +229,7 @@ def format_comparison(rows: Sequence[Row]) -> str:
     table = [header]
     for start in range(0, len(rows), len(models)):
         group = rows[start : start + len(models)]
-        digits = 2 if group[0].metric == "hd95" else 4
+        digits = 2 if group[0].metric.endswith("hd95") else 4
         cells = [f"{group[0].mean:.{digits}f}"]
         cells += [f"{r.mean:.{digits}f} ({r.difference:+.{digits}f}, p={r.p_value:.2g})" for r in group[1:]]
         table.append([group[0].region, METRIC_NAMES[group[0].metric], *cells])

@@ -452,6 +452,45 @@ def _write_lesion_csv(path: Path, lesions: Mapping[str, Mapping[str, LesionScore
                 writer.writerow([case, region, f"{s.dice:.6f}", f"{s.hd95:.6f}", s.tp, s.fn, s.fp, rules])
 
 
+@dataclass(frozen=True)
+class LesionMetrics:
+    """What a ``lesion_metrics.csv`` holds.
+
+    Attributes:
+        scores: case -> region -> :class:`~medseg.lesion_metrics.LesionScore`, in the file's order.
+        rules: the :data:`~medseg.lesion_metrics.LESION_RULES` key they were computed with.
+    """
+
+    scores: dict[str, dict[str, LesionScore]]
+    rules: str
+
+
+def read_lesion_metrics_csv(path: Path) -> LesionMetrics:
+    """Read a ``lesion_metrics.csv`` written by :func:`evaluate_folder` with ``lesion_rules``.
+
+    Raises:
+        MedsegInputError: naming the file: it is missing or malformed, or holds scores under more than
+            one set of rules.
+    """
+    scores: dict[str, dict[str, LesionScore]] = {}
+    rules: set[str] = set()
+    try:
+        with Path(path).open(newline="") as f:
+            for row in csv.DictReader(f):
+                counts = (int(row["tp"]), int(row["fn"]), int(row["fp"]))
+                scores.setdefault(row["case"], {})[row["region"]] = LesionScore(
+                    float(row["dice"]), float(row["hd95"]), *counts
+                )
+                rules.add(row["rules"])
+    except FileNotFoundError:
+        raise MedsegInputError("lesion metrics file not found", path=path) from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MedsegInputError(f"not a medseg lesion_metrics.csv ({exc})", path=path) from None
+    if len(rules) != 1:
+        raise MedsegInputError(f"expected scores under one set of lesion rules, found {sorted(rules)}", path=path)
+    return LesionMetrics(scores, rules.pop())
+
+
 def read_metrics_csv(path: Path) -> Metrics:
     """Read a ``metrics.csv`` written by :func:`evaluate_folder`.
 

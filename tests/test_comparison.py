@@ -97,6 +97,48 @@ def test_distinct_names_grow_until_they_differ(tmp_path: Path) -> None:
         distinct_names([tmp_path / "a", tmp_path / "a"])
 
 
+def _write_lesions(folder: Path, scores: Scores, rules: str = "GLI") -> None:
+    """A ``lesion_metrics.csv`` beside a folder's ``metrics.csv``: its Dice and HD95 as lesion-wise scores."""
+    with (folder / "lesion_metrics.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["case", "region", "dice", "hd95", "tp", "fn", "fp", "rules"])
+        for case, regions in scores.items():
+            for region, (dice, hd95, _) in regions.items():
+                writer.writerow([case, region, f"{dice:.6f}", f"{hd95:.6f}", 1, 0, 0, rules])
+
+
+def test_lesion_wise_scores_are_compared_when_every_folder_has_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(3)
+    scores = {name: _random_scores(rng, 6) for name in ("a", "b")}
+    folders = [_write_metrics(tmp_path / name, s) for name, s in scores.items()]
+    _write_lesions(folders[0], scores["a"])
+    rows = compare_evaluations(eval_dirs=folders, out_dir=tmp_path / "out")
+    assert {r.metric for r in rows} == {"dice", "hd95", "nsd"}
+    assert capsys.readouterr().err == (
+        f"medseg: warning: lesion-wise scores not compared: {folders[1]} has no lesion_metrics.csv\n"
+    )
+
+    _write_lesions(folders[1], scores["b"])
+    rows = compare_evaluations(eval_dirs=folders, out_dir=tmp_path / "out")
+    lesion_rows = [r for r in rows if r.metric.startswith("lesion_")]
+    assert [(r.region, r.metric, r.model) for r in lesion_rows] == [
+        (region, metric, model) for region in REGIONS for metric in ("lesion_dice", "lesion_hd95") for model in "ab"
+    ]
+    plain = {(r.region, r.metric, r.model): r for r in rows if not r.metric.startswith("lesion_")}
+    for r in lesion_rows:  # the lesion files hold the same numbers as the metrics files
+        same = plain[(r.region, r.metric.removeprefix("lesion_"), r.model)]
+        assert (r.mean, r.difference, r.p_value) == (same.mean, same.difference, same.p_value)
+
+    _write_lesions(folders[1], scores["b"], rules="MET")
+    assert main(["compare", *map(str, folders), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (
+        f"medseg: error: {folders[1] / 'lesion_metrics.csv'}: lesion-wise scores under MET rules,"
+        f" {folders[0]} under GLI\n"
+    )
+
+
 def test_bad_requests_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rng = np.random.default_rng(2)
     scores = _random_scores(rng, 3)
@@ -134,7 +176,8 @@ def test_compare_two_real_evaluations(brats_root: Path, tmp_path: Path, capsys: 
         labels[labels == 4] = 1
         nib.save(nib.Nifti1Image(labels, image.affine, image.header), no_et / f"{case.name}.nii.gz")
     for folder in (exact, no_et):
-        assert main(["evaluate", "--pred", str(folder), "--ref", str(brats_root), "--out", str(folder) + "-eval"]) == 0
+        evaluate = ["evaluate", "--pred", str(folder), "--ref", str(brats_root), "--out", str(folder) + "-eval"]
+        assert main([*evaluate, "--lesion-wise", "GLI"]) == 0
     capsys.readouterr()
 
     out = tmp_path / "comparison"
@@ -151,4 +194,9 @@ def test_compare_two_real_evaluations(brats_root: Path, tmp_path: Path, capsys: 
     assert any(line.startswith("ET ") and "no-ET" not in line for line in table)
     assert float(rows[("TC", "nsd", "no-ET")]["difference"]) == 0
     assert float(rows[("ET", "nsd", "no-ET")]["mean"]) == pytest.approx(1 - np.mean(has_et))
-    assert [line.split()[1] for line in table[1:]] == ["metric", *["Dice", "HD95", "NSD"] * 3]
+    assert [line.split()[1] for line in table[1:]] == ["metric", *["Dice", "HD95", "NSD"] * 3, *["lesion-wise"] * 6]
+    # lesion-wise: the same for WT and TC; ET lesions all missed, so 0 where the reference has ET
+    assert float(rows[("WT", "lesion_dice", "exact")]["mean"]) == 1.0
+    assert float(rows[("TC", "lesion_hd95", "no-ET")]["difference"]) == 0
+    assert float(rows[("ET", "lesion_dice", "no-ET")]["mean"]) == pytest.approx(1 - np.mean(has_et))
+    assert rows[("ET", "lesion_dice", "no-ET")]["p_value"] != ""
