@@ -133,6 +133,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         out_dir=args.out,
         labels=args.labels,
         lesion_rules=args.lesion_wise,
+        workers=args.workers,
         **tolerance,
     )
     print(format_summary(summary))
@@ -340,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also score lesion-wise Dice and HD95 (BraTS 2023) with one challenge's rules: GLI (adult glioma),"
         " SSA, MEN, PED or MET; written to lesion_metrics.csv",
     )
+    p.add_argument("--workers", type=int, default=1, help="cases scored at once, each in its own process (default 1)")
     p.set_defaults(handler=_evaluate)
 
     p = sub.add_parser("compare", help="compare models evaluated on the same cases, region by region")

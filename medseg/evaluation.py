@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from medseg.errors import MedsegInputError
 from medseg.io import Image, atomic_output, label_values, read_nifti
@@ -30,6 +29,7 @@ from medseg.io.jsonfile import read_json
 from medseg.labels import BRATS_RELEASES, LABEL_TABLES, LabelTable, get_label_table
 from medseg.lesion_metrics import LESION_RULES, LesionScore, lesion_wise_label_maps
 from medseg.metrics import NSD_TOLERANCE_MM, RegionScore, check_nsd_tolerance, score_label_maps
+from medseg.parallel import map_in_processes
 from medseg.score_plot import Scores, plot_scores
 
 NIFTI_SUFFIX = ".nii.gz"
@@ -303,6 +303,45 @@ def summarize_lesions(
     return {"rules": rules, "dilation": r.dilation, "min_volume_mm3": r.min_volume_mm3, "regions": regions}
 
 
+@dataclass(frozen=True)
+class _CaseJob:
+    """What :func:`_score_case` needs to score one case (it pickles, for worker processes)."""
+
+    ref_path: Path
+    pred_path: Path | None  # None: no prediction, scored as empty
+    table: LabelTable
+    nsd_tolerance_mm: float
+    lesion_rules: str | None
+
+
+@dataclass(frozen=True)
+class _CaseResult:
+    scores: dict[str, RegionScore]
+    lesions: dict[str, LesionScore] | None
+    finest_mm: float  # the reference's smallest voxel side
+
+
+def _score_case(job: _CaseJob) -> _CaseResult:
+    ref = _read_label_map(job.ref_path)
+    _check_values(ref, job.table)
+    if job.pred_path is not None:
+        pred = _read_label_map(job.pred_path)
+        _check_same_grid(pred, ref)
+        _check_values(pred, job.table)
+        pred_array = pred.array
+    else:
+        pred_array = np.zeros(ref.array.shape, dtype=np.uint8)
+    spacing = ref.geometry.spacing
+    scores = score_label_maps(
+        pred_array, ref.array, table=job.table, spacing=spacing, nsd_tolerance_mm=job.nsd_tolerance_mm
+    )
+    lesions = None
+    if job.lesion_rules is not None:
+        rules = LESION_RULES[job.lesion_rules]
+        lesions = lesion_wise_label_maps(pred_array, ref.array, table=job.table, spacing=spacing, rules=rules)
+    return _CaseResult(scores, lesions, float(min(spacing)))
+
+
 def evaluate_folder(
     *,
     pred_dir: Path,
@@ -311,6 +350,7 @@ def evaluate_folder(
     labels: str | LabelTable = "auto",
     nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
     lesion_rules: str | None = None,
+    workers: int = 1,
 ) -> dict:
     """Score every prediction in ``pred_dir`` against its reference and write ``metrics.csv``, ``summary.json``
     and ``metrics.png`` (:func:`~medseg.score_plot.plot_scores`: Dice, HD95 and NSD per region over cases).
@@ -342,6 +382,7 @@ def evaluate_folder(
             ``lesion_metrics.csv`` (``case,region,dice,hd95,tp,fn,fp,rules``) and the summary's
             ``"lesion_wise"`` (see :func:`summarize_lesions`); ``None``: not scored, and a
             ``lesion_metrics.csv`` an earlier evaluation left in ``out_dir`` is removed.
+        workers: cases scored at once, each in its own process (1: in this process).
 
     Returns:
         The summary that is written to ``summary.json``: ``label_table``, ``layout``, ``cases``,
@@ -358,6 +399,8 @@ def evaluate_folder(
         nsd_tolerance_mm = check_nsd_tolerance(nsd_tolerance_mm)
     except ValueError as exc:
         raise MedsegInputError(str(exc)) from None
+    if workers < 1:
+        raise MedsegInputError(f"workers must be >= 1, got {workers}")
     if lesion_rules is not None and lesion_rules not in LESION_RULES:
         raise MedsegInputError(f"unknown lesion rules {lesion_rules!r}; choose one of {', '.join(LESION_RULES)}")
     pred_dir, ref_dir, out_dir = Path(pred_dir), Path(ref_dir), Path(out_dir)
@@ -376,29 +419,12 @@ def evaluate_folder(
     missing = [case for case in refs.files if case not in preds]
     table = _resolve_label_table(labels, refs, preds)
 
-    scores: dict[str, dict[str, RegionScore]] = {}
-    lesions: dict[str, dict[str, LesionScore]] = {}
-    coarse: dict[str, float] = {}  # case -> its smallest voxel size (mm) where that exceeds the tolerance
-    # a progress bar on a terminal (not in a log or a pipe)
-    for case, ref_path in tqdm(refs.files.items(), desc="scoring", unit="case", disable=None, dynamic_ncols=True):
-        ref = _read_label_map(ref_path)
-        _check_values(ref, table)
-        if case in preds:
-            pred = _read_label_map(preds[case])
-            _check_same_grid(pred, ref)
-            _check_values(pred, table)
-            pred_array = pred.array
-        else:
-            pred_array = np.zeros(ref.array.shape, dtype=np.uint8)
-        if min(ref.geometry.spacing) > nsd_tolerance_mm:
-            coarse[case] = min(ref.geometry.spacing)
-        scores[case] = score_label_maps(
-            pred_array, ref.array, table=table, spacing=ref.geometry.spacing, nsd_tolerance_mm=nsd_tolerance_mm
-        )
-        if lesion_rules is not None:
-            lesions[case] = lesion_wise_label_maps(
-                pred_array, ref.array, table=table, spacing=ref.geometry.spacing, rules=LESION_RULES[lesion_rules]
-            )
+    jobs = [_CaseJob(path, preds.get(case), table, nsd_tolerance_mm, lesion_rules) for case, path in refs.files.items()]
+    results = dict(zip(refs.files, map_in_processes(_score_case, jobs, workers=workers, what="scoring"), strict=True))
+    scores = {case: r.scores for case, r in results.items()}
+    lesions = {case: r.lesions for case, r in results.items() if r.lesions is not None}
+    # cases whose smallest voxel side (mm) exceeds the NSD tolerance
+    coarse = {case: r.finest_mm for case, r in results.items() if r.finest_mm > nsd_tolerance_mm}
 
     if missing:
         print(

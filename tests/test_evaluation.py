@@ -417,6 +417,26 @@ def test_cli_evaluate_lesion_wise(tmp_path: Path, capsys: pytest.CaptureFixture)
     )
 
 
+def test_worker_processes_give_the_same_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pred_dir, ref_dir, _ = _make_brats(tmp_path, "2021", n=3)
+    outputs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        argv = ["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "--out", str(out)]
+        assert main([*argv, "--lesion-wise", "GLI", "--workers", str(workers)]) == 0
+        outputs[workers] = [(out / name).read_text() for name in ("metrics.csv", "lesion_metrics.csv", "summary.json")]
+    assert outputs[1] == outputs[2]
+
+    bad_pred, bad_ref, culprit = _bad_input(tmp_path / "bad", "affine")
+    capsys.readouterr()
+    argv = ["evaluate", "--pred", str(bad_pred), "--ref", str(bad_ref), "--out", str(tmp_path / "bad_out")]
+    assert main([*argv, "--workers", "2"]) == 2  # raised in a worker, reported as in this process
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(culprit) in err and "affine" in err
+    assert main([*argv, "--workers", "0"]) == 2
+    assert capsys.readouterr().err == "medseg: error: workers must be >= 1, got 0\n"
+
+
 def test_read_metrics_csv_refuses_old_and_mixed_files(tmp_path: Path) -> None:
     old = tmp_path / "old.csv"
     old.write_text("case,region,dice,hd95\nc1,WT,0.9,2.0\n")

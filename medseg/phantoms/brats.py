@@ -30,7 +30,8 @@ from scipy import ndimage
 from medseg.errors import MedsegInputError
 from medseg.io import Geometry, write_nifti
 from medseg.labels import BratsRelease, get_brats_release
-from medseg.phantoms import _anatomy, _mri, _tumour, generate_cases, refuse_existing
+from medseg.parallel import map_in_processes
+from medseg.phantoms import _anatomy, _mri, _tumour, refuse_existing
 from medseg.phantoms._fields import WorldGrid, block_mean, block_mode, smooth_field, supersampled
 
 Shape = tuple[int, int, int]
@@ -241,4 +242,4 @@ def generate_brats_dataset(
     make = functools.partial(
         generate_brats_case, out=out, seed=seed, release=str(release), shape=shape, spacing=spacing
     )
-    return sorted(generate_cases(make, indices, workers=workers, what=f"BraTS {release} phantoms"))
+    return sorted(map_in_processes(make, indices, workers=workers, what=f"BraTS {release} phantoms"))

@@ -48,7 +48,8 @@ from scipy import ndimage
 from medseg import __version__
 from medseg.errors import MedsegInputError
 from medseg.io import Geometry, atomic_output, write_nifti
-from medseg.phantoms import generate_cases, refuse_existing
+from medseg.parallel import map_in_processes
+from medseg.phantoms import refuse_existing
 from medseg.phantoms._ct_shapes import SmoothNoise, bezier, ellipsoid_level, rotation_matrix, tube_distance
 
 Shape = tuple[int, int, int]
@@ -378,7 +379,7 @@ def generate_ct_dataset(
     refuse_existing([*targets, *([out / "dataset.json"] if start_index == 0 else [])], overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     make = functools.partial(_write_case, out=out, seed=int(seed), shape=tuple(shape) if shape is not None else None)
-    written = generate_cases(make, indices, workers=workers, what="CT phantoms")
+    written = map_in_processes(make, indices, workers=workers, what="CT phantoms")
 
     ids = [case_id(i) for i in indices]
     meta_path = out / "dataset.json"
