@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import MedsegInputError
-from medseg.evaluation import (
+from medseg.io import atomic_output
+from medseg.score_files import (
     LESION_METRICS_CSV,
     METRICS_CSV,
     LesionMetrics,
@@ -29,7 +30,6 @@ from medseg.evaluation import (
     read_lesion_metrics_csv,
     read_metrics_csv,
 )
-from medseg.io import atomic_output
 from medseg.score_plot import plot_scores
 
 COMPARISON_CSV = "comparison.csv"

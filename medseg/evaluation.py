@@ -13,7 +13,6 @@ rules), on the reference's voxel grid and spacing, for each set of :meth:`LabelT
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -30,14 +29,18 @@ from medseg.labels import BRATS_RELEASES, LABEL_TABLES, LabelTable, get_label_ta
 from medseg.lesion_metrics import LESION_RULES, LesionScore, lesion_wise_label_maps
 from medseg.metrics import NSD_TOLERANCE_MM, RegionScore, check_nsd_tolerance, score_label_maps
 from medseg.parallel import map_in_processes
-from medseg.score_plot import Scores, plot_scores
+from medseg.score_files import (
+    LESION_METRICS_CSV,
+    METRICS_CSV,
+    Metrics,
+    write_lesion_metrics_csv,
+    write_metrics_csv,
+)
+from medseg.score_plot import plot_scores
 
 NIFTI_SUFFIX = ".nii.gz"
-METRICS_CSV = "metrics.csv"
 SUMMARY_JSON = "summary.json"
 METRICS_PNG = "metrics.png"
-LESION_METRICS_CSV = "lesion_metrics.csv"
-METRICS_COLUMNS = ("case", "region", "dice", "hd95", "nsd", "nsd_tolerance_mm")
 
 
 @dataclass(frozen=True)
@@ -56,19 +59,6 @@ class References:
     files: dict[str, Path]
     label_table: str | None = None
     dataset_json: Path | None = None
-
-
-@dataclass(frozen=True)
-class Metrics:
-    """What a ``metrics.csv`` holds.
-
-    Attributes:
-        scores: case -> region -> ``RegionScore(dice, hd95, nsd)``, in the file's order.
-        nsd_tolerance_mm: the tolerance (mm) every NSD in it was computed at.
-    """
-
-    scores: Scores
-    nsd_tolerance_mm: float
 
 
 def _nifti_files(folder: Path) -> dict[str, Path]:
@@ -447,106 +437,16 @@ def evaluate_folder(
         "nsd_tolerance_mm": nsd_tolerance_mm,
         "regions": summarize(scores, table),
     }
-    _write_metrics_csv(out_dir / METRICS_CSV, Metrics(scores, nsd_tolerance_mm))
+    write_metrics_csv(out_dir / METRICS_CSV, Metrics(scores, nsd_tolerance_mm))
     if lesion_rules is not None:
         summary["lesion_wise"] = summarize_lesions(lesions, table, lesion_rules)
-        _write_lesion_csv(out_dir / LESION_METRICS_CSV, lesions, lesion_rules)
+        write_lesion_metrics_csv(out_dir / LESION_METRICS_CSV, lesions, lesion_rules)
     else:
         (out_dir / LESION_METRICS_CSV).unlink(missing_ok=True)
     plot_scores({pred_dir.name: scores}, out_dir / METRICS_PNG, nsd_tolerance_mm=nsd_tolerance_mm)
     with atomic_output(out_dir / SUMMARY_JSON) as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def _write_metrics_csv(path: Path, metrics: Metrics) -> None:
-    with atomic_output(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(METRICS_COLUMNS)
-        tolerance = f"{metrics.nsd_tolerance_mm:g}"
-        for case, case_scores in metrics.scores.items():
-            for region, s in case_scores.items():
-                writer.writerow([case, region, f"{s.dice:.6f}", f"{s.hd95:.6f}", f"{s.nsd:.6f}", tolerance])
-
-
-def _write_lesion_csv(path: Path, lesions: Mapping[str, Mapping[str, LesionScore]], rules: str) -> None:
-    with atomic_output(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["case", "region", "dice", "hd95", "tp", "fn", "fp", "rules"])
-        for case, case_scores in lesions.items():
-            for region, s in case_scores.items():
-                writer.writerow([case, region, f"{s.dice:.6f}", f"{s.hd95:.6f}", s.tp, s.fn, s.fp, rules])
-
-
-@dataclass(frozen=True)
-class LesionMetrics:
-    """What a ``lesion_metrics.csv`` holds.
-
-    Attributes:
-        scores: case -> region -> :class:`~medseg.lesion_metrics.LesionScore`, in the file's order.
-        rules: the :data:`~medseg.lesion_metrics.LESION_RULES` key they were computed with.
-    """
-
-    scores: dict[str, dict[str, LesionScore]]
-    rules: str
-
-
-def read_lesion_metrics_csv(path: Path) -> LesionMetrics:
-    """Read a ``lesion_metrics.csv`` written by :func:`evaluate_folder` with ``lesion_rules``.
-
-    Raises:
-        MedsegInputError: naming the file: it is missing or malformed, or holds scores under more than
-            one set of rules.
-    """
-    scores: dict[str, dict[str, LesionScore]] = {}
-    rules: set[str] = set()
-    try:
-        with Path(path).open(newline="") as f:
-            for row in csv.DictReader(f):
-                counts = (int(row["tp"]), int(row["fn"]), int(row["fp"]))
-                scores.setdefault(row["case"], {})[row["region"]] = LesionScore(
-                    float(row["dice"]), float(row["hd95"]), *counts
-                )
-                rules.add(row["rules"])
-    except FileNotFoundError:
-        raise MedsegInputError("lesion metrics file not found", path=path) from None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise MedsegInputError(f"not a medseg lesion_metrics.csv ({exc})", path=path) from None
-    if len(rules) != 1:
-        raise MedsegInputError(f"expected scores under one set of lesion rules, found {sorted(rules)}", path=path)
-    return LesionMetrics(scores, rules.pop())
-
-
-def read_metrics_csv(path: Path) -> Metrics:
-    """Read a ``metrics.csv`` written by :func:`evaluate_folder`.
-
-    Raises:
-        MedsegInputError: naming the file: it is missing, lacks a column of :data:`METRICS_COLUMNS`
-            (one written before medseg scored NSD: run ``medseg evaluate`` again), holds a value that
-            is not a number, or NSDs at more than one tolerance.
-    """
-    scores: dict[str, dict[str, RegionScore]] = {}
-    tolerances: set[float] = set()
-    try:
-        with Path(path).open(newline="") as f:
-            reader = csv.DictReader(f)
-            absent = [c for c in METRICS_COLUMNS if c not in (reader.fieldnames or [])]
-            if absent:
-                raise MedsegInputError(
-                    f"not a metrics.csv of this medseg: no column {', '.join(absent)} (run medseg evaluate again)",
-                    path=path,
-                )
-            for row in reader:
-                score = RegionScore(float(row["dice"]), float(row["hd95"]), float(row["nsd"]))
-                scores.setdefault(row["case"], {})[row["region"]] = score
-                tolerances.add(float(row["nsd_tolerance_mm"]))
-    except FileNotFoundError:
-        raise MedsegInputError("metrics file not found", path=path) from None
-    except (TypeError, ValueError) as exc:
-        raise MedsegInputError(f"not a medseg metrics.csv ({exc})", path=path) from None
-    if len(tolerances) > 1:
-        raise MedsegInputError(f"NSDs at several tolerances {sorted(tolerances)} mm in one file", path=path)
-    return Metrics(scores, tolerances.pop() if tolerances else NSD_TOLERANCE_MM)
 
 
 def _aligned(rows: Sequence[Sequence[str]]) -> list[str]:

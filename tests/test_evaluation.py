@@ -13,11 +13,12 @@ from scipy import ndimage
 
 from medseg.cli import main
 from medseg.errors import MedsegInputError
-from medseg.evaluation import evaluate_folder, find_references, format_summary, read_metrics_csv
+from medseg.evaluation import evaluate_folder, find_references, format_summary
 from medseg.io import Geometry, write_nifti
 from medseg.labels import BRATS_RELEASES, LabelTable
 from medseg.lesion_metrics import LESION_RULES, lesion_wise_label_maps
 from medseg.metrics import RegionScore
+from medseg.score_files import read_metrics_csv
 from medseg.score_plot import plot_scores
 
 SHAPE = (24, 20, 12)
@@ -435,17 +436,6 @@ def test_worker_processes_give_the_same_files(tmp_path: Path, capsys: pytest.Cap
     assert err.count("\n") == 1 and str(culprit) in err and "affine" in err
     assert main([*argv, "--workers", "0"]) == 2
     assert capsys.readouterr().err == "medseg: error: workers must be >= 1, got 0\n"
-
-
-def test_read_metrics_csv_refuses_old_and_mixed_files(tmp_path: Path) -> None:
-    old = tmp_path / "old.csv"
-    old.write_text("case,region,dice,hd95\nc1,WT,0.9,2.0\n")
-    with pytest.raises(MedsegInputError, match=r"no column nsd, nsd_tolerance_mm \(run medseg evaluate again\)"):
-        read_metrics_csv(old)
-    mixed = tmp_path / "mixed.csv"
-    mixed.write_text("case,region,dice,hd95,nsd,nsd_tolerance_mm\nc1,WT,0.9,2.0,0.8,1\nc2,WT,0.9,2.0,0.8,2\n")
-    with pytest.raises(MedsegInputError, match=r"NSDs at several tolerances \[1.0, 2.0\] mm"):
-        read_metrics_csv(mixed)
 
 
 def test_score_plot_draws_the_scores_one_box_per_region(tmp_path: Path) -> None:
