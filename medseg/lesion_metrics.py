@@ -38,7 +38,7 @@ import numpy as np
 from scipy import ndimage
 
 from medseg.labels import LabelTable
-from medseg.metrics import dice, hd95
+from medseg.metrics import dice, hd95, mask_box
 
 MISSED_LESION_HD95_MM = 374.0
 """HD95 of a missed lesion and of a false positive: the BraTS 2023 script's constant (about the
@@ -113,15 +113,6 @@ def reference_lesions(ref: np.ndarray, *, dilation: int) -> tuple[np.ndarray, in
     return np.where(ref, grown, 0), n
 
 
-def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    """The bounding box of ``mask``'s voxels grown by ``margin`` voxels, clipped to the grid."""
-    box = []
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + margin + 1, mask.shape[axis])))
-    return tuple(box)
-
-
 def lesion_wise_scores(
     pred: np.ndarray, ref: np.ndarray, *, spacing: Sequence[float], rules: LesionRules
 ) -> LesionScore:
@@ -140,6 +131,9 @@ def lesion_wise_scores(
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
     voxel_mm3 = float(np.prod(spacing))
+    if pred.any() or ref.any():  # the box that holds both masks and every lesion's dilation
+        box = mask_box(pred | ref, margin=rules.dilation + 1)
+        pred, ref = pred[box], ref[box]
     lesions, n_lesions = reference_lesions(ref, dilation=rules.dilation)
     components, n_components = ndimage.label(pred, structure=_COMPONENTS)
     matched_any: set[int] = set()
@@ -148,7 +142,7 @@ def lesion_wise_scores(
     tp = fn = 0
     for lesion_id in range(1, n_lesions + 1):
         lesion = lesions == lesion_id
-        near = _box(lesion, rules.dilation + 1)  # the lesion's dilation stays inside this box
+        near = mask_box(lesion, rules.dilation + 1)  # the lesion's dilation stays inside this box
         reach = (
             ndimage.binary_dilation(lesion[near], _DILATION, iterations=rules.dilation)
             if rules.dilation
@@ -165,7 +159,7 @@ def lesion_wise_scores(
             continue
         tp += 1
         answer = np.isin(components, list(matched))
-        both = _box(lesion | answer, 0)  # a voxel on the box's faces lies on its mask's surface anyway
+        both = mask_box(lesion | answer, 0)  # a voxel on the box's faces lies on its mask's surface anyway
         dices.append(dice(answer[both], lesion[both]))
         hd95s.append(hd95(answer[both], lesion[both], spacing=spacing))
     fp = n_components - len(matched_any)
