@@ -140,6 +140,27 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune_postprocessing(args: argparse.Namespace) -> int:
+    from medseg.tuning import format_trials, set_argument, tune_min_component_ml
+
+    chosen, trials = tune_min_component_ml(
+        pred_dir=args.pred,
+        ref_dir=args.ref,
+        out_dir=args.out,
+        labels=args.labels,
+        lesion_rules=args.lesion_wise,
+        workers=args.workers,
+        **({"candidates": args.candidates} if args.candidates else {}),
+    )
+    criterion = f"lesion-wise Dice ({args.lesion_wise})" if args.lesion_wise else "Dice"
+    print(format_trials(trials, chosen, criterion))
+    if chosen:
+        print(f'apply with: medseg predict ... --set "{set_argument(chosen)}"')
+    else:
+        print("removing pieces did not help")
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     from medseg.comparison import compare_evaluations, format_comparison
 
@@ -343,6 +364,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=1, help="cases scored at once, each in its own process (default 1)")
     p.set_defaults(handler=_evaluate)
+
+    p = sub.add_parser(
+        "tune-postprocessing",
+        help="choose inference.min_component_ml on a model's validation predictions and their references",
+    )
+    p.add_argument("--pred", type=Path, required=True, help="folder of <case>.nii.gz validation predictions")
+    p.add_argument("--ref", type=Path, required=True, help="their reference dataset folder")
+    p.add_argument("--out", type=Path, required=True, help="where tuning.csv and tuning.json go")
+    p.add_argument("--labels", default="auto", help="as for medseg evaluate")
+    p.add_argument("--lesion-wise", default=None, metavar="RULES", help="score by lesion-wise Dice (GLI, ...)")
+    p.add_argument("--candidates", type=float, nargs="+", default=None, metavar="ML", help="volumes to try, in mL")
+    p.add_argument("--workers", type=int, default=1, help="cases scored at once, each in its own process")
+    p.set_defaults(handler=_tune_postprocessing)
 
     p = sub.add_parser("compare", help="compare models evaluated on the same cases, region by region")
     p.add_argument("eval_dirs", type=Path, nargs="+", metavar="EVAL_DIR", help="medseg evaluate output folders")

@@ -311,16 +311,71 @@ class _CaseResult:
     finest_mm: float  # the reference's smallest voxel side
 
 
+@dataclass(frozen=True)
+class CasePairs:
+    """Predictions paired with their references by case id (see :func:`pair_cases`).
+
+    Attributes:
+        refs: the references found (layout and case id -> path).
+        preds: case id -> prediction path, for the cases that have one.
+        missing: case ids of references without a prediction (scored as empty predictions).
+        table: the label table the maps are scored with.
+    """
+
+    refs: References
+    preds: dict[str, Path]
+    missing: list[str]
+    table: LabelTable
+
+
+def pair_cases(pred_dir: Path, ref_dir: Path, labels: str | LabelTable = "auto") -> CasePairs:
+    """Pair ``pred_dir/<case>.nii.gz`` with the references :func:`find_references` finds in ``ref_dir``,
+    and resolve the label table (``labels`` as in :func:`evaluate_folder`).
+
+    Raises:
+        MedsegInputError: no prediction folder or predictions, no references, a prediction without a
+            reference, or labels that cannot be resolved.
+    """
+    pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
+    if not pred_dir.is_dir():
+        raise MedsegInputError("prediction folder not found", path=pred_dir)
+    preds = _nifti_files(pred_dir)
+    if not preds:
+        raise MedsegInputError("no predictions (<case>.nii.gz files) found", path=pred_dir)
+    refs = find_references(ref_dir)
+    orphans = [case for case in preds if case not in refs.files]
+    if orphans:
+        more = f" (and {len(orphans) - 1} more)" if len(orphans) > 1 else ""
+        raise MedsegInputError(
+            f"prediction has no reference in {ref_dir} ({refs.layout} layout){more}", path=preds[orphans[0]]
+        )
+    missing = [case for case in refs.files if case not in preds]
+    return CasePairs(refs, preds, missing, _resolve_label_table(labels, refs, preds))
+
+
+def read_case(ref_path: Path, pred_path: Path | None, table: LabelTable) -> tuple[np.ndarray, Image]:
+    """Read a reference and its prediction, checked: both hold only ``table``'s values, and the
+    prediction lies on the reference's grid.
+
+    Returns:
+        ``(prediction, reference)``: the prediction's ``(X, Y, Z)`` label array (zeros when
+        ``pred_path`` is ``None``) and the reference image, whose geometry gives the spacing (mm).
+
+    Raises:
+        MedsegInputError: naming the file: unreadable, values outside the table, another grid.
+    """
+    ref = _read_label_map(ref_path)
+    _check_values(ref, table)
+    if pred_path is None:
+        return np.zeros(ref.array.shape, dtype=np.uint8), ref
+    pred = _read_label_map(pred_path)
+    _check_same_grid(pred, ref)
+    _check_values(pred, table)
+    return pred.array, ref
+
+
 def _score_case(job: _CaseJob) -> _CaseResult:
-    ref = _read_label_map(job.ref_path)
-    _check_values(ref, job.table)
-    if job.pred_path is not None:
-        pred = _read_label_map(job.pred_path)
-        _check_same_grid(pred, ref)
-        _check_values(pred, job.table)
-        pred_array = pred.array
-    else:
-        pred_array = np.zeros(ref.array.shape, dtype=np.uint8)
+    pred_array, ref = read_case(job.ref_path, job.pred_path, job.table)
     spacing = ref.geometry.spacing
     scores = score_label_maps(
         pred_array, ref.array, table=job.table, spacing=spacing, nsd_tolerance_mm=job.nsd_tolerance_mm
@@ -393,21 +448,9 @@ def evaluate_folder(
         raise MedsegInputError(f"workers must be >= 1, got {workers}")
     if lesion_rules is not None and lesion_rules not in LESION_RULES:
         raise MedsegInputError(f"unknown lesion rules {lesion_rules!r}; choose one of {', '.join(LESION_RULES)}")
-    pred_dir, ref_dir, out_dir = Path(pred_dir), Path(ref_dir), Path(out_dir)
-    if not pred_dir.is_dir():
-        raise MedsegInputError("prediction folder not found", path=pred_dir)
-    preds = _nifti_files(pred_dir)
-    if not preds:
-        raise MedsegInputError("no predictions (<case>.nii.gz files) found", path=pred_dir)
-    refs = find_references(ref_dir)
-    orphans = [case for case in preds if case not in refs.files]
-    if orphans:
-        more = f" (and {len(orphans) - 1} more)" if len(orphans) > 1 else ""
-        raise MedsegInputError(
-            f"prediction has no reference in {ref_dir} ({refs.layout} layout){more}", path=preds[orphans[0]]
-        )
-    missing = [case for case in refs.files if case not in preds]
-    table = _resolve_label_table(labels, refs, preds)
+    pred_dir, out_dir = Path(pred_dir), Path(out_dir)
+    pairs = pair_cases(pred_dir, ref_dir, labels)
+    refs, preds, missing, table = pairs.refs, pairs.preds, pairs.missing, pairs.table
 
     jobs = [_CaseJob(path, preds.get(case), table, nsd_tolerance_mm, lesion_rules) for case, path in refs.files.items()]
     results = dict(zip(refs.files, map_in_processes(_score_case, jobs, workers=workers, what="scoring"), strict=True))
