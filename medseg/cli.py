@@ -127,38 +127,50 @@ def _evaluate(args: argparse.Namespace) -> int:
     from medseg.evaluation import evaluate_folder, format_summary
 
     tolerance = {} if args.nsd_tolerance is None else {"nsd_tolerance_mm": args.nsd_tolerance}
-    summary = evaluate_folder(
-        pred_dir=args.pred,
-        ref_dir=args.ref,
-        out_dir=args.out,
-        labels=args.labels,
-        lesion_rules=args.lesion_wise,
-        workers=args.workers,
-        **tolerance,
-    )
+    summary = evaluate_folder(**_scoring_kwargs(args), **tolerance)
     print(format_summary(summary))
     return 0
 
 
 def _tune_postprocessing(args: argparse.Namespace) -> int:
-    from medseg.tuning import format_trials, set_argument, tune_min_component_ml
+    from medseg.tuning import criterion_name, format_trials, set_argument, tune_min_component_ml
 
-    chosen, trials = tune_min_component_ml(
-        pred_dir=args.pred,
-        ref_dir=args.ref,
-        out_dir=args.out,
-        labels=args.labels,
-        lesion_rules=args.lesion_wise,
-        workers=args.workers,
-        **({"candidates": args.candidates} if args.candidates else {}),
-    )
-    criterion = f"lesion-wise Dice ({args.lesion_wise})" if args.lesion_wise else "Dice"
-    print(format_trials(trials, chosen, criterion))
+    candidates = {"candidates": args.candidates} if args.candidates else {}
+    chosen, trials = tune_min_component_ml(**_scoring_kwargs(args), **candidates)
+    print(format_trials(trials, chosen, criterion_name(args.lesion_wise)))
     if chosen:
         print(f'apply with: medseg predict ... --set "{set_argument(chosen)}"')
     else:
         print("removing pieces did not help")
     return 0
+
+
+def _add_scoring_arguments(p: argparse.ArgumentParser, *, lesion_help: str) -> None:
+    """The arguments that ``evaluate`` and ``tune-postprocessing`` share (see :func:`_scoring_kwargs`)."""
+    p.add_argument("--pred", type=Path, required=True, help="folder of <case>.nii.gz predictions")
+    p.add_argument("--ref", type=Path, required=True, help="reference dataset folder (BraTS, MSD or flat layout)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--labels",
+        default="auto",
+        help="auto (the reference's dataset.json, else the BraTS release), a table name (brats2021, btcv, ...),"
+        " or a path to a dataset.json or medseg manifest",
+    )
+    p.add_argument(
+        "--lesion-wise", default=None, metavar="RULES", help=f"{lesion_help}: GLI (adult glioma), SSA, MEN, PED or MET"
+    )
+    p.add_argument("--workers", type=int, default=1, help="cases scored at once, each in its own process (default 1)")
+
+
+def _scoring_kwargs(args: argparse.Namespace) -> dict:
+    return {
+        "pred_dir": args.pred,
+        "ref_dir": args.ref,
+        "out_dir": args.out,
+        "labels": args.labels,
+        "lesion_rules": args.lesion_wise,
+        "workers": args.workers,
+    }
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -339,15 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_export)
 
     p = sub.add_parser("evaluate", help="Dice, HD95 (mm) and NSD per region of predictions against references")
-    p.add_argument("--pred", type=Path, required=True, help="folder of <case>.nii.gz predictions")
-    p.add_argument("--ref", type=Path, required=True, help="reference dataset folder (BraTS, MSD or flat layout)")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument(
-        "--labels",
-        default="auto",
-        help="auto (the reference's dataset.json, else the BraTS release), a table name (brats2021, btcv, ...),"
-        " or a path to a dataset.json or medseg manifest",
-    )
+    _add_scoring_arguments(p, lesion_help="also score lesion-wise Dice and HD95 (BraTS 2023) with these rules")
     p.add_argument(
         "--nsd-tolerance",
         type=float,
@@ -355,27 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MM",
         help="the normalised surface Dice's tolerance in mm (default 1, as FLARE; TotalSegmentator reports 3)",
     )
-    p.add_argument(
-        "--lesion-wise",
-        default=None,
-        metavar="RULES",
-        help="also score lesion-wise Dice and HD95 (BraTS 2023) with one challenge's rules: GLI (adult glioma),"
-        " SSA, MEN, PED or MET; written to lesion_metrics.csv",
-    )
-    p.add_argument("--workers", type=int, default=1, help="cases scored at once, each in its own process (default 1)")
     p.set_defaults(handler=_evaluate)
 
     p = sub.add_parser(
         "tune-postprocessing",
         help="choose inference.min_component_ml on a model's validation predictions and their references",
     )
-    p.add_argument("--pred", type=Path, required=True, help="folder of <case>.nii.gz validation predictions")
-    p.add_argument("--ref", type=Path, required=True, help="their reference dataset folder")
-    p.add_argument("--out", type=Path, required=True, help="where tuning.csv and tuning.json go")
-    p.add_argument("--labels", default="auto", help="as for medseg evaluate")
-    p.add_argument("--lesion-wise", default=None, metavar="RULES", help="score by lesion-wise Dice (GLI, ...)")
+    _add_scoring_arguments(p, lesion_help="score by lesion-wise Dice (BraTS 2023) with these rules, not by Dice")
     p.add_argument("--candidates", type=float, nargs="+", default=None, metavar="ML", help="volumes to try, in mL")
-    p.add_argument("--workers", type=int, default=1, help="cases scored at once, each in its own process")
     p.set_defaults(handler=_tune_postprocessing)
 
     p = sub.add_parser("compare", help="compare models evaluated on the same cases, region by region")

@@ -143,8 +143,7 @@ def tune_min_component_ml(
         best = int(np.argmax(means))  # the first best: removing nothing, or the smallest volume, wins ties
         if best > 0:
             chosen[region] = float(options[best])
-    criterion = f"lesion-wise Dice ({lesion_rules})" if lesion_rules else "Dice"
-    _write(Path(out_dir), chosen, trials, criterion, cases=len(pairs.refs.files))
+    _write(Path(out_dir), chosen, trials, criterion_name(lesion_rules), cases=len(pairs.refs.files))
     return chosen, trials
 
 
@@ -158,6 +157,11 @@ def _write(out_dir: Path, chosen: dict[str, float], trials: list[Trial], criteri
     with atomic_output(out_dir / TUNING_JSON) as tmp:
         record = {"min_component_ml": chosen, "criterion": criterion, "cases": cases}
         tmp.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def criterion_name(lesion_rules: str | None) -> str:
+    """What the trials score: ``"lesion-wise Dice (GLI)"`` with lesion rules, else ``"Dice"``."""
+    return f"lesion-wise Dice ({lesion_rules})" if lesion_rules else "Dice"
 
 
 def set_argument(chosen: dict[str, float]) -> str:
