@@ -40,26 +40,22 @@ def _scene() -> tuple[np.ndarray, np.ndarray]:
     return pred, ref
 
 
-def test_glioma_rules_join_near_lesions_and_leave_small_ones_out() -> None:
+@pytest.mark.parametrize(
+    ("rules", "lesions", "expected"),
+    [
+        # GLI: kept are the joined pair (Dice 1, HD95 0) and the missed cube (0, 374); the 27 mm³ cube
+        # is left out, and the piece beside it matches it, so is no false positive; the far piece is one
+        (GLI, 3, LesionScore(pytest.approx(1 / 3), pytest.approx(2 * MISSED_LESION_HD95_MM / 3), 1, 1, 1)),
+        # MET: both cubes count (1, 0 each), the small cube too, which the piece 2 voxels away no longer
+        # reaches (0, 374), and the missed cube (0, 374); false positives: that piece and the far one
+        (MET, 4, LesionScore(pytest.approx(2 / 6), pytest.approx(4 * MISSED_LESION_HD95_MM / 6), 2, 2, 2)),
+    ],
+    ids=["glioma", "metastasis"],
+)
+def test_rules_join_match_and_leave_out_lesions(rules: LesionRules, lesions: int, expected: LesionScore) -> None:
     pred, ref = _scene()
-    assert reference_lesions(ref, dilation=3)[1] == 3
-    # kept: the joined pair (Dice 1, HD95 0) and the missed cube (0, 374); the 27 mm³ cube is left out
-    # and the piece beside it matches it, so is no false positive; the far piece is one
-    score = lesion_wise_scores(pred, ref, spacing=(1, 1, 1), rules=GLI)
-    assert score == LesionScore(
-        dice=pytest.approx(1 / 3), hd95=pytest.approx(2 * MISSED_LESION_HD95_MM / 3), tp=1, fn=1, fp=1
-    )
-
-
-def test_metastasis_rules_keep_small_lesions_and_match_only_close_pieces() -> None:
-    pred, ref = _scene()
-    assert reference_lesions(ref, dilation=1)[1] == 4
-    # kept: both cubes (1, 0 each), the small cube, which the piece 2 voxels away no longer reaches
-    # (0, 374), and the missed cube (0, 374); false positives: that piece and the far one
-    score = lesion_wise_scores(pred, ref, spacing=(1, 1, 1), rules=MET)
-    assert score == LesionScore(
-        dice=pytest.approx(2 / 6), hd95=pytest.approx(4 * MISSED_LESION_HD95_MM / 6), tp=2, fn=2, fp=2
-    )
+    assert reference_lesions(ref, dilation=rules.dilation)[1] == lesions
+    assert lesion_wise_scores(pred, ref, spacing=(1, 1, 1), rules=rules) == expected
 
 
 def test_the_volume_threshold_is_in_mm3() -> None:

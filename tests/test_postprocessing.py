@@ -29,12 +29,17 @@ def test_keep_largest_component_leaves_one_piece_per_label(one_channel_checkpoin
     assert (labels == 1).sum() == largest
 
 
-def test_saving_probabilities_keeps_the_post_processing(one_channel_checkpoint: Path, tmp_path: Path) -> None:
-    """The label map written beside the probabilities is post-processed like the one written alone."""
+def _noise_scan(tmp_path: Path) -> tuple[np.ndarray, Geometry, Path]:
+    """Smoothed noise ``(48, 40, 24)`` at 1.5 x 1.5 x 3 mm, and the NIfTI it is written to."""
     rng = np.random.default_rng(4)
     noise = ndi.gaussian_filter(rng.normal(size=(48, 40, 24)), 1.5).astype(np.float32) * 50
     geometry = Geometry((48, 40, 24), np.diag([1.5, 1.5, 3.0, 1.0]))
-    scan = write_nifti(noise, geometry, tmp_path / "in" / "noise.nii.gz")
+    return noise, geometry, write_nifti(noise, geometry, tmp_path / "in" / "noise.nii.gz")
+
+
+def test_saving_probabilities_keeps_the_post_processing(one_channel_checkpoint: Path, tmp_path: Path) -> None:
+    """The label map written beside the probabilities is post-processed like the one written alone."""
+    _, geometry, scan = _noise_scan(tmp_path)
     raw = Predictor.from_checkpoint(one_channel_checkpoint, device="cpu", backend="torch")
     kept = Predictor(
         raw.checkpoint,
@@ -137,10 +142,7 @@ def test_predict_set_removes_small_pieces(one_channel_checkpoint: Path, tmp_path
     """`medseg predict --set inference.min_component_ml=...` writes the raw map without its small pieces."""
     from medseg.cli import main
 
-    rng = np.random.default_rng(4)
-    noise = ndi.gaussian_filter(rng.normal(size=(48, 40, 24)), 1.5).astype(np.float32) * 50
-    geometry = Geometry((48, 40, 24), np.diag([1.5, 1.5, 3.0, 1.0]))
-    scan = write_nifti(noise, geometry, tmp_path / "in" / "noise.nii.gz")
+    noise, geometry, scan = _noise_scan(tmp_path)
     raw = Predictor.from_checkpoint(one_channel_checkpoint, device="cpu", backend="torch")
     (name,) = raw.table.evaluation_names
     raw_labels = raw.predict(Image(noise[None], geometry))
