@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from medseg.metrics import RegionScore
 
 Scores = Mapping[str, Mapping[str, "RegionScore"]]
-"""One model's scores: case -> region -> score, as :func:`~medseg.evaluation.read_metrics_csv` reads them."""
+"""One model's scores: case -> region -> score, as :func:`~medseg.score_files.read_metrics_csv` reads them."""
 
 
 def plot_scores(models: Mapping[str, Scores], path: str | Path, *, nsd_tolerance_mm: float) -> Path:
