@@ -182,19 +182,22 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    import dataclasses
     import json
 
     from medseg.checkpoint import load_checkpoint
-    from medseg.config import TransformConfig, mirroring_allowed
+    from medseg.config import InferenceConfig, TransformConfig, mirroring_allowed
 
     ckpt = load_checkpoint(args.model, training=False)
     mirroring = mirroring_allowed(TransformConfig(**ckpt.config["transforms"]))
+    inference = dataclasses.asdict(InferenceConfig(**ckpt.config["inference"]))  # defaults for older checkpoints
     info = {
         "channels": ckpt.channels,
         "labels": ckpt.label_table.to_dict(),
         "network": ckpt.network,
         "layout": ckpt.layout,
         "mirroring": mirroring,
+        "inference": inference,
         "medseg_version": ckpt.medseg_version,
     }
     if args.json:
@@ -205,6 +208,8 @@ def _info(args: argparse.Namespace) -> int:
             f"network {ckpt.network['name']}; channels {', '.join(ckpt.channels)}; labels {names}; test-time"
             f" mirroring {'available' if mirroring else 'refused (trained without flips)'}"
         )
+        settings = " ".join(f"{key}={json.dumps(value)}" for key, value in inference.items())
+        print(f"inference (medseg predict --set inference.KEY=VALUE changes one): {settings}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -106,10 +107,15 @@ def test_info_says_whether_mirroring_is_available(
     checkpoint.config["transforms"]["flip_prob"] = flip_prob
     save_checkpoint(checkpoint, path)
     assert main(["info", "--model", str(path), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["mirroring"] is (flip_prob > 0)
+    info = json.loads(capsys.readouterr().out)
+    assert info["mirroring"] is (flip_prob > 0)
+    assert info["inference"] == dataclasses.asdict(InferenceConfig(**checkpoint.config["inference"]))
     assert main(["info", "--model", str(path)]) == 0
     expected = "available" if flip_prob > 0 else "refused (trained without flips)"
-    assert capsys.readouterr().out.rstrip().endswith(f"test-time mirroring {expected}")
+    first, second = capsys.readouterr().out.splitlines()
+    assert first.endswith(f"test-time mirroring {expected}")
+    assert second.startswith("inference (medseg predict --set inference.KEY=VALUE changes one): roi_size=[")
+    assert " min_component_ml={} mirror_axes=[]" in second
 
 
 @pytest.mark.parametrize("backend", ["torch", "openvino"])
