@@ -2,7 +2,8 @@
 on its cross-validation predictions.
 
 The input is a folder of label maps a model predicted for cases it did not train on (its validation
-fold) and their references. For each region in the table's order (outer regions first, so that a
+fold) and a reference folder that holds them (it may hold more: only the predicted cases count, so
+the whole training dataset can be given). For each region in the table's order (outer regions first, so that a
 choice never changes the score of a region already decided), every candidate volume is applied on
 top of the choices made so far (:func:`~medseg.transforms.remove_small_components`), and the region
 keeps the candidate with the best mean score over the cases, if it beats removing nothing. The score
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +61,7 @@ class _RegionJob:
     """What :func:`_region_scores` needs for one case (it pickles, for worker processes)."""
 
     ref_path: Path
-    pred_path: Path | None
+    pred_path: Path
     table: LabelTable
     region: str
     chosen: dict[str, float]
@@ -104,7 +106,8 @@ def tune_min_component_ml(
 
     Args:
         pred_dir: folder of ``<case>.nii.gz`` label maps predicted for validation cases.
-        ref_dir: their reference dataset folder (any layout :func:`~medseg.evaluation.find_references` knows).
+        ref_dir: a reference dataset folder that holds them (any layout
+            :func:`~medseg.evaluation.find_references` knows); its other cases are left out.
         out_dir: where ``tuning.csv`` (every trial: ``region,min_component_ml,score,criterion,cases``)
             and ``tuning.json`` (the choice, ready for ``inference.min_component_ml``) are written.
         labels: as for :func:`~medseg.evaluation.evaluate_folder`.
@@ -130,12 +133,19 @@ def tune_min_component_ml(
     if workers < 1:
         raise MedsegInputError(f"workers must be >= 1, got {workers}")
     pairs = pair_cases(Path(pred_dir), Path(ref_dir), labels)
+    cases = {case: path for case, path in pairs.refs.files.items() if case in pairs.preds}
+    if pairs.missing:
+        print(
+            f"medseg: note: tuning on the {len(cases)} predicted case(s); {len(pairs.missing)} reference(s)"
+            " without a prediction are left out",
+            file=sys.stderr,
+        )
     chosen: dict[str, float] = {}
     trials: list[Trial] = []
     for region in pairs.table.evaluation_names:
         jobs = [
-            _RegionJob(path, pairs.preds.get(case), pairs.table, region, dict(chosen), options, lesion_rules)
-            for case, path in pairs.refs.files.items()
+            _RegionJob(path, pairs.preds[case], pairs.table, region, dict(chosen), options, lesion_rules)
+            for case, path in cases.items()
         ]
         per_case = np.array(map_in_processes(_region_scores, jobs, workers=workers, what=f"tuning {region}"))
         means = per_case.mean(axis=0)
@@ -143,7 +153,7 @@ def tune_min_component_ml(
         best = int(np.argmax(means))  # the first best: removing nothing, or the smallest volume, wins ties
         if best > 0:
             chosen[region] = float(options[best])
-    _write(Path(out_dir), chosen, trials, criterion_name(lesion_rules), cases=len(pairs.refs.files))
+    _write(Path(out_dir), chosen, trials, criterion_name(lesion_rules), cases=len(cases))
     return chosen, trials
 
 
