@@ -73,6 +73,11 @@ class PredictParameters:
             so the command also works with a medseg that has no ``--backend`` option.
         mirror: test-time mirroring along all three axes (``--mirror``: 8 passes, more accurate);
             off adds no argument.
+        min_piece_ml: remove predicted connected pieces smaller than this many mL from every region
+            or label in ``piece_names`` (``--set inference.min_component_ml=...``); 0 adds no
+            argument, so the checkpoint's own setting applies.
+        piece_names: the model's regions or labels (:meth:`ModelInfo.piece_names`); needed when
+            ``min_piece_ml`` > 0.
         extra_args: further arguments appended verbatim (e.g. ``("--overwrite",)``).
     """
 
@@ -83,6 +88,8 @@ class PredictParameters:
     device: str = "auto"
     backend: str = "auto"
     mirror: bool = False
+    min_piece_ml: float = 0.0
+    piece_names: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -92,7 +99,12 @@ class PredictParameters:
             raise ValueError(f"unknown device {self.device!r}; use auto, cpu, cuda or cuda:N")
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; use {', '.join(BACKENDS)}")
+        if not (math.isfinite(self.min_piece_ml) and self.min_piece_ml >= 0):
+            raise ValueError(f"the smallest kept piece must be a volume in mL >= 0, got {self.min_piece_ml}")
+        if self.min_piece_ml > 0 and not self.piece_names:
+            raise ValueError("removing small pieces needs the model's region or label names")
         object.__setattr__(self, "extra_args", tuple(str(a) for a in self.extra_args))
+        object.__setattr__(self, "piece_names", tuple(str(n) for n in self.piece_names))
 
     def command(self) -> list[str]:
         """The argument list, program first, ready for ``subprocess.Popen`` or ``QProcess``."""
@@ -116,6 +128,9 @@ class PredictParameters:
             args += ["--backend", self.backend]
         if self.mirror:
             args.append("--mirror")
+        if self.min_piece_ml > 0:
+            volumes = json.dumps({name: self.min_piece_ml for name in self.piece_names})  # JSON is YAML
+            args += ["--set", f"inference.min_component_ml={volumes}"]
         return args + list(self.extra_args)
 
 
@@ -354,6 +369,14 @@ class ModelInfo:
     layout: str | None = None
     medseg_version: str | None = None
     mirroring: bool = True
+
+    def piece_names(self) -> tuple[str, ...]:
+        """The names ``inference.min_component_ml`` takes: the regions of a region table (BraTS: WT,
+        TC, ET), else the names of the foreground labels (organs)."""
+        if self.labels.get("kind") == "regions":
+            return tuple(str(r["name"]) for r in self.labels.get("regions", []))
+        named = sorted((int(value), str(name)) for value, name in self.labels.get("labels", {}).items())
+        return tuple(name for value, name in named if value != 0)
 
 
 def parse_model_info(stdout: str) -> ModelInfo:

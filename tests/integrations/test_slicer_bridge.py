@@ -66,6 +66,19 @@ def test_predict_command_backend_and_extra_args() -> None:
     ]
 
 
+def test_predict_command_removes_small_pieces_of_every_region() -> None:
+    names = bridge.parse_model_info(json.dumps(_info())).piece_names()
+    assert names == ("WT", "TC", "ET")
+    cmd = bridge.PredictParameters("py", "m.pt", "in", "out", min_piece_ml=0.25, piece_names=names).command()
+    assert cmd[-2:] == ["--set", 'inference.min_component_ml={"WT": 0.25, "TC": 0.25, "ET": 0.25}']
+    assert "--set" not in bridge.PredictParameters("py", "m.pt", "in", "out", piece_names=names).command()
+
+
+def test_piece_names_of_a_class_table_are_its_foreground_labels() -> None:
+    organs = {"kind": "classes", "labels": {"0": "background", "2": "spleen", "1": "liver", "10": "aorta"}}
+    assert bridge.ModelInfo(channels=("CT",), labels=organs).piece_names() == ("liver", "spleen", "aorta")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -73,6 +86,9 @@ def test_predict_command_backend_and_extra_args() -> None:
         ({"device": "cuda:x"}, "unknown device"),
         ({"backend": "onnx"}, "unknown backend"),
         ({"python_executable": "  "}, "no Python"),
+        ({"min_piece_ml": -0.1}, "a volume in mL >= 0"),
+        ({"min_piece_ml": float("nan")}, "a volume in mL >= 0"),
+        ({"min_piece_ml": 0.1}, "needs the model's region or label names"),
     ],
 )
 def test_predict_parameters_reject_bad_values(kwargs: dict, match: str) -> None:

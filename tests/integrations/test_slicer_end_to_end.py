@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 from medseg.integrations import slicer as bridge
 
@@ -78,9 +79,19 @@ def test_info_describes_the_checkpoint(info: bridge.ModelInfo) -> None:
     assert info.mirroring  # trained with flips (the default config)
 
 
-@pytest.mark.parametrize("mirror", [False, True], ids=["plain", "mirrored"])
+# the briefly trained model predicts one large piece per region (WT about 210 mL, TC 185, ET 136):
+# 150 mL removes the ET piece (it becomes necrosis) and keeps the others
+@pytest.mark.parametrize(
+    ("mirror", "min_piece_ml"), [(False, 0.0), (True, 0.0), (False, 150.0)], ids=["plain", "mirrored", "pieces"]
+)
 def test_predict_command_on_an_exported_phantom(
-    medseglib: None, tmp_path: Path, checkpoint: Path, phantom_case: Path, info: bridge.ModelInfo, mirror: bool
+    medseglib: None,
+    tmp_path: Path,
+    checkpoint: Path,
+    phantom_case: Path,
+    info: bridge.ModelInfo,
+    mirror: bool,
+    min_piece_ml: float,
 ) -> None:
     from MedSegLib.process import STDOUT, ChildProcess
 
@@ -94,8 +105,11 @@ def test_predict_command_on_an_exported_phantom(
         output_dir=output_dir,
         device="cpu",
         mirror=mirror,
+        min_piece_ml=min_piece_ml,
+        piece_names=info.piece_names() if min_piece_ml else (),
     )
     assert ("--mirror" in parameters.command()) == mirror
+    assert ("--set" in parameters.command()) == (min_piece_ml > 0)
     process = ChildProcess(parameters.command(), env=_env())
     process.start()
     progress = bridge.RunProgress()
@@ -126,6 +140,14 @@ def test_predict_command_on_an_exported_phantom(
     values = set(np.unique(sitk.GetArrayViewFromImage(output)).tolist())
     segment_labels = {s.label for s in bridge.segments_from_label_table(info.labels)}
     assert values <= {0} | segment_labels
+    if min_piece_ml:  # no region keeps a 26-connected piece under the minimum
+        labels = sitk.GetArrayFromImage(output)
+        voxel_ml = float(np.prod(output.GetSpacing())) / 1000
+        for region in info.labels["regions"]:
+            pieces, _ = ndimage.label(np.isin(labels, region["labels"]), structure=np.ones((3, 3, 3)))
+            sizes = np.bincount(pieces.ravel())[1:]
+            assert (sizes * voxel_ml >= min_piece_ml).all(), (region["name"], sorted(sizes))
+        assert 4 not in values and {1, 2} <= values
 
 
 def test_predict_failure_gives_medsegs_one_line_message(

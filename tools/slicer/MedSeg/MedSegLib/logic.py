@@ -45,6 +45,8 @@ class SegmentationRequest:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         backend: ``auto``, ``torch`` or ``openvino``.
         mirror: test-time mirroring (8 passes).
+        min_piece_ml: remove predicted pieces smaller than this many mL from every region (0: the
+            model's own setting).
         segmentation: the segmentation node to fill (its segments are replaced), or ``None`` to create one.
         extra_args: further ``medseg predict`` arguments.
     """
@@ -56,6 +58,7 @@ class SegmentationRequest:
     device: str = "auto"
     backend: str = "auto"
     mirror: bool = False
+    min_piece_ml: float = 0.0
     segmentation: Any = None
     extra_args: tuple[str, ...] = ()
 
@@ -191,6 +194,8 @@ class SegmentationLogic:
                 device=request.device,
                 backend=request.backend,
                 mirror=request.mirror,
+                min_piece_ml=request.min_piece_ml,
+                piece_names=request.model_info.piece_names() if request.min_piece_ml else (),
                 extra_args=tuple(request.extra_args),
             )
             process = ChildProcess(parameters.command(), env=child_environment(python))

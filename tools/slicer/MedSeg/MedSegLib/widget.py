@@ -77,6 +77,10 @@ class Panel:
             index = combo.findText(settings.value(SETTINGS_PREFIX + key, "auto"))
             combo.setCurrentIndex(max(index, 0))
         self.ui.mirrorCheckBox.checked = str(settings.value(SETTINGS_PREFIX + "mirror", "false")).lower() == "true"
+        try:
+            self.ui.minPieceSpinBox.value = float(settings.value(SETTINGS_PREFIX + "min_piece_ml", 0.0))
+        except (TypeError, ValueError):
+            self.ui.minPieceSpinBox.value = 0.0
 
     def _save_settings(self) -> None:
         settings = qt.QSettings()
@@ -85,6 +89,7 @@ class Panel:
         settings.setValue(SETTINGS_PREFIX + "device", self.ui.deviceComboBox.currentText)
         settings.setValue(SETTINGS_PREFIX + "backend", self.ui.backendComboBox.currentText)
         settings.setValue(SETTINGS_PREFIX + "mirror", "true" if self.ui.mirrorCheckBox.checked else "false")
+        settings.setValue(SETTINGS_PREFIX + "min_piece_ml", str(self.ui.minPieceSpinBox.value))
 
     # -- model metadata ----------------------------------------------------------------------------
 
@@ -196,6 +201,7 @@ class Panel:
             device=self.ui.deviceComboBox.currentText,
             backend=self.ui.backendComboBox.currentText,
             mirror=self.ui.mirrorCheckBox.checked and self._mirroring_allowed(),
+            min_piece_ml=float(self.ui.minPieceSpinBox.value),
             segmentation=self.ui.outputSegmentationSelector.currentNode(),
         )
         try:
@@ -287,6 +293,7 @@ class Panel:
             self.ui.channelsContainer,
             self.ui.deviceComboBox,
             self.ui.backendComboBox,
+            self.ui.minPieceSpinBox,
             self.ui.outputSegmentationSelector,
         )
         for widget in inputs:
