@@ -23,9 +23,9 @@ from medseg.errors import ConfigError
 
 @dataclass(frozen=True)
 class Range:
-    """The values a number may take (every number, in a list): from ``low`` to ``high``, each end
-    included unless ``open_low``/``open_high``; ``None`` leaves that end unbounded. NaN and infinity
-    are never in range."""
+    """The values a number may take (every number, in a list; every value, in a mapping): from ``low``
+    to ``high``, each end included unless ``open_low``/``open_high``; ``None`` leaves that end
+    unbounded. NaN and infinity are never in range."""
 
     low: float | None = None
     high: float | None = None
@@ -48,10 +48,11 @@ class Range:
 
 
 def _ranged(default: Any, low: float | None = None, high: float | None = None, **open_ends: bool) -> Any:
-    """A dataclass field whose value (or every item of a list value) must lie in :class:`Range`."""
+    """A dataclass field whose value (or every item of a list, or every value of a mapping) must lie in
+    :class:`Range`."""
     metadata = {"range": Range(low, high, **open_ends)}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=metadata)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
@@ -62,8 +63,9 @@ def _check_ranges(section: Any, name: str) -> None:
         value = getattr(section, f.name)
         if allowed is None or value is None:
             continue
-        if not all(v in allowed for v in (value if isinstance(value, list) else [value])):
-            each = " (each)" if isinstance(value, list) else ""
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+        if not all(v in allowed for v in items):
+            each = " (each)" if isinstance(value, (list, dict)) else ""
             raise ConfigError(f"{name}.{f.name} must be {allowed}{each}, got {value!r}")
 
 
@@ -235,18 +237,14 @@ class InferenceConfig:
     crop_foreground: bool = True
     precision: Literal["fp32", "bf16"] = "fp32"
     keep_largest_component: bool = False
-    min_region_ml: dict[str, float] = field(default_factory=dict)
-    min_component_ml: dict[str, float] = field(default_factory=dict)
+    min_region_ml: dict[str, float] = _ranged({}, 0, open_low=True)
+    min_component_ml: dict[str, float] = _ranged({}, 0, open_low=True)
     mirror_axes: list[int] = _ranged([], 0, 2)
 
     def __post_init__(self) -> None:
         _check_ranges(self, "inference")
         if len(set(self.mirror_axes)) != len(self.mirror_axes):
             raise ConfigError(f"inference.mirror_axes names an axis twice: {self.mirror_axes}")
-        for key in ("min_region_ml", "min_component_ml"):
-            for name, volume in getattr(self, key).items():
-                if not (math.isfinite(volume) and volume > 0):
-                    raise ConfigError(f"inference.{key}: {name} must be a volume in mL > 0, got {volume}")
 
 
 @dataclass

@@ -125,9 +125,9 @@ def test_min_component_ml_names_and_volumes_are_checked(tiny_checkpoint: Path) -
     from medseg.config import InferenceConfig
     from medseg.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"inference.min_component_ml: ET must be a volume in mL > 0, got 0"):
+    with pytest.raises(ConfigError, match=r"inference.min_component_ml must be > 0 \(each\), got \{'ET': 0\}"):
         InferenceConfig(min_component_ml={"ET": 0})
-    with pytest.raises(ConfigError, match=r"inference.min_region_ml: ET must be a volume in mL > 0, got -1"):
+    with pytest.raises(ConfigError, match=r"inference.min_region_ml must be > 0 \(each\), got \{'ET': -1\}"):
         InferenceConfig(min_region_ml={"ET": -1})
     with pytest.raises(ConfigError, match=r"'liver' is not a region or label of brats2021 \(WT, TC, ET\)"):
         Predictor.from_checkpoint(
