@@ -276,7 +276,6 @@ def predict_folder(
     shard: Shard | None = None,
     device: str = "auto",
     backend: str = "auto",
-    mirror_axes: Sequence[int] | None = None,
     inference_overrides: Sequence[str] = (),
     overwrite: bool = False,
     progress: str = "bar",
@@ -293,8 +292,8 @@ def predict_folder(
         cases_file: a JSON list of cases (see :func:`~medseg.data.cases.read_cases_file`).
         shard: handle only this shard of the cases.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        backend, mirror_axes, inference_overrides: passed to :meth:`Predictor.from_checkpoint` (not used
-            with a loaded Predictor).
+        backend, inference_overrides: passed to :meth:`Predictor.from_checkpoint` (not used with a
+            loaded Predictor).
         overwrite: redo cases whose outputs exist.
         progress: ``bar``, ``json`` or ``none``.
 
@@ -315,7 +314,7 @@ def predict_folder(
         model
         if isinstance(model, Predictor)
         else Predictor.from_checkpoint(
-            model, device=device, backend=backend, mirror_axes=mirror_axes, inference_overrides=inference_overrides
+            model, device=device, backend=backend, inference_overrides=inference_overrides
         )
     )
     if cases_file is not None:

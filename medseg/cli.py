@@ -102,8 +102,7 @@ def _predict(args: argparse.Namespace) -> int:
         shard=Shard.parse(args.shard) if args.shard else None,
         device=args.device,
         backend=args.backend,
-        mirror_axes=None if args.mirror is None else (args.mirror or [0, 1, 2]),
-        inference_overrides=args.set,
+        inference_overrides=[*args.set, *_mirror_override(args.mirror)],
         overwrite=args.overwrite,
         progress=args.progress,
     )
@@ -113,6 +112,13 @@ def _predict(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0 if summary.failed == 0 else 1
+
+
+def _mirror_override(axes: list[int] | None) -> list[str]:
+    """``--mirror [AXIS ...]`` as an inference override (no axes: all three); none when not given."""
+    if axes is None:
+        return []
+    return [f"inference.mirror_axes={axes or [0, 1, 2]}"]
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -199,10 +199,10 @@ class Predictor:
         backend: ``auto`` (``torch`` on CUDA, ``openvino`` on the CPU when installed, else ``torch``),
             ``torch`` (eager PyTorch; AMP on CUDA) or ``openvino`` (CPU).
         inference: settings that replace the checkpoint's ``inference`` section.
-        inference_overrides: ``inference.key=value`` changes to those settings (``medseg predict --set``),
-            e.g. ``inference.min_component_ml={WT: 0.1}``; see :func:`~medseg.config.override_inference`.
-        mirror_axes: replaces ``inference.mirror_axes`` (test-time mirroring; see
-            :class:`~medseg.config.InferenceConfig`).
+        inference_overrides: ``inference.key=value`` changes to those settings (``medseg predict --set``
+            and ``--mirror``), e.g. ``inference.min_component_ml={WT: 0.1}`` or
+            ``inference.mirror_axes=[0, 1, 2]`` (test-time mirroring); see
+            :func:`~medseg.config.override_inference`.
         cache_dir: where the OpenVINO backend caches its ONNX export (default: next to the
             checkpoint when :meth:`from_checkpoint` loaded it and that folder is writable, else
             ``~/.cache/medseg``).
@@ -226,7 +226,6 @@ class Predictor:
         backend: str = "auto",
         inference: InferenceConfig | None = None,
         inference_overrides: Sequence[str] = (),
-        mirror_axes: Sequence[int] | None = None,
         cache_dir: str | Path | None = None,
     ) -> None:
         self.checkpoints = [checkpoint] if isinstance(checkpoint, Checkpoint) else list(checkpoint)
@@ -238,8 +237,6 @@ class Predictor:
         self.inference = override_inference(
             inference or InferenceConfig(**checkpoint.config["inference"]), inference_overrides
         )
-        if mirror_axes is not None:
-            self.inference = dataclasses.replace(self.inference, mirror_axes=list(mirror_axes))
         self.windows = Windows.for_network(self.inference, checkpoint.network["name"], checkpoint.network["kwargs"])
         check_min_region_ml(self.table, self.inference.min_region_ml)  # fail before a batch reads any case
         check_min_component_ml(self.table, self.inference.min_component_ml)
@@ -268,7 +265,6 @@ class Predictor:
         backend: str = "auto",
         inference: InferenceConfig | None = None,
         inference_overrides: Sequence[str] = (),
-        mirror_axes: Sequence[int] | None = None,
         cache_dir: str | Path | None = None,
     ) -> Predictor:
         """Load ``path`` (a ``.pt`` written by ``medseg train``, or several for an ensemble); see the class
@@ -282,7 +278,6 @@ class Predictor:
             backend=backend,
             inference=inference,
             inference_overrides=inference_overrides,
-            mirror_axes=mirror_axes,
             cache_dir=cache_dir,
         )
 

@@ -24,6 +24,8 @@ MakeCheckpoint = Callable[..., Path]
 
 SHAPE = (32, 32, 16)  # one_channel_checkpoint's window: one window covers the image
 
+MIRROR_ALL = ["inference.mirror_axes=[0, 1, 2]"]  # what `medseg predict --mirror` sets
+
 
 def _image(seed: int = 0) -> Image:
     """A one-channel image of positive noise (nonzero everywhere, so the foreground crop keeps it all) on a
@@ -56,7 +58,9 @@ def test_windows_average_every_mirror_combination() -> None:
 def test_mirroring_makes_the_prediction_flip_equivariant(one_channel_checkpoint: Path, axes: tuple[int, ...]) -> None:
     image = _image()
     flipped = Image(np.flip(image.array, [1 + a for a in axes]).copy(), image.geometry, image.path, {})
-    mirrored = Predictor.from_checkpoint(one_channel_checkpoint, backend="torch", device="cpu", mirror_axes=[0, 1, 2])
+    mirrored = Predictor.from_checkpoint(
+        one_channel_checkpoint, backend="torch", device="cpu", inference_overrides=MIRROR_ALL
+    )
     plain = Predictor.from_checkpoint(one_channel_checkpoint, backend="torch", device="cpu")
     assert mirrored.inference.mirror_axes == [0, 1, 2] and plain.inference.mirror_axes == []
 
@@ -74,7 +78,7 @@ def test_a_mirrored_ensemble_gives_the_same_world_space_labels_for_a_permuted_fl
     tmp_path: Path, one_channel_checkpoint_at: MakeCheckpoint
 ) -> None:
     paths = [one_channel_checkpoint_at(tmp_path / f"fold{i}.pt", seed=i) for i in range(2)]
-    predictor = Predictor.from_checkpoint(paths, backend="torch", device="cpu", mirror_axes=[0, 1, 2])
+    predictor = Predictor.from_checkpoint(paths, backend="torch", device="cpu", inference_overrides=MIRROR_ALL)
     image = _image(3)
     # copy[a, b, c] = image[n - 1 - b, a, c]: the same world content, stored in another voxel order
     n = SHAPE[0]
@@ -95,7 +99,9 @@ def test_mirroring_is_refused_for_a_model_trained_without_flips(
     save_checkpoint(checkpoint, path)
     assert Predictor.from_checkpoint(path, backend="torch", device="cpu").inference.mirror_axes == []
     with pytest.raises(ConfigError, match=r"mirror_axes \[0\] needs a model trained with flips"):
-        Predictor.from_checkpoint(path, backend="torch", device="cpu", mirror_axes=[0])
+        Predictor.from_checkpoint(
+            path, backend="torch", device="cpu", inference_overrides=["inference.mirror_axes=[0]"]
+        )
 
 
 @pytest.mark.parametrize("flip_prob", [0.5, 0.0])
@@ -169,7 +175,9 @@ def test_predict_cli_takes_several_models_and_mirroring(
     assert main([*args, "--output", str(tmp_path / "a"), "--model", str(folds[0]), str(folds[1]), "--mirror"]) == 0
     assert main([*args, "--output", str(tmp_path / "b"), "--model", str(folds[0]), "--model", str(folds[1])]) == 0
     assert main([*args, "--output", str(tmp_path / "c"), "--model", str(folds[0])]) == 0
-    expected = Predictor.from_checkpoint(folds, backend="torch", device="cpu", mirror_axes=[0, 1, 2]).predict(image)
+    expected = Predictor.from_checkpoint(folds, backend="torch", device="cpu", inference_overrides=MIRROR_ALL).predict(
+        image
+    )
     written = nib.load(tmp_path / "a" / "case.nii.gz")
     np.testing.assert_array_equal(np.asarray(written.dataobj), expected)
     np.testing.assert_array_equal(written.affine, nib.load(tmp_path / "case.nii.gz").affine)  # the input's grid
