@@ -313,9 +313,7 @@ def predict_folder(
     predictor = (
         model
         if isinstance(model, Predictor)
-        else Predictor.from_checkpoint(
-            model, device=device, backend=backend, inference_overrides=inference_overrides
-        )
+        else Predictor.from_checkpoint(model, device=device, backend=backend, inference_overrides=inference_overrides)
     )
     if cases_file is not None:
         all_cases = read_cases_file(cases_file, channels=predictor.channels)

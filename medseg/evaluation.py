@@ -26,7 +26,7 @@ from medseg.errors import MedsegInputError
 from medseg.io import Image, atomic_output, label_values, read_nifti
 from medseg.io.jsonfile import read_json
 from medseg.labels import BRATS_RELEASES, LABEL_TABLES, LabelTable, get_label_table
-from medseg.lesion_metrics import LESION_RULES, LesionScore, lesion_wise_label_maps
+from medseg.lesion_metrics import LesionScore, get_lesion_rules, lesion_wise_label_maps
 from medseg.metrics import NSD_TOLERANCE_MM, RegionScore, check_nsd_tolerance, score_label_maps
 from medseg.parallel import map_in_processes
 from medseg.score_files import (
@@ -289,7 +289,7 @@ def summarize_lesions(
         summed over cases; HD95 in mm).
     """
     regions = _per_region(lesions, table, stats=("dice", "hd95"), sums=("tp", "fn", "fp"))
-    r = LESION_RULES[rules]
+    r = get_lesion_rules(rules)
     return {"rules": rules, "dilation": r.dilation, "min_volume_mm3": r.min_volume_mm3, "regions": regions}
 
 
@@ -382,7 +382,7 @@ def _score_case(job: _CaseJob) -> _CaseResult:
     )
     lesions = None
     if job.lesion_rules is not None:
-        rules = LESION_RULES[job.lesion_rules]
+        rules = get_lesion_rules(job.lesion_rules)
         lesions = lesion_wise_label_maps(pred_array, ref.array, table=job.table, spacing=spacing, rules=rules)
     return _CaseResult(scores, lesions, float(min(spacing)))
 
@@ -444,10 +444,8 @@ def evaluate_folder(
         nsd_tolerance_mm = check_nsd_tolerance(nsd_tolerance_mm)
     except ValueError as exc:
         raise MedsegInputError(str(exc)) from None
-    if workers < 1:
-        raise MedsegInputError(f"workers must be >= 1, got {workers}")
-    if lesion_rules is not None and lesion_rules not in LESION_RULES:
-        raise MedsegInputError(f"unknown lesion rules {lesion_rules!r}; choose one of {', '.join(LESION_RULES)}")
+    if lesion_rules is not None:
+        get_lesion_rules(lesion_rules)  # unknown rules fail before any case is read
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
     pairs = pair_cases(pred_dir, ref_dir, labels)
     refs, preds, missing, table = pairs.refs, pairs.preds, pairs.missing, pairs.table

@@ -37,6 +37,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage
 
+from medseg.errors import MedsegInputError
 from medseg.labels import LabelTable
 from medseg.metrics import dice, hd95, mask_box
 
@@ -75,6 +76,18 @@ LESION_RULES: dict[str, LesionRules] = {
 }
 """The BraTS 2023 challenges' rules: adult glioma (GLI), sub-Saharan Africa (SSA), meningioma (MEN),
 paediatric (PED) and metastases (MET)."""
+
+
+def get_lesion_rules(name: str) -> LesionRules:
+    """The rules of one BraTS 2023 challenge (a key of :data:`LESION_RULES`).
+
+    Raises:
+        MedsegInputError: an unknown name, listing the known ones.
+    """
+    try:
+        return LESION_RULES[name]
+    except KeyError:
+        raise MedsegInputError(f"unknown lesion rules {name!r}; choose one of {', '.join(LESION_RULES)}") from None
 
 
 class LesionScore(NamedTuple):

@@ -10,6 +10,8 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
+from medseg.errors import MedsegInputError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -21,7 +23,12 @@ def map_in_processes(fn: Callable[[T], R], items: Sequence[T], *, workers: int |
     ``fn`` and the items must pickle (a module-level function, or a ``functools.partial`` of one). The
     processes are spawned, not forked: safe even when the caller has started threads (torch, BLAS).
     The first exception an item raises is raised here, and the items not yet started are cancelled.
+
+    Raises:
+        MedsegInputError: ``workers`` < 1.
     """
+    if workers is not None and workers < 1:
+        raise MedsegInputError(f"workers must be >= 1, got {workers}")
     workers = min(workers or os.cpu_count() or 1, len(items))
     with tqdm(total=len(items), desc=what, unit="case", disable=None, dynamic_ncols=True) as bar:
         if workers <= 1:

@@ -31,7 +31,7 @@ from medseg.errors import MedsegInputError
 from medseg.evaluation import pair_cases, read_case
 from medseg.io import atomic_output
 from medseg.labels import LabelTable
-from medseg.lesion_metrics import LESION_RULES, lesion_wise_scores
+from medseg.lesion_metrics import get_lesion_rules, lesion_wise_scores
 from medseg.metrics import dice
 from medseg.parallel import map_in_processes
 from medseg.transforms import remove_small_components
@@ -87,7 +87,7 @@ def _region_scores(job: _RegionJob) -> list[float]:
         if job.lesion_rules is None:
             scores.append(dice(mask, ref_mask))
         else:
-            rules = LESION_RULES[job.lesion_rules]
+            rules = get_lesion_rules(job.lesion_rules)
             scores.append(lesion_wise_scores(mask, ref_mask, spacing=spacing, rules=rules).dice)
     return scores
 
@@ -128,10 +128,8 @@ def tune_min_component_ml(
     options: tuple[float | None, ...] = (None, *sorted({float(c) for c in candidates}))
     if len(options) == 1 or not all(c > 0 and np.isfinite(c) for c in options[1:]):
         raise MedsegInputError(f"candidates must be volumes in mL > 0, got {list(candidates)}")
-    if lesion_rules is not None and lesion_rules not in LESION_RULES:
-        raise MedsegInputError(f"unknown lesion rules {lesion_rules!r}; choose one of {', '.join(LESION_RULES)}")
-    if workers < 1:
-        raise MedsegInputError(f"workers must be >= 1, got {workers}")
+    if lesion_rules is not None:
+        get_lesion_rules(lesion_rules)  # unknown rules fail before any case is read
     pairs = pair_cases(Path(pred_dir), Path(ref_dir), labels)
     cases = {case: path for case, path in pairs.refs.files.items() if case in pairs.preds}
     if pairs.missing:

@@ -182,7 +182,7 @@ def generate_brats_case(index: int, out: Path, *, seed: int, release: str, shape
     return case_dir
 
 
-def _check_arguments(out: Path, cases: int, release: str, shape: tuple, spacing: float, workers: int | None) -> None:
+def _check_arguments(out: Path, cases: int, release: str, shape: tuple, spacing: float) -> None:
     try:
         get_brats_release(release)
     except KeyError as exc:
@@ -193,8 +193,6 @@ def _check_arguments(out: Path, cases: int, release: str, shape: tuple, spacing:
         raise MedsegInputError(f"shape must be three sizes >= 8 voxels, got {tuple(shape)}", path=out)
     if not spacing > 0:
         raise MedsegInputError(f"spacing must be > 0 mm, got {spacing}", path=out)
-    if workers is not None and workers < 1:
-        raise MedsegInputError(f"workers must be >= 1, got {workers}", path=out)
 
 
 def generate_brats_dataset(
@@ -232,7 +230,7 @@ def generate_brats_dataset(
         MedsegInputError: an argument is invalid, or a case folder exists and not ``overwrite``.
     """
     out = Path(out)
-    _check_arguments(out, cases, release, shape, spacing, workers)
+    _check_arguments(out, cases, release, shape, spacing)
     shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
     spacing = float(spacing)
     indices = list(range(start_index, start_index + cases))
