@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -254,17 +255,42 @@ def suppress_small_regions(
         index = names.index(name)
         voxels = out == table.regions_class_order[index]
         if 0 < voxels.sum() * voxel_ml < minimum:
-            out[voxels] = _enclosing_label(table, name)
+            out[voxels] = enclosing_label(table, name)
     return out
 
 
-def _enclosing_label(table: LabelTable, name: str) -> int:
+def enclosing_label(table: LabelTable, name: str) -> int:
     """The label that takes over a removed piece of ``name``: for region tables the label painted for
     the region before it (the enclosing one; background for the outermost), for class tables background."""
     names = [r.name for r in table.regions]
     if table.kind != "regions" or names.index(name) == 0:
         return 0
     return table.regions_class_order[names.index(name) - 1]
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """The 26-connected pieces of a mask and their volumes.
+
+    Attributes:
+        labels: ``(X, Y, Z)`` int array, 0 outside the mask and 1..n on its pieces.
+        volumes_ml: the volume of each piece in mL, indexed by its label (index 0: outside).
+    """
+
+    labels: np.ndarray
+    volumes_ml: np.ndarray
+
+    @classmethod
+    def of(cls, mask: np.ndarray, spacing: Sequence[float]) -> Pieces:
+        """The pieces of a boolean ``(X, Y, Z)`` mask whose voxel size is ``spacing`` (mm)."""
+        labels, _ = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+        return cls(labels, np.bincount(labels.ravel()) * (float(np.prod(spacing)) / 1000.0))
+
+    def smaller_than(self, min_ml: float) -> np.ndarray:
+        """Boolean ``(X, Y, Z)`` mask of the pieces under ``min_ml`` mL (a piece of exactly that stays)."""
+        small = self.volumes_ml < min_ml - 1e-12  # without float residue (8 voxels of 1 mm³ are 0.008 mL)
+        small[0] = False  # outside the mask
+        return small[self.labels]
 
 
 def check_min_component_ml(table: LabelTable, min_component_ml: Mapping[str, float]) -> None:
@@ -297,12 +323,8 @@ def remove_small_components(
     """
     check_min_component_ml(table, min_component_ml)
     out = labels.copy()
-    voxel_ml = float(np.prod(spacing)) / 1000.0
     for name, values in table.evaluation_sets().items():
-        if name not in min_component_ml:
-            continue
-        pieces, _ = ndimage.label(np.isin(out, values), structure=np.ones((3, 3, 3), dtype=bool))
-        small = np.bincount(pieces.ravel()) * voxel_ml < min_component_ml[name] - 1e-12  # no float residue
-        small[0] = False  # outside the set
-        out[small[pieces]] = _enclosing_label(table, name)
+        if name in min_component_ml:
+            small = Pieces.of(np.isin(out, values), spacing).smaller_than(min_component_ml[name])
+            out[small] = enclosing_label(table, name)
     return out

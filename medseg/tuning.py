@@ -34,7 +34,7 @@ from medseg.labels import LabelTable
 from medseg.lesion_metrics import get_lesion_rules, lesion_wise_scores
 from medseg.metrics import dice
 from medseg.parallel import map_in_processes
-from medseg.transforms import remove_small_components
+from medseg.transforms import Pieces, remove_small_components
 
 CANDIDATES_ML = (0.02, 0.05, 0.1, 0.2, 0.5)
 TUNING_CSV = "tuning.csv"
@@ -76,14 +76,13 @@ def _region_scores(job: _RegionJob) -> list[float]:
     base = remove_small_components(pred, job.table, spacing=spacing, min_component_ml=job.chosen)
     values = job.table.evaluation_sets()[job.region]
     ref_mask = np.isin(ref.array, values)
+    region = np.isin(base, values)
+    pieces = Pieces.of(region, spacing)  # once: the options differ only in which pieces go
     scores = []
     for option in job.options:
-        kept = (
-            base
-            if option is None
-            else remove_small_components(base, job.table, spacing=spacing, min_component_ml={job.region: option})
-        )
-        mask = np.isin(kept, values)
+        # what remove_small_components leaves of the region: its removed pieces take the enclosing
+        # region's label, which is never one of this region's values
+        mask = region if option is None else region & ~pieces.smaller_than(option)
         if job.lesion_rules is None:
             scores.append(dice(mask, ref_mask))
         else:
