@@ -119,3 +119,17 @@ def test_cli_prints_the_setting_and_refuses_bad_candidates(tmp_path: Path, capsy
     for bad in ("0", "-1"):
         assert main([*argv, "--candidates", bad]) == 2
         assert capsys.readouterr().err == f"medseg: error: candidates must be volumes in mL > 0, got [{float(bad)}]\n"
+
+
+def test_a_prediction_on_another_grid_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pred_dir, ref_dir = _cases(tmp_path)
+    culprit = pred_dir / "BraTS2021_00001.nii.gz"
+    moved = read_nifti(culprit, dtype=None)
+    affine = moved.geometry.affine.copy()
+    affine[0, 3] += 2.0  # the same voxels, 2 mm to the right
+    write_nifti(moved.array, Geometry(SHAPE, affine), culprit)
+    argv = ["tune-postprocessing", "--pred", str(pred_dir), "--ref", str(ref_dir), "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"medseg: error: {culprit}: prediction affine differs")
+    assert not (tmp_path / "o").exists()  # nothing written
