@@ -6,6 +6,7 @@ The command line turns each into one line, ``error: <file>: <reason>``, and a no
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 
@@ -42,3 +43,23 @@ def first_line(exc: BaseException) -> str:
     """The first non-empty line of ``exc``'s message (``""`` when it has none): what of a library's
     multi-line message fits the one line of an error report."""
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+
+
+# how one of our errors reads in a traceback's text: ``medseg.errors.MedsegInputError: <file>: <reason>``
+_ERROR_LINE = re.compile(r"^medseg\.errors\.(\w+): (.+)$", re.MULTILINE)
+
+
+def user_error_in(exc: BaseException) -> MedsegError | None:
+    """The medseg error behind ``exc``, or ``None``. MONAI wraps errors raised inside transforms, and an
+    error in a DataLoader worker process reaches the main process only as its traceback's text; this
+    looks through ``exc``'s chain of causes and in that text."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, MedsegError):
+            return seen
+        match = _ERROR_LINE.search(str(seen))
+        error_class = globals().get(match.group(1)) if match else None
+        if isinstance(error_class, type) and issubclass(error_class, MedsegError):
+            return error_class(match.group(2))  # type: ignore[union-attr]
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -17,7 +17,6 @@ another checkpoint's weights (fine-tuning) with a fresh optimizer and schedule.
 from __future__ import annotations
 
 import random
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +31,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from medseg import __version__, errors
+from medseg import __version__
 from medseg.backends.base import autocast_dtype
 from medseg.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medseg.config import Config
-from medseg.data.manifest import Manifest, ManifestCase, build_manifest, check_manifest, load_manifest
+from medseg.data.manifest import Manifest, ManifestCase, build_manifest, load_manifest, require_consistent
 from medseg.distributed import DistContext, init_distributed, shutdown_distributed
-from medseg.errors import CheckpointError, ConfigError, MedsegError, MedsegInputError
+from medseg.errors import CheckpointError, ConfigError, MedsegError, MedsegInputError, user_error_in
 from medseg.inference import Windows
 from medseg.keys import CASE, IMAGE, LABEL
 from medseg.labels import LabelTable, get_label_table
@@ -108,31 +107,6 @@ def _items(cases: list[ManifestCase], root: Path) -> list[dict[str, Any]]:
     return [{IMAGE: [str(root / p) for p in c.images], LABEL: str(root / c.label), CASE: c.id} for c in cases]
 
 
-def _raise_first_problem(problems: list[str]) -> None:
-    if problems:
-        more = f" (and {len(problems) - 1} more problem(s); run `medseg manifest check`)" if len(problems) > 1 else ""
-        raise MedsegInputError(problems[0] + more)
-
-
-# how one of our errors reads in a traceback's text: ``medseg.errors.MedsegInputError: <file>: <reason>``
-_ERROR_LINE = re.compile(r"^medseg\.errors\.(\w+): (.+)$", re.MULTILINE)
-
-
-def _user_error_in(exc: BaseException) -> MedsegError | None:
-    """MONAI wraps errors raised inside transforms, and an error in a DataLoader worker process reaches
-    this one only as its traceback's text; find one of ours in the chain or in that text."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, MedsegError):
-            return seen
-        match = _ERROR_LINE.search(str(seen))
-        error_class = getattr(errors, match.group(1), None) if match else None
-        if isinstance(error_class, type) and issubclass(error_class, MedsegError):
-            return error_class(match.group(2))  # type: ignore[union-attr]
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
 class _Trainer:
     """The state of one training run; :func:`train` is its public face."""
 
@@ -150,7 +124,7 @@ class _Trainer:
                 " need at least one of each",
                 path=root,
             )
-        _raise_first_problem(check_manifest(manifest, root=root))
+        require_consistent(manifest, root=root)
         # A single caching thread: MONAI's LoadImaged stacking several files under one key is not
         # thread-safe (with 2 threads a cached BraTS case now and then kept 1 of its 4 channels).
         cache = {"cache_rate": config.data.cache_rate, "num_workers": 1, "progress": False}
@@ -446,7 +420,7 @@ def train(config: Config, *, resume: bool = False, device: str = "auto") -> Trai
     except MedsegError:
         raise
     except Exception as exc:
-        user_error = _user_error_in(exc)
+        user_error = user_error_in(exc)
         if user_error is not None:
             raise user_error from None
         raise

@@ -188,3 +188,12 @@ def check_manifest(manifest: Manifest, *, root: str | Path) -> list[str]:
     for case in manifest.cases:
         problems.extend(check_case(case, root=root, table=manifest.label_table))
     return problems
+
+
+def require_consistent(manifest: Manifest, *, root: str | Path) -> None:
+    """Raise :class:`MedsegInputError` with the first problem :func:`check_manifest` finds (and how many
+    more there are); return when the dataset is consistent."""
+    problems = check_manifest(manifest, root=root)
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s); run `medseg manifest check`)" if len(problems) > 1 else ""
+        raise MedsegInputError(problems[0] + more)
