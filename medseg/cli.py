@@ -85,6 +85,34 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from medseg.config import load_config
+    from medseg.distributed import resolve_device
+    from medseg.planning import (
+        check_max_patch_voxels,
+        fingerprint_dataset,
+        format_suggestions,
+        missing_labels,
+        plan_transforms,
+        set_arguments,
+        unusual_spacing,
+        write_plan,
+    )
+
+    config = load_config(args.config, args.set)
+    check_max_patch_voxels(args.max_patch_voxels)  # before the dataset is read
+    fingerprint = fingerprint_dataset(config, device=resolve_device(args.device), workers=args.workers)
+    suggestions = plan_transforms(fingerprint, config, max_patch_voxels=args.max_patch_voxels)
+    out = write_plan(fingerprint, suggestions, args.out, config_path=args.config)
+    print(f"{len(fingerprint.cases)} labelled case(s), {fingerprint.orientation} axes; written to {out}")
+    print(format_suggestions(suggestions))
+    for line in unusual_spacing(fingerprint) + missing_labels(fingerprint):
+        print(f"medseg: note: {line}", file=sys.stderr)
+    arguments = " ".join(f"--set '{a}'" for a in set_arguments(suggestions))
+    print(f"train with: medseg train --config {args.config} {arguments}")
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     from medseg.batch import predict_folder
     from medseg.data.cases import Shard
@@ -297,6 +325,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun each process takes cuda:LOCAL_RANK)"
     )
     p.set_defaults(handler=_train)
+
+    p = sub.add_parser(
+        "plan", help="measure a config's dataset (spacing, shape, intensity) and suggest spacing, window and patch"
+    )
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--out", type=Path, required=True, help="folder for fingerprint.json, plan.json, fingerprint.png")
+    p.add_argument("--workers", type=int, default=0, help="processes reading cases (default 0: this one)")
+    p.add_argument("--max-patch-voxels", type=int, default=128**3, help="the largest patch to suggest (default 128^3)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (where statistics are computed)")
+    p.set_defaults(handler=_plan)
 
     p = sub.add_parser("predict", help="segment an image, a DICOM series or a folder of cases")
     p.add_argument(
