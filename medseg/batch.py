@@ -1,5 +1,7 @@
 """Batch inference: :func:`predict_folder` runs one :class:`~medseg.inference.Predictor` over a file, a DICOM
 series folder or a folder of cases, with progress, resumability, per-case failures and a summary CSV.
+:func:`run_batch` is its engine, which also takes a predictor per case (out-of-fold predictions,
+:mod:`medseg.cross_validation`).
 
 Contract of a batch run (``medseg predict``):
 
@@ -305,11 +307,7 @@ def predict_folder(
         MedsegInputError: no cases found, an unknown format, ``dicom-seg`` for a non-DICOM case, or an
             output that would overwrite an input.
     """
-    if fmt not in OUTPUT_SUFFIXES:
-        raise MedsegInputError(f"unknown output format {fmt!r}; use {', '.join(OUTPUT_SUFFIXES)}")
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise MedsegInputError("the output must be a folder", path=output_dir)
+    output_dir = check_output(output_dir, fmt)
     predictor = (
         model
         if isinstance(model, Predictor)
@@ -322,21 +320,79 @@ def predict_folder(
     else:
         all_cases = discover_cases(input_path, channels=predictor.channels, exclude=[output_dir])
     cases = select_shard(all_cases, shard)
+    return run_batch(
+        [(case, predictor) for case in cases],
+        inputs=all_cases,
+        output_dir=output_dir,
+        identity=run_identity(predictor, fmt),
+        fmt=fmt,
+        save_probabilities=save_probabilities,
+        shard=shard,
+        overwrite=overwrite,
+        progress=progress,
+    )
+
+
+def check_output(output_dir: str | Path, fmt: str) -> Path:
+    """``output_dir`` as a path, once ``fmt`` is a known label-map format and ``output_dir`` is a
+    folder or does not exist yet (checked before any model is loaded).
+
+    Raises:
+        MedsegInputError: an unknown format, or an output that is a file.
+    """
+    if fmt not in OUTPUT_SUFFIXES:
+        raise MedsegInputError(f"unknown output format {fmt!r}; use {', '.join(OUTPUT_SUFFIXES)}")
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise MedsegInputError("the output must be a folder", path=output_dir)
+    return output_dir
+
+
+def run_batch(
+    jobs: Sequence[tuple[InputCase, Predictor]],
+    *,
+    inputs: Sequence[InputCase],
+    output_dir: Path,
+    identity: str,
+    fmt: LabelFormat = "nifti",
+    save_probabilities: bool = False,
+    shard: Shard | None = None,
+    overwrite: bool = False,
+    progress: str = "bar",
+) -> BatchSummary:
+    """Segment each job's case with its predictor into ``output_dir``, under the contract of the module
+    docstring: the engine of :func:`predict_folder`, and of runs whose cases need different models
+    (:func:`~medseg.cross_validation.predict_validation_folds`).
+
+    Args:
+        jobs: (case, predictor) pairs; every predictor has the same label table.
+        inputs: every input case of the run (other shards' too): no output may overwrite one of them.
+        output_dir: where outputs and the summary go (created if missing).
+        identity: what decides the run's label maps (:func:`run_identity`: a run into a folder that a run of
+            another identity wrote is refused).
+        fmt, save_probabilities, shard, overwrite, progress: as for :func:`predict_folder`.
+
+    Raises:
+        MedsegInputError: ``dicom-seg`` for a non-DICOM case, an output that would overwrite an input,
+            or an output folder that another run wrote.
+    """
     if fmt == "dicom-seg":
-        for case in cases:
+        for case, _ in jobs:
             if not case.is_dicom:
                 raise MedsegInputError(
                     "--format dicom-seg needs DICOM series input; use nifti or seg.nrrd for this case",
                     path=case.images[0],
                 )
+    cases = [case for case, _ in jobs]
+    predictor_of = {case.id: predictor for case, predictor in jobs}
     label_outputs = {c.id: output_dir / f"{c.id}{OUTPUT_SUFFIXES[fmt]}" for c in cases}
     prob_outputs = {c.id: output_dir / f"{c.id}{PROBABILITIES_SUFFIX}" for c in cases}
     summary_path = output_dir / (SUMMARY_NAME if shard is None else f"summary.{shard.tag}.csv")
-    _check_not_inputs([summary_path, *label_outputs.values(), *prob_outputs.values()], all_cases)
+    _check_not_inputs([summary_path, *label_outputs.values(), *prob_outputs.values()], inputs)
     output_dir.mkdir(parents=True, exist_ok=True)
-    _claim_output_folder(output_dir, _run_identity(predictor, fmt), overwrite=overwrite)
+    _claim_output_folder(output_dir, identity, overwrite=overwrite)
 
-    names = predictor.table.labels
+    names = jobs[0][1].table.labels if jobs else {}
     label_names = [names[v] for v in sorted(names) if v != 0]
     results: list[CaseResult] = []
     todo: list[InputCase] = []
@@ -364,7 +420,9 @@ def predict_folder(
     try:
         for case, future in _prefetched(todo):
             reporter.case_start(position[case.id], case.id)
-            result = _predict_one(predictor, case, future, label_outputs[case.id], fmt, save_probabilities, names)
+            result = _predict_one(
+                predictor_of[case.id], case, future, label_outputs[case.id], fmt, save_probabilities, names
+            )
             results.append(result)
             reporter.case_done(position[case.id], result)
     finally:
@@ -375,7 +433,7 @@ def predict_folder(
     return summary
 
 
-def _run_identity(predictor: Predictor, fmt: LabelFormat) -> str:
+def run_identity(predictor: Predictor, fmt: LabelFormat) -> str:
     """What decides a run's label maps: the weights (every member's), labels, preprocessing, inference
     settings and format."""
     checkpoint = predictor.checkpoint
