@@ -115,25 +115,31 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from medseg.batch import predict_folder
+    from medseg.cross_validation import predict_validation_folds
     from medseg.data.cases import Shard
     from medseg.errors import MedsegInputError
 
-    if args.input is None and args.cases is None:
+    common = {
+        "output_dir": args.output,
+        "fmt": args.format,
+        "save_probabilities": args.save_probabilities,
+        "shard": Shard.parse(args.shard) if args.shard else None,
+        "device": args.device,
+        "backend": args.backend,
+        "inference_overrides": [*args.set, *_mirror_override(args.mirror)],
+        "overwrite": args.overwrite,
+        "progress": args.progress,
+    }
+    if args.cross_validation:
+        if args.input is not None or args.cases is not None:
+            raise MedsegInputError("--cross-validation predicts the folds' own validation cases: drop --input/--cases")
+        summary = predict_validation_folds(models=args.model, data_root=args.data_root, **common)
+    elif args.data_root is not None:
+        raise MedsegInputError("--data-root goes with --cross-validation")
+    elif args.input is None and args.cases is None:
         raise MedsegInputError("give --input (a file or folder) or --cases (a JSON list of cases)")
-    summary = predict_folder(
-        model=args.model,
-        input_path=args.input,
-        output_dir=args.output,
-        fmt=args.format,
-        save_probabilities=args.save_probabilities,
-        cases_file=args.cases,
-        shard=Shard.parse(args.shard) if args.shard else None,
-        device=args.device,
-        backend=args.backend,
-        inference_overrides=[*args.set, *_mirror_override(args.mirror)],
-        overwrite=args.overwrite,
-        progress=args.progress,
-    )
+    else:
+        summary = predict_folder(model=args.model, input_path=args.input, cases_file=args.cases, **common)
     if args.progress != "json":
         print(
             f"{summary.ok} ok, {summary.skipped} skipped, {summary.failed} failed; {summary.summary_path}",
@@ -389,6 +395,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="inference.KEY=VALUE",
         help="change one of the checkpoint's inference settings, e.g. inference.min_component_ml={WT: 0.1}",
+    )
+    p.add_argument(
+        "--cross-validation",
+        action="store_true",
+        help="instead of --input: each --model (one per fold) segments the cases of the fold it validated on",
+    )
+    p.add_argument(
+        "--data-root", type=Path, default=None, help="with --cross-validation: the dataset's folder, if it moved"
     )
     p.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
     p.add_argument("--progress", choices=["bar", "json", "none"], default="bar")

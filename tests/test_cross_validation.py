@@ -1,0 +1,137 @@
+"""``medseg predict --cross-validation``: each case segmented by the fold checkpoint that validated on it,
+checked against that checkpoint's own Predictor; the folds' checks, resuming, and the CLI's errors."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medseg.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from medseg.cli import main
+from medseg.data.cases import InputCase
+from medseg.data.manifest import build_manifest
+from medseg.inference import Predictor, read_case
+from medseg.networks import build_network
+
+NUM_FOLDS = 3  # the tiny checkpoint's data.num_folds
+
+
+def _fold_checkpoint(source: Checkpoint, path: Path, *, fold: int, num_folds: int = NUM_FOLDS) -> Path:
+    """``source`` as fold ``fold`` of ``num_folds``, with weights of its own (seeded by the fold)."""
+    torch.manual_seed(100 + fold)
+    network = build_network(
+        source.network["name"],
+        in_channels=len(source.channels),
+        out_channels=source.label_table.num_outputs,
+        kwargs=source.network["kwargs"],
+    )
+    config = copy.deepcopy(source.config)
+    config["data"]["fold"] = fold
+    config["data"]["num_folds"] = num_folds
+    checkpoint = Checkpoint(source.network, source.channels, source.label_table, config, network.state_dict())
+    return save_checkpoint(checkpoint, path)
+
+
+@pytest.fixture(scope="module")
+def folds(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """One checkpoint per fold of the tiny dataset's 3-fold split, each with different weights."""
+    source = load_checkpoint(tiny_checkpoint, training=False)
+    folder = tmp_path_factory.mktemp("folds")
+    return [_fold_checkpoint(source, folder / f"fold{k}.pt", fold=k) for k in range(NUM_FOLDS)]
+
+
+def _validation(root: Path, fold: int) -> list[InputCase]:
+    """The fold's validation cases, from the manifest training builds (independently of the module)."""
+    manifest = build_manifest(root, layout="brats", num_folds=NUM_FOLDS, seed=3)
+    return [InputCase(c.id, tuple(root / p for p in c.images)) for c in manifest.split(fold)[1]]
+
+
+def _validation_ids(root: Path, fold: int) -> set[str]:
+    return {case.id for case in _validation(root, fold)}
+
+
+def _predict(*args: str | Path) -> int:
+    return main(["predict", *(str(a) for a in args), "--progress", "none"])
+
+
+def test_each_case_is_segmented_by_its_own_fold(folds: list[Path], brats_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cv"
+    assert _predict("--model", *folds, "--cross-validation", "--output", out) == 0
+    written = {p.name.removesuffix(".nii.gz") for p in out.glob("*.nii.gz")}
+    assert written == {d.name for d in brats_root.iterdir() if d.is_dir()}  # every case, once
+    differs = 0
+    for fold, checkpoint in enumerate(folds):
+        own = Predictor.from_checkpoint(checkpoint, device="cpu")
+        other = Predictor.from_checkpoint(folds[(fold + 1) % NUM_FOLDS], device="cpu")
+        for case in _validation(brats_root, fold):
+            image = read_case(case)
+            saved = nib.load(out / f"{case.id}.nii.gz")
+            np.testing.assert_array_equal(np.asarray(saved.dataobj), own.predict(image))
+            np.testing.assert_allclose(saved.affine, image.geometry.affine, atol=1e-5)  # the input's grid
+            differs += not np.array_equal(own.predict(image), other.predict(image))
+    assert differs > 0  # the folds' weights differ, so the check above tells them apart
+
+    assert _predict("--model", *folds, "--cross-validation", "--output", out) == 0  # resumed: all skipped
+    summary = (out / "summary.csv").read_text()
+    assert summary.count(",skipped,") == len(written)
+
+
+def test_a_subset_of_folds_leaves_the_other_cases_out(
+    folds: list[Path], brats_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cv"
+    assert _predict("--model", folds[2], folds[0], "--cross-validation", "--output", out) == 0
+    written = {p.name.removesuffix(".nii.gz") for p in out.glob("*.nii.gz")}
+    assert written == _validation_ids(brats_root, 0) | _validation_ids(brats_root, 2)
+    assert "medseg: note: no checkpoint for fold(s) [1]; their cases are left out" in capsys.readouterr().err
+    # another set of folds would mix two runs' outputs in one folder
+    assert _predict("--model", *folds, "--cross-validation", "--output", out) == 2
+    assert "holds predictions of another model" in capsys.readouterr().err
+
+
+def test_a_moved_dataset_is_found_with_data_root(folds: list[Path], brats_root: Path, tmp_path: Path) -> None:
+    moved = tmp_path / "moved"
+    shutil.copytree(brats_root, moved)
+    source = load_checkpoint(folds[0], training=False)
+    source.config["data"]["root"] = str(tmp_path / "gone")
+    lost = save_checkpoint(source, tmp_path / "lost.pt")
+    assert _predict("--model", lost, "--cross-validation", "--output", tmp_path / "a") == 2
+    assert _predict("--model", lost, "--cross-validation", "--data-root", moved, "--output", tmp_path / "b") == 0
+    assert {p.name.removesuffix(".nii.gz") for p in (tmp_path / "b").glob("*.nii.gz")} == _validation_ids(moved, 0)
+
+
+def test_folds_must_differ_and_share_one_split(
+    folds: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = load_checkpoint(folds[1], training=False)
+    other_split = _fold_checkpoint(source, tmp_path / "five.pt", fold=1, num_folds=5)
+    again = Path(shutil.copy(folds[1], tmp_path / "again.pt"))
+    cases = [
+        ([folds[0], folds[1], again], f"{again}: validated on fold 1, as {folds[1]} did"),
+        ([folds[0], other_split], f"{other_split}: was trained on another dataset or split than {folds[0]}"),
+    ]
+    for models, message in cases:
+        out = tmp_path / "cv"
+        assert _predict("--model", *models, "--cross-validation", "--output", out) == 2
+        assert capsys.readouterr().err.strip() == f"medseg: error: {message}"
+        assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--cross-validation", "--input", "x"], "--cross-validation predicts the folds' own validation cases"),
+        (["--data-root", "x", "--input", "x"], "--data-root goes with --cross-validation"),
+    ],
+)
+def test_cli_refuses_mixed_arguments(
+    folds: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    assert _predict("--model", folds[0], "--output", tmp_path / "cv", *extra) == 2
+    assert capsys.readouterr().err.startswith(f"medseg: error: {message}")
