@@ -6,7 +6,9 @@ The command line turns each into one line, ``error: <file>: <reason>``, and a no
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -63,3 +65,18 @@ def user_error_in(exc: BaseException) -> MedsegError | None:
             return error_class(match.group(2))  # type: ignore[union-attr]
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+@contextlib.contextmanager
+def user_errors_unwrapped() -> Iterator[None]:
+    """Inside this block, an exception that wraps one of our errors (:func:`user_error_in`) is raised as
+    that error, so the command line can report it in one line; any other exception passes unchanged."""
+    try:
+        yield
+    except MedsegError:
+        raise
+    except Exception as exc:
+        user_error = user_error_in(exc)
+        if user_error is not None:
+            raise user_error from None
+        raise

@@ -38,7 +38,7 @@ import torch
 
 from medseg.config import Config, TransformConfig
 from medseg.data.manifest import require_consistent
-from medseg.errors import MedsegError, MedsegInputError, user_error_in
+from medseg.errors import MedsegInputError, user_errors_unwrapped
 from medseg.io import atomic_output
 from medseg.keys import IMAGE, LABEL
 from medseg.labels import LabelTable
@@ -172,14 +172,8 @@ def _quietly(run: Any, **kwargs: Any) -> Any:
     level = logger.level
     logger.setLevel(logging.WARNING)
     try:
-        return run(**kwargs)
-    except MedsegError:
-        raise
-    except Exception as exc:
-        user_error = user_error_in(exc)
-        if user_error is not None:
-            raise user_error from None
-        raise
+        with user_errors_unwrapped():
+            return run(**kwargs)
     finally:
         logger.setLevel(level)
 

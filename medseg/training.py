@@ -37,7 +37,7 @@ from medseg.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medseg.config import Config
 from medseg.data.manifest import Manifest, ManifestCase, build_manifest, load_manifest, require_consistent
 from medseg.distributed import DistContext, init_distributed, shutdown_distributed
-from medseg.errors import CheckpointError, ConfigError, MedsegError, MedsegInputError, user_error_in
+from medseg.errors import CheckpointError, ConfigError, MedsegInputError, user_errors_unwrapped
 from medseg.inference import Windows
 from medseg.keys import CASE, IMAGE, LABEL
 from medseg.labels import LabelTable, get_label_table
@@ -413,17 +413,11 @@ def train(config: Config, *, resume: bool = False, device: str = "auto") -> Trai
     ctx = init_distributed(device)
     _seed_all(config.seed)
     try:
-        trainer = _Trainer(config, ctx)
-        if init is not None:
-            trainer.load_weights(init, str(init_weights))
-        return trainer.run(resume=resume)
-    except MedsegError:
-        raise
-    except Exception as exc:
-        user_error = user_error_in(exc)
-        if user_error is not None:
-            raise user_error from None
-        raise
+        with user_errors_unwrapped():
+            trainer = _Trainer(config, ctx)
+            if init is not None:
+                trainer.load_weights(init, str(init_weights))
+            return trainer.run(resume=resume)
     finally:
         shutdown_distributed()
 
