@@ -319,12 +319,9 @@ def predict_folder(
         raise MedsegInputError("give an input path or a cases file")
     else:
         all_cases = discover_cases(input_path, channels=predictor.channels, exclude=[output_dir])
-    cases = select_shard(all_cases, shard)
     return run_batch(
-        [(case, predictor) for case in cases],
-        inputs=all_cases,
+        Batch(tuple((case, predictor) for case in all_cases), run_identity(predictor, fmt)),
         output_dir=output_dir,
-        identity=run_identity(predictor, fmt),
         fmt=fmt,
         save_probabilities=save_probabilities,
         shard=shard,
@@ -348,34 +345,42 @@ def check_output(output_dir: str | Path, fmt: str) -> Path:
     return output_dir
 
 
+@dataclass(frozen=True)
+class Batch:
+    """What a run segments: every input case with the predictor that segments it, and the run's
+    identity (:func:`run_identity`: a run into a folder that a run of another identity wrote is
+    refused). Every predictor has the same label table."""
+
+    jobs: tuple[tuple[InputCase, Predictor], ...]
+    identity: str
+
+
 def run_batch(
-    jobs: Sequence[tuple[InputCase, Predictor]],
+    batch: Batch,
     *,
-    inputs: Sequence[InputCase],
     output_dir: Path,
-    identity: str,
     fmt: LabelFormat = "nifti",
     save_probabilities: bool = False,
     shard: Shard | None = None,
     overwrite: bool = False,
     progress: str = "bar",
 ) -> BatchSummary:
-    """Segment each job's case with its predictor into ``output_dir``, under the contract of the module
-    docstring: the engine of :func:`predict_folder`, and of runs whose cases need different models
-    (:func:`~medseg.cross_validation.predict_validation_folds`).
+    """Segment the cases of ``batch`` (those of ``shard``) into ``output_dir``, under the contract of the
+    module docstring: the engine of :func:`predict_folder`, and of runs whose cases need different
+    models (:func:`~medseg.cross_validation.out_of_fold_batch`).
 
     Args:
-        jobs: (case, predictor) pairs; every predictor has the same label table.
-        inputs: every input case of the run (other shards' too): no output may overwrite one of them.
-        output_dir: where outputs and the summary go (created if missing).
-        identity: what decides the run's label maps (:func:`run_identity`: a run into a folder that a run of
-            another identity wrote is refused).
+        batch: the cases, their predictors and the run's identity.
+        output_dir: where outputs and the summary go (created if missing; see :func:`check_output`).
         fmt, save_probabilities, shard, overwrite, progress: as for :func:`predict_folder`.
 
     Raises:
         MedsegInputError: ``dicom-seg`` for a non-DICOM case, an output that would overwrite an input,
-            or an output folder that another run wrote.
+            or an output folder that a run of another identity wrote.
     """
+    inputs = [case for case, _ in batch.jobs]
+    chosen = {case.id for case in select_shard(inputs, shard)}
+    jobs = [(case, predictor) for case, predictor in batch.jobs if case.id in chosen]
     if fmt == "dicom-seg":
         for case, _ in jobs:
             if not case.is_dicom:
@@ -390,7 +395,7 @@ def run_batch(
     summary_path = output_dir / (SUMMARY_NAME if shard is None else f"summary.{shard.tag}.csv")
     _check_not_inputs([summary_path, *label_outputs.values(), *prob_outputs.values()], inputs)
     output_dir.mkdir(parents=True, exist_ok=True)
-    _claim_output_folder(output_dir, identity, overwrite=overwrite)
+    _claim_output_folder(output_dir, batch.identity, overwrite=overwrite)
 
     names = jobs[0][1].table.labels if jobs else {}
     label_names = [names[v] for v in sorted(names) if v != 0]

@@ -114,32 +114,35 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from medseg.batch import predict_folder
-    from medseg.cross_validation import predict_validation_folds
+    from medseg.batch import check_output, predict_folder, run_batch
+    from medseg.cross_validation import load_fold_model, out_of_fold_batch
     from medseg.data.cases import Shard
     from medseg.errors import MedsegInputError
 
-    common = {
-        "output_dir": args.output,
-        "fmt": args.format,
-        "save_probabilities": args.save_probabilities,
-        "shard": Shard.parse(args.shard) if args.shard else None,
+    loading = {
         "device": args.device,
         "backend": args.backend,
         "inference_overrides": [*args.set, *_mirror_override(args.mirror)],
+    }
+    running = {
+        "output_dir": check_output(args.output, args.format),  # before any model is loaded
+        "fmt": args.format,
+        "save_probabilities": args.save_probabilities,
+        "shard": Shard.parse(args.shard) if args.shard else None,
         "overwrite": args.overwrite,
         "progress": args.progress,
     }
     if args.cross_validation:
         if args.input is not None or args.cases is not None:
             raise MedsegInputError("--cross-validation predicts the folds' own validation cases: drop --input/--cases")
-        summary = predict_validation_folds(models=args.model, data_root=args.data_root, **common)
+        folds = [load_fold_model(m, data_root=args.data_root, **loading) for m in args.model]
+        summary = run_batch(out_of_fold_batch(folds, fmt=args.format), **running)
     elif args.data_root is not None:
         raise MedsegInputError("--data-root goes with --cross-validation")
     elif args.input is None and args.cases is None:
         raise MedsegInputError("give --input (a file or folder) or --cases (a JSON list of cases)")
     else:
-        summary = predict_folder(model=args.model, input_path=args.input, cases_file=args.cases, **common)
+        summary = predict_folder(model=args.model, input_path=args.input, cases_file=args.cases, **loading, **running)
     if args.progress != "json":
         print(
             f"{summary.ok} ok, {summary.skipped} skipped, {summary.failed} failed; {summary.summary_path}",

@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from medseg.batch import BatchSummary, check_output, run_batch, run_identity
+from medseg.batch import Batch, run_identity
 from medseg.config import config_from_dict
-from medseg.data.cases import InputCase, Shard, select_shard
+from medseg.data.cases import InputCase
 from medseg.errors import MedsegInputError
 from medseg.inference import Predictor
 from medseg.io.writers import LabelFormat
@@ -101,59 +101,22 @@ def check_folds(models: Sequence[FoldModel]) -> None:
             raise MedsegInputError(f"takes other input channels than {first.path}", path=model.path)
 
 
-def predict_validation_folds(
-    *,
-    models: Sequence[str | Path],
-    output_dir: str | Path,
-    data_root: str | Path | None = None,
-    fmt: LabelFormat = "nifti",
-    save_probabilities: bool = False,
-    shard: Shard | None = None,
-    device: str = "auto",
-    backend: str = "auto",
-    inference_overrides: Sequence[str] = (),
-    overwrite: bool = False,
-    progress: str = "bar",
-) -> BatchSummary:
-    """Segment every fold's validation cases with that fold's checkpoint into one folder (see the
-    module docstring), under :mod:`medseg.batch`'s contract: atomic outputs, resumable, a failed case
-    does not stop the others, ``summary.csv``.
+def out_of_fold_batch(folds: Sequence[FoldModel], *, fmt: LabelFormat = "nifti") -> Batch:
+    """Every fold's validation cases, each with its fold's predictor, for :func:`~medseg.batch.run_batch`
+    (see the module docstring); a note on stderr names the folds without a checkpoint.
 
     Args:
-        models: one checkpoint per fold (any subset of the folds).
-        output_dir: where the label maps and the summary go.
-        data_root: as for :func:`load_fold_model`.
-        fmt, save_probabilities, shard, device, backend, inference_overrides, overwrite, progress: as
-            for :func:`~medseg.batch.predict_folder`.
+        folds: one loaded checkpoint per fold (any subset of the folds; see :func:`load_fold_model`).
+        fmt: the label-map format, part of the run's identity.
 
     Raises:
-        MedsegInputError: as :func:`check_folds`, or an unreadable dataset.
-        CheckpointError: a checkpoint that is not a readable medseg checkpoint.
+        MedsegInputError: as :func:`check_folds`.
     """
-    output_dir = check_output(output_dir, fmt)
-    loaded = [
-        load_fold_model(m, data_root=data_root, device=device, backend=backend, inference_overrides=inference_overrides)
-        for m in models
-    ]
-    check_folds(loaded)
-    folds = {int(fold) for _, fold in loaded[0].split}
-    missing = sorted(folds - {m.fold for m in loaded})
+    check_folds(folds)
+    missing = sorted({fold for _, fold in folds[0].split} - {f.fold for f in folds})
     if missing:
         print(f"medseg: note: no checkpoint for fold(s) {missing}; their cases are left out", file=sys.stderr)
-    loaded.sort(key=lambda m: m.fold)
-    inputs = [case for m in loaded for case in m.validation]
-    model_of = {case.id: m.predictor for m in loaded for case in m.validation}
-    identity = hashlib.sha256(
-        json.dumps([[m.fold, run_identity(m.predictor, fmt)] for m in loaded]).encode("utf-8")
-    ).hexdigest()
-    return run_batch(
-        [(case, model_of[case.id]) for case in select_shard(inputs, shard)],
-        inputs=inputs,
-        output_dir=output_dir,
-        identity=identity,
-        fmt=fmt,
-        save_probabilities=save_probabilities,
-        shard=shard,
-        overwrite=overwrite,
-        progress=progress,
-    )
+    ordered = sorted(folds, key=lambda f: f.fold)
+    identity = json.dumps([[f.fold, run_identity(f.predictor, fmt)] for f in ordered])
+    jobs = tuple((case, f.predictor) for f in ordered for case in f.validation)
+    return Batch(jobs, hashlib.sha256(identity.encode("utf-8")).hexdigest())
