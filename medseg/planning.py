@@ -14,8 +14,9 @@ intensity inside the reference label (label > 0).
   as many voxels (median shapes), it takes the 10th percentile of that axis's spacings instead (never
   finer than the other axes): thick-slice cases are then upsampled less along their slices.
 - ``hu_window`` (HU; ``ct_window`` configs only): the 0.5th and 99.5th percentiles of the intensity
-  inside the labels, each averaged over cases (nnU-Net's CT normalisation clips to these percentiles,
-  pooled over its sampled voxels; Auto3DSeg averages them over cases, as here).
+  inside the labels, of up to 10,000 voxels drawn from each case and pooled, the range nnU-Net's CT
+  normalisation clips to. (Averaging each case's percentiles instead, as Auto3DSeg's summary does,
+  leaves out the low end of cases scanned without contrast; measured in the README.)
 - ``patch_size`` (voxels): the median shape at the suggested spacing, rounded up to a multiple of the
   network's size divisor; then, while it holds more than ``max_patch_voxels``, the axis longest in
   mm loses one divisor step. A BraTS case cropped to its brain (about 140 x 170 x 140 at 1 mm) gets
@@ -39,14 +40,16 @@ import torch
 from medseg.config import Config, TransformConfig
 from medseg.data.manifest import require_consistent
 from medseg.errors import MedsegInputError, user_errors_unwrapped
-from medseg.io import atomic_output
+from medseg.io import atomic_output, read_image
 from medseg.keys import IMAGE, LABEL
 from medseg.labels import LabelTable
 from medseg.networks.registry import size_divisor
+from medseg.parallel import map_in_processes
 from medseg.training import load_dataset_manifest, resolve_label_table
 from medseg.transforms import load_transforms, spatial_transforms
 
 MAX_PATCH_VOXELS = 128**3
+FOREGROUND_SAMPLES_PER_CASE = 10_000
 ANISOTROPY_RATIO = 3.0
 FINGERPRINT_JSON = "fingerprint.json"
 PLAN_JSON = "plan.json"
@@ -94,6 +97,9 @@ class Fingerprint:
         table: the label table the references follow.
         cases: every labelled case, in the dataset's order.
         auto3dseg_summary: MONAI's summary of them (``DataAnalyzer``'s ``stats_summary``).
+        pooled_foreground: per channel, the intensity of voxels sampled inside the labels of every case
+            together (:func:`pooled_foreground`); measured for ``ct_window`` configs, whose window
+            needs it, and empty for others.
     """
 
     orientation: str
@@ -101,6 +107,7 @@ class Fingerprint:
     table: LabelTable
     cases: tuple[CaseFingerprint, ...]
     auto3dseg_summary: dict[str, Any]
+    pooled_foreground: tuple[IntensityRange, ...] = ()
 
     def spacings(self) -> np.ndarray:
         """``(N, 3)`` spacings in mm, one row per case."""
@@ -158,7 +165,47 @@ def fingerprint_dataset(config: Config, *, device: str | torch.device = "cpu", w
         if measured is None:  # DataAnalyzer logs a case it cannot measure and goes on without it
             raise MedsegInputError("MONAI's DataAnalyzer could not measure this case", path=items[IMAGE][0])
         cases.append(_case_fingerprint(case.id, measured))
-    return Fingerprint(config.transforms.orientation, manifest.channels, table, tuple(cases), stats["stats_summary"])
+    pooled: tuple[IntensityRange, ...] = ()
+    if config.transforms.intensity == "ct_window":
+        files = [(tuple(root / p for p in c.images), root / c.label) for c in labelled]
+        pooled = pooled_foreground(files, workers=max(workers, 1))
+    summary = stats["stats_summary"]
+    return Fingerprint(config.transforms.orientation, manifest.channels, table, tuple(cases), summary, pooled)
+
+
+def _foreground_sample(job: tuple[tuple[Path, ...], Path, int]) -> np.ndarray:
+    """``(C, n)``: the intensity of up to :data:`FOREGROUND_SAMPLES_PER_CASE` voxels inside a case's label
+    (label > 0), drawn without replacement with the job's seed, for each channel of its images."""
+    images, label_path, seed = job
+    label = read_image(label_path).array.reshape(-1)
+    inside = np.flatnonzero(label > 0)
+    if inside.size > FOREGROUND_SAMPLES_PER_CASE:
+        inside = np.random.default_rng(seed).choice(inside, FOREGROUND_SAMPLES_PER_CASE, replace=False)
+    return np.concatenate([read_image(p).array.reshape(-1, label.size)[:, inside] for p in images])
+
+
+def pooled_foreground(
+    cases: Sequence[tuple[tuple[Path, ...], Path]], *, workers: int = 1, seed: int = 0
+) -> tuple[IntensityRange, ...]:
+    """Per channel, the intensity inside the labels of all ``cases`` together: up to
+    :data:`FOREGROUND_SAMPLES_PER_CASE` voxels drawn from each case (as nnU-Net's fingerprint draws
+    them), then their 0.5th and 99.5th percentiles, mean and standard deviation. Empty when no case
+    has a labelled voxel.
+
+    Args:
+        cases: each case's image files (one per channel, or one multi-channel file) and label map.
+        workers: cases read at once, each in its own process (1: in this process).
+        seed: the draws' seed (case ``i`` draws with ``seed + i``).
+    """
+    jobs = [(images, label, seed + i) for i, (images, label) in enumerate(cases)]
+    samples = np.concatenate(map_in_processes(_foreground_sample, jobs, workers=workers, what="sampling"), axis=1)
+    if samples.shape[1] == 0:
+        return ()
+    low, high = np.percentile(samples, [0.5, 99.5], axis=1)
+    return tuple(
+        IntensityRange(float(a), float(b), float(m), float(s))
+        for a, b, m, s in zip(low, high, samples.mean(axis=1), samples.std(axis=1), strict=True)
+    )
 
 
 def _first(paths: str | Sequence[str]) -> str:
@@ -254,16 +301,15 @@ def plan_transforms(
         reason += f"; {fingerprint.orientation[coarse_axis]} at its 10th percentile (anisotropic)"
     suggestions = [Suggestion("transforms.spacing", cfg.spacing, list(spacing), reason)]
     if cfg.intensity == "ct_window":
-        ranges = [r for c in fingerprint.cases for r in c.foreground]
-        if not ranges:
+        if not fingerprint.pooled_foreground:
             raise MedsegInputError("no reference label of the dataset holds a labelled voxel")
-        low = np.mean([r.p00_5 for r in ranges])
-        high = np.mean([r.p99_5 for r in ranges])
+        low = min(r.p00_5 for r in fingerprint.pooled_foreground)  # one window for every channel
+        high = max(r.p99_5 for r in fingerprint.pooled_foreground)
         window = [float(round(low)), float(round(high))]
         if window[0] >= window[1]:
             window[1] = window[0] + 1.0  # a label on uniform intensity: any window holds it
         with_labels = sum(bool(c.foreground) for c in fingerprint.cases)
-        reason = f"mean over {with_labels} cases of the 0.5th and 99.5th percentiles inside the labels"
+        reason = f"0.5th and 99.5th percentiles inside the labels of {with_labels} cases together"
         suggestions.append(Suggestion("transforms.hu_window", cfg.hu_window, window, reason))
     divisor = size_divisor(config.network.name, config.network.kwargs)
     patch = patch_size(median_shape, spacing, divisor=divisor, max_voxels=max_patch_voxels)
@@ -321,6 +367,7 @@ def write_plan(
         "channels": list(fingerprint.channels),
         "labels": fingerprint.table.to_dict(),
         "cases": [dataclasses.asdict(c) for c in fingerprint.cases],
+        "pooled_foreground": [dataclasses.asdict(r) for r in fingerprint.pooled_foreground],
         "auto3dseg_summary": fingerprint.auto3dseg_summary,
     }
     plan = {

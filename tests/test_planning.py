@@ -20,10 +20,12 @@ from medseg.labels import get_label_table
 from medseg.planning import (
     FINGERPRINT_JSON,
     FINGERPRINT_PNG,
+    FOREGROUND_SAMPLES_PER_CASE,
     PLAN_JSON,
     CaseFingerprint,
     Fingerprint,
     IntensityRange,
+    _foreground_sample,
     fingerprint_dataset,
     missing_labels,
     patch_size,
@@ -118,10 +120,13 @@ def test_plan_suggests_the_window_and_a_patch_the_network_takes(ct_task: Path) -
     fingerprint = fingerprint_dataset(config)
     suggestions = {s.key: s for s in plan_transforms(fingerprint, config)}
     assert list(suggestions) == ["transforms.spacing", "transforms.hu_window", "transforms.patch_size"]
-    ranges = [c.foreground[0] for c in fingerprint.cases if c.foreground]  # the empty case has none
-    assert len(ranges) == 2
+    # every voxel inside the labels (under 10,000 per case), of all cases together
+    images = [_canonical(ct_task / "imagesTr" / f"{n}.nii.gz") for n in CASES]
+    labels = [_canonical(ct_task / "labelsTr" / f"{n}.nii.gz") for n in CASES]
+    inside = np.concatenate([image[label > 0] for image, label in zip(images, labels, strict=True)])
     window = suggestions["transforms.hu_window"]
-    assert window.value == [round(np.mean([r.p00_5 for r in ranges])), round(np.mean([r.p99_5 for r in ranges]))]
+    assert window.value == [round(v) for v in np.percentile(inside, [0.5, 99.5])]
+    assert window.reason == "0.5th and 99.5th percentiles inside the labels of 2 cases together"
     assert window.current == [-175.0, 250.0]
     spacing = suggestions["transforms.spacing"].value
     assert spacing == [0.8, 0.8, 2.5]  # per-axis medians of (0.8, 0.7, 0.8), (0.8, 0.9, 0.8), (2.5, 3, 2)
@@ -267,8 +272,8 @@ def test_cli_names_an_image_with_nan_voxels_from_any_process(
     assert last == f"medseg: error: {bad}: 1 voxel is NaN or infinite"
 
 
-def _fingerprint(*cases: CaseFingerprint) -> Fingerprint:
-    return Fingerprint("RAS", ("CT",), get_label_table("msd_spleen"), cases, {})
+def _fingerprint(*cases: CaseFingerprint, pooled: tuple[IntensityRange, ...] = ()) -> Fingerprint:
+    return Fingerprint("RAS", ("CT",), get_label_table("msd_spleen"), cases, {}, pooled)
 
 
 def _hand_case(name: str, spacing: tuple, labels: tuple, window: tuple | None) -> CaseFingerprint:
@@ -282,15 +287,33 @@ def test_window_notes_and_their_edge_cases_on_a_hand_built_fingerprint(tmp_path:
         _hand_case("b", (1.0, 1.0, 2.0), (0,), None),  # empty reference: no window of its own
         _hand_case("c", (1.0, 1.0, 4.5), (0, 1), (20.0, 150.0)),  # 4.5 mm slices: over twice the median
         _hand_case("d", (0.45, 1.0, 2.0), (0, 1), (5.0, 120.0)),  # 0.45 mm: under half the median
+        pooled=(IntensityRange(-12.4, 149.5, 0.0, 1.0), IntensityRange(3.0, 180.2, 0.0, 1.0)),
     )
     config = config_from_dict({"transforms": {"intensity": "ct_window"}, "network": {"name": "unet"}})
     window = {s.key: s for s in plan_transforms(fingerprint, config)}["transforms.hu_window"]
-    assert window.value == [5.0, 124.0]  # means of (-10.4, 20, 5) and (100.6, 150, 120), rounded
-    assert window.reason.startswith("mean over 3 cases")
+    assert window.value == [-12.0, 180.0]  # one window for both channels, rounded
+    assert window.reason.endswith("of 3 cases together")
     assert unusual_spacing(fingerprint) == [
         "c: spacing 1 x 1 x 4.5 mm, far from the median 1 x 1 x 2",
         "d: spacing 0.45 x 1 x 2 mm, far from the median 1 x 1 x 2",
     ]
     assert missing_labels(fingerprint) == ["label 1 (spleen) is absent from 1 of 4 cases: b"]
-    uniform = _fingerprint(_hand_case("u", (1.0, 1.0, 1.0), (0, 1), (40.0, 40.0)))
+    one_value = (IntensityRange(40.0, 40.0, 40.0, 0.0),)
+    uniform = _fingerprint(_hand_case("u", (1.0, 1.0, 1.0), (0, 1), (40.0, 40.0)), pooled=one_value)
     assert {s.key: s for s in plan_transforms(uniform, config)}["transforms.hu_window"].value == [40.0, 41.0]
+
+
+def test_each_case_gives_at_most_10000_distinct_voxels_inside_its_label(tmp_path: Path) -> None:
+    shape = (60, 50, 40)
+    label = np.zeros(shape, np.uint8)
+    label[5:55, 5:45, 10:30] = 1  # 40,000 voxels
+    image = np.arange(label.size, dtype=np.float32).reshape(shape)  # each voxel's value is its index
+    for name, data in (("image", image), ("label", label)):
+        nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / f"{name}.nii.gz")
+    sample = _foreground_sample(((tmp_path / "image.nii.gz",), tmp_path / "label.nii.gz", 7))
+    assert sample.shape == (1, FOREGROUND_SAMPLES_PER_CASE)
+    drawn = sample[0].astype(int)
+    assert len(set(drawn)) == FOREGROUND_SAMPLES_PER_CASE
+    assert label.reshape(-1)[drawn].all()
+    again = _foreground_sample(((tmp_path / "image.nii.gz",), tmp_path / "label.nii.gz", 7))
+    np.testing.assert_array_equal(again, sample)  # seeded
