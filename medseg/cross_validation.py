@@ -25,7 +25,7 @@ from pathlib import Path
 from medseg.batch import Batch, run_identity
 from medseg.config import config_from_dict
 from medseg.data.cases import InputCase
-from medseg.errors import MedsegInputError
+from medseg.errors import CheckpointError, ConfigError, MedsegInputError
 from medseg.inference import Predictor
 from medseg.io.writers import LabelFormat
 from medseg.training import load_dataset_manifest
@@ -66,12 +66,15 @@ def load_fold_model(
         device, backend, inference_overrides: as for :meth:`~medseg.inference.Predictor.from_checkpoint`.
 
     Raises:
-        CheckpointError: not a readable medseg checkpoint.
+        CheckpointError: not a readable medseg checkpoint, or one whose training config does not load.
         MedsegInputError: its dataset or manifest cannot be read.
     """
     path = Path(path)
     predictor = Predictor.from_checkpoint(path, device=device, backend=backend, inference_overrides=inference_overrides)
-    config = config_from_dict(predictor.checkpoint.config)
+    try:
+        config = config_from_dict(predictor.checkpoint.config)
+    except ConfigError as exc:
+        raise CheckpointError(f"its training config does not load: {exc.reason}", path=path) from None
     if data_root is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(data_root)))
     manifest, root = load_dataset_manifest(config)

@@ -135,3 +135,14 @@ def test_cli_refuses_mixed_arguments(
 ) -> None:
     assert _predict("--model", folds[0], "--output", tmp_path / "cv", *extra) == 2
     assert capsys.readouterr().err.startswith(f"medseg: error: {message}")
+
+
+def test_a_checkpoint_whose_config_does_not_load_is_named(
+    folds: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = load_checkpoint(folds[0], training=False)
+    source.config["train"]["lr"] = -1.0
+    broken = save_checkpoint(source, tmp_path / "broken.pt")
+    assert _predict("--model", broken, "--cross-validation", "--output", tmp_path / "cv") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"medseg: error: {broken}: its training config does not load: train.lr must be > 0, got -1.0"
