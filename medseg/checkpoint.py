@@ -43,6 +43,8 @@ class Checkpoint:
         state_dict: model weights.
         training: optimizer/scheduler/RNG/epoch/best state, or ``None`` in an export-only checkpoint.
         medseg_version: the version that wrote it.
+        manifest: the manifest of the dataset it was trained on, as JSON (its cases and their folds:
+            which cases it validated on), or ``None`` (written before medseg kept it, or built in memory).
         source: the file it was loaded from (``None`` when built in memory); not saved.
     """
 
@@ -53,6 +55,7 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     training: dict[str, Any] | None = None
     medseg_version: str = __version__
+    manifest: dict[str, Any] | None = None
     source: Path | None = None
 
     @functools.cached_property
@@ -102,6 +105,7 @@ class Checkpoint:
             "config": self.config,
             "state_dict": self.state_dict,
             "training": self.training,
+            "manifest": self.manifest,
         }
 
 
@@ -147,5 +151,6 @@ def load_checkpoint(path: str | Path, *, training: bool = True) -> Checkpoint:
         state_dict=data["state_dict"],
         training=data.get("training") if training else None,
         medseg_version=data.get("medseg_version", "unknown"),
+        manifest=data.get("manifest"),
         source=path,
     )

@@ -5,11 +5,12 @@ Together they are what a model's cross-validation score is computed on (``medseg
 the training set) and what post-processing is tuned on (``medseg tune-postprocessing``), without
 touching held-out cases.
 
-Each checkpoint's own config says which cases it validated on: its fold of the manifest it names,
-or of its data root scanned with its layout, fold count and seed (the same split as long as the
-folder holds the same cases; a manifest file keeps the split fixed). The checkpoints must share that
-split, their label table and input channels, and be of different folds; a fold without a checkpoint
-leaves its cases out, with a note.
+Each checkpoint keeps the manifest it was trained on (cases and folds); its config's ``data.fold``
+says which of them it validated on, and ``data.root`` where their files are. (A checkpoint written
+before medseg kept the manifest finds its split again from its config: the manifest file it names,
+or its data root scanned with its layout, fold count and seed, the same split as long as the folder
+holds the same cases.) The checkpoints must share that split, their label table and input channels,
+and be of different folds; a fold without a checkpoint leaves its cases out, with a note.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from medseg.batch import Batch, run_identity
 from medseg.config import config_from_dict
 from medseg.data.cases import InputCase
+from medseg.data.manifest import manifest_from_dict
 from medseg.errors import CheckpointError, ConfigError, MedsegInputError
 from medseg.inference import Predictor
 from medseg.io.writers import LabelFormat
@@ -67,7 +69,8 @@ def load_fold_model(
 
     Raises:
         CheckpointError: not a readable medseg checkpoint, or one whose training config does not load.
-        MedsegInputError: its dataset or manifest cannot be read.
+        MedsegInputError: its dataset or manifest cannot be read, or an image of its validation cases
+            is not found.
     """
     path = Path(path)
     predictor = Predictor.from_checkpoint(path, device=device, backend=backend, inference_overrides=inference_overrides)
@@ -77,10 +80,16 @@ def load_fold_model(
         raise CheckpointError(f"its training config does not load: {exc.reason}", path=path) from None
     if data_root is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(data_root)))
-    manifest, root = load_dataset_manifest(config)
+    if predictor.checkpoint.manifest is not None:  # the split it was trained on, whatever the folder holds now
+        manifest, root = manifest_from_dict(predictor.checkpoint.manifest, path=path), Path(config.data.root)
+    else:
+        manifest, root = load_dataset_manifest(config)
     fold = config.data.fold
     _, validation = manifest.split(fold)
     cases = tuple(InputCase(c.id, tuple(root / p for p in c.images)) for c in validation)
+    absent = next((image for case in cases for image in case.images if not image.is_file()), None)
+    if absent is not None:
+        raise MedsegInputError(f"not found: the dataset of {path} is not under {root}; give --data-root", path=absent)
     split = tuple((c.id, c.fold) for c in manifest.cases)
     return FoldModel(path, predictor, fold, split, cases)
 

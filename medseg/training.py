@@ -224,6 +224,7 @@ class _Trainer:
             state_dict={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             training=training,
             medseg_version=__version__,
+            manifest=self.manifest.to_dict(),
         )
 
     def load_weights(self, ckpt: Checkpoint, path: str | Path) -> None:

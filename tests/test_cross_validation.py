@@ -22,8 +22,9 @@ from medseg.networks import build_network
 NUM_FOLDS = 3  # the tiny checkpoint's data.num_folds
 
 
-def _fold_checkpoint(source: Checkpoint, path: Path, *, fold: int, num_folds: int = NUM_FOLDS) -> Path:
-    """``source`` as fold ``fold`` of ``num_folds``, with weights of its own (seeded by the fold)."""
+def _fold_checkpoint(source: Checkpoint, path: Path, *, fold: int, manifest: dict | None = None) -> Path:
+    """``source`` as fold ``fold`` of ``manifest``'s split (default: ``source``'s), with weights of its
+    own (seeded by the fold)."""
     torch.manual_seed(100 + fold)
     network = build_network(
         source.network["name"],
@@ -33,8 +34,9 @@ def _fold_checkpoint(source: Checkpoint, path: Path, *, fold: int, num_folds: in
     )
     config = copy.deepcopy(source.config)
     config["data"]["fold"] = fold
-    config["data"]["num_folds"] = num_folds
-    checkpoint = Checkpoint(source.network, source.channels, source.label_table, config, network.state_dict())
+    weights = network.state_dict()
+    checkpoint = Checkpoint(source.network, source.channels, source.label_table, config, weights)
+    checkpoint.manifest = source.manifest if manifest is None else manifest
     return save_checkpoint(checkpoint, path)
 
 
@@ -95,22 +97,43 @@ def test_a_subset_of_folds_leaves_the_other_cases_out(
     assert "holds predictions of another model" in capsys.readouterr().err
 
 
-def test_a_moved_dataset_is_found_with_data_root(folds: list[Path], brats_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kept_manifest", [True, False])
+def test_a_moved_dataset_is_found_with_data_root(
+    folds: list[Path], brats_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kept_manifest: bool
+) -> None:
     moved = tmp_path / "moved"
     shutil.copytree(brats_root, moved)
     source = load_checkpoint(folds[0], training=False)
     source.config["data"]["root"] = str(tmp_path / "gone")
+    if not kept_manifest:  # written before checkpoints kept their manifest: the split is found by scanning
+        source.manifest = None
     lost = save_checkpoint(source, tmp_path / "lost.pt")
     assert _predict("--model", lost, "--cross-validation", "--output", tmp_path / "a") == 2
+    assert str(tmp_path / "gone") in capsys.readouterr().err
     assert _predict("--model", lost, "--cross-validation", "--data-root", moved, "--output", tmp_path / "b") == 0
     assert {p.name.removesuffix(".nii.gz") for p in (tmp_path / "b").glob("*.nii.gz")} == _validation_ids(moved, 0)
+
+
+def test_the_kept_split_holds_when_the_dataset_gains_cases(folds: list[Path], brats_root: Path, tmp_path: Path) -> None:
+    grown = tmp_path / "grown"
+    shutil.copytree(brats_root, grown)
+    for n in range(90, 96):  # six more cases, copies of the first under new ids
+        new = grown / f"BraTS2021_{n:05d}"
+        new.mkdir()
+        for file in (brats_root / "BraTS2021_00000").iterdir():
+            shutil.copy(file, new / file.name.replace("BraTS2021_00000", new.name))
+    assert _validation_ids(grown, 1) != _validation_ids(brats_root, 1)  # a fresh scan splits differently
+    out = tmp_path / "cv"
+    assert _predict("--model", folds[1], "--cross-validation", "--data-root", grown, "--output", out) == 0
+    assert {p.name.removesuffix(".nii.gz") for p in out.glob("*.nii.gz")} == _validation_ids(brats_root, 1)
 
 
 def test_folds_must_differ_and_share_one_split(
     folds: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     source = load_checkpoint(folds[1], training=False)
-    other_split = _fold_checkpoint(source, tmp_path / "five.pt", fold=1, num_folds=5)
+    five_folds = build_manifest(Path(source.config["data"]["root"]), layout="brats", num_folds=5, seed=3)
+    other_split = _fold_checkpoint(source, tmp_path / "five.pt", fold=1, manifest=five_folds.to_dict())
     again = Path(shutil.copy(folds[1], tmp_path / "again.pt"))
     cases = [
         ([folds[0], folds[1], again], f"{again}: validated on fold 1, as {folds[1]} did"),

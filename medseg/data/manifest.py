@@ -113,7 +113,15 @@ def load_manifest(path: str | Path) -> Manifest:
         MedsegInputError: missing file, invalid JSON, or not a medseg manifest.
     """
     path = Path(path)
-    data = read_json(path, what="manifest file")
+    return manifest_from_dict(read_json(path, what="manifest file"), path=path)
+
+
+def manifest_from_dict(data: Any, *, path: str | Path) -> Manifest:
+    """A manifest from its JSON (:meth:`Manifest.to_dict`), read from ``path`` (named in errors).
+
+    Raises:
+        MedsegInputError: not a medseg manifest, or a malformed one.
+    """
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise MedsegInputError(f'not a medseg manifest (no "format": "{FORMAT}")', path=path)
     try:
