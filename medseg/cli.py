@@ -230,6 +230,7 @@ def _info(args: argparse.Namespace) -> int:
 
     from medseg.checkpoint import load_checkpoint
     from medseg.config import InferenceConfig, TransformConfig, mirroring_allowed
+    from medseg.data.manifest import manifest_from_dict
 
     ckpt = load_checkpoint(args.model, training=False)
     mirroring = mirroring_allowed(TransformConfig(**ckpt.config["transforms"]))
@@ -243,6 +244,15 @@ def _info(args: argparse.Namespace) -> int:
         "inference": inference,
         "medseg_version": ckpt.medseg_version,
     }
+    if ckpt.manifest is not None:  # checkpoints keep the manifest they were trained on
+        fold = int(ckpt.config["data"]["fold"])
+        training, validation = manifest_from_dict(ckpt.manifest, path=args.model).split(fold)
+        info["training_data"] = {
+            "fold": fold,
+            "num_folds": int(ckpt.manifest["num_folds"]),
+            "training_cases": len(training),
+            "validation_cases": [case.id for case in validation],
+        }
     if args.json:
         print(json.dumps(info))
     else:
@@ -253,6 +263,12 @@ def _info(args: argparse.Namespace) -> int:
         )
         settings = " ".join(f"{key}={json.dumps(value)}" for key, value in inference.items())
         print(f"inference (medseg predict --set inference.KEY=VALUE changes one): {settings}")
+        if "training_data" in info:
+            data = info["training_data"]
+            print(
+                f"trained on fold {data['fold']} of {data['num_folds']}: {data['training_cases']} training cases,"
+                f" validated on {len(data['validation_cases'])}: {', '.join(data['validation_cases'])}"
+            )
     return 0
 
 

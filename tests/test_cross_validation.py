@@ -4,6 +4,7 @@ checked against that checkpoint's own Predictor; the folds' checks, resuming, an
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from pathlib import Path
 
@@ -169,3 +170,21 @@ def test_a_checkpoint_whose_config_does_not_load_is_named(
     assert _predict("--model", broken, "--cross-validation", "--output", tmp_path / "cv") == 2
     err = capsys.readouterr().err.strip()
     assert err == f"medseg: error: {broken}: its training config does not load: train.lr must be > 0, got -1.0"
+
+
+def test_info_names_the_cases_a_checkpoint_validated_on(
+    folds: list[Path], brats_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    validation = sorted(_validation_ids(brats_root, 1))
+    assert main(["info", "--model", str(folds[1]), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)["training_data"]
+    assert data == {
+        "fold": 1,
+        "num_folds": NUM_FOLDS,
+        "training_cases": 6 - len(validation),
+        "validation_cases": data["validation_cases"],
+    }
+    assert sorted(data["validation_cases"]) == validation
+    assert main(["info", "--model", str(folds[1])]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith(f"trained on fold 1 of {NUM_FOLDS}: {6 - len(validation)} training cases, validated on ")
