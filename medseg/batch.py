@@ -50,6 +50,7 @@ from medseg.inference import Predictor, read_case
 from medseg.io import Image, atomic_output, ensure_not_input, read_image, write_label_map, write_probabilities
 from medseg.io.jsonfile import read_json
 from medseg.io.writers import LabelFormat
+from medseg.labels import LabelTable
 
 OUTPUT_SUFFIXES: dict[str, str] = {"nifti": ".nii.gz", "seg.nrrd": ".seg.nrrd", "dicom-seg": ".dcm"}
 """File ending of the label map for each ``--format``."""
@@ -320,7 +321,7 @@ def predict_folder(
     else:
         all_cases = discover_cases(input_path, channels=predictor.channels, exclude=[output_dir])
     return run_batch(
-        Batch(tuple((case, predictor) for case in all_cases), run_identity(predictor, fmt)),
+        Batch(tuple((case, predictor) for case in all_cases), predictor.table, run_identity(predictor, fmt)),
         output_dir=output_dir,
         fmt=fmt,
         save_probabilities=save_probabilities,
@@ -347,11 +348,12 @@ def check_output(output_dir: str | Path, fmt: str) -> Path:
 
 @dataclass(frozen=True)
 class Batch:
-    """What a run segments: every input case with the predictor that segments it, and the run's
-    identity (:func:`run_identity`: a run into a folder that a run of another identity wrote is
-    refused). Every predictor has the same label table."""
+    """What a run segments: every input case with the predictor that segments it, the label table of
+    every predictor, and the run's identity (:func:`run_identity`: a run into a folder that a run of
+    another identity wrote is refused)."""
 
     jobs: tuple[tuple[InputCase, Predictor], ...]
+    table: LabelTable
     identity: str
 
 
@@ -397,7 +399,7 @@ def run_batch(
     output_dir.mkdir(parents=True, exist_ok=True)
     _claim_output_folder(output_dir, batch.identity, overwrite=overwrite)
 
-    names = jobs[0][1].table.labels if jobs else {}
+    names = batch.table.labels  # a shard without cases still writes every label's column
     label_names = [names[v] for v in sorted(names) if v != 0]
     results: list[CaseResult] = []
     todo: list[InputCase] = []

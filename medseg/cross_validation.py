@@ -35,7 +35,7 @@ from medseg.training import load_dataset_manifest
 
 @dataclass(frozen=True)
 class FoldModel:
-    """One fold's checkpoint, loaded, with the split its config describes.
+    """One fold's checkpoint, loaded, with the split it was trained on.
 
     Attributes:
         path: the checkpoint file.
@@ -131,4 +131,4 @@ def out_of_fold_batch(folds: Sequence[FoldModel], *, fmt: LabelFormat = "nifti")
     ordered = sorted(folds, key=lambda f: f.fold)
     identity = json.dumps([[f.fold, run_identity(f.predictor, fmt)] for f in ordered])
     jobs = tuple((case, f.predictor) for f in ordered for case in f.validation)
-    return Batch(jobs, hashlib.sha256(identity.encode("utf-8")).hexdigest())
+    return Batch(jobs, folds[0].predictor.table, hashlib.sha256(identity.encode("utf-8")).hexdigest())

@@ -15,7 +15,7 @@ import torch
 
 from medseg.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medseg.cli import main
-from medseg.data.cases import InputCase
+from medseg.data.cases import InputCase, Shard
 from medseg.data.manifest import build_manifest
 from medseg.inference import Predictor, read_case
 from medseg.networks import build_network
@@ -187,3 +187,13 @@ def test_info_names_the_cases_a_checkpoint_validated_on(
     assert main(["info", "--model", str(folds[1])]) == 0
     last = capsys.readouterr().out.splitlines()[-1]
     assert last.startswith(f"trained on fold 1 of {NUM_FOLDS}: {6 - len(validation)} training cases, validated on ")
+
+
+def test_a_shard_without_cases_writes_every_label_column(folds: list[Path], brats_root: Path, tmp_path: Path) -> None:
+    ids = _validation_ids(brats_root, 0) | _validation_ids(brats_root, 1) | _validation_ids(brats_root, 2)
+    count = 50
+    empty = next(i for i in range(1, count + 1) if not any(Shard(i, count).contains(case) for case in ids))
+    out = tmp_path / "cv"
+    assert _predict("--model", *folds, "--cross-validation", "--output", out, "--shard", f"{empty}/{count}") == 0
+    header = (out / f"summary.shard-{empty}-of-{count}.csv").read_text().splitlines()
+    assert header == ["case,status,seconds,output,reason,NCR_ml,ED_ml,ET_ml"]
