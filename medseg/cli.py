@@ -170,7 +170,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from medseg.evaluation import evaluate_folder, format_summary
 
     tolerance = {} if args.nsd_tolerance is None else {"nsd_tolerance_mm": args.nsd_tolerance}
-    summary = evaluate_folder(**_scoring_kwargs(args), **tolerance)
+    summary = evaluate_folder(**_scoring_kwargs(args), **tolerance, only_predicted=args.only_predicted)
     print(format_summary(summary))
     return 0
 
@@ -435,6 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="Dice, HD95 (mm) and NSD per region of predictions against references")
     _add_scoring_arguments(p, lesion_help="also score lesion-wise Dice and HD95 (BraTS 2023) with these rules")
+    p.add_argument(
+        "--only-predicted",
+        action="store_true",
+        help="leave references without a prediction out (e.g. some folds' --cross-validation predictions),"
+        " rather than score them as empty",
+    )
     p.add_argument(
         "--nsd-tolerance",
         type=float,

@@ -318,7 +318,7 @@ class CasePairs:
     Attributes:
         refs: the references found (layout and case id -> path).
         preds: case id -> prediction path, for the cases that have one.
-        missing: case ids of references without a prediction (scored as empty predictions).
+        missing: case ids of references without a prediction.
         table: the label table the maps are scored with.
     """
 
@@ -326,6 +326,11 @@ class CasePairs:
     preds: dict[str, Path]
     missing: list[str]
     table: LabelTable
+
+    def left_out_note(self, doing: str) -> str:
+        """``"<doing> the N predicted case(s); M reference(s) without a prediction are left out"``."""
+        count, missing = len(self.refs.files) - len(self.missing), len(self.missing)
+        return f"{doing} the {count} predicted case(s); {missing} reference(s) without a prediction are left out"
 
 
 def pair_cases(pred_dir: Path, ref_dir: Path, labels: str | LabelTable = "auto") -> CasePairs:
@@ -396,6 +401,7 @@ def evaluate_folder(
     nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
     lesion_rules: str | None = None,
     workers: int = 1,
+    only_predicted: bool = False,
 ) -> dict:
     """Score every prediction in ``pred_dir`` against its reference and write ``metrics.csv``, ``summary.json``
     and ``metrics.png`` (:func:`~medseg.score_plot.plot_scores`: Dice, HD95 and NSD per region over cases).
@@ -408,7 +414,9 @@ def evaluate_folder(
     A reference without a prediction is scored as an **empty prediction** (Dice 0, HD95 = image
     diagonal, NSD 0 for every region the reference contains), as the BraTS challenge does, so a missing case
     cannot improve the mean; a warning line listing such cases goes to stderr and the summary lists
-    them under ``"missing_predictions"``. A prediction without a reference is an error.
+    them under ``"missing_predictions"``. With ``only_predicted``, they are left out instead (e.g. the
+    out-of-fold predictions of some folds, scored against the whole training set): a note says how
+    many, and the summary lists them under ``"left_out"``. A prediction without a reference is an error.
 
     Args:
         pred_dir: folder of ``<case>.nii.gz`` integer label maps.
@@ -428,11 +436,12 @@ def evaluate_folder(
             ``"lesion_wise"`` (see :func:`summarize_lesions`); ``None``: not scored, and a
             ``lesion_metrics.csv`` an earlier evaluation left in ``out_dir`` is removed.
         workers: cases scored at once, each in its own process (1: in this process).
+        only_predicted: leave references without a prediction out, rather than score them as empty.
 
     Returns:
         The summary that is written to ``summary.json``: ``label_table``, ``layout``, ``cases``,
-        ``missing_predictions``, ``hd95_unit``, ``nsd_tolerance_mm``, ``regions`` (see :func:`summarize`)
-        and, with ``lesion_rules``, ``lesion_wise``.
+        ``missing_predictions``, ``left_out``, ``hd95_unit``, ``nsd_tolerance_mm``, ``regions`` (see
+        :func:`summarize`) and, with ``lesion_rules``, ``lesion_wise``.
 
     Raises:
         MedsegInputError: naming the file: no predictions or references found, a prediction without a
@@ -449,9 +458,14 @@ def evaluate_folder(
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
     pairs = pair_cases(pred_dir, ref_dir, labels)
     refs, preds, missing, table = pairs.refs, pairs.preds, pairs.missing, pairs.table
+    left_out = missing if only_predicted else []
+    if left_out:
+        missing = []
+        print(f"medseg: note: {pairs.left_out_note('scoring')}", file=sys.stderr)
+    files = {case: path for case, path in refs.files.items() if case not in left_out}
 
-    jobs = [_CaseJob(path, preds.get(case), table, nsd_tolerance_mm, lesion_rules) for case, path in refs.files.items()]
-    results = dict(zip(refs.files, map_in_processes(_score_case, jobs, workers=workers, what="scoring"), strict=True))
+    jobs = [_CaseJob(path, preds.get(case), table, nsd_tolerance_mm, lesion_rules) for case, path in files.items()]
+    results = dict(zip(files, map_in_processes(_score_case, jobs, workers=workers, what="scoring"), strict=True))
     scores = {case: r.scores for case, r in results.items()}
     lesions = {case: r.lesions for case, r in results.items() if r.lesions is not None}
     # cases whose smallest voxel side (mm) exceeds the NSD tolerance
@@ -474,6 +488,7 @@ def evaluate_folder(
         "layout": refs.layout,
         "cases": list(scores),
         "missing_predictions": missing,
+        "left_out": left_out,
         "hd95_unit": "mm",
         "nsd_tolerance_mm": nsd_tolerance_mm,
         "regions": summarize(scores, table),
@@ -515,6 +530,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     missing = summary.get("missing_predictions") or []
     if missing:
         lines[0] += f", {len(missing)} without prediction (scored as empty)"
+    left_out = summary.get("left_out") or []
+    if left_out:
+        lines[0] += f"; {len(left_out)} reference(s) without prediction left out"
     lines += _aligned(rows)
     lesion_wise = summary.get("lesion_wise")
     if lesion_wise:

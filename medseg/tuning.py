@@ -132,11 +132,7 @@ def tune_min_component_ml(
     pairs = pair_cases(Path(pred_dir), Path(ref_dir), labels)
     cases = {case: path for case, path in pairs.refs.files.items() if case in pairs.preds}
     if pairs.missing:
-        print(
-            f"medseg: note: tuning on the {len(cases)} predicted case(s); {len(pairs.missing)} reference(s)"
-            " without a prediction are left out",
-            file=sys.stderr,
-        )
+        print(f"medseg: note: {pairs.left_out_note('tuning on')}", file=sys.stderr)
     chosen: dict[str, float] = {}
     trials: list[Trial] = []
     for region in pairs.table.evaluation_names:

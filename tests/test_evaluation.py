@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -460,3 +461,27 @@ def test_scoring_shows_progress_on_a_terminal(tmp_path: Path, terminal_stderr: C
     terminal = terminal_stderr()
     evaluate_folder(pred_dir=pred_dir, ref_dir=ref_dir, out_dir=tmp_path / "out")
     assert "scoring: 100%" in terminal.getvalue() and "2/2" in terminal.getvalue()
+
+
+def test_only_predicted_leaves_references_without_prediction_out(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pred_dir, ref_dir, cases = _make_brats(tmp_path, "2021", n=3)
+    missing = sorted(cases)[1]
+    (pred_dir / f"{missing}.nii.gz").unlink()
+    out = tmp_path / "out"
+    code = main(["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "--out", str(out), "--only-predicted"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "medseg: note: scoring the 2 predicted case(s); 1 reference(s) without a prediction are left out" in (
+        captured.err
+    )
+    assert "2 case(s); 1 reference(s) without prediction left out" in captured.out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cases"] == [c for c in sorted(cases) if c != missing]
+    assert summary["missing_predictions"] == [] and summary["left_out"] == [missing]
+    assert set(read_metrics_csv(out / "metrics.csv").scores) == set(summary["cases"])
+    assert summary["regions"]["WT"]["n"] == 2
+    # the same scores as an evaluation of a reference folder that holds only the predicted cases
+    alone = tmp_path / "alone"
+    shutil.copytree(ref_dir, alone, ignore=shutil.ignore_patterns(f"{missing}*"))
+    full = evaluate_folder(pred_dir=pred_dir, ref_dir=alone, out_dir=tmp_path / "out_alone")
+    assert full["regions"] == summary["regions"]
