@@ -39,7 +39,8 @@ def plot_fingerprint(fingerprint: Fingerprint, suggestions: Sequence[Suggestion]
     fig = Figure(figsize=(13, 4), dpi=100)
     FigureCanvasAgg(fig)
 
-    spacing = np.array(suggested["transforms.spacing"].value)
+    planned = suggested["transforms.spacing"].value  # None: the cases' own, shared spacing
+    spacing = np.median(spacings, axis=0) if planned is None else np.array(planned)
     patch_mm = np.array(suggested["transforms.patch_size"].value) * spacing
     for column, (values, mark, title, mark_label) in enumerate(
         (

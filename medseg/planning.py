@@ -12,7 +12,8 @@ intensity inside the reference label (label > 0).
 - ``spacing`` (mm), nnU-Net's rule (Isensee et al., Nature Methods 2021): the median spacing of each
   axis. When the coarsest axis is more than 3x coarser than the others and holds fewer than a third
   as many voxels (median shapes), it takes the 10th percentile of that axis's spacings instead (never
-  finer than the other axes): thick-slice cases are then upsampled less along their slices.
+  finer than the other axes): thick-slice cases are then upsampled less along their slices. ``None``
+  (no resampling) when every case already has that spacing.
 - ``hu_window`` (HU; ``ct_window`` configs only): the 0.5th and 99.5th percentiles of the intensity
   inside the labels, of up to 10,000 voxels drawn from each case and pooled, the range nnU-Net's CT
   normalisation clips to. (Averaging each case's percentiles instead, as Auto3DSeg's summary does,
@@ -299,7 +300,10 @@ def plan_transforms(
     reason = f"median of {len(fingerprint.cases)} cases ({', '.join(fingerprint.orientation)})"
     if coarse_axis is not None:
         reason += f"; {fingerprint.orientation[coarse_axis]} at its 10th percentile (anisotropic)"
-    suggestions = [Suggestion("transforms.spacing", cfg.spacing, list(spacing), reason)]
+    planned: list[float] | None = list(spacing)
+    if np.allclose(spacings, spacing, rtol=1e-3, atol=0):
+        planned, reason = None, f"every case is already at {' x '.join(f'{s:g}' for s in spacing)} mm: no resampling"
+    suggestions = [Suggestion("transforms.spacing", cfg.spacing, planned, reason)]
     if cfg.intensity == "ct_window":
         if not fingerprint.pooled_foreground:
             raise MedsegInputError("no reference label of the dataset holds a labelled voxel")

@@ -32,6 +32,7 @@ from medseg.planning import (
     plan_transforms,
     target_spacing,
     unusual_spacing,
+    write_plan,
 )
 from medseg.training import validate_config
 
@@ -135,13 +136,18 @@ def test_plan_suggests_the_window_and_a_patch_the_network_takes(ct_task: Path) -
     validate_config(dataclasses.replace(config, transforms=dataclasses.replace(config.transforms, patch_size=patch)))
 
 
-def test_mr_configs_get_no_window(brats_root: Path) -> None:
+def test_mr_configs_get_no_window(brats_root: Path, tmp_path: Path) -> None:
     config = config_from_dict({"data": {"root": str(brats_root), "num_workers": 0}})
     fingerprint = fingerprint_dataset(config)
     assert fingerprint.channels == ("T1", "T1ce", "T2", "FLAIR")
     assert all(len(c.foreground) == 4 for c in fingerprint.cases)
-    keys = [s.key for s in plan_transforms(fingerprint, config)]
-    assert keys == ["transforms.spacing", "transforms.patch_size"]
+    suggestions = plan_transforms(fingerprint, config)
+    assert [s.key for s in suggestions] == ["transforms.spacing", "transforms.patch_size"]
+    assert suggestions[0].value is None  # the phantoms all have 4 mm voxels: nothing to resample
+    assert suggestions[0].reason == "every case is already at 4 x 4 x 4 mm: no resampling"
+    write_plan(fingerprint, suggestions, tmp_path / "plan", config_path="brats.yaml")
+    assert json.loads((tmp_path / "plan" / PLAN_JSON).read_text())["set"][0] == "transforms.spacing=null"
+    assert (tmp_path / "plan" / FINGERPRINT_PNG).is_file()
 
 
 @pytest.mark.parametrize(
