@@ -136,7 +136,8 @@ def fingerprint_dataset(config: Config, *, device: str | torch.device = "cpu", w
         config: the experiment config; its ``data`` section names the dataset and its ``transforms``
             section the orientation and foreground crop.
         device: where MONAI computes the statistics.
-        workers: DataLoader worker processes reading cases (0: read in this process).
+        workers: processes reading cases besides this one (MONAI's DataLoader workers; 0: none), and
+            for the CT window's sampling, processes sampling cases (0 or 1: this one).
 
     Raises:
         MedsegInputError: ``workers`` < 0, no labelled case, or a missing, unreadable or inconsistent
