@@ -369,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         action="extend",
         required=True,
-        help="a medseg checkpoint (.pt), or several of one configuration (e.g. its folds): their mean logits",
+        help="a medseg checkpoint (.pt), or several that preprocess alike (e.g. the folds of a configuration): their"
+        " mean logits",
     )
     p.add_argument(
         "--input",

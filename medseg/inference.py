@@ -142,10 +142,25 @@ def read_case(case: InputCase) -> Image:
     return Image(np.stack([c.astype(np.float32, copy=False) for _, c in channels]), first.geometry, first.path, meta)
 
 
+# the transforms settings that decide what a network sees at inference (the others shape training:
+# patches, augmentation); ensemble members must agree on these
+INFERENCE_PREPROCESSING = (
+    "orientation",
+    "spacing",
+    "interpolation",
+    "intensity",
+    "hu_window",
+    "crop_foreground",
+    "foreground_threshold",
+)
+
+
 def check_ensemble(checkpoints: Sequence[Checkpoint]) -> None:
-    """Check that ``checkpoints`` can be ensembled: the same network and arguments, input channels,
-    label table and preprocessing as the first (the folds of one configuration), and no two with the
-    same weights (a copy, or one path given twice, would only cost time).
+    """Check that ``checkpoints`` can be ensembled: the same input channels, label table and inference
+    preprocessing (:data:`INFERENCE_PREPROCESSING`) as the first, so that their logits are averaged
+    in one space. Networks may differ (the folds of one configuration, or several configurations,
+    e.g. a ResU-Net and a DynUNet trained on the same data); no two may have the same weights (a
+    copy, or one path given twice, would only cost time).
 
     Raises:
         CheckpointError: naming the first checkpoint that differs and in what, or that repeats another.
@@ -163,21 +178,22 @@ def check_ensemble(checkpoints: Sequence[Checkpoint]) -> None:
                     f"has the same weights as {earlier.source or 'an earlier member'}: an ensemble member given twice",
                     path=member.source,
                 )
+    preprocessing = TransformConfig(**first.config["transforms"])
     for other in checkpoints[1:]:
-        differences = [
-            what
-            for what, a, b in (
-                ("network", first.network, other.network),
-                ("input channels", first.channels, other.channels),
-                ("labels", first.label_table.to_dict(), other.label_table.to_dict()),
-                ("preprocessing (transforms)", first.config["transforms"], other.config["transforms"]),
-            )
-            if a != b
+        theirs = TransformConfig(**other.config["transforms"])
+        pairs = [
+            ("input channels", first.channels, other.channels),
+            ("labels", first.label_table.to_dict(), other.label_table.to_dict()),
+            *(
+                (f"transforms.{key}", getattr(preprocessing, key), getattr(theirs, key))
+                for key in INFERENCE_PREPROCESSING
+            ),
         ]
+        differences = [what for what, a, b in pairs if a != b]
         if differences:
             raise CheckpointError(
                 f"cannot be ensembled with {name}: its {', '.join(differences)} differ"
-                " (an ensemble takes the folds of one configuration)",
+                " (an ensemble averages logits computed on the same preprocessed image)",
                 path=other.source,
             )
 
@@ -188,10 +204,12 @@ class Predictor:
     Per image: reorient (and resample, if configured), crop to the foreground box, normalise, run the
     windows (:mod:`medseg.tiling`) on a backend (:mod:`medseg.backends`), then invert the crop and
     the reorientation so that the output lies on the input's grid, background outside the crop.
-    An ensemble (several checkpoints, e.g. the folds of one configuration) runs each member's windows
-    over the case in turn and averages their logits, as nnU-Net ensembles folds; the first
-    checkpoint's inference settings apply. Members run one after another, so an OpenVINO ensemble
-    holds one compiled model at a time (compiling one costs well under a second).
+    An ensemble (several checkpoints: the folds of one configuration, or models of several
+    configurations that preprocess alike, see :func:`check_ensemble`) runs each member's windows over
+    the case in turn and averages their logits, as nnU-Net ensembles folds; the first checkpoint's
+    inference settings apply, each member's network sizes its own windows. Members run one after
+    another, so an OpenVINO ensemble holds one compiled model at a time (compiling one costs well
+    under a second).
 
     Args:
         checkpoint: a loaded medseg checkpoint, or several (see :func:`check_ensemble`).
@@ -210,6 +228,7 @@ class Predictor:
     Attributes:
         checkpoint: the (first) checkpoint, whose settings apply.
         checkpoints: every member, in order.
+        windows: one :class:`Windows` per member, in the same order.
         backends: one backend per member, in the same order.
 
     Raises:
@@ -237,11 +256,15 @@ class Predictor:
         self.inference = override_inference(
             inference or InferenceConfig(**checkpoint.config["inference"]), inference_overrides
         )
-        self.windows = Windows.for_network(self.inference, checkpoint.network["name"], checkpoint.network["kwargs"])
+        self.windows = [  # each member's network decides its window sizes
+            Windows.for_network(self.inference, member.network["name"], member.network["kwargs"])
+            for member in self.checkpoints
+        ]
         check_min_region_ml(self.table, self.inference.min_region_ml)  # fail before a batch reads any case
         check_min_component_ml(self.table, self.inference.min_component_ml)
+        for member in self.checkpoints:
+            check_mirroring(self.inference, TransformConfig(**member.config["transforms"]))
         transforms = TransformConfig(**checkpoint.config["transforms"])
-        check_mirroring(self.inference, transforms)
         if self.inference.crop_foreground:
             transforms = dataclasses.replace(transforms, crop_foreground=True)
         self.transforms = inference_transforms(transforms)
@@ -285,9 +308,9 @@ class Predictor:
         """``(1, C_in, X, Y, Z)`` preprocessed -> logits ``(1, C_out, X, Y, Z)``, the members' mean."""
         if min(x.shape[2:]) == 0:  # nothing above the foreground threshold
             return torch.zeros((1, self.table.num_outputs, *x.shape[2:]))
-        total = self.windows(x, self.backends[0])
-        for backend in self.backends[1:]:
-            total = total + self.windows(x, backend)
+        total = self.windows[0](x, self.backends[0])
+        for windows, backend in zip(self.windows[1:], self.backends[1:], strict=True):
+            total = total + windows(x, backend)
         return total / len(self.backends)
 
     @torch.no_grad()

@@ -19,6 +19,7 @@ from medseg.data.cases import InputCase
 from medseg.errors import CheckpointError, ConfigError
 from medseg.inference import Predictor, Windows, read_case
 from medseg.io import Geometry, Image
+from medseg.networks import build_network
 
 MakeCheckpoint = Callable[..., Path]
 
@@ -142,15 +143,50 @@ def test_an_ensemble_averages_its_members_logits(
     assert min(np.abs(_log_odds(p) - expected).max() for p in members) > 1e-2  # no member alone gives it
 
 
-def test_checkpoints_of_different_configurations_are_not_ensembled(
-    one_channel_checkpoint: Path, tiny_checkpoint: Path
+def _other_network(source: Path, path: Path, **transforms: object) -> Path:
+    """``source``'s one-channel model as a residual U-Net (another network, window divisor 4), with
+    ``transforms`` changed."""
+    checkpoint = load_checkpoint(source, training=False)
+    torch.manual_seed(7)
+    kwargs = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1}
+    network = build_network("resunet", in_channels=1, out_channels=2, kwargs=kwargs)
+    checkpoint.network = {"name": "resunet", "kwargs": kwargs}
+    checkpoint.state_dict = network.state_dict()
+    checkpoint.config["network"] = dict(checkpoint.network)
+    checkpoint.config["transforms"].update(transforms)
+    return save_checkpoint(checkpoint, path)
+
+
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_configurations_that_preprocess_alike_are_ensembled(
+    one_channel_checkpoint: Path, tmp_path: Path, backend: str
+) -> None:
+    # another network, trained on other patches with other augmentation: the same preprocessed image
+    other = _other_network(one_channel_checkpoint, tmp_path / "resunet.pt", patch_size=[48, 48, 48], flip_prob=0.2)
+    image = _image(3)
+    members = [
+        Predictor.from_checkpoint(p, backend=backend, device="cpu").predict_probabilities(image)
+        for p in (one_channel_checkpoint, other)
+    ]
+    ensemble = Predictor.from_checkpoint([one_channel_checkpoint, other], backend=backend, device="cpu")
+    assert [w.divisor for w in ensemble.windows] == [2, 4]  # each network sizes its own windows
+    expected = np.mean([_log_odds(p) for p in members], axis=0)
+    np.testing.assert_allclose(_log_odds(ensemble.predict_probabilities(image)), expected, atol=1e-3)
+    assert min(np.abs(_log_odds(p) - expected).max() for p in members) > 1e-2  # no member alone gives it
+
+
+def test_checkpoints_that_preprocess_differently_are_not_ensembled(
+    one_channel_checkpoint: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     with pytest.raises(CheckpointError) as err:
         Predictor.from_checkpoint([one_channel_checkpoint, tiny_checkpoint], backend="torch", device="cpu")
     assert str(err.value) == (
-        f"{tiny_checkpoint}: cannot be ensembled with {one_channel_checkpoint.name}: its network, input channels,"
-        " labels, preprocessing (transforms) differ (an ensemble takes the folds of one configuration)"
+        f"{tiny_checkpoint}: cannot be ensembled with {one_channel_checkpoint.name}: its input channels, labels,"
+        " transforms.crop_foreground differ (an ensemble averages logits computed on the same preprocessed image)"
     )
+    resampled = _other_network(one_channel_checkpoint, tmp_path / "resampled.pt", spacing=[2.0, 2.0, 2.0])
+    with pytest.raises(CheckpointError, match=r"resampled.pt: cannot be ensembled .*: its transforms.spacing differ"):
+        Predictor.from_checkpoint([one_channel_checkpoint, resampled], backend="torch", device="cpu")
 
 
 def test_a_checkpoint_given_twice_is_not_an_ensemble(one_channel_checkpoint: Path, tmp_path: Path) -> None:

@@ -198,8 +198,8 @@ def test_window_voxel_budget_bounds_every_window(tiny_checkpoint: Path, brats_ro
         inference=InferenceConfig(**{**ckpt.config["inference"], "max_window_voxels": budget}),
     )
     unbounded = Predictor(ckpt, backend="torch", device="cpu")
-    assert bounded.windows.max_voxels == budget
-    assert unbounded.windows.max_voxels is None  # the U-Net has no default budget
+    assert bounded.windows[0].max_voxels == budget
+    assert unbounded.windows[0].max_voxels is None  # the U-Net has no default budget
     counting = _count_windows(bounded, PointwiseBackend(3))
     whole = _count_windows(unbounded, PointwiseBackend(3))
     np.testing.assert_allclose(bounded.predict_probabilities(image), unbounded.predict_probabilities(image), atol=1e-5)
