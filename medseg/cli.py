@@ -125,7 +125,7 @@ def _predict(args: argparse.Namespace) -> int:
         "inference_overrides": [*args.set, *_mirror_override(args.mirror)],
     }
     running = {
-        "output_dir": check_output(args.output, args.format),  # before any model is loaded
+        "output_dir": args.output,
         "fmt": args.format,
         "save_probabilities": args.save_probabilities,
         "shard": Shard.parse(args.shard) if args.shard else None,
@@ -135,6 +135,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.cross_validation:
         if args.input is not None or args.cases is not None:
             raise MedsegInputError("--cross-validation predicts the folds' own validation cases: drop --input/--cases")
+        running["output_dir"] = check_output(args.output, args.format)  # before any model is loaded
         folds = [load_fold_model(m, data_root=args.data_root, **loading) for m in args.model]
         summary = run_batch(out_of_fold_batch(folds, fmt=args.format), **running)
     elif args.data_root is not None:

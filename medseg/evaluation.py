@@ -327,10 +327,14 @@ class CasePairs:
     missing: list[str]
     table: LabelTable
 
-    def left_out_note(self, doing: str) -> str:
-        """``"<doing> the N predicted case(s); M reference(s) without a prediction are left out"``."""
-        count, missing = len(self.refs.files) - len(self.missing), len(self.missing)
-        return f"{doing} the {count} predicted case(s); {missing} reference(s) without a prediction are left out"
+    def predicted_only(self, doing: str) -> dict[str, Path]:
+        """Case id -> reference path, for the cases that have a prediction; when references are left
+        out, a note on stderr says so: ``"<doing> the N predicted case(s); M reference(s) ..."``."""
+        if self.missing:
+            kept, left = len(self.refs.files) - len(self.missing), len(self.missing)
+            note = f"{doing} the {kept} predicted case(s); {left} reference(s) without a prediction are left out"
+            print(f"medseg: note: {note}", file=sys.stderr)
+        return {case: path for case, path in self.refs.files.items() if case in self.preds}
 
 
 def pair_cases(pred_dir: Path, ref_dir: Path, labels: str | LabelTable = "auto") -> CasePairs:
@@ -457,12 +461,11 @@ def evaluate_folder(
         get_lesion_rules(lesion_rules)  # unknown rules fail before any case is read
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
     pairs = pair_cases(pred_dir, ref_dir, labels)
-    refs, preds, missing, table = pairs.refs, pairs.preds, pairs.missing, pairs.table
-    left_out = missing if only_predicted else []
-    if left_out:
-        missing = []
-        print(f"medseg: note: {pairs.left_out_note('scoring')}", file=sys.stderr)
-    files = {case: path for case, path in refs.files.items() if case not in left_out}
+    refs, preds, table = pairs.refs, pairs.preds, pairs.table
+    if only_predicted:
+        files, missing, left_out = pairs.predicted_only("scoring"), [], pairs.missing
+    else:
+        files, missing, left_out = refs.files, pairs.missing, []
 
     jobs = [_CaseJob(path, preds.get(case), table, nsd_tolerance_mm, lesion_rules) for case, path in files.items()]
     results = dict(zip(files, map_in_processes(_score_case, jobs, workers=workers, what="scoring"), strict=True))

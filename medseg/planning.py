@@ -192,7 +192,8 @@ def pooled_foreground(
     """Per channel, the intensity inside the labels of all ``cases`` together: up to
     :data:`FOREGROUND_SAMPLES_PER_CASE` voxels drawn from each case (as nnU-Net's fingerprint draws
     them), then their 0.5th and 99.5th percentiles, mean and standard deviation. Empty when no case
-    has a labelled voxel.
+    has a labelled voxel. This reads each case a second time (MONAI's ``DataAnalyzer`` keeps no
+    voxels), so :func:`fingerprint_dataset` does it only for ``ct_window`` configs, whose window needs it.
 
     Args:
         cases: each case's image files (one per channel, or one multi-channel file) and label map.

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,9 +129,7 @@ def tune_min_component_ml(
     if lesion_rules is not None:
         get_lesion_rules(lesion_rules)  # unknown rules fail before any case is read
     pairs = pair_cases(Path(pred_dir), Path(ref_dir), labels)
-    cases = {case: path for case, path in pairs.refs.files.items() if case in pairs.preds}
-    if pairs.missing:
-        print(f"medseg: note: {pairs.left_out_note('tuning on')}", file=sys.stderr)
+    cases = pairs.predicted_only("tuning on")
     chosen: dict[str, float] = {}
     trials: list[Trial] = []
     for region in pairs.table.evaluation_names:
