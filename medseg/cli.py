@@ -49,18 +49,21 @@ def _phantoms_ct(args: argparse.Namespace) -> int:
 
 
 def _manifest_build(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from medseg.data.manifest import build_manifest, save_manifest
 
     manifest = build_manifest(args.root, layout=args.layout, num_folds=args.folds, seed=args.seed)
-    save_manifest(manifest, args.out)
+    save_manifest(dataclasses.replace(manifest, root=args.root), args.out)  # names its folder
     print(f"wrote {args.out}: {len(manifest.cases)} cases, {args.folds} folds, labels {manifest.label_table.name}")
     return 0
 
 
 def _manifest_check(args: argparse.Namespace) -> int:
-    from medseg.data.manifest import check_manifest, load_manifest
+    from medseg.data.manifest import check_manifest, dataset_root, load_manifest
 
-    problems = check_manifest(load_manifest(args.manifest), root=args.root)
+    manifest = load_manifest(args.manifest)
+    problems = check_manifest(manifest, root=dataset_root(manifest, args.root))
     for line in problems:
         print(line, file=sys.stderr)
     if problems:
@@ -333,14 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = manifest.add_parser("build", help="scan a dataset folder and write a manifest JSON")
     p.add_argument("--root", type=Path, required=True)
-    p.add_argument("--layout", choices=["brats", "msd", "nnunet"], default="brats")
+    p.add_argument("--layout", choices=["brats", "msd", "nnunet", "openkbp"], default="brats")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_manifest_build)
     p = manifest.add_parser("check", help="verify a manifest's files exist and agree in shape and affine")
     p.add_argument("manifest", type=Path)
-    p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--root", type=Path, default=None, help="the dataset folder (default: the root the manifest names)")
     p.set_defaults(handler=_manifest_check)
 
     p = sub.add_parser("train", help="train a model from a YAML config")

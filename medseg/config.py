@@ -74,12 +74,14 @@ class DataConfig:
     """Where cases come from and how they are split.
 
     ``root`` and ``manifest`` are resolved relative to the config file's folder when relative.
-    With no manifest, one is built from ``root`` with ``layout`` on the fly.
+    With no manifest, one is built from ``root`` with ``layout`` on the fly. A manifest may be a
+    hand-written file list (see :mod:`medseg.data.manifest`) naming its own root: ``root: null``
+    then takes that one.
     """
 
-    root: str = "data"
+    root: str | None = "data"
     manifest: str | None = None
-    layout: Literal["brats", "msd", "nnunet"] = "brats"
+    layout: Literal["brats", "msd", "nnunet", "openkbp"] = "brats"
     labels: str = "auto"
     fold: int = _ranged(0, 0)
     num_folds: int = _ranged(5, 2)
@@ -107,6 +109,8 @@ class TransformConfig:
     interpolation: Literal["linear", "spline"] = "linear"
     intensity: Literal["zscore_nonzero", "ct_window"] = "zscore_nonzero"
     hu_window: list[float] = field(default_factory=lambda: [-175.0, 250.0])
+    intensity_offset: float = _ranged(0.0)
+    clip_percentiles: list[float] | None = _ranged(None, 0, 100)
     crop_foreground: bool = True
     foreground_threshold: float | None = None
     patch_size: list[int] = _ranged([96, 96, 96], 1)
@@ -127,6 +131,12 @@ class TransformConfig:
             raise ConfigError(f"transforms.hu_window must be [a_min, a_max] with a_min < a_max, got {self.hu_window}")
         if self.spacing is not None and len(self.spacing) != 3:
             raise ConfigError(f"transforms.spacing must be three sizes in mm, got {self.spacing}")
+        if self.clip_percentiles is not None and (
+            len(self.clip_percentiles) != 2 or not self.clip_percentiles[0] < self.clip_percentiles[1]
+        ):
+            raise ConfigError(
+                f"transforms.clip_percentiles must be [low, high] with low < high, got {self.clip_percentiles}"
+            )
         if len(self.patch_size) != 3:
             raise ConfigError(f"transforms.patch_size must be three sizes in voxels, got {self.patch_size}")
         _check_ranges(self, "transforms")
@@ -142,13 +152,20 @@ class NetworkConfig:
 
 @dataclass
 class LossConfig:
-    """Loss: ``dice_focal`` or ``dice_ce``; term weights, focal gamma and optional per-output weights."""
+    """Loss: ``dice_focal`` or ``dice_ce``; term weights, focal gamma and optional per-output weights.
+
+    ``mask_unlabelled`` (class tables): in a case whose manifest lists the labels annotated in it
+    (``labelled``), a label not annotated there is not taught as background: its probability joins
+    background's before the loss (the marginal loss of Shi et al., MedIA 2021), so the network is
+    neither rewarded nor punished for finding it there. ``false`` treats such cases as fully labelled.
+    """
 
     name: Literal["dice_focal", "dice_ce"] = "dice_focal"
     dice_weight: float = _ranged(1.0, 0)
     other_weight: float = _ranged(1.0, 0)
     gamma: float = _ranged(2.0, 0)
     class_weights: list[float] | None = _ranged(None, 0)
+    mask_unlabelled: bool = True
 
     def __post_init__(self) -> None:
         _check_ranges(self, "loss")

@@ -26,7 +26,7 @@ from pathlib import Path
 from medseg.batch import Batch, run_identity
 from medseg.config import config_from_dict
 from medseg.data.cases import InputCase
-from medseg.data.manifest import manifest_from_dict
+from medseg.data.manifest import dataset_root, manifest_from_dict
 from medseg.errors import CheckpointError, ConfigError, MedsegInputError
 from medseg.inference import Predictor
 from medseg.io.writers import LabelFormat
@@ -81,7 +81,8 @@ def load_fold_model(
     if data_root is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(data_root)))
     if predictor.checkpoint.manifest is not None:  # the split it was trained on, whatever the folder holds now
-        manifest, root = manifest_from_dict(predictor.checkpoint.manifest, path=path), Path(config.data.root)
+        manifest = manifest_from_dict(predictor.checkpoint.manifest, path=path)
+        root = dataset_root(manifest, config.data.root)
     else:
         manifest, root = load_dataset_manifest(config)
     fold = config.data.fold

@@ -14,9 +14,10 @@ rules), on the reference's voxel grid and spacing, for each set of :meth:`LabelT
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +52,17 @@ class References:
         layout: which layout matched (``"brats2021"``, ``"brats2023"``, ``"msd"``, ``"flat"``).
         files: case id -> reference label map path, sorted by case id.
         label_table: name of the label table the layout implies, or ``None`` if file names do not tell.
-        dataset_json: the dataset's ``dataset.json`` (MSD/nnU-Net) when there is one; ``labels="auto"``
-            reads the label table from it.
+        dataset_json: the dataset's ``dataset.json`` (MSD/nnU-Net), or the medseg manifest the
+            references come from, when there is one; ``labels="auto"`` reads the label table from it.
+        not_annotated: case id -> label values not annotated in that case (a partially labelled
+            manifest's ``labelled``); those are not scored there.
     """
 
     layout: str
     files: dict[str, Path]
     label_table: str | None = None
     dataset_json: Path | None = None
+    not_annotated: dict[str, frozenset[int]] = field(default_factory=dict)
 
 
 def _nifti_files(folder: Path) -> dict[str, Path]:
@@ -113,6 +117,26 @@ def find_flat_references(ref_dir: Path) -> References | None:
     return References("flat", files, dataset_json=meta if meta.is_file() else None) if files else None
 
 
+def manifest_references(path: Path) -> References:
+    """The labelled cases of a medseg manifest (a file list), under the root it names, with the label
+    values each case does not annotate.
+
+    Raises:
+        MedsegInputError: not a medseg manifest, no root, or no labelled case.
+    """
+    from medseg.data.manifest import dataset_root, load_manifest
+
+    manifest = load_manifest(path)
+    root = dataset_root(manifest, None)
+    labelled = [c for c in manifest.cases if c.label is not None]
+    if not labelled:
+        raise MedsegInputError("the manifest lists no labelled case", path=path)
+    table = manifest.label_table
+    files = {c.id: root / c.label for c in sorted(labelled, key=lambda c: c.id)}
+    skipped = {c.id: frozenset(table.labels) - c.annotated(table) for c in labelled}
+    return References("manifest", files, dataset_json=path, not_annotated={k: v for k, v in skipped.items() if v})
+
+
 REFERENCE_LAYOUTS: tuple[Callable[[Path], References | None], ...] = (
     find_brats_references,
     find_msd_references,
@@ -128,6 +152,8 @@ def find_references(ref_dir: Path) -> References:
         MedsegInputError: ``ref_dir`` is not a folder or holds no reference in any known layout.
     """
     ref_dir = Path(ref_dir)
+    if ref_dir.is_file() and ref_dir.suffix == ".json":
+        return manifest_references(ref_dir)
     if not ref_dir.is_dir():
         raise MedsegInputError("reference folder not found", path=ref_dir)
     for finder in REFERENCE_LAYOUTS:
@@ -239,6 +265,8 @@ def _check_same_grid(pred: Image, ref: Image) -> None:
 
 
 def _stats(values: list[float]) -> dict[str, float]:
+    if not values:  # a label no case annotates
+        return {"mean": math.nan, "std": math.nan, "median": math.nan}
     arr = np.asarray(values, dtype=float)
     return {"mean": float(arr.mean()), "std": float(arr.std()), "median": float(np.median(arr))}
 
@@ -264,7 +292,7 @@ def _per_region(
     over the cases of ``scores`` (case -> region -> a named tuple with those fields)."""
     out: dict[str, dict[str, Any]] = {}
     for region in table.evaluation_names:
-        per_case = [case_scores[region] for case_scores in scores.values()]
+        per_case = [case_scores[region] for case_scores in scores.values() if region in case_scores]
         out[region] = {
             "n": len(per_case),
             **{field: _stats([getattr(s, field) for s in per_case]) for field in stats},
@@ -302,6 +330,7 @@ class _CaseJob:
     table: LabelTable
     nsd_tolerance_mm: float
     lesion_rules: str | None
+    not_annotated: frozenset[int] = frozenset()  # label values not scored in this case
 
 
 @dataclass(frozen=True)
@@ -389,10 +418,13 @@ def _score_case(job: _CaseJob) -> _CaseResult:
     scores = score_label_maps(
         pred_array, ref.array, table=job.table, spacing=spacing, nsd_tolerance_mm=job.nsd_tolerance_mm
     )
+    unscored = {name for name, values in job.table.evaluation_sets().items() if set(values) & job.not_annotated}
+    scores = {name: score for name, score in scores.items() if name not in unscored}
     lesions = None
     if job.lesion_rules is not None:
         rules = get_lesion_rules(job.lesion_rules)
         lesions = lesion_wise_label_maps(pred_array, ref.array, table=job.table, spacing=spacing, rules=rules)
+        lesions = {name: score for name, score in lesions.items() if name not in unscored}
     return _CaseResult(scores, lesions, float(min(spacing)))
 
 
@@ -467,7 +499,11 @@ def evaluate_folder(
     else:
         files, missing, left_out = refs.files, pairs.missing, []
 
-    jobs = [_CaseJob(path, preds.get(case), table, nsd_tolerance_mm, lesion_rules) for case, path in files.items()]
+    skip = refs.not_annotated
+    jobs = [
+        _CaseJob(path, preds.get(case), table, nsd_tolerance_mm, lesion_rules, skip.get(case, frozenset()))
+        for case, path in files.items()
+    ]
     results = dict(zip(files, map_in_processes(_score_case, jobs, workers=workers, what="scoring"), strict=True))
     scores = {case: r.scores for case, r in results.items()}
     lesions = {case: r.lesions for case, r in results.items() if r.lesions is not None}

@@ -149,6 +149,8 @@ INFERENCE_PREPROCESSING = (
     "spacing",
     "interpolation",
     "intensity",
+    "intensity_offset",
+    "clip_percentiles",
     "hu_window",
     "crop_foreground",
     "foreground_threshold",

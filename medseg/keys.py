@@ -6,3 +6,6 @@ IMAGE = "image"
 LABEL = "label"
 PRED = "pred"
 CASE = "case"
+LABELLED = "labelled"
+"""Per case, which label values were annotated (a ``(C,)`` bool tensor, background first): see
+:meth:`medseg.data.manifest.ManifestCase.annotated`."""

@@ -31,15 +31,50 @@ def build_loss(cfg: LossConfig, table: LabelTable) -> nn.Module:
     return _HeadsLoss(loss)
 
 
+def merge_unlabelled(logits: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
+    """Softmax logits whose classes not annotated in a sample are merged into background.
+
+    Args:
+        logits: ``(B, C, X, Y, Z)``, or ``(B, H, C, X, Y, Z)`` with ``H`` deep-supervision heads.
+        labelled: ``(B, C)`` bool, per sample which classes were annotated (column 0, background,
+            is taken as annotated whatever it says).
+
+    Returns:
+        Logits of the same shape whose softmax gives background the summed probability of background
+        and every class not annotated in that sample, and each such class probability 0 (the marginal
+        loss of Shi et al., "Marginal loss and exclusion loss for partially supervised multi-organ
+        segmentation", MedIA 2021). Where every class is annotated the softmax is unchanged.
+    """
+    class_dim = logits.dim() - 4
+    missing = ~labelled.to(device=logits.device, dtype=torch.bool)
+    missing[:, 0] = False
+    shape = [missing.shape[0], *[1] * (class_dim - 1), missing.shape[1], 1, 1, 1]
+    missing = missing.view(shape)
+    joins_background = missing.clone()
+    joins_background.select(class_dim, 0).fill_(True)
+    lowest = torch.finfo(logits.dtype).min
+    background = torch.logsumexp(logits.masked_fill(~joins_background, lowest), dim=class_dim, keepdim=True)
+    merged = logits.masked_fill(missing, lowest / 2)
+    first = [slice(None)] * logits.dim()
+    first[class_dim] = slice(0, 1)
+    rest = first.copy()
+    rest[class_dim] = slice(1, None)
+    return torch.cat([background, merged[tuple(rest)]], dim=class_dim)
+
+
 class _HeadsLoss(nn.Module):
-    """Apply ``loss`` to plain logits, or MONAI's deep-supervision weighting to stacked heads."""
+    """Apply ``loss`` to plain logits, or MONAI's deep-supervision weighting to stacked heads; with
+    ``labelled`` (class tables), classes not annotated in a sample are merged into background first
+    (:func:`merge_unlabelled`)."""
 
     def __init__(self, loss: nn.Module) -> None:
         super().__init__()
         self.loss = loss
         self.deep = DeepSupervisionLoss(loss)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, labelled: torch.Tensor | None = None) -> torch.Tensor:
+        if labelled is not None:
+            logits = merge_unlabelled(logits, labelled)
         if logits.dim() == target.dim() + 1:
             return self.deep(list(torch.unbind(logits, dim=1)), target)
         return self.loss(logits, target)

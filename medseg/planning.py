@@ -47,7 +47,7 @@ from medseg.labels import LabelTable
 from medseg.networks.registry import size_divisor
 from medseg.parallel import map_in_processes
 from medseg.training import load_dataset_manifest, resolve_label_table
-from medseg.transforms import load_transforms, spatial_transforms
+from medseg.transforms import intensity_offset_transforms, load_transforms, spatial_transforms
 
 MAX_PATCH_VOXELS = 128**3
 FOREGROUND_SAMPLES_PER_CASE = 10_000
@@ -156,7 +156,11 @@ def fingerprint_dataset(config: Config, *, device: str | torch.device = "cpu", w
         raise MedsegInputError("the dataset has no labelled case to plan from", path=root)
     datalist = {"training": [{IMAGE: [str(root / p) for p in c.images], LABEL: str(root / c.label)} for c in labelled]}
     unresampled = dataclasses.replace(config.transforms, spacing=None)
-    steps = [*load_transforms([IMAGE, LABEL]), *spatial_transforms(unresampled, [IMAGE, LABEL])]
+    steps = [
+        *load_transforms([IMAGE, LABEL]),
+        *intensity_offset_transforms(unresampled),
+        *spatial_transforms(unresampled, [IMAGE, LABEL]),
+    ]
     # output_path "": the statistics are returned, not written
     analyzer = DataAnalyzer(datalist, output_path="", average=False, device=device, worker=workers, label_key=LABEL)
     stats = _quietly(analyzer.get_all_case_stats, transform_list=steps)
@@ -170,7 +174,7 @@ def fingerprint_dataset(config: Config, *, device: str | torch.device = "cpu", w
     pooled: tuple[IntensityRange, ...] = ()
     if config.transforms.intensity == "ct_window":
         files = [(tuple(root / p for p in c.images), root / c.label) for c in labelled]
-        pooled = pooled_foreground(files, workers=max(workers, 1))
+        pooled = pooled_foreground(files, workers=max(workers, 1), offset=config.transforms.intensity_offset)
     summary = stats["stats_summary"]
     return Fingerprint(config.transforms.orientation, manifest.channels, table, tuple(cases), summary, pooled)
 
@@ -187,7 +191,7 @@ def _foreground_sample(job: tuple[tuple[Path, ...], Path, int]) -> np.ndarray:
 
 
 def pooled_foreground(
-    cases: Sequence[tuple[tuple[Path, ...], Path]], *, workers: int = 1, seed: int = 0
+    cases: Sequence[tuple[tuple[Path, ...], Path]], *, workers: int = 1, seed: int = 0, offset: float = 0.0
 ) -> tuple[IntensityRange, ...]:
     """Per channel, the intensity inside the labels of all ``cases`` together: up to
     :data:`FOREGROUND_SAMPLES_PER_CASE` voxels drawn from each case (as nnU-Net's fingerprint draws
@@ -199,9 +203,11 @@ def pooled_foreground(
         cases: each case's image files (one per channel, or one multi-channel file) and label map.
         workers: cases read at once, each in its own process (1: in this process).
         seed: the draws' seed (case ``i`` draws with ``seed + i``).
+        offset: added to every voxel as read (``transforms.intensity_offset``: HU for a set stored in HU + 1000).
     """
     jobs = [(images, label, seed + i) for i, (images, label) in enumerate(cases)]
     samples = np.concatenate(map_in_processes(_foreground_sample, jobs, workers=workers, what="sampling"), axis=1)
+    samples = samples + offset
     if samples.shape[1] == 0:
         return ()
     low, high = np.percentile(samples, [0.5, 99.5], axis=1)

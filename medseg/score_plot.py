@@ -39,7 +39,7 @@ def plot_scores(models: Mapping[str, Scores], path: str | Path, *, nsd_tolerance
         ``path``.
     """
     first = next(iter(models.values()))
-    regions = list(next(iter(first.values())))
+    regions = list(dict.fromkeys(region for case in first.values() for region in case))  # some may skip a label
     slot = 0.8 / len(models)  # the width of one model's box and dots within a region
     panels = (("dice", "Dice"), ("hd95", "HD95 (mm)"), ("nsd", f"NSD at {nsd_tolerance_mm:g} mm"))
     fig = Figure(figsize=(3 + 2.4 * len(regions) * max(1.0, len(models) / 2), 4), dpi=100)
@@ -48,10 +48,10 @@ def plot_scores(models: Mapping[str, Scores], path: str | Path, *, nsd_tolerance
         ax = fig.add_subplot(1, len(panels), column)
         for index, (name, scores) in enumerate(models.items()):
             centres = np.arange(1, len(regions) + 1) + (index - (len(models) - 1) / 2) * slot
-            offsets = np.linspace(-0.25, 0.25, len(scores)) * slot if len(scores) > 1 else np.zeros(1)
-            values = [[getattr(case[region], metric) for case in scores.values()] for region in regions]
+            values = [[getattr(c[region], metric) for c in scores.values() if region in c] for region in regions]
             ax.boxplot(values, positions=centres, widths=0.75 * slot, showfliers=False, manage_ticks=False)
             for centre, region_values in zip(centres, values, strict=True):
+                offsets = np.linspace(-0.25, 0.25, len(region_values)) * slot if len(region_values) > 1 else 0.0
                 ax.scatter(centre + offsets, region_values, s=12, alpha=0.6, color=f"C{index}", zorder=3)
             if len(models) > 1:
                 ax.scatter([], [], s=12, color=f"C{index}", label=name)  # one legend entry per model

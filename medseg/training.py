@@ -35,11 +35,18 @@ from medseg import __version__
 from medseg.backends.base import autocast_dtype
 from medseg.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medseg.config import Config
-from medseg.data.manifest import Manifest, ManifestCase, build_manifest, load_manifest, require_consistent
+from medseg.data.manifest import (
+    Manifest,
+    ManifestCase,
+    build_manifest,
+    dataset_root,
+    load_manifest,
+    require_consistent,
+)
 from medseg.distributed import DistContext, init_distributed, shutdown_distributed
 from medseg.errors import CheckpointError, ConfigError, MedsegInputError, user_errors_unwrapped
 from medseg.inference import Windows
-from medseg.keys import CASE, IMAGE, LABEL
+from medseg.keys import CASE, IMAGE, LABEL, LABELLED
 from medseg.labels import LabelTable, get_label_table
 from medseg.losses import WindowConsistency, build_loss
 from medseg.networks import build_network, check_patch_size
@@ -73,12 +80,15 @@ def validate_config(config: Config) -> None:
 
 
 def load_dataset_manifest(config: Config) -> tuple[Manifest, Path]:
-    """The manifest named in the config, or one built from ``data.root`` with ``data.layout``."""
-    root = Path(config.data.root)
+    """The manifest named in the config, or one built from ``data.root`` with ``data.layout``; and the
+    folder its paths start from (``data.root``, else the root a file-list manifest names)."""
     if config.data.manifest:
-        manifest = load_manifest(config.data.manifest)
-    else:
-        manifest = build_manifest(root, layout=config.data.layout, num_folds=config.data.num_folds, seed=config.seed)
+        manifest = load_manifest(config.data.manifest, num_folds=config.data.num_folds, seed=config.seed)
+        return manifest, dataset_root(manifest, config.data.root)
+    if config.data.root is None:
+        raise ConfigError("data.root is null: give the dataset folder, or a data.manifest that names its root")
+    root = Path(config.data.root)
+    manifest = build_manifest(root, layout=config.data.layout, num_folds=config.data.num_folds, seed=config.seed)
     return manifest, root
 
 
@@ -103,8 +113,36 @@ def resolve_label_table(config: Config, manifest: Manifest) -> LabelTable:
     return table
 
 
-def _items(cases: list[ManifestCase], root: Path) -> list[dict[str, Any]]:
-    return [{IMAGE: [str(root / p) for p in c.images], LABEL: str(root / c.label), CASE: c.id} for c in cases]
+def _items(cases: list[ManifestCase], root: Path, table: LabelTable | None) -> list[dict[str, Any]]:
+    """Dataset items; with ``table`` (partially labelled class data), each holds which of the table's
+    values, in output order, were annotated in its case (:data:`~medseg.keys.LABELLED`)."""
+    items: list[dict[str, Any]] = []
+    for c in cases:
+        item: dict[str, Any] = {IMAGE: [str(root / p) for p in c.images], LABEL: str(root / c.label), CASE: c.id}
+        if table is not None:
+            annotated = c.annotated(table)
+            item[LABELLED] = torch.tensor([v in annotated for v in sorted(table.labels)])
+        items.append(item)
+    return items
+
+
+def partial_label_table(config: Config, manifest: Manifest, table: LabelTable) -> LabelTable | None:
+    """``table`` when some case of ``manifest`` lacks annotations of some label and training is to
+    mask them (``loss.mask_unlabelled``), else ``None`` (every case is taken as fully labelled).
+
+    Raises:
+        ConfigError: partially labelled cases with a region table (only class tables can merge a
+            missing label into background).
+    """
+    partial = any(c.labelled is not None and c.annotated(table) != set(table.labels) for c in manifest.cases)
+    if not partial or not config.loss.mask_unlabelled:
+        return None
+    if table.kind != "classes":
+        raise ConfigError(
+            f"the manifest has partially labelled cases, which need a class label table; {table.name} has regions"
+            " (set loss.mask_unlabelled: false to train them as fully labelled)"
+        )
+    return table
 
 
 class _Trainer:
@@ -128,11 +166,14 @@ class _Trainer:
         # A single caching thread: MONAI's LoadImaged stacking several files under one key is not
         # thread-safe (with 2 threads a cached BraTS case now and then kept 1 of its 4 channels).
         cache = {"cache_rate": config.data.cache_rate, "num_workers": 1, "progress": False}
+        self.partial = partial_label_table(config, manifest, self.table)
         self.train_ds = CacheDataset(
-            _items(train_cases, root), training_pipeline(config.transforms, self.table), **cache
+            _items(train_cases, root, self.partial), training_pipeline(config.transforms, self.table), **cache
         )
         self.windows = Windows.for_network(config.inference, config.network.name, config.network.kwargs)
-        self.val_ds = CacheDataset(_items(val_cases, root), validation_pipeline(config.transforms, self.table), **cache)
+        self.val_ds = CacheDataset(
+            _items(val_cases, root, self.partial), validation_pipeline(config.transforms, self.table), **cache
+        )
         cfg = config.train
         self.sampler_generator = torch.Generator()
         self.sampler = DistributedWeightedRandomSampler(
@@ -293,10 +334,11 @@ class _Trainer:
         for batch in bar:
             image = batch[IMAGE].to(self.ctx.device)
             target = batch[LABEL].to(self.ctx.device)
+            labelled = batch.get(LABELLED)
             self.optimizer.zero_grad(set_to_none=True)
             with self._autocast():
                 logits = self.net(image)
-                loss = self.loss_fn(logits.float(), target)
+                loss = self.loss_fn(logits.float(), target, labelled)
                 if self.consistency is not None:
                     loss = loss + self.config.train.consistency_weight * self.consistency(self.net, image, logits)
             self.scaler.scale(loss).backward()
@@ -318,7 +360,8 @@ class _Trainer:
 
         Under DDP each process scores every ``world_size``-th case and the per-case scores are
         gathered, so every process returns the same numbers. Empty masks follow BraTS: both empty
-        scores 1, one empty scores 0.
+        scores 1, one empty scores 0. A label not annotated in a case is not scored there; its mean is
+        over the cases that annotate it.
         """
         self.model.eval()
         inf = self.config.inference
@@ -337,10 +380,12 @@ class _Trainer:
                 n = self.table.num_outputs
                 pred = nn.functional.one_hot(logits.argmax(1), n).permute(0, 4, 1, 2, 3).float()
                 target = nn.functional.one_hot(target[:, 0].long(), n).permute(0, 4, 1, 2, 3).float()
-            dice = compute_dice(pred, target, include_background=regions, ignore_empty=False)
-            per_case.append(dice[0].cpu().tolist())
+            dice = compute_dice(pred, target, include_background=regions, ignore_empty=False)[0].cpu()
+            if LABELLED in item:  # class tables: outputs 1.. are the foreground labels
+                dice = torch.where(item[LABELLED][1:], dice, torch.nan)
+            per_case.append(dice.tolist())
         per_case = self.ctx.gather(per_case)
-        per_output = np.mean(np.asarray(per_case), axis=0)
+        per_output = np.nanmean(np.asarray(per_case, dtype=float), axis=0)
         names = self.table.evaluation_names
         scores = {f"val_{name}_dice": float(v) for name, v in zip(names, per_output, strict=True)}
         scores["val_mean_dice"] = float(np.mean(per_output))

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medseg.data.brats import detect_release
+from medseg.data.manifest import FORMAT as MANIFEST_FORMAT
+from medseg.data.manifest import dataset_root, load_manifest
 from medseg.errors import MedsegInputError
 from medseg.io.jsonfile import read_json
 
@@ -213,14 +215,27 @@ def _unique_ids(cases: list[InputCase], root: Path) -> list[InputCase]:
 
 
 def read_cases_file(path: str | Path, *, channels: Sequence[str]) -> list[InputCase]:
-    """Cases from a JSON list ``[{"id": ..., "images": [...] or {channel: path}}, ...]``, sorted by id.
+    """Cases from a JSON list ``[{"id": ..., "images": [...] or {channel: path}}, ...]``, sorted by id;
+    or from a medseg manifest (a file list, :mod:`medseg.data.manifest`): every case, its images under
+    the root the manifest names.
 
     Raises:
         MedsegInputError: unreadable JSON, a malformed entry, a duplicate id, or an ``images`` object
-            whose keys are not the checkpoint's channel names.
+            whose keys are not the checkpoint's channel names; a manifest naming no root, or whose
+            channel count differs from the checkpoint's.
     """
     path = Path(path)
     data = read_json(path, what="cases file")
+    if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT:
+        manifest = load_manifest(path)
+        root = dataset_root(manifest, None)
+        if len(manifest.channels) != len(channels):
+            raise MedsegInputError(
+                f"the manifest's cases have {len(manifest.channels)} channel(s) {list(manifest.channels)};"
+                f" the model takes {len(channels)} {list(channels)}",
+                path=path,
+            )
+        return [InputCase(c.id, tuple(root / p for p in c.images)) for c in sorted(manifest.cases, key=lambda c: c.id)]
     if not isinstance(data, list):
         raise MedsegInputError('expected a JSON list of {"id": ..., "images": [...]} objects', path=path)
     cases: dict[str, InputCase] = {}

@@ -6,7 +6,7 @@ Each scanner returns a :class:`ScannedDataset`; :data:`SCANNERS` maps a layout n
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg.labels import LabelTable
@@ -21,12 +21,21 @@ class ScannedCase:
         images: one file per input channel, in the model's channel order.
         label: the reference label map, or ``None`` for unlabelled (test) cases.
         patient: the patient the case belongs to; folds never split a patient.
+        labelled: for a partially labelled case, the label values annotated in it (background always
+            counts as annotated); ``None``: every value of the table.
     """
 
     id: str
     images: tuple[str, ...]
     label: str | None
     patient: str
+    labelled: frozenset[int] | None = field(default=None, kw_only=True)
+
+    def annotated(self, table: LabelTable) -> frozenset[int]:
+        """The values of ``table`` annotated in this case: all of them unless ``labelled`` says otherwise."""
+        if self.labelled is None:
+            return frozenset(table.labels)
+        return frozenset(v for v in table.labels if v == 0 or v in self.labelled)
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,23 @@ File format (``format: medseg-manifest``, ``version: 1``)::
                 "images": ["BraTS2021_00000/BraTS2021_00000_t1.nii.gz", ...],
                 "label": "BraTS2021_00000/BraTS2021_00000_seg.nii.gz"}, ...]}
 
-Paths are relative to the dataset root, which is given when the manifest is used.
+Paths are relative to the dataset root, which is given when the manifest is used, or which the
+manifest names itself (``"root"``, relative to the manifest's own folder).
+
+A hand-written manifest is a *file list*: any folder's files used as they lie, without renaming.
+Only ``format``, ``labels``, ``channels`` and per case ``id`` and ``images`` are required; ``layout``
+defaults to ``"files"``, ``patient`` to the case id, ``label`` to none (unlabelled). Cases without a
+``fold`` are dealt into ``num_folds`` patient-level folds with ``seed`` (from the file, else from the
+caller). A case may say which label values were annotated in it (``"labelled": [0, 1, 2, 4]``,
+background included or not): a class missing from that list was not annotated there (e.g. an organ not
+contoured), so training does not teach it as background and evaluation does not score it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +35,7 @@ import numpy as np
 
 from medseg.data import brats as _brats  # noqa: F401  (registers the layout)
 from medseg.data import nnunet as _nnunet  # noqa: F401  (registers "nnunet", and "msd" which it imports)
+from medseg.data import openkbp as _openkbp  # noqa: F401  (registers the layout)
 from medseg.data.layouts import SCANNERS, ScannedCase
 from medseg.errors import MedsegInputError
 from medseg.io.atomic import atomic_output
@@ -52,6 +64,7 @@ class Manifest:
     cases: tuple[ManifestCase, ...]
     num_folds: int
     seed: int
+    root: Path | None = None
 
     def split(self, fold: int) -> tuple[list[ManifestCase], list[ManifestCase]]:
         """(training, validation) labelled cases for ``fold``: validation is that fold's cases."""
@@ -62,7 +75,12 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON representation."""
-        return {
+
+        def case(c: ManifestCase) -> dict[str, Any]:
+            entry = {"id": c.id, "patient": c.patient, "fold": c.fold, "images": list(c.images), "label": c.label}
+            return entry if c.labelled is None else {**entry, "labelled": sorted(c.labelled)}
+
+        data: dict[str, Any] = {
             "format": FORMAT,
             "version": VERSION,
             "layout": self.layout,
@@ -70,11 +88,10 @@ class Manifest:
             "channels": list(self.channels),
             "num_folds": self.num_folds,
             "seed": self.seed,
-            "cases": [
-                {"id": c.id, "patient": c.patient, "fold": c.fold, "images": list(c.images), "label": c.label}
-                for c in self.cases
-            ],
         }
+        if self.root is not None:
+            data["root"] = str(self.root)
+        return {**data, "cases": [case(c) for c in self.cases]}
 
 
 def assign_folds(cases: tuple[ScannedCase, ...], *, num_folds: int, seed: int) -> list[ManifestCase]:
@@ -84,11 +101,12 @@ def assign_folds(cases: tuple[ScannedCase, ...], *, num_folds: int, seed: int) -
     patients = sorted({c.patient for c in cases})
     random.Random(seed).shuffle(patients)
     fold_of = {p: i % num_folds for i, p in enumerate(patients)}
-    return [ManifestCase(c.id, c.images, c.label, c.patient, fold_of[c.patient]) for c in cases]
+    return [ManifestCase(c.id, c.images, c.label, c.patient, fold_of[c.patient], labelled=c.labelled) for c in cases]
 
 
 def build_manifest(root: str | Path, *, layout: str = "brats", num_folds: int = 5, seed: int = 0) -> Manifest:
-    """Scan ``root`` with the ``layout`` scanner and assign patient-level folds."""
+    """Scan ``root`` with the ``layout`` scanner and assign patient-level folds (the manifest does not name
+    ``root``: ``dataclasses.replace(manifest, root=...)`` before saving to make it self-contained)."""
     try:
         scanner = SCANNERS[layout]
     except KeyError:
@@ -99,46 +117,97 @@ def build_manifest(root: str | Path, *, layout: str = "brats", num_folds: int = 
 
 
 def save_manifest(manifest: Manifest, path: str | Path) -> Path:
-    """Write the manifest as indented JSON, atomically."""
+    """Write the manifest as indented JSON, atomically; its root relative to the file's folder."""
     path = Path(path)
+    if manifest.root is not None:
+        relative = Path(os.path.relpath(manifest.root.absolute(), path.absolute().parent))
+        manifest = dataclasses.replace(manifest, root=relative)
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(manifest.to_dict(), indent=1) + "\n")
     return path
 
 
-def load_manifest(path: str | Path) -> Manifest:
-    """Read a manifest file.
+def load_manifest(path: str | Path, *, num_folds: int = 5, seed: int = 0) -> Manifest:
+    """Read a manifest file; ``num_folds`` and ``seed`` split a file list whose cases have no folds
+    and that names neither (see the module docstring). A ``root`` it names is resolved against the
+    manifest's folder.
 
     Raises:
         MedsegInputError: missing file, invalid JSON, or not a medseg manifest.
     """
     path = Path(path)
-    return manifest_from_dict(read_json(path, what="manifest file"), path=path)
+    manifest = manifest_from_dict(read_json(path, what="manifest file"), path=path, num_folds=num_folds, seed=seed)
+    if manifest.root is not None and not manifest.root.is_absolute():
+        manifest = dataclasses.replace(manifest, root=path.parent / manifest.root)
+    return manifest
 
 
-def manifest_from_dict(data: Any, *, path: str | Path) -> Manifest:
-    """A manifest from its JSON (:meth:`Manifest.to_dict`), read from ``path`` (named in errors).
+def _labelled(value: Any) -> frozenset[int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise TypeError(f"labelled {value!r} (a list of label values)")
+    return frozenset(value)
+
+
+def manifest_from_dict(data: Any, *, path: str | Path, num_folds: int = 5, seed: int = 0) -> Manifest:
+    """A manifest from its JSON (:meth:`Manifest.to_dict`, or a hand-written file list), read from
+    ``path`` (named in errors).
 
     Raises:
-        MedsegInputError: not a medseg manifest, or a malformed one.
+        MedsegInputError: not a medseg manifest, or a malformed one (a duplicate case id, a
+            ``labelled`` value outside the label table).
     """
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise MedsegInputError(f'not a medseg manifest (no "format": "{FORMAT}")', path=path)
     try:
-        cases = tuple(
-            ManifestCase(c["id"], tuple(c["images"]), c.get("label"), c.get("patient", c["id"]), int(c["fold"]))
+        table = LabelTable.from_dict(data["labels"])
+        num_folds, seed = int(data.get("num_folds", num_folds)), int(data.get("seed", seed))
+        scanned = [
+            ManifestCase(
+                str(c["id"]),
+                tuple(str(p) for p in c["images"]),
+                c.get("label"),
+                str(c.get("patient", c["id"])),
+                int(c.get("fold", -1)),
+                labelled=_labelled(c.get("labelled")),
+            )
             for c in data["cases"]
-        )
-        return Manifest(
-            data["layout"],
-            LabelTable.from_dict(data["labels"]),
-            tuple(data["channels"]),
-            cases,
-            int(data["num_folds"]),
-            int(data["seed"]),
-        )
+        ]
     except (KeyError, TypeError, ValueError) as exc:
         raise MedsegInputError(f"malformed manifest: missing or invalid {exc}", path=path) from None
+    ids = [c.id for c in scanned]
+    if len(set(ids)) != len(ids):
+        raise MedsegInputError(f"case {next(i for i in ids if ids.count(i) > 1)!r} is listed twice", path=path)
+    for case in scanned:
+        unknown = sorted((case.labelled or frozenset()) - set(table.labels))
+        if unknown:
+            raise MedsegInputError(f"case {case.id!r}: labelled values {unknown} are not in {table.name}", path=path)
+    if any(c.fold < 0 for c in scanned):
+        scanned = assign_folds(tuple(scanned), num_folds=num_folds, seed=seed)
+    root = data.get("root")
+    return Manifest(
+        str(data.get("layout", "files")),
+        table,
+        tuple(str(c) for c in data["channels"]) if isinstance(data.get("channels"), list) else ("image",),
+        tuple(scanned),
+        num_folds,
+        seed,
+        None if root is None else Path(str(root)),
+    )
+
+
+def dataset_root(manifest: Manifest, root: str | Path | None) -> Path:
+    """Where ``manifest``'s relative paths start: ``root`` when given, else the root the manifest names.
+
+    Raises:
+        MedsegInputError: neither is given.
+    """
+    if root is not None:
+        return Path(root)
+    if manifest.root is None:
+        raise MedsegInputError('the manifest names no "root": give the dataset folder (data.root, --root)')
+    return manifest.root
 
 
 def check_case(case: ManifestCase, *, root: Path, table: LabelTable) -> list[str]:
