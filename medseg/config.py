@@ -40,6 +40,8 @@ class Range:
         return self.high is None or not (value > self.high or (self.open_high and value == self.high))
 
     def __str__(self) -> str:
+        if self.low is None and self.high is None:
+            return "a finite number"
         if self.high is None:
             return f"{'>' if self.open_low else '>='} {self.low:g}"
         if self.low is None:
