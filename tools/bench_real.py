@@ -24,6 +24,11 @@ Every figure comes from these real files: nothing here generates data.
     .venv/bin/python tools/bench_real.py hippocampus --folds 0 1          # two folds of five
     .venv/bin/python tools/bench_real.py openkbp --out runs/bench_real/openkbp_nomask \\
         --set loss.mask_unlabelled=false                                   # the partial-label ablation
+    .venv/bin/python tools/bench_real.py hippocampus --folds 0 --variant mirrored \\
+        --infer-set 'inference.mirror_axes=[0, 1, 2]'                      # the same weights, predicted otherwise
+
+A ``--variant`` predicts and scores the folds' trained weights again with ``--infer-set`` inference
+settings (``medseg predict --set``), into ``fold_K/VARIANT/``; its lines carry its name.
 """
 
 from __future__ import annotations
@@ -138,20 +143,22 @@ def run_fold(args: argparse.Namespace, dataset: Dataset, fold: int) -> dict:
     from medseg.config import load_config
 
     fold_dir = args.out / f"fold_{fold}"
-    run_dir, pred_dir, eval_dir = fold_dir / "train", fold_dir / "predictions", fold_dir / "evaluation"
+    scored = fold_dir / args.variant if args.variant else fold_dir
+    run_dir, pred_dir, eval_dir = fold_dir / "train", scored / "predictions", scored / "evaluation"
     fold_dir.mkdir(parents=True, exist_ok=True)
     log = fold_dir / "log.txt"
     overrides = [*args.set, f"data.fold={fold}", f"train.run_dir={run_dir}"]
     config = load_config(REPO / dataset.config, overrides).to_dict()
     sets = [a for o in overrides for a in ("--set", o)]
-    train_rss = 0.0
+    train_rss: float | None = None  # trained before this run: not measured
     if not training_done(run_dir, config):
         resume = ["--resume"] if (run_dir / "last.pt").is_file() else []
         _, train_rss = run_stage([*MEDSEG, "train", "--config", dataset.config, *sets, *resume], log)
     cases, reference = held_out_cases(args, dataset, fold, fold_dir)
+    inference = [a for o in args.infer_set for a in ("--set", o)]
+    model = ["--model", str(run_dir / "last.pt")]
     predict_s, predict_rss = run_stage(
-        [*MEDSEG, "predict", "--model", str(run_dir / "last.pt"), "--cases", str(cases), "--output", str(pred_dir)],
-        log,
+        [*MEDSEG, "predict", *model, "--cases", str(cases), "--output", str(pred_dir), *inference], log
     )
     scoring = ["--nsd-tolerance", f"{dataset.nsd_tolerance_mm:g}", "--only-predicted"]
     _, evaluate_rss = run_stage(
@@ -164,6 +171,7 @@ def run_fold(args: argparse.Namespace, dataset: Dataset, fold: int) -> dict:
     return {
         "dataset": args.dataset,
         "fold": fold,
+        "variant": args.variant,
         "held_out_cases": n,
         "labels": {
             name: {m: round(stats[m]["mean"], 4) for m in ("dice", "hd95", "nsd")} | {"n": stats["n"]}
@@ -175,12 +183,13 @@ def run_fold(args: argparse.Namespace, dataset: Dataset, fold: int) -> dict:
         "train_steps": int(rows[-1]["epoch"]) * config["train"]["iterations_per_epoch"],
         "inference_s_per_case": round(predict_s / max(n, 1), 2),
         "peak_rss_gb": {
-            "train": round(train_rss, 2),
+            "train": None if train_rss is None else round(train_rss, 2),
             "predict": round(predict_rss, 2),
             "evaluate": round(evaluate_rss, 2),
         },
         "config": dataset.config,
         "overrides": list(args.set),
+        "inference_overrides": list(args.infer_set),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
     }
 
@@ -199,6 +208,7 @@ def summarize(args: argparse.Namespace, dataset: Dataset, records: list[dict]) -
     }
     return {
         "summary": args.dataset,
+        "variant": args.variant,
         "folds": sorted(r["fold"] for r in records),
         "held_out_cases": sum(r["held_out_cases"] for r in records),
         "labels": labels,
@@ -215,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, nargs="+", default=None, help="kfold: which folds (default: all)")
     parser.add_argument("--out", type=Path, default=None, help="default runs/bench_real/DATASET")
     parser.add_argument("--set", action="append", default=[], help="a config override, as medseg train --set")
+    parser.add_argument("--variant", default=None, help="name of a prediction variant of the trained folds")
+    parser.add_argument("--infer-set", action="append", default=[], help="with --variant: an inference override")
     args = parser.parse_args(argv)
     if not REAL.is_dir():
         print(f"bench_real: {REAL} is absent: the real datasets are not on this machine", file=sys.stderr)
@@ -229,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         folds = args.folds if args.folds is not None else list(range(num_folds))
     else:
         folds = [0]
-    results = args.out / "folds.jsonl"
+    if bool(args.variant) != bool(args.infer_set):
+        parser.error("--variant and --infer-set go together")
+    results = args.out / (f"folds-{args.variant}.jsonl" if args.variant else "folds.jsonl")
     done = {r["fold"]: r for r in map(json.loads, results.read_text().splitlines())} if results.is_file() else {}
     for fold in folds:
         if fold not in done:
