@@ -177,7 +177,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _tune_postprocessing(args: argparse.Namespace) -> int:
-    from medseg.tuning import criterion_name, format_trials, set_argument, tune_min_component_ml
+    from medseg.postprocessing import criterion_name, format_trials, set_argument, tune_min_component_ml
 
     candidates = {"candidates": args.candidates} if args.candidates else {}
     chosen, trials = tune_min_component_ml(**_scoring_kwargs(args), **candidates)

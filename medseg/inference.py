@@ -31,15 +31,15 @@ from medseg.errors import CheckpointError, ConfigError, MedsegInputError
 from medseg.io import Image, read_dicom_series, read_image, require_finite
 from medseg.keys import IMAGE
 from medseg.networks.registry import check_patch_size, default_window_voxels, size_divisor
-from medseg.tiling import TilePlan, smallest_window, tiled_inference
-from medseg.transforms import (
+from medseg.postprocessing import (
     check_min_component_ml,
     check_min_region_ml,
-    inference_transforms,
     outputs_to_labels,
     remove_small_components,
     suppress_small_regions,
 )
+from medseg.tiling import TilePlan, smallest_window, tiled_inference
+from medseg.transforms import inference_transforms
 
 
 @dataclass(frozen=True)
@@ -362,8 +362,8 @@ class Predictor:
         """Label map ``(X, Y, Z)`` uint8 from ``probs`` ``(C_out, X, Y, Z)`` on ``image``'s grid.
 
         Post-processing from the ``inference`` config: ``min_component_ml`` relabels too-small connected
-        pieces (:func:`~medseg.transforms.remove_small_components`), ``min_region_ml`` too-small region
-        predictions (:func:`~medseg.transforms.suppress_small_regions`), and ``keep_largest_component``
+        pieces (:func:`~medseg.postprocessing.components.remove_small_components`), ``min_region_ml`` too-small region
+        predictions (:func:`~medseg.postprocessing.regions.suppress_small_regions`), and ``keep_largest_component``
         keeps each foreground label's largest connected piece (MONAI's ``KeepLargestConnectedComponent``)."""
         labels = outputs_to_labels(torch.from_numpy(probs), self.table, threshold=self.inference.threshold)
         if self.inference.min_component_ml:

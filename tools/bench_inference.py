@@ -217,7 +217,8 @@ def run_baseline(
     from medseg.inference import read_case
     from medseg.io import write_nifti
     from medseg.keys import IMAGE
-    from medseg.transforms import inference_transforms, outputs_to_labels
+    from medseg.postprocessing import outputs_to_labels
+    from medseg.transforms import inference_transforms
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     ckpt = load_checkpoint(checkpoint, training=False)

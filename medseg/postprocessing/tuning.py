@@ -5,7 +5,7 @@ The input is a folder of label maps a model predicted for cases it did not train
 fold) and a reference folder that holds them (it may hold more: only the predicted cases count, so
 the whole training dataset can be given). For each region in the table's order (outer regions first, so that a
 choice never changes the score of a region already decided), every candidate volume is applied on
-top of the choices made so far (:func:`~medseg.transforms.remove_small_components`), and the region
+top of the choices made so far (:func:`~medseg.postprocessing.components.remove_small_components`), and the region
 keeps the candidate with the best mean score over the cases, if it beats removing nothing. The score
 is the region's lesion-wise Dice (:mod:`medseg.lesion_metrics`) when lesion rules are given, else
 its Dice.
@@ -33,7 +33,7 @@ from medseg.labels import LabelTable
 from medseg.lesion_metrics import get_lesion_rules, lesion_wise_scores
 from medseg.metrics import dice
 from medseg.parallel import map_in_processes
-from medseg.transforms import Pieces, remove_small_components
+from medseg.postprocessing.components import Pieces, remove_small_components
 
 CANDIDATES_ML = (0.02, 0.05, 0.1, 0.2, 0.5)
 TUNING_CSV = "tuning.csv"

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from medseg.labels import BRATS2021, BRATS2023, LabelTable
-from medseg.transforms import LabelsToRegionsd, outputs_to_labels
+from medseg.postprocessing import outputs_to_labels
+from medseg.transforms import LabelsToRegionsd
 
 
 @pytest.mark.parametrize("table", [BRATS2021, BRATS2023])
@@ -31,7 +32,7 @@ def test_class_outputs_take_the_argmax_in_table_values() -> None:
 
 
 def test_small_regions_are_relabelled_as_their_enclosing_region() -> None:
-    from medseg.transforms import suppress_small_regions
+    from medseg.postprocessing import suppress_small_regions
 
     labels = np.zeros((20, 20, 20), np.uint8)
     labels[2:12, 2:12, 2:12] = 2  # ED: 1000 voxels

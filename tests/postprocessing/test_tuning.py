@@ -12,8 +12,8 @@ from medseg.cli import main
 from medseg.io import Geometry, read_nifti, write_nifti
 from medseg.labels import BRATS_RELEASES
 from medseg.lesion_metrics import LESION_RULES, lesion_wise_label_maps
-from medseg.transforms import remove_small_components
-from medseg.tuning import tune_min_component_ml
+from medseg.postprocessing import remove_small_components
+from medseg.postprocessing.tuning import tune_min_component_ml
 
 RELEASE = BRATS_RELEASES["2021"]
 TABLE = RELEASE.label_table

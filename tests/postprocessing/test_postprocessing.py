@@ -77,7 +77,7 @@ def _pieces(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def test_small_pieces_take_the_enclosing_region_label() -> None:
     from medseg.labels import BRATS2021
-    from medseg.transforms import remove_small_components
+    from medseg.postprocessing import remove_small_components
 
     labels = np.zeros((40, 40, 30), np.uint8)
     labels[5:25, 5:25, 5:25] = 2  # oedema
@@ -107,7 +107,7 @@ def test_small_pieces_take_the_enclosing_region_label() -> None:
 
 def test_small_pieces_of_a_class_become_background() -> None:
     from medseg.labels import get_label_table
-    from medseg.transforms import remove_small_components
+    from medseg.postprocessing import remove_small_components
 
     table = get_label_table("btcv")
     liver, spleen = table.evaluation_names[:2]
