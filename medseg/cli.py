@@ -218,7 +218,7 @@ def _scoring_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from medseg.comparison import compare_evaluations, format_comparison
+    from medseg.evaluation import compare_evaluations, format_comparison
 
     rows = compare_evaluations(eval_dirs=args.eval_dirs, out_dir=args.out, names=args.names)
     print(format_comparison(rows))

@@ -306,7 +306,7 @@ def region_masks(labels: np.ndarray, table: LabelTable) -> dict[str, np.ndarray]
 
 def dice_per_region(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> dict[str, float]:
     """Dice of two label maps' region masks, per region; 1.0 where both are empty."""
-    from medseg.metrics import dice
+    from medseg.evaluation.metrics import dice
 
     return {name: round(dice(x[name], y[name]), 4) for name in x}
 

@@ -7,7 +7,7 @@ the whole training dataset can be given). For each region in the table's order (
 choice never changes the score of a region already decided), every candidate volume is applied on
 top of the choices made so far (:func:`~medseg.postprocessing.components.remove_small_components`), and the region
 keeps the candidate with the best mean score over the cases, if it beats removing nothing. The score
-is the region's lesion-wise Dice (:mod:`medseg.lesion_metrics`) when lesion rules are given, else
+is the region's lesion-wise Dice (:mod:`medseg.evaluation.lesion_wise`) when lesion rules are given, else
 its Dice.
 
 The predictions should be the model's own, without a ``min_component_ml`` of their own. The
@@ -28,10 +28,10 @@ import numpy as np
 
 from medseg.errors import MedsegInputError
 from medseg.evaluation import pair_cases, read_case
+from medseg.evaluation.lesion_wise import get_lesion_rules, lesion_wise_scores
+from medseg.evaluation.metrics import dice
 from medseg.io import atomic_output
 from medseg.labels import LabelTable
-from medseg.lesion_metrics import get_lesion_rules, lesion_wise_scores
-from medseg.metrics import dice
 from medseg.parallel import map_in_processes
 from medseg.postprocessing.components import Pieces, remove_small_components
 

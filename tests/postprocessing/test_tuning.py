@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from medseg.cli import main
+from medseg.evaluation.lesion_wise import LESION_RULES, lesion_wise_label_maps
 from medseg.io import Geometry, read_nifti, write_nifti
 from medseg.labels import BRATS_RELEASES
-from medseg.lesion_metrics import LESION_RULES, lesion_wise_label_maps
 from medseg.postprocessing import remove_small_components
 from medseg.postprocessing.tuning import tune_min_component_ml
 

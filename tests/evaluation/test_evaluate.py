@@ -15,12 +15,12 @@ from scipy import ndimage
 from medseg.cli import main
 from medseg.errors import MedsegInputError
 from medseg.evaluation import evaluate_folder, find_references, format_summary
+from medseg.evaluation.files import read_metrics_csv
+from medseg.evaluation.lesion_wise import LESION_RULES, lesion_wise_label_maps
+from medseg.evaluation.metrics import RegionScore
+from medseg.evaluation.plot import plot_scores
 from medseg.io import Geometry, write_nifti
 from medseg.labels import BRATS_RELEASES, LabelTable
-from medseg.lesion_metrics import LESION_RULES, lesion_wise_label_maps
-from medseg.metrics import RegionScore
-from medseg.score_files import read_metrics_csv
-from medseg.score_plot import plot_scores
 
 SHAPE = (24, 20, 12)
 SPACING = (0.9, 1.1, 2.5)

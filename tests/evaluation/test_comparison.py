@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from medseg.cli import main
-from medseg.comparison import compare_evaluations, distinct_names
 from medseg.errors import MedsegInputError
+from medseg.evaluation.comparison import compare_evaluations, distinct_names
 
 REGIONS = ("liver", "spleen")
 

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 
 from medseg.errors import MedsegInputError
-from medseg.lesion_metrics import LesionScore
-from medseg.metrics import RegionScore
-from medseg.score_files import (
+from medseg.evaluation.files import (
     Metrics,
     read_lesion_metrics_csv,
     read_metrics_csv,
     write_lesion_metrics_csv,
     write_metrics_csv,
 )
+from medseg.evaluation.lesion_wise import LesionScore
+from medseg.evaluation.metrics import RegionScore
 
 
 def test_files_read_back_what_was_written(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ al., github.com/rachitsaluja/BraTS-2023-Metrics):
    positives); lesion-wise HD95 likewise, with 374 mm per false positive. Nothing to score (no kept
    lesion, no false positive) gives Dice 1 and HD95 0.
 
-Each lesion's HD95 follows :func:`medseg.metrics.hd95` (MONAI's surface voxels and the larger of the
+Each lesion's HD95 follows :func:`medseg.evaluation.metrics.hd95` (MONAI's surface voxels and the larger of the
 two directed 95th percentiles), where the BraTS script uses DeepMind's surface-element distances, so
 the two differ by a fraction of a voxel per lesion. The parameters of each BraTS 2023 challenge are in
 :data:`LESION_RULES`.
@@ -38,8 +38,8 @@ import numpy as np
 from scipy import ndimage
 
 from medseg.errors import MedsegInputError
+from medseg.evaluation.metrics import dice, hd95, mask_box
 from medseg.labels import LabelTable
-from medseg.metrics import dice, hd95, mask_box
 
 MISSED_LESION_HD95_MM = 374.0
 """HD95 of a missed lesion and of a false positive: the BraTS 2023 script's constant (about the

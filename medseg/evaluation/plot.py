@@ -1,5 +1,5 @@
 """The per-region score plot that :func:`~medseg.evaluation.evaluate_folder` writes beside ``metrics.csv``
-(one model) and :func:`~medseg.comparison.compare_evaluations` beside ``comparison.csv`` (several).
+(one model) and :func:`~medseg.evaluation.comparison.compare_evaluations` beside ``comparison.csv`` (several).
 
 Drawn with matplotlib's Agg canvas directly (no pyplot, no global backend change).
 """
@@ -17,10 +17,10 @@ from matplotlib.figure import Figure
 from medseg.io.atomic import atomic_output
 
 if TYPE_CHECKING:
-    from medseg.metrics import RegionScore
+    from medseg.evaluation.metrics import RegionScore
 
 Scores = Mapping[str, Mapping[str, "RegionScore"]]
-"""One model's scores: case -> region -> score, as :func:`~medseg.score_files.read_metrics_csv` reads them."""
+"""One model's scores: case -> region -> score, as :func:`~medseg.evaluation.files.read_metrics_csv` reads them."""
 
 
 def plot_scores(models: Mapping[str, Scores], path: str | Path, *, nsd_tolerance_mm: float) -> Path:

@@ -10,7 +10,7 @@ Conventions (the BraTS challenge's, which every number medseg reports follows):
   mm (373.13 mm for a 240 x 240 x 155 grid at 1 mm).
 
 What MONAI 1.6.1 computes for HD95 (``compute_hausdorff_distance(..., percentile=95, spacing=...)``,
-checked against its source and in ``tests/test_metrics.py``):
+checked against its source and in ``tests/evaluation/test_metrics.py``):
 
 1. surface voxels of each mask are the voxels removed by one binary erosion with the 6-connected
    cross (voxels on the image border count as surface);

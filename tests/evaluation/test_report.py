@@ -9,9 +9,7 @@ import pytest
 from matplotlib import image as mpimg
 
 from medseg.evaluation import evaluate_folder
-from medseg.io import Geometry, write_nifti
-from medseg.labels import BRATS_RELEASES
-from medseg.report import (
+from medseg.evaluation.report import (
     brats_image_path,
     pick_cases,
     radiological_axial,
@@ -20,6 +18,8 @@ from medseg.report import (
     reorient_to_ras,
     write_report,
 )
+from medseg.io import Geometry, write_nifti
+from medseg.labels import BRATS_RELEASES
 
 SHAPE = (48, 56, 20)
 SPACING = (1.0, 0.8, 3.0)

@@ -6,7 +6,7 @@ Predictions are ``<case>.nii.gz`` files in one folder, as in BraTS challenge sub
 in 2023), MSD (``labelsTr/<case>.nii.gz``) or a flat folder of ``<case>.nii.gz``. Supporting another
 layout means writing one small function that returns :class:`References` and adding it to that tuple.
 
-Metrics are Dice, HD95 in mm and NSD at a tolerance in mm (:mod:`medseg.metrics`, BraTS empty-mask
+Metrics are Dice, HD95 in mm and NSD at a tolerance in mm (:mod:`medseg.evaluation.metrics`, BraTS empty-mask
 rules), on the reference's voxel grid and spacing, for each set of :meth:`LabelTable.evaluation_sets`
 (WT/TC/ET for BraTS, one per organ for class tables).
 """
@@ -23,20 +23,20 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import MedsegInputError
-from medseg.io import Image, atomic_output, label_values, read_nifti
-from medseg.io.jsonfile import read_json
-from medseg.labels import BRATS_RELEASES, LABEL_TABLES, LabelTable, get_label_table
-from medseg.lesion_metrics import LesionScore, get_lesion_rules, lesion_wise_label_maps
-from medseg.metrics import NSD_TOLERANCE_MM, RegionScore, check_nsd_tolerance, score_label_maps
-from medseg.parallel import map_in_processes
-from medseg.score_files import (
+from medseg.evaluation.files import (
     LESION_METRICS_CSV,
     METRICS_CSV,
     Metrics,
     write_lesion_metrics_csv,
     write_metrics_csv,
 )
-from medseg.score_plot import plot_scores
+from medseg.evaluation.lesion_wise import LesionScore, get_lesion_rules, lesion_wise_label_maps
+from medseg.evaluation.metrics import NSD_TOLERANCE_MM, RegionScore, check_nsd_tolerance, score_label_maps
+from medseg.evaluation.plot import plot_scores
+from medseg.io import Image, atomic_output, label_values, read_nifti
+from medseg.io.jsonfile import read_json
+from medseg.labels import BRATS_RELEASES, LABEL_TABLES, LabelTable, get_label_table
+from medseg.parallel import map_in_processes
 
 NIFTI_SUFFIX = ".nii.gz"
 SUMMARY_JSON = "summary.json"
@@ -279,9 +279,9 @@ def summarize_lesions(
     """Per-region statistics of lesion-wise scores over cases.
 
     Args:
-        lesions: case -> region -> :class:`~medseg.lesion_metrics.LesionScore`.
+        lesions: case -> region -> :class:`~medseg.evaluation.lesion_wise.LesionScore`.
         table: gives the region order.
-        rules: the :data:`~medseg.lesion_metrics.LESION_RULES` key the scores were computed with.
+        rules: the :data:`~medseg.evaluation.lesion_wise.LESION_RULES` key the scores were computed with.
 
     Returns:
         ``{"rules", "dilation", "min_volume_mm3", "regions"}``, where ``regions`` maps each region to
@@ -408,12 +408,12 @@ def evaluate_folder(
     only_predicted: bool = False,
 ) -> dict:
     """Score every prediction in ``pred_dir`` against its reference and write ``metrics.csv``, ``summary.json``
-    and ``metrics.png`` (:func:`~medseg.score_plot.plot_scores`: Dice, HD95 and NSD per region over cases).
+    and ``metrics.png`` (:func:`~medseg.evaluation.plot.plot_scores`: Dice, HD95 and NSD per region over cases).
 
     Cases are paired by id: ``pred_dir/<case>.nii.gz`` with the reference that :func:`find_references`
     finds for ``<case>`` in ``ref_dir``. Each prediction must lie on its reference's grid (same shape
     and affine); Dice, HD95 and NSD (mm, with the reference's voxel spacing) are computed per region of
-    the label table by :func:`medseg.metrics.score_label_maps`.
+    the label table by :func:`medseg.evaluation.metrics.score_label_maps`.
 
     A reference without a prediction is scored as an **empty prediction** (Dice 0, HD95 = image
     diagonal, NSD 0 for every region the reference contains), as the BraTS challenge does, so a missing case
@@ -434,7 +434,7 @@ def evaluate_folder(
             or ``"btcv"``, a path to a ``dataset.json`` or medseg manifest, or a :class:`LabelTable`.
             Class tables are scored per label (e.g. per organ), region tables per region.
         nsd_tolerance_mm: the tolerance of the normalised surface Dice, in mm.
-        lesion_rules: also score lesion-wise Dice and HD95 (:mod:`medseg.lesion_metrics`) with these
+        lesion_rules: also score lesion-wise Dice and HD95 (:mod:`medseg.evaluation.lesion_wise`) with these
             BraTS 2023 rules (``"GLI"``, ``"SSA"``, ``"MEN"``, ``"PED"`` or ``"MET"``), into
             ``lesion_metrics.csv`` (``case,region,dice,hd95,tp,fn,fp,rules``) and the summary's
             ``"lesion_wise"`` (see :func:`summarize_lesions`); ``None``: not scored, and a

@@ -8,8 +8,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from medseg.labels import BRATS2021
-from medseg.lesion_metrics import (
+from medseg.evaluation.lesion_wise import (
     LESION_RULES,
     MISSED_LESION_HD95_MM,
     LesionRules,
@@ -18,7 +17,8 @@ from medseg.lesion_metrics import (
     lesion_wise_scores,
     reference_lesions,
 )
-from medseg.metrics import dice, hd95
+from medseg.evaluation.metrics import dice, hd95
+from medseg.labels import BRATS2021
 
 GLI, MET = LESION_RULES["GLI"], LESION_RULES["MET"]
 

@@ -13,8 +13,8 @@ from medseg.cli import main
 from medseg.data.manifest import build_manifest, save_manifest
 from medseg.errors import MedsegInputError
 from medseg.evaluation import evaluate_folder
+from medseg.evaluation.metrics import image_diagonal_mm
 from medseg.io import Geometry, write_nifti
-from medseg.metrics import image_diagonal_mm
 
 SHAPE = (20, 16, 10)
 SPACING = (1.5, 1.5, 3.0)

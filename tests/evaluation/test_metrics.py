@@ -5,8 +5,8 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from medseg.evaluation.metrics import RegionScore, dice, hd95, image_diagonal_mm, nsd, score_label_maps, score_masks
 from medseg.labels import BRATS2021, BRATS2023, LabelTable
-from medseg.metrics import RegionScore, dice, hd95, image_diagonal_mm, nsd, score_label_maps, score_masks
 
 SPACING = (0.8, 1.3, 2.7)
 

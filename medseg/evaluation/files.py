@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medseg.errors import MedsegInputError
+from medseg.evaluation.lesion_wise import LesionScore
+from medseg.evaluation.metrics import NSD_TOLERANCE_MM, RegionScore
+from medseg.evaluation.plot import Scores
 from medseg.io import atomic_output
-from medseg.lesion_metrics import LesionScore
-from medseg.metrics import NSD_TOLERANCE_MM, RegionScore
-from medseg.score_plot import Scores
 
 METRICS_CSV = "metrics.csv"
 LESION_METRICS_CSV = "lesion_metrics.csv"
@@ -65,8 +65,8 @@ class LesionMetrics:
     """What a ``lesion_metrics.csv`` holds.
 
     Attributes:
-        scores: case -> region -> :class:`~medseg.lesion_metrics.LesionScore`, in the file's order.
-        rules: the :data:`~medseg.lesion_metrics.LESION_RULES` key they were computed with.
+        scores: case -> region -> :class:`~medseg.evaluation.lesion_wise.LesionScore`, in the file's order.
+        rules: the :data:`~medseg.evaluation.lesion_wise.LESION_RULES` key they were computed with.
     """
 
     scores: dict[str, dict[str, LesionScore]]

@@ -1,7 +1,7 @@
 """Compare models evaluated on the same cases (``medseg evaluate`` folders): per region, each model's
 mean Dice, HD95 (mm) and NSD, its mean paired difference from the first model, and the two-sided Wilcoxon
 signed-rank p-value of that difference over the cases (``scipy.stats.wilcoxon``; 1.0 where every
-difference is 0). Writes ``comparison.csv`` and ``comparison.png`` (:func:`~medseg.score_plot.plot_scores`,
+difference is 0). Writes ``comparison.csv`` and ``comparison.png`` (:func:`~medseg.evaluation.plot.plot_scores`,
 the models side by side). When every folder also holds lesion-wise scores (``medseg evaluate
 --lesion-wise``) under the same rules, their Dice and HD95 are compared the same way.
 
@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import MedsegInputError
-from medseg.io import atomic_output
-from medseg.score_files import (
+from medseg.evaluation.files import (
     LESION_METRICS_CSV,
     METRICS_CSV,
     LesionMetrics,
@@ -30,7 +29,8 @@ from medseg.score_files import (
     read_lesion_metrics_csv,
     read_metrics_csv,
 )
-from medseg.score_plot import plot_scores
+from medseg.evaluation.plot import plot_scores
+from medseg.io import atomic_output
 
 COMPARISON_CSV = "comparison.csv"
 COMPARISON_PNG = "comparison.png"

@@ -25,10 +25,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from medseg.errors import MedsegInputError
-from medseg.evaluation import find_references, format_mean_sd
+from medseg.evaluation.evaluate import find_references, format_mean_sd
+from medseg.evaluation.files import read_metrics_csv
 from medseg.io import atomic_output, read_nifti
 from medseg.labels import BRATS_RELEASES
-from medseg.score_files import read_metrics_csv
 
 REFERENCE_COLOR = "lime"
 PREDICTION_COLOR = "red"
