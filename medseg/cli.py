@@ -114,10 +114,10 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from medseg.batch import check_output, predict_folder, run_batch
     from medseg.cross_validation import load_fold_model, out_of_fold_batch
     from medseg.data.cases import Shard
     from medseg.errors import MedsegInputError
+    from medseg.inference import check_output, predict_folder, run_batch
 
     loading = {
         "device": args.device,
@@ -160,7 +160,7 @@ def _mirror_override(axes: list[int] | None) -> list[str]:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from medseg.export import export_model
+    from medseg.inference import export_model
 
     path = export_model(model=args.model, fmt=args.format, out=args.out)
     print(f"wrote {args.format} model to {path}")

@@ -23,12 +23,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from medseg.batch import Batch, run_identity
 from medseg.config import config_from_dict
 from medseg.data.cases import InputCase
 from medseg.data.manifest import manifest_from_dict
 from medseg.errors import CheckpointError, ConfigError, MedsegInputError
 from medseg.inference import Predictor
+from medseg.inference.batch import Batch, run_identity
 from medseg.io.writers import LabelFormat
 from medseg.training import load_dataset_manifest
 
@@ -114,7 +114,7 @@ def check_folds(models: Sequence[FoldModel]) -> None:
 
 
 def out_of_fold_batch(folds: Sequence[FoldModel], *, fmt: LabelFormat = "nifti") -> Batch:
-    """Every fold's validation cases, each with its fold's predictor, for :func:`~medseg.batch.run_batch`
+    """Every fold's validation cases, each with its fold's predictor, for :func:`~medseg.inference.batch.run_batch`
     (see the module docstring); a note on stderr names the folds without a checkpoint.
 
     Args:

@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from medseg.batch import predict_folder
 from medseg.config import Config, load_config
 from medseg.evaluation import METRICS_PNG, evaluate_folder, format_summary, render_case_overlays, write_report
+from medseg.inference import predict_folder
 from medseg.io.atomic import atomic_output
 from medseg.io.jsonfile import read_json
 from medseg.phantoms.brats import generate_brats_dataset

@@ -32,13 +32,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from medseg import __version__
-from medseg.backends.base import autocast_dtype
 from medseg.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medseg.config import Config
 from medseg.data.manifest import Manifest, ManifestCase, build_manifest, load_manifest, require_consistent
 from medseg.distributed import DistContext, init_distributed, shutdown_distributed
 from medseg.errors import CheckpointError, ConfigError, MedsegInputError, user_errors_unwrapped
 from medseg.inference import Windows
+from medseg.inference.backends.base import autocast_dtype
 from medseg.keys import CASE, IMAGE, LABEL
 from medseg.labels import LabelTable, get_label_table
 from medseg.losses import WindowConsistency, build_loss

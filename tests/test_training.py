@@ -94,7 +94,7 @@ def test_a_new_run_never_overwrites_an_old_one(
 def test_bf16_precision_autocasts_training_only_on_a_cpu_that_has_it(
     native: bool, brats_root: Path, tmp_path: Path, tiny_config: MakeConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("medseg.backends.base.cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr("medseg.inference.backends.base.cpu_has_native_bf16", lambda: native)
     dtypes: set[torch.dtype] = set()
 
     def record(module: torch.nn.Module, args: object, output: torch.Tensor) -> None:

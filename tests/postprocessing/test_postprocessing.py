@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from medseg.batch import predict_folder
 from medseg.inference import Predictor
+from medseg.inference.batch import predict_folder
 from medseg.io import Geometry, Image, read_nifti, write_nifti
 
 

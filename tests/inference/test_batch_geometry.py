@@ -9,12 +9,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medseg.batch import predict_folder
 from medseg.cli import main
 from medseg.inference import Predictor
+from medseg.inference.batch import predict_folder
 from medseg.io import read_dicom_series, read_image
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 T1 = DATA / "itk_kmeans_t1" / "KmeansTest_T1UCharRaw.nii.gz"
 
 

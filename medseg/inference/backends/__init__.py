@@ -10,8 +10,8 @@ OpenVINO is imported lazily, so importing this package does not need it.
 
 from __future__ import annotations
 
-from medseg.backends.base import Backend, available_threads, cpu_has_native_bf16, resolve_backend_name
-from medseg.backends.factory import create_backend, default_cache_dir
+from medseg.inference.backends.base import Backend, available_threads, cpu_has_native_bf16, resolve_backend_name
+from medseg.inference.backends.factory import create_backend, default_cache_dir
 
 __all__ = [
     "Backend",

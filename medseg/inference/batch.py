@@ -46,7 +46,7 @@ from tqdm import tqdm
 from medseg import __version__
 from medseg.data.cases import InputCase, Shard, discover_cases, read_cases_file, select_shard
 from medseg.errors import MedsegError, MedsegInputError, first_line
-from medseg.inference import Predictor, read_case
+from medseg.inference.predictor import Predictor, read_case
 from medseg.io import Image, atomic_output, ensure_not_input, read_image, write_label_map, write_probabilities
 from medseg.io.jsonfile import read_json
 from medseg.io.writers import LabelFormat

@@ -1,5 +1,5 @@
 """Inference: a :class:`Predictor` loads a model once and segments many cases (batch runs over folders
-of cases live in :mod:`medseg.batch`).
+of cases live in :mod:`medseg.inference.batch`).
 
 Geometry is preserved exactly: the image is reoriented (and, if configured, resampled and cropped)
 with invertible MONAI transforms, and the probabilities are mapped back through their inverses, so
@@ -22,12 +22,13 @@ from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 from monai.transforms import KeepLargestConnectedComponent
 
-from medseg.backends import Backend, create_backend, default_cache_dir
 from medseg.checkpoint import Checkpoint, load_checkpoint
 from medseg.config import InferenceConfig, TransformConfig, check_mirroring, override_inference
 from medseg.data.cases import InputCase
 from medseg.distributed import resolve_device
 from medseg.errors import CheckpointError, ConfigError, MedsegInputError
+from medseg.inference.backends import Backend, create_backend, default_cache_dir
+from medseg.inference.tiling import TilePlan, smallest_window, tiled_inference
 from medseg.io import Image, read_dicom_series, read_image, require_finite
 from medseg.keys import IMAGE
 from medseg.networks.registry import check_patch_size, default_window_voxels, size_divisor
@@ -38,14 +39,13 @@ from medseg.postprocessing import (
     remove_small_components,
     suppress_small_regions,
 )
-from medseg.tiling import TilePlan, smallest_window, tiled_inference
 from medseg.transforms import inference_transforms
 
 
 @dataclass(frozen=True)
 class Windows:
     """How inference runs a network over a preprocessed volume: ``inference.tiling`` (``tight``, see
-    :mod:`medseg.tiling`, or MONAI's ``sliding_window_inference``) for a network whose input sizes
+    :mod:`medseg.inference.tiling`, or MONAI's ``sliding_window_inference``) for a network whose input sizes
     are multiples of ``divisor`` and whose windows hold at most ``max_voxels`` voxels (``None``: no
     bound). The Predictor and training's validation share it, so ``best.pt`` is chosen under the
     inference it will be deployed with."""
@@ -202,8 +202,8 @@ class Predictor:
     """A model, or an ensemble of models, ready to segment images, loaded once.
 
     Per image: reorient (and resample, if configured), crop to the foreground box, normalise, run the
-    windows (:mod:`medseg.tiling`) on a backend (:mod:`medseg.backends`), then invert the crop and
-    the reorientation so that the output lies on the input's grid, background outside the crop.
+    windows (:mod:`medseg.inference.tiling`) on a backend (:mod:`medseg.inference.backends`), then
+    invert the crop and the reorientation so that the output lies on the input's grid, background outside the crop.
     An ensemble (several checkpoints: the folds of one configuration, or models of several
     configurations that preprocess alike, see :func:`check_ensemble`) runs each member's windows over
     the case in turn and averages their logits, as nnU-Net ensembles folds; the first checkpoint's

@@ -9,7 +9,7 @@ import pytest
 import torch
 from monai.inferers import SlidingWindowInferer
 
-from medseg.tiling import TilePlan, plan_axis, tiled_inference
+from medseg.inference.tiling import TilePlan, plan_axis, tiled_inference
 
 
 def monai_windows(shape: tuple[int, ...], roi: int, overlap: float) -> int:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from medseg.backends.base import Backend, resolve_backend_name
 from medseg.checkpoint import Checkpoint
+from medseg.inference.backends.base import Backend, resolve_backend_name
 from medseg.networks.registry import size_divisor
 
 
@@ -53,10 +53,10 @@ def create_backend(
     resolved = resolve_backend_name(name, device)
     model = checkpoint.build_model()
     if resolved == "torch":
-        from medseg.backends.torch_backend import TorchBackend
+        from medseg.inference.backends.torch_backend import TorchBackend
 
         return TorchBackend(model, device=device, precision=precision)
-    from medseg.backends.openvino_backend import OpenVINOBackend
+    from medseg.inference.backends.openvino_backend import OpenVINOBackend
 
     description = {
         "network": checkpoint.network,

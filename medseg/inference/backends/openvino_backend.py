@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from medseg.backends.base import available_threads, cpu_has_native_bf16
-from medseg.export import write_onnx
+from medseg.inference.backends.base import available_threads, cpu_has_native_bf16
+from medseg.inference.export import write_onnx
 from medseg.io.atomic import atomic_output
 
 # the latest (onnx path, window shape (B, C, X, Y, Z), precision, threads) and its infer request

@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 import pytest
 import torch
 
-from medseg.backends import (
+from medseg.checkpoint import load_checkpoint
+from medseg.errors import MedsegError
+from medseg.inference.backends import (
     available_threads,
     cpu_has_native_bf16,
     create_backend,
@@ -17,9 +19,7 @@ from medseg.backends import (
     factory,
     openvino_backend,
 )
-from medseg.backends import base as backend_base
-from medseg.checkpoint import load_checkpoint
-from medseg.errors import MedsegError
+from medseg.inference.backends import base as backend_base
 
 if TYPE_CHECKING:
     from conftest import Agreement

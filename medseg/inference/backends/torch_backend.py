@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medseg.backends.base import autocast_dtype, available_threads
+from medseg.inference.backends.base import autocast_dtype, available_threads
 
 
 class TorchBackend:

@@ -17,13 +17,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medseg.batch import RUN_RECORD, merge_summaries, predict_folder
 from medseg.checkpoint import load_checkpoint, save_checkpoint
 from medseg.cli import main
 from medseg.data.cases import Shard
+from medseg.inference.batch import RUN_RECORD, merge_summaries, predict_folder
 from medseg.io import Image, read_image
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "data"
 
 
