@@ -114,10 +114,10 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from medseg.cross_validation import load_fold_model, out_of_fold_batch
     from medseg.data.cases import Shard
     from medseg.errors import MedsegInputError
     from medseg.inference import check_output, predict_folder, run_batch
+    from medseg.training import load_fold_model, out_of_fold_batch
 
     loading = {
         "device": args.device,

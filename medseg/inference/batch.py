@@ -1,7 +1,7 @@
 """Batch inference: :func:`predict_folder` runs one :class:`~medseg.inference.Predictor` over a file, a DICOM
 series folder or a folder of cases, with progress, resumability, per-case failures and a summary CSV.
 :func:`run_batch` is its engine, which also takes a predictor per case (out-of-fold predictions,
-:mod:`medseg.cross_validation`).
+:mod:`medseg.training.cross_validation`).
 
 Contract of a batch run (``medseg predict``):
 
@@ -369,7 +369,7 @@ def run_batch(
 ) -> BatchSummary:
     """Segment the cases of ``batch`` (those of ``shard``) into ``output_dir``, under the contract of the
     module docstring: the engine of :func:`predict_folder`, and of runs whose cases need different
-    models (:func:`~medseg.cross_validation.out_of_fold_batch`).
+    models (:func:`~medseg.training.cross_validation.out_of_fold_batch`).
 
     Args:
         batch: the cases, their predictors and the run's identity.

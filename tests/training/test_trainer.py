@@ -185,7 +185,7 @@ def test_init_weights_that_do_not_fit_are_a_one_line_error(
 def test_the_training_curve_leaves_the_callers_matplotlib_backend_alone(tmp_path: Path) -> None:
     import matplotlib
 
-    from medseg.training_log import plot_curves
+    from medseg.training.log import plot_curves
 
     previous = matplotlib.get_backend()
     matplotlib.use("svg")  # e.g. a notebook's own backend

@@ -13,10 +13,10 @@ from medseg.config import Config, load_config
 from medseg.keys import IMAGE, LABEL
 from medseg.losses import build_loss
 from medseg.networks import build_network
-from medseg.training import _items, load_dataset_manifest, resolve_label_table, train, validate_config
+from medseg.training.trainer import _items, load_dataset_manifest, resolve_label_table, train, validate_config
 from medseg.transforms import training_pipeline
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 NETWORKS = ["unet", "vnet", "attention_unet", "resunet", "segresnet", "dynunet"]
 STEPS = 6
 END_TO_END = ("unet", "resunet")

@@ -30,7 +30,7 @@ from medseg.errors import CheckpointError, ConfigError, MedsegInputError
 from medseg.inference import Predictor
 from medseg.inference.batch import Batch, run_identity
 from medseg.io.writers import LabelFormat
-from medseg.training import load_dataset_manifest
+from medseg.training.trainer import load_dataset_manifest
 
 
 @dataclass(frozen=True)

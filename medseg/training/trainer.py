@@ -43,7 +43,7 @@ from medseg.keys import CASE, IMAGE, LABEL
 from medseg.labels import LabelTable, get_label_table
 from medseg.losses import WindowConsistency, build_loss
 from medseg.networks import build_network, check_patch_size
-from medseg.training_log import plot_curves, write_metrics_csv
+from medseg.training.log import plot_curves, write_metrics_csv
 from medseg.transforms import training_pipeline, validation_pipeline
 
 
