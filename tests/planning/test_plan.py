@@ -17,7 +17,7 @@ from medseg.cli import main
 from medseg.config import Config, config_from_dict, load_config
 from medseg.errors import MedsegInputError
 from medseg.labels import get_label_table
-from medseg.planning import (
+from medseg.planning.plan import (
     FINGERPRINT_JSON,
     FINGERPRINT_PNG,
     FOREGROUND_SAMPLES_PER_CASE,

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from medseg.io.atomic import atomic_output
 
 if TYPE_CHECKING:
-    from medseg.planning import Fingerprint, Suggestion
+    from medseg.planning.plan import Fingerprint, Suggestion
 
 
 def plot_fingerprint(fingerprint: Fingerprint, suggestions: Sequence[Suggestion], path: str | Path) -> Path:

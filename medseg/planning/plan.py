@@ -365,7 +365,7 @@ def write_plan(
     """Write ``fingerprint.json`` (every case, and MONAI's summary), ``plan.json`` (the suggestions,
     their ``--set`` arguments and unusual cases) and ``fingerprint.png`` into ``out_dir``, each
     atomically. Returns ``out_dir``."""
-    from medseg.fingerprint_plot import plot_fingerprint
+    from medseg.planning.plot import plot_fingerprint
 
     out = Path(out_dir)
     record = {
