@@ -21,8 +21,9 @@ Contract of a batch run (``medseg predict``):
   the cases (see :class:`~medseg.data.cases.Shard`) and writes ``summary.shard-I-of-N.csv`` instead, so
   that processes sharing one output folder never write the same file; :func:`merge_summaries` joins the
   shard files into ``summary.csv`` once all shards are done.
-- **Progress.** ``bar``: a tqdm bar with ETA on stderr when it is a terminal; ``json``: one JSON object
-  per line on stdout (``start``, ``case_start``, ``case_done``, ``done``; read by the Slicer module, see
+- **Progress.** ``bar``: a tqdm bar with ETA on stderr when it is a terminal, else a plain line there every
+  tenth of the cases (:func:`medseg.progress.track`); ``json``: one JSON object per line on stdout
+  (``start``, ``case_start``, ``case_done``, ``done``; read by the Slicer module, see
   :mod:`medseg.integrations.slicer`); ``none``.
 """
 
@@ -41,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from medseg import __version__
 from medseg.data.cases import InputCase, Shard, discover_cases, read_cases_file, select_shard
@@ -51,6 +51,7 @@ from medseg.io import Image, atomic_output, ensure_not_input, read_image, write_
 from medseg.io.jsonfile import read_json
 from medseg.io.writers import LabelFormat
 from medseg.labels import LabelTable
+from medseg.progress import track, write
 
 OUTPUT_SUFFIXES: dict[str, str] = {"nifti": ".nii.gz", "seg.nrrd": ".seg.nrrd", "dicom-seg": ".dcm"}
 """File ending of the label map for each ``--format``."""
@@ -102,7 +103,8 @@ class BatchSummary:
 
 
 class _Progress:
-    """Progress as a tqdm bar (on a terminal), JSON lines on stdout (one event per line), or nothing.
+    """Progress as a tqdm bar on a terminal (plain lines in a log), JSON lines on stdout (one event per
+    line), or nothing.
 
     The JSON events and their fields are read by the Slicer module: add fields, never rename or remove.
     """
@@ -112,11 +114,7 @@ class _Progress:
             raise MedsegInputError(f"unknown progress mode {mode!r}; use bar, json or none")
         self.mode = mode
         self.total = total
-        self.bar = (
-            tqdm(total=total, initial=already_done, unit="case", dynamic_ncols=True, disable=None)
-            if mode == "bar"
-            else None
-        )
+        self.bar = track(total=total, initial=already_done, desc="predict", unit="case") if mode == "bar" else None
         start: dict[str, Any] = {"event": "start", "total": total}
         if shard is not None:
             start["shard"] = f"{shard.index}/{shard.count}"
@@ -147,7 +145,7 @@ class _Progress:
         )
         if result.status == "failed":
             message = f"medseg: error: {result.reason}"
-            (tqdm.write(message, file=sys.stderr) if self.bar is not None else print(message, file=sys.stderr))
+            write(message, file=sys.stderr)
         if self.bar is not None and count:
             self.bar.update(1)
 

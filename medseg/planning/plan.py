@@ -27,6 +27,7 @@ intensity inside the reference label (label > 0).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -46,6 +47,7 @@ from medseg.keys import IMAGE, LABEL
 from medseg.labels import LabelTable
 from medseg.networks.registry import size_divisor
 from medseg.parallel import map_in_processes
+from medseg.progress import track
 from medseg.training import load_dataset_manifest, resolve_label_table
 from medseg.transforms import load_transforms, spatial_transforms
 
@@ -217,15 +219,20 @@ def _first(paths: str | Sequence[str]) -> str:
 
 
 def _quietly(run: Any, **kwargs: Any) -> Any:
-    """Call ``run`` with MONAI's info-level logging hidden and our own errors unwrapped."""
+    """Call ``run`` with MONAI's info-level logging hidden, the DataAnalyzer's progress bar shown as ours
+    (:func:`~medseg.progress.track`: plain lines in a log) and our own errors unwrapped."""
+    from monai.apps.auto3dseg import data_analyzer
+
     logger = logging.getLogger("monai.apps.auto3dseg.data_analyzer")
-    level = logger.level
+    level, bar = logger.level, data_analyzer.tqdm
     logger.setLevel(logging.WARNING)
+    data_analyzer.tqdm = functools.partial(track, desc="fingerprint", unit="case")
     try:
         with user_errors_unwrapped():
             return run(**kwargs)
     finally:
         logger.setLevel(level)
+        data_analyzer.tqdm = bar
 
 
 def _case_fingerprint(case_id: str, measured: dict[str, Any]) -> CaseFingerprint:

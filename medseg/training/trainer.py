@@ -29,7 +29,6 @@ from monai.data.utils import set_rnd
 from monai.metrics import compute_dice
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from medseg import __version__
 from medseg.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -43,6 +42,7 @@ from medseg.keys import CASE, IMAGE, LABEL
 from medseg.labels import LabelTable, get_label_table
 from medseg.losses import WindowConsistency, build_loss
 from medseg.networks import build_network, check_patch_size
+from medseg.progress import track, write
 from medseg.training.log import plot_curves, write_metrics_csv
 from medseg.transforms import training_pipeline, validation_pipeline
 
@@ -283,12 +283,13 @@ class _Trainer:
         self._seed_epoch(epoch)
         self.net.train()
         total, steps = 0.0, 0
-        bar = tqdm(
+        bar = track(
             self.loader,
             desc=f"epoch {epoch + 1}/{self.config.train.epochs}",
+            unit="it",
             leave=False,
-            disable=not self.ctx.is_main,
-            dynamic_ncols=True,
+            every=0,  # off a terminal, the epoch's summary line (_report) is its progress
+            enabled=self.ctx.is_main,
         )
         for batch in bar:
             image = batch[IMAGE].to(self.ctx.device)
@@ -396,7 +397,7 @@ class _Trainer:
             dice = " ".join(f"{n} {row[f'val_{n}_dice']:.3f}" for n in self.table.evaluation_names)
             parts.append(f"val Dice {row['val_mean_dice']:.3f} ({dice})")
         parts.append(f"{row['seconds']:.0f}s")
-        tqdm.write(" | ".join(parts))
+        write(" | ".join(parts))
 
 
 def train(config: Config, *, resume: bool = False, device: str = "auto") -> TrainResult:
