@@ -117,10 +117,10 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from medseg.batch import check_output, predict_folder, run_batch
-    from medseg.cross_validation import load_fold_model, out_of_fold_batch
     from medseg.data.cases import Shard
     from medseg.errors import MedsegInputError
+    from medseg.inference import check_output, predict_folder, run_batch
+    from medseg.training import load_fold_model, out_of_fold_batch
 
     loading = {
         "device": args.device,
@@ -163,7 +163,7 @@ def _mirror_override(axes: list[int] | None) -> list[str]:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from medseg.export import export_model
+    from medseg.inference import export_model
 
     path = export_model(model=args.model, fmt=args.format, out=args.out)
     print(f"wrote {args.format} model to {path}")
@@ -180,7 +180,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _tune_postprocessing(args: argparse.Namespace) -> int:
-    from medseg.tuning import criterion_name, format_trials, set_argument, tune_min_component_ml
+    from medseg.postprocessing import criterion_name, format_trials, set_argument, tune_min_component_ml
 
     candidates = {"candidates": args.candidates} if args.candidates else {}
     chosen, trials = tune_min_component_ml(**_scoring_kwargs(args), **candidates)
@@ -221,7 +221,7 @@ def _scoring_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from medseg.comparison import compare_evaluations, format_comparison
+    from medseg.evaluation import compare_evaluations, format_comparison
 
     rows = compare_evaluations(eval_dirs=args.eval_dirs, out_dir=args.out, names=args.names)
     print(format_comparison(rows))

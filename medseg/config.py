@@ -218,7 +218,7 @@ class InferenceConfig:
 
     ``tiling``: ``tight`` (default) covers the foreground crop with few windows of ``roi_size`` to
     ``max_window`` voxels per axis (one window where the axis fits in ``max_window``) that overlap
-    by at least ``min_overlap`` voxels (see :mod:`medseg.tiling`); ``max_window`` ``null`` is
+    by at least ``min_overlap`` voxels (see :mod:`medseg.inference.tiling`); ``max_window`` ``null`` is
     1.25 x ``roi_size`` rounded down to the network's size divisor. ``max_window_voxels`` bounds one
     window's voxels (its working memory): over it, the windows are reshaped, down to half of
     ``roi_size`` per axis; ``null`` is the network's default (128³ for the DynUNet, else unbounded).

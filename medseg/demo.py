@@ -18,14 +18,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from medseg.batch import predict_folder
 from medseg.config import Config, load_config
-from medseg.evaluation import METRICS_PNG, evaluate_folder, format_summary
+from medseg.evaluation import METRICS_PNG, evaluate_folder, format_summary, render_case_overlays, write_report
+from medseg.inference import predict_folder
 from medseg.io.atomic import atomic_output
 from medseg.io.jsonfile import read_json
 from medseg.phantoms.brats import generate_brats_dataset
 from medseg.phantoms.ct import generate_ct_dataset
-from medseg.report import render_case_overlays, write_report
 from medseg.training import train
 
 BRATS_DEMO_NSD_TOLERANCE_MM = 2.0

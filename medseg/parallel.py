@@ -1,4 +1,4 @@
-"""Run one function over many items in worker processes, with a progress bar on a terminal."""
+"""Run one function over many items in worker processes, with a progress bar on a terminal (plain lines in a log)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import TypeVar
 
-from tqdm import tqdm
-
 from medseg.errors import MedsegInputError
+from medseg.progress import track
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -18,7 +17,8 @@ R = TypeVar("R")
 
 def map_in_processes(fn: Callable[[T], R], items: Sequence[T], *, workers: int | None, what: str) -> list[R]:
     """``[fn(item) for item in items]`` in ``workers`` processes (``None``: all cores; 1: in this
-    process), with a progress bar labelled ``what`` on a terminal (not in a log or a pipe).
+    process), with a progress bar labelled ``what`` on a terminal, plain lines in a log or a pipe
+    (:func:`medseg.progress.track`).
 
     ``fn`` and the items must pickle (a module-level function, or a ``functools.partial`` of one). The
     processes are spawned, not forked: safe even when the caller has started threads (torch, BLAS).
@@ -30,7 +30,7 @@ def map_in_processes(fn: Callable[[T], R], items: Sequence[T], *, workers: int |
     if workers is not None and workers < 1:
         raise MedsegInputError(f"workers must be >= 1, got {workers}")
     workers = min(workers or os.cpu_count() or 1, len(items))
-    with tqdm(total=len(items), desc=what, unit="case", disable=None, dynamic_ncols=True) as bar:
+    with track(total=len(items), desc=what, unit="case") as bar:
         if workers <= 1:
             results = []
             for item in items:

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from monai import transforms as mt
 from monai.config import KeysCollection
-from scipy import ndimage
 
 from medseg.config import TransformConfig
 from medseg.errors import ConfigError, MedsegInputError
@@ -250,121 +248,3 @@ def inference_transforms(cfg: TransformConfig) -> mt.Compose:
     """For an in-memory image (a MetaTensor carrying its affine); invertible with :class:`monai.transforms.Invertd`."""
     steps = [*intensity_offset_transforms(cfg), *spatial_transforms(cfg, [IMAGE]), *normalize_transforms(cfg)]
     return mt.Compose(steps)
-
-
-def outputs_to_labels(probs: torch.Tensor, table: LabelTable, *, threshold: float = 0.5) -> np.ndarray:
-    """Network probabilities ``(C, X, Y, Z)`` -> label map ``(X, Y, Z)`` uint8 in the table's own values.
-
-    Regions are thresholded and painted in ``table.regions_class_order`` (outer to inner, so BraTS ET
-    overwrites TC overwrites WT); classes take the argmax.
-    """
-    probs = torch.as_tensor(probs)
-    if table.kind == "regions":
-        labels = torch.zeros(probs.shape[1:], dtype=torch.uint8)
-        for channel, value in enumerate(table.regions_class_order):
-            labels[probs[channel] > threshold] = value
-        return labels.numpy()
-    values = torch.as_tensor(sorted(table.labels), dtype=torch.uint8)
-    return values[probs.argmax(0)].numpy()
-
-
-def check_min_region_ml(table: LabelTable, min_region_ml: Mapping[str, float]) -> None:
-    """Raise :class:`ConfigError` if a name of ``min_region_ml`` is not one of ``table``'s regions."""
-    names = [r.name for r in table.regions]
-    for name in min_region_ml:
-        if name not in names:
-            raise ConfigError(f"inference.min_region_ml: {name!r} is not a region of {table.name} ({', '.join(names)})")
-
-
-def suppress_small_regions(
-    labels: np.ndarray, table: LabelTable, *, voxel_ml: float, min_region_ml: Mapping[str, float]
-) -> np.ndarray:
-    """Relabel regions predicted smaller than ``min_region_ml[name]`` mL as their enclosing region.
-
-    ``labels`` is a ``(X, Y, Z)`` label map of a region table; the voxels painted for region ``i``
-    (``table.regions_class_order[i]``) take the label painted for region ``i - 1`` (background for
-    the outermost). Returns a new array.
-
-    Raises:
-        ConfigError: a name that is not one of the table's regions.
-    """
-    check_min_region_ml(table, min_region_ml)
-    out = labels.copy()
-    names = [r.name for r in table.regions]
-    for name, minimum in min_region_ml.items():
-        index = names.index(name)
-        voxels = out == table.regions_class_order[index]
-        if 0 < voxels.sum() * voxel_ml < minimum:
-            out[voxels] = enclosing_label(table, name)
-    return out
-
-
-def enclosing_label(table: LabelTable, name: str) -> int:
-    """The label that takes over a removed piece of ``name``: for region tables the label painted for
-    the region before it (the enclosing one; background for the outermost), for class tables background."""
-    names = [r.name for r in table.regions]
-    if table.kind != "regions" or names.index(name) == 0:
-        return 0
-    return table.regions_class_order[names.index(name) - 1]
-
-
-@dataclass(frozen=True)
-class Pieces:
-    """The 26-connected pieces of a mask and their volumes.
-
-    Attributes:
-        labels: ``(X, Y, Z)`` int array, 0 outside the mask and 1..n on its pieces.
-        volumes_ml: the volume of each piece in mL, indexed by its label (index 0: outside).
-    """
-
-    labels: np.ndarray
-    volumes_ml: np.ndarray
-
-    @classmethod
-    def of(cls, mask: np.ndarray, spacing: Sequence[float]) -> Pieces:
-        """The pieces of a boolean ``(X, Y, Z)`` mask whose voxel size is ``spacing`` (mm)."""
-        labels, _ = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-        return cls(labels, np.bincount(labels.ravel()) * (float(np.prod(spacing)) / 1000.0))
-
-    def smaller_than(self, min_ml: float) -> np.ndarray:
-        """Boolean ``(X, Y, Z)`` mask of the pieces under ``min_ml`` mL (a piece of exactly that stays)."""
-        small = self.volumes_ml < min_ml - 1e-12  # without float residue (8 voxels of 1 mm³ are 0.008 mL)
-        small[0] = False  # outside the mask
-        return small[self.labels]
-
-
-def check_min_component_ml(table: LabelTable, min_component_ml: Mapping[str, float]) -> None:
-    """Raise :class:`ConfigError` if a name of ``min_component_ml`` is not one of ``table``'s regions
-    (region tables) or foreground labels (class tables)."""
-    names = table.evaluation_names
-    for name in min_component_ml:
-        if name not in names:
-            raise ConfigError(
-                f"inference.min_component_ml: {name!r} is not a region or label of {table.name} ({', '.join(names)})"
-            )
-
-
-def remove_small_components(
-    labels: np.ndarray, table: LabelTable, *, spacing: Sequence[float], min_component_ml: Mapping[str, float]
-) -> np.ndarray:
-    """Relabel the connected pieces of a region (or label) that are smaller than ``min_component_ml[name]`` mL.
-
-    ``labels`` is a ``(X, Y, Z)`` label map and ``spacing`` its voxel size along those axes in mm.
-    For each named set of ``table.evaluation_sets()``, in table order (outer regions first), the
-    26-connected pieces of the set's mask whose volume is under the minimum take the enclosing
-    region's painted label: a stray whole-tumour speck becomes background, a small enhancing piece
-    necrosis. For class tables they become background. Returns a new array.
-
-    The pieces are found with ``scipy.ndimage.label``, not MONAI's ``RemoveSmallObjects``: whether
-    that keeps a piece of exactly the minimum depends on the installed scikit-image (0.26 changed it).
-
-    Raises:
-        ConfigError: a name that is not one of the table's regions or labels.
-    """
-    check_min_component_ml(table, min_component_ml)
-    out = labels.copy()
-    for name, values in table.evaluation_sets().items():
-        if name in min_component_ml:
-            small = Pieces.of(np.isin(out, values), spacing).smaller_than(min_component_ml[name])
-            out[small] = enclosing_label(table, name)
-    return out

@@ -4,6 +4,7 @@ agreement of two predictors' label maps."""
 from __future__ import annotations
 
 import io
+import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -157,6 +158,21 @@ def label_agreement() -> Agreement:
     """``label_agreement(checkpoint, case_dir, reference, candidate) -> {region: Dice}``; see
     :func:`_label_agreement`."""
     return _label_agreement
+
+
+_PROGRESS_LINE = re.compile(r".*: \d+/\d+ \S+\(s\), [\d:]+ elapsed(, about [\d:]+ left)?")
+
+
+def _without_progress(text: str) -> str:
+    """``text`` (captured stderr) without the plain progress lines that a log gets instead of a bar
+    (:class:`medseg.progress.LogProgress`)."""
+    return "".join(line for line in text.splitlines(keepends=True) if not _PROGRESS_LINE.fullmatch(line.rstrip("\n")))
+
+
+@pytest.fixture
+def without_progress() -> Callable[[str], str]:
+    """``without_progress(captured_stderr) -> str``; see :func:`_without_progress`."""
+    return _without_progress
 
 
 class _Terminal(io.StringIO):

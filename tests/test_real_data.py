@@ -143,7 +143,7 @@ def test_short_hippocampus_training_reaches_a_held_out_dice(tmp_path: Path) -> N
     at least 0.60 per label (0.69 and 0.76 measured here; the full 30-minute recipe reaches 0.86 and 0.83):
     a regression in reading, sampling, the loss or the Predictor fails it."""
     from medseg.inference import Predictor
-    from medseg.metrics import dice
+    from medseg.evaluation.metrics import dice
     from medseg.training import load_dataset_manifest, train
 
     overrides = ["train.epochs=6", "train.iterations_per_epoch=25", "train.val_every=6", "train.warmup_epochs=1"]

@@ -217,7 +217,8 @@ def run_baseline(
     from medseg.inference import read_case
     from medseg.io import write_nifti
     from medseg.keys import IMAGE
-    from medseg.transforms import inference_transforms, outputs_to_labels
+    from medseg.postprocessing import outputs_to_labels
+    from medseg.transforms import inference_transforms
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     ckpt = load_checkpoint(checkpoint, training=False)
@@ -305,7 +306,7 @@ def region_masks(labels: np.ndarray, table: LabelTable) -> dict[str, np.ndarray]
 
 def dice_per_region(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> dict[str, float]:
     """Dice of two label maps' region masks, per region; 1.0 where both are empty."""
-    from medseg.metrics import dice
+    from medseg.evaluation.metrics import dice
 
     return {name: round(dice(x[name], y[name]), 4) for name in x}
 

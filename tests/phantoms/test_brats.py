@@ -208,13 +208,18 @@ def test_an_existing_case_is_never_replaced_unless_asked(tmp_path: Path, capsys:
     assert nib.load(real).shape == (32, 32, 24)
 
 
-def test_progress_is_shown_on_a_terminal_only(
+def test_progress_is_a_bar_on_a_terminal_and_plain_lines_in_a_log(
     tmp_path: Path, terminal_stderr: Callable[[], io.StringIO], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     terminal = terminal_stderr()
     generate_brats_dataset(tmp_path / "a", cases=2, seed=0, shape=(32, 32, 24), spacing=6.0, workers=1)
     assert "BraTS 2021 phantoms: 100%" in terminal.getvalue() and "2/2" in terminal.getvalue()
-    log = io.StringIO()  # a log file or a pipe: no bar
+    log = io.StringIO()  # a log file or a pipe: a line per case here, no bar
     monkeypatch.setattr(sys, "stderr", log)
     generate_brats_dataset(tmp_path / "b", cases=2, seed=0, shape=(32, 32, 24), spacing=6.0, workers=1)
-    assert log.getvalue() == ""
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue()
+    assert [line.split(",")[0] for line in lines] == [
+        "BraTS 2021 phantoms: 1/2 case(s)",
+        "BraTS 2021 phantoms: 2/2 case(s)",
+    ]

@@ -1,0 +1,587 @@
+"""Evaluate a folder of predicted label maps against a reference dataset: per-case and summary metrics.
+
+Predictions are ``<case>.nii.gz`` files in one folder, as in BraTS challenge submissions and as
+``medseg predict`` writes them. References are found by a *layout* function (see
+:data:`REFERENCE_LAYOUTS`): BraTS (``<case>/<case>_seg.nii.gz`` in 2021, ``<case>/<case>-seg.nii.gz``
+in 2023), MSD (``labelsTr/<case>.nii.gz``) or a flat folder of ``<case>.nii.gz``. Supporting another
+layout means writing one small function that returns :class:`References` and adding it to that tuple.
+
+Metrics are Dice, HD95 in mm and NSD at a tolerance in mm (:mod:`medseg.evaluation.metrics`, BraTS empty-mask
+rules), on the reference's voxel grid and spacing, for each set of :meth:`LabelTable.evaluation_sets`
+(WT/TC/ET for BraTS, one per organ for class tables).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import MedsegInputError
+from medseg.evaluation.files import (
+    LESION_METRICS_CSV,
+    METRICS_CSV,
+    Metrics,
+    write_lesion_metrics_csv,
+    write_metrics_csv,
+)
+from medseg.evaluation.lesion_wise import LesionScore, get_lesion_rules, lesion_wise_label_maps
+from medseg.evaluation.metrics import NSD_TOLERANCE_MM, RegionScore, check_nsd_tolerance, score_label_maps
+from medseg.evaluation.plot import plot_scores
+from medseg.io import Image, atomic_output, label_values, read_nifti
+from medseg.io.jsonfile import read_json
+from medseg.labels import BRATS_RELEASES, LABEL_TABLES, LabelTable, get_label_table
+from medseg.parallel import map_in_processes
+
+NIFTI_SUFFIX = ".nii.gz"
+SUMMARY_JSON = "summary.json"
+METRICS_PNG = "metrics.png"
+
+
+@dataclass(frozen=True)
+class References:
+    """Reference label maps found in a dataset folder.
+
+    Attributes:
+        layout: which layout matched (``"brats2021"``, ``"brats2023"``, ``"msd"``, ``"flat"``).
+        files: case id -> reference label map path, sorted by case id.
+        label_table: name of the label table the layout implies, or ``None`` if file names do not tell.
+        dataset_json: the dataset's ``dataset.json`` (MSD/nnU-Net), or the medseg manifest the
+            references come from, when there is one; ``labels="auto"`` reads the label table from it.
+        not_annotated: case id -> label values not annotated in that case (a partially labelled
+            manifest's ``labelled``); those are not scored there.
+    """
+
+    layout: str
+    files: dict[str, Path]
+    label_table: str | None = None
+    dataset_json: Path | None = None
+    not_annotated: dict[str, frozenset[int]] = field(default_factory=dict)
+
+
+def _nifti_files(folder: Path) -> dict[str, Path]:
+    """Case id -> path for every visible ``<case>.nii.gz`` directly in ``folder``."""
+    found = {
+        p.name[: -len(NIFTI_SUFFIX)]: p
+        for p in folder.iterdir()
+        if p.is_file() and p.name.endswith(NIFTI_SUFFIX) and not p.name.startswith(".")
+    }
+    return dict(sorted(found.items()))
+
+
+def find_brats_references(ref_dir: Path) -> References | None:
+    """BraTS layout: ``<case>/<case>_seg.nii.gz`` (2021) or ``<case>/<case>-seg.nii.gz`` (2023).
+
+    Returns ``None`` when no case folder holds a segmentation. Case folders without one are skipped
+    (a prediction for such a case is then reported as having no reference).
+
+    Raises:
+        MedsegInputError: the folder mixes 2021 and 2023 file names.
+    """
+    by_release: dict[str, dict[str, Path]] = {name: {} for name in BRATS_RELEASES}
+    for case_dir in sorted(p for p in ref_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for name, release in BRATS_RELEASES.items():
+            seg = case_dir / release.file_name(case_dir.name, "seg")
+            if seg.is_file():
+                by_release[name][case_dir.name] = seg
+    present = [name for name, files in by_release.items() if files]
+    if not present:
+        return None
+    if len(present) > 1:
+        examples = ", ".join(str(next(iter(by_release[name].values()))) for name in present)
+        raise MedsegInputError(f"mixes BraTS releases {' and '.join(present)} (e.g. {examples})", path=ref_dir)
+    release = BRATS_RELEASES[present[0]]
+    return References(f"brats{release.name}", by_release[release.name], release.label_table.name)
+
+
+def find_msd_references(ref_dir: Path) -> References | None:
+    """Medical Segmentation Decathlon layout: ``labelsTr/<case>.nii.gz``."""
+    labels_dir = ref_dir / "labelsTr"
+    if not labels_dir.is_dir():
+        return None
+    files = _nifti_files(labels_dir)
+    meta = ref_dir / "dataset.json"
+    return References("msd", files, dataset_json=meta if meta.is_file() else None) if files else None
+
+
+def find_flat_references(ref_dir: Path) -> References | None:
+    """A flat folder of ``<case>.nii.gz`` label maps (the same layout as the predictions)."""
+    files = _nifti_files(ref_dir)
+    meta = ref_dir / "dataset.json"
+    return References("flat", files, dataset_json=meta if meta.is_file() else None) if files else None
+
+
+def manifest_references(path: Path) -> References:
+    """The labelled cases of a medseg manifest (a file list), under the root it names, with the label
+    values each case does not annotate.
+
+    Raises:
+        MedsegInputError: not a medseg manifest, no root, or no labelled case.
+    """
+    from medseg.data.manifest import dataset_root, load_manifest
+
+    manifest = load_manifest(path)
+    root = dataset_root(manifest, None)
+    labelled = [c for c in manifest.cases if c.label is not None]
+    if not labelled:
+        raise MedsegInputError("the manifest lists no labelled case", path=path)
+    table = manifest.label_table
+    files = {c.id: root / c.label for c in sorted(labelled, key=lambda c: c.id)}
+    skipped = {c.id: frozenset(table.labels) - c.annotated(table) for c in labelled}
+    return References("manifest", files, dataset_json=path, not_annotated={k: v for k, v in skipped.items() if v})
+
+
+REFERENCE_LAYOUTS: tuple[Callable[[Path], References | None], ...] = (
+    find_brats_references,
+    find_msd_references,
+    find_flat_references,
+)
+"""Layout finders, tried in order; the first that returns references wins."""
+
+
+def find_references(ref_dir: Path) -> References:
+    """Find the reference label maps in ``ref_dir`` with the first matching :data:`REFERENCE_LAYOUTS` entry.
+
+    Raises:
+        MedsegInputError: ``ref_dir`` is not a folder or holds no reference in any known layout.
+    """
+    ref_dir = Path(ref_dir)
+    if ref_dir.is_file() and ref_dir.suffix == ".json":
+        return manifest_references(ref_dir)
+    if not ref_dir.is_dir():
+        raise MedsegInputError("reference folder not found", path=ref_dir)
+    for finder in REFERENCE_LAYOUTS:
+        refs = finder(ref_dir)
+        if refs is not None:
+            return refs
+    raise MedsegInputError(
+        "no reference label maps found (expected BraTS <case>/<case>_seg.nii.gz or <case>/<case>-seg.nii.gz, "
+        "MSD labelsTr/<case>.nii.gz, or <case>.nii.gz files)",
+        path=ref_dir,
+    )
+
+
+def _read_label_map(path: Path) -> Image:
+    image = read_nifti(path, dtype=None)
+    if image.array.ndim != 3:
+        raise MedsegInputError(f"expected a 3-D label map, got shape {image.array.shape}", path=path)
+    return image
+
+
+def _detect_label_table(refs: References, preds: Mapping[str, Path]) -> LabelTable:
+    """BraTS table from the layout's file names, else from the values: 4 present -> 2021, 3 -> 2023."""
+    if refs.label_table is not None:
+        return get_label_table(refs.label_table)
+    for path in [*refs.files.values(), *preds.values()]:  # stops at the first decisive file
+        image = _read_label_map(path)
+        values = label_values(image.array, path=image.path)
+        if 3 in values and 4 in values:
+            raise MedsegInputError("holds both label 3 (BraTS 2023 ET) and 4 (BraTS 2021 ET)", path=path)
+        if 4 in values:
+            return get_label_table("brats2021")
+        if 3 in values:
+            return get_label_table("brats2023")
+    # no enhancing tumour anywhere: both BraTS tables score every region identically
+    return get_label_table("brats2021")
+
+
+def label_table_from_json(path: Path) -> LabelTable:
+    """The label table of a ``dataset.json`` (MSD ``{"0": "background", ...}`` or nnU-Net v2
+    ``{"background": 0, ...}``, a class table named after ``"name"``) or of a medseg manifest.
+
+    Raises:
+        MedsegInputError: unreadable file, or no usable ``labels`` (naming the file).
+    """
+    from medseg.data.manifest import FORMAT as MANIFEST_FORMAT
+    from medseg.data.manifest import load_manifest
+    from medseg.data.msd import classes_table
+
+    path = Path(path)
+    data = read_json(path, what="label file")
+    if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT:
+        return load_manifest(path).label_table
+    labels = data.get("labels") if isinstance(data, dict) else None
+    if not isinstance(labels, dict) or not labels:
+        raise MedsegInputError('needs a non-empty "labels" object (dataset.json) or a medseg manifest', path=path)
+    try:
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in labels.values()):  # nnU-Net: name -> value
+            table = {int(v): str(k) for k, v in labels.items()}
+        else:  # MSD: "value" -> name
+            table = {int(k): str(v) for k, v in labels.items()}
+    except (TypeError, ValueError):
+        raise MedsegInputError('"labels" must map values to names (or names to integer values)', path=path) from None
+    if 0 not in table:
+        raise MedsegInputError('"labels" has no background value 0', path=path)
+    return classes_table(str(data.get("name") or path.parent.name), table)
+
+
+def _resolve_label_table(labels: str | LabelTable, refs: References, preds: Mapping[str, Path]) -> LabelTable:
+    """``labels`` as a table: a :class:`LabelTable`; ``"auto"`` (the reference's ``dataset.json`` when
+    there is one, else the BraTS release); a registered table name; or a path to a ``dataset.json`` or
+    a medseg manifest."""
+    if isinstance(labels, LabelTable):
+        return labels
+    if labels == "auto":
+        if refs.dataset_json is not None:
+            return label_table_from_json(refs.dataset_json)
+        return _detect_label_table(refs, preds)
+    if labels in LABEL_TABLES:
+        return get_label_table(labels)
+    if labels.endswith(".json") or Path(labels).is_file():
+        return label_table_from_json(Path(labels))
+    raise MedsegInputError(
+        f"--labels: unknown label table {labels!r}; use auto, a path to dataset.json or a manifest, "
+        f"or one of {', '.join(sorted(LABEL_TABLES))}"
+    )
+
+
+def _check_values(image: Image, table: LabelTable) -> None:
+    extra = sorted(label_values(image.array, path=image.path) - set(table.labels))
+    if extra:
+        raise MedsegInputError(
+            f"label values {extra} are not in label table {table.name} {sorted(table.labels)}", path=image.path
+        )
+
+
+def _check_same_grid(pred: Image, ref: Image) -> None:
+    if pred.geometry.shape != ref.geometry.shape:
+        raise MedsegInputError(
+            f"prediction shape {pred.geometry.shape} differs from reference shape {ref.geometry.shape} ({ref.path})",
+            path=pred.path,
+        )
+    if not pred.geometry.same_grid(ref.geometry):
+        diff = float(np.max(np.abs(pred.geometry.affine - ref.geometry.affine)))
+        raise MedsegInputError(
+            f"prediction affine differs from reference affine by up to {diff:.4g} mm ({ref.path}); "
+            "predictions must be on the reference grid",
+            path=pred.path,
+        )
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    if not values:  # a label no case annotates
+        return {"mean": math.nan, "std": math.nan, "median": math.nan}
+    arr = np.asarray(values, dtype=float)
+    return {"mean": float(arr.mean()), "std": float(arr.std()), "median": float(np.median(arr))}
+
+
+def summarize(scores: Mapping[str, Mapping[str, RegionScore]], table: LabelTable) -> dict[str, dict[str, Any]]:
+    """Per-region statistics over cases.
+
+    Args:
+        scores: case -> region -> ``RegionScore(dice, hd95, nsd)``.
+        table: gives the region order.
+
+    Returns:
+        Region -> ``{"n", "dice": {"mean", "std", "median"}, "hd95": {...}, "nsd": {...}}``; std is the
+        population standard deviation (``ddof=0``), HD95 in mm.
+    """
+    return _per_region(scores, table, stats=("dice", "hd95", "nsd"))
+
+
+def _per_region(
+    scores: Mapping[str, Mapping[str, tuple]], table: LabelTable, *, stats: Sequence[str], sums: Sequence[str] = ()
+) -> dict[str, dict[str, Any]]:
+    """Region -> ``{"n"}``, :func:`_stats` of each field in ``stats`` and the total of each in ``sums``,
+    over the cases of ``scores`` (case -> region -> a named tuple with those fields)."""
+    out: dict[str, dict[str, Any]] = {}
+    for region in table.evaluation_names:
+        per_case = [case_scores[region] for case_scores in scores.values() if region in case_scores]
+        out[region] = {
+            "n": len(per_case),
+            **{field: _stats([getattr(s, field) for s in per_case]) for field in stats},
+            **{field: sum(getattr(s, field) for s in per_case) for field in sums},
+        }
+    return out
+
+
+def summarize_lesions(
+    lesions: Mapping[str, Mapping[str, LesionScore]], table: LabelTable, rules: str
+) -> dict[str, Any]:
+    """Per-region statistics of lesion-wise scores over cases.
+
+    Args:
+        lesions: case -> region -> :class:`~medseg.evaluation.lesion_wise.LesionScore`.
+        table: gives the region order.
+        rules: the :data:`~medseg.evaluation.lesion_wise.LESION_RULES` key the scores were computed with.
+
+    Returns:
+        ``{"rules", "dilation", "min_volume_mm3", "regions"}``, where ``regions`` maps each region to
+        ``{"n", "dice": {"mean", "std", "median"}, "hd95": {...}, "tp", "fn", "fp"}`` (lesion counts
+        summed over cases; HD95 in mm).
+    """
+    regions = _per_region(lesions, table, stats=("dice", "hd95"), sums=("tp", "fn", "fp"))
+    r = get_lesion_rules(rules)
+    return {"rules": rules, "dilation": r.dilation, "min_volume_mm3": r.min_volume_mm3, "regions": regions}
+
+
+@dataclass(frozen=True)
+class _CaseJob:
+    """What :func:`_score_case` needs to score one case (it pickles, for worker processes)."""
+
+    ref_path: Path
+    pred_path: Path | None  # None: no prediction, scored as empty
+    table: LabelTable
+    nsd_tolerance_mm: float
+    lesion_rules: str | None
+    not_annotated: frozenset[int] = frozenset()  # label values not scored in this case
+
+
+@dataclass(frozen=True)
+class _CaseResult:
+    scores: dict[str, RegionScore]
+    lesions: dict[str, LesionScore] | None
+    finest_mm: float  # the reference's smallest voxel side
+
+
+@dataclass(frozen=True)
+class CasePairs:
+    """Predictions paired with their references by case id (see :func:`pair_cases`).
+
+    Attributes:
+        refs: the references found (layout and case id -> path).
+        preds: case id -> prediction path, for the cases that have one.
+        missing: case ids of references without a prediction.
+        table: the label table the maps are scored with.
+    """
+
+    refs: References
+    preds: dict[str, Path]
+    missing: list[str]
+    table: LabelTable
+
+    def predicted_only(self, doing: str) -> dict[str, Path]:
+        """Case id -> reference path, for the cases that have a prediction; when references are left
+        out, a note on stderr says so: ``"<doing> the N predicted case(s); M reference(s) ..."``."""
+        if self.missing:
+            kept, left = len(self.refs.files) - len(self.missing), len(self.missing)
+            note = f"{doing} the {kept} predicted case(s); {left} reference(s) without a prediction are left out"
+            print(f"medseg: note: {note}", file=sys.stderr)
+        return {case: path for case, path in self.refs.files.items() if case in self.preds}
+
+
+def pair_cases(pred_dir: Path, ref_dir: Path, labels: str | LabelTable = "auto") -> CasePairs:
+    """Pair ``pred_dir/<case>.nii.gz`` with the references :func:`find_references` finds in ``ref_dir``,
+    and resolve the label table (``labels`` as in :func:`evaluate_folder`).
+
+    Raises:
+        MedsegInputError: no prediction folder or predictions, no references, a prediction without a
+            reference, or labels that cannot be resolved.
+    """
+    pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
+    if not pred_dir.is_dir():
+        raise MedsegInputError("prediction folder not found", path=pred_dir)
+    preds = _nifti_files(pred_dir)
+    if not preds:
+        raise MedsegInputError("no predictions (<case>.nii.gz files) found", path=pred_dir)
+    refs = find_references(ref_dir)
+    orphans = [case for case in preds if case not in refs.files]
+    if orphans:
+        more = f" (and {len(orphans) - 1} more)" if len(orphans) > 1 else ""
+        raise MedsegInputError(
+            f"prediction has no reference in {ref_dir} ({refs.layout} layout){more}", path=preds[orphans[0]]
+        )
+    missing = [case for case in refs.files if case not in preds]
+    return CasePairs(refs, preds, missing, _resolve_label_table(labels, refs, preds))
+
+
+def read_case(ref_path: Path, pred_path: Path | None, table: LabelTable) -> tuple[np.ndarray, Image]:
+    """Read a reference and its prediction, checked: both hold only ``table``'s values, and the
+    prediction lies on the reference's grid.
+
+    Returns:
+        ``(prediction, reference)``: the prediction's ``(X, Y, Z)`` label array (zeros when
+        ``pred_path`` is ``None``) and the reference image, whose geometry gives the spacing (mm).
+
+    Raises:
+        MedsegInputError: naming the file: unreadable, values outside the table, another grid.
+    """
+    ref = _read_label_map(ref_path)
+    _check_values(ref, table)
+    if pred_path is None:
+        return np.zeros(ref.array.shape, dtype=np.uint8), ref
+    pred = _read_label_map(pred_path)
+    _check_same_grid(pred, ref)
+    _check_values(pred, table)
+    return pred.array, ref
+
+
+def _score_case(job: _CaseJob) -> _CaseResult:
+    pred_array, ref = read_case(job.ref_path, job.pred_path, job.table)
+    spacing = ref.geometry.spacing
+    scores = score_label_maps(
+        pred_array, ref.array, table=job.table, spacing=spacing, nsd_tolerance_mm=job.nsd_tolerance_mm
+    )
+    unscored = {name for name, values in job.table.evaluation_sets().items() if set(values) & job.not_annotated}
+    scores = {name: score for name, score in scores.items() if name not in unscored}
+    lesions = None
+    if job.lesion_rules is not None:
+        rules = get_lesion_rules(job.lesion_rules)
+        lesions = lesion_wise_label_maps(pred_array, ref.array, table=job.table, spacing=spacing, rules=rules)
+        lesions = {name: score for name, score in lesions.items() if name not in unscored}
+    return _CaseResult(scores, lesions, float(min(spacing)))
+
+
+def evaluate_folder(
+    *,
+    pred_dir: Path,
+    ref_dir: Path,
+    out_dir: Path,
+    labels: str | LabelTable = "auto",
+    nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
+    lesion_rules: str | None = None,
+    workers: int = 1,
+    only_predicted: bool = False,
+) -> dict:
+    """Score every prediction in ``pred_dir`` against its reference and write ``metrics.csv``, ``summary.json``
+    and ``metrics.png`` (:func:`~medseg.evaluation.plot.plot_scores`: Dice, HD95 and NSD per region over cases).
+
+    Cases are paired by id: ``pred_dir/<case>.nii.gz`` with the reference that :func:`find_references`
+    finds for ``<case>`` in ``ref_dir``. Each prediction must lie on its reference's grid (same shape
+    and affine); Dice, HD95 and NSD (mm, with the reference's voxel spacing) are computed per region of
+    the label table by :func:`medseg.evaluation.metrics.score_label_maps`.
+
+    A reference without a prediction is scored as an **empty prediction** (Dice 0, HD95 = image
+    diagonal, NSD 0 for every region the reference contains), as the BraTS challenge does, so a missing case
+    cannot improve the mean; a warning line listing such cases goes to stderr and the summary lists
+    them under ``"missing_predictions"``. With ``only_predicted``, they are left out instead (e.g. the
+    out-of-fold predictions of some folds, scored against the whole training set): a note says how
+    many, and the summary lists them under ``"left_out"``. A prediction without a reference is an error.
+
+    Args:
+        pred_dir: folder of ``<case>.nii.gz`` integer label maps.
+        ref_dir: reference dataset folder (BraTS 2021/2023 layout, MSD ``labelsTr``, or flat).
+        out_dir: where ``metrics.csv`` (one row per case and region:
+            ``case,region,dice,hd95,nsd,nsd_tolerance_mm``), ``summary.json`` and ``metrics.png`` are
+            written, atomically, and only after every case was scored.
+        labels: ``"auto"`` (the reference folder's ``dataset.json`` labels when it has one, e.g. MSD;
+            else the BraTS release from the reference file names, else from the label values: 4
+            present -> brats2021, 3 present -> brats2023), a label table name such as ``"brats2021"``
+            or ``"btcv"``, a path to a ``dataset.json`` or medseg manifest, or a :class:`LabelTable`.
+            Class tables are scored per label (e.g. per organ), region tables per region.
+        nsd_tolerance_mm: the tolerance of the normalised surface Dice, in mm.
+        lesion_rules: also score lesion-wise Dice and HD95 (:mod:`medseg.evaluation.lesion_wise`) with these
+            BraTS 2023 rules (``"GLI"``, ``"SSA"``, ``"MEN"``, ``"PED"`` or ``"MET"``), into
+            ``lesion_metrics.csv`` (``case,region,dice,hd95,tp,fn,fp,rules``) and the summary's
+            ``"lesion_wise"`` (see :func:`summarize_lesions`); ``None``: not scored, and a
+            ``lesion_metrics.csv`` an earlier evaluation left in ``out_dir`` is removed.
+        workers: cases scored at once, each in its own process (1: in this process).
+        only_predicted: leave references without a prediction out, rather than score them as empty.
+
+    Returns:
+        The summary that is written to ``summary.json``: ``label_table``, ``layout``, ``cases``,
+        ``missing_predictions``, ``left_out``, ``hd95_unit``, ``nsd_tolerance_mm``, ``regions`` (see
+        :func:`summarize`) and, with ``lesion_rules``, ``lesion_wise``.
+
+    Raises:
+        MedsegInputError: naming the file: no predictions or references found, a prediction without a
+            reference, a prediction on a different grid (shape or affine), label values outside the
+            table, an unreadable file; or a negative or non-finite NSD tolerance, or unknown lesion rules.
+            Nothing is written then.
+    """
+    try:
+        nsd_tolerance_mm = check_nsd_tolerance(nsd_tolerance_mm)
+    except ValueError as exc:
+        raise MedsegInputError(str(exc)) from None
+    if lesion_rules is not None:
+        get_lesion_rules(lesion_rules)  # unknown rules fail before any case is read
+    pred_dir, out_dir = Path(pred_dir), Path(out_dir)
+    pairs = pair_cases(pred_dir, ref_dir, labels)
+    refs, preds, table = pairs.refs, pairs.preds, pairs.table
+    if only_predicted:
+        files, missing, left_out = pairs.predicted_only("scoring"), [], pairs.missing
+    else:
+        files, missing, left_out = refs.files, pairs.missing, []
+
+    skip = refs.not_annotated
+    jobs = [
+        _CaseJob(path, preds.get(case), table, nsd_tolerance_mm, lesion_rules, skip.get(case, frozenset()))
+        for case, path in files.items()
+    ]
+    results = dict(zip(files, map_in_processes(_score_case, jobs, workers=workers, what="scoring"), strict=True))
+    scores = {case: r.scores for case, r in results.items()}
+    lesions = {case: r.lesions for case, r in results.items() if r.lesions is not None}
+    # cases whose smallest voxel side (mm) exceeds the NSD tolerance
+    coarse = {case: r.finest_mm for case, r in results.items() if r.finest_mm > nsd_tolerance_mm}
+
+    if missing:
+        print(
+            f"medseg: warning: {len(missing)} case(s) without prediction scored as empty masks: {', '.join(missing)}",
+            file=sys.stderr,
+        )
+    if coarse:
+        print(
+            f"medseg: warning: NSD tolerance {nsd_tolerance_mm:g} mm is below the voxel size of {len(coarse)}"
+            f" case(s) (smallest voxel side {min(coarse.values()):.3g} mm): only surface voxels that coincide"
+            " count as agreeing; consider an --nsd-tolerance of at least the voxel size",
+            file=sys.stderr,
+        )
+    summary: dict[str, Any] = {
+        "label_table": table.name,
+        "layout": refs.layout,
+        "cases": list(scores),
+        "missing_predictions": missing,
+        "left_out": left_out,
+        "hd95_unit": "mm",
+        "nsd_tolerance_mm": nsd_tolerance_mm,
+        "regions": summarize(scores, table),
+    }
+    write_metrics_csv(out_dir / METRICS_CSV, Metrics(scores, nsd_tolerance_mm))
+    if lesion_rules is not None:
+        summary["lesion_wise"] = summarize_lesions(lesions, table, lesion_rules)
+        write_lesion_metrics_csv(out_dir / LESION_METRICS_CSV, lesions, lesion_rules)
+    else:
+        (out_dir / LESION_METRICS_CSV).unlink(missing_ok=True)
+    plot_scores({pred_dir.name: scores}, out_dir / METRICS_PNG, nsd_tolerance_mm=nsd_tolerance_mm)
+    with atomic_output(out_dir / SUMMARY_JSON) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _aligned(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows of cells as lines: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join([row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)])
+        for row in rows
+    ]
+
+
+def format_mean_sd(stats: Mapping[str, float], digits: int) -> str:
+    """``"mean ± sd"`` of a :func:`summarize` statistic, with ``digits`` decimals."""
+    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """Small aligned text tables of a summary: per region Dice, HD95 (mm) and NSD mean ± sd and n; and,
+    when it holds lesion-wise scores, their Dice and HD95 mean ± sd and lesion counts."""
+    rows = [("region", "Dice mean ± sd", "HD95 mm mean ± sd", f"NSD {summary['nsd_tolerance_mm']:g} mm mean ± sd", "n")]
+    for region, stats in summary["regions"].items():
+        cells = (format_mean_sd(stats["dice"], 4), format_mean_sd(stats["hd95"], 2), format_mean_sd(stats["nsd"], 4))
+        rows.append((region, *cells, str(stats["n"])))
+    lines = [f"labels {summary['label_table']}, {len(summary['cases'])} case(s)"]
+    missing = summary.get("missing_predictions") or []
+    if missing:
+        lines[0] += f", {len(missing)} without prediction (scored as empty)"
+    left_out = summary.get("left_out") or []
+    if left_out:
+        lines[0] += f"; {len(left_out)} reference(s) without prediction left out"
+    lines += _aligned(rows)
+    lesion_wise = summary.get("lesion_wise")
+    if lesion_wise:
+        lines.append(
+            f"lesion-wise, BraTS {lesion_wise['rules']} rules (dilation {lesion_wise['dilation']},"
+            f" lesions > {lesion_wise['min_volume_mm3']:g} mm³)"
+        )
+        rows = [("region", "Dice mean ± sd", "HD95 mm mean ± sd", "TP", "FN", "FP")]
+        for region, stats in lesion_wise["regions"].items():
+            counts = (str(stats["tp"]), str(stats["fn"]), str(stats["fp"]))
+            rows.append((region, format_mean_sd(stats["dice"], 4), format_mean_sd(stats["hd95"], 2), *counts))
+        lines += _aligned(rows)
+    return "\n".join(lines)

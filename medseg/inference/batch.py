@@ -1,0 +1,503 @@
+"""Batch inference: :func:`predict_folder` runs one :class:`~medseg.inference.Predictor` over a file, a DICOM
+series folder or a folder of cases, with progress, resumability, per-case failures and a summary CSV.
+:func:`run_batch` is its engine, which also takes a predictor per case (out-of-fold predictions,
+:mod:`medseg.training.cross_validation`).
+
+Contract of a batch run (``medseg predict``):
+
+- **Outputs.** ``<output>/<case>.nii.gz`` (or ``.seg.nrrd``, or ``.dcm`` for a DICOM-SEG), optionally
+  ``<case>_probabilities.nii.gz``, and a summary CSV. Every file is written to a temporary name in the
+  output folder and renamed into place, so an output that exists is complete. No output may be an input
+  (or lie inside an input DICOM folder); inputs are only ever opened for reading.
+- **Resuming.** A case whose outputs all exist is reported as ``skipped`` (unless ``overwrite``).
+  Temporary files that a killed run left behind for this run's cases are removed first. The output
+  folder records which model wrote it (``predict_run.json``: a fingerprint of the weights, labels,
+  preprocessing, inference settings and format); resuming into a folder that another model or other
+  settings wrote is an error, since its skipped cases would be theirs.
+- **Failures.** A case that cannot be read or predicted is recorded as ``failed`` with its reason, and the
+  batch goes on; the caller turns ``BatchSummary.failed > 0`` into a non-zero exit code.
+- **Summary.** ``summary.csv``: one row per case (sorted by id) with status, seconds, output path, reason
+  and the volume in mL of every foreground label. With ``shard=I/N`` the run handles only its share of
+  the cases (see :class:`~medseg.data.cases.Shard`) and writes ``summary.shard-I-of-N.csv`` instead, so
+  that processes sharing one output folder never write the same file; :func:`merge_summaries` joins the
+  shard files into ``summary.csv`` once all shards are done.
+- **Progress.** ``bar``: a tqdm bar with ETA on stderr when it is a terminal, else a plain line there every
+  tenth of the cases (:func:`medseg.progress.track`); ``json``: one JSON object per line on stdout
+  (``start``, ``case_start``, ``case_done``, ``done``; read by the Slicer module, see
+  :mod:`medseg.integrations.slicer`); ``none``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import re
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg import __version__
+from medseg.data.cases import InputCase, Shard, discover_cases, read_cases_file, select_shard
+from medseg.errors import MedsegError, MedsegInputError, first_line
+from medseg.inference.predictor import Predictor, read_case
+from medseg.io import Image, atomic_output, ensure_not_input, read_image, write_label_map, write_probabilities
+from medseg.io.jsonfile import read_json
+from medseg.io.writers import LabelFormat
+from medseg.labels import LabelTable
+from medseg.progress import track, write
+
+OUTPUT_SUFFIXES: dict[str, str] = {"nifti": ".nii.gz", "seg.nrrd": ".seg.nrrd", "dicom-seg": ".dcm"}
+"""File ending of the label map for each ``--format``."""
+
+PROBABILITIES_SUFFIX = "_probabilities.nii.gz"
+SUMMARY_NAME = "summary.csv"
+RUN_RECORD = "predict_run.json"
+
+
+@dataclass
+class CaseResult:
+    """What happened to one case of a batch.
+
+    Attributes:
+        case: the case id.
+        status: ``"ok"``, ``"skipped"`` (outputs already there) or ``"failed"``.
+        seconds: wall time spent on the case (reading, predicting, writing).
+        output: the label-map file, when there is one.
+        reason: why it failed or was skipped.
+        volumes_ml: volume in mL of each foreground label, by label name.
+    """
+
+    case: str
+    status: str
+    seconds: float = 0.0
+    output: Path | None = None
+    reason: str | None = None
+    volumes_ml: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class BatchSummary:
+    """Counts of a :func:`predict_folder` run and its per-case results (sorted by case id)."""
+
+    results: list[CaseResult]
+    summary_path: Path | None = None
+
+    @property
+    def ok(self) -> int:
+        return sum(r.status == "ok" for r in self.results)
+
+    @property
+    def failed(self) -> int:
+        return sum(r.status == "failed" for r in self.results)
+
+    @property
+    def skipped(self) -> int:
+        return sum(r.status == "skipped" for r in self.results)
+
+
+class _Progress:
+    """Progress as a tqdm bar on a terminal (plain lines in a log), JSON lines on stdout (one event per
+    line), or nothing.
+
+    The JSON events and their fields are read by the Slicer module: add fields, never rename or remove.
+    """
+
+    def __init__(self, mode: str, total: int, *, already_done: int = 0, shard: Shard | None = None) -> None:
+        if mode not in ("bar", "json", "none"):
+            raise MedsegInputError(f"unknown progress mode {mode!r}; use bar, json or none")
+        self.mode = mode
+        self.total = total
+        self.bar = track(total=total, initial=already_done, desc="predict", unit="case") if mode == "bar" else None
+        start: dict[str, Any] = {"event": "start", "total": total}
+        if shard is not None:
+            start["shard"] = f"{shard.index}/{shard.count}"
+        self.emit(start)
+
+    def emit(self, event: dict[str, Any]) -> None:
+        if self.mode == "json":
+            print(json.dumps(event), flush=True)
+
+    def case_start(self, index: int, case: str) -> None:
+        self.emit({"event": "case_start", "case": case, "index": index, "total": self.total})
+        if self.bar is not None:
+            self.bar.set_postfix_str(case)
+
+    def case_done(self, index: int, result: CaseResult, *, count: bool = True) -> None:
+        self.emit(
+            {
+                "event": "case_done",
+                "case": result.case,
+                "index": index,
+                "total": self.total,
+                "status": result.status,
+                "seconds": round(result.seconds, 3),
+                "output": str(result.output) if result.output else None,
+                "reason": result.reason,
+                "volumes_ml": result.volumes_ml,
+            }
+        )
+        if result.status == "failed":
+            message = f"medseg: error: {result.reason}"
+            write(message, file=sys.stderr)
+        if self.bar is not None and count:
+            self.bar.update(1)
+
+    def close(self, summary: BatchSummary) -> None:
+        self.emit({"event": "done", "ok": summary.ok, "failed": summary.failed, "skipped": summary.skipped})
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _prefetched(cases: Sequence[InputCase]) -> Iterator[tuple[InputCase, Future[Image]]]:
+    """Yield each case with a future of its image; the next case is read while the current one runs.
+
+    Only the current and the next image are held in memory.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-read") as pool:
+        upcoming = pool.submit(read_case, cases[0]) if cases else None
+        for i, case in enumerate(cases):
+            current = upcoming
+            upcoming = pool.submit(read_case, cases[i + 1]) if i + 1 < len(cases) else None
+            assert current is not None
+            yield case, current
+            del current
+
+
+def _volumes_ml(labels: np.ndarray, spacing: Sequence[float], names: dict[int, str]) -> dict[str, float]:
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    counts = np.bincount(np.asarray(labels, dtype=np.int64).ravel(), minlength=max(names) + 1)
+    return {names[v]: round(float(counts[v]) * voxel_ml, 3) for v in sorted(names) if v != 0}
+
+
+def _summary_columns(label_names: Sequence[str]) -> list[str]:
+    return ["case", "status", "seconds", "output", "reason", *[f"{n}_ml" for n in label_names]]
+
+
+def _write_summary(results: Sequence[CaseResult], path: Path, label_names: Sequence[str]) -> None:
+    with atomic_output(path) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(_summary_columns(label_names))
+        for r in results:
+            writer.writerow(
+                [
+                    r.case,
+                    r.status,
+                    f"{r.seconds:.3f}",
+                    r.output or "",
+                    r.reason or "",
+                    *[r.volumes_ml.get(n, "") for n in label_names],
+                ]
+            )
+
+
+def merge_summaries(output_dir: str | Path) -> Path:
+    """Join the ``summary.shard-I-of-N.csv`` files of ``output_dir`` into ``summary.csv`` (atomically).
+
+    Run it once every shard has finished; rows are sorted by case id.
+
+    Raises:
+        MedsegInputError: no shard summaries, a missing shard, or shard files with different columns.
+    """
+    output_dir = Path(output_dir)
+    files = sorted(output_dir.glob("summary.shard-*-of-*.csv"))
+    if not files:
+        raise MedsegInputError("no summary.shard-I-of-N.csv files to merge", path=output_dir)
+    counts = {int(re.search(r"-of-(\d+)\.csv$", f.name)[1]) for f in files}  # type: ignore[index]
+    if len(counts) != 1 or len(files) != next(iter(counts)):
+        raise MedsegInputError(f"expected all shards of one split, found {[f.name for f in files]}", path=output_dir)
+    header: list[str] | None = None
+    rows: list[list[str]] = []
+    for f in files:
+        with f.open(newline="") as fh:
+            reader = csv.reader(fh)
+            this = next(reader)
+            if header is not None and this != header:
+                raise MedsegInputError(f"columns differ from {files[0].name}", path=f)
+            header = this
+            rows.extend(reader)
+    path = output_dir / SUMMARY_NAME
+    with atomic_output(path) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(sorted(rows, key=lambda r: r[0]))
+    return path
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete the temporary files :func:`~medseg.io.atomic_output` left for ``path`` in a killed run."""
+    stem = path.name.split(".")[0]
+    suffix = "".join(path.suffixes)
+    pattern = re.compile(rf"^\.{re.escape(stem)}\.[A-Za-z0-9_]{{8}}{re.escape(suffix)}$")
+    if path.parent.is_dir():
+        for candidate in path.parent.glob(f".{stem}.*"):
+            if pattern.match(candidate.name) and candidate.is_file():
+                candidate.unlink(missing_ok=True)
+
+
+def _existing_volumes(path: Path, names: dict[int, str], fmt: str) -> dict[str, float] | None:
+    """Volumes of an existing label-map output, ``{}`` when not computed (DICOM-SEG), None if unreadable."""
+    if fmt == "dicom-seg":
+        return {}
+    try:
+        image = read_image(path)
+    except MedsegError:
+        return None
+    return _volumes_ml(image.array, image.geometry.spacing, names)
+
+
+def _check_not_inputs(outputs: Sequence[Path], cases: Sequence[InputCase]) -> None:
+    """Refuse outputs that are input files or lie inside an input folder (a DICOM series), in O(n).
+
+    Raises:
+        MedsegInputError: naming the first such output.
+    """
+    files = {p.resolve() for c in cases for p in c.images}
+    folders = {p for p in files if p.is_dir()}
+    for out in outputs:
+        target = out.resolve()
+        if target in files or folders.intersection(target.parents):
+            ensure_not_input(out, [target, *folders.intersection(target.parents)])  # raises, naming the input
+
+
+def predict_folder(
+    *,
+    model: str | Path | Sequence[str | Path] | Predictor,
+    input_path: str | Path | None,
+    output_dir: str | Path,
+    fmt: LabelFormat = "nifti",
+    save_probabilities: bool = False,
+    cases_file: str | Path | None = None,
+    shard: Shard | None = None,
+    device: str = "auto",
+    backend: str = "auto",
+    inference_overrides: Sequence[str] = (),
+    overwrite: bool = False,
+    progress: str = "bar",
+) -> BatchSummary:
+    """Segment every case under ``input_path`` into ``output_dir`` (see the module docstring).
+
+    Args:
+        model: a checkpoint path, several (an ensemble), or a loaded :class:`~medseg.inference.Predictor`.
+        input_path: an image file, a DICOM series folder (or one of its files), or a folder of cases
+            (see :func:`~medseg.data.cases.discover_cases`). Ignored when ``cases_file`` is given.
+        output_dir: where outputs and the summary go (created if missing).
+        fmt: label-map format: ``nifti``, ``seg.nrrd`` or ``dicom-seg`` (DICOM input only).
+        save_probabilities: also write ``<case>_probabilities.nii.gz`` (``(X, Y, Z, C_out)`` float32).
+        cases_file: a JSON list of cases (see :func:`~medseg.data.cases.read_cases_file`).
+        shard: handle only this shard of the cases.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        backend, inference_overrides: passed to :meth:`Predictor.from_checkpoint` (not used with a
+            loaded Predictor).
+        overwrite: redo cases whose outputs exist.
+        progress: ``bar``, ``json`` or ``none``.
+
+    Returns:
+        The per-case results (cases of this shard only).
+
+    Raises:
+        CheckpointError: the model is not a readable medseg checkpoint.
+        MedsegInputError: no cases found, an unknown format, ``dicom-seg`` for a non-DICOM case, or an
+            output that would overwrite an input.
+    """
+    output_dir = check_output(output_dir, fmt)
+    predictor = (
+        model
+        if isinstance(model, Predictor)
+        else Predictor.from_checkpoint(model, device=device, backend=backend, inference_overrides=inference_overrides)
+    )
+    if cases_file is not None:
+        all_cases = read_cases_file(cases_file, channels=predictor.channels)
+    elif input_path is None:
+        raise MedsegInputError("give an input path or a cases file")
+    else:
+        all_cases = discover_cases(input_path, channels=predictor.channels, exclude=[output_dir])
+    return run_batch(
+        Batch(tuple((case, predictor) for case in all_cases), predictor.table, run_identity(predictor, fmt)),
+        output_dir=output_dir,
+        fmt=fmt,
+        save_probabilities=save_probabilities,
+        shard=shard,
+        overwrite=overwrite,
+        progress=progress,
+    )
+
+
+def check_output(output_dir: str | Path, fmt: str) -> Path:
+    """``output_dir`` as a path, once ``fmt`` is a known label-map format and ``output_dir`` is a
+    folder or does not exist yet (checked before any model is loaded).
+
+    Raises:
+        MedsegInputError: an unknown format, or an output that is a file.
+    """
+    if fmt not in OUTPUT_SUFFIXES:
+        raise MedsegInputError(f"unknown output format {fmt!r}; use {', '.join(OUTPUT_SUFFIXES)}")
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise MedsegInputError("the output must be a folder", path=output_dir)
+    return output_dir
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What a run segments: every input case with the predictor that segments it, the label table of
+    every predictor, and the run's identity (:func:`run_identity`: a run into a folder that a run of
+    another identity wrote is refused)."""
+
+    jobs: tuple[tuple[InputCase, Predictor], ...]
+    table: LabelTable
+    identity: str
+
+
+def run_batch(
+    batch: Batch,
+    *,
+    output_dir: Path,
+    fmt: LabelFormat = "nifti",
+    save_probabilities: bool = False,
+    shard: Shard | None = None,
+    overwrite: bool = False,
+    progress: str = "bar",
+) -> BatchSummary:
+    """Segment the cases of ``batch`` (those of ``shard``) into ``output_dir``, under the contract of the
+    module docstring: the engine of :func:`predict_folder`, and of runs whose cases need different
+    models (:func:`~medseg.training.cross_validation.out_of_fold_batch`).
+
+    Args:
+        batch: the cases, their predictors and the run's identity.
+        output_dir: where outputs and the summary go (created if missing; see :func:`check_output`).
+        fmt, save_probabilities, shard, overwrite, progress: as for :func:`predict_folder`.
+
+    Raises:
+        MedsegInputError: ``dicom-seg`` for a non-DICOM case, an output that would overwrite an input,
+            or an output folder that a run of another identity wrote.
+    """
+    inputs = [case for case, _ in batch.jobs]
+    chosen = {case.id for case in select_shard(inputs, shard)}
+    jobs = [(case, predictor) for case, predictor in batch.jobs if case.id in chosen]
+    if fmt == "dicom-seg":
+        for case, _ in jobs:
+            if not case.is_dicom:
+                raise MedsegInputError(
+                    "--format dicom-seg needs DICOM series input; use nifti or seg.nrrd for this case",
+                    path=case.images[0],
+                )
+    cases = [case for case, _ in jobs]
+    predictor_of = {case.id: predictor for case, predictor in jobs}
+    label_outputs = {c.id: output_dir / f"{c.id}{OUTPUT_SUFFIXES[fmt]}" for c in cases}
+    prob_outputs = {c.id: output_dir / f"{c.id}{PROBABILITIES_SUFFIX}" for c in cases}
+    summary_path = output_dir / (SUMMARY_NAME if shard is None else f"summary.{shard.tag}.csv")
+    _check_not_inputs([summary_path, *label_outputs.values(), *prob_outputs.values()], inputs)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _claim_output_folder(output_dir, batch.identity, overwrite=overwrite)
+
+    names = batch.table.labels  # a shard without cases still writes every label's column
+    label_names = [names[v] for v in sorted(names) if v != 0]
+    results: list[CaseResult] = []
+    todo: list[InputCase] = []
+    done_before: list[tuple[int, CaseResult]] = []
+    for index, case in enumerate(cases):
+        expected = [label_outputs[case.id], *([prob_outputs[case.id]] if save_probabilities else [])]
+        for out in expected:
+            _remove_stale_temporaries(out)
+        volumes = None
+        if not overwrite and all(p.is_file() for p in expected):
+            volumes = _existing_volumes(label_outputs[case.id], names, fmt)
+        if volumes is None:
+            todo.append(case)
+        else:
+            result = CaseResult(case.id, "skipped", output=label_outputs[case.id], reason="outputs exist")
+            result.volumes_ml = volumes
+            done_before.append((index, result))
+    _remove_stale_temporaries(summary_path)
+
+    reporter = _Progress(progress, len(cases), already_done=len(done_before), shard=shard)
+    for index, result in done_before:
+        results.append(result)
+        reporter.case_done(index, result, count=False)
+    position = {c.id: i for i, c in enumerate(cases)}
+    try:
+        for case, future in _prefetched(todo):
+            reporter.case_start(position[case.id], case.id)
+            result = _predict_one(
+                predictor_of[case.id], case, future, label_outputs[case.id], fmt, save_probabilities, names
+            )
+            results.append(result)
+            reporter.case_done(position[case.id], result)
+    finally:
+        results.sort(key=lambda r: r.case)
+        _write_summary(results, summary_path, label_names)
+    summary = BatchSummary(results, summary_path)
+    reporter.close(summary)
+    return summary
+
+
+def run_identity(predictor: Predictor, fmt: LabelFormat) -> str:
+    """What decides a run's label maps: the weights (every member's), labels, preprocessing, inference
+    settings and format."""
+    checkpoint = predictor.checkpoint
+    extra: dict[str, Any] = {
+        "labels": checkpoint.label_table.to_dict(),
+        "transforms": checkpoint.config["transforms"],
+        "inference": dataclasses.asdict(predictor.inference),
+        "format": fmt,
+    }
+    if len(predictor.checkpoints) > 1:
+        extra["ensemble"] = [member.weights_sha256 for member in predictor.checkpoints]
+    return checkpoint.fingerprint(extra)
+
+
+def _claim_output_folder(output_dir: Path, identity: str, *, overwrite: bool) -> None:
+    """Record ``identity`` in ``output_dir``; refuse (unless ``overwrite``) when a run of another
+    identity wrote there: resuming would keep that run's outputs as this one's."""
+    record = output_dir / RUN_RECORD
+    if record.is_file() and not overwrite and read_json(record, what="run record").get("model") != identity:
+        raise MedsegInputError(
+            "holds predictions of another model or other inference settings; use --overwrite to redo every"
+            " case, or another output folder",
+            path=output_dir,
+        )
+    with atomic_output(record) as tmp:
+        tmp.write_text(json.dumps({"model": identity, "medseg": __version__}, indent=2) + "\n")
+
+
+def _predict_one(
+    predictor: Predictor,
+    case: InputCase,
+    future: Future[Image],
+    output: Path,
+    fmt: LabelFormat,
+    save_probabilities: bool,
+    names: dict[int, str],
+) -> CaseResult:
+    """Read (from the prefetch), predict and write one case; any error becomes a ``failed`` result."""
+    tick = time.monotonic()
+    try:
+        image = future.result()
+        if save_probabilities:
+            probs = predictor.predict_probabilities(image)
+            labels = predictor.labels_from_probabilities(probs, image)
+            write_probabilities(
+                probs, image.geometry, output.with_name(f"{case.id}{PROBABILITIES_SUFFIX}"), reference=image
+            )
+        else:
+            labels = predictor.predict(image)
+        write_label_map(labels, image.geometry, output, table=predictor.table, reference=image, fmt=fmt)
+        return CaseResult(
+            case.id,
+            "ok",
+            time.monotonic() - tick,
+            output,
+            volumes_ml=_volumes_ml(labels, image.geometry.spacing, names),
+        )
+    except MedsegError as exc:
+        return CaseResult(case.id, "failed", time.monotonic() - tick, reason=str(exc))
+    except Exception as exc:  # one broken case must not stop a batch of hundreds
+        reason = f"{case.id}: {type(exc).__name__}: {first_line(exc)}"  # one line of stderr and of summary.csv
+        return CaseResult(case.id, "failed", time.monotonic() - tick, reason=reason)

@@ -1,0 +1,383 @@
+"""Inference: a :class:`Predictor` loads a model once and segments many cases (batch runs over folders
+of cases live in :mod:`medseg.inference.batch`).
+
+Geometry is preserved exactly: the image is reoriented (and, if configured, resampled and cropped)
+with invertible MONAI transforms, and the probabilities are mapped back through their inverses, so
+the label map is written on the input's own grid (same shape and affine).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.inferers import sliding_window_inference
+from monai.transforms import KeepLargestConnectedComponent
+
+from medseg.checkpoint import Checkpoint, load_checkpoint
+from medseg.config import InferenceConfig, TransformConfig, check_mirroring, override_inference
+from medseg.data.cases import InputCase
+from medseg.distributed import resolve_device
+from medseg.errors import CheckpointError, ConfigError, MedsegInputError
+from medseg.inference.backends import Backend, create_backend, default_cache_dir
+from medseg.inference.tiling import TilePlan, smallest_window, tiled_inference
+from medseg.io import Image, read_dicom_series, read_image, require_finite
+from medseg.keys import IMAGE
+from medseg.networks.registry import check_patch_size, default_window_voxels, size_divisor
+from medseg.postprocessing import (
+    check_min_component_ml,
+    check_min_region_ml,
+    outputs_to_labels,
+    remove_small_components,
+    suppress_small_regions,
+)
+from medseg.transforms import inference_transforms
+
+
+@dataclass(frozen=True)
+class Windows:
+    """How inference runs a network over a preprocessed volume: ``inference.tiling`` (``tight``, see
+    :mod:`medseg.inference.tiling`, or MONAI's ``sliding_window_inference``) for a network whose input sizes
+    are multiples of ``divisor`` and whose windows hold at most ``max_voxels`` voxels (``None``: no
+    bound). The Predictor and training's validation share it, so ``best.pt`` is chosen under the
+    inference it will be deployed with."""
+
+    inference: InferenceConfig
+    divisor: int
+    max_voxels: int | None
+
+    @classmethod
+    def for_network(cls, inference: InferenceConfig, network: str, kwargs: dict[str, Any]) -> Windows:
+        """Check ``inference``'s window sizes against network ``network`` (with ``kwargs``): ``roi_size``
+        and ``max_window`` are sizes it takes, ``max_window`` is at least ``roi_size`` per axis, and
+        ``max_window_voxels`` (default: the network's, see :func:`~medseg.networks.registry.default_window_voxels`)
+        holds the smallest window a budget may use.
+
+        Raises:
+            ConfigError: naming the setting and the valid values.
+        """
+        check_patch_size(network, inference.roi_size, kwargs)
+        largest, roi = inference.max_window, inference.roi_size
+        if largest is not None:
+            check_patch_size(network, largest, kwargs)
+            if len(largest) != len(roi) or any(m < r for m, r in zip(largest, roi, strict=True)):
+                raise ConfigError(f"inference.max_window {largest} must give one size >= roi_size {roi} per axis")
+        divisor = size_divisor(network, kwargs)
+        budget, smallest = inference.max_window_voxels, smallest_window(roi, divisor)
+        if budget is not None and budget < math.prod(smallest):
+            raise ConfigError(
+                f"inference.max_window_voxels {budget} is below the smallest window it may use, {smallest}"
+            )
+        return cls(inference, divisor, budget or default_window_voxels(network, kwargs))
+
+    def plan(self, shape: tuple[int, int, int]) -> TilePlan:
+        """The ``tight`` window layout for a (cropped, preprocessed) volume of ``shape`` voxels."""
+        inf = self.inference
+        overlaps = [min(inf.min_overlap, r // 2) for r in inf.roi_size]  # a small window keeps half of it
+        largest = inf.max_window or [max(r, 5 * r // 4 // self.divisor * self.divisor) for r in inf.roi_size]
+        return TilePlan.tight(
+            shape,
+            inf.roi_size,
+            min_overlap=overlaps,
+            multiple=self.divisor,
+            max_window=largest,
+            max_voxels=self.max_voxels,
+        )
+
+    def __call__(self, x: torch.Tensor, network: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``(B, C_in, X, Y, Z)`` preprocessed -> logits ``(B, C_out, X, Y, Z)`` of ``network``'s windows,
+        averaged over ``x`` and its mirror images along every combination of ``inference.mirror_axes``
+        (each pass's logits mirrored back)."""
+        axes = self.inference.mirror_axes
+        total = self._windows(x, network)
+        for flipped in (c for k in range(1, len(axes) + 1) for c in itertools.combinations(axes, k)):
+            dims = [2 + axis for axis in flipped]
+            total = total + self._windows(x.flip(dims), network).flip(dims)
+        return total / 2 ** len(axes)
+
+    def _windows(self, x: torch.Tensor, network: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """One pass of ``network``'s windows over ``x``: ``(B, C_in, X, Y, Z)`` -> ``(B, C_out, X, Y, Z)``."""
+        inf = self.inference
+        if inf.tiling == "monai":
+            return sliding_window_inference(
+                x, inf.roi_size, inf.sw_batch_size, network, overlap=inf.overlap, mode=inf.mode
+            )
+        plan = self.plan(tuple(int(s) for s in x.shape[2:]))  # type: ignore[arg-type]
+        return tiled_inference(x, network, plan, batch_size=inf.sw_batch_size, mode=inf.mode)
+
+
+def read_case(case: InputCase) -> Image:
+    """Read a case's images (any format of :func:`~medseg.io.read_image`) into one ``(C, X, Y, Z)`` float32
+    :class:`Image` on the first file's grid; a 4-D file contributes all its channels.
+
+    ``meta["channel_files"]`` names each channel's file, for the Predictor's errors.
+
+    Raises:
+        MedsegInputError: a file is missing or unreadable, or not on the first file's grid.
+    """
+    if case.series_uid is not None:
+        images = [read_dicom_series(case.images[0], series_uid=case.series_uid or None, recursive=False)]
+    else:
+        images = [read_image(p) for p in case.images]
+    first = images[0]
+    for img in images:
+        if img.array.ndim == 4 and len(images) > 1:
+            raise MedsegInputError(f"expected a 3-D image per channel file, got shape {img.array.shape}", path=img.path)
+        if img.geometry.shape != first.geometry.shape:
+            raise MedsegInputError(
+                f"shape {img.geometry.shape} differs from {first.path.name} {first.geometry.shape}", path=img.path
+            )
+        if not img.geometry.same_grid(first.geometry):
+            raise MedsegInputError(f"affine differs from {first.path.name}", path=img.path)
+    channels = [(img.path, c) for img in images for c in img.array.reshape(-1, *img.geometry.shape)]
+    meta = {**first.meta, "channel_files": [path for path, _ in channels]}
+    return Image(np.stack([c.astype(np.float32, copy=False) for _, c in channels]), first.geometry, first.path, meta)
+
+
+# the transforms settings that decide what a network sees at inference (the others shape training:
+# patches, augmentation); ensemble members must agree on these
+INFERENCE_PREPROCESSING = (
+    "orientation",
+    "spacing",
+    "interpolation",
+    "intensity",
+    "intensity_offset",
+    "clip_percentiles",
+    "hu_window",
+    "crop_foreground",
+    "foreground_threshold",
+)
+
+
+def check_ensemble(checkpoints: Sequence[Checkpoint]) -> None:
+    """Check that ``checkpoints`` can be ensembled: the same input channels, label table and inference
+    preprocessing (:data:`INFERENCE_PREPROCESSING`) as the first, so that their logits are averaged
+    in one space. Networks may differ (the folds of one configuration, or several configurations,
+    e.g. a ResU-Net and a DynUNet trained on the same data); no two may have the same weights (a
+    copy, or one path given twice, would only cost time).
+
+    Raises:
+        CheckpointError: naming the first checkpoint that differs and in what, or that repeats another.
+    """
+    if not checkpoints:
+        raise CheckpointError("no checkpoint given")
+    first = checkpoints[0]
+    name = first.source.name if first.source is not None else "the first model"
+    if len(checkpoints) > 1:
+        seen: dict[str, Checkpoint] = {}
+        for member in checkpoints:
+            earlier = seen.setdefault(member.weights_sha256, member)
+            if earlier is not member:
+                raise CheckpointError(
+                    f"has the same weights as {earlier.source or 'an earlier member'}: an ensemble member given twice",
+                    path=member.source,
+                )
+    preprocessing = TransformConfig(**first.config["transforms"])
+    for other in checkpoints[1:]:
+        theirs = TransformConfig(**other.config["transforms"])
+        pairs = [
+            ("input channels", first.channels, other.channels),
+            ("labels", first.label_table.to_dict(), other.label_table.to_dict()),
+            *(
+                (f"transforms.{key}", getattr(preprocessing, key), getattr(theirs, key))
+                for key in INFERENCE_PREPROCESSING
+            ),
+        ]
+        differences = [what for what, a, b in pairs if a != b]
+        if differences:
+            raise CheckpointError(
+                f"cannot be ensembled with {name}: its {', '.join(differences)} differ"
+                " (an ensemble averages logits computed on the same preprocessed image)",
+                path=other.source,
+            )
+
+
+class Predictor:
+    """A model, or an ensemble of models, ready to segment images, loaded once.
+
+    Per image: reorient (and resample, if configured), crop to the foreground box, normalise, run the
+    windows (:mod:`medseg.inference.tiling`) on a backend (:mod:`medseg.inference.backends`), then
+    invert the crop and the reorientation so that the output lies on the input's grid, background outside the crop.
+    An ensemble (several checkpoints: the folds of one configuration, or models of several
+    configurations that preprocess alike, see :func:`check_ensemble`) runs each member's windows over
+    the case in turn and averages their logits, as nnU-Net ensembles folds; the first checkpoint's
+    inference settings apply, each member's network sizes its own windows. Members run one after
+    another, so an OpenVINO ensemble holds one compiled model at a time (compiling one costs well
+    under a second).
+
+    Args:
+        checkpoint: a loaded medseg checkpoint, or several (see :func:`check_ensemble`).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        backend: ``auto`` (``torch`` on CUDA, ``openvino`` on the CPU when installed, else ``torch``),
+            ``torch`` (eager PyTorch; AMP on CUDA) or ``openvino`` (CPU).
+        inference: settings that replace the checkpoint's ``inference`` section.
+        inference_overrides: ``inference.key=value`` changes to those settings (``medseg predict --set``
+            and ``--mirror``), e.g. ``inference.min_component_ml={WT: 0.1}`` or
+            ``inference.mirror_axes=[0, 1, 2]`` (test-time mirroring); see
+            :func:`~medseg.config.override_inference`.
+        cache_dir: where the OpenVINO backend caches its ONNX export (default: next to the
+            checkpoint when :meth:`from_checkpoint` loaded it and that folder is writable, else
+            ``~/.cache/medseg``).
+
+    Attributes:
+        checkpoint: the (first) checkpoint, whose settings apply.
+        checkpoints: every member, in order.
+        windows: one :class:`Windows` per member, in the same order.
+        backends: one backend per member, in the same order.
+
+    Raises:
+        MedsegError: an unknown backend, or ``openvino`` when OpenVINO is not installed.
+        CheckpointError: checkpoints that cannot be ensembled.
+        ConfigError: ``inference.mirror_axes`` for a model trained without flips, or a bad override.
+    """
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint | Sequence[Checkpoint],
+        *,
+        device: str = "auto",
+        backend: str = "auto",
+        inference: InferenceConfig | None = None,
+        inference_overrides: Sequence[str] = (),
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        self.checkpoints = [checkpoint] if isinstance(checkpoint, Checkpoint) else list(checkpoint)
+        check_ensemble(self.checkpoints)
+        self.checkpoint = checkpoint = self.checkpoints[0]
+        self.table = checkpoint.label_table
+        self.channels = list(checkpoint.channels)
+        self.device = resolve_device(device)
+        self.inference = override_inference(
+            inference or InferenceConfig(**checkpoint.config["inference"]), inference_overrides
+        )
+        self.windows = [  # each member's network decides its window sizes
+            Windows.for_network(self.inference, member.network["name"], member.network["kwargs"])
+            for member in self.checkpoints
+        ]
+        check_min_region_ml(self.table, self.inference.min_region_ml)  # fail before a batch reads any case
+        check_min_component_ml(self.table, self.inference.min_component_ml)
+        for member in self.checkpoints:
+            check_mirroring(self.inference, TransformConfig(**member.config["transforms"]))
+        transforms = TransformConfig(**checkpoint.config["transforms"])
+        if self.inference.crop_foreground:
+            transforms = dataclasses.replace(transforms, crop_foreground=True)
+        self.transforms = inference_transforms(transforms)
+        self.backends: list[Backend] = [
+            create_backend(
+                backend,
+                member,
+                device=self.device,
+                cache_dir=Path(cache_dir) if cache_dir is not None else None,
+                precision=self.inference.precision,
+            )
+            for member in self.checkpoints
+        ]
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path | Sequence[str | Path],
+        *,
+        device: str = "auto",
+        backend: str = "auto",
+        inference: InferenceConfig | None = None,
+        inference_overrides: Sequence[str] = (),
+        cache_dir: str | Path | None = None,
+    ) -> Predictor:
+        """Load ``path`` (a ``.pt`` written by ``medseg train``, or several for an ensemble); see the class
+        for the arguments. The default ``cache_dir`` is the first checkpoint's."""
+        paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+        if cache_dir is None:
+            cache_dir = default_cache_dir(paths[0] if paths else None)
+        return cls(
+            [load_checkpoint(p, training=False) for p in paths],
+            device=device,
+            backend=backend,
+            inference=inference,
+            inference_overrides=inference_overrides,
+            cache_dir=cache_dir,
+        )
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``(1, C_in, X, Y, Z)`` preprocessed -> logits ``(1, C_out, X, Y, Z)``, the members' mean."""
+        if min(x.shape[2:]) == 0:  # nothing above the foreground threshold
+            return torch.zeros((1, self.table.num_outputs, *x.shape[2:]))
+        total = self.windows[0](x, self.backends[0])
+        for windows, backend in zip(self.windows[1:], self.backends[1:], strict=True):
+            total = total + windows(x, backend)
+        return total / len(self.backends)
+
+    @torch.no_grad()
+    def predict_probabilities(self, image: Image) -> np.ndarray:
+        """Per-output probabilities ``(C_out, X, Y, Z)`` float32 on ``image``'s own grid.
+
+        ``image.array`` is ``(C_in, X, Y, Z)`` in file voxel order with ``image.geometry.affine``.
+        Region models give sigmoid probabilities (0 outside the foreground crop), class models
+        softmax (background 1 outside the crop; at its edge, where resampling back to the input's
+        grid mixes in the outside, that share goes to background, so every voxel sums to 1).
+        A cubic-spline resampling's overshoot is clipped to [0, 1] (and renormalised for classes).
+
+        Raises:
+            MedsegInputError: ``image`` has another number of channels than the model, or NaN or
+                infinite voxels (naming the channel and, for an image from :func:`read_case`, its file).
+        """
+        if image.array.shape[0] != len(self.channels):
+            raise MedsegInputError(
+                f"the model needs {len(self.channels)} channels ({', '.join(self.channels)}), "
+                f"got {image.array.shape[0]}",
+                path=image.path,
+            )
+        files = image.meta.get("channel_files", [image.path] * len(self.channels))
+        for name, path, channel in zip(self.channels, files, image.array, strict=True):
+            require_finite(channel, path=path, channel=name)
+        data = self.transforms({IMAGE: MetaTensor(torch.as_tensor(image.array), affine=image.geometry.affine)})
+        x = data[IMAGE]
+        logits = self._logits(x.unsqueeze(0).as_tensor().to(self.backends[0].device))[0].float().cpu()
+        probs = torch.sigmoid(logits) if self.table.kind == "regions" else torch.softmax(logits, 0)
+        restored = self.transforms.inverse(
+            {IMAGE: MetaTensor(probs, affine=x.affine, applied_operations=x.applied_operations)}
+        )
+        out = torch.as_tensor(restored[IMAGE]).numpy().astype(np.float32, copy=False)
+        if tuple(out.shape[1:]) != image.geometry.shape:
+            raise RuntimeError(f"inverse transforms gave shape {out.shape[1:]}, expected {image.geometry.shape}")
+        np.clip(out, 0.0, 1.0, out=out)  # a cubic-spline inverse resampling overshoots at edges
+        if self.table.kind != "regions":  # the crop's inverse pads with 0: that share is background
+            total = out.sum(0)
+            out[0] += np.clip(1.0 - total, 0.0, None)
+            out /= np.maximum(total, 1.0)  # the sum after the line above; > 1 only after an overshoot
+        return out
+
+    def predict(self, image: Image) -> np.ndarray:
+        """Label map ``(X, Y, Z)`` uint8 in the model's own label values, on ``image``'s grid: the
+        :meth:`labels_from_probabilities` of :meth:`predict_probabilities`."""
+        return self.labels_from_probabilities(self.predict_probabilities(image), image)
+
+    def labels_from_probabilities(self, probs: np.ndarray, image: Image) -> np.ndarray:
+        """Label map ``(X, Y, Z)`` uint8 from ``probs`` ``(C_out, X, Y, Z)`` on ``image``'s grid.
+
+        Post-processing from the ``inference`` config: ``min_component_ml`` relabels too-small connected
+        pieces (:func:`~medseg.postprocessing.components.remove_small_components`), ``min_region_ml`` too-small region
+        predictions (:func:`~medseg.postprocessing.regions.suppress_small_regions`), and ``keep_largest_component``
+        keeps each foreground label's largest connected piece (MONAI's ``KeepLargestConnectedComponent``)."""
+        labels = outputs_to_labels(torch.from_numpy(probs), self.table, threshold=self.inference.threshold)
+        if self.inference.min_component_ml:
+            labels = remove_small_components(
+                labels, self.table, spacing=image.geometry.spacing, min_component_ml=self.inference.min_component_ml
+            )
+        if self.inference.min_region_ml:
+            voxel_ml = float(np.prod(image.geometry.spacing)) / 1000.0
+            labels = suppress_small_regions(
+                labels, self.table, voxel_ml=voxel_ml, min_region_ml=self.inference.min_region_ml
+            )
+        if self.inference.keep_largest_component:
+            keep = KeepLargestConnectedComponent(applied_labels=list(self.table.foreground_labels), independent=True)
+            labels = np.asarray(keep(labels[None]))[0].astype(np.uint8)
+        return labels

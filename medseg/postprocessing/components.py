@@ -1,0 +1,76 @@
+"""Connected components of a label map: the 26-connected pieces of a region and their volumes, and the
+removal of pieces smaller than ``inference.min_component_ml``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from medseg.errors import ConfigError
+from medseg.labels import LabelTable
+from medseg.postprocessing.regions import enclosing_label
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """The 26-connected pieces of a mask and their volumes.
+
+    Attributes:
+        labels: ``(X, Y, Z)`` int array, 0 outside the mask and 1..n on its pieces.
+        volumes_ml: the volume of each piece in mL, indexed by its label (index 0: outside).
+    """
+
+    labels: np.ndarray
+    volumes_ml: np.ndarray
+
+    @classmethod
+    def of(cls, mask: np.ndarray, spacing: Sequence[float]) -> Pieces:
+        """The pieces of a boolean ``(X, Y, Z)`` mask whose voxel size is ``spacing`` (mm)."""
+        labels, _ = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+        return cls(labels, np.bincount(labels.ravel()) * (float(np.prod(spacing)) / 1000.0))
+
+    def smaller_than(self, min_ml: float) -> np.ndarray:
+        """Boolean ``(X, Y, Z)`` mask of the pieces under ``min_ml`` mL (a piece of exactly that stays)."""
+        small = self.volumes_ml < min_ml - 1e-12  # without float residue (8 voxels of 1 mm³ are 0.008 mL)
+        small[0] = False  # outside the mask
+        return small[self.labels]
+
+
+def check_min_component_ml(table: LabelTable, min_component_ml: Mapping[str, float]) -> None:
+    """Raise :class:`ConfigError` if a name of ``min_component_ml`` is not one of ``table``'s regions
+    (region tables) or foreground labels (class tables)."""
+    names = table.evaluation_names
+    for name in min_component_ml:
+        if name not in names:
+            raise ConfigError(
+                f"inference.min_component_ml: {name!r} is not a region or label of {table.name} ({', '.join(names)})"
+            )
+
+
+def remove_small_components(
+    labels: np.ndarray, table: LabelTable, *, spacing: Sequence[float], min_component_ml: Mapping[str, float]
+) -> np.ndarray:
+    """Relabel the connected pieces of a region (or label) that are smaller than ``min_component_ml[name]`` mL.
+
+    ``labels`` is a ``(X, Y, Z)`` label map and ``spacing`` its voxel size along those axes in mm.
+    For each named set of ``table.evaluation_sets()``, in table order (outer regions first), the
+    26-connected pieces of the set's mask whose volume is under the minimum take the enclosing
+    region's painted label: a stray whole-tumour speck becomes background, a small enhancing piece
+    necrosis. For class tables they become background. Returns a new array.
+
+    The pieces are found with ``scipy.ndimage.label``, not MONAI's ``RemoveSmallObjects``: whether
+    that keeps a piece of exactly the minimum depends on the installed scikit-image (0.26 changed it).
+
+    Raises:
+        ConfigError: a name that is not one of the table's regions or labels.
+    """
+    check_min_component_ml(table, min_component_ml)
+    out = labels.copy()
+    for name, values in table.evaluation_sets().items():
+        if name in min_component_ml:
+            small = Pieces.of(np.isin(out, values), spacing).smaller_than(min_component_ml[name])
+            out[small] = enclosing_label(table, name)
+    return out

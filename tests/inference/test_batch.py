@@ -1,0 +1,285 @@
+"""Batch prediction: per-case failures, progress events, resuming (also after SIGKILL), shards, safety."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medseg.checkpoint import load_checkpoint, save_checkpoint
+from medseg.cli import main
+from medseg.data.cases import Shard
+from medseg.inference.batch import RUN_RECORD, merge_summaries, predict_folder
+from medseg.io import Image, read_image
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / "tests" / "data"
+
+
+def _phantoms(brats_root: Path, dst: Path, n: int) -> list[str]:
+    """Copy the T1 images of ``n`` BraTS phantom cases to ``dst/<case>.nii.gz``; return the case ids."""
+    dst.mkdir(parents=True, exist_ok=True)
+    ids = []
+    for case_dir in sorted(p for p in brats_root.iterdir() if p.is_dir())[:n]:
+        shutil.copy(case_dir / f"{case_dir.name}_t1.nii.gz", dst / f"{case_dir.name}.nii.gz")
+        ids.append(case_dir.name)
+    return ids
+
+
+def _rows(path: Path) -> dict[str, dict[str, str]]:
+    with path.open(newline="") as fh:
+        return {row["case"]: row for row in csv.DictReader(fh)}
+
+
+def _assert_valid_output(out: Path, source: Path) -> None:
+    labels = read_image(out)
+    image = read_image(source)
+    assert labels.geometry.shape == image.geometry.shape
+    np.testing.assert_allclose(labels.geometry.affine, image.geometry.affine, atol=1e-5)
+    assert set(np.unique(labels.array).tolist()) <= {0, 1}
+
+
+def _no_temporaries(folder: Path) -> None:
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+
+def test_corrupt_and_wrong_shape_cases_fail_and_the_rest_succeed(
+    brats_root: Path, one_channel_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = _phantoms(brats_root, tmp_path / "in", 3)
+    good = (tmp_path / "in" / f"{ids[0]}.nii.gz").read_bytes()
+    (tmp_path / "in" / "corrupt.nii.gz").write_bytes(good[: len(good) // 3])
+    nib.save(nib.Nifti1Image(np.zeros((48, 48), np.float32), np.eye(4)), str(tmp_path / "in" / "flat.nii.gz"))
+    out = tmp_path / "out"
+    argv = ["predict", "--model", str(one_channel_checkpoint), "--input", str(tmp_path / "in")]
+    code = main([*argv, "--output", str(out), "--progress", "none"])
+    assert code == 1
+    rows = _rows(out / "summary.csv")
+    assert sorted(rows) == sorted([*ids, "corrupt", "flat"])
+    assert rows["corrupt"]["status"] == "failed" and "corrupt.nii.gz" in rows["corrupt"]["reason"]
+    assert rows["flat"]["status"] == "failed" and "flat.nii.gz" in rows["flat"]["reason"]
+    assert "3-D" in rows["flat"]["reason"]
+    for case in ids:
+        assert rows[case]["status"] == "ok"
+        assert float(rows[case]["tissue_ml"]) >= 0.0 and rows[case]["output"] == str(out / f"{case}.nii.gz")
+        _assert_valid_output(out / f"{case}.nii.gz", tmp_path / "in" / f"{case}.nii.gz")
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(f"{c}.nii.gz" for c in ids), "summary.csv", RUN_RECORD])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert sum(line.startswith("medseg: error:") for line in err.splitlines()) == 2
+
+
+def test_json_progress_resume_overwrite_and_stale_temporaries(
+    brats_root: Path, one_channel_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = _phantoms(brats_root, tmp_path / "in", 3)
+    out = tmp_path / "out"
+    args = ["predict", "--model", str(one_channel_checkpoint), "--input", str(tmp_path / "in"), "--output", str(out)]
+    assert main([*args, "--progress", "json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert events[0] == {"event": "start", "total": 3}
+    assert events[-1] == {"event": "done", "ok": 3, "failed": 0, "skipped": 0}
+    starts = [e for e in events if e["event"] == "case_start"]
+    done = [e for e in events if e["event"] == "case_done"]
+    assert [e["case"] for e in starts] == [e["case"] for e in done] == ids
+    for index, event in enumerate(done):
+        assert {"case", "index", "total", "status", "seconds", "output", "reason"} <= set(event)
+        assert event["index"] == index and event["total"] == 3 and event["status"] == "ok"
+        assert event["output"] == str(out / f"{ids[index]}.nii.gz") and event["reason"] is None
+
+    # a killed run may leave a temporary file; a lost output is redone, the others are skipped
+    (out / f"{ids[1]}.nii.gz").unlink()
+    (out / f".{ids[1]}.abcd_123.nii.gz").write_bytes(b"partial")
+    assert main([*args, "--progress", "json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    status = {e["case"]: e["status"] for e in events if e["event"] == "case_done"}
+    assert status == {ids[0]: "skipped", ids[1]: "ok", ids[2]: "skipped"}
+    assert events[-1] == {"event": "done", "ok": 1, "failed": 0, "skipped": 2}
+    _no_temporaries(out)
+    rows = _rows(out / "summary.csv")
+    assert rows[ids[0]]["status"] == "skipped" and float(rows[ids[0]]["tissue_ml"]) >= 0.0
+
+    assert main([*args, "--progress", "none", "--overwrite"]) == 0
+    assert {r["status"] for r in _rows(out / "summary.csv").values()} == {"ok"}
+
+
+def test_killed_run_resumes_to_complete_outputs(brats_root: Path, one_channel_checkpoint: Path, tmp_path: Path) -> None:
+    ids = _phantoms(brats_root, tmp_path / "in", 6)
+    out = tmp_path / "out"
+    args = ["predict", "--model", str(one_channel_checkpoint), "--input", str(tmp_path / "in"), "--output", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medseg", *args, "--progress", "json", "--device", "cpu"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.name.endswith(".nii.gz") and not p.name.startswith(".") for p in out.glob("*")):
+            assert proc.poll() is None, "medseg predict exited before writing its first output"
+            assert time.monotonic() < deadline, "no output within 120 s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not (out / "summary.csv").exists()
+    finished = sorted(p.name[: -len(".nii.gz")] for p in out.glob("*.nii.gz") if not p.name.startswith("."))
+    assert finished and set(finished) < set(ids)  # killed mid-batch
+    for case in finished:  # whatever the killed run left is complete
+        _assert_valid_output(out / f"{case}.nii.gz", tmp_path / "in" / f"{case}.nii.gz")
+
+    assert main([*args, "--progress", "none"]) == 0
+    rows = _rows(out / "summary.csv")
+    assert sorted(rows) == ids
+    assert sorted(c for c, r in rows.items() if r["status"] == "skipped") == finished
+    assert {r["status"] for c, r in rows.items() if c not in finished} == {"ok"}
+    for case in ids:
+        _assert_valid_output(out / f"{case}.nii.gz", tmp_path / "in" / f"{case}.nii.gz")
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(f"{c}.nii.gz" for c in ids), "summary.csv", RUN_RECORD])
+
+
+def test_shards_share_one_output_folder(brats_root: Path, one_channel_checkpoint: Path, tmp_path: Path) -> None:
+    from medseg.inference import Predictor
+
+    ids = _phantoms(brats_root, tmp_path / "in", 6)
+    predictor = Predictor.from_checkpoint(one_channel_checkpoint, device="cpu")
+    out = tmp_path / "out"
+    seen: list[str] = []
+    for index in (1, 2):
+        summary = predict_folder(
+            model=predictor, input_path=tmp_path / "in", output_dir=out, shard=Shard(index, 2), progress="none"
+        )
+        assert summary.summary_path == out / f"summary.shard-{index}-of-2.csv"
+        seen += [r.case for r in summary.results]
+    assert sorted(seen) == ids  # union is everything, nothing twice
+    assert not (out / "summary.csv").exists()
+    merged = _rows(merge_summaries(out))
+    assert sorted(merged) == ids and {r["status"] for r in merged.values()} == {"ok"}
+
+
+def test_cases_json_and_probabilities(brats_root: Path, one_channel_checkpoint: Path, tmp_path: Path) -> None:
+    ids = _phantoms(brats_root, tmp_path / "in", 2)
+    spec = [{"id": f"subject{n}", "images": [f"in/{case}.nii.gz"]} for n, case in enumerate(ids)]
+    (tmp_path / "cases.json").write_text(json.dumps(spec))
+    out = tmp_path / "out"
+    argv = ["predict", "--model", str(one_channel_checkpoint), "--cases", str(tmp_path / "cases.json")]
+    code = main([*argv, "--output", str(out), "--save-probabilities", "--progress", "none"])
+    assert code == 0
+    for n in range(len(ids)):
+        labels = nib.load(str(out / f"subject{n}.nii.gz"))
+        probs = nib.load(str(out / f"subject{n}_probabilities.nii.gz"))
+        assert probs.shape == (*labels.shape, 2) and probs.get_data_dtype() == np.float32
+        np.testing.assert_allclose(probs.affine, labels.affine)
+        p = np.asarray(probs.dataobj)
+        np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(labels.dataobj), p.argmax(-1))
+    # a rerun asking for probabilities again skips; one whose probabilities are gone is redone
+    (out / "subject1_probabilities.nii.gz").unlink()
+    summary = predict_folder(
+        model=one_channel_checkpoint, input_path=None, output_dir=out, cases_file=tmp_path / "cases.json",
+        save_probabilities=True, progress="none",
+    )  # fmt: skip
+    assert {r.case: r.status for r in summary.results} == {"subject0": "skipped", "subject1": "ok"}
+
+
+def test_bad_requests_are_one_line_errors(
+    one_channel_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nifti_dir = tmp_path / "in"
+    nifti_dir.mkdir()
+    shutil.copy(DATA / "itk_kmeans_t1" / "KmeansTest_T1UCharRaw.nii.gz", nifti_dir / "t1.nii.gz")
+    dicom_dir = tmp_path / "dicom"
+    shutil.copytree(DATA / "dicom_mr_oblique", dicom_dir)
+    model = ["predict", "--model", str(one_channel_checkpoint), "--progress", "none"]
+    cases = [
+        ([*model, "--input", str(nifti_dir), "--output", str(tmp_path / "o1"), "--format", "dicom-seg"], "dicom-seg"),
+        ([*model, "--input", str(nifti_dir), "--output", str(nifti_dir)], "overwrite the input"),
+        ([*model, "--input", str(dicom_dir), "--output", str(dicom_dir / "seg")], "overwrite the input"),
+        ([*model, "--output", str(tmp_path / "o2")], "--input"),
+        ([*model, "--input", str(nifti_dir), "--output", str(tmp_path / "o3"), "--shard", "3/2"], "--shard"),
+        ([*model, "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o4")], "not found"),
+    ]
+    before = {p: p.stat().st_mtime_ns for p in [*nifti_dir.iterdir(), *dicom_dir.iterdir()]}
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("medseg: error:") and message in err[0], err
+    assert {p: p.stat().st_mtime_ns for p in [*nifti_dir.iterdir(), *dicom_dir.iterdir()]} == before
+    assert not (tmp_path / "o1").exists()
+
+
+def test_gzip_truncation_is_really_corrupt(brats_root: Path, tmp_path: Path) -> None:
+    """Guard for the failure test: a third of a .nii.gz cannot be decompressed."""
+    case = sorted(p for p in brats_root.iterdir() if p.is_dir())[0]
+    data = (case / f"{case.name}_t1.nii.gz").read_bytes()
+    with pytest.raises((EOFError, OSError)):
+        gzip.decompress(data[: len(data) // 3])
+
+
+def test_resuming_into_another_models_output_folder_is_refused(
+    brats_root: Path, one_channel_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = _phantoms(brats_root, tmp_path / "in", 2)
+    out = tmp_path / "out"
+    other = tmp_path / "other.pt"
+    checkpoint = load_checkpoint(one_channel_checkpoint, training=False)
+    name = next(k for k, v in checkpoint.state_dict.items() if v.is_floating_point())
+    checkpoint.state_dict = {**checkpoint.state_dict, name: checkpoint.state_dict[name] + 0.01}  # retrained
+    save_checkpoint(checkpoint, other)
+    args = ["predict", "--input", str(tmp_path / "in"), "--output", str(out), "--progress", "none"]
+    assert main([*args, "--model", str(one_channel_checkpoint)]) == 0
+    (out / f"{ids[1]}.nii.gz").unlink()  # an interrupted run, resumed with other weights: cases would mix
+    before = (out / f"{ids[0]}.nii.gz").read_bytes()
+    capsys.readouterr()
+
+    assert main([*args, "--model", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"medseg: error: {out}: holds predictions of another model or other inference settings;" + (
+        " use --overwrite to redo every case, or another output folder\n"
+    )
+    assert (out / f"{ids[0]}.nii.gz").read_bytes() == before and not (out / f"{ids[1]}.nii.gz").exists()
+
+    assert main([*args, "--model", str(one_channel_checkpoint)]) == 0  # the same model resumes
+    assert {r["status"] for r in _rows(out / "summary.csv").values()} == {"ok", "skipped"}
+    assert main([*args, "--model", str(other), "--overwrite"]) == 0
+    assert {r["status"] for r in _rows(out / "summary.csv").values()} == {"ok"}
+    assert main([*args, "--model", str(other)]) == 0  # and now the folder is the other model's
+    assert {r["status"] for r in _rows(out / "summary.csv").values()} == {"skipped"}
+
+
+def test_an_unexpected_error_in_one_case_is_one_line_and_the_batch_goes_on(
+    brats_root: Path, one_channel_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    from medseg.inference import Predictor
+
+    ids = _phantoms(brats_root, tmp_path / "in", 3)
+    predict = Predictor.predict
+
+    def out_of_memory_on_the_second_case(self: Predictor, image: Image) -> np.ndarray:
+        if image.path is not None and image.path.name == f"{ids[1]}.nii.gz":
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nGPU 0 has a total capacity of 8 GiB")
+        return predict(self, image)
+
+    monkeypatch.setattr(Predictor, "predict", out_of_memory_on_the_second_case)
+    argv = ["predict", "--model", str(one_channel_checkpoint), "--input", str(tmp_path / "in")]
+    assert main([*argv, "--output", str(tmp_path / "out"), "--progress", "none"]) == 1
+    rows = _rows(tmp_path / "out" / "summary.csv")
+    assert rows[ids[1]]["reason"] == f"{ids[1]}: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert rows[ids[0]]["status"] == rows[ids[2]]["status"] == "ok"
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"medseg: error: {rows[ids[1]]['reason']}" and "GPU 0" not in "".join(err)
