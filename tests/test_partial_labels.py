@@ -143,7 +143,8 @@ def test_training_masks_unannotated_labels_end_to_end(tmp_path: Path, tiny_confi
     """A short training on the file list runs with the mask, its validation Dice of organ b is over the
     cases that contour it, and the items carry which labels each case annotates."""
     from medseg.config import config_from_dict
-    from medseg.training import _items, partial_label_table, train
+    from medseg.training import train
+    from medseg.training.trainer import _items, partial_label_table
 
     path = _file_list(tmp_path)
     base = tiny_config(tmp_path, tmp_path / "run").to_dict()

@@ -22,7 +22,7 @@ from medseg.inference import read_case
 from medseg.io import read_image
 from medseg.keys import IMAGE, LABEL
 from medseg.losses import build_loss
-from medseg.training import _items
+from medseg.training.trainer import _items
 from medseg.transforms import normalize_transforms, validation_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +43,9 @@ def test_hippocampus_reads_as_msd_with_its_labels_and_grid() -> None:
     np.testing.assert_allclose(image.geometry.affine, stored.affine, atol=1e-5)
     # the training loader: RAS, cropped to nonzero; both labels, their voxel counts kept
     config = load_config(REPO / "configs" / "msd_hippocampus.yaml")
-    item = validation_pipeline(config.transforms, manifest.label_table)(_items([case], manifest.root, None)[0])
+    item = validation_pipeline(config.transforms, manifest.label_table)(
+        _items([case], REAL / "msd_hippocampus", None)[0]
+    )
     label = np.asarray(stored.dataobj)
     assert item[IMAGE].shape[0] == 1
     for value in (1, 2):
@@ -92,18 +94,19 @@ def test_brats2018_flair_with_a_hot_voxel_is_normalised_robustly() -> None:
 
 
 def test_openkbp_reads_in_hu_with_the_organs_each_patient_has() -> None:
-    manifest = build_manifest(REAL / "openkbp" / "train-pats", layout="openkbp")
+    root = REAL / "openkbp" / "train-pats"
+    manifest = build_manifest(root, layout="openkbp")
     table = manifest.label_table
     assert len(manifest.cases) == 170 and manifest.channels == ("CT",)
     assert table.labels[5] == "Esophagus" and table.labels[6] == "Larynx"
     lacking = next(c for c in manifest.cases if 5 not in c.annotated(table))
-    stored = np.asarray(nib.load(str(manifest.root / lacking.label)).dataobj)
+    stored = np.asarray(nib.load(str(root / lacking.label)).dataobj)
     assert 5 not in np.unique(stored)  # not contoured: absent from the map, and unknown there
     assert sum(5 not in c.annotated(table) for c in manifest.cases) == 170 - 59  # the set's manifest
     config = load_config(REPO / "configs" / "openkbp_oars.yaml")
     assert config.transforms.intensity_offset == -1000
-    image = read_image(manifest.root / lacking.images[0])
-    item = _items([lacking], manifest.root, None)[0]
+    image = read_image(root / lacking.images[0])
+    item = _items([lacking], root, None)[0]
     without_window = TransformConfig(**{**config.transforms.__dict__, "intensity": "zscore_nonzero"})
     from medseg.transforms import intensity_offset_transforms, load_transforms
 
@@ -118,12 +121,13 @@ def test_openkbp_reads_in_hu_with_the_organs_each_patient_has() -> None:
 def test_partial_label_loss_on_a_real_patient_without_larynx() -> None:
     """On a real OpenKBP patient whose larynx was not contoured, the masked loss does not change
     when the prediction calls part of the unlabelled background larynx; the unmasked loss does."""
-    manifest = build_manifest(REAL / "openkbp" / "train-pats", layout="openkbp")
+    root = REAL / "openkbp" / "train-pats"
+    manifest = build_manifest(root, layout="openkbp")
     table = manifest.label_table
     case = next(c for c in manifest.cases if 6 not in c.annotated(table) and 5 in c.annotated(table))
-    item = _items([case], manifest.root, table)[0]
+    item = _items([case], root, table)[0]
     assert item["labelled"].tolist() == [v in case.annotated(table) for v in range(8)]
-    label = torch.as_tensor(np.asarray(nib.load(str(manifest.root / case.label)).dataobj, dtype=np.int64))
+    label = torch.as_tensor(np.asarray(nib.load(str(root / case.label)).dataobj, dtype=np.int64))
     label = label[32:96, 32:96, 32:96][None, None].float()  # (1, 1, 64, 64, 64)
     truth = torch.nn.functional.one_hot(label[:, 0].long(), 8).permute(0, 4, 1, 2, 3).float() * 8.0
     claims_larynx = truth.clone()
@@ -142,8 +146,8 @@ def test_short_hippocampus_training_reaches_a_held_out_dice(tmp_path: Path) -> N
     150 steps on fold 0's training cases must segment twelve of its held-out cases with a mean Dice of
     at least 0.60 per label (0.69 and 0.76 measured here; the full 30-minute recipe reaches 0.86 and 0.83):
     a regression in reading, sampling, the loss or the Predictor fails it."""
-    from medseg.inference import Predictor
     from medseg.evaluation.metrics import dice
+    from medseg.inference import Predictor
     from medseg.training import load_dataset_manifest, train
 
     overrides = ["train.epochs=6", "train.iterations_per_epoch=25", "train.val_every=6", "train.warmup_epochs=1"]
