@@ -110,7 +110,7 @@ class TransformConfig:
     spacing: list[float] | None = _ranged(None, 0, open_low=True)
     interpolation: Literal["linear", "spline"] = "linear"
     intensity: Literal["zscore_nonzero", "ct_window"] = "zscore_nonzero"
-    hu_window: list[float] = field(default_factory=lambda: [-175.0, 250.0])
+    hu_window: list[float] = _ranged([-175.0, 250.0])
     intensity_offset: float = _ranged(0.0)
     clip_percentiles: list[float] | None = _ranged(None, 0, 100)
     crop_foreground: bool = True

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,11 @@ def test_wrong_types_are_errors(raw: dict, message: str) -> None:
         ({"data": {"num_folds": 1}}, r"data.num_folds must be >= 2"),
         ({"loss": {"gamma": -2}}, r"loss.gamma must be >= 0"),
         ({"phantoms": {"spacing": 0}}, r"phantoms.spacing must be > 0"),
+        (
+            {"transforms": {"hu_window": [-math.inf, math.inf]}},
+            r"transforms.hu_window must be a finite number \(each\)",
+        ),
+        ({"transforms": {"hu_window": [-math.inf, 250]}}, r"transforms.hu_window must be a finite number \(each\)"),
         ({"inference": {"mirror_axes": [0, 3]}}, r"inference.mirror_axes must be in \[0, 2\] \(each\)"),
         ({"inference": {"mirror_axes": [1, 1]}}, r"inference.mirror_axes names an axis twice: \[1, 1\]"),
         (
