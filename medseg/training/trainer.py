@@ -16,6 +16,7 @@ another checkpoint's weights (fine-tuning) with a fresh optimizer and schedule.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -321,9 +322,15 @@ class _Trainer:
         torch.manual_seed(seed + 3)
 
     def train_epoch(self, epoch: int) -> float:
+        """One epoch of training (epoch ``epoch``, from 0); its mean loss.
+
+        Raises:
+            ConfigError: a non-finite loss on any process; every process stops at the same epoch.
+        """
         self._seed_epoch(epoch)
         self.net.train()
         total, steps = 0.0, 0
+        non_finite: list[tuple[int, float]] = []  # (step, loss) of this process's first non-finite loss
         bar = track(
             self.loader,
             desc=f"epoch {epoch + 1}/{self.config.train.epochs}",
@@ -349,9 +356,21 @@ class _Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
-            total += float(loss.detach())
+            value = float(loss.detach())
+            total += value
             steps += 1
+            if not math.isfinite(value):
+                non_finite.append((steps, value))
+                if not self.ctx.distributed:
+                    break  # other processes would wait for this one's gradients: they stop at the epoch's end
             bar.set_postfix(loss=f"{total / steps:.4f}")
+        non_finite = self.ctx.gather(non_finite)
+        if non_finite:
+            step, value = min(non_finite)
+            raise ConfigError(
+                f"training loss is {value} at epoch {epoch + 1} step {step}: check the intensity settings"
+                " (transforms.hu_window, intensity_offset) and train.lr"
+            )
         return total / max(steps, 1)
 
     @torch.no_grad()

@@ -196,3 +196,16 @@ def test_the_training_curve_leaves_the_callers_matplotlib_backend_alone(tmp_path
     finally:
         matplotlib.use(previous)
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_non_finite_loss_stops_training_before_any_checkpoint(
+    brats_root: Path, tmp_path: Path, tiny_config: MakeConfig
+) -> None:
+    config = tiny_config(brats_root, tmp_path / "run")
+    config.transforms.intensity = "ct_window"
+    config.transforms.hu_window = [-math.inf, math.inf]  # past validation: every image scales to NaN
+    with pytest.raises(ConfigError, match=r"training loss is nan at epoch 1 step 1: .*hu_window.*train.lr") as err:
+        train(config)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "run" / "best.pt").exists()
+    assert not (tmp_path / "run" / "last.pt").exists()
