@@ -18,7 +18,7 @@ from monai.config import KeysCollection
 
 from medseg.config import TransformConfig
 from medseg.errors import ConfigError, MedsegInputError
-from medseg.io import read_nifti, require_finite
+from medseg.io import check_nifti, read_nifti, require_finite
 from medseg.keys import IMAGE, LABEL
 from medseg.labels import LabelTable
 
@@ -53,6 +53,8 @@ class LoadImagesd(mt.MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         files = {key: [data[key]] if isinstance(data[key], str) else list(data[key]) for key in self.key_iterator(data)}
+        for path in (p for paths in files.values() for p in paths):
+            check_nifti(path)  # complex or RGB voxels, which loading would cast silently or fail on
         try:
             d = dict(self.load(data))
         except Exception as exc:

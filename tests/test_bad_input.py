@@ -265,3 +265,20 @@ def test_an_unexpected_error_is_still_one_line(
     assert main(["train", "--config", str(_train_config(tmp_path, brats_root))]) == 1
     err = capsys.readouterr().err
     assert err == "medseg: error: unexpected RuntimeError: Caught RuntimeError in a worker. (rerun with --debug)\n"
+
+
+def test_voxels_scaled_beyond_any_intensity_fail_only_their_case(
+    brats_root: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _copy_two_cases(brats_root, tmp_path / "data")
+    flair = tmp_path / "data" / "BraTS2021_00001" / "BraTS2021_00001_flair.nii.gz"
+    img = nib.load(flair)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    data[10, 10, 10] = 3e38  # finite: what a bad scale factor makes of a voxel
+    nib.save(nib.Nifti1Image(data, img.affine), flair)
+    code = main(["predict", "--model", str(tiny_checkpoint), "--input", str(tmp_path / "data"),
+                 "--output", str(tmp_path / "out"), "--progress", "none"])  # fmt: skip
+    assert code != 0
+    _one_error_line(capsys, str(flair), "voxel value 3e+38 is beyond any image intensity")
+    assert (tmp_path / "out" / "BraTS2021_00000.nii.gz").exists()
+    assert not (tmp_path / "out" / "BraTS2021_00001.nii.gz").exists()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from medseg.io.atomic import atomic_output, ensure_not_input
 from medseg.io.dicom import SeriesInfo, list_dicom_series, read_dicom_series
 from medseg.io.image import Geometry, Image, label_values, require_finite, require_invertible
-from medseg.io.nifti import read_nifti, write_nifti
+from medseg.io.nifti import check_nifti, read_nifti, write_nifti
 from medseg.io.readers import ImageReader, read_image, reader_for, register_reader
 from medseg.io.writers import write_label_map, write_probabilities
 
@@ -20,6 +20,7 @@ __all__ = [
     "ImageReader",
     "SeriesInfo",
     "atomic_output",
+    "check_nifti",
     "ensure_not_input",
     "label_values",
     "list_dicom_series",

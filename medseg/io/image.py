@@ -73,20 +73,32 @@ class Image:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+# no scanner or modality stores intensities near this; values beyond it come from a bad scale factor
+MAX_INTENSITY = 1e10
+
+
 def require_finite(array: np.ndarray, *, path: str | Path | None, channel: str | None = None) -> None:
-    """Refuse image voxels that are NaN or infinite: a network fed one returns NaN logits around it (and
-    every instance norm spreads them through its window), so the label map would be silently wrong.
+    """Refuse image voxels that are NaN or infinite, or finite beyond :data:`MAX_INTENSITY` (a bad scale
+    factor): a network fed one returns NaN logits around it (and every instance norm spreads them through
+    its window), or a map of background, so the label map would be silently wrong.
 
     Raises:
-        MedsegInputError: naming ``path`` (and ``channel``, when given) and how many voxels are bad.
+        MedsegInputError: naming ``path`` (and ``channel``, when given) and how many voxels are bad, or
+            the largest value.
     """
     if not np.issubdtype(array.dtype, np.floating):
         return
     bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    where = f"channel {channel}: " if channel is not None else ""
     if bad:
-        where = f"channel {channel}: " if channel is not None else ""
         are = "voxel is" if bad == 1 else "voxels are"
         raise MedsegInputError(f"{where}{bad} {are} NaN or infinite", path=path)
+    if array.size and (largest := float(np.abs(array).max())) > MAX_INTENSITY:
+        raise MedsegInputError(
+            f"{where}voxel value {largest:.3g} is beyond any image intensity (|v| > {MAX_INTENSITY:g}):"
+            " check the file's scale factor",
+            path=path,
+        )
 
 
 def require_invertible(affine: np.ndarray, *, path: str | Path | None) -> None:

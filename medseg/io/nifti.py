@@ -11,6 +11,51 @@ from medseg.errors import MedsegInputError
 from medseg.io.atomic import atomic_output, ensure_not_input
 from medseg.io.image import Geometry, Image
 
+_MAX_DEFLATE_RATIO = 1032
+
+
+def check_nifti_header(img: nib.Nifti1Image, path: str | Path) -> None:
+    """Refuse, from its header alone, a NIfTI image medseg would read wrongly or cannot read: complex
+    voxels (casting would drop the imaginary part), RGB/RGBA voxels (not a scalar image), or a file
+    too short for the voxels its header declares (reading would try to allocate them first); for a
+    gzip file, too short even at deflate's best ratio.
+
+    Raises:
+        MedsegInputError: naming ``path`` and the data type or the sizes.
+    """
+    dtype = img.header.get_data_dtype()
+    if dtype.fields is not None:
+        raise MedsegInputError(f"RGB/RGBA NIfTI is not a scalar image (data type {dtype.names})", path=path)
+    if dtype.kind == "c":
+        raise MedsegInputError(f"complex-valued NIfTI ({dtype.name}) is not supported", path=path)
+    voxels = int(np.prod(img.header.get_data_shape(), dtype=object))
+    declared = int(img.header.get_data_offset()) + voxels * dtype.itemsize
+    path = Path(path)
+    name = path.name.lower()
+    if not path.is_file() or not name.endswith((".nii", ".nii.gz")):
+        return
+    size = path.stat().st_size
+    compressed = name.endswith(".gz")
+    # deflate compresses at most about 1032:1, so a gzip file of ``size`` bytes holds at most this many
+    holds = size * _MAX_DEFLATE_RATIO if compressed else size
+    if declared > holds:
+        gzip_note = f" (gzip: at most {holds} uncompressed)" if compressed else ""
+        raise MedsegInputError(
+            f"header declares {voxels} voxels of {dtype.itemsize} bytes but the file holds {size} bytes{gzip_note}",
+            path=path,
+        )
+
+
+def check_nifti(path: str | Path) -> None:
+    """:func:`check_nifti_header` on the file at ``path``; a file nibabel cannot open passes (reading it
+    will say why)."""
+    try:
+        img = nib.load(str(path))
+    except Exception:
+        return
+    if isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        check_nifti_header(img, path)
+
 
 def read_nifti(path: str | Path, *, dtype: type | None = np.float32) -> Image:
     """Read a 3-D (or 4-D, channels last) NIfTI file.
@@ -29,9 +74,13 @@ def read_nifti(path: str | Path, *, dtype: type | None = np.float32) -> Image:
         img = nib.load(str(path))
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise MedsegInputError(f"not a NIfTI image ({type(img).__name__})", path=path)
+        check_nifti_header(img, path)
         data = np.asanyarray(img.dataobj)
     except MedsegInputError:
         raise
+    except MemoryError:
+        voxels = int(np.prod(img.header.get_data_shape(), dtype=object))
+        raise MedsegInputError(f"header declares {voxels} voxels: more than this machine can hold", path=path) from None
     except Exception as exc:  # nibabel raises many types for corrupt files (EOFError, zlib.error, ...)
         raise MedsegInputError(f"cannot read NIfTI image: {exc}", path=path) from None
     if data.ndim == 4:

@@ -171,3 +171,55 @@ def test_sheared_oblique_affine_is_read(tmp_path: Path) -> None:
     affine[:3, :3] = [[1.0, 0.5, 0.0], [0.0, 0.866, 0.0], [0.0, 0.0, 3.0]]  # axes 60 degrees apart: unusual, valid
     image = read_image(_nifti_with_sform(tmp_path / "sheared.nii.gz", affine))
     np.testing.assert_allclose(image.geometry.affine, affine, atol=1e-6)
+
+
+def _nifti(path: Path, data: np.ndarray) -> Path:
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    return path
+
+
+def test_complex_nifti_is_refused_naming_the_file_and_type(tmp_path: Path) -> None:
+    path = _nifti(tmp_path / "complex.nii.gz", np.full((4, 5, 6), 1 + 2j, np.complex64))
+    with pytest.raises(MedsegInputError, match=r"complex-valued NIfTI \(complex64\)") as info:
+        read_image(path)
+    assert info.value.path == path
+
+
+def test_rgb_nifti_is_refused_naming_the_file(tmp_path: Path) -> None:
+    rgb = np.zeros((4, 5, 6), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    path = _nifti(tmp_path / "rgb.nii.gz", rgb)
+    with pytest.raises(MedsegInputError, match="RGB/RGBA NIfTI is not a scalar image") as info:
+        read_image(path)
+    assert info.value.path == path
+
+
+def test_training_loader_refuses_complex_nifti(tmp_path: Path) -> None:
+    from medseg.transforms import load_transforms
+
+    path = _nifti(tmp_path / "complex.nii.gz", np.full((4, 5, 6), 1 + 2j, np.complex64))
+    with pytest.raises(MedsegInputError, match=r"complex-valued NIfTI \(complex64\)") as info:
+        load_transforms(["image"])[0]({"image": str(path)})
+    assert info.value.path == path
+
+
+@pytest.mark.parametrize(
+    ("suffix", "reason"),
+    [
+        (".nii", r"header declares 35181150961663 voxels of 2 bytes but the file holds 480 bytes"),
+        (".nii.gz", r"header declares 35181150961663 voxels of 2 bytes but the file holds \d+ bytes \(gzip: at most"),
+    ],
+)
+def test_header_declaring_more_voxels_than_the_file_holds(tmp_path: Path, suffix: str, reason: str) -> None:
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.int16)
+    header.set_data_shape((32767, 32767, 32767))
+    raw = header.binaryblock + bytes(4) + bytes(128)  # a 352-byte header, then 64 voxels
+    path = tmp_path / f"huge{suffix}"
+    path.write_bytes(gzip.compress(raw) if suffix == ".nii.gz" else raw)
+    with pytest.raises(MedsegInputError, match=reason) as info:
+        read_image(path)
+    assert info.value.path == path
