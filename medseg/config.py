@@ -114,7 +114,7 @@ class TransformConfig:
     intensity_offset: float = _ranged(0.0)
     clip_percentiles: list[float] | None = _ranged(None, 0, 100)
     crop_foreground: bool = True
-    foreground_threshold: float | None = None
+    foreground_threshold: float | None = _ranged(None)
     patch_size: list[int] = _ranged([96, 96, 96], 1)
     sampling: Literal["pos_neg", "class_balanced"] = "pos_neg"
     class_ratios: list[float] | None = _ranged(None, 0)
@@ -358,7 +358,13 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML (``1e-3``, ``[1,2]``)."""
+    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML (``1e-3``, ``[1,2]``),
+    without tags (``!!python/object``, ``!!str``).
+
+    Raises:
+        ConfigError: naming the key, for an item without ``=``, a path through a non-section, a tag or
+            invalid YAML.
+    """
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form key.path=value")
     key, _, text = item.partition("=")
@@ -368,7 +374,13 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {key!r}: {part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(text)
+    try:
+        tags = ["".join(t.value) for t in yaml.scan(text) if isinstance(t, yaml.TagToken)]
+        if tags:
+            raise ConfigError(f"override {key.strip()!r}: YAML tags are not allowed in a value, got {tags[0]!r}")
+        node[parts[-1]] = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key.strip()!r}: invalid YAML value {text!r}: {exc}") from None
 
 
 def override_inference(inference: InferenceConfig, overrides: typing.Sequence[str]) -> InferenceConfig:

@@ -28,6 +28,25 @@ def test_overrides_are_parsed_as_yaml(tmp_path: Path) -> None:
     assert config.network.kwargs == {"dropout": 0.1}
 
 
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        (
+            "train.lr=!!python/object:os.system x",
+            r"override 'train.lr': YAML tags are not allowed in a value, got '!!python/object:os.system'",
+        ),
+        ("train.lr=[1, !!binary x]", r"override 'train.lr': YAML tags are not allowed in a value, got '!!binary'"),
+        ("train.lr=[unclosed", r"override 'train.lr': invalid YAML value '\[unclosed'"),
+    ],
+)
+def test_overrides_with_tags_or_invalid_yaml_name_the_key(tmp_path: Path, item: str, message: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 0.01\n")
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(path, [item])
+    assert "\n" not in str(err.value)
+
+
 def test_unknown_key_names_the_key_and_suggests(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  epocs: 3\n")
@@ -73,6 +92,10 @@ def test_wrong_types_are_errors(raw: dict, message: str) -> None:
         (
             {"transforms": {"hu_window": [-math.inf, math.inf]}},
             r"transforms.hu_window must be a finite number \(each\)",
+        ),
+        (
+            {"transforms": {"foreground_threshold": math.nan}},
+            r"transforms.foreground_threshold must be a finite number",
         ),
         ({"transforms": {"hu_window": [-math.inf, 250]}}, r"transforms.hu_window must be a finite number \(each\)"),
         ({"inference": {"mirror_axes": [0, 3]}}, r"inference.mirror_axes must be in \[0, 2\] \(each\)"),
