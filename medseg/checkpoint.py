@@ -9,6 +9,7 @@ score so that ``--resume`` continues exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -16,16 +17,18 @@ import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from medseg import __version__
-from medseg.errors import CheckpointError, first_line
+from medseg.errors import CheckpointError, ConfigError, first_line
 from medseg.io.atomic import atomic_output
 from medseg.labels import LabelTable
 from medseg.networks import build_network
+
+_Section = TypeVar("_Section")
 
 FORMAT = "medseg-checkpoint"
 FORMAT_VERSION = 1
@@ -82,14 +85,40 @@ class Checkpoint:
 
     def build_model(self) -> nn.Module:
         """The network with the checkpoint's weights, in eval mode, on the CPU."""
-        model = build_network(
-            self.network["name"],
-            in_channels=len(self.channels),
-            out_channels=self.label_table.num_outputs,
-            kwargs=self.network["kwargs"],
-        )
-        model.load_state_dict(self.state_dict)
+        try:
+            model = build_network(
+                self.network["name"],
+                in_channels=len(self.channels),
+                out_channels=self.label_table.num_outputs,
+                kwargs=self.network["kwargs"],
+            )
+        except ConfigError as exc:
+            raise CheckpointError(f"its stored network cannot be built: {exc.reason}", path=self.source) from None
+        load_weights(model, self.state_dict, path=self.source)
         return model.eval()
+
+    def section(self, name: str, cls: type[_Section]) -> _Section:
+        """The stored config's section ``name`` (``"transforms"``, ``"inference"``) as ``cls``; keys it
+        lacks take their defaults (a checkpoint of an older medseg).
+
+        Raises:
+            CheckpointError: naming the checkpoint and the key, for a missing section, an unknown key
+                (a checkpoint of another medseg version) or a value ``cls`` refuses.
+        """
+        raw = self.config.get(name)
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"its stored config has no {name!r} section", path=self.source)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(str(k) for k in raw if k not in known)
+        if unknown:
+            raise CheckpointError(
+                f"its stored config has an unknown key '{name}.{unknown[0]}' (written by another medseg version?)",
+                path=self.source,
+            )
+        try:
+            return cls(**raw)
+        except ConfigError as exc:
+            raise CheckpointError(f"its stored config: {exc.reason}", path=self.source) from None
 
     def to_dict(self) -> dict[str, Any]:
         """The on-disk representation."""
@@ -107,6 +136,41 @@ class Checkpoint:
             "training": self.training,
             "manifest": self.manifest,
         }
+
+
+def weights_mismatch(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> str | None:
+    """What of ``state_dict`` does not fit ``model`` (missing or unexpected keys, else the first shape
+    mismatch), in one line; ``None`` when it fits."""
+    ours = model.state_dict()
+    missing = [k for k in ours if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in ours]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (first {missing[0]!r})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (first {unexpected[0]!r})")
+    if parts:
+        return "; ".join(parts)
+    for key, tensor in ours.items():
+        theirs = state_dict[key]
+        if not isinstance(theirs, torch.Tensor):
+            return f"{key!r} is a {type(theirs).__name__}, not a tensor"
+        if theirs.shape != tensor.shape:
+            return f"{key!r} has shape {list(theirs.shape)} but the network's is {list(tensor.shape)}"
+    return None
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], *, path: str | Path | None) -> None:
+    """``model.load_state_dict(state_dict)``, or a :class:`CheckpointError` naming ``path`` (the
+    checkpoint) and what does not fit (:func:`weights_mismatch`)."""
+    mismatch = weights_mismatch(model, state_dict)
+    if mismatch is None:
+        try:
+            model.load_state_dict(state_dict)
+            return
+        except RuntimeError as exc:
+            mismatch = first_line(exc)
+    raise CheckpointError(f"its weights do not fit the network: {mismatch}", path=path)
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
@@ -143,6 +207,12 @@ def load_checkpoint(path: str | Path, *, training: bool = True) -> Checkpoint:
             f"checkpoint format {data['format_version']} is newer than this medseg supports ({FORMAT_VERSION})",
             path=path,
         )
+    missing = [key for key in ("network", "channels", "labels", "config", "state_dict") if key not in data]
+    if missing:
+        raise CheckpointError(f"checkpoint lacks its {missing[0]!r} field", path=path)
+    for key, field in (("network", "name"), ("network", "kwargs"), ("config", "transforms"), ("config", "inference")):
+        if not isinstance(data[key], dict) or field not in data[key]:
+            raise CheckpointError(f"checkpoint lacks its '{key}.{field}' field", path=path)
     return Checkpoint(
         network=data["network"],
         channels=list(data["channels"]),

@@ -237,8 +237,8 @@ def _info(args: argparse.Namespace) -> int:
     from medseg.data.manifest import manifest_from_dict
 
     ckpt = load_checkpoint(args.model, training=False)
-    mirroring = mirroring_allowed(TransformConfig(**ckpt.config["transforms"]))
-    inference = dataclasses.asdict(InferenceConfig(**ckpt.config["inference"]))  # defaults for older checkpoints
+    mirroring = mirroring_allowed(ckpt.section("transforms", TransformConfig))
+    inference = dataclasses.asdict(ckpt.section("inference", InferenceConfig))  # defaults for older checkpoints
     info = {
         "channels": ckpt.channels,
         "labels": ckpt.label_table.to_dict(),

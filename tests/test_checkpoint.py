@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from medseg.checkpoint import load_checkpoint
+from medseg.cli import main
 from medseg.errors import CheckpointError
 
 
@@ -77,3 +80,69 @@ def test_inference_load_leaves_the_training_state_on_disk(tiny_checkpoint: Path)
     x = torch.randn(1, 4, 32, 32, 32)
     with torch.no_grad():
         assert torch.equal(weights_only.build_model()(x), full.build_model()(x))
+
+
+def _altered(tiny_checkpoint: Path, path: Path, alter: Callable[[dict[str, Any]], None]) -> Path:
+    """A copy of ``tiny_checkpoint`` at ``path`` with ``alter`` applied to its stored dict."""
+    data = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    alter(data)
+    torch.save(data, path)
+    return path
+
+
+def _first_weight(data: dict[str, Any]) -> str:
+    return next(k for k, v in data["state_dict"].items() if v.ndim > 1)
+
+
+@pytest.mark.parametrize(
+    ("alter", "reason"),
+    [
+        (
+            lambda d: d["state_dict"].update({_first_weight(d): torch.zeros(3, 3)}),
+            r"its weights do not fit the network: '.*' has shape \[3, 3\] but the network's is \[",
+        ),
+        (
+            lambda d: d["state_dict"].pop(_first_weight(d)),
+            r"its weights do not fit the network: 1 missing keys \(first '",
+        ),
+        (
+            lambda d: d["state_dict"].update({"extra.weight": torch.zeros(1)}),
+            r"its weights do not fit the network: 1 unexpected keys \(first 'extra.weight'\)",
+        ),
+    ],
+    ids=["shape", "missing", "unexpected"],
+)
+def test_weights_that_do_not_fit_name_the_checkpoint_and_the_key(
+    tiny_checkpoint: Path, tmp_path: Path, alter: Callable[[dict[str, Any]], None], reason: str
+) -> None:
+    path = _altered(tiny_checkpoint, tmp_path / "bad.pt", alter)
+    with pytest.raises(CheckpointError, match=reason) as err:
+        load_checkpoint(path, training=False).build_model()
+    assert err.value.path == path
+
+
+@pytest.mark.parametrize(
+    ("alter", "reason"),
+    [
+        (
+            lambda d: d["config"]["transforms"].update(bogus=1),
+            "its stored config has an unknown key 'transforms.bogus'",
+        ),
+        (lambda d: d["config"]["inference"].update(bogus=1), "its stored config has an unknown key 'inference.bogus'"),
+        (lambda d: d.pop("channels"), "checkpoint lacks its 'channels' field"),
+        (lambda d: d["network"].pop("kwargs"), "checkpoint lacks its 'network.kwargs' field"),
+    ],
+    ids=["unknown_transforms_key", "unknown_inference_key", "no_channels", "no_network_kwargs"],
+)
+def test_stored_config_it_cannot_read_is_one_line_naming_the_checkpoint_and_key(
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    alter: Callable[[dict[str, Any]], None],
+    reason: str,
+) -> None:
+    path = _altered(tiny_checkpoint, tmp_path / "bad.pt", alter)
+    assert main(["info", "--model", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"medseg: error: {path}: {reason}")
+    assert len(err.splitlines()) == 1, err

@@ -180,9 +180,9 @@ def check_ensemble(checkpoints: Sequence[Checkpoint]) -> None:
                     f"has the same weights as {earlier.source or 'an earlier member'}: an ensemble member given twice",
                     path=member.source,
                 )
-    preprocessing = TransformConfig(**first.config["transforms"])
+    preprocessing = first.section("transforms", TransformConfig)
     for other in checkpoints[1:]:
-        theirs = TransformConfig(**other.config["transforms"])
+        theirs = other.section("transforms", TransformConfig)
         pairs = [
             ("input channels", first.channels, other.channels),
             ("labels", first.label_table.to_dict(), other.label_table.to_dict()),
@@ -256,7 +256,7 @@ class Predictor:
         self.channels = list(checkpoint.channels)
         self.device = resolve_device(device)
         self.inference = override_inference(
-            inference or InferenceConfig(**checkpoint.config["inference"]), inference_overrides
+            inference or checkpoint.section("inference", InferenceConfig), inference_overrides
         )
         self.windows = [  # each member's network decides its window sizes
             Windows.for_network(self.inference, member.network["name"], member.network["kwargs"])
@@ -265,8 +265,8 @@ class Predictor:
         check_min_region_ml(self.table, self.inference.min_region_ml)  # fail before a batch reads any case
         check_min_component_ml(self.table, self.inference.min_component_ml)
         for member in self.checkpoints:
-            check_mirroring(self.inference, TransformConfig(**member.config["transforms"]))
-        transforms = TransformConfig(**checkpoint.config["transforms"])
+            check_mirroring(self.inference, member.section("transforms", TransformConfig))
+        transforms = checkpoint.section("transforms", TransformConfig)
         if self.inference.crop_foreground:
             transforms = dataclasses.replace(transforms, crop_foreground=True)
         self.transforms = inference_transforms(transforms)

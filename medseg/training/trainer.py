@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from medseg import __version__
-from medseg.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from medseg.checkpoint import Checkpoint, load_checkpoint, load_weights, save_checkpoint, weights_mismatch
 from medseg.config import Config
 from medseg.data.manifest import (
     Manifest,
@@ -276,14 +276,14 @@ class _Trainer:
                 f"was trained with network {ckpt.network['name']!r}, the config asks for {self.config.network.name!r}",
                 path=path,
             )
-        try:
-            self.model.load_state_dict(ckpt.state_dict)
-        except RuntimeError:
+        mismatch = weights_mismatch(self.model, ckpt.state_dict)
+        if mismatch is not None:
             theirs = _describe(ckpt.network["kwargs"], len(ckpt.channels), ckpt.label_table.num_outputs)
             ours = _describe(self.config.network.kwargs, len(self.manifest.channels), self.table.num_outputs)
             raise CheckpointError(
-                f"its {self.config.network.name} ({theirs}) does not fit this run's ({ours})", path=path
-            ) from None
+                f"its {self.config.network.name} ({theirs}) does not fit this run's ({ours}): {mismatch}", path=path
+            )
+        load_weights(self.model, ckpt.state_dict, path=path)
 
     def restore(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
