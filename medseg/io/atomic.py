@@ -16,19 +16,36 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it to ``path``, on error delete it.
 
     The temporary name keeps the full suffix (``.nii.gz``, ``.seg.nrrd``) so that writers which pick a
-    format from the file name still work. A reader never sees a half-written ``path``.
+    format from the file name still work. A reader never sees a half-written ``path``. The file gets the
+    permissions the umask allows (``0644`` under ``022``), as a file opened in place would.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes) or ".tmp"
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    try:
+        if hasattr(os, "fchmod"):  # mkstemp makes 0600; the file gets the mode open() would give it
+            os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system shows it (Linux); elsewhere set
+    and restored at once."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def ensure_not_input(path: str | Path, inputs: Iterable[str | Path | None]) -> None:

@@ -76,3 +76,21 @@ def test_killed_process_leaves_target_untouched(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert target.read_bytes() == b"old content"
     assert all(p == target or p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_get_the_mode_the_umask_allows(tmp_path: Path, umask: int, mode: int) -> None:
+    import os
+    import stat
+
+    geometry = Geometry((4, 5, 6), np.diag([2.0, 2.0, 3.0, 1.0]))
+    old = os.umask(umask)
+    try:
+        with atomic_output(tmp_path / "summary.csv") as tmp:
+            tmp.write_text("case,status\n")
+        write_label_map(np.zeros(geometry.shape, np.uint8), geometry, tmp_path / "case.nii.gz", table=TABLE)
+    finally:
+        os.umask(old)
+    for name in ("summary.csv", "case.nii.gz"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
