@@ -492,16 +492,30 @@ def train(config: Config, *, resume: bool = False, device: str = "auto") -> Trai
 RESUME_MAY_CHANGE = frozenset({"data.num_workers", "data.cache_rate", "train.max_minutes"})
 
 
+# settings that name a file or folder: a resumed run may write the same one another way (relative, absolute)
+PATH_SETTINGS = frozenset({"data.root", "data.manifest", "train.run_dir", "train.init_weights"})
+
+
+def _same_path(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` are paths to the same place once resolved (relative ones from the working
+    directory, symbolic links followed); ``None`` only matches ``None``."""
+    if a is None or b is None:
+        return a is b
+    return Path(a).resolve() == Path(b).resolve()
+
+
 def _changed_setting(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> tuple[str, Any, Any] | None:
     """The first dotted config key (outside :data:`RESUME_MAY_CHANGE`) whose value differs between a
     checkpoint's config and this run's, with both values; keys one side lacks (another medseg
-    version) are not compared."""
+    version) are not compared, and paths (:data:`PATH_SETTINGS`) are compared resolved."""
     for key in (k for k in now if k in saved):
         name = prefix + key
         if isinstance(now[key], dict) and isinstance(saved[key], dict):
             changed = _changed_setting(saved[key], now[key], name + ".")
             if changed is not None:
                 return changed
+        elif name in PATH_SETTINGS and _same_path(saved[key], now[key]):
+            continue
         elif now[key] != saved[key] and name not in RESUME_MAY_CHANGE:
             return name, saved[key], now[key]
     return None

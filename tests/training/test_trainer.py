@@ -17,6 +17,7 @@ from medseg.checkpoint import load_checkpoint
 from medseg.distributed import init_distributed
 from medseg.errors import CheckpointError, ConfigError
 from medseg.training import train
+from medseg.training.trainer import _changed_setting
 
 if TYPE_CHECKING:
     from conftest import MakeConfig
@@ -209,3 +210,14 @@ def test_a_non_finite_loss_stops_training_before_any_checkpoint(
     assert "\n" not in str(err.value)
     assert not (tmp_path / "run" / "best.pt").exists()
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_resume_takes_the_same_data_root_given_another_way(
+    brats_root: Path, tmp_path: Path, tiny_config: MakeConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(brats_root.parent)
+    run_dir = tmp_path / "run"
+    assert train(tiny_config(Path(brats_root.name), run_dir, epochs=2, max_minutes=0.0)).epochs_run == 1
+    assert train(tiny_config(brats_root, run_dir, epochs=2), resume=True).epochs_run == 2
+    other = {"data": {"root": str(tmp_path)}}  # another folder is still another setting
+    assert _changed_setting({"data": {"root": brats_root.name}}, other) == ("data.root", brats_root.name, str(tmp_path))
