@@ -114,7 +114,7 @@ def resolve_label_table(config: Config, manifest: Manifest) -> LabelTable:
     return table
 
 
-def _items(cases: list[ManifestCase], root: Path, table: LabelTable | None) -> list[dict[str, Any]]:
+def _items(cases: list[ManifestCase], root: Path, table: LabelTable | None = None) -> list[dict[str, Any]]:
     """Dataset items; with ``table`` (partially labelled class data), each holds which of the table's
     values, in output order, were annotated in its case (:data:`~medseg.keys.LABELLED`)."""
     items: list[dict[str, Any]] = []
