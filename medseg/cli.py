@@ -276,18 +276,19 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-_DEMO_DEFAULTS = {
-    "brats": (Path("runs/demo"), Path("configs/demo_brats_phantom.yaml")),
-    "ct": (Path("runs/demo_ct"), Path("configs/demo_ct_phantom.yaml")),
+_DEMO_DEFAULTS = {  # output folder, bundled config (medseg/configs/)
+    "brats": (Path("runs/demo"), "demo_brats_phantom"),
+    "ct": (Path("runs/demo_ct"), "demo_ct_phantom"),
 }
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from medseg.config import bundled_configs
     from medseg.demo import run_ct_demo, run_demo
 
     out, config = _DEMO_DEFAULTS[args.kind]
     run = run_ct_demo if args.kind == "ct" else run_demo
-    run(out_dir=args.out or out, config=args.config or config, overrides=args.set)
+    run(out_dir=args.out or out, config=args.config or bundled_configs()[config], overrides=args.set)
     return 0
 
 
@@ -347,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_manifest_check)
 
     p = sub.add_parser("train", help="train a model from a YAML config")
-    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--config", type=Path, required=True, help="a YAML file, or the name of a bundled config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument(
@@ -358,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "plan", help="measure a config's dataset (spacing, shape, intensity) and suggest spacing, window and patch"
     )
-    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--config", type=Path, required=True, help="a YAML file, or the name of a bundled config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--out", type=Path, required=True, help="folder for fingerprint.json, plan.json, fingerprint.png")
     p.add_argument("--workers", type=int, default=0, help="processes reading cases (default 0: this one)")
@@ -479,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
         "kind", nargs="?", choices=sorted(_DEMO_DEFAULTS), default="brats", help="brats (default) or ct organs"
     )
     p.add_argument("--out", type=Path, default=None, help="default: runs/demo (brats), runs/demo_ct (ct)")
-    p.add_argument("--config", type=Path, default=None, help="default: configs/demo_<kind>_phantom.yaml")
+    p.add_argument("--config", type=Path, default=None, help="default: the bundled demo_<kind>_phantom config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(handler=_demo)
     return parser

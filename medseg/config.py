@@ -8,6 +8,7 @@ This module does not import torch.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import difflib
 import math
 import types
@@ -326,8 +327,33 @@ def check_mirroring(inference: InferenceConfig, transforms: TransformConfig) -> 
         )
 
 
+def bundled_configs() -> dict[str, Path]:
+    """The configs shipped inside the package (``medseg/configs/*.yaml``), by name without suffix."""
+    folder = importlib.resources.files("medseg") / "configs"
+    return {Path(item.name).stem: Path(str(item)) for item in folder.iterdir() if item.name.endswith(".yaml")}
+
+
+def resolve_config(path: str | Path) -> Path:
+    """A config file: ``path`` as given when it exists, else the bundled config of that name.
+
+    A bare name (``msd_hippocampus`` or ``msd_hippocampus.yaml``) that is not a file in the working
+    directory names a config shipped with medseg, so a pip-installed medseg runs its configs from any
+    folder.
+
+    Raises:
+        ConfigError: neither a file nor a bundled config (the message lists the bundled names).
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    bundled = bundled_configs()
+    if path.parent == Path(".") and path.name.removesuffix(".yaml") in bundled:
+        return bundled[path.name.removesuffix(".yaml")]
+    raise ConfigError(f"config file not found (bundled configs: {', '.join(sorted(bundled))})", path=path)
+
+
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
-    """Load a YAML config file, apply ``key.sub=value`` overrides, and validate it.
+    """Load a YAML config file (or a bundled config by name), apply ``key.sub=value`` overrides, and validate it.
 
     Relative ``data.root``/``data.manifest``/``train.run_dir`` stay as written (relative to the
     working directory), matching how the CLI is used from the repository root.
@@ -335,9 +361,7 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
     Raises:
         ConfigError: unreadable YAML, an unknown key or a value of the wrong type.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("config file not found", path=path)
+    path = resolve_config(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

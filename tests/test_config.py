@@ -5,11 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from medseg.config import Config, config_from_dict, load_config
+from medseg.config import Config, bundled_configs, config_from_dict, load_config
 from medseg.errors import ConfigError
 from medseg.training import validate_config
 
-CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml"))
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "medseg" / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -17,6 +18,37 @@ def test_every_shipped_config_loads_and_validates(path: Path) -> None:
     config = load_config(path)
     validate_config(config)
     assert isinstance(config, Config)
+
+
+def test_bundled_configs_load_by_name_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert sorted(bundled_configs()) == sorted(p.stem for p in CONFIGS)
+    by_name = load_config("msd_hippocampus", ["train.epochs=3"])
+    assert by_name.train.epochs == 3 and by_name.network.name == "dynunet"
+    assert load_config("demo_ct_phantom.yaml") == load_config(REPO / "medseg" / "configs" / "demo_ct_phantom.yaml")
+    (tmp_path / "msd_hippocampus.yaml").write_text("train:\n  epochs: 7\n")  # a file of the user's wins
+    assert load_config("msd_hippocampus.yaml").train.epochs == 7
+    with pytest.raises(ConfigError, match=r"no_such_config: config file not found \(bundled configs: .*msd_hippocampus"):
+        load_config("no_such_config")
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(Path("elsewhere") / "msd_hippocampus.yaml")  # a path with a folder is only that path
+
+
+@pytest.mark.slow
+def test_the_built_wheel_ships_the_configs(tmp_path: Path) -> None:
+    """``pip install medseg`` then ``medseg demo`` needs the configs inside the package."""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("medseg-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"medseg/configs/{p.name}" for p in CONFIGS} <= names
 
 
 def test_overrides_are_parsed_as_yaml(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from monai import transforms as mt
 from monai.data import MetaTensor
 
 from medseg.cli import main
-from medseg.config import Config, TransformConfig, config_from_dict
+from medseg.config import Config, TransformConfig, bundled_configs, config_from_dict
 from medseg.data.manifest import build_manifest
 from medseg.errors import ConfigError
 from medseg.inference import Predictor
@@ -231,11 +231,11 @@ def test_demo_subcommand_defaults_to_brats(monkeypatch: pytest.MonkeyPatch) -> N
     assert main(["demo"]) == 0 and main(["demo", "ct", "--set", "train.epochs=1"]) == 0
     assert calls[0] == (
         "brats",
-        {"out_dir": Path("runs/demo"), "config": Path("configs/demo_brats_phantom.yaml"), "overrides": []},
+        {"out_dir": Path("runs/demo"), "config": bundled_configs()["demo_brats_phantom"], "overrides": []},
     )
     ct = {
         "out_dir": Path("runs/demo_ct"),
-        "config": Path("configs/demo_ct_phantom.yaml"),
+        "config": bundled_configs()["demo_ct_phantom"],
         "overrides": ["train.epochs=1"],
     }
     assert calls[1] == ("ct", ct)
