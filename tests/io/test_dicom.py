@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from pydicom.uid import generate_uid
 
 from medseg.errors import MedsegInputError
 from medseg.io import list_dicom_series, read_dicom_series, read_image
@@ -145,22 +147,30 @@ def test_single_slice_and_localizer_series_are_skipped(
     tmp_path: Path, series: Any, copy_series: Any, new_series: Any, dicom_files: list[Path]
 ) -> None:
     copy_series(tmp_path)
-    copy_series(tmp_path, files=dicom_files[:1], modify=new_series("single"), names=lambda i: "single.dcm")
+    single = new_series("single")
+
+    def as_single(ds: Any, index: int) -> None:
+        single(ds, index)
+        ds.SeriesDescription = "single"
+
+    copy_series(tmp_path, files=dicom_files[:1], modify=as_single, names=lambda i: "single.dcm")
     localizer = new_series("localizer")
 
     def as_localizer(ds: Any, index: int) -> None:
         localizer(ds, index)
         ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        ds.SeriesDescription = "localizer"
 
     copy_series(tmp_path, files=dicom_files[:3], modify=as_localizer, names=lambda i: f"loc{i}.dcm")
-    with pytest.warns(UserWarning) as record:
-        infos = list_dicom_series(tmp_path)
-    messages = " ".join(str(w.message) for w in record)
-    assert "single-slice series" in messages and "localizer series" in messages
-    assert [info.num_slices for info in infos] == [20]
-    with pytest.warns(UserWarning, match="skipping DICOM series"):
+    assert [info.num_slices for info in list_dicom_series(tmp_path)] == [20]
+    reasons = {info.description: info.skip_reason for info in list_dicom_series(tmp_path, include_skipped=True)}
+    assert reasons == {"FSE PD AXIAL OBL": None, "single": "single-image series", "localizer": "localizer series"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # skipping is said once, by the batch's case discovery, not here
         image = read_dicom_series(tmp_path)
     np.testing.assert_array_equal(image.array, series.array)
+    with pytest.raises(MedsegInputError, match="not a volume: localizer series"):
+        read_dicom_series(tmp_path, series_uid=generate_uid(entropy_srcs=["localizer"]))
 
 
 def test_rescale_slope_and_intercept_are_applied(tmp_path: Path, series: Any, copy_series: Any) -> None:
