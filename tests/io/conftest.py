@@ -170,3 +170,9 @@ def ct_slices() -> Callable[..., list[Any]]:
     """``ct_slices(volume (slices, rows, columns), *, spacing, orientation, origin, intercept, seed)``:
     classic single-frame CT datasets (see :func:`_ct_slices`)."""
     return _ct_slices
+
+
+@pytest.fixture(scope="session")
+def oblique_datasets() -> list[Any]:
+    """The 20 parsed slices of the real oblique MR series, in file-name order (shared: do not modify)."""
+    return [_dataset(p) for p in _dicom_files()]
