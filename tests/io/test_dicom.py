@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from pydicom.uid import generate_uid
 
 from medseg.errors import MedsegInputError
 from medseg.io import list_dicom_series, read_dicom_series, read_image
-from medseg.io.dicom import SLICE_TOLERANCE
+from medseg.io.dicom import SLICE_TOLERANCE, is_dicom_file
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +208,65 @@ def test_read_image_of_one_file_reads_its_series(tmp_path: Path, series: Any, co
     image = read_image(tmp_path / "brain_007.dcm")
     np.testing.assert_array_equal(image.array, series.array)
     assert image.geometry.same_grid(series.geometry, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "names", ["I.MRDC.{}", "PAT.MR.0002.{:04d}.2001.04.13.IMA", "{:08d}"], ids=["ge", "siemens", "none"]
+)
+def test_files_are_dicom_by_content_whatever_their_names(
+    tmp_path: Path, series: Any, dicom_files: list[Path], names: str
+) -> None:
+    for k, src in enumerate(dicom_files, start=1):
+        shutil.copy(src, tmp_path / names.format(k))
+    (tmp_path / "notes.IMA").write_bytes(b"\0" * 128 + b"DICX not DICOM")
+    (tmp_path / "short.MRDC.99").write_bytes(b"DICM")
+    assert is_dicom_file(tmp_path / names.format(7)) and not is_dicom_file(tmp_path / "notes.IMA")
+    assert not is_dicom_file(tmp_path / "short.MRDC.99") and not is_dicom_file(tmp_path / "missing")
+    np.testing.assert_array_equal(read_dicom_series(tmp_path).array, series.array)
+    image = read_image(tmp_path / names.format(7))
+    np.testing.assert_array_equal(image.array, series.array)
+    assert image.geometry.same_grid(series.geometry, atol=1e-9)
+    with pytest.raises(MedsegInputError, match="unknown image format"):
+        read_image(tmp_path / "notes.IMA")
+
+
+def _mosaic(count_tag: bool, image_type: bool) -> Callable[[Any, int], None]:
+    """A ``modify`` that turns slices into Siemens mosaics (the count in the private CSA header field
+    NumberOfImagesInMosaic and/or MOSAIC in ImageType), all at one position as a mosaic time series is."""
+    series = generate_uid(entropy_srcs=["mosaic", str(count_tag), str(image_type)])
+
+    def modify(ds: Any, index: int) -> None:
+        ds.SeriesInstanceUID = series
+        ds.ImagePositionPatient = [-110.5, -78.3063, -72.7575]
+        if image_type:
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND", "MOSAIC"]
+        if count_tag:
+            ds.private_block(0x0019, "SIEMENS MR HEADER", create=True).add_new(0x0A, "US", 16)
+
+    return modify
+
+
+@pytest.mark.parametrize(
+    ("files", "count_tag", "image_type", "message"),
+    [
+        (1, True, True, r"Siemens mosaic \(16 slices tiled in one image, 1 file"),
+        (3, True, False, r"Siemens mosaic \(16 slices tiled in one image, 3 file"),
+        (2, False, True, r"Siemens mosaic \(several slices tiled in one image, 2 file"),
+    ],
+    ids=["one-file", "time-series-by-csa-count", "by-image-type"],
+)
+def test_siemens_mosaics_are_refused_by_name(
+    tmp_path: Path,
+    copy_series: Any,
+    dicom_files: list[Path],
+    files: int,
+    count_tag: bool,
+    image_type: bool,
+    message: str,
+) -> None:
+    copy_series(tmp_path, files=dicom_files[5 : 5 + files], modify=_mosaic(count_tag, image_type))
+    (info,) = list_dicom_series(tmp_path)  # listed, so that a batch names the reason in its failed case
+    assert info.skip_reason is None
+    with pytest.raises(MedsegInputError, match=message) as error:
+        read_image(tmp_path / dicom_files[5].name)
+    assert "need at least 2 slices" not in str(error.value) and "share one position" not in str(error.value)
