@@ -477,9 +477,10 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None, recu
         An :class:`Image` with array ``(X, Y, Z)``: X along the row direction (column index), Y along the
         column direction (row index), Z along the slice normal (row × column cosines) in increasing
         position. Values have RescaleSlope/Intercept (or the Modality LUT) applied: int16, uint16 or
-        int32 (the smallest that holds the stored range) when every slope and intercept is an integer,
-        else float32. The array is a transposed view of a ``(Z, Y, X)`` C-ordered buffer (Fortran order in
-        ``(X, Y, Z)``, as nibabel returns NIfTI data). The affine maps (i, j, k) to RAS+ mm (DICOM's LPS
+        int32 (the smallest that holds the stored range after rescale) when every slope and intercept is
+        an integer, int32 after a Modality LUT, else float32. The array is a transposed view of a
+        ``(Z, Y, X)`` C-ordered buffer (Fortran order in ``(X, Y, Z)``, as nibabel returns NIfTI data),
+        filled slice by slice: no second copy of the volume is made. The affine maps (i, j, k) to RAS+ mm (DICOM's LPS
         with x and y negated). ``meta`` holds ``dicom_files`` (the file of each slice, k order; a
         multi-frame file once per frame), ``sop_instance_uids`` (k order), ``dicom_frame_numbers`` (the
         1-based frame number of each slice in its file, k order; only for multi-frame files),

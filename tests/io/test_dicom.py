@@ -270,3 +270,51 @@ def test_siemens_mosaics_are_refused_by_name(
     with pytest.raises(MedsegInputError, match=message) as error:
         read_image(tmp_path / dicom_files[5].name)
     assert "need at least 2 slices" not in str(error.value) and "share one position" not in str(error.value)
+
+
+def test_each_header_is_parsed_once_per_folder(
+    tmp_path: Path, copy_series: Any, new_series: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding the series of a folder and then reading each of them parses every file's header once; a
+    file that changes is parsed again."""
+    import pydicom
+
+    copy_series(tmp_path)
+    copy_series(tmp_path, modify=new_series("second"), names=lambda i: f"second_{i:03d}.dcm")
+    parsed: list[str] = []
+    dcmread = pydicom.dcmread
+
+    def counting(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("stop_before_pixels"):
+            parsed.append(Path(path).name)
+        return dcmread(path, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", counting)
+    infos = list_dicom_series(tmp_path)
+    for info in infos:
+        assert read_dicom_series(tmp_path, series_uid=info.series_uid).geometry.shape == (256, 256, 20)
+    assert sorted(parsed) == sorted(p.name for p in tmp_path.iterdir())
+
+    parsed.clear()
+    changed = pydicom.dcmread(str(tmp_path / "brain_003.dcm"))
+    changed.SeriesDescription = "changed"
+    changed.SeriesInstanceUID = generate_uid(entropy_srcs=["changed"])
+    changed.save_as(str(tmp_path / "brain_003.dcm"))
+    descriptions = {info.description for info in list_dicom_series(tmp_path, include_skipped=True)}
+    assert "changed" in descriptions and parsed == ["brain_003.dcm"]
+
+
+def test_modality_lut_is_applied(tmp_path: Path, ct_slices: Callable[..., list[Any]]) -> None:
+    from pydicom.dataset import Dataset
+
+    volume = (np.arange(3 * 8 * 6).reshape(3, 8, 6) * 50 % 4096).astype(np.uint16)
+    for k, ds in enumerate(ct_slices(volume, seed="lut")):
+        del ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType
+        lut = Dataset()
+        lut.LUTDescriptor, lut.ModalityLUTType = [4096, 0, 16], "HU"
+        lut.add_new("LUTData", "US", [3 * v // 2 for v in range(4096)])
+        ds.ModalityLUTSequence = [lut]
+        ds.save_as(tmp_path / f"CT{k}", enforce_file_format=True)
+    image = read_dicom_series(tmp_path)
+    assert image.array.dtype == np.int32
+    np.testing.assert_array_equal(image.array, np.transpose(volume.astype(np.int32) * 3 // 2, (2, 1, 0)))
