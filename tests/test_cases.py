@@ -88,6 +88,38 @@ def test_recursive_mixed_formats_dicom_hidden_excluded_and_clashing_ids(tmp_path
     assert folder_case == file_case == by_id["mr"]
 
 
+def _localizer(src: Path, dst: Path, index: int) -> None:
+    """Copy a slice of the oblique series into a localizer series of its own."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(str(src))
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["localizer"])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["localizer", str(index)])
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    ds.SeriesDescription = "3-plane loc"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(str(dst))
+
+
+def test_dicom_files_are_found_by_content_and_localizers_are_no_case(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sources = sorted((DATA / "dicom_mr_oblique").glob("*.dcm"))
+    (tmp_path / "study" / "ge").mkdir(parents=True)
+    for k, src in enumerate(sources, start=1):
+        shutil.copy(src, tmp_path / "study" / "ge" / f"I.MRDC.{k}")
+    for k, src in enumerate(sources[2:5]):
+        _localizer(src, tmp_path / "study" / "loc" / f"MR.{k}.IMA", k)
+    cases = discover_cases(tmp_path / "study", channels=["MR"])
+    assert [(c.id, c.is_dicom) for c in cases] == [("ge", True)]
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert len(notes) == 1 and notes[0].startswith("medseg: note: ") and "localizer series" in notes[0], notes
+    assert "3-plane loc" in notes[0]
+    (one,) = discover_cases(tmp_path / "study" / "ge" / "I.MRDC.7", channels=["MR"])
+    assert one == cases[0]
+
+
 def test_no_cases_and_missing_input_are_one_line_errors(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(MedsegInputError, match="no cases found"):

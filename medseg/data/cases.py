@@ -4,8 +4,9 @@ A *case* is one subject to segment: one image file per model input channel (in t
 order), one 4-D file holding all channels (MSD), or one DICOM series. :func:`discover_cases` walks a
 folder recursively and recognises, per folder:
 
-- a DICOM series folder: one case per image series (id: the folder name, plus ``_2``, ``_3``... when a
-  folder holds several series);
+- a DICOM series folder (files known by content, whatever their names): one case per image series (id: the
+  folder name, plus ``_2``, ``_3``... when a folder holds several series); a series that is not a volume
+  (a localizer, a single image) is no case, and a note on stderr names it;
 - a BraTS case folder (``<case>/<case>_t1.nii.gz`` ... or the 2023 ``-t1n`` naming): one case, the
   modalities ordered as the checkpoint's channels;
 - nnU-Net channel files ``<case>_0000.nii.gz`` ... ``<case>_{C-1:04d}.nii.gz``: one case per ``<case>``
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,7 @@ from medseg.data.brats import detect_release
 from medseg.data.manifest import FORMAT as MANIFEST_FORMAT
 from medseg.data.manifest import dataset_root, load_manifest
 from medseg.errors import MedsegInputError
+from medseg.io.dicom import is_dicom_file
 from medseg.io.jsonfile import read_json
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -114,20 +117,6 @@ def _image_stem(path: Path) -> str | None:
     return None
 
 
-def _looks_like_dicom(path: Path) -> bool:
-    """A ``.dcm`` file, or a file with the DICOM preamble (``DICM`` at byte 128)."""
-    if path.suffix.lower() == ".dcm":
-        return True
-    if path.suffix:
-        return False
-    try:
-        with path.open("rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
 def _brats_channel_order(channels: Sequence[str], modalities: Sequence[str], names: Sequence[str]) -> list[str]:
     """The release's modality suffixes in the checkpoint's channel order (release order if names differ)."""
     lookup = {n.lower(): m for n, m in zip(names, modalities, strict=True)}
@@ -138,10 +127,17 @@ def _brats_channel_order(channels: Sequence[str], modalities: Sequence[str], nam
 
 
 def _dicom_cases(folder: Path) -> list[InputCase]:
+    """One case per series of the DICOM files in ``folder``; a series that is not a volume (a localizer, a
+    single image) is no case, and a note on stderr says so."""
     from medseg.io.dicom import list_dicom_series
 
-    series = list_dicom_series(folder, recursive=False)
-    if not series:
+    found = list_dicom_series(folder, recursive=False, include_skipped=True)
+    for s in found:
+        if s.skip_reason is not None:
+            note = f"{folder}: skipping DICOM series {s.series_uid} ({s.description}): {s.skip_reason}"
+            print(f"medseg: note: {note}", file=sys.stderr)
+    series = [s for s in found if s.skip_reason is None]
+    if not series and not found:
         return [InputCase(folder.name, (folder,), series_uid="")]  # fails when read, naming the folder
     return [
         InputCase(folder.name if n == 0 else f"{folder.name}_{n + 1}", (folder,), series_uid=s.series_uid)
@@ -151,7 +147,7 @@ def _dicom_cases(folder: Path) -> list[InputCase]:
 
 def _folder_cases(folder: Path, files: list[Path], channels: Sequence[str]) -> list[InputCase]:
     """The cases made of the files directly in ``folder`` (no recursion)."""
-    if any(_looks_like_dicom(p) for p in files):
+    if any(is_dicom_file(p) for p in files):
         return _dicom_cases(folder)
     try:
         release = detect_release(folder)
@@ -270,8 +266,8 @@ def discover_cases(
     """The cases under ``path`` (a file, a DICOM series folder, or a folder searched recursively), sorted by id.
 
     Args:
-        path: an image file, a ``.dcm`` file (its series), a DICOM folder, or a folder of cases in any of
-            the layouts of the module docstring.
+        path: an image file, a DICOM file (its series; known by content, any name), a DICOM folder, or a folder
+            of cases in any of the layouts of the module docstring.
         channels: the checkpoint's input channel names, in order.
         exclude: folders not to search (the output folder, when it lies inside ``path``).
 
@@ -280,7 +276,7 @@ def discover_cases(
     """
     path = Path(path)
     if path.is_file():
-        if _looks_like_dicom(path):
+        if is_dicom_file(path):
             return _dicom_file_case(path)
         stem = _image_stem(path)
         if stem is None:

@@ -14,12 +14,17 @@ from medseg.labels import LabelTable
 
 
 def _source_datasets(reference: Image) -> list[Any]:
-    """The reference series' datasets (headers only), in the reader's k (slice) order."""
+    """The reference series' datasets (headers only): one per slice in the reader's k (slice) order, or the
+    one multi-frame file that holds every slice."""
     import pydicom
 
     files = reference.meta.get("dicom_files")
     if not files:
         raise ValueError("a DICOM-SEG needs the DICOM series it was made on as reference (read_dicom_series)")
+    if "dicom_frame_numbers" in reference.meta:
+        if len(set(files)) > 1:
+            raise ValueError("a DICOM-SEG can reference one multi-frame file, not several")
+        return [pydicom.dcmread(str(files[0]), stop_before_pixels=True)]
     return [pydicom.dcmread(str(p), stop_before_pixels=True) for p in files]
 
 
@@ -37,7 +42,8 @@ def write_dicom_seg(
     ``reference`` must come from :func:`~medseg.io.dicom.read_dicom_series` and lie on ``geometry``;
     every value in ``labels`` must be a label of ``table``.
     Slice ``k`` of the label map becomes the frames of source image ``reference.meta["dicom_files"][k]``
-    (rows = Y, columns = X), so every frame refers to the slice it was segmented on. One segment is
+    (rows = Y, columns = X), or of frame ``reference.meta["dicom_frame_numbers"][k]`` of a multi-frame source
+    file, so every frame refers to the slice it was segmented on. One segment is
     written per foreground label of ``table`` (segment numbers 1.. in ascending label value), labelled
     with the label's name, coded with the generic SCT category and type "Tissue", made by the automatic
     algorithm "medseg" of this version. Empty frames are omitted.
@@ -65,6 +71,10 @@ def write_dicom_seg(
     lookup = np.zeros(max(values, default=0) + 1, dtype=np.uint8 if len(values) < 256 else np.uint16)
     lookup[list(values)] = np.arange(1, len(values) + 1)
     frames = lookup[np.transpose(labels, (2, 1, 0))]  # (k, j, i) = (source slice, row, column)
+    if "dicom_frame_numbers" in reference.meta:  # one multi-frame source: slice k is its frame number n_k
+        in_file_order = np.empty_like(frames)
+        in_file_order[np.asarray(reference.meta["dicom_frame_numbers"]) - 1] = frames
+        frames = in_file_order
 
     algorithm = hd.AlgorithmIdentificationSequence(
         name="medseg", family=codes.cid7162.ArtificialIntelligence, version=__version__

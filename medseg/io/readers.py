@@ -86,10 +86,17 @@ class DicomSeriesReader(ImageReader):
 
 
 class DicomFileReader(ImageReader):
-    """One file of a DICOM series (``.dcm``): reads the whole series it belongs to from the same folder."""
+    """One file of a DICOM series, known by its content (the ``DICM`` preamble) whatever its name (``.dcm``,
+    GE ``*.MRDC.N``, Siemens ``*.IMA``, none): reads the whole series it belongs to from the same folder."""
 
     name = "dicom_file"
     suffixes = (".dcm",)
+
+    def matches(self, path: Path) -> int:
+        """The ``.dcm`` ending's length; 1 for another file that starts like DICOM (132 bytes read)."""
+        from medseg.io.dicom import is_dicom_file
+
+        return super().matches(path) or (1 if path.is_file() and is_dicom_file(path) else 0)
 
     def read(self, path: Path) -> Image:
         import pydicom
@@ -115,7 +122,8 @@ def register_reader(reader: ImageReader) -> None:
 
 
 def reader_for(path: str | Path) -> ImageReader:
-    """The registered reader with the longest matching file ending (a folder goes to the DICOM reader).
+    """The registered reader with the longest matching file ending (a folder goes to the DICOM series reader,
+    another file that starts like DICOM to the DICOM file reader).
 
     Raises:
         MedsegInputError: no reader handles this file ending.
@@ -131,7 +139,8 @@ def reader_for(path: str | Path) -> ImageReader:
 
 
 def read_image(path: str | Path) -> Image:
-    """Read any supported image: NIfTI, NRRD, ``.seg.nrrd``, MHA/MHD, or a folder with one DICOM series.
+    """Read any supported image: NIfTI, NRRD, ``.seg.nrrd``, MHA/MHD, a folder with one DICOM series, or one
+    file of a DICOM series (its series).
 
     Returns:
         An :class:`Image` with array ``(X, Y, Z)`` (``(C, X, Y, Z)`` for multi-channel files) in voxel

@@ -283,3 +283,33 @@ def test_an_unexpected_error_in_one_case_is_one_line_and_the_batch_goes_on(
     assert rows[ids[0]]["status"] == rows[ids[2]]["status"] == "ok"
     err = capsys.readouterr().err.splitlines()
     assert err[0] == f"medseg: error: {rows[ids[1]]['reason']}" and "GPU 0" not in "".join(err)
+
+
+def test_study_folder_with_ge_names_and_a_localizer_series(
+    one_channel_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GE ``I.MRDC.N`` files are found by content; a localizer-only series beside them is no case, said in one
+    note, and the run exits 0."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    sources = sorted((DATA / "dicom_mr_oblique").glob("*.dcm"))
+    study = tmp_path / "study"
+    (study / "series2").mkdir(parents=True)
+    for k, src in enumerate(sources, start=1):
+        shutil.copy(src, study / "series2" / f"I.MRDC.{k}")
+    (study / "series1").mkdir()
+    for k, src in enumerate(sources[4:7]):  # not brain_001.dcm, whose padding parses as a command group
+        ds = pydicom.dcmread(str(src))
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=["localizer"])
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["loc", str(k)])
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        ds.save_as(str(study / "series1" / f"I.MRDC.{k + 1}"))
+    out = tmp_path / "out"
+    argv = ["predict", "--model", str(one_channel_checkpoint), "--input", str(study), "--output", str(out)]
+    assert main([*argv, "--progress", "none"]) == 0
+    assert {case: row["status"] for case, row in _rows(out / "summary.csv").items()} == {"series2": "ok"}
+    err = capsys.readouterr().err.splitlines()
+    notes = [line for line in err if "localizer" in line]
+    assert len(notes) == 1 and notes[0].startswith("medseg: note:") and "series1" in notes[0], err
+    assert not any("Warning" in line or "warn(" in line for line in err), err

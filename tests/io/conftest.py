@@ -113,3 +113,66 @@ def sitk_series() -> Any:
         return reader.Execute()
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(True)
+
+
+def _ct_slices(
+    volume: Any,
+    *,
+    spacing: tuple[float, float, float] = (0.75, 0.6, 2.5),
+    orientation: tuple[float, ...] = (0.8, 0.6, 0.0, -0.6, 0.8, 0.0),
+    origin: tuple[float, float, float] = (-30.0, 12.5, 40.0),
+    intercept: float = -1024.0,
+    seed: str = "ct",
+) -> list[Any]:
+    """Classic single-frame CT datasets of ``volume`` ``(slices, rows, columns)`` (uint8 or uint16, stored
+    as is), slice k at ``origin + k * spacing[2] * normal`` (LPS mm); ``spacing`` is (between rows,
+    between columns, between slices) in mm; Explicit VR Little Endian, uncompressed."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    iop = np.array(orientation, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    study, series, frame = (generate_uid(entropy_srcs=[seed, part]) for part in ("study", "series", "frame"))
+    out = []
+    for k, plane in enumerate(volume):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[seed, str(k)])
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Phantom^CT", "ct-1", "19700101", "O"
+        ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20240101"
+        ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
+        ds.AccessionNumber, ds.ReferringPhysicianName, ds.StudyID = "1", "", "1"
+        ds.Modality, ds.Manufacturer, ds.SeriesNumber, ds.InstanceNumber = "CT", "medseg tests", 1, k + 1
+        ds.SeriesDescription = "synthetic CT"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.PositionReferenceIndicator, ds.KVP, ds.AcquisitionNumber = "", 120, 1
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in iop]
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in np.array(origin) + k * spacing[2] * normal]
+        ds.PixelSpacing = [spacing[0], spacing[1]]
+        ds.SliceThickness = spacing[2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns = plane.shape
+        bits = plane.dtype.itemsize * 8
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, min(bits, 12), min(bits, 12) - 1, 0
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = intercept, 1, "HU"
+        ds.PixelData = np.ascontiguousarray(plane).tobytes()
+        out.append(ds)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ct_slices() -> Callable[..., list[Any]]:
+    """``ct_slices(volume (slices, rows, columns), *, spacing, orientation, origin, intercept, seed)``:
+    classic single-frame CT datasets (see :func:`_ct_slices`)."""
+    return _ct_slices
+
+
+@pytest.fixture(scope="session")
+def oblique_datasets() -> list[Any]:
+    """The 20 parsed slices of the real oblique MR series, in file-name order (shared: do not modify)."""
+    return [_dataset(p) for p in _dicom_files()]

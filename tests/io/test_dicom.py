@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import shutil
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from pydicom.uid import generate_uid
 
 from medseg.errors import MedsegInputError
 from medseg.io import list_dicom_series, read_dicom_series, read_image
-from medseg.io.dicom import SLICE_TOLERANCE
+from medseg.io.dicom import SLICE_TOLERANCE, is_dicom_file
 
 
 @pytest.fixture(scope="module")
@@ -145,22 +148,30 @@ def test_single_slice_and_localizer_series_are_skipped(
     tmp_path: Path, series: Any, copy_series: Any, new_series: Any, dicom_files: list[Path]
 ) -> None:
     copy_series(tmp_path)
-    copy_series(tmp_path, files=dicom_files[:1], modify=new_series("single"), names=lambda i: "single.dcm")
+    single = new_series("single")
+
+    def as_single(ds: Any, index: int) -> None:
+        single(ds, index)
+        ds.SeriesDescription = "single"
+
+    copy_series(tmp_path, files=dicom_files[:1], modify=as_single, names=lambda i: "single.dcm")
     localizer = new_series("localizer")
 
     def as_localizer(ds: Any, index: int) -> None:
         localizer(ds, index)
         ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        ds.SeriesDescription = "localizer"
 
     copy_series(tmp_path, files=dicom_files[:3], modify=as_localizer, names=lambda i: f"loc{i}.dcm")
-    with pytest.warns(UserWarning) as record:
-        infos = list_dicom_series(tmp_path)
-    messages = " ".join(str(w.message) for w in record)
-    assert "single-slice series" in messages and "localizer series" in messages
-    assert [info.num_slices for info in infos] == [20]
-    with pytest.warns(UserWarning, match="skipping DICOM series"):
+    assert [info.num_slices for info in list_dicom_series(tmp_path)] == [20]
+    reasons = {info.description: info.skip_reason for info in list_dicom_series(tmp_path, include_skipped=True)}
+    assert reasons == {"FSE PD AXIAL OBL": None, "single": "single-image series", "localizer": "localizer series"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # skipping is said once, by the batch's case discovery, not here
         image = read_dicom_series(tmp_path)
     np.testing.assert_array_equal(image.array, series.array)
+    with pytest.raises(MedsegInputError, match="not a volume: localizer series"):
+        read_dicom_series(tmp_path, series_uid=generate_uid(entropy_srcs=["localizer"]))
 
 
 def test_rescale_slope_and_intercept_are_applied(tmp_path: Path, series: Any, copy_series: Any) -> None:
@@ -197,3 +208,113 @@ def test_read_image_of_one_file_reads_its_series(tmp_path: Path, series: Any, co
     image = read_image(tmp_path / "brain_007.dcm")
     np.testing.assert_array_equal(image.array, series.array)
     assert image.geometry.same_grid(series.geometry, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "names", ["I.MRDC.{}", "PAT.MR.0002.{:04d}.2001.04.13.IMA", "{:08d}"], ids=["ge", "siemens", "none"]
+)
+def test_files_are_dicom_by_content_whatever_their_names(
+    tmp_path: Path, series: Any, dicom_files: list[Path], names: str
+) -> None:
+    for k, src in enumerate(dicom_files, start=1):
+        shutil.copy(src, tmp_path / names.format(k))
+    (tmp_path / "notes.IMA").write_bytes(b"\0" * 128 + b"DICX not DICOM")
+    (tmp_path / "short.MRDC.99").write_bytes(b"DICM")
+    assert is_dicom_file(tmp_path / names.format(7)) and not is_dicom_file(tmp_path / "notes.IMA")
+    assert not is_dicom_file(tmp_path / "short.MRDC.99") and not is_dicom_file(tmp_path / "missing")
+    np.testing.assert_array_equal(read_dicom_series(tmp_path).array, series.array)
+    image = read_image(tmp_path / names.format(7))
+    np.testing.assert_array_equal(image.array, series.array)
+    assert image.geometry.same_grid(series.geometry, atol=1e-9)
+    with pytest.raises(MedsegInputError, match="unknown image format"):
+        read_image(tmp_path / "notes.IMA")
+
+
+def _mosaic(count_tag: bool, image_type: bool) -> Callable[[Any, int], None]:
+    """A ``modify`` that turns slices into Siemens mosaics (the count in the private CSA header field
+    NumberOfImagesInMosaic and/or MOSAIC in ImageType), all at one position as a mosaic time series is."""
+    series = generate_uid(entropy_srcs=["mosaic", str(count_tag), str(image_type)])
+
+    def modify(ds: Any, index: int) -> None:
+        ds.SeriesInstanceUID = series
+        ds.ImagePositionPatient = [-110.5, -78.3063, -72.7575]
+        if image_type:
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND", "MOSAIC"]
+        if count_tag:
+            ds.private_block(0x0019, "SIEMENS MR HEADER", create=True).add_new(0x0A, "US", 16)
+
+    return modify
+
+
+@pytest.mark.parametrize(
+    ("files", "count_tag", "image_type", "message"),
+    [
+        (1, True, True, r"Siemens mosaic \(16 slices tiled in one image, 1 file"),
+        (3, True, False, r"Siemens mosaic \(16 slices tiled in one image, 3 file"),
+        (2, False, True, r"Siemens mosaic \(several slices tiled in one image, 2 file"),
+    ],
+    ids=["one-file", "time-series-by-csa-count", "by-image-type"],
+)
+def test_siemens_mosaics_are_refused_by_name(
+    tmp_path: Path,
+    copy_series: Any,
+    dicom_files: list[Path],
+    files: int,
+    count_tag: bool,
+    image_type: bool,
+    message: str,
+) -> None:
+    copy_series(tmp_path, files=dicom_files[5 : 5 + files], modify=_mosaic(count_tag, image_type))
+    (info,) = list_dicom_series(tmp_path)  # listed, so that a batch names the reason in its failed case
+    assert info.skip_reason is None
+    with pytest.raises(MedsegInputError, match=message) as error:
+        read_image(tmp_path / dicom_files[5].name)
+    assert "need at least 2 slices" not in str(error.value) and "share one position" not in str(error.value)
+
+
+def test_each_header_is_parsed_once_per_folder(
+    tmp_path: Path, copy_series: Any, new_series: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding the series of a folder and then reading each of them parses every file's header once; a
+    file that changes is parsed again."""
+    import pydicom
+
+    copy_series(tmp_path)
+    copy_series(tmp_path, modify=new_series("second"), names=lambda i: f"second_{i:03d}.dcm")
+    parsed: list[str] = []
+    dcmread = pydicom.dcmread
+
+    def counting(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("stop_before_pixels"):
+            parsed.append(Path(path).name)
+        return dcmread(path, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", counting)
+    infos = list_dicom_series(tmp_path)
+    for info in infos:
+        assert read_dicom_series(tmp_path, series_uid=info.series_uid).geometry.shape == (256, 256, 20)
+    assert sorted(parsed) == sorted(p.name for p in tmp_path.iterdir())
+
+    parsed.clear()
+    changed = pydicom.dcmread(str(tmp_path / "brain_003.dcm"))
+    changed.SeriesDescription = "changed"
+    changed.SeriesInstanceUID = generate_uid(entropy_srcs=["changed"])
+    changed.save_as(str(tmp_path / "brain_003.dcm"))
+    descriptions = {info.description for info in list_dicom_series(tmp_path, include_skipped=True)}
+    assert "changed" in descriptions and parsed == ["brain_003.dcm"]
+
+
+def test_modality_lut_is_applied(tmp_path: Path, ct_slices: Callable[..., list[Any]]) -> None:
+    from pydicom.dataset import Dataset
+
+    volume = (np.arange(3 * 8 * 6).reshape(3, 8, 6) * 50 % 4096).astype(np.uint16)
+    for k, ds in enumerate(ct_slices(volume, seed="lut")):
+        del ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType
+        lut = Dataset()
+        lut.LUTDescriptor, lut.ModalityLUTType = [4096, 0, 16], "HU"
+        lut.add_new("LUTData", "US", [3 * v // 2 for v in range(4096)])
+        ds.ModalityLUTSequence = [lut]
+        ds.save_as(tmp_path / f"CT{k}", enforce_file_format=True)
+    image = read_dicom_series(tmp_path)
+    assert image.array.dtype == np.int32
+    np.testing.assert_array_equal(image.array, np.transpose(volume.astype(np.int32) * 3 // 2, (2, 1, 0)))
