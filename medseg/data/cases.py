@@ -33,7 +33,7 @@ from pathlib import Path
 from medseg.data.brats import detect_release
 from medseg.data.manifest import FORMAT as MANIFEST_FORMAT
 from medseg.data.manifest import dataset_root, load_manifest
-from medseg.errors import MedsegInputError
+from medseg.errors import MedsegInputError, file_not_found
 from medseg.io.jsonfile import read_json
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -301,6 +301,8 @@ def discover_cases(
             raise MedsegInputError(f"not an image file; expected one of {', '.join(IMAGE_ENDINGS)}", path=path)
         match = _NNUNET_CHANNEL.match(path.name)
         return [InputCase(match["case"] if match and len(channels) == 1 else stem, (path,))]
+    if path.is_symlink() and not path.exists():
+        raise file_not_found(path)  # saying where the link fails
     if not path.is_dir():
         raise MedsegInputError("input not found", path=path)
     root = path / "imagesTs" if (path / "imagesTs").is_dir() and (path / "dataset.json").is_file() else path

@@ -234,7 +234,7 @@ def merge_summaries(output_dir: str | Path) -> Path:
     header: list[str] | None = None
     rows: list[list[str]] = []
     for f in files:
-        with f.open(newline="") as fh:
+        with f.open(newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)
             this = next(reader)
             if header is not None and this != header:
@@ -242,7 +242,7 @@ def merge_summaries(output_dir: str | Path) -> Path:
             header = this
             rows.extend(reader)
     path = output_dir / SUMMARY_NAME
-    with atomic_output(path) as tmp, tmp.open("w", newline="") as fh:
+    with atomic_output(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
         writer.writerows(sorted(rows, key=lambda r: r[0]))
