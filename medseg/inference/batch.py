@@ -324,6 +324,7 @@ def predict_folder(
         CheckpointError: the model is not a readable medseg checkpoint.
         MedsegInputError: no cases found, an unknown format, ``dicom-seg`` for a non-DICOM case, or an
             output that would overwrite an input.
+        OutputError: the summary cannot be written (a full disk), once every case is done.
     """
     output_dir = check_output(output_dir, fmt)
     predictor = (
@@ -396,6 +397,7 @@ def run_batch(
     Raises:
         MedsegInputError: ``dicom-seg`` for a non-DICOM case, an output that would overwrite an input,
             or an output folder that a run of another identity wrote.
+        OutputError: the summary cannot be written (a full disk), once every case is done.
     """
     inputs = [case for case, _ in batch.jobs]
     chosen = {case.id for case in select_shard(inputs, shard)}
