@@ -7,6 +7,8 @@ The command line turns each into one line, ``error: <file>: <reason>``, and a no
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +41,27 @@ class ConfigError(MedsegError):
 
 class CheckpointError(MedsegError):
     """A checkpoint is missing, not a medseg checkpoint, or incompatible with this version."""
+
+
+class OutputError(MedsegError):
+    """An output file cannot be written: the disk is full, permission is denied, or its name is too long
+    for the file system (the reason says which)."""
+
+
+def file_not_found(path: Path) -> MedsegInputError:
+    """The error for an input file that cannot be found at ``path``: ``"file not found"``, or, when
+    ``path`` is a symbolic link (which a folder listing shows), where the link fails: a loop, or a
+    target that does not exist."""
+    if os.path.islink(path):
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                reason = "a symbolic link that loops (to itself or round a cycle)"
+            else:
+                reason = f"a symbolic link to {os.readlink(path)}, which does not exist"
+            return MedsegInputError(f"file not found: {reason}", path=path)
+    return MedsegInputError("file not found", path=path)
 
 
 def first_line(exc: BaseException) -> str:

@@ -191,3 +191,25 @@ def terminal_stderr(monkeypatch: pytest.MonkeyPatch) -> Callable[[], io.StringIO
         return stream
 
     return install
+
+
+@pytest.fixture
+def full_disk(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """``full_disk("summary.csv", ...)``: from then on, writing a file of one of these names fails as on a
+    full disk. The temporary file :func:`medseg.io.atomic_output` writes it through, when opened with
+    ``Path.open`` (or ``Path.write_text``), is opened on ``/dev/full`` instead, which answers every write
+    with ENOSPC (Linux)."""
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    real_open = Path.open
+
+    def install(*names: str) -> None:
+        prefixes = tuple(f".{name.split('.')[0]}." for name in names)
+
+        def open_(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+            full = "w" in mode and self.name.startswith(prefixes)
+            return real_open(Path("/dev/full") if full else self, mode, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "open", open_)
+
+    return install

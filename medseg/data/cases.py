@@ -25,6 +25,7 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
@@ -34,7 +35,7 @@ from pathlib import Path
 from medseg.data.brats import detect_release
 from medseg.data.manifest import FORMAT as MANIFEST_FORMAT
 from medseg.data.manifest import dataset_root, load_manifest
-from medseg.errors import MedsegInputError
+from medseg.errors import MedsegInputError, file_not_found
 from medseg.io.dicom import is_dicom_file
 from medseg.io.jsonfile import read_json
 
@@ -177,14 +178,29 @@ def _folder_cases(folder: Path, files: list[Path], channels: Sequence[str]) -> l
     return cases
 
 
-def _walk(folder: Path, exclude: set[Path]) -> Iterable[tuple[Path, list[Path]]]:
-    """``(folder, files)`` for ``folder`` and every sub-folder, sorted, skipping hidden and excluded ones."""
-    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-    files = [p for p in entries if p.is_file()]
+def _walk(folder: Path, exclude: set[Path], seen: set[Path] | None = None) -> Iterable[tuple[Path, list[Path]]]:
+    """``(folder, files)`` for ``folder`` and every sub-folder, sorted, skipping hidden and excluded ones.
+
+    Each real folder is searched once: a symbolic link to a folder already searched (a cycle, or a
+    second way to the same folder) is not followed. ``files`` holds the regular files and the symbolic
+    links with an image's name that lead nowhere (dangling, or a loop), which become cases that fail
+    when read, naming the link, rather than cases lost without a word.
+
+    Raises:
+        MedsegInputError: a folder that cannot be listed (no permission), naming it.
+    """
+    seen = set() if seen is None else seen
+    seen.add(Path(os.path.realpath(folder)))
+    try:
+        entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    except OSError as exc:
+        raise MedsegInputError(f"cannot list the folder: {exc.strerror or exc}", path=folder) from None
+    files = [p for p in entries if p.is_file() or (_image_stem(p) is not None and p.is_symlink() and not p.exists())]
     yield folder, files
     for sub in entries:
-        if sub.is_dir() and sub.resolve() not in exclude:
-            yield from _walk(sub, exclude)
+        real = Path(os.path.realpath(sub))  # unlike Path.resolve, no error on a symbolic link loop
+        if sub.is_dir() and real not in exclude and real not in seen:
+            yield from _walk(sub, exclude, seen)
 
 
 def _unique_ids(cases: list[InputCase], root: Path) -> list[InputCase]:
@@ -240,8 +256,6 @@ def read_cases_file(path: str | Path, *, channels: Sequence[str]) -> list[InputC
         if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not entry["id"].strip():
             raise MedsegInputError(f'{where}: needs a non-empty string "id"', path=path)
         case_id, images = entry["id"], entry.get("images")
-        if "/" in case_id or "\\" in case_id or case_id.startswith("."):
-            raise MedsegInputError(f"{where}: case id {case_id!r} must be a plain file name", path=path)
         if isinstance(images, dict):
             if set(images) != set(channels):
                 raise MedsegInputError(
@@ -283,10 +297,12 @@ def discover_cases(
             raise MedsegInputError(f"not an image file; expected one of {', '.join(IMAGE_ENDINGS)}", path=path)
         match = _NNUNET_CHANNEL.match(path.name)
         return [InputCase(match["case"] if match and len(channels) == 1 else stem, (path,))]
+    if path.is_symlink() and not path.exists():
+        raise file_not_found(path)  # saying where the link fails
     if not path.is_dir():
         raise MedsegInputError("input not found", path=path)
     root = path / "imagesTs" if (path / "imagesTs").is_dir() and (path / "dataset.json").is_file() else path
-    excluded = {Path(p).resolve() for p in exclude}
+    excluded = {Path(os.path.realpath(p)) for p in exclude}
     cases: list[InputCase] = []
     for folder, files in _walk(root, excluded):
         cases.extend(_folder_cases(folder, files, channels))

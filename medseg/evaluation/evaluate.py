@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import MedsegInputError
+from medseg.errors import MedsegInputError, OutputError
 from medseg.evaluation.files import (
     LESION_METRICS_CSV,
     METRICS_CSV,
@@ -65,12 +65,18 @@ class References:
     not_annotated: dict[str, frozenset[int]] = field(default_factory=dict)
 
 
+def _listed_file(path: Path) -> bool:
+    """Whether ``path`` is a file, or a symbolic link that leads nowhere (dangling, or a loop): such a
+    link is read, and fails naming itself, rather than passed over as a case without a file."""
+    return path.is_file() or (path.is_symlink() and not path.exists())
+
+
 def _nifti_files(folder: Path) -> dict[str, Path]:
     """Case id -> path for every visible ``<case>.nii.gz`` directly in ``folder``."""
     found = {
         p.name[: -len(NIFTI_SUFFIX)]: p
         for p in folder.iterdir()
-        if p.is_file() and p.name.endswith(NIFTI_SUFFIX) and not p.name.startswith(".")
+        if p.name.endswith(NIFTI_SUFFIX) and not p.name.startswith(".") and _listed_file(p)
     }
     return dict(sorted(found.items()))
 
@@ -88,7 +94,7 @@ def find_brats_references(ref_dir: Path) -> References | None:
     for case_dir in sorted(p for p in ref_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for name, release in BRATS_RELEASES.items():
             seg = case_dir / release.file_name(case_dir.name, "seg")
-            if seg.is_file():
+            if _listed_file(seg):
                 by_release[name][case_dir.name] = seg
     present = [name for name, files in by_release.items() if files]
     if not present:
@@ -484,6 +490,8 @@ def evaluate_folder(
             reference, a prediction on a different grid (shape or affine), label values outside the
             table, an unreadable file; or a negative or non-finite NSD tolerance, or unknown lesion rules.
             Nothing is written then.
+        OutputError: an output file cannot be written (a full disk): naming it and the reason, once every
+            other output file was tried (those written are kept, and named).
     """
     try:
         nsd_tolerance_mm = check_nsd_tolerance(nsd_tolerance_mm)
@@ -532,16 +540,47 @@ def evaluate_folder(
         "nsd_tolerance_mm": nsd_tolerance_mm,
         "regions": summarize(scores, table),
     }
-    write_metrics_csv(out_dir / METRICS_CSV, Metrics(scores, nsd_tolerance_mm))
+    writers: dict[str, Callable[[Path], object]] = {
+        METRICS_CSV: lambda path: write_metrics_csv(path, Metrics(scores, nsd_tolerance_mm)),
+    }
     if lesion_rules is not None:
         summary["lesion_wise"] = summarize_lesions(lesions, table, lesion_rules)
-        write_lesion_metrics_csv(out_dir / LESION_METRICS_CSV, lesions, lesion_rules)
+        writers[LESION_METRICS_CSV] = lambda path: write_lesion_metrics_csv(path, lesions, lesion_rules)
     else:
         (out_dir / LESION_METRICS_CSV).unlink(missing_ok=True)
-    plot_scores({pred_dir.name: scores}, out_dir / METRICS_PNG, nsd_tolerance_mm=nsd_tolerance_mm)
-    with atomic_output(out_dir / SUMMARY_JSON) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    writers[METRICS_PNG] = lambda path: plot_scores({pred_dir.name: scores}, path, nsd_tolerance_mm=nsd_tolerance_mm)
+    writers[SUMMARY_JSON] = lambda path: _write_json(path, summary)
+    _write_each(out_dir, writers)
     return summary
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _write_each(out_dir: Path, writers: Mapping[str, Callable[[Path], object]]) -> None:
+    """Write each file ``out_dir / name`` with its writer; one that cannot be written (a full disk, no
+    permission) does not keep the others from being tried, so every file that can be is kept.
+
+    Raises:
+        OutputError: naming the first file that could not be written and why, the others that could
+            not, and those that were written.
+    """
+    failed: list[OutputError] = []
+    written: list[str] = []
+    for name, write in writers.items():
+        try:
+            write(out_dir / name)
+        except OutputError as exc:
+            failed.append(exc)
+        else:
+            written.append(name)
+    if failed:
+        others = [str(exc.path.name if exc.path else exc) for exc in failed[1:]]
+        reason = failed[0].reason + (f"; nor {', '.join(others)}" if others else "")
+        reason += f"; written: {', '.join(written)}" if written else "; nothing written"
+        raise OutputError(reason, path=failed[0].path)
 
 
 def _aligned(rows: Sequence[Sequence[str]]) -> list[str]:

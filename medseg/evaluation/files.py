@@ -3,7 +3,8 @@
 ``metrics.csv`` holds one row per case and region (columns :data:`METRICS_COLUMNS`: Dice, HD95 in
 mm, NSD and the NSD's tolerance in mm); ``lesion_metrics.csv`` the lesion-wise scores (columns
 :data:`LESION_METRICS_COLUMNS`, with the BraTS rules they were computed under). Files are written
-atomically; reading one that is missing, malformed or mixed is a one-line error naming it.
+atomically, in UTF-8 (a case id from a file name that is not, e.g. Latin-1 bytes, with backslash
+escapes); reading one that is missing, malformed or mixed is a one-line error naming it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class Metrics:
 
 def write_metrics_csv(path: Path, metrics: Metrics) -> None:
     """Write ``metrics`` as a ``metrics.csv`` (columns :data:`METRICS_COLUMNS`), atomically."""
-    with atomic_output(path) as tmp, tmp.open("w", newline="") as f:
+    with atomic_output(path) as tmp, tmp.open("w", newline="", encoding="utf-8", errors="backslashreplace") as f:
         writer = csv.writer(f)
         writer.writerow(METRICS_COLUMNS)
         tolerance = f"{metrics.nsd_tolerance_mm:g}"
@@ -52,7 +53,7 @@ def write_metrics_csv(path: Path, metrics: Metrics) -> None:
 def write_lesion_metrics_csv(path: Path, lesions: Mapping[str, Mapping[str, LesionScore]], rules: str) -> None:
     """Write lesion-wise scores (case -> region -> score) computed under ``rules`` as a
     ``lesion_metrics.csv`` (columns :data:`LESION_METRICS_COLUMNS`), atomically."""
-    with atomic_output(path) as tmp, tmp.open("w", newline="") as f:
+    with atomic_output(path) as tmp, tmp.open("w", newline="", encoding="utf-8", errors="backslashreplace") as f:
         writer = csv.writer(f)
         writer.writerow(LESION_METRICS_COLUMNS)
         for case, case_scores in lesions.items():

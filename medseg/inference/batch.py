@@ -15,12 +15,16 @@ Contract of a batch run (``medseg predict``):
   preprocessing, inference settings and format); resuming into a folder that another model or other
   settings wrote is an error, since its skipped cases would be theirs.
 - **Failures.** A case that cannot be read or predicted is recorded as ``failed`` with its reason, and the
-  batch goes on; the caller turns ``BatchSummary.failed > 0`` into a non-zero exit code.
+  batch goes on; the caller turns ``BatchSummary.failed > 0`` into a non-zero exit code. So is a case whose
+  id cannot name its output files (too long for the file system, holding ``/``, ``\\``, a NUL or a
+  character the file system cannot encode, or starting with ``.``), before anything is written for it.
 - **Summary.** ``summary.csv``: one row per case (sorted by id) with status, seconds, output path, reason
   and the volume in mL of every foreground label. With ``shard=I/N`` the run handles only its share of
   the cases (see :class:`~medseg.data.cases.Shard`) and writes ``summary.shard-I-of-N.csv`` instead, so
   that processes sharing one output folder never write the same file; :func:`merge_summaries` joins the
-  shard files into ``summary.csv`` once all shards are done.
+  shard files into ``summary.csv`` once all shards are done. A summary that cannot be written (a full
+  disk) is an :class:`~medseg.errors.OutputError` naming it, raised once every case is done: the label
+  maps written are kept, and a rerun skips their cases and writes the summary.
 - **Progress.** ``bar``: a tqdm bar with ETA on stderr when it is a terminal, else a plain line there every
   tenth of the cases (:func:`medseg.progress.track`); ``json``: one JSON object per line on stdout
   (``start``, ``case_start``, ``case_done``, ``done``; read by the Slicer module, see
@@ -32,6 +36,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import re
 import sys
 import time
@@ -45,7 +50,7 @@ import numpy as np
 
 from medseg import __version__
 from medseg.data.cases import InputCase, Shard, discover_cases, read_cases_file, select_shard
-from medseg.errors import MedsegError, MedsegInputError, first_line
+from medseg.errors import MedsegError, MedsegInputError, OutputError, first_line
 from medseg.inference.predictor import Predictor, read_case
 from medseg.io import Image, atomic_output, ensure_not_input, read_image, write_label_map, write_probabilities
 from medseg.io.jsonfile import read_json
@@ -181,20 +186,34 @@ def _summary_columns(label_names: Sequence[str]) -> list[str]:
 
 
 def _write_summary(results: Sequence[CaseResult], path: Path, label_names: Sequence[str]) -> None:
-    with atomic_output(path) as tmp, tmp.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(_summary_columns(label_names))
-        for r in results:
-            writer.writerow(
-                [
-                    r.case,
-                    r.status,
-                    f"{r.seconds:.3f}",
-                    r.output or "",
-                    r.reason or "",
-                    *[r.volumes_ml.get(n, "") for n in label_names],
-                ]
-            )
+    """Write the summary CSV (UTF-8; a file name that is not, e.g. Latin-1 bytes, is written with
+    backslash escapes).
+
+    Raises:
+        OutputError: it cannot be written (a full disk), naming it and saying what is kept.
+    """
+    try:
+        with atomic_output(path) as tmp, tmp.open("w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(_summary_columns(label_names))
+            for r in results:
+                writer.writerow(
+                    [
+                        r.case,
+                        r.status,
+                        f"{r.seconds:.3f}",
+                        r.output or "",
+                        r.reason or "",
+                        *[r.volumes_ml.get(n, "") for n in label_names],
+                    ]
+                )
+    except OutputError as exc:
+        done = BatchSummary(list(results))
+        raise OutputError(
+            f"{exc.reason} ({done.ok} ok, {done.skipped} skipped, {done.failed} failed: the label maps written are"
+            " kept, and a rerun skips their cases and writes the summary)",
+            path=path,
+        ) from None
 
 
 def merge_summaries(output_dir: str | Path) -> Path:
@@ -215,7 +234,7 @@ def merge_summaries(output_dir: str | Path) -> Path:
     header: list[str] | None = None
     rows: list[list[str]] = []
     for f in files:
-        with f.open(newline="") as fh:
+        with f.open(newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)
             this = next(reader)
             if header is not None and this != header:
@@ -223,7 +242,7 @@ def merge_summaries(output_dir: str | Path) -> Path:
             header = this
             rows.extend(reader)
     path = output_dir / SUMMARY_NAME
-    with atomic_output(path) as tmp, tmp.open("w", newline="") as fh:
+    with atomic_output(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
         writer.writerows(sorted(rows, key=lambda r: r[0]))
@@ -258,10 +277,10 @@ def _check_not_inputs(outputs: Sequence[Path], cases: Sequence[InputCase]) -> No
     Raises:
         MedsegInputError: naming the first such output.
     """
-    files = {p.resolve() for c in cases for p in c.images}
+    files = {Path(os.path.realpath(p)) for c in cases for p in c.images}  # no error on a symbolic link loop
     folders = {p for p in files if p.is_dir()}
     for out in outputs:
-        target = out.resolve()
+        target = Path(os.path.realpath(out))
         if target in files or folders.intersection(target.parents):
             ensure_not_input(out, [target, *folders.intersection(target.parents)])  # raises, naming the input
 
@@ -305,6 +324,7 @@ def predict_folder(
         CheckpointError: the model is not a readable medseg checkpoint.
         MedsegInputError: no cases found, an unknown format, ``dicom-seg`` for a non-DICOM case, or an
             output that would overwrite an input.
+        OutputError: the summary cannot be written (a full disk), once every case is done.
     """
     output_dir = check_output(output_dir, fmt)
     predictor = (
@@ -377,6 +397,7 @@ def run_batch(
     Raises:
         MedsegInputError: ``dicom-seg`` for a non-DICOM case, an output that would overwrite an input,
             or an output folder that a run of another identity wrote.
+        OutputError: the summary cannot be written (a full disk), once every case is done.
     """
     inputs = [case for case, _ in batch.jobs]
     chosen = {case.id for case in select_shard(inputs, shard)}
@@ -390,8 +411,12 @@ def run_batch(
                 )
     cases = [case for case, _ in jobs]
     predictor_of = {case.id: predictor for case, predictor in jobs}
-    label_outputs = {c.id: output_dir / f"{c.id}{OUTPUT_SUFFIXES[fmt]}" for c in cases}
-    prob_outputs = {c.id: output_dir / f"{c.id}{PROBABILITIES_SUFFIX}" for c in cases}
+    suffixes = [OUTPUT_SUFFIXES[fmt], *([PROBABILITIES_SUFFIX] if save_probabilities else [])]
+    name_max = _name_max(output_dir)
+    refused = {c.id: problem for c in cases if (problem := _id_problem(c.id, suffixes, name_max)) is not None}
+    named = [c for c in cases if c.id not in refused]
+    label_outputs = {c.id: output_dir / f"{c.id}{OUTPUT_SUFFIXES[fmt]}" for c in named}
+    prob_outputs = {c.id: output_dir / f"{c.id}{PROBABILITIES_SUFFIX}" for c in named}
     summary_path = output_dir / (SUMMARY_NAME if shard is None else f"summary.{shard.tag}.csv")
     _check_not_inputs([summary_path, *label_outputs.values(), *prob_outputs.values()], inputs)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -403,6 +428,9 @@ def run_batch(
     todo: list[InputCase] = []
     done_before: list[tuple[int, CaseResult]] = []
     for index, case in enumerate(cases):
+        if case.id in refused:
+            done_before.append((index, CaseResult(case.id, "failed", reason=refused[case.id])))
+            continue
         expected = [label_outputs[case.id], *([prob_outputs[case.id]] if save_probabilities else [])]
         for out in expected:
             _remove_stale_temporaries(out)
@@ -422,6 +450,7 @@ def run_batch(
         results.append(result)
         reporter.case_done(index, result, count=False)
     position = {c.id: i for i, c in enumerate(cases)}
+    finished = False
     try:
         for case, future in _prefetched(todo):
             reporter.case_start(position[case.id], case.id)
@@ -430,12 +459,53 @@ def run_batch(
             )
             results.append(result)
             reporter.case_done(position[case.id], result)
-    finally:
+        finished = True
+    finally:  # also when interrupted: the summary of the cases done so far
         results.sort(key=lambda r: r.case)
-        _write_summary(results, summary_path, label_names)
-    summary = BatchSummary(results, summary_path)
-    reporter.close(summary)
+        summary = BatchSummary(results, summary_path)
+        try:
+            _write_summary(results, summary_path, label_names)
+        finally:
+            if finished:
+                reporter.close(summary)
     return summary
+
+
+# what atomic_output adds to a file name for its temporary file: "." + stem + "." + 8 random characters
+_TEMPORARY_NAME_EXTRA = 10
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name, in bytes, that the file system of ``folder`` (or of its nearest existing
+    parent) takes; 255 (ext4, XFS, APFS, NTFS) where the system does not say."""
+    existing = next((p for p in (folder, *folder.parents) if p.is_dir()), Path("."))
+    try:
+        return int(os.pathconf(existing, "PC_NAME_MAX"))
+    except (AttributeError, OSError, ValueError):  # AttributeError: no pathconf (Windows)
+        return 255
+
+
+def _id_problem(case_id: str, suffixes: Sequence[str], name_max: int) -> str | None:
+    """Why ``case_id`` cannot name the output files ``<id><suffix>`` (and their temporary files) in a
+    file system taking names of up to ``name_max`` bytes, as a case's failure reason; None when it can."""
+    bad = [c for c in ("/", "\\", "\0") if c in case_id]
+    if not case_id:
+        problem = "it is empty"
+    elif bad:
+        problem = f"it holds {bad[0]!r}, which a file name cannot"
+    elif case_id.startswith("."):
+        problem = "it starts with '.' (a hidden file, as medseg's temporary files are)"
+    else:
+        try:
+            longest = max(len(os.fsencode(f"{case_id}{suffix}")) for suffix in suffixes) + _TEMPORARY_NAME_EXTRA
+        except UnicodeEncodeError:
+            problem = "it holds characters the file system cannot encode"
+        else:
+            if longest <= name_max:
+                return None
+            problem = f"it is too long (names of {longest} bytes with its endings; the file system takes {name_max})"
+    shown = case_id if len(case_id) <= 60 else f"{case_id[:40]}...{case_id[-10:]}"
+    return f"case id {shown!r} cannot name an output file: {problem}"
 
 
 def run_identity(predictor: Predictor, fmt: LabelFormat) -> str:

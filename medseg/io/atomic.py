@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from medseg.errors import MedsegInputError
+from medseg.errors import MedsegInputError, OutputError
 
 
 @contextlib.contextmanager
@@ -18,11 +18,19 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     The temporary name keeps the full suffix (``.nii.gz``, ``.seg.nrrd``) so that writers which pick a
     format from the file name still work. A reader never sees a half-written ``path``. The file gets the
     permissions the umask allows (``0644`` under ``022``), as a file opened in place would.
+
+    Raises:
+        OutputError: naming ``path`` and the system's reason, when its folder, the temporary file or the
+            file itself cannot be written (a full disk, no permission, a name too long): an
+            ``OSError`` of writing names no file, or only the temporary one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        suffix = "".join(path.suffixes) or ".tmp"
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=suffix, dir=path.parent)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
     try:
         if hasattr(os, "fchmod"):  # mkstemp makes 0600; the file gets the mode open() would give it
             os.fchmod(fd, 0o666 & ~_umask())
@@ -32,8 +40,15 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _cannot_write(path: Path, exc: OSError) -> OutputError:
+    """``exc``, met while writing ``path``, as one line naming ``path``."""
+    return OutputError(f"cannot write: {exc.strerror or exc}", path=path)
 
 
 def _umask() -> int:
@@ -54,10 +69,10 @@ def ensure_not_input(path: str | Path, inputs: Iterable[str | Path | None]) -> N
     Raises:
         MedsegInputError: ``path`` would overwrite an input file or write into an input DICOM folder.
     """
-    target = Path(path).resolve()
+    target = Path(os.path.realpath(path))  # unlike Path.resolve, no error on a symbolic link loop
     for item in inputs:
         if item is None:
             continue
-        source = Path(item).resolve()
+        source = Path(os.path.realpath(item))
         if target == source or (source.is_dir() and source in target.parents):
             raise MedsegInputError(f"refusing to overwrite the input {source}; choose another output path", path=path)

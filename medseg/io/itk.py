@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import MedsegInputError
+from medseg.errors import MedsegInputError, file_not_found
 from medseg.io.image import Geometry, Image
 
 
@@ -65,7 +65,7 @@ def read_itk(path: str | Path) -> Image:
 
     path = Path(path)
     if not path.is_file():
-        raise MedsegInputError("file not found", path=path)
+        raise file_not_found(path)
     try:
         sitk_image = sitk.ReadImage(str(path))
     except RuntimeError as exc:

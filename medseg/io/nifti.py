@@ -7,7 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medseg.errors import MedsegInputError
+from medseg.errors import MedsegInputError, file_not_found
 from medseg.io.atomic import atomic_output, ensure_not_input
 from medseg.io.image import Geometry, Image
 
@@ -69,7 +69,7 @@ def read_nifti(path: str | Path, *, dtype: type | None = np.float32) -> Image:
     """
     path = Path(path)
     if not path.is_file():
-        raise MedsegInputError("file not found", path=path)
+        raise file_not_found(path)
     try:
         img = nib.load(str(path))
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from medseg.errors import MedsegInputError
+from medseg.errors import MedsegInputError, file_not_found
 from medseg.io.image import Image, require_invertible
 
 
@@ -153,7 +153,7 @@ def read_image(path: str | Path) -> Image:
     """
     path = Path(path)
     if not path.exists():
-        raise MedsegInputError("file not found", path=path)
+        raise file_not_found(path)
     image = reader_for(path).read(path)
     require_invertible(image.geometry.affine, path=path)
     return image

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import MedsegInputError
+from medseg.errors import MedsegInputError, file_not_found
 from medseg.io.atomic import atomic_output
 from medseg.io.image import Geometry, Image
 from medseg.labels import RGB, LabelTable
@@ -123,7 +123,7 @@ def read_seg_nrrd(path: str | Path) -> Image:
 
     path = Path(path)
     if not path.is_file():
-        raise MedsegInputError("file not found", path=path)
+        raise file_not_found(path)
     try:
         data, header = nrrd.read(str(path), index_order="F")
     except Exception as exc:  # pynrrd raises NRRDError, EOFError, zlib.error, ValueError, ...

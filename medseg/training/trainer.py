@@ -7,7 +7,10 @@
 - ``metrics.csv`` (one row per epoch) and ``training_curve.png``.
 
 ``train(config, resume=True)`` continues exactly from ``last.pt``: epoch, weights, optimizer,
-scheduler, AMP scaler, RNG states, best score and history. Every epoch's data order and
+scheduler, AMP scaler, RNG states, best score and history. It first heals what a run stopped between
+two writes (a crash, a full disk) left behind: a ``best.pt`` missing or older than the best epoch
+``last.pt`` records (that epoch was the last one written, so ``last.pt`` is its checkpoint), and a
+``metrics.csv`` and curve without the last epochs. Every epoch's data order and
 augmentation are seeded from ``(config.seed, epoch, rank)``, so a resumed run draws the same
 patches as an uninterrupted one. Under ``torchrun`` each process trains on its own share of the
 samples (DDP); rank 0 validates and writes. A new run with ``train.init_weights`` starts from
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +51,7 @@ from medseg.distributed import DistContext, init_distributed, shutdown_distribut
 from medseg.errors import CheckpointError, ConfigError, MedsegInputError, user_errors_unwrapped
 from medseg.inference import Windows
 from medseg.inference.backends.base import autocast_dtype
+from medseg.io.atomic import atomic_output
 from medseg.keys import CASE, IMAGE, LABEL, LABELLED
 from medseg.labels import LabelTable, get_label_table
 from medseg.losses import WindowConsistency, build_loss
@@ -418,6 +424,9 @@ class _Trainer:
             if not last.is_file():
                 raise CheckpointError("--resume: no checkpoint to resume from", path=last)
             self.restore(last)
+            self._heal_best(last, best)
+            if self.ctx.is_main:
+                self._write_history()
         elif last.exists():
             raise CheckpointError(
                 "run folder already holds a checkpoint: use --resume, or another train.run_dir", path=last
@@ -452,8 +461,34 @@ class _Trainer:
         save_checkpoint(ckpt, last)
         if improved:
             save_checkpoint(ckpt, best)
+        self._write_history()
+
+    def _write_history(self) -> None:
         write_metrics_csv(self.history, self.run_dir / "metrics.csv")
         plot_curves(self.history, self.run_dir / "training_curve.png", region_names=self.table.evaluation_names)
+
+    def _heal_best(self, last: Path, best: Path) -> None:
+        """Make ``best`` the checkpoint of the best epoch that ``last`` records, when a run stopped between
+        writing the two (a crash, a full disk) left it missing or older: that epoch is then ``last``'s own.
+
+        Raises:
+            CheckpointError: ``best`` is not that epoch's checkpoint, and ``last`` is of a later epoch: the
+                best weights are in no file.
+        """
+        if self.best_epoch == 0 or _saved_epoch(best) == self.best_epoch:
+            return
+        if self.best_epoch != self.epoch:
+            raise CheckpointError(
+                f"is not the checkpoint of epoch {self.best_epoch}, the best that {last.name} records, and {last.name}"
+                f" is of epoch {self.epoch}: the best weights are in no file; put that {best.name} back, or start a"
+                f" new run with train.init_weights={last}",
+                path=best,
+            )
+        if self.ctx.is_main:
+            with atomic_output(best) as tmp:
+                shutil.copyfile(last, tmp)
+            note = f"{best.name} restored from {last.name} (epoch {self.epoch}, the best): the run stopped between them"
+            print(f"medseg: note: {note}", file=sys.stderr)
 
     def _report(self, row: dict[str, Any]) -> None:
         parts = [f"epoch {row['epoch']}/{self.config.train.epochs}", f"loss {row['train_loss']:.4f}"]
@@ -494,6 +529,17 @@ RESUME_MAY_CHANGE = frozenset({"data.num_workers", "data.cache_rate", "train.max
 
 # settings that name a file or folder: a resumed run may write the same one another way (relative, absolute)
 PATH_SETTINGS = frozenset({"data.root", "data.manifest", "train.run_dir", "train.init_weights"})
+
+
+def _saved_epoch(path: Path) -> int | None:
+    """The epoch of the training checkpoint at ``path``; ``None`` when there is none or it cannot be read."""
+    if not path.is_file():
+        return None
+    try:
+        training = load_checkpoint(path).training
+    except CheckpointError:
+        return None
+    return None if training is None else int(training["epoch"])
 
 
 def _same_path(a: Any, b: Any) -> bool:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -241,6 +242,15 @@ def _bad_input(tmp_path: Path, kind: str) -> tuple[Path, Path, Path]:
     if kind == "corrupt":
         pred_path.write_bytes(b"not a nifti file")
         return pred_dir, ref_dir, pred_path
+    if kind == "looped_prediction":  # not taken for a missing prediction, scored as empty
+        pred_path.unlink()
+        pred_path.symlink_to(pred_path.name)
+        return pred_dir, ref_dir, pred_path
+    if kind == "dangling_reference":  # not taken for a case without a reference
+        seg = ref_dir / case / BRATS_RELEASES["2021"].file_name(case, "seg")
+        seg.unlink()
+        seg.symlink_to("moved_away.nii.gz")
+        return pred_dir, ref_dir, seg
     raise AssertionError(kind)
 
 
@@ -252,6 +262,8 @@ BAD_KINDS = {
     "no_predictions": "no predictions",
     "no_references": "no reference label maps found",
     "corrupt": "cannot read NIfTI",
+    "looped_prediction": "file not found: a symbolic link that loops",
+    "dangling_reference": "file not found: a symbolic link to moved_away.nii.gz, which does not exist",
 }
 
 
@@ -493,3 +505,31 @@ def test_only_predicted_leaves_references_without_prediction_out(tmp_path: Path,
     shutil.copytree(ref_dir, alone, ignore=shutil.ignore_patterns(f"{missing}*"))
     full = evaluate_folder(pred_dir=pred_dir, ref_dir=alone, out_dir=tmp_path / "out_alone")
     assert full["regions"] == summary["regions"]
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture, full_disk: Callable[..., None]
+) -> None:
+    pred_dir, ref_dir, _ = _make_brats(tmp_path, "2021", n=2)
+    out = tmp_path / "out"
+    full_disk("metrics.csv")
+    assert main(["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == (
+        f"medseg: error: {out / 'metrics.csv'}: cannot write: No space left on device;"
+        " written: metrics.png, summary.json"
+    )
+    assert "Traceback" not in "".join(err)
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.png", "summary.json"]
+    assert json.loads((out / "summary.json").read_text())["cases"] == sorted(p.name[:-7] for p in pred_dir.iterdir())
+
+
+def test_file_names_that_are_not_utf8_are_scored(tmp_path: Path) -> None:
+    pred_dir, ref_dir = _flat(tmp_path, et=4)
+    latin1 = os.fsdecode(b"caf\xe9.nii.gz")
+    for folder in (pred_dir, ref_dir):
+        (folder / "a.nii.gz").rename(folder / latin1)
+    summary = evaluate_folder(pred_dir=pred_dir, ref_dir=ref_dir, out_dir=tmp_path / "out")
+    assert summary["cases"] == ["b", "caf\udce9"]
+    rows = list(csv.DictReader((tmp_path / "out" / "metrics.csv").open(encoding="utf-8")))
+    assert sorted({row["case"] for row in rows}) == ["b", "caf\\udce9"]  # the byte as a backslash escape

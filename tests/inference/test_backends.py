@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -125,3 +127,35 @@ def test_predictor_openvino_agrees_with_torch_trained(
     for case_dir in sorted(p for p in brats_root.iterdir() if p.is_dir())[:3]:
         dice = label_agreement(trained_checkpoint, case_dir, TORCH_CPU, {**OPENVINO, "cache_dir": tmp_path})
         assert min(dice.values()) >= 0.99, (case_dir.name, dice)
+
+
+@needs_openvino
+def test_a_corrupt_openvino_cache_is_exported_again(one_channel_checkpoint: Path, tmp_path: Path) -> None:
+    checkpoint = load_checkpoint(one_channel_checkpoint)
+    cpu = torch.device("cpu")
+    x = torch.randn(1, 1, 32, 32, 16, generator=torch.Generator().manual_seed(0))
+    expected = create_backend("torch", checkpoint, device=cpu)(x)
+    create_backend("openvino", checkpoint, device=cpu, cache_dir=tmp_path)
+    (onnx,) = tmp_path.glob("*.onnx")
+    record = json.loads(onnx.with_suffix(".json").read_text())
+    assert record["onnx_sha256"] == hashlib.sha256(onnx.read_bytes()).hexdigest() and len(record["source"]) == 64
+    whole = onnx.read_bytes()
+
+    def check_runs() -> None:
+        openvino_backend._LATEST.clear()  # compile from the file again, as a new process would
+        backend = create_backend("openvino", checkpoint, device=cpu, cache_dir=tmp_path)
+        torch.testing.assert_close(backend(x), expected, atol=1e-4, rtol=1e-4)
+        assert (
+            hashlib.sha256(onnx.read_bytes()).hexdigest()
+            == json.loads(onnx.with_suffix(".json").read_text())["onnx_sha256"]
+        )
+
+    onnx.write_bytes(whole[: len(whole) // 2])  # truncated: its digest no longer matches the record
+    check_runs()
+    onnx.write_bytes(b"garbage")  # and no record: a cache from before medseg kept one
+    onnx.with_suffix(".json").unlink()
+    check_runs()
+    onnx.write_bytes(b"garbage")  # the record matches, yet OpenVINO cannot read it
+    forged = {**record, "onnx_sha256": hashlib.sha256(b"garbage").hexdigest()}
+    onnx.with_suffix(".json").write_text(json.dumps(forged))
+    check_runs()

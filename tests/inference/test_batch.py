@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -313,3 +314,125 @@ def test_study_folder_with_ge_names_and_a_localizer_series(
     notes = [line for line in err if "localizer" in line]
     assert len(notes) == 1 and notes[0].startswith("medseg: note:") and "series1" in notes[0], err
     assert not any("Warning" in line or "warn(" in line for line in err), err
+
+
+def test_bad_paths_fail_only_their_case(
+    brats_root: Path, one_channel_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A symbolic link to itself or to nothing, a folder cycle, a file name too long to name the outputs,
+    and a name that is not UTF-8: one failed case each (or none), the others predicted, the summary written."""
+    source = tmp_path / "in"
+    ids = _phantoms(brats_root, source, 1)
+    nested = _phantoms(brats_root, source / "sub", 2)[1:]  # another case, one level down
+    (source / "sub" / f"{ids[0]}.nii.gz").unlink()
+    (source / "sub" / "back").symlink_to("..", target_is_directory=True)  # in/sub/back/sub/back/... forever
+    (source / "loop.nii.gz").symlink_to("loop.nii.gz")
+    (source / "dangling.nii.gz").symlink_to("nowhere.nii.gz")
+    long_id = "x" * 240  # the file name fits (247 bytes); the temporary output name does not (257 > 255)
+    shutil.copy(source / f"{ids[0]}.nii.gz", source / f"{long_id}.nii.gz")
+    latin1 = os.fsdecode(b"caf\xe9")  # a file name that is not UTF-8
+    shutil.copy(source / f"{ids[0]}.nii.gz", source / f"{latin1}.nii.gz")
+    out = tmp_path / "out"
+    argv = ["predict", "--model", str(one_channel_checkpoint), "--input", str(source), "--output", str(out)]
+    assert main([*argv, "--progress", "none"]) == 1
+
+    text = (out / "summary.csv").read_text(encoding="utf-8")  # UTF-8 throughout, the Latin-1 byte escaped
+    rows = _rows(out / "summary.csv")
+    assert sorted(rows) == sorted([*ids, *nested, "loop", "dangling", long_id, "caf\\udce9"])
+    for case in [*ids, *nested, "caf\\udce9"]:
+        assert rows[case]["status"] == "ok", rows[case]
+    assert "caf\\udce9.nii.gz" in text and (out / f"{latin1}.nii.gz").is_file()
+    assert rows["loop"]["reason"] == f"{source / 'loop.nii.gz'}: file not found: a symbolic link that loops" + (
+        " (to itself or round a cycle)"
+    )
+    assert "a symbolic link to nowhere.nii.gz, which does not exist" in rows["dangling"]["reason"]
+    assert "cannot name an output file: it is too long" in rows[long_id]["reason"]
+    assert "(names of 257 bytes with its endings; the file system takes 255)" in rows[long_id]["reason"]
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "unexpected" not in err
+    assert sum(line.startswith("medseg: error:") for line in err.splitlines()) == 3
+    _no_temporaries(out)
+
+
+def _two_channel_checkpoint(one_channel: Path, path: Path) -> Path:
+    """An untrained two-channel (``a``, ``b``) version of the one-channel checkpoint."""
+    from medseg.checkpoint import Checkpoint
+    from medseg.networks import build_network
+
+    base = load_checkpoint(one_channel, training=False)
+    model = build_network("unet", in_channels=2, out_channels=2, kwargs=base.network["kwargs"])
+    return save_checkpoint(
+        Checkpoint(base.network, ["a", "b"], base.label_table, base.config, model.state_dict()), path
+    )
+
+
+def test_a_channel_file_linked_to_itself_fails_its_case(
+    brats_root: Path, one_channel_checkpoint: Path, tmp_path: Path
+) -> None:
+    ids = _phantoms(brats_root, tmp_path / "flat", 2)
+    source = tmp_path / "in"
+    source.mkdir()
+    for case in ids:
+        for channel in ("0000", "0001"):
+            shutil.copy(tmp_path / "flat" / f"{case}.nii.gz", source / f"{case}_{channel}.nii.gz")
+    looped = source / f"{ids[1]}_0000.nii.gz"
+    looped.unlink()
+    looped.symlink_to(looped.name)
+    model = _two_channel_checkpoint(one_channel_checkpoint, tmp_path / "two.pt")
+    summary = predict_folder(model=model, input_path=source, output_dir=tmp_path / "out", progress="none")
+    assert {r.case: r.status for r in summary.results} == {ids[0]: "ok", ids[1]: "failed"}
+    assert summary.results[1].reason == f"{looped}: file not found: a symbolic link that loops" + (
+        " (to itself or round a cycle)"
+    )
+    assert _rows(tmp_path / "out" / "summary.csv")[ids[1]]["status"] == "failed"
+
+
+def test_case_ids_that_cannot_name_a_file_fail_only_their_case(
+    brats_root: Path, one_channel_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = _phantoms(brats_root, tmp_path / "in", 1)
+    image = f"in/{ids[0]}.nii.gz"
+    bad = {
+        "a\0b": "it holds '\\x00', which a file name cannot",
+        "y" * 300: "it is too long (names of 317 bytes with its endings; the file system takes 255)",
+        "../escape": "it holds '/', which a file name cannot",
+        "a\ud800b": "it holds characters the file system cannot encode",
+        ".hidden": "it starts with '.' (a hidden file, as medseg's temporary files are)",
+    }
+    spec = [{"id": "good", "images": [image]}, *({"id": case, "images": [image]} for case in bad)]
+    (tmp_path / "cases.json").write_text(json.dumps(spec))
+    out = tmp_path / "out"
+    argv = ["predict", "--model", str(one_channel_checkpoint), "--cases", str(tmp_path / "cases.json")]
+    assert main([*argv, "--output", str(out), "--progress", "json"]) == 1
+
+    summary = {row["case"]: row for row in csv.DictReader((out / "summary.csv").open(newline="", encoding="utf-8"))}
+    assert summary["good"]["status"] == "ok" and (out / "good.nii.gz").is_file()
+    assert len(summary) == 1 + len(bad)
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    failed = {e["case"]: e["reason"] for e in events if e["event"] == "case_done" and e["status"] == "failed"}
+    assert sorted(failed) == sorted(bad)
+    for case, problem in bad.items():
+        assert failed[case].startswith("case id ") and failed[case].endswith(problem), failed[case]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["good.nii.gz", "summary.csv", RUN_RECORD])
+    assert not (tmp_path / "escape.nii.gz").exists()
+
+
+def test_a_full_disk_names_the_summary_and_keeps_the_label_maps(
+    brats_root: Path, one_channel_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    full_disk: Callable[..., None], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    ids = _phantoms(brats_root, tmp_path / "in", 2)
+    out = tmp_path / "out"
+    argv = ["predict", "--model", str(one_channel_checkpoint), "--input", str(tmp_path / "in"), "--output", str(out)]
+    full_disk("summary.csv")
+    assert main([*argv, "--progress", "none"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"medseg: error: {out / 'summary.csv'}: cannot write: No space left on device (2 ok, 0 skipped, 0 failed:"
+        " the label maps written are kept, and a rerun skips their cases and writes the summary)"
+    ]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(f"{c}.nii.gz" for c in ids), RUN_RECORD])
+    monkeypatch.undo()  # room again: the rerun keeps the label maps and writes the summary
+    assert main([*argv, "--progress", "none"]) == 0
+    assert {row["status"] for row in _rows(out / "summary.csv").values()} == {"skipped"}
+    _no_temporaries(out)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from medseg.errors import OutputError
 from medseg.io import Geometry, atomic_output, read_image, write_label_map
 from medseg.labels import LabelTable
 
@@ -53,11 +55,32 @@ def test_failing_writer_keeps_previous_label_map(tmp_path: Path, suffix: str, mo
         import nrrd
 
         monkeypatch.setattr(nrrd, "write", broken_write)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="cannot write: disk full") as err:
         write_label_map(np.ones(geometry.shape, dtype=np.uint8), geometry, target, table=TABLE)
+    assert err.value.path == target
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
     np.testing.assert_array_equal(read_image(target).array, old)
+
+
+def test_a_full_disk_is_one_error_naming_the_target(tmp_path: Path, full_disk: Callable[..., None]) -> None:
+    """A write's OSError names no file (ENOSPC at flush) or only the temporary one: the error names the target."""
+    target = tmp_path / "summary.csv"
+    target.write_text("old content")
+    full_disk("summary.csv")
+    with pytest.raises(OutputError) as err, atomic_output(target) as tmp, tmp.open("w") as fh:
+        fh.write("case,status\n")
+    assert str(err.value) == f"{target}: cannot write: No space left on device"
+    assert target.read_text() == "old content"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.csv"]
+
+
+def test_a_name_too_long_for_the_file_system_is_one_error_naming_it(tmp_path: Path) -> None:
+    target = tmp_path / f"{'x' * 250}.nii.gz"
+    with pytest.raises(OutputError, match="cannot write: File name too long") as err, atomic_output(target):
+        pass
+    assert err.value.path == target
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_killed_process_leaves_target_untouched(tmp_path: Path) -> None:

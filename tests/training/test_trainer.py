@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import math
 import os
 import subprocess
@@ -13,9 +14,9 @@ from typing import TYPE_CHECKING
 import pytest
 import torch
 
-from medseg.checkpoint import load_checkpoint
+from medseg.checkpoint import load_checkpoint, save_checkpoint
 from medseg.distributed import init_distributed
-from medseg.errors import CheckpointError, ConfigError
+from medseg.errors import CheckpointError, ConfigError, OutputError
 from medseg.training import train
 from medseg.training.trainer import _changed_setting
 
@@ -221,3 +222,39 @@ def test_resume_takes_the_same_data_root_given_another_way(
     assert train(tiny_config(brats_root, run_dir, epochs=2), resume=True).epochs_run == 2
     other = {"data": {"root": str(tmp_path)}}  # another folder is still another setting
     assert _changed_setting({"data": {"root": brats_root.name}}, other) == ("data.root", brats_root.name, str(tmp_path))
+
+
+def test_resume_restores_a_best_checkpoint_that_a_full_disk_kept_from_being_written(
+    brats_root: Path, tmp_path: Path, tiny_config: MakeConfig, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    run_dir = tmp_path / "run"
+    config = tiny_config(brats_root, run_dir, epochs=2, iterations_per_epoch=1)
+    save = torch.save
+
+    def full_disk_for_best(obj: object, f: Path, *args: object, **kwargs: object) -> None:
+        if Path(f).name.startswith(".best."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk_for_best)
+    with pytest.raises(OutputError, match=r"best\.pt: cannot write: No space left on device$"):
+        train(config)  # epoch 1 always improves on nothing: last.pt is written, best.pt is not
+    monkeypatch.undo()
+    assert load_checkpoint(run_dir / "last.pt").training["best_epoch"] == 1
+    assert not (run_dir / "best.pt").exists() and not (run_dir / "metrics.csv").exists()
+
+    capsys.readouterr()
+    result = train(config, resume=True)
+    assert "best.pt restored from last.pt (epoch 1, the best)" in capsys.readouterr().err
+    best = load_checkpoint(run_dir / "best.pt").training
+    assert result.best_epoch == best["epoch"] == load_checkpoint(run_dir / "last.pt").training["best_epoch"]
+    assert [int(r["epoch"]) for r in csv.DictReader((run_dir / "metrics.csv").open())] == [1, 2]
+
+    # a best.pt lost later (deleted) cannot be restored: its epoch's weights are in no file
+    last = load_checkpoint(run_dir / "last.pt")
+    last.training = {**last.training, "best_epoch": 1}
+    save_checkpoint(last, run_dir / "last.pt")
+    (run_dir / "best.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"best\.pt: is not the checkpoint of epoch 1, .* of epoch 2: the best"):
+        train(config, resume=True)

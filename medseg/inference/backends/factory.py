@@ -45,17 +45,17 @@ def create_backend(
 
     ``auto`` is ``torch`` on CUDA and ``openvino`` on the CPU when it is installed, else ``torch``.
     The OpenVINO backend always runs on the CPU; its ONNX export is cached in ``cache_dir``
-    (default: :func:`user_cache_dir`) under the checkpoint's hash.
+    (default: :func:`user_cache_dir`) under the checkpoint's hash, and checked against a digest
+    recorded beside it before it is used (see :mod:`~medseg.inference.backends.openvino_backend`).
 
     Raises:
         MedsegError: an unknown backend, or ``openvino`` when it is not installed.
     """
     resolved = resolve_backend_name(name, device)
-    model = checkpoint.build_model()
     if resolved == "torch":
         from medseg.inference.backends.torch_backend import TorchBackend
 
-        return TorchBackend(model, device=device, precision=precision)
+        return TorchBackend(checkpoint.build_model(), device=device, precision=precision)
     from medseg.inference.backends.openvino_backend import OpenVINOBackend
 
     description = {
@@ -64,11 +64,13 @@ def create_backend(
         "outputs": checkpoint.label_table.num_outputs,
         "torch": torch.__version__,
     }
+    source = checkpoint.fingerprint(description)
     return OpenVINOBackend(
-        model,
+        checkpoint.build_model,
         in_channels=len(checkpoint.channels),
         cache_dir=cache_dir or user_cache_dir(),
-        key=f"{checkpoint.network['name']}-{checkpoint.fingerprint(description)[:20]}",
+        key=f"{checkpoint.network['name']}-{source[:20]}",
+        source=source,
         divisor=network_divisor(checkpoint),
         precision=precision,
     )
