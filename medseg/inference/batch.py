@@ -22,9 +22,8 @@ Contract of a batch run (``medseg predict``):
   that processes sharing one output folder never write the same file; :func:`merge_summaries` joins the
   shard files into ``summary.csv`` once all shards are done.
 - **Progress.** ``bar``: a tqdm bar with ETA on stderr when it is a terminal, else a plain line there every
-  tenth of the cases (:func:`medseg.progress.track`); ``json``: one JSON object per line on stdout
-  (``start``, ``case_start``, ``case_done``, ``done``; read by the Slicer module, see
-  :mod:`medseg.integrations.slicer`); ``none``.
+  tenth of the cases (:func:`medseg.progress.track`); ``json``: the progress events of :mod:`medseg.protocol`,
+  one JSON object per line on stdout (read by the Slicer module); ``none``.
 """
 
 from __future__ import annotations
@@ -52,6 +51,7 @@ from medseg.io.jsonfile import read_json
 from medseg.io.writers import LabelFormat
 from medseg.labels import LabelTable
 from medseg.progress import track, write
+from medseg.protocol import CaseFinished, CaseStarted, ProgressEvent, RunFinished, RunStarted
 
 OUTPUT_SUFFIXES: dict[str, str] = {"nifti": ".nii.gz", "seg.nrrd": ".seg.nrrd", "dicom-seg": ".dcm"}
 """File ending of the label map for each ``--format``."""
@@ -103,11 +103,8 @@ class BatchSummary:
 
 
 class _Progress:
-    """Progress as a tqdm bar on a terminal (plain lines in a log), JSON lines on stdout (one event per
-    line), or nothing.
-
-    The JSON events and their fields are read by the Slicer module: add fields, never rename or remove.
-    """
+    """Progress as a tqdm bar on a terminal (plain lines in a log), the events of :mod:`medseg.protocol` as
+    JSON lines on stdout, or nothing."""
 
     def __init__(self, mode: str, total: int, *, already_done: int = 0, shard: Shard | None = None) -> None:
         if mode not in ("bar", "json", "none"):
@@ -115,33 +112,29 @@ class _Progress:
         self.mode = mode
         self.total = total
         self.bar = track(total=total, initial=already_done, desc="predict", unit="case") if mode == "bar" else None
-        start: dict[str, Any] = {"event": "start", "total": total}
-        if shard is not None:
-            start["shard"] = f"{shard.index}/{shard.count}"
-        self.emit(start)
+        self.emit(RunStarted(total, shard=None if shard is None else f"{shard.index}/{shard.count}"))
 
-    def emit(self, event: dict[str, Any]) -> None:
+    def emit(self, event: ProgressEvent) -> None:
         if self.mode == "json":
-            print(json.dumps(event), flush=True)
+            print(event.to_line(), flush=True)
 
     def case_start(self, index: int, case: str) -> None:
-        self.emit({"event": "case_start", "case": case, "index": index, "total": self.total})
+        self.emit(CaseStarted(case, index, self.total))
         if self.bar is not None:
             self.bar.set_postfix_str(case)
 
     def case_done(self, index: int, result: CaseResult, *, count: bool = True) -> None:
         self.emit(
-            {
-                "event": "case_done",
-                "case": result.case,
-                "index": index,
-                "total": self.total,
-                "status": result.status,
-                "seconds": round(result.seconds, 3),
-                "output": str(result.output) if result.output else None,
-                "reason": result.reason,
-                "volumes_ml": result.volumes_ml,
-            }
+            CaseFinished(
+                case=result.case,
+                index=index,
+                total=self.total,
+                status=result.status,
+                seconds=round(result.seconds, 3),
+                output=str(result.output) if result.output else None,
+                reason=result.reason,
+                volumes_ml=result.volumes_ml,
+            )
         )
         if result.status == "failed":
             message = f"medseg: error: {result.reason}"
@@ -150,7 +143,7 @@ class _Progress:
             self.bar.update(1)
 
     def close(self, summary: BatchSummary) -> None:
-        self.emit({"event": "done", "ok": summary.ok, "failed": summary.failed, "skipped": summary.skipped})
+        self.emit(RunFinished(summary.ok, summary.failed, summary.skipped))
         if self.bar is not None:
             self.bar.close()
 
