@@ -30,7 +30,10 @@ from typing import Any, ClassVar
 from medseg.errors import ProtocolError
 from medseg.labels import LabelTable
 
-LABEL_FORMATS = ("nifti", "seg.nrrd", "dicom-seg")
+OUTPUT_SUFFIXES: dict[str, str] = {"nifti": ".nii.gz", "seg.nrrd": ".seg.nrrd", "dicom-seg": ".dcm"}
+"""The file ending of ``<output>/<case>`` for each label-map format of ``medseg predict --format``."""
+
+LABEL_FORMATS = tuple(OUTPUT_SUFFIXES)
 """The label-map formats of ``medseg predict --format``."""
 
 BACKENDS = ("auto", "torch", "openvino")
@@ -354,7 +357,7 @@ class PredictParameters:
         model: the medseg checkpoint (``.pt``).
         input_dir: an image, a DICOM series or a folder of cases (``<case>_0000.nii.gz``, ... in the
             checkpoint's channel order).
-        output_dir: where medseg writes ``<case>.<ending of output_format>``.
+        output_dir: where medseg writes ``<case>`` + ``OUTPUT_SUFFIXES[output_format]``.
         output_format: one of :data:`LABEL_FORMATS`.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         backend: one of :data:`BACKENDS`; ``auto`` adds no argument.

@@ -51,10 +51,7 @@ from medseg.io.jsonfile import read_json
 from medseg.io.writers import LabelFormat
 from medseg.labels import LabelTable
 from medseg.progress import track, write
-from medseg.protocol import CaseFinished, CaseStarted, ProgressEvent, RunFinished, RunStarted
-
-OUTPUT_SUFFIXES: dict[str, str] = {"nifti": ".nii.gz", "seg.nrrd": ".seg.nrrd", "dicom-seg": ".dcm"}
-"""File ending of the label map for each ``--format``."""
+from medseg.protocol import OUTPUT_SUFFIXES, CaseFinished, CaseStarted, ProgressEvent, RunFinished, RunStarted
 
 PROBABILITIES_SUFFIX = "_probabilities.nii.gz"
 SUMMARY_NAME = "summary.csv"

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medseg.protocol import CaseFinished, CaseStarted, ProgressEvent, RunFinished, RunStarted
+from medseg.protocol import OUTPUT_SUFFIXES, CaseFinished, CaseStarted, ProgressEvent, RunFinished, RunStarted
 
 DEVICES = ("auto", "cpu", "cuda")
 """Device choices offered in the module (``cuda:N`` is accepted too)."""
@@ -45,8 +45,6 @@ CASE_ID = "case"
 NIFTI_SUFFIX = ".nii.gz"
 OUTPUT_FORMAT = "seg.nrrd"
 """The label-map format the module asks medseg for: Slicer's own segmentation file."""
-
-OUTPUT_SUFFIX = ".seg.nrrd"
 
 _CASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -279,7 +277,7 @@ def export_file_names(case_id: str, n_channels: int) -> list[str]:
 
 def output_file_name(case_id: str) -> str:
     """The file name medseg writes a case's segmentation to (in :data:`OUTPUT_FORMAT`)."""
-    return f"{case_id}{OUTPUT_SUFFIX}"
+    return f"{case_id}{OUTPUT_SUFFIXES[OUTPUT_FORMAT]}"
 
 
 def find_output_segmentation(output_dir: str | Path, case_id: str, *, reported: str | None = None) -> Path:
