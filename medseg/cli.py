@@ -17,6 +17,7 @@ from pathlib import Path
 
 from medseg import __version__
 from medseg.errors import MedsegError, first_line
+from medseg.protocol import BACKENDS, LABEL_FORMATS
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -235,44 +236,45 @@ def _info(args: argparse.Namespace) -> int:
     from medseg.checkpoint import load_checkpoint
     from medseg.config import InferenceConfig, TransformConfig, mirroring_allowed
     from medseg.data.manifest import manifest_from_dict
+    from medseg.protocol import ModelDescription, TrainingData
 
     ckpt = load_checkpoint(args.model, training=False)
-    mirroring = mirroring_allowed(ckpt.section("transforms", TransformConfig))
-    inference = dataclasses.asdict(ckpt.section("inference", InferenceConfig))  # defaults for older checkpoints
-    info = {
-        "channels": ckpt.channels,
-        "labels": ckpt.label_table.to_dict(),
-        "network": ckpt.network,
-        "layout": ckpt.layout,
-        "mirroring": mirroring,
-        "inference": inference,
-        "medseg_version": ckpt.medseg_version,
-    }
+    training_data = None
     if ckpt.manifest is not None:  # checkpoints keep the manifest they were trained on
         fold = int(ckpt.config["data"]["fold"])
         training, validation = manifest_from_dict(ckpt.manifest, path=args.model).split(fold)
-        info["training_data"] = {
-            "fold": fold,
-            "num_folds": int(ckpt.manifest["num_folds"]),
-            "training_cases": len(training),
-            "validation_cases": [case.id for case in validation],
-        }
-    if args.json:
-        print(json.dumps(info))
-    else:
-        names = ", ".join(f"{v}={n}" for v, n in sorted(ckpt.label_table.labels.items()))
-        print(
-            f"network {ckpt.network['name']}; channels {', '.join(ckpt.channels)}; labels {names}; test-time"
-            f" mirroring {'available' if mirroring else 'refused (trained without flips)'}"
+        training_data = TrainingData(
+            fold=fold,
+            num_folds=int(ckpt.manifest["num_folds"]),
+            training_cases=len(training),
+            validation_cases=tuple(case.id for case in validation),
         )
-        settings = " ".join(f"{key}={json.dumps(value)}" for key, value in inference.items())
-        print(f"inference (medseg predict --set inference.KEY=VALUE changes one): {settings}")
-        if "training_data" in info:
-            data = info["training_data"]
-            print(
-                f"trained on fold {data['fold']} of {data['num_folds']}: {data['training_cases']} training cases,"
-                f" validated on {len(data['validation_cases'])}: {', '.join(data['validation_cases'])}"
-            )
+    info = ModelDescription(
+        channels=tuple(ckpt.channels),
+        labels=ckpt.label_table,
+        network=ckpt.network,
+        layout=ckpt.layout,
+        mirroring=mirroring_allowed(ckpt.section("transforms", TransformConfig)),
+        inference=dataclasses.asdict(ckpt.section("inference", InferenceConfig)),  # defaults for older checkpoints
+        medseg_version=ckpt.medseg_version,
+        training_data=training_data,
+    )
+    if args.json:
+        print(info.to_json())
+        return 0
+    names = ", ".join(f"{v}={n}" for v, n in sorted(info.labels.labels.items()))
+    print(
+        f"network {info.network['name']}; channels {', '.join(info.channels)}; labels {names}; test-time"
+        f" mirroring {'available' if info.mirroring else 'refused (trained without flips)'}"
+    )
+    settings = " ".join(f"{key}={json.dumps(value)}" for key, value in info.inference.items())
+    print(f"inference (medseg predict --set inference.KEY=VALUE changes one): {settings}")
+    if training_data is not None:
+        print(
+            f"trained on fold {training_data.fold} of {training_data.num_folds}: {training_data.training_cases}"
+            f" training cases, validated on {len(training_data.validation_cases)}:"
+            f" {', '.join(training_data.validation_cases)}"
+        )
     return 0
 
 
@@ -385,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, required=True, help="output folder")
     p.add_argument(
         "--format",
-        choices=["nifti", "seg.nrrd", "dicom-seg"],
+        choices=LABEL_FORMATS,
         default="nifti",
         help="label-map format (dicom-seg only for DICOM input)",
     )
@@ -404,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
         "writes summary.shard-I-of-N.csv",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--backend", choices=["auto", "torch", "openvino"], default="auto")
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument(
         "--mirror",
         type=int,
@@ -472,7 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="describe a checkpoint: channels, labels, network")
     p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--json", action="store_true", help="one JSON object (used by the Slicer module)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object, medseg.protocol.ModelDescription (read by the Slicer module)",
+    )
     p.set_defaults(handler=_info)
 
     p = sub.add_parser("demo", help="phantoms -> train -> predict -> evaluate -> report")

@@ -64,6 +64,11 @@ def file_not_found(path: Path) -> MedsegInputError:
     return MedsegInputError("file not found", path=path)
 
 
+class ProtocolError(MedsegError):
+    """A record of the protocol between the command line and its clients (:mod:`medseg.protocol`) is
+    malformed or holds a value the command line does not take."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-empty line of ``exc``'s message (``""`` when it has none): what of a library's
     multi-line message fits the one line of an error report."""

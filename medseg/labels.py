@@ -4,11 +4,16 @@ A *label map* stores one integer per voxel (BraTS: 0 background, 1 NCR, 2 ED, 4 
 trained on *regions* predicts one sigmoid channel per region (BraTS: WT, TC, ET), and regions may
 overlap. A model trained on *classes* predicts one softmax channel per label (CT organs).
 
+Each foreground label is also a *segment* (:meth:`LabelTable.segments`): a display name, an RGB colour and a
+coded concept (DICOM's segmented property category, type and type modifier; SNOMED CT where known). DICOM-SEG,
+``.seg.nrrd`` and the 3D Slicer module all describe a label through it, so they name, colour and code it alike.
+
 This module imports neither torch nor numpy, so the Slicer bridge and the CLI can read it cheaply.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -75,6 +80,29 @@ class LabelTable:
             return {r.name: r.labels for r in self.regions}
         return {self.labels[v]: (v,) for v in self.foreground_labels}
 
+    def display_name(self, value: int) -> str:
+        """What label ``value`` is called where people read it (segment names in Slicer and DICOM-SEG): a
+        readable name for the labels of datasets medseg knows (BraTS ``NCR`` is "Necrotic tumour core"),
+        else the label's own name."""
+        known = _DISPLAY_NAMES.get(_key(self.name), {})
+        return known.get(_key(self.labels[value]), self.labels[value])
+
+    def color(self, value: int) -> RGB:
+        """The table's colour for label ``value`` (0-255 RGB), or a :data:`PALETTE` colour when it has none."""
+        return self.colors.get(value, PALETTE[(value - 1) % len(PALETTE)])
+
+    def concept(self, value: int) -> Concept:
+        """What label ``value`` is, coded (:func:`concept_for`)."""
+        return concept_for(self.labels[value], table_name=self.name)
+
+    def segments(self) -> tuple[Segment, ...]:
+        """One :class:`Segment` per foreground label, ascending by value: how every writer and client
+        describes the labels."""
+        return tuple(
+            Segment(v, self.labels[v], self.display_name(v), self.color(v), self.concept(v))
+            for v in self.foreground_labels
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON- and ``torch.load(weights_only=True)``-safe representation."""
         return {
@@ -97,6 +125,223 @@ class LabelTable:
             regions_class_order=tuple(int(x) for x in data.get("regions_class_order", [])),
             colors={int(k): (int(c[0]), int(c[1]), int(c[2])) for k, c in data.get("colors", {}).items()},
         )
+
+
+PALETTE: tuple[RGB, ...] = (
+    (221, 130, 101),
+    (157, 108, 162),
+    (0, 151, 206),
+    (111, 184, 210),
+    (224, 97, 76),
+    (249, 180, 111),
+    (128, 174, 128),
+    (241, 214, 145),
+    (183, 156, 220),
+    (255, 130, 180),
+    (230, 220, 70),
+    (170, 250, 250),
+)
+"""Colours (0-255 RGB) for labels a table gives none, by label value 1, 2, ... (repeating); distinct on a grey
+CT or MR background."""
+
+
+@dataclass(frozen=True)
+class Code:
+    """One coded concept as DICOM writes it: coding scheme designator (``SCT`` is SNOMED CT), code value and
+    code meaning."""
+
+    scheme: str
+    value: str
+    meaning: str
+
+    def __post_init__(self) -> None:
+        for part in (self.scheme, self.value, self.meaning):
+            if not part or any(c in part for c in "~^|"):
+                raise ValueError(f"code part {part!r} is empty or holds one of ~ ^ | (the separators of Slicer's tags)")
+
+    def to_slicer(self) -> str:
+        """``scheme^value^meaning``, as a part of a Slicer terminology entry."""
+        return f"{self.scheme}^{self.value}^{self.meaning}"
+
+
+SLICER_TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
+SLICER_ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+
+
+@dataclass(frozen=True)
+class Concept:
+    """What a segment holds, coded: DICOM-SEG's Segmented Property Category, Type and Type Modifier (PS3.3
+    C.8.20.2), which 3D Slicer keeps as a segment's terminology entry.
+
+    Attributes:
+        category: e.g. SCT 91723000 "Anatomical Structure".
+        type: e.g. SCT 64033007 "Kidney".
+        modifier: e.g. SCT 24028007 "Right", when the type needs one.
+    """
+
+    category: Code
+    type: Code
+    modifier: Code | None = None
+
+    def slicer_terminology(self) -> str:
+        """The concept as Slicer's ``TerminologyEntry`` tag: ``context~category~type~typeModifier~anatomicContext
+        ~region~regionModifier`` (Slicer's developer guide, "Segmentation labelmap file format")."""
+        modifier = self.modifier.to_slicer() if self.modifier else "^^"
+        return (
+            f"{SLICER_TERMINOLOGY_CONTEXT}~{self.category.to_slicer()}~{self.type.to_slicer()}~{modifier}"
+            f"~{SLICER_ANATOMIC_CONTEXT}~^^~^^"
+        )
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One foreground label as DICOM-SEG, ``.seg.nrrd`` and the Slicer module show it.
+
+    Attributes:
+        value: the label value in the label map.
+        name: the label's name in the table (what ``summary.csv``, metrics and ``--set`` use).
+        display_name: the segment's name (:meth:`LabelTable.display_name`).
+        color: 0-255 RGB.
+        concept: what the segment holds, coded.
+    """
+
+    value: int
+    name: str
+    display_name: str
+    color: RGB
+    concept: Concept
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON representation (codes as ``[scheme, value, meaning]``; no modifier is ``null``)."""
+        concept = self.concept
+        return {
+            "value": self.value,
+            "name": self.name,
+            "display_name": self.display_name,
+            "color": list(self.color),
+            "category": _code_list(concept.category),
+            "type": _code_list(concept.type),
+            "modifier": _code_list(concept.modifier) if concept.modifier else None,
+        }
+
+
+def _code_list(code: Code) -> list[str]:
+    return [code.scheme, code.value, code.meaning]
+
+
+# Codes and meanings as DICOM PS3.16 lists them (checked against pydicom's copy of it in tests/test_labels.py):
+# categories from CID 7150, types from CID 7151 (enhancing lesion is an NCIt code there), laterality from CID 244.
+ANATOMICAL_STRUCTURE = Code("SCT", "91723000", "Anatomical Structure")
+MORPHOLOGICALLY_ABNORMAL_STRUCTURE = Code("SCT", "49755003", "Morphologically Abnormal Structure")
+TISSUE = Code("SCT", "85756007", "Tissue")
+RIGHT = Code("SCT", "24028007", "Right")
+LEFT = Code("SCT", "7771000", "Left")
+
+GENERIC_CONCEPT = Concept(TISSUE, TISSUE)
+"""The concept of a label medseg has no code for: category and type "Tissue", a placeholder that says nothing
+about what the segment holds (its name does). Replace it in the DICOM-SEG before clinical use."""
+
+_ORGANS: dict[str, Code] = {
+    "adrenalgland": Code("SCT", "23451007", "Adrenal gland"),
+    "aorta": Code("SCT", "15825003", "Aorta"),
+    "brainstem": Code("SCT", "119238007", "Brain Stem"),
+    "esophagus": Code("SCT", "32849002", "Esophagus"),
+    "gallbladder": Code("SCT", "28231008", "Gallbladder"),
+    "hippocampus": Code("SCT", "5366008", "Hippocampus"),
+    "inferiorvenacava": Code("SCT", "64131007", "Inferior vena cava"),
+    "kidney": Code("SCT", "64033007", "Kidney"),
+    "larynx": Code("SCT", "4596009", "Larynx"),
+    "liver": Code("SCT", "10200004", "Liver"),
+    "mandible": Code("SCT", "91609006", "Mandible"),
+    "pancreas": Code("SCT", "15776009", "Pancreas"),
+    "parotidgland": Code("SCT", "45289007", "Parotid gland"),
+    "spinalcord": Code("SCT", "2748008", "Spinal cord"),
+    "spleen": Code("SCT", "78961009", "Spleen"),
+    "stomach": Code("SCT", "69695003", "Stomach"),
+}
+_FINDINGS: dict[str, Code] = {
+    "necrosis": Code("SCT", "6574001", "Necrosis"),
+    "edema": Code("SCT", "79654002", "Edema"),
+    "enhancing": Code("NCIt", "C113842", "Enhancing Lesion"),
+    "neoplasm": Code("SCT", "108369006", "Neoplasm"),
+}
+# Label name (lower case, letters and digits only) -> key of _ORGANS or _FINDINGS.
+_SYNONYMS: dict[str, str] = {
+    **{organ: organ for organ in _ORGANS},
+    "adrenal": "adrenalgland",
+    "oesophagus": "esophagus",
+    "ivc": "inferiorvenacava",
+    "kidneys": "kidney",
+    "parotid": "parotidgland",
+    **{finding: finding for finding in _FINDINGS},
+    "ncr": "necrosis",
+    "necrotic": "necrosis",
+    "necroticcore": "necrosis",
+    "necrotictumorcore": "necrosis",
+    "necrotictumourcore": "necrosis",
+    "ed": "edema",
+    "oedema": "edema",
+    "peritumoraledema": "edema",
+    "et": "enhancing",
+    "enhancingtumor": "enhancing",
+    "enhancingtumour": "enhancing",
+    "enhancinglesion": "enhancing",
+    "tumor": "neoplasm",
+    "tumour": "neoplasm",
+}
+# Labels whose name means something only in their dataset: table name -> label name -> type.
+_DATASET_TYPES: dict[str, dict[str, Code]] = {
+    # MSD Task04: the anterior (head) and posterior (body and tail) hippocampus
+    "hippocampus": {"anterior": _ORGANS["hippocampus"], "posterior": _ORGANS["hippocampus"]},
+}
+# Readable names of the labels of datasets medseg knows: table name -> label name -> display name.
+_BRATS_DISPLAY = {"ncr": "Necrotic tumour core", "ed": "Peritumoral edema", "et": "Enhancing tumour"}
+_DISPLAY_NAMES: dict[str, dict[str, str]] = {
+    "brats2021": _BRATS_DISPLAY,
+    "brats2023": _BRATS_DISPLAY,
+    "btcv": {
+        "kidneyright": "Right kidney",
+        "kidneyleft": "Left kidney",
+        "inferiorvenacava": "Inferior vena cava",
+        "portalandsplenicveins": "Portal and splenic veins",
+        "adrenalglandright": "Right adrenal gland",
+        "adrenalglandleft": "Left adrenal gland",
+    },
+    "openkbp": {
+        "spinalcord": "Spinal cord",
+        "rightparotid": "Right parotid",
+        "leftparotid": "Left parotid",
+    },
+    "hippocampus": {"anterior": "Anterior hippocampus", "posterior": "Posterior hippocampus"},
+}
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def concept_for(name: str, *, table_name: str = "") -> Concept:
+    """The coded concept of a label called ``name``, in a table called ``table_name``.
+
+    Recognises the organs of BTCV, MSD and OpenKBP (with a left or right side in the name, e.g. ``kidney_left``,
+    ``RightParotid``), the hippocampus (and MSD Task04's ``Anterior`` and ``Posterior``), and the BraTS tumour
+    labels (``NCR``, ``ED``, ``ET`` and spelled-out forms); anything else gets :data:`GENERIC_CONCEPT`.
+    """
+    key = _key(name)
+    dataset_type = _DATASET_TYPES.get(_key(table_name), {}).get(key)
+    if dataset_type is not None:
+        return Concept(ANATOMICAL_STRUCTURE, dataset_type)
+    modifier = None
+    for side, code in (("left", LEFT), ("right", RIGHT)):
+        for rest in (key.removeprefix(side), key.removesuffix(side)):
+            if rest != key and rest in _SYNONYMS and _SYNONYMS[rest] in _ORGANS:
+                key, modifier = rest, code
+    concept = _SYNONYMS.get(key)
+    if concept in _ORGANS:
+        return Concept(ANATOMICAL_STRUCTURE, _ORGANS[concept], modifier)
+    if concept in _FINDINGS:
+        return Concept(MORPHOLOGICALLY_ABNORMAL_STRUCTURE, _FINDINGS[concept])
+    return GENERIC_CONCEPT
 
 
 _BRATS_COLORS: dict[int, RGB] = {1: (255, 64, 64), 2: (64, 200, 64), 3: (255, 230, 0), 4: (255, 230, 0)}

@@ -26,9 +26,8 @@ Contract of a batch run (``medseg predict``):
   disk) is an :class:`~medseg.errors.OutputError` naming it, raised once every case is done: the label
   maps written are kept, and a rerun skips their cases and writes the summary.
 - **Progress.** ``bar``: a tqdm bar with ETA on stderr when it is a terminal, else a plain line there every
-  tenth of the cases (:func:`medseg.progress.track`); ``json``: one JSON object per line on stdout
-  (``start``, ``case_start``, ``case_done``, ``done``; read by the Slicer module, see
-  :mod:`medseg.integrations.slicer`); ``none``.
+  tenth of the cases (:func:`medseg.progress.track`); ``json``: the progress events of :mod:`medseg.protocol`,
+  one JSON object per line on stdout (read by the Slicer module); ``none``.
 """
 
 from __future__ import annotations
@@ -57,9 +56,7 @@ from medseg.io.jsonfile import read_json
 from medseg.io.writers import LabelFormat
 from medseg.labels import LabelTable
 from medseg.progress import track, write
-
-OUTPUT_SUFFIXES: dict[str, str] = {"nifti": ".nii.gz", "seg.nrrd": ".seg.nrrd", "dicom-seg": ".dcm"}
-"""File ending of the label map for each ``--format``."""
+from medseg.protocol import OUTPUT_SUFFIXES, CaseFinished, CaseStarted, ProgressEvent, RunFinished, RunStarted
 
 PROBABILITIES_SUFFIX = "_probabilities.nii.gz"
 SUMMARY_NAME = "summary.csv"
@@ -108,11 +105,8 @@ class BatchSummary:
 
 
 class _Progress:
-    """Progress as a tqdm bar on a terminal (plain lines in a log), JSON lines on stdout (one event per
-    line), or nothing.
-
-    The JSON events and their fields are read by the Slicer module: add fields, never rename or remove.
-    """
+    """Progress as a tqdm bar on a terminal (plain lines in a log), the events of :mod:`medseg.protocol` as
+    JSON lines on stdout, or nothing."""
 
     def __init__(self, mode: str, total: int, *, already_done: int = 0, shard: Shard | None = None) -> None:
         if mode not in ("bar", "json", "none"):
@@ -120,33 +114,29 @@ class _Progress:
         self.mode = mode
         self.total = total
         self.bar = track(total=total, initial=already_done, desc="predict", unit="case") if mode == "bar" else None
-        start: dict[str, Any] = {"event": "start", "total": total}
-        if shard is not None:
-            start["shard"] = f"{shard.index}/{shard.count}"
-        self.emit(start)
+        self.emit(RunStarted(total, shard=None if shard is None else f"{shard.index}/{shard.count}"))
 
-    def emit(self, event: dict[str, Any]) -> None:
+    def emit(self, event: ProgressEvent) -> None:
         if self.mode == "json":
-            print(json.dumps(event), flush=True)
+            print(event.to_line(), flush=True)
 
     def case_start(self, index: int, case: str) -> None:
-        self.emit({"event": "case_start", "case": case, "index": index, "total": self.total})
+        self.emit(CaseStarted(case, index, self.total))
         if self.bar is not None:
             self.bar.set_postfix_str(case)
 
     def case_done(self, index: int, result: CaseResult, *, count: bool = True) -> None:
         self.emit(
-            {
-                "event": "case_done",
-                "case": result.case,
-                "index": index,
-                "total": self.total,
-                "status": result.status,
-                "seconds": round(result.seconds, 3),
-                "output": str(result.output) if result.output else None,
-                "reason": result.reason,
-                "volumes_ml": result.volumes_ml,
-            }
+            CaseFinished(
+                case=result.case,
+                index=index,
+                total=self.total,
+                status=result.status,
+                seconds=round(result.seconds, 3),
+                output=str(result.output) if result.output else None,
+                reason=result.reason,
+                volumes_ml=result.volumes_ml,
+            )
         )
         if result.status == "failed":
             message = f"medseg: error: {result.reason}"
@@ -155,7 +145,7 @@ class _Progress:
             self.bar.update(1)
 
     def close(self, summary: BatchSummary) -> None:
-        self.emit({"event": "done", "ok": summary.ok, "failed": summary.failed, "skipped": summary.skipped})
+        self.emit(RunFinished(summary.ok, summary.failed, summary.skipped))
         if self.bar is not None:
             self.bar.close()
 

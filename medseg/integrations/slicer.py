@@ -1,30 +1,27 @@
 """The Slicer-free half of the 3D Slicer module (``tools/slicer/MedSeg``).
 
 The module runs inference out of process: it exports the chosen volumes as nnU-Net-style channel
-files, runs ``python -m medseg predict ... --progress json`` as a child process, streams its JSON
-progress lines, and imports the label map it writes as a segmentation. Everything here that does not
-need Slicer lives in this module, so it can be tested with plain pytest:
+files, runs ``medseg predict --format seg.nrrd --progress json`` as a child process (the command line of
+:class:`medseg.protocol.PredictParameters`), follows its progress events (:mod:`medseg.protocol`), and
+loads the ``.seg.nrrd`` it writes, whose segments are named, coloured and coded from the model's label
+table. Everything here that does not need Slicer lives in this module, so it can be tested with plain
+pytest:
 
-- :class:`PredictParameters` and :class:`InfoParameters` build the exact argument lists;
-- :func:`parse_progress_line` and :class:`RunProgress` read the progress stream;
-- :func:`parse_model_info` and :func:`channel_slots` read ``medseg info --json``;
-- :func:`segments_from_label_table` turns a label table into named, coloured segments with
-  standard terminology codes (SNOMED CT, NCIt) where they are known;
-- :func:`validate_inputs`, :func:`check_same_grid`, :func:`export_file_names` and
-  :func:`find_output_label_map` check and name the files exchanged with the child;
+- :func:`resolve_python_executable` chooses the Python that runs medseg;
+- :class:`RunProgress` folds a run's progress events into the panel's progress bar and status;
+- :func:`validate_inputs`, :func:`match_channel_volumes`, :func:`check_same_grid`, :func:`export_file_names`
+  and :func:`find_output_segmentation` check and name the files exchanged with the child;
 - :func:`error_message_from_stderr` extracts medseg's own one-line error;
 - :func:`new_process_group_kwargs` and :func:`kill_process_tree` make Cancel stop the child and
   everything it started.
 
-This module imports only the standard library (no torch, numpy, Qt or Slicer). It is loaded by the
-Slicer module either as ``medseg.integrations.slicer`` or, when medseg is not installed in Slicer's
-Python, straight from a source checkout.
+Like :mod:`medseg.protocol` and :mod:`medseg.labels`, which the module uses beside it, this module imports
+only the standard library (no torch, numpy, Qt or Slicer), so ``pip install --no-deps medseg`` is enough in
+Slicer's Python.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
 import shlex
@@ -32,119 +29,29 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medseg.protocol import OUTPUT_SUFFIXES, CaseFinished, CaseStarted, ProgressEvent, RunFinished, RunStarted
+
 DEVICES = ("auto", "cpu", "cuda")
 """Device choices offered in the module (``cuda:N`` is accepted too)."""
-
-BACKENDS = ("auto", "torch", "openvino")
-"""Inference backends offered in the module."""
 
 CASE_ID = "case"
 """The case id the module gives the single case it exports."""
 
 NIFTI_SUFFIX = ".nii.gz"
+OUTPUT_FORMAT = "seg.nrrd"
+"""The label-map format the module asks medseg for: Slicer's own segmentation file."""
 
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _CASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 # --------------------------------------------------------------------------------------------------
-# Command lines
+# The child's Python
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PredictParameters:
-    """Everything one ``medseg predict`` run needs; :meth:`command` builds its argument list.
-
-    Attributes:
-        python_executable: the Python that has medseg (and torch) installed; Slicer's own
-            ``PythonSlicer`` or an external interpreter.
-        model: the medseg checkpoint (``.pt``).
-        input_dir: folder with one case as ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``, ... in the
-            checkpoint's channel order.
-        output_dir: where medseg writes ``<case>.nii.gz``.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        backend: ``auto`` (medseg's default), ``torch`` or ``openvino``. ``auto`` adds no argument,
-            so the command also works with a medseg that has no ``--backend`` option.
-        mirror: test-time mirroring along all three axes (``--mirror``: 8 passes, more accurate);
-            off adds no argument.
-        min_piece_ml: remove predicted connected pieces smaller than this many mL from every region
-            or label in ``piece_names`` (``--set inference.min_component_ml=...``); 0 adds no
-            argument, so the checkpoint's own setting applies.
-        piece_names: the model's regions or labels (:meth:`ModelInfo.piece_names`); needed when
-            ``min_piece_ml`` > 0.
-        extra_args: further arguments appended verbatim (e.g. ``("--overwrite",)``).
-    """
-
-    python_executable: str
-    model: str | Path
-    input_dir: str | Path
-    output_dir: str | Path
-    device: str = "auto"
-    backend: str = "auto"
-    mirror: bool = False
-    min_piece_ml: float = 0.0
-    piece_names: tuple[str, ...] = ()
-    extra_args: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not str(self.python_executable).strip():
-            raise ValueError("no Python executable given")
-        if not _DEVICE_RE.match(self.device):
-            raise ValueError(f"unknown device {self.device!r}; use auto, cpu, cuda or cuda:N")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"unknown backend {self.backend!r}; use {', '.join(BACKENDS)}")
-        if not (math.isfinite(self.min_piece_ml) and self.min_piece_ml >= 0):
-            raise ValueError(f"the smallest kept piece must be a volume in mL >= 0, got {self.min_piece_ml}")
-        if self.min_piece_ml > 0 and not self.piece_names:
-            raise ValueError("removing small pieces needs the model's region or label names")
-        object.__setattr__(self, "extra_args", tuple(str(a) for a in self.extra_args))
-        object.__setattr__(self, "piece_names", tuple(str(n) for n in self.piece_names))
-
-    def command(self) -> list[str]:
-        """The argument list, program first, ready for ``subprocess.Popen`` or ``QProcess``."""
-        args = [
-            str(self.python_executable),
-            "-m",
-            "medseg",
-            "predict",
-            "--model",
-            str(self.model),
-            "--input",
-            str(self.input_dir),
-            "--output",
-            str(self.output_dir),
-            "--progress",
-            "json",
-            "--device",
-            self.device,
-        ]
-        if self.backend != "auto":
-            args += ["--backend", self.backend]
-        if self.mirror:
-            args.append("--mirror")
-        if self.min_piece_ml > 0:
-            volumes = json.dumps({name: self.min_piece_ml for name in self.piece_names})  # JSON is YAML
-            args += ["--set", f"inference.min_component_ml={volumes}"]
-        return args + list(self.extra_args)
-
-
-@dataclass(frozen=True)
-class InfoParameters:
-    """One ``medseg info --json`` run, which reads a checkpoint's metadata (the checkpoint needs torch,
-    so the Slicer side asks a child process instead of reading it itself)."""
-
-    python_executable: str
-    model: str | Path
-
-    def command(self) -> list[str]:
-        """The argument list, program first."""
-        return [str(self.python_executable), "-m", "medseg", "info", "--model", str(self.model), "--json"]
 
 
 def resolve_python_executable(configured: str | None, *, search_path: str | None = None) -> str:
@@ -173,164 +80,61 @@ def resolve_python_executable(configured: str | None, *, search_path: str | None
 
 
 # --------------------------------------------------------------------------------------------------
-# Progress stream
+# Progress
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    """One line of ``medseg predict --progress json`` output.
-
-    Attributes:
-        event: ``start``, ``case_start``, ``progress``, ``case_done``, ``done``, or any other name a
-            newer medseg emits (kept, so that callers can ignore what they do not know).
-        case: the case id, for per-case events.
-        index: the case's index as medseg reports it.
-        total: number of cases in the run.
-        fraction: progress within the current case, 0-1 (``progress`` events).
-        status: ``ok``, ``failed`` or ``skipped`` (``case_done``).
-        seconds: wall time of the case (``case_done``).
-        output: path of the written label map (``case_done`` with status ``ok``).
-        reason: why a case failed or was skipped.
-        ok, failed, skipped: run totals (``done``).
-        data: the whole JSON object.
-    """
-
-    event: str
-    case: str | None = None
-    index: int | None = None
-    total: int | None = None
-    fraction: float | None = None
-    status: str | None = None
-    seconds: float | None = None
-    output: str | None = None
-    reason: str | None = None
-    ok: int | None = None
-    failed: int | None = None
-    skipped: int | None = None
-    data: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
-
-
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _as_float(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _as_str(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def parse_progress_line(line: str) -> ProgressEvent | None:
-    """Parse one stdout line of ``medseg predict --progress json``.
-
-    Returns ``None`` for anything that is not a JSON object with a string ``"event"`` (log lines,
-    warnings from libraries, blank lines), so the caller can show those as plain log text. Fields of
-    the wrong type are dropped rather than raising; ``fraction`` is clamped to 0-1.
-    """
-    text = line.strip()
-    if not text.startswith("{"):
-        return None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("event"), str):
-        return None
-    fraction = _as_float(data.get("fraction"))
-    if fraction is not None:
-        fraction = min(1.0, max(0.0, fraction))
-    return ProgressEvent(
-        event=data["event"],
-        case=_as_str(data.get("case")),
-        index=_as_int(data.get("index")),
-        total=_as_int(data.get("total")),
-        fraction=fraction,
-        status=_as_str(data.get("status")),
-        seconds=_as_float(data.get("seconds")),
-        output=_as_str(data.get("output")),
-        reason=_as_str(data.get("reason")),
-        ok=_as_int(data.get("ok")),
-        failed=_as_int(data.get("failed")),
-        skipped=_as_int(data.get("skipped")),
-        data=data,
-    )
 
 
 @dataclass
 class RunProgress:
-    """The state of a run, folded from its progress events.
+    """The state of a run, folded from its progress events (:mod:`medseg.protocol`).
 
-    Counts finished cases itself instead of trusting ``index`` (so it does not care whether medseg
-    counts from 0 or 1), and tolerates missing ``progress`` events and unknown event names.
+    Counts finished cases itself instead of trusting ``index``.
 
     Attributes:
-        total: number of cases (from ``start``, or the last event that carried ``total``).
-        finished: cases with a ``case_done`` event.
+        total: number of cases (from the last event that carried it).
+        finished: cases with a :class:`~medseg.protocol.CaseFinished` event.
         current_case: the case being processed, if any.
-        case_fraction: progress within ``current_case`` (0 when medseg sends no ``progress``).
         outputs: case id -> written label map, for cases that finished ``ok``.
         failures: ``(case id, reason)`` for cases that failed.
         skipped: ``(case id, reason)`` for cases medseg skipped.
-        done: whether the ``done`` event arrived.
+        done: whether :class:`~medseg.protocol.RunFinished` arrived.
     """
 
     total: int | None = None
     finished: int = 0
     current_case: str | None = None
-    case_fraction: float = 0.0
     outputs: dict[str, str] = field(default_factory=dict)
     failures: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     done: bool = False
 
     def update(self, event: ProgressEvent) -> None:
-        """Fold one event into the state (unknown events are ignored)."""
-        if event.total is not None and event.total > 0:
+        """Fold one event into the state."""
+        if isinstance(event, (RunStarted, CaseStarted, CaseFinished)):
             self.total = event.total
-        if event.event == "case_start":
+        if isinstance(event, CaseStarted):
             self.current_case = event.case
-            self.case_fraction = 0.0
-        elif event.event == "progress" and event.fraction is not None:
-            if event.case is not None:
-                self.current_case = event.case
-            self.case_fraction = event.fraction
-        elif event.event == "case_done":
+        elif isinstance(event, CaseFinished):
             self.finished += 1
-            case = event.case or f"#{self.finished}"
             if event.status == "ok" and event.output:
-                self.outputs[case] = event.output
+                self.outputs[event.case] = event.output
             elif event.status == "failed":
-                self.failures.append((case, event.reason or "unknown reason"))
+                self.failures.append((event.case, event.reason or "unknown reason"))
             elif event.status == "skipped":
-                self.skipped.append((case, event.reason or "skipped"))
+                self.skipped.append((event.case, event.reason or "skipped"))
             self.current_case = None
-            self.case_fraction = 0.0
-        elif event.event == "done":
+        elif isinstance(event, RunFinished):
             self.done = True
             self.current_case = None
 
     @property
     def fraction(self) -> float:
-        """Overall progress, 0-1 (1 once ``done`` arrived)."""
+        """Overall progress, 0-1 (1 once the run finished)."""
         if self.done:
             return 1.0
         if not self.total:
             return 0.0
-        return min(1.0, (self.finished + self.case_fraction) / self.total)
+        return min(1.0, self.finished / self.total)
 
     def message(self) -> str:
         """A one-line status for the module's status label."""
@@ -338,287 +142,10 @@ class RunProgress:
             return f"done: {len(self.outputs)} ok, {len(self.failures)} failed, {len(self.skipped)} skipped"
         if self.current_case is not None:
             position = f" {self.finished + 1}/{self.total}" if self.total else ""
-            return f"segmenting case{position} ({self.current_case}): {round(100 * self.case_fraction)}%"
+            return f"segmenting case{position} ({self.current_case})..."
         if self.total is None:
             return "starting medseg..."
         return f"{self.finished}/{self.total} cases finished"
-
-
-# --------------------------------------------------------------------------------------------------
-# Model metadata
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What ``medseg info --json`` says about a checkpoint.
-
-    Attributes:
-        channels: input channel names, in order.
-        labels: the label table as ``LabelTable.to_dict()``.
-        network: ``{"name": ..., "kwargs": ...}``.
-        layout: the dataset layout the model was trained on.
-        medseg_version: the medseg version that wrote the checkpoint.
-        mirroring: False when the model refuses test-time mirroring (trained without flips); True when
-            medseg allows it or does not say (an older medseg, which then decides when it runs).
-    """
-
-    channels: tuple[str, ...]
-    labels: Mapping[str, Any]
-    network: Mapping[str, Any] = field(default_factory=dict)
-    layout: str | None = None
-    medseg_version: str | None = None
-    mirroring: bool = True
-
-    def piece_names(self) -> tuple[str, ...]:
-        """The names ``inference.min_component_ml`` takes: the regions of a region table (BraTS: WT,
-        TC, ET), else the names of the foreground labels (organs)."""
-        if self.labels.get("kind") == "regions":
-            return tuple(str(r["name"]) for r in self.labels.get("regions", []))
-        named = sorted((int(value), str(name)) for value, name in self.labels.get("labels", {}).items())
-        return tuple(name for value, name in named if value != 0)
-
-
-def parse_model_info(stdout: str) -> ModelInfo:
-    """Parse the stdout of ``medseg info --model CKPT --json``.
-
-    Accepts the JSON object on one line or pretty-printed, and ignores lines around it that are not
-    JSON (e.g. a library's warning printed to stdout).
-
-    Raises:
-        ValueError: there is no JSON object, or it has no usable ``channels`` or ``labels``.
-    """
-    data: Any = None
-    try:
-        data = json.loads(stdout)
-    except ValueError:
-        for line in reversed(stdout.splitlines()):
-            text = line.strip()
-            if text.startswith("{"):
-                try:
-                    data = json.loads(text)
-                    break
-                except ValueError:
-                    continue
-    if not isinstance(data, dict):
-        raise ValueError("medseg info printed no JSON object")
-    labels = data.get("labels")
-    if not isinstance(labels, dict) or not isinstance(labels.get("labels"), dict):
-        raise ValueError("model metadata has no label table")
-    return ModelInfo(
-        channels=tuple(channel_slots(data)),
-        labels=labels,
-        network=data.get("network") if isinstance(data.get("network"), dict) else {},
-        layout=_as_str(data.get("layout")),
-        medseg_version=_as_str(data.get("medseg_version")),
-        mirroring=data.get("mirroring") is not False,
-    )
-
-
-def channel_slots(info: Mapping[str, Any]) -> list[str]:
-    """The labels of the input volume selectors: the checkpoint's channel names, in order.
-
-    Args:
-        info: the object printed by ``medseg info --json`` (only ``"channels"`` is read).
-
-    Raises:
-        ValueError: ``channels`` is missing, empty, not a list of non-empty strings, or repeats a name.
-    """
-    channels = info.get("channels")
-    if not isinstance(channels, (list, tuple)) or not channels:
-        raise ValueError("model metadata lists no input channels")
-    names = []
-    for channel in channels:
-        if not isinstance(channel, str) or not channel.strip():
-            raise ValueError(f"invalid channel name {channel!r} in model metadata")
-        names.append(channel.strip())
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ValueError(f"model metadata repeats channel name(s): {', '.join(repeated)}")
-    return names
-
-
-# --------------------------------------------------------------------------------------------------
-# Segments and terminology
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Code:
-    """One coded concept, as in DICOM: coding scheme designator, code value, code meaning."""
-
-    scheme: str
-    value: str
-    meaning: str
-
-    def to_slicer(self) -> str:
-        """The ``scheme^value^meaning`` form Slicer's terminology strings use."""
-        return f"{self.scheme}^{self.value}^{self.meaning}"
-
-
-ANATOMICAL_STRUCTURE = Code("SCT", "123037004", "Anatomical Structure")
-MORPHOLOGICALLY_ALTERED_STRUCTURE = Code("SCT", "49755003", "Morphologically Altered Structure")
-RIGHT = Code("SCT", "24028007", "Right")
-LEFT = Code("SCT", "7771000", "Left")
-
-# Codes checked against the DICOM context groups (PS3.16): CID 7154 abdominal segmentation types,
-# CID 6204 anatomic non-colon findings, CID 7159 lesion segmentation types and CID 7168/7169 brain
-# lesion segmentation types (enhancing lesion is an NCIt code there).
-_FINDINGS: dict[str, Code] = {
-    "necrosis": Code("SCT", "6574001", "Necrosis"),
-    "edema": Code("SCT", "79654002", "Edema"),
-    "enhancing": Code("NCIt", "C113842", "Enhancing Lesion"),
-    "neoplasm": Code("SCT", "108369006", "Neoplasm"),
-}
-_ORGANS: dict[str, Code] = {
-    "liver": Code("SCT", "10200004", "Liver"),
-    "spleen": Code("SCT", "78961009", "Spleen"),
-    "kidney": Code("SCT", "64033007", "Kidney"),
-    "aorta": Code("SCT", "15825003", "Aorta"),
-    "pancreas": Code("SCT", "15776009", "Pancreas"),
-}
-# Normalised label name -> (finding or organ key). Names are lower-cased with separators removed.
-_SYNONYMS: dict[str, str] = {
-    "ncr": "necrosis",
-    "necrosis": "necrosis",
-    "necrotic": "necrosis",
-    "necroticcore": "necrosis",
-    "necrotictumorcore": "necrosis",
-    "ncrnet": "necrosis",
-    "ed": "edema",
-    "edema": "edema",
-    "oedema": "edema",
-    "peritumoraledema": "edema",
-    "et": "enhancing",
-    "enhancing": "enhancing",
-    "enhancingtumor": "enhancing",
-    "enhancingtumour": "enhancing",
-    "enhancinglesion": "enhancing",
-    "tumor": "neoplasm",
-    "tumour": "neoplasm",
-    "neoplasm": "neoplasm",
-    "lesion": "neoplasm",
-    "liver": "liver",
-    "spleen": "spleen",
-    "kidney": "kidney",
-    "kidneys": "kidney",
-    "aorta": "aorta",
-    "pancreas": "pancreas",
-}
-
-# Colours for labels the table gives none for (0-255, distinguishable, no dark greys).
-_FALLBACK_COLORS: tuple[tuple[int, int, int], ...] = (
-    (230, 25, 75),
-    (60, 180, 75),
-    (255, 225, 25),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-    (210, 245, 60),
-    (250, 190, 212),
-)
-
-
-@dataclass(frozen=True)
-class SegmentSpec:
-    """One segment the module creates for one label value.
-
-    Attributes:
-        label: the value in medseg's label map.
-        name: the segment name (the label table's name).
-        color: RGB, each 0-1.
-        category: terminology category (anatomical or morphologically altered structure), if known.
-        type: terminology type (e.g. SCT 10200004 Liver), if known.
-        type_modifier: e.g. left/right, if the name says so.
-    """
-
-    label: int
-    name: str
-    color: tuple[float, float, float]
-    category: Code | None = None
-    type: Code | None = None
-    type_modifier: Code | None = None
-
-    def terminology_entry(self) -> str | None:
-        """The segment's ``TerminologyEntry`` tag in Slicer's serialised form, or ``None`` if unknown.
-
-        The form is ``context~category~type~typeModifier~anatomicContext~region~regionModifier``.
-        """
-        if self.category is None or self.type is None:
-            return None
-        modifier = self.type_modifier.to_slicer() if self.type_modifier else "^^"
-        return (
-            "Segmentation category and type - DICOM master list"
-            f"~{self.category.to_slicer()}~{self.type.to_slicer()}~{modifier}"
-            "~Anatomic codes - DICOM master list~^^~^^"
-        )
-
-
-def _normalise(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
-def terminology_for_name(name: str) -> tuple[Code | None, Code | None, Code | None]:
-    """``(category, type, type_modifier)`` for a label name, or ``(None, None, None)`` if unknown.
-
-    Recognises BraTS names (NCR, ED, ET and spelled-out forms), generic tumour names and the
-    abdominal organs liver, spleen, kidney (with left/right), aorta and pancreas.
-    """
-    key = _normalise(name)
-    modifier = None
-    for side, code in (("left", LEFT), ("right", RIGHT)):
-        if key.startswith(side) and key[len(side) :] in _SYNONYMS:
-            key, modifier = key[len(side) :], code
-        elif key.endswith(side) and key[: -len(side)] in _SYNONYMS:
-            key, modifier = key[: -len(side)], code
-    concept = _SYNONYMS.get(key)
-    if concept in _ORGANS:
-        return ANATOMICAL_STRUCTURE, _ORGANS[concept], modifier
-    if concept in _FINDINGS:
-        return MORPHOLOGICALLY_ALTERED_STRUCTURE, _FINDINGS[concept], None
-    return None, None, None
-
-
-def segments_from_label_table(labels_dict: Mapping[str, Any]) -> list[SegmentSpec]:
-    """One :class:`SegmentSpec` per foreground label of a label table, ascending by label value.
-
-    Args:
-        labels_dict: ``LabelTable.to_dict()`` (as ``medseg info --json`` prints it under
-            ``"labels"``): ``{"labels": {"1": "NCR", ...}, "colors": {"1": [255, 64, 64], ...}, ...}``.
-            Keys may be strings or ints; background (0) is skipped.
-
-    Returns:
-        Segments named as in the table, coloured from its ``colors`` (0-255 converted to 0-1) or from
-        a fixed palette where it has none, with terminology codes where the name is recognised.
-
-    Raises:
-        ValueError: the table has no ``labels`` mapping or a label value is not an integer 1-255.
-    """
-    labels = labels_dict.get("labels")
-    if not isinstance(labels, Mapping):
-        raise ValueError("label table has no 'labels' mapping")
-    colors = labels_dict.get("colors") or {}
-    specs = []
-    values = []
-    for key, name in labels.items():
-        try:
-            value = int(key)
-        except (TypeError, ValueError):
-            raise ValueError(f"label value {key!r} is not an integer") from None
-        if not 0 <= value <= 255:
-            raise ValueError(f"label value {value} does not fit the uint8 label map")
-        if value != 0:
-            values.append((value, str(name)))
-    for position, (value, name) in enumerate(sorted(values)):
-        rgb = colors.get(str(value), colors.get(value)) if isinstance(colors, Mapping) else None
-        if not (isinstance(rgb, (list, tuple)) and len(rgb) >= 3):
-            rgb = _FALLBACK_COLORS[position % len(_FALLBACK_COLORS)]
-        color = tuple(min(1.0, max(0.0, float(c) / 255.0)) for c in rgb[:3])
-        category, type_, modifier = terminology_for_name(name)
-        specs.append(SegmentSpec(value, name, color, category, type_, modifier))  # type: ignore[arg-type]
-    return specs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -677,7 +204,7 @@ def match_channel_volumes(channel_names: Sequence[str], volume_names: Sequence[s
     used: set[int] = set()
     guesses: list[int | None] = []
     for channel in channel_names:
-        key = _normalise(channel)
+        key = re.sub(r"[^a-z0-9]", "", channel.lower())
         aliases = set(_CHANNEL_ALIASES.get(key, ())) | {key}
         hits = [i for i, w in enumerate(words) if i not in used and w & aliases]
         guesses.append(hits[0] if len(hits) == 1 else None)
@@ -749,21 +276,21 @@ def export_file_names(case_id: str, n_channels: int) -> list[str]:
 
 
 def output_file_name(case_id: str) -> str:
-    """The file name medseg writes a case's label map to."""
-    return f"{case_id}{NIFTI_SUFFIX}"
+    """The file name medseg writes a case's segmentation to (in :data:`OUTPUT_FORMAT`)."""
+    return f"{case_id}{OUTPUT_SUFFIXES[OUTPUT_FORMAT]}"
 
 
-def find_output_label_map(output_dir: str | Path, case_id: str, *, reported: str | None = None) -> Path:
-    """The label map medseg wrote for ``case_id``.
+def find_output_segmentation(output_dir: str | Path, case_id: str, *, reported: str | None = None) -> Path:
+    """The segmentation file medseg wrote for ``case_id``.
 
     Args:
         output_dir: the ``--output`` folder.
         case_id: the case.
-        reported: the ``output`` path of the case's ``case_done`` event, if there was one; preferred
-            when it exists.
+        reported: the ``output`` of the case's :class:`~medseg.protocol.CaseFinished` event, if there was one;
+            preferred when it exists.
 
     Raises:
-        FileNotFoundError: neither the reported path nor ``<output_dir>/<case_id>.nii.gz`` exists.
+        FileNotFoundError: neither the reported path nor ``<output_dir>/<case_id>.seg.nrrd`` exists.
     """
     if reported:
         path = Path(reported)
@@ -774,7 +301,7 @@ def find_output_label_map(output_dir: str | Path, case_id: str, *, reported: str
     expected = Path(output_dir) / output_file_name(case_id)
     if expected.is_file():
         return expected
-    raise FileNotFoundError(f"{expected}: medseg finished but wrote no label map")
+    raise FileNotFoundError(f"{expected}: medseg finished but wrote no segmentation")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import numpy as np
 
 from medseg.io.atomic import atomic_output
 from medseg.io.image import Geometry, Image
-from medseg.labels import LabelTable
+from medseg.labels import Code, LabelTable
 
 
 def _source_datasets(reference: Image) -> list[Any]:
@@ -26,6 +26,13 @@ def _source_datasets(reference: Image) -> list[Any]:
             raise ValueError("a DICOM-SEG can reference one multi-frame file, not several")
         return [pydicom.dcmread(str(files[0]), stop_before_pixels=True)]
     return [pydicom.dcmread(str(p), stop_before_pixels=True) for p in files]
+
+
+def _coded(code: Code) -> Any:
+    """``code`` as a highdicom coded concept."""
+    import highdicom as hd
+
+    return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
 
 
 def write_dicom_seg(
@@ -44,9 +51,10 @@ def write_dicom_seg(
     Slice ``k`` of the label map becomes the frames of source image ``reference.meta["dicom_files"][k]``
     (rows = Y, columns = X), or of frame ``reference.meta["dicom_frame_numbers"][k]`` of a multi-frame source
     file, so every frame refers to the slice it was segmented on. One segment is
-    written per foreground label of ``table`` (segment numbers 1.. in ascending label value), labelled
-    with the label's name, coded with the generic SCT category and type "Tissue", made by the automatic
-    algorithm "medseg" of this version. Empty frames are omitted.
+    written per foreground label of ``table`` (segment numbers 1.. in ascending label value), labelled,
+    coloured and coded (segmented property category, type and type modifier) as
+    :meth:`~medseg.labels.LabelTable.segments` says, made by the automatic algorithm "medseg" of this version.
+    Empty frames are omitted.
 
     Raises:
         ValueError: the reference is not a DICOM series, the grids differ, or the array holds values
@@ -80,20 +88,24 @@ def write_dicom_seg(
         name="medseg", family=codes.cid7162.ArtificialIntelligence, version=__version__
     )
     descriptions = []
-    for number, value in enumerate(values, start=1):
-        descriptions.append(
-            hd.seg.SegmentDescription(
-                segment_number=number,
-                segment_label=table.labels[value][:64],
-                segmented_property_category=codes.SCT.Tissue,
-                segmented_property_type=codes.SCT.Tissue,
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                algorithm_identification=algorithm,
-                tracking_id=f"label {value}",
-                tracking_uid=hd.UID(),
-                display_color=hd.color.CIELabColor.from_rgb(*table.colors[value]) if value in table.colors else None,
-            )
+    for number, segment in enumerate(table.segments(), start=1):
+        concept = segment.concept
+        description = hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=segment.display_name[:64],
+            segmented_property_category=_coded(concept.category),
+            segmented_property_type=_coded(concept.type),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_id=f"label {segment.value}",
+            tracking_uid=hd.UID(),
+            display_color=hd.color.CIELabColor.from_rgb(*segment.color),
         )
+        if concept.modifier is not None:  # nested in the type's item (PS3.3 C.8.20-4); highdicom takes no argument
+            description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                _coded(concept.modifier)
+            ]
+        descriptions.append(description)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # highdicom notes on optional attributes
         seg = hd.seg.Segmentation(

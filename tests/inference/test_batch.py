@@ -23,6 +23,7 @@ from medseg.cli import main
 from medseg.data.cases import Shard
 from medseg.inference.batch import RUN_RECORD, merge_summaries, predict_folder
 from medseg.io import Image, read_image
+from medseg.protocol import CaseFinished, CaseStarted, RunFinished, RunStarted, parse_event_line
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "data"
@@ -88,25 +89,25 @@ def test_json_progress_resume_overwrite_and_stale_temporaries(
     out = tmp_path / "out"
     args = ["predict", "--model", str(one_channel_checkpoint), "--input", str(tmp_path / "in"), "--output", str(out)]
     assert main([*args, "--progress", "json"]) == 0
-    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert events[0] == {"event": "start", "total": 3}
-    assert events[-1] == {"event": "done", "ok": 3, "failed": 0, "skipped": 0}
-    starts = [e for e in events if e["event"] == "case_start"]
-    done = [e for e in events if e["event"] == "case_done"]
-    assert [e["case"] for e in starts] == [e["case"] for e in done] == ids
+    events = [parse_event_line(line) for line in capsys.readouterr().out.splitlines()]
+    assert events[0] == RunStarted(total=3)
+    assert events[-1] == RunFinished(ok=3, failed=0, skipped=0)
+    starts = [e for e in events if isinstance(e, CaseStarted)]
+    done = [e for e in events if isinstance(e, CaseFinished)]
+    assert len(starts) + len(done) + 2 == len(events)  # every line is an event of the protocol
+    assert [e.case for e in starts] == [e.case for e in done] == ids
     for index, event in enumerate(done):
-        assert {"case", "index", "total", "status", "seconds", "output", "reason"} <= set(event)
-        assert event["index"] == index and event["total"] == 3 and event["status"] == "ok"
-        assert event["output"] == str(out / f"{ids[index]}.nii.gz") and event["reason"] is None
+        assert event.index == index and event.total == 3 and event.status == "ok" and event.reason is None
+        assert event.output == str(out / f"{ids[index]}.nii.gz") and event.volumes_ml["tissue"] >= 0.0
 
     # a killed run may leave a temporary file; a lost output is redone, the others are skipped
     (out / f"{ids[1]}.nii.gz").unlink()
     (out / f".{ids[1]}.abcd_123.nii.gz").write_bytes(b"partial")
     assert main([*args, "--progress", "json"]) == 0
-    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    status = {e["case"]: e["status"] for e in events if e["event"] == "case_done"}
+    events = [parse_event_line(line) for line in capsys.readouterr().out.splitlines()]
+    status = {e.case: e.status for e in events if isinstance(e, CaseFinished)}
     assert status == {ids[0]: "skipped", ids[1]: "ok", ids[2]: "skipped"}
-    assert events[-1] == {"event": "done", "ok": 1, "failed": 0, "skipped": 2}
+    assert events[-1] == RunFinished(ok=1, failed=0, skipped=2)
     _no_temporaries(out)
     rows = _rows(out / "summary.csv")
     assert rows[ids[0]]["status"] == "skipped" and float(rows[ids[0]]["tissue_ml"]) >= 0.0

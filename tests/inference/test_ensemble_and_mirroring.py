@@ -20,6 +20,7 @@ from medseg.errors import CheckpointError, ConfigError
 from medseg.inference import Predictor, Windows, read_case
 from medseg.io import Geometry, Image
 from medseg.networks import build_network
+from medseg.protocol import ModelDescription
 
 MakeCheckpoint = Callable[..., Path]
 
@@ -114,9 +115,11 @@ def test_info_says_whether_mirroring_is_available(
     checkpoint.config["transforms"]["flip_prob"] = flip_prob
     save_checkpoint(checkpoint, path)
     assert main(["info", "--model", str(path), "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
-    assert info["mirroring"] is (flip_prob > 0)
-    assert info["inference"] == dataclasses.asdict(InferenceConfig(**checkpoint.config["inference"]))
+    info = ModelDescription.from_json(capsys.readouterr().out)
+    assert info.mirroring is (flip_prob > 0)
+    assert info.inference == dataclasses.asdict(InferenceConfig(**checkpoint.config["inference"]))
+    assert info.labels == checkpoint.label_table and info.channels == tuple(checkpoint.channels)
+    assert (info.network, info.layout, info.training_data) == (checkpoint.network, checkpoint.layout, None)
     assert main(["info", "--model", str(path)]) == 0
     expected = "available" if flip_prob > 0 else "refused (trained without flips)"
     first, second = capsys.readouterr().out.splitlines()

@@ -1,8 +1,8 @@
-"""Tests of the Slicer-free half of the Slicer module (``medseg.integrations.slicer``)."""
+"""Tests of the Slicer-free half of the Slicer module (``medseg.integrations.slicer``); the records it reads
+are tested in ``tests/test_protocol.py``, the segments' names, colours and codes in ``tests/test_labels.py``."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,100 +13,11 @@ from pathlib import Path
 import pytest
 
 from medseg.integrations import slicer as bridge
-from medseg.labels import BRATS2021, BRATS2023, LabelTable
+from medseg.protocol import CaseFinished, CaseStarted, RunFinished, RunStarted, parse_event_line
 
 # --------------------------------------------------------------------------------------------------
-# Command lines
+# The child's Python
 # --------------------------------------------------------------------------------------------------
-
-
-def test_predict_command_is_exact(tmp_path: Path) -> None:
-    params = bridge.PredictParameters(
-        python_executable="/opt/py/bin/python",
-        model=tmp_path / "model.pt",
-        input_dir=tmp_path / "in",
-        output_dir=tmp_path / "out",
-        device="cpu",
-    )
-    assert params.command() == [
-        "/opt/py/bin/python",
-        "-m",
-        "medseg",
-        "predict",
-        "--model",
-        str(tmp_path / "model.pt"),
-        "--input",
-        str(tmp_path / "in"),
-        "--output",
-        str(tmp_path / "out"),
-        "--progress",
-        "json",
-        "--device",
-        "cpu",
-    ]
-
-
-def test_predict_command_backend_and_extra_args() -> None:
-    auto = bridge.PredictParameters("py", "m.pt", "in", "out").command()
-    assert "--backend" not in auto
-    assert auto[auto.index("--device") + 1] == "auto"
-    assert "--mirror" not in auto
-    cmd = bridge.PredictParameters(
-        "py", "m.pt", "in", "out", device="cuda:1", backend="openvino", mirror=True, extra_args=("--overwrite",)
-    ).command()
-    assert cmd[cmd.index("--progress") :] == [
-        "--progress",
-        "json",
-        "--device",
-        "cuda:1",
-        "--backend",
-        "openvino",
-        "--mirror",
-        "--overwrite",
-    ]
-
-
-def test_predict_command_removes_small_pieces_of_every_region() -> None:
-    names = bridge.parse_model_info(json.dumps(_info())).piece_names()
-    assert names == ("WT", "TC", "ET")
-    cmd = bridge.PredictParameters("py", "m.pt", "in", "out", min_piece_ml=0.25, piece_names=names).command()
-    assert cmd[-2:] == ["--set", 'inference.min_component_ml={"WT": 0.25, "TC": 0.25, "ET": 0.25}']
-    assert "--set" not in bridge.PredictParameters("py", "m.pt", "in", "out", piece_names=names).command()
-
-
-def test_piece_names_of_a_class_table_are_its_foreground_labels() -> None:
-    organs = {"kind": "classes", "labels": {"0": "background", "2": "spleen", "1": "liver", "10": "aorta"}}
-    assert bridge.ModelInfo(channels=("CT",), labels=organs).piece_names() == ("liver", "spleen", "aorta")
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"device": "gpu"}, "unknown device"),
-        ({"device": "cuda:x"}, "unknown device"),
-        ({"backend": "onnx"}, "unknown backend"),
-        ({"python_executable": "  "}, "no Python"),
-        ({"min_piece_ml": -0.1}, "a volume in mL >= 0"),
-        ({"min_piece_ml": float("nan")}, "a volume in mL >= 0"),
-        ({"min_piece_ml": 0.1}, "needs the model's region or label names"),
-    ],
-)
-def test_predict_parameters_reject_bad_values(kwargs: dict, match: str) -> None:
-    base = {"python_executable": "py", "model": "m.pt", "input_dir": "in", "output_dir": "out"}
-    with pytest.raises(ValueError, match=match):
-        bridge.PredictParameters(**{**base, **kwargs})
-
-
-def test_info_command() -> None:
-    assert bridge.InfoParameters("py", Path("/m/x.pt")).command() == [
-        "py",
-        "-m",
-        "medseg",
-        "info",
-        "--model",
-        str(Path("/m/x.pt")),
-        "--json",
-    ]
 
 
 def test_resolve_python_executable(tmp_path: Path) -> None:
@@ -134,227 +45,43 @@ def test_format_command_round_trips_through_the_shell() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Progress stream
+# Progress
 # --------------------------------------------------------------------------------------------------
 
 
-def test_parse_progress_line_known_events() -> None:
-    start = bridge.parse_progress_line('{"event": "start", "total": 2}\n')
-    assert start == bridge.ProgressEvent(event="start", total=2)
-    done = bridge.parse_progress_line(
-        json.dumps(
-            {
-                "event": "case_done",
-                "case": "c1",
-                "index": 0,
-                "total": 2,
-                "status": "ok",
-                "seconds": 1.5,
-                "output": "/o/c1.nii.gz",
-                "reason": None,
-            }
-        )
-    )
-    assert done is not None
-    assert (done.event, done.case, done.index, done.status, done.seconds, done.output, done.reason) == (
-        "case_done",
-        "c1",
-        0,
-        "ok",
-        1.5,
-        "/o/c1.nii.gz",
-        None,
-    )
-    summary = bridge.parse_progress_line('{"event":"done","ok":1,"failed":1,"skipped":0}')
-    assert summary is not None and (summary.ok, summary.failed, summary.skipped) == (1, 1, 0)
-
-
-@pytest.mark.parametrize(
-    "line",
-    ["", "   ", "loading model...", "{not json", "[1, 2]", '{"no_event": 1}', '{"event": 3}', "Warning: {odd}"],
-)
-def test_parse_progress_line_ignores_non_events(line: str) -> None:
-    assert bridge.parse_progress_line(line) is None
-
-
-def test_parse_progress_line_is_tolerant() -> None:
-    unknown = bridge.parse_progress_line('{"event": "warmup", "extra": [1]}')
-    assert unknown is not None and unknown.event == "warmup" and unknown.data["extra"] == [1]
-    clamped = bridge.parse_progress_line('{"event": "progress", "case": "c", "fraction": 1.7}')
-    assert clamped is not None and clamped.fraction == 1.0
-    bad_types = bridge.parse_progress_line('{"event": "case_start", "index": "x", "total": true, "fraction": "nan"}')
-    assert bad_types is not None and bad_types.index is None and bad_types.total is None and bad_types.fraction is None
-
-
-def _events(*objects: dict) -> list[bridge.ProgressEvent]:
-    events = [bridge.parse_progress_line(json.dumps(o)) for o in objects]
-    assert all(e is not None for e in events)
-    return events  # type: ignore[return-value]
+def _ok(case: str, index: int, total: int) -> CaseFinished:
+    return CaseFinished(case=case, index=index, total=total, status="ok", seconds=1.0, output=f"/o/{case}.seg.nrrd")
 
 
 def test_run_progress_folds_a_run() -> None:
     progress = bridge.RunProgress()
     assert progress.fraction == 0.0 and progress.message() == "starting medseg..."
-    steps = _events(
-        {"event": "start", "total": 2},
-        {"event": "case_start", "case": "a", "index": 0, "total": 2},
-        {"event": "progress", "case": "a", "fraction": 0.5},
-    )
-    for event in steps:
-        progress.update(event)
-    assert progress.fraction == pytest.approx(0.25)
-    assert progress.message() == "segmenting case 1/2 (a): 50%"
-    for event in _events(
-        {"event": "case_done", "case": "a", "index": 0, "total": 2, "status": "ok", "seconds": 1, "output": "/o/a"},
-        {"event": "case_start", "case": "b", "index": 1, "total": 2},
-        {"event": "something_new"},
-    ):
-        progress.update(event)
-    assert progress.fraction == pytest.approx(0.5)
-    progress.update(
-        _events({"event": "case_done", "case": "b", "index": 1, "total": 2, "status": "failed", "reason": "bad"})[0]
-    )
+    progress.update(RunStarted(total=2))
+    assert progress.message() == "0/2 cases finished"
+    progress.update(CaseStarted(case="a", index=0, total=2))
+    assert progress.fraction == 0.0 and progress.message() == "segmenting case 1/2 (a)..."
+    progress.update(_ok("a", 0, 2))
+    progress.update(CaseStarted(case="b", index=1, total=2))
+    assert progress.fraction == pytest.approx(0.5) and progress.message() == "segmenting case 2/2 (b)..."
+    progress.update(CaseFinished(case="b", index=1, total=2, status="failed", seconds=0.5, reason="bad"))
     assert progress.fraction == pytest.approx(1.0)
-    progress.update(_events({"event": "done", "ok": 1, "failed": 1, "skipped": 0})[0])
-    assert progress.done and progress.outputs == {"a": "/o/a"} and progress.failures == [("b", "bad")]
+    progress.update(RunFinished(ok=1, failed=1, skipped=0))
+    assert progress.done and progress.outputs == {"a": "/o/a.seg.nrrd"} and progress.failures == [("b", "bad")]
     assert progress.message() == "done: 1 ok, 1 failed, 0 skipped"
 
 
-def test_run_progress_without_progress_events_or_indices() -> None:
+def test_run_progress_of_medsegs_own_lines() -> None:
+    # what batch prints, read back through the protocol: a skipped case has no case_start
+    lines = [
+        RunStarted(total=1).to_line(),
+        "a log line",
+        CaseFinished(case="x", index=0, total=1, status="skipped", reason="outputs exist").to_line(),
+        RunFinished(ok=0, failed=0, skipped=1).to_line(),
+    ]
     progress = bridge.RunProgress()
-    for event in _events(
-        {"event": "start", "total": 1},
-        {"event": "case_start", "case": "x"},
-        {"event": "case_done", "case": "x", "status": "skipped", "reason": "exists"},
-    ):
+    for event in filter(None, map(parse_event_line, lines)):
         progress.update(event)
-    assert progress.fraction == 1.0 and progress.skipped == [("x", "exists")]
-
-
-# --------------------------------------------------------------------------------------------------
-# Model metadata
-# --------------------------------------------------------------------------------------------------
-
-
-def _info(channels: list | None = None) -> dict:
-    return {
-        "channels": ["T1", "T1ce", "T2", "FLAIR"] if channels is None else channels,
-        "labels": BRATS2021.to_dict(),
-        "network": {"name": "unet", "kwargs": {}},
-        "layout": "brats",
-        "medseg_version": "0.1.0",
-    }
-
-
-def test_parse_model_info_compact_pretty_and_noisy() -> None:
-    for text in (
-        json.dumps(_info()),
-        json.dumps(_info(), indent=2),
-        "some warning\n" + json.dumps(_info()) + "\n",
-    ):
-        info = bridge.parse_model_info(text)
-        assert info.channels == ("T1", "T1ce", "T2", "FLAIR")
-        assert info.labels["name"] == "brats2021"
-        assert info.network["name"] == "unet" and info.layout == "brats" and info.medseg_version == "0.1.0"
-        assert info.mirroring  # an older medseg's info does not say: medseg predict decides
-
-
-@pytest.mark.parametrize(("reported", "expected"), [(True, True), (False, False)])
-def test_parse_model_info_mirroring(reported: bool, expected: bool) -> None:
-    assert bridge.parse_model_info(json.dumps({**_info(), "mirroring": reported})).mirroring is expected
-
-
-@pytest.mark.parametrize(
-    ("text", "match"),
-    [
-        ("", "no JSON"),
-        ("not json at all", "no JSON"),
-        (json.dumps({"channels": ["T1"]}), "no label table"),
-        (json.dumps({**_info(), "channels": []}), "no input channels"),
-    ],
-)
-def test_parse_model_info_errors(text: str, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        bridge.parse_model_info(text)
-
-
-def test_channel_slots() -> None:
-    assert bridge.channel_slots(_info()) == ["T1", "T1ce", "T2", "FLAIR"]
-    assert bridge.channel_slots({"channels": [" CT "]}) == ["CT"]
-    with pytest.raises(ValueError, match="no input channels"):
-        bridge.channel_slots({})
-    with pytest.raises(ValueError, match="invalid channel name"):
-        bridge.channel_slots({"channels": ["T1", ""]})
-    with pytest.raises(ValueError, match="repeats"):
-        bridge.channel_slots({"channels": ["T1", "T1"]})
-
-
-# --------------------------------------------------------------------------------------------------
-# Segments and terminology
-# --------------------------------------------------------------------------------------------------
-
-
-def test_segments_from_brats2021_table() -> None:
-    specs = bridge.segments_from_label_table(BRATS2021.to_dict())
-    assert [(s.label, s.name) for s in specs] == [(1, "NCR"), (2, "ED"), (4, "ET")]
-    assert specs[0].color == pytest.approx((1.0, 64 / 255, 64 / 255))
-    assert specs[0].type == bridge.Code("SCT", "6574001", "Necrosis")
-    assert specs[1].type == bridge.Code("SCT", "79654002", "Edema")
-    assert specs[2].type == bridge.Code("NCIt", "C113842", "Enhancing Lesion")
-    assert all(s.category == bridge.MORPHOLOGICALLY_ALTERED_STRUCTURE for s in specs)
-    assert specs[1].terminology_entry() == (
-        "Segmentation category and type - DICOM master list~SCT^49755003^Morphologically Altered Structure"
-        "~SCT^79654002^Edema~^^~Anatomic codes - DICOM master list~^^~^^"
-    )
-
-
-def test_segments_from_brats2023_table_uses_label_3() -> None:
-    specs = bridge.segments_from_label_table(BRATS2023.to_dict())
-    assert [s.label for s in specs] == [1, 2, 3]
-    assert specs[2].name == "ET"
-
-
-def test_segments_from_organ_table_with_int_keys_and_missing_colors() -> None:
-    table = LabelTable(
-        name="organs",
-        labels={
-            0: "background",
-            1: "liver",
-            2: "Spleen",
-            3: "kidney_left",
-            4: "right kidney",
-            5: "aorta",
-            6: "pancreas",
-            7: "bladder",
-        },
-        colors={1: (221, 130, 101)},
-    )
-    data = table.to_dict()
-    data["labels"] = {int(k): v for k, v in data["labels"].items()}  # ints are accepted too
-    specs = {s.label: s for s in bridge.segments_from_label_table(data)}
-    assert sorted(specs) == [1, 2, 3, 4, 5, 6, 7]
-    assert specs[1].color == pytest.approx((221 / 255, 130 / 255, 101 / 255))
-    expected = {1: "10200004", 2: "78961009", 3: "64033007", 4: "64033007", 5: "15825003", 6: "15776009"}
-    for label, code in expected.items():
-        assert specs[label].category == bridge.ANATOMICAL_STRUCTURE
-        assert specs[label].type is not None and specs[label].type.value == code
-    assert specs[3].type_modifier == bridge.LEFT and specs[4].type_modifier == bridge.RIGHT
-    assert "~SCT^64033007^Kidney~SCT^7771000^Left~" in (specs[3].terminology_entry() or "")
-    # Unknown names: no codes, but still a segment with a distinct fallback colour.
-    assert specs[7].type is None and specs[7].terminology_entry() is None
-    colors = [s.color for s in specs.values()]
-    assert len(set(colors)) == len(colors)
-    assert all(0.0 <= c <= 1.0 for color in colors for c in color)
-
-
-def test_segments_from_label_table_errors() -> None:
-    with pytest.raises(ValueError, match="no 'labels'"):
-        bridge.segments_from_label_table({})
-    with pytest.raises(ValueError, match="not an integer"):
-        bridge.segments_from_label_table({"labels": {"x": "a"}})
-    with pytest.raises(ValueError, match="uint8"):
-        bridge.segments_from_label_table({"labels": {"300": "a"}})
-    assert bridge.segments_from_label_table({"labels": {"0": "background"}}) == []
+    assert progress.done and progress.fraction == 1.0 and progress.skipped == [("x", "outputs exist")]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -411,7 +138,7 @@ def test_export_file_names() -> None:
         "case_0002.nii.gz",
         "case_0003.nii.gz",
     ]
-    assert bridge.output_file_name("case") == "case.nii.gz"
+    assert bridge.output_file_name("case") == "case.seg.nrrd"
     for bad in ("", "a/b", "../x", "has space"):
         with pytest.raises(ValueError, match="invalid case id"):
             bridge.export_file_names(bad, 1)
@@ -419,18 +146,18 @@ def test_export_file_names() -> None:
         bridge.export_file_names("case", 0)
 
 
-def test_find_output_label_map(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="wrote no label map"):
-        bridge.find_output_label_map(tmp_path, "case")
-    expected = tmp_path / "case.nii.gz"
+def test_find_output_segmentation(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="wrote no segmentation"):
+        bridge.find_output_segmentation(tmp_path, "case")
+    expected = tmp_path / "case.seg.nrrd"
     expected.write_bytes(b"x")
-    assert bridge.find_output_label_map(tmp_path, "case") == expected
-    assert bridge.find_output_label_map(tmp_path, "case", reported=str(tmp_path / "gone.nii.gz")) == expected
-    reported = tmp_path / "sub" / "other.nii.gz"
+    assert bridge.find_output_segmentation(tmp_path, "case") == expected
+    assert bridge.find_output_segmentation(tmp_path, "case", reported=str(tmp_path / "gone.seg.nrrd")) == expected
+    reported = tmp_path / "sub" / "other.seg.nrrd"
     reported.parent.mkdir()
     reported.write_bytes(b"y")
-    assert bridge.find_output_label_map(tmp_path, "case", reported=str(reported)) == reported
-    assert bridge.find_output_label_map(tmp_path, "case", reported="sub/other.nii.gz") == reported
+    assert bridge.find_output_segmentation(tmp_path, "case", reported=str(reported)) == reported
+    assert bridge.find_output_segmentation(tmp_path, "case", reported="sub/other.seg.nrrd") == reported
 
 
 # --------------------------------------------------------------------------------------------------

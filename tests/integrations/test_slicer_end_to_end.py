@@ -1,5 +1,6 @@
 """End to end: the exact commands the Slicer module runs, on a phantom case exported as the module
-exports it, with a tiny checkpoint; the output's segments and geometry are checked against the input.
+exports it, with a tiny checkpoint; the ``.seg.nrrd``'s segments and geometry are checked against the model
+description and the input.
 
 Slicer's ``exportNode`` writes each volume with ITK's NIfTI writer; here SimpleITK (the same writer)
 reads each phantom channel and writes it as ``case_000N.nii.gz`` in the checkpoint's channel order.
@@ -18,6 +19,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from medseg.integrations import slicer as bridge
+from medseg.io import read_image
+from medseg.protocol import InfoParameters, ModelDescription, PredictParameters, parse_event_line
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "tools" / "slicer" / "MedSeg"
@@ -48,12 +51,24 @@ def phantom_case(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def info(checkpoint: Path) -> bridge.ModelInfo:
-    result = subprocess.run(
-        bridge.InfoParameters(sys.executable, checkpoint).command(), capture_output=True, text=True, env=_env()
-    )
+def info(checkpoint: Path) -> ModelDescription:
+    command = InfoParameters(python_executable=sys.executable, model=checkpoint).command()
+    result = subprocess.run(command, capture_output=True, text=True, env=_env())
     assert result.returncode == 0, result.stderr
-    return bridge.parse_model_info(result.stdout)
+    return ModelDescription.from_json(result.stdout)
+
+
+def _parameters(checkpoint: Path, tmp_path: Path, **changes: object) -> PredictParameters:
+    """What the module asks for: ``--format seg.nrrd`` into its temporary folder."""
+    fields: dict = {
+        "python_executable": sys.executable,
+        "model": checkpoint,
+        "input_dir": tmp_path / "input",
+        "output_dir": tmp_path / "output",
+        "output_format": bridge.OUTPUT_FORMAT,
+        "device": "cpu",
+    }
+    return PredictParameters(**{**fields, **changes})
 
 
 def _export_like_the_module(case_dir: Path, channels: list[str], input_dir: Path) -> list[Path]:
@@ -71,11 +86,10 @@ def _export_like_the_module(case_dir: Path, channels: list[str], input_dir: Path
     return paths
 
 
-def test_info_describes_the_checkpoint(info: bridge.ModelInfo) -> None:
-    assert bridge.channel_slots({"channels": list(info.channels)}) == ["T1", "T1ce", "T2", "FLAIR"]
-    specs = bridge.segments_from_label_table(info.labels)
-    assert [(s.label, s.name) for s in specs] == [(1, "NCR"), (2, "ED"), (4, "ET")]
-    assert all(s.terminology_entry() for s in specs)
+def test_info_describes_the_checkpoint(info: ModelDescription) -> None:
+    assert info.channels == ("T1", "T1ce", "T2", "FLAIR")
+    assert [(s.value, s.name) for s in info.labels.segments()] == [(1, "NCR"), (2, "ED"), (4, "ET")]
+    assert {s.concept.type.meaning for s in info.labels.segments()} == {"Necrosis", "Edema", "Enhancing Lesion"}
     assert info.mirroring  # trained with flips (the default config)
 
 
@@ -89,7 +103,7 @@ def test_predict_command_on_an_exported_phantom(
     tmp_path: Path,
     checkpoint: Path,
     phantom_case: Path,
-    info: bridge.ModelInfo,
+    info: ModelDescription,
     mirror: bool,
     min_piece_ml: float,
 ) -> None:
@@ -98,15 +112,12 @@ def test_predict_command_on_an_exported_phantom(
     inputs = _export_like_the_module(phantom_case, list(info.channels), tmp_path / "input")
     output_dir = tmp_path / "output"
     output_dir.mkdir()
-    parameters = bridge.PredictParameters(
-        python_executable=sys.executable,
-        model=checkpoint,
-        input_dir=tmp_path / "input",
-        output_dir=output_dir,
-        device="cpu",
+    parameters = _parameters(
+        checkpoint,
+        tmp_path,
         mirror=mirror,
         min_piece_ml=min_piece_ml,
-        piece_names=info.piece_names() if min_piece_ml else (),
+        piece_names=info.labels.evaluation_names if min_piece_ml else (),
     )
     assert ("--mirror" in parameters.command()) == mirror
     assert ("--set" in parameters.command()) == (min_piece_ml > 0)
@@ -116,7 +127,7 @@ def test_predict_command_on_an_exported_phantom(
     events: list[str] = []
 
     def on_line(stream: str, text: str) -> None:
-        event = bridge.parse_progress_line(text) if stream == STDOUT else None
+        event = parse_event_line(text) if stream == STDOUT else None
         if event is not None:
             events.append(event.event)
             progress.update(event)
@@ -127,8 +138,14 @@ def test_predict_command_on_an_exported_phantom(
     assert {"case_start", "case_done"} <= set(events)
     assert progress.done and progress.fraction == 1.0 and progress.failures == []
 
-    label_map = bridge.find_output_label_map(output_dir, bridge.CASE_ID, reported=progress.outputs.get(bridge.CASE_ID))
-    assert label_map == output_dir / "case.nii.gz"
+    label_map = bridge.find_output_segmentation(
+        output_dir, bridge.CASE_ID, reported=progress.outputs.get(bridge.CASE_ID)
+    )
+    assert label_map == output_dir / "case.seg.nrrd"
+    written = read_image(label_map).meta["segments"]  # every label, as the model description says
+    expected = info.labels.segments()
+    assert [(s["label_value"], s["name"]) for s in written] == [(e.value, e.display_name) for e in expected]
+    assert [s["tags"]["TerminologyEntry"] for s in written] == [e.concept.slicer_terminology() for e in expected]
 
     reference = sitk.ReadImage(str(inputs[0]))
     output = sitk.ReadImage(str(label_map))
@@ -138,27 +155,25 @@ def test_predict_command_on_an_exported_phantom(
     np.testing.assert_allclose(output.GetOrigin(), reference.GetOrigin(), atol=1e-4)
     np.testing.assert_allclose(output.GetDirection(), reference.GetDirection(), atol=1e-6)
     values = set(np.unique(sitk.GetArrayViewFromImage(output)).tolist())
-    segment_labels = {s.label for s in bridge.segments_from_label_table(info.labels)}
-    assert values <= {0} | segment_labels
+    assert values <= {0, *info.labels.foreground_labels}
     if min_piece_ml:  # no region keeps a 26-connected piece under the minimum
         labels = sitk.GetArrayFromImage(output)
         voxel_ml = float(np.prod(output.GetSpacing())) / 1000
-        for region in info.labels["regions"]:
-            pieces, _ = ndimage.label(np.isin(labels, region["labels"]), structure=np.ones((3, 3, 3)))
+        for region in info.labels.regions:
+            pieces, _ = ndimage.label(np.isin(labels, region.labels), structure=np.ones((3, 3, 3)))
             sizes = np.bincount(pieces.ravel())[1:]
-            assert (sizes * voxel_ml >= min_piece_ml).all(), (region["name"], sorted(sizes))
+            assert (sizes * voxel_ml >= min_piece_ml).all(), (region.name, sorted(sizes))
         assert 4 not in values and {1, 2} <= values
 
 
 def test_predict_failure_gives_medsegs_one_line_message(
-    medseglib: None, tmp_path: Path, checkpoint: Path, phantom_case: Path, info: bridge.ModelInfo
+    medseglib: None, tmp_path: Path, checkpoint: Path, phantom_case: Path, info: ModelDescription
 ) -> None:
     from MedSegLib.process import ChildProcess
 
     inputs = _export_like_the_module(phantom_case, list(info.channels), tmp_path / "input")
     inputs[-1].unlink()  # a channel missing, as if an export had failed
-    parameters = bridge.PredictParameters(sys.executable, checkpoint, tmp_path / "input", tmp_path / "out", "cpu")
-    process = ChildProcess(parameters.command(), env=_env())
+    process = ChildProcess(_parameters(checkpoint, tmp_path).command(), env=_env())
     process.start()
     code = process.wait(timeout=300)
     assert code != 0
@@ -169,15 +184,14 @@ def test_predict_failure_gives_medsegs_one_line_message(
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
 def test_cancel_stops_a_real_predict_run(
-    medseglib: None, tmp_path: Path, checkpoint: Path, phantom_case: Path, info: bridge.ModelInfo
+    medseglib: None, tmp_path: Path, checkpoint: Path, phantom_case: Path, info: ModelDescription
 ) -> None:
     from MedSegLib.process import ChildProcess
 
     _export_like_the_module(phantom_case, list(info.channels), tmp_path / "input")
-    parameters = bridge.PredictParameters(sys.executable, checkpoint, tmp_path / "input", tmp_path / "out", "cpu")
-    process = ChildProcess(parameters.command(), env=_env(), kill_grace_seconds=2.0)
+    process = ChildProcess(_parameters(checkpoint, tmp_path).command(), env=_env(), kill_grace_seconds=2.0)
     process.start()
     process.cancel()  # while it is still importing torch
     code = process.wait(timeout=60)
     assert process.cancelled and code != 0
-    assert not (tmp_path / "out" / "case.nii.gz").exists()
+    assert not (tmp_path / "output" / "case.seg.nrrd").exists()

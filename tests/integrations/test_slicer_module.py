@@ -13,12 +13,14 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from medseg.integrations import slicer as bridge
+from medseg.protocol import BACKENDS, parse_event_line
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "tools" / "slicer" / "MedSeg"
@@ -95,27 +97,28 @@ _IMPORT_CHECK = textwrap.dedent(
     sys.path.insert(0, sys.argv[1])
     import MedSegLib.process, MedSegLib.bridge
     heavy = sorted(m for m in ("slicer", "qt", "vtk", "torch", "numpy", "ctk") if m in sys.modules)
-    print(json.dumps({"bridge": MedSegLib.bridge.bridge.__name__, "heavy": heavy}))
+    names = [MedSegLib.bridge.bridge.__name__, MedSegLib.bridge.protocol.__name__]
+    print(json.dumps({"modules": names, "heavy": heavy}))
     """
 )
 
 
 def test_slicer_free_parts_import_without_slicer_qt_or_torch() -> None:
-    # As from an installed medseg (the checkout on the path) ...
     result = subprocess.run(
         [sys.executable, "-c", _IMPORT_CHECK, str(MODULE_DIR)], capture_output=True, text=True, cwd=REPO, check=True
     )
-    assert json.loads(result.stdout) == {"bridge": "medseg.integrations.slicer", "heavy": []}
+    assert json.loads(result.stdout) == {"modules": ["medseg.integrations.slicer", "medseg.protocol"], "heavy": []}
 
 
-def test_bridge_falls_back_to_the_checkout_when_medseg_is_not_installed(tmp_path: Path) -> None:
+def test_bridge_says_how_to_install_medseg_where_it_is_missing(tmp_path: Path) -> None:
     # ``-I -S`` keeps the checkout and site-packages (an editable install) off sys.path, like
     # Slicer's Python without medseg installed.
     result = subprocess.run(
         [sys.executable, "-I", "-S", "-c", _IMPORT_CHECK, str(MODULE_DIR)], capture_output=True, text=True, cwd=tmp_path
     )
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"bridge": "medseg_slicer_bridge", "heavy": []}
+    assert result.returncode != 0
+    assert "ImportError: medseg is not installed in Slicer's Python; install it" in result.stderr
+    assert 'slicer.util.pip_install("--no-deps medseg")' in result.stderr
 
 
 def test_module_imports_slicer_only_where_expected() -> None:
@@ -161,7 +164,7 @@ def test_child_process_streams_stdout_and_stderr(medseglib: None, tmp_path: Path
     assert code == 2
     stdout = [text for stream, text in lines if stream == STDOUT]
     assert stdout[1] == "a log line" and stdout[-1] == "unbuffered=1"
-    assert [e.event for e in map(bridge.parse_progress_line, stdout) if e] == ["start", "case_start"]
+    assert [e.event for e in map(parse_event_line, stdout) if e] == ["start", "case_start"]
     assert (STDERR, "medseg: error: /x/case_0001.nii.gz: grid differs") in lines
     assert bridge.error_message_from_stderr(process.stderr_text) == "/x/case_0001.nii.gz: grid differs"
     with pytest.raises(RuntimeError, match="already started"):
@@ -250,6 +253,191 @@ def test_child_process_reports_a_missing_program(medseglib: None, tmp_path: Path
 
 
 # --------------------------------------------------------------------------------------------------
+# The logic, with a stand-in for Slicer
+# --------------------------------------------------------------------------------------------------
+
+
+class _FakeSegmentation:  # VTK's method names
+    """The part of ``vtkSegmentation`` the logic uses; segments are ``{"name", "color", "tags"}`` dicts."""
+
+    def __init__(self, segments: dict[str, dict]) -> None:
+        self.segments = dict(segments)
+
+    def GetNumberOfSegments(self) -> int:
+        return len(self.segments)
+
+    def GetNthSegmentID(self, index: int) -> str:
+        return list(self.segments)[index]
+
+    def RemoveAllSegments(self) -> None:
+        self.segments.clear()
+
+    def CopySegmentFromSegmentation(self, source: _FakeSegmentation, segment_id: str) -> None:
+        self.segments[segment_id] = dict(source.segments[segment_id])
+
+
+class _FakeNode:
+    """A segmentation node: what ``slicer.util.loadSegmentation`` returns, or one the user chose."""
+
+    def __init__(self, name: str, segments: dict[str, dict], storage: object | None = None) -> None:
+        self.name, self.segmentation, self.storage = name, _FakeSegmentation(segments), storage
+        self.transform, self.reference, self.displayed = None, None, False
+
+    def GetSegmentation(self) -> _FakeSegmentation:
+        return self.segmentation
+
+    def GetStorageNode(self) -> object | None:
+        return self.storage
+
+    def SetName(self, name: str) -> None:
+        self.name = name
+
+    def CreateDefaultDisplayNodes(self) -> None:
+        self.displayed = True
+
+    def SetAndObserveTransformNodeID(self, node_id: str | None) -> None:
+        self.transform = node_id
+
+    def SetReferenceImageGeometryParameterFromVolumeNode(self, volume: object) -> None:
+        self.reference = volume
+
+
+class _FakeVolume:
+    def GetName(self) -> str:
+        return "t1"
+
+    def GetTransformNodeID(self) -> str:
+        return "vtkMRMLLinearTransformNode1"
+
+
+def _load_segmentation(path: str) -> _FakeNode:
+    """Slicer's segmentation loader, played by medseg's own ``.seg.nrrd`` reader: segment ids, names, colours
+    and tags as Slicer reads them from the header."""
+    from medseg.io import read_image
+
+    segments = read_image(path).meta["segments"]
+    return _FakeNode(
+        Path(path).name,
+        {s["id"]: {"name": s["name"], "color": s["color"], "tags": s["tags"]} for s in segments},
+        storage=f"storage of {path}",
+    )
+
+
+@pytest.fixture
+def fake_slicer(medseglib: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> types.SimpleNamespace:
+    """A ``slicer`` module with the calls the logic makes; ``removed`` lists the nodes it removed."""
+    removed: list[object] = []
+    scene = types.SimpleNamespace(RemoveNode=removed.append, GenerateUniqueName=lambda name: name)
+    fake = types.ModuleType("slicer")
+    fake.util = types.SimpleNamespace(loadSegmentation=_load_segmentation)  # type: ignore[attr-defined]
+    fake.mrmlScene = scene  # type: ignore[attr-defined]
+    fake.app = types.SimpleNamespace(temporaryPath=str(tmp_path), processEvents=lambda: None)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "slicer", fake)
+    return types.SimpleNamespace(removed=removed)
+
+
+_WRITE_SEG_NRRD = """
+    import sys
+    import numpy as np
+    from medseg.io import Geometry, write_label_map
+    from medseg.labels import BRATS2021
+    from medseg.protocol import CaseFinished, CaseStarted, RunFinished, RunStarted
+
+    out = sys.argv[1]
+    print(RunStarted(total=1).to_line(), flush=True)
+    print(CaseStarted(case="case", index=0, total=1).to_line(), flush=True)
+    print('{"event": "case_start", "case": 7}')  # malformed: shown as text, not fatal
+    labels = np.zeros((6, 5, 4), np.uint8)
+    labels[1:3, 1:3, 1:3] = 4
+    write_label_map(labels, Geometry((6, 5, 4), np.eye(4)), out, table=BRATS2021)
+    print(CaseFinished(case="case", index=0, total=1, status="ok", seconds=0.1, output=out).to_line())
+    print(RunFinished(ok=1, failed=0, skipped=0).to_line())
+"""
+
+
+def _run(tmp_path: Path, segmentation: object | None) -> object:
+    from MedSegLib.logic import Run, SegmentationRequest
+    from MedSegLib.process import ChildProcess
+
+    from medseg.labels import BRATS2021
+    from medseg.protocol import ModelDescription, PredictParameters
+
+    temp_dir = tmp_path / "medseg-run"
+    (temp_dir / "output").mkdir(parents=True)
+    description = ModelDescription(
+        channels=("T1", "T1ce", "T2", "FLAIR"),
+        labels=BRATS2021,
+        network={"name": "unet", "kwargs": {}},
+        layout="brats",
+        mirroring=True,
+        inference={},
+        medseg_version="0.1.0",
+    )
+    output = temp_dir / "output" / bridge.output_file_name(bridge.CASE_ID)
+    args = [*_fake_medseg(tmp_path, _WRITE_SEG_NRRD), str(output)]
+    process = ChildProcess(args, env={**os.environ, "PYTHONPATH": str(REPO)})
+    parameters = PredictParameters(
+        python_executable=sys.executable,
+        model="m.pt",
+        input_dir=temp_dir / "input",
+        output_dir=temp_dir / "output",
+        output_format=bridge.OUTPUT_FORMAT,
+    )
+    request = SegmentationRequest(
+        model="m.pt", model_info=description, volumes=[_FakeVolume()], segmentation=segmentation
+    )
+    process.start()
+    return Run(request=request, temp_dir=temp_dir, parameters=parameters, process=process)
+
+
+def _finish(run: object, lines: list[tuple[str, str, object]]) -> object:
+    from MedSegLib.logic import SegmentationLogic
+
+    logic = SegmentationLogic()
+    deadline = time.monotonic() + 120
+    while not logic.step(run, lambda stream, text, event: lines.append((stream, text, event))):  # type: ignore[arg-type]
+        assert time.monotonic() < deadline, "the fake medseg did not finish"
+        time.sleep(0.05)
+    return logic.finish(run)  # type: ignore[arg-type]
+
+
+def test_logic_follows_the_events_and_loads_the_seg_nrrd(fake_slicer: types.SimpleNamespace, tmp_path: Path) -> None:
+    from medseg.labels import BRATS2021
+
+    run = _run(tmp_path, segmentation=None)
+    lines: list[tuple[str, str, object]] = []
+    node = _finish(run, lines)
+    events = [event for _, _, event in lines if event is not None]
+    assert [e.event for e in events] == ["start", "case_start", "case_done", "done"]  # type: ignore[attr-defined]
+    assert [text for _, text, event in lines if event is None] == ['{"event": "case_start", "case": 7}']
+    assert run.progress.done and run.progress.fraction == 1.0  # type: ignore[attr-defined]
+    # every label of the table, absent (NCR, ED) or present (ET), named, coloured and coded by medseg
+    segments = list(node.GetSegmentation().segments.values())  # type: ignore[attr-defined]
+    expected = BRATS2021.segments()
+    assert [s["name"] for s in segments] == [e.display_name for e in expected]
+    assert [tuple(round(c * 255) for c in s["color"]) for s in segments] == [e.color for e in expected]
+    assert [s["tags"]["TerminologyEntry"] for s in segments] == [e.concept.slicer_terminology() for e in expected]
+    assert node.name == "t1 medseg" and node.transform == "vtkMRMLLinearTransformNode1"  # type: ignore[attr-defined]
+    assert node.displayed and isinstance(node.reference, _FakeVolume)  # type: ignore[attr-defined]
+    assert fake_slicer.removed == [f"storage of {run.temp_dir / 'output' / 'case.seg.nrrd'}"]  # type: ignore[attr-defined]
+    assert not run.temp_dir.exists()  # type: ignore[attr-defined]
+
+
+def test_logic_replaces_the_segments_of_a_chosen_node(fake_slicer: types.SimpleNamespace, tmp_path: Path) -> None:
+    chosen = _FakeNode("mine", {"old": {"name": "old", "color": (0, 0, 0), "tags": {}}})
+    run = _run(tmp_path, segmentation=chosen)
+    assert _finish(run, []) is chosen
+    assert [s["name"] for s in chosen.segmentation.segments.values()] == [
+        "Necrotic tumour core",
+        "Peritumoral edema",
+        "Enhancing tumour",
+    ]
+    assert chosen.name == "mine" and chosen.transform == "vtkMRMLLinearTransformNode1"
+    loaded = [node for node in fake_slicer.removed if isinstance(node, _FakeNode)]
+    assert len(loaded) == 1 and loaded[0] is not chosen  # the loaded node is removed once its segments are copied
+
+
+# --------------------------------------------------------------------------------------------------
 # The .ui file and the widget code agree
 # --------------------------------------------------------------------------------------------------
 
@@ -293,7 +481,7 @@ def test_ui_has_the_expected_widgets() -> None:
 
 def test_ui_combo_items_match_the_bridge() -> None:
     root = ET.parse(UI_FILE).getroot()
-    for name, expected in (("deviceComboBox", bridge.DEVICES), ("backendComboBox", bridge.BACKENDS)):
+    for name, expected in (("deviceComboBox", bridge.DEVICES), ("backendComboBox", BACKENDS)):
         combo = next(w for w in root.iter("widget") if w.get("name") == name)
         items = [item.findtext("property/string") for item in combo.findall("item")]
         assert tuple(items) == expected

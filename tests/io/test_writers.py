@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,6 +25,19 @@ TABLE = LabelTable(
     name="kmeans",
     labels={0: "background", 1: "csf", 2: "grey matter", 3: "white matter", 4: "fat", 5: "muscle", 6: "other"},
     colors={1: (0, 0, 255), 2: (128, 128, 128), 3: (255, 255, 255), 5: (200, 50, 50)},
+)
+OPENKBP = LabelTable(
+    name="OpenKBP",
+    labels={
+        0: "background",
+        1: "Brainstem",
+        2: "SpinalCord",
+        3: "RightParotid",
+        4: "LeftParotid",
+        5: "Esophagus",
+        6: "Larynx",
+        7: "Mandible",
+    },
 )
 SOURCE_KINDS = ("nifti", "nrrd", "mha", "dicom")
 
@@ -105,28 +119,29 @@ def test_nifti_keeps_reference_qform_sform_codes(tmp_path: Path, kmeans_nifti: P
     assert header.get_data_dtype() == np.uint8
 
 
-def test_seg_nrrd_header_fields(tmp_path: Path, t1_nifti: Path, kmeans_nifti: Path) -> None:
+@pytest.mark.parametrize("table", [TABLE, OPENKBP], ids=["kmeans", "openkbp"])
+def test_seg_nrrd_header_fields(tmp_path: Path, t1_nifti: Path, kmeans_nifti: Path, table: LabelTable) -> None:
     import nrrd
 
     image = read_image(t1_nifti)
     labels = np.asarray(read_image(kmeans_nifti).array)
     labels[labels == 4] = 0  # one label of the table absent from the array
-    out = write_label_map(labels, image.geometry, tmp_path / "l.seg.nrrd", table=TABLE)
+    out = write_label_map(labels, image.geometry, tmp_path / "l.seg.nrrd", table=table)
     header = nrrd.read_header(str(out))
     assert header["space"] == "left-posterior-superior"
     assert header["dimension"] == 3 and list(header["sizes"]) == [128, 128, 62]
     lps = image.geometry.direction @ np.diag(image.geometry.spacing)
     np.testing.assert_allclose(header["space directions"], lps.T, atol=1e-6)
     np.testing.assert_allclose(header["space origin"], image.geometry.origin, atol=1e-6)
-    for n, value in enumerate(TABLE.foreground_labels):
-        assert header[f"Segment{n}_Name"] == TABLE.labels[value]
+    for n, segment in enumerate(table.segments()):
+        value = segment.value
+        assert header[f"Segment{n}_Name"] == segment.display_name
         assert header[f"Segment{n}_LabelValue"] == str(value)
         assert header[f"Segment{n}_Layer"] == "0"
         assert header[f"Segment{n}_ID"] == f"Segment_{value}"
+        assert header[f"Segment{n}_Tags"] == f"TerminologyEntry:{segment.concept.slicer_terminology()}|"
         color = [float(c) for c in header[f"Segment{n}_Color"].split()]
-        assert len(color) == 3 and all(0.0 <= c <= 1.0 for c in color)
-        if value in TABLE.colors:
-            np.testing.assert_allclose(color, np.array(TABLE.colors[value]) / 255, atol=1e-5)
+        np.testing.assert_allclose(color, np.array(segment.color) / 255, atol=1e-5)
         where = np.argwhere(labels == value)
         if len(where):
             lo, hi = where.min(axis=0), where.max(axis=0)
@@ -135,8 +150,22 @@ def test_seg_nrrd_header_fields(tmp_path: Path, t1_nifti: Path, kmeans_nifti: Pa
             expected = [0, -1, 0, -1, 0, -1]
         assert [int(x) for x in header[f"Segment{n}_Extent"].split()] == expected
     back = read_image(out)
-    assert back.meta["label_table"].labels == TABLE.labels
-    assert back.meta["label_table"].colors[1] == (0, 0, 255)
+    assert back.meta["label_table"].labels == {0: "background", **{s.value: s.display_name for s in table.segments()}}
+    assert [s["tags"]["TerminologyEntry"] for s in back.meta["segments"]] == [
+        s.concept.slicer_terminology() for s in table.segments()
+    ]
+    assert back.meta["label_table"].colors == {s.value: s.color for s in table.segments()}
+
+
+def test_seg_nrrd_codes_sided_organs(tmp_path: Path, t1_nifti: Path) -> None:
+    image = read_image(t1_nifti)
+    out = write_label_map(
+        np.zeros(image.geometry.shape, np.uint8), image.geometry, tmp_path / "o.seg.nrrd", table=OPENKBP
+    )
+    segments = {s["name"]: s for s in read_image(out).meta["segments"]}
+    assert sorted(segments) == sorted(s.display_name for s in OPENKBP.segments())
+    assert "~SCT^45289007^Parotid gland~SCT^7771000^Left~" in segments["Left parotid"]["tags"]["TerminologyEntry"]
+    assert "~SCT^119238007^Brain Stem~^^~" in segments["Brainstem"]["tags"]["TerminologyEntry"]
 
 
 def _frame_checks(seg_path: Path, image: Image, labels: np.ndarray, table: LabelTable) -> int:
@@ -159,7 +188,7 @@ def _frame_checks(seg_path: Path, image: Image, labels: np.ndarray, table: Label
     return len(seg.PerFrameFunctionalGroupsSequence)
 
 
-@pytest.mark.parametrize("table", [TABLE, BRATS2021], ids=["kmeans", "brats2021"])
+@pytest.mark.parametrize("table", [TABLE, BRATS2021, OPENKBP], ids=["kmeans", "brats2021", "openkbp"])
 def test_dicom_seg_references_the_right_slices(tmp_path: Path, shuffled_dicom: Path, table: LabelTable) -> None:
     import highdicom as hd
 
@@ -170,8 +199,7 @@ def test_dicom_seg_references_the_right_slices(tmp_path: Path, shuffled_dicom: P
     out = write_label_map(labels, image.geometry, tmp_path / "seg.dcm", table=table, reference=image)
     seg = hd.seg.segread(str(out))
     assert seg.number_of_segments == len(table.foreground_labels)
-    names = [str(item.SegmentLabel) for item in seg.SegmentSequence]
-    assert names == [table.labels[v] for v in table.foreground_labels]
+    _check_segment_descriptions(seg, table)
     algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert algorithm.AlgorithmName == "medseg"
     assert str(seg.SeriesInstanceUID) != image.meta["series_uid"]
@@ -182,6 +210,33 @@ def test_dicom_seg_references_the_right_slices(tmp_path: Path, shuffled_dicom: P
     assert referenced == set(image.meta["sop_instance_uids"])
     non_empty = sum(int((labels[:, :, k] == v).any()) for k in range(labels.shape[2]) for v in table.foreground_labels)
     assert _frame_checks(out, image, labels, table) == non_empty
+
+
+def _check_segment_descriptions(seg: Any, table: LabelTable) -> None:
+    """Each segment of a DICOM-SEG is labelled, coloured and coded as the table's segment of the same number."""
+    import highdicom as hd
+
+    segments = table.segments()
+    assert len(seg.SegmentSequence) == len(segments)
+    for item, segment in zip(seg.SegmentSequence, segments, strict=True):
+        concept = segment.concept
+        assert str(item.SegmentLabel) == segment.display_name
+        assert item.TrackingID == f"label {segment.value}"
+        for sequence, code in (
+            (item.SegmentedPropertyCategoryCodeSequence, concept.category),
+            (item.SegmentedPropertyTypeCodeSequence, concept.type),
+        ):
+            assert (sequence[0].CodingSchemeDesignator, sequence[0].CodeValue, sequence[0].CodeMeaning) == (
+                code.scheme,
+                code.value,
+                code.meaning,
+            )
+        modifiers = item.SegmentedPropertyTypeCodeSequence[0].get("SegmentedPropertyTypeModifierCodeSequence", [])
+        got = [(m.CodingSchemeDesignator, m.CodeValue, m.CodeMeaning) for m in modifiers]
+        want = [(concept.modifier.scheme, concept.modifier.value, concept.modifier.meaning)] if concept.modifier else []
+        assert got == want
+        rgb = hd.color.CIELabColor.from_dicom_value(tuple(item.RecommendedDisplayCIELabValue)).to_rgb()
+        np.testing.assert_allclose(rgb, segment.color, atol=2)
 
 
 def test_dicom_seg_needs_a_dicom_reference_on_the_same_grid(tmp_path: Path, kmeans_nifti: Path) -> None:

@@ -4,7 +4,6 @@ checked against that checkpoint's own Predictor; the folds' checks, resuming, an
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from medseg.data.cases import InputCase, Shard
 from medseg.data.manifest import build_manifest
 from medseg.inference import Predictor, read_case
 from medseg.networks import build_network
+from medseg.protocol import ModelDescription, TrainingData
 
 NUM_FOLDS = 3  # the tiny checkpoint's data.num_folds
 
@@ -177,13 +177,9 @@ def test_info_names_the_cases_a_checkpoint_validated_on(
 ) -> None:
     validation = [case.id for case in _validation(brats_root, 1)]
     assert main(["info", "--model", str(folds[1]), "--json"]) == 0
-    data = json.loads(capsys.readouterr().out)["training_data"]
-    assert data == {
-        "fold": 1,
-        "num_folds": NUM_FOLDS,
-        "training_cases": 6 - len(validation),
-        "validation_cases": validation,
-    }
+    assert ModelDescription.from_json(capsys.readouterr().out).training_data == TrainingData(
+        fold=1, num_folds=NUM_FOLDS, training_cases=6 - len(validation), validation_cases=tuple(validation)
+    )
     assert main(["info", "--model", str(folds[1])]) == 0
     last = capsys.readouterr().out.splitlines()[-1]
     assert last.startswith(f"trained on fold 1 of {NUM_FOLDS}: {6 - len(validation)} training cases, validated on ")

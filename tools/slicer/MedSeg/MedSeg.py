@@ -119,7 +119,6 @@ class MedSegTest(ScriptedLoadableModuleTest):
         return volumes
 
     def test_segment_phantom(self):
-        from MedSegLib.bridge import bridge
         from MedSegLib.logic import SegmentationRequest
 
         self.delayDisplay("Making a tiny checkpoint")
@@ -145,19 +144,17 @@ class MedSegTest(ScriptedLoadableModuleTest):
             )
             segmentation = logic.segment(request, timeout=600)
 
-            expected = bridge.segments_from_label_table(info.labels)
+            expected = info.labels.segments()  # every label, named, coloured and coded as medseg wrote it
             seg = segmentation.GetSegmentation()
             self.assertEqual(seg.GetNumberOfSegments(), len(expected))
-            names = [seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())]
-            self.assertEqual(sorted(names), sorted(s.name for s in expected))
-            for spec in expected:
-                segment = seg.GetSegment(seg.GetSegmentIdBySegmentName(spec.name))
-                for got, want in zip(segment.GetColor(), spec.color, strict=True):
-                    self.assertAlmostEqual(got, want, places=3)
-                if spec.terminology_entry():
-                    tag = vtk.mutable("")
-                    self.assertTrue(segment.GetTag("TerminologyEntry", tag))
-                    self.assertEqual(str(tag), spec.terminology_entry())
+            for want in expected:
+                segment = seg.GetSegment(seg.GetSegmentIdBySegmentName(want.display_name))
+                self.assertIsNotNone(segment, want.display_name)
+                for got, channel in zip(segment.GetColor(), want.color, strict=True):
+                    self.assertAlmostEqual(got, channel / 255, places=3)
+                tag = vtk.mutable("")
+                self.assertTrue(segment.GetTag("TerminologyEntry", tag))
+                self.assertEqual(str(tag), want.concept.slicer_terminology())
 
             # The segmentation is on the input grid: its labelmap export has the volume's geometry.
             label_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")

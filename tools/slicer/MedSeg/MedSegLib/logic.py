@@ -6,8 +6,9 @@ A run goes through three steps, so that the panel stays responsive and the run c
    ``case_0000.nii.gz``, ``case_0001.nii.gz``, ... (in the checkpoint's channel order, with their
    geometry) and starts ``medseg predict`` as a child process;
 2. :meth:`SegmentationLogic.step` (from a timer) streams its progress lines;
-3. :meth:`SegmentationLogic.finish` imports the label map as one segment per label of the model's
-   label table, named, coloured and coded from it, and removes the temporary folder in every outcome.
+3. :meth:`SegmentationLogic.finish` loads the ``.seg.nrrd`` medseg wrote with Slicer's segmentation loader
+   (one segment per label of the model's label table, named, coloured and coded by medseg) and removes the
+   temporary folder in every outcome.
 
 :meth:`SegmentationLogic.segment` does all three blocking, for scripts and the self-test.
 """
@@ -25,8 +26,11 @@ from typing import Any
 
 import slicer
 
-from MedSegLib.bridge import bridge
+from MedSegLib.bridge import bridge, protocol
 from MedSegLib.process import STDOUT, ChildProcess
+
+OnLine = Callable[[str, str, Any], None]
+"""Called with each line of the child's output: its stream, its text and its progress event (or ``None``)."""
 
 
 class MedSegRunError(RuntimeError):
@@ -39,7 +43,7 @@ class SegmentationRequest:
 
     Attributes:
         model: path of the medseg checkpoint.
-        model_info: what ``medseg info --json`` said about it (channels and label table).
+        model_info: what ``medseg info --json`` said about it (``medseg.protocol.ModelDescription``).
         volumes: one scalar volume node per channel, in the checkpoint's channel order.
         python_executable: the Python with medseg installed ("" for Slicer's own).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -52,7 +56,7 @@ class SegmentationRequest:
     """
 
     model: str
-    model_info: Any  # bridge.ModelInfo
+    model_info: protocol.ModelDescription
     volumes: Sequence[Any]
     python_executable: str = ""
     device: str = "auto"
@@ -69,9 +73,9 @@ class Run:
 
     request: SegmentationRequest
     temp_dir: Path
-    parameters: Any  # bridge.PredictParameters
+    parameters: protocol.PredictParameters
     process: ChildProcess
-    progress: Any = field(default_factory=lambda: bridge.RunProgress())
+    progress: bridge.RunProgress = field(default_factory=bridge.RunProgress)
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -117,10 +121,11 @@ class SegmentationLogic:
     def info_process(self, python_executable: str, model: str) -> ChildProcess:
         """A (not yet started) child that prints the checkpoint's metadata (``medseg info --json``)."""
         python = bridge.resolve_python_executable(python_executable)
-        return ChildProcess(bridge.InfoParameters(python, model).command(), env=child_environment(python))
+        parameters = protocol.InfoParameters(python_executable=python, model=model)
+        return ChildProcess(parameters.command(), env=child_environment(python))
 
     def read_model_info(self, python_executable: str, model: str, *, timeout: float = 300.0) -> Any:
-        """The checkpoint's metadata (:class:`ModelInfo`), blocking.
+        """The checkpoint's ``medseg.protocol.ModelDescription``, blocking.
 
         Raises:
             MedSegRunError: medseg could not read it; the message is medseg's own.
@@ -142,8 +147,8 @@ class SegmentationLogic:
         if returncode != 0:
             raise MedSegRunError(bridge.error_message_from_stderr(stderr, exit_code=returncode))
         try:
-            return bridge.parse_model_info(stdout)
-        except ValueError as exc:
+            return protocol.ModelDescription.from_json(stdout)
+        except protocol.ProtocolError as exc:
             raise MedSegRunError(f"cannot read the model's metadata: {exc}") from None
 
     # -- checks ------------------------------------------------------------------------------------
@@ -186,16 +191,17 @@ class SegmentationLogic:
             input_dir.mkdir()
             output_dir.mkdir()
             self.export_volumes(request.volumes, input_dir)
-            parameters = bridge.PredictParameters(
+            parameters = protocol.PredictParameters(
                 python_executable=python,
                 model=request.model,
                 input_dir=input_dir,
                 output_dir=output_dir,
+                output_format=bridge.OUTPUT_FORMAT,
                 device=request.device,
                 backend=request.backend,
                 mirror=request.mirror,
                 min_piece_ml=request.min_piece_ml,
-                piece_names=request.model_info.piece_names() if request.min_piece_ml else (),
+                piece_names=request.model_info.labels.evaluation_names if request.min_piece_ml else (),
                 extra_args=tuple(request.extra_args),
             )
             process = ChildProcess(parameters.command(), env=child_environment(python))
@@ -207,16 +213,26 @@ class SegmentationLogic:
             raise MedSegRunError(f"cannot start medseg: {exc}") from exc
         return Run(request=request, temp_dir=temp_dir, parameters=parameters, process=process)
 
-    def step(self, run: Run, on_line: Callable[[str, str], None] | None = None) -> bool:
+    def step(self, run: Run, on_line: OnLine | None = None) -> bool:
         """Read what the child printed since the last call, update ``run.progress``; return whether
-        the child has finished (then call :meth:`finish`)."""
+        the child has finished (then call :meth:`finish`).
+
+        Args:
+            run: the run.
+            on_line: called with each line's stream, text and progress event (``None`` for a line that is no
+                event, or a malformed one, which then shows as text).
+        """
         for stream, text in run.process.poll():
+            event = None
             if stream == STDOUT:
-                event = bridge.parse_progress_line(text)
-                if event is not None:
-                    run.progress.update(event)
+                try:
+                    event = protocol.parse_event_line(text)
+                except protocol.ProtocolError:
+                    event = None
+            if event is not None:
+                run.progress.update(event)
             if on_line is not None:
-                on_line(stream, text)
+                on_line(stream, text, event)
         return run.process.is_finished()
 
     def finish(self, run: Run) -> Any:
@@ -226,7 +242,7 @@ class SegmentationLogic:
             The segmentation node, or ``None`` if the run was cancelled.
 
         Raises:
-            MedSegRunError: medseg failed (with its own message) or wrote no usable label map.
+            MedSegRunError: medseg failed (with its own message) or wrote no usable segmentation.
         """
         try:
             self.step(run)
@@ -238,9 +254,8 @@ class SegmentationLogic:
                 stderr = run.process.stderr_text
                 raise MedSegRunError("\n".join(reasons) or bridge.error_message_from_stderr(stderr, exit_code=code))
             reported = run.progress.outputs.get(self.case_id)
-            label_map = bridge.find_output_label_map(run.output_dir, self.case_id, reported=reported)
-            specs = bridge.segments_from_label_table(run.request.model_info.labels)
-            return self.import_label_map(label_map, specs, run.request.volumes[0], run.request.segmentation)
+            path = bridge.find_output_segmentation(run.output_dir, self.case_id, reported=reported)
+            return self.load_segmentation(path, run.request.volumes[0], run.request.segmentation)
         except FileNotFoundError as exc:
             raise MedSegRunError(str(exc)) from None
         finally:
@@ -260,7 +275,7 @@ class SegmentationLogic:
         self,
         request: SegmentationRequest,
         *,
-        on_line: Callable[[str, str], None] | None = None,
+        on_line: OnLine | None = None,
         timeout: float | None = None,
     ) -> Any:
         """Run the whole segmentation, blocking (events are processed so Slicer stays drawn).
@@ -305,73 +320,34 @@ class SegmentationLogic:
                 raise MedSegRunError(f"{path}: cannot export {volume.GetName()}")
         return paths
 
-    def import_label_map(self, path: Path, specs: Sequence[Any], reference_volume: Any, segmentation: Any) -> Any:
-        """Load a label map and put it into ``segmentation`` (or a new one) as one segment per
-        :class:`SegmentSpec`, named, coloured and coded from it; labels absent from the map become
-        empty segments so that every label of the table is there.
+    def load_segmentation(self, path: Path, reference_volume: Any, segmentation: Any) -> Any:
+        """Load the ``.seg.nrrd`` medseg wrote with Slicer's segmentation loader, into ``segmentation`` or a new
+        node. Its segments keep the names, colours and terminology medseg gave them (every label of the
+        model's table, present or not).
 
         Args:
-            path: the label map medseg wrote (on the grid of ``reference_volume``).
-            specs: from :func:`segments_from_label_table`.
-            reference_volume: the first input volume; gives the segmentation's geometry and transform.
-            segmentation: the node to fill (its segments are replaced), or ``None`` to create one.
+            path: the ``.seg.nrrd`` (on the grid of ``reference_volume``).
+            reference_volume: the first input volume; gives the node's name, transform and reference geometry.
+            segmentation: the node to fill (its segments are replaced), or ``None`` to keep the loaded node.
         """
-        label_node = slicer.util.loadLabelVolume(str(path), {"show": False})
-        if not label_node:
-            raise MedSegRunError(f"{path}: Slicer cannot read the label map medseg wrote")
-        color_node = None
-        try:
-            color_node = self._color_table(specs)
-            label_node.GetDisplayNode().SetAndObserveColorNodeID(color_node.GetID())
-            if segmentation is None:
-                name = slicer.mrmlScene.GenerateUniqueName(f"{reference_volume.GetName()} medseg")
-                segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
-            segmentation.CreateDefaultDisplayNodes()  # also for a node created empty by the selector
-            segmentation.SetAndObserveTransformNodeID(reference_volume.GetTransformNodeID())
-            segmentation.GetSegmentation().RemoveAllSegments()
-            segmentation.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
-            logic = slicer.modules.segmentations.logic()
-            if not logic.ImportLabelmapToSegmentationNode(label_node, segmentation):
-                raise MedSegRunError(f"{path}: cannot import the label map as a segmentation")
-            self._apply_specs(segmentation, specs)
-        finally:
-            slicer.mrmlScene.RemoveNode(label_node)
-            if color_node is not None:
-                slicer.mrmlScene.RemoveNode(color_node)
+        loaded = slicer.util.loadSegmentation(str(path))
+        if not loaded:
+            raise MedSegRunError(f"{path}: Slicer cannot read the segmentation medseg wrote")
+        storage = loaded.GetStorageNode()  # its file is temporary: saving the scene must write the node anew
+        if storage is not None:
+            slicer.mrmlScene.RemoveNode(storage)
+        if segmentation is None:
+            segmentation = loaded
+            segmentation.SetName(slicer.mrmlScene.GenerateUniqueName(f"{reference_volume.GetName()} medseg"))
+        else:
+            try:
+                target, source = segmentation.GetSegmentation(), loaded.GetSegmentation()
+                target.RemoveAllSegments()
+                for index in range(source.GetNumberOfSegments()):
+                    target.CopySegmentFromSegmentation(source, source.GetNthSegmentID(index))
+            finally:
+                slicer.mrmlScene.RemoveNode(loaded)
+        segmentation.CreateDefaultDisplayNodes()  # also for a node created empty by the selector
+        segmentation.SetAndObserveTransformNodeID(reference_volume.GetTransformNodeID())
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
         return segmentation
-
-    @staticmethod
-    def _color_table(specs: Sequence[Any]) -> Any:
-        """A temporary colour table naming each label value after its segment (used by the import)."""
-        color_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLColorTableNode", "MedSeg labels")
-        color_node.SetTypeToUser()
-        color_node.SetHideFromEditors(True)
-        color_node.SetNumberOfColors(max([s.label for s in specs], default=0) + 1)
-        color_node.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
-        for spec in specs:
-            color_node.SetColor(spec.label, spec.name, *spec.color, 1.0)
-        return color_node
-
-    @staticmethod
-    def _apply_specs(segmentation_node: Any, specs: Sequence[Any]) -> None:
-        """Name, colour and code the imported segments; add empty ones for absent labels."""
-        segmentation = segmentation_node.GetSegmentation()
-        by_name: dict[str, str] = {}
-        by_label: dict[int, str] = {}
-        for index in range(segmentation.GetNumberOfSegments()):
-            segment_id = segmentation.GetNthSegmentID(index)
-            segment = segmentation.GetSegment(segment_id)
-            by_name.setdefault(segment.GetName(), segment_id)
-            if hasattr(segment, "GetLabelValue"):
-                by_label.setdefault(int(segment.GetLabelValue()), segment_id)
-        for spec in specs:
-            segment_id = by_name.pop(spec.name, None) or by_label.get(spec.label)
-            if segment_id is None or segmentation.GetSegment(segment_id) is None:
-                segment_id = segmentation.AddEmptySegment(f"medseg_{spec.label}", spec.name, list(spec.color))
-            segment = segmentation.GetSegment(segment_id)
-            segment.SetName(spec.name)
-            segment.SetColor(*spec.color)
-            entry = spec.terminology_entry()
-            if entry is not None:
-                tag = segment.GetTerminologyEntryTagName() if hasattr(segment, "GetTerminologyEntryTagName") else None
-                segment.SetTag(tag or "TerminologyEntry", entry)

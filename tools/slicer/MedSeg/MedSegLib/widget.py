@@ -13,7 +13,7 @@ from typing import Any
 import qt
 import slicer
 
-from MedSegLib.bridge import bridge
+from MedSegLib.bridge import bridge, protocol
 from MedSegLib.logic import MedSegRunError, SegmentationLogic, SegmentationRequest
 from MedSegLib.process import STDOUT, ChildProcess
 
@@ -38,7 +38,7 @@ class Panel:
         self.ui = slicer.util.childWidgetVariables(ui_widget)
         ui_widget.setMRMLScene(slicer.mrmlScene)
 
-        self.model_info: Any = None  # bridge.ModelInfo of the chosen checkpoint
+        self.model_info: protocol.ModelDescription | None = None  # of the chosen checkpoint
         self.channel_selectors: list[Any] = []
         self.info_process: ChildProcess | None = None
         self.info_stdout: list[str] = []
@@ -47,7 +47,7 @@ class Panel:
         self.ui.deviceComboBox.clear()
         self.ui.deviceComboBox.addItems(list(bridge.DEVICES))
         self.ui.backendComboBox.clear()
-        self.ui.backendComboBox.addItems(list(bridge.BACKENDS))
+        self.ui.backendComboBox.addItems(list(protocol.BACKENDS))
         self._restore_settings()
 
         self.timer = qt.QTimer()
@@ -148,7 +148,7 @@ class Panel:
         else:
             self.model_info = info
             self._save_settings()
-            names = ", ".join(s.name for s in bridge.segments_from_label_table(info.labels))
+            names = ", ".join(segment.display_name for segment in info.labels.segments())
             network = info.network.get("name", "?")
             self.ui.modelInfoLabel.text = f"{network}; inputs: {', '.join(info.channels)}; segments: {names}"
             self._set_channels(list(info.channels))
@@ -261,14 +261,13 @@ class Panel:
             if self.info_process is None and self.run is None:
                 self.timer.stop()
 
-    def _log_line(self, stream: str, text: str) -> None:
+    def _log_line(self, _stream: str, text: str, event: protocol.ProgressEvent | None) -> None:
         # Progress events drive the bar; the log shows everything else (and per-case results).
-        event = bridge.parse_progress_line(text) if stream == STDOUT else None
         if event is None:
             self._log(text)
-        elif event.event == "case_done":
+        elif isinstance(event, protocol.CaseFinished):
             detail = f" ({event.reason})" if event.reason else ""
-            self._log(f"{event.case}: {event.status} in {event.seconds or 0:.1f} s{detail}")
+            self._log(f"{event.case}: {event.status} in {event.seconds:.1f} s{detail}")
 
     def _log(self, text: str) -> None:
         self.ui.logTextEdit.appendPlainText(text)
