@@ -8,8 +8,8 @@ This module does not import torch.
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
 import difflib
+import importlib.resources
 import math
 import types
 import typing
