@@ -34,7 +34,7 @@ from medseg.evaluation.files import (
 from medseg.evaluation.lesion_wise import LesionScore, get_lesion_rules, lesion_wise_label_maps
 from medseg.evaluation.metrics import NSD_TOLERANCE_MM, RegionScore, check_nsd_tolerance, score_label_maps
 from medseg.evaluation.plot import plot_scores
-from medseg.io import Image, atomic_output, label_values, read_nifti
+from medseg.io import Image, atomic_output, check_label_map, label_values, read_nifti, require_same_grid
 from medseg.io.jsonfile import read_json
 from medseg.labels import BRATS_RELEASES, LABEL_TABLES, LabelTable, get_label_table
 from medseg.parallel import map_in_processes
@@ -241,29 +241,6 @@ def _resolve_label_table(labels: str | LabelTable, refs: References, preds: Mapp
     )
 
 
-def _check_values(image: Image, table: LabelTable) -> None:
-    extra = sorted(label_values(image.array, path=image.path) - set(table.labels))
-    if extra:
-        raise MedsegInputError(
-            f"label values {extra} are not in label table {table.name} {sorted(table.labels)}", path=image.path
-        )
-
-
-def _check_same_grid(pred: Image, ref: Image) -> None:
-    if pred.geometry.shape != ref.geometry.shape:
-        raise MedsegInputError(
-            f"prediction shape {pred.geometry.shape} differs from reference shape {ref.geometry.shape} ({ref.path})",
-            path=pred.path,
-        )
-    if not pred.geometry.same_grid(ref.geometry):
-        diff = float(np.max(np.abs(pred.geometry.affine - ref.geometry.affine)))
-        raise MedsegInputError(
-            f"prediction affine differs from reference affine by up to {diff:.4g} mm ({ref.path}); "
-            "predictions must be on the reference grid",
-            path=pred.path,
-        )
-
-
 def _stats(values: list[float]) -> dict[str, float]:
     if not values:  # a label no case annotates
         return {"mean": math.nan, "std": math.nan, "median": math.nan}
@@ -403,12 +380,12 @@ def read_case(ref_path: Path, pred_path: Path | None, table: LabelTable) -> tupl
         MedsegInputError: naming the file: unreadable, values outside the table, another grid.
     """
     ref = _read_label_map(ref_path)
-    _check_values(ref, table)
+    check_label_map(ref.array, table, path=ref.path)
     if pred_path is None:
         return np.zeros(ref.array.shape, dtype=np.uint8), ref
     pred = _read_label_map(pred_path)
-    _check_same_grid(pred, ref)
-    _check_values(pred, table)
+    require_same_grid(pred.geometry, ref.geometry, path=pred.path, reference_path=ref.path)
+    check_label_map(pred.array, table, path=pred.path)
     return pred.array, ref
 
 

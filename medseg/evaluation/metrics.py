@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
 
+from medseg.io.image import check_label_map
 from medseg.labels import LabelTable
 
 HD95_PERCENTILE = 95.0
@@ -232,17 +233,15 @@ def score_label_maps(
         Set name -> ``RegionScore(dice, hd95, nsd)``, in the table's evaluation order.
 
     Raises:
-        ValueError: shapes differ, or a map holds values that are not in ``table.labels``.
+        ValueError: shapes differ.
+        MedsegInputError: a map holds values that are not in ``table.labels``.
     """
     pred = np.asarray(pred)
     ref = np.asarray(ref)
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
-    known = set(table.labels)
     for what, arr in (("prediction", pred), ("reference", ref)):
-        extra = sorted(set(np.unique(arr).tolist()) - known)
-        if extra:
-            raise ValueError(f"{what} holds label values {extra} not in table {table.name} {sorted(known)}")
+        check_label_map(arr, table, path=None, what=f"{what} label values")
     scores: dict[str, RegionScore] = {}
     for name, values in table.evaluation_sets().items():
         scores[name] = score_masks(

@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from medseg.errors import MedsegInputError
-from medseg.io.image import Image, require_invertible
+from medseg.io.image import Geometry, Image, require_invertible
 
 
 class ImageReader(ABC):
@@ -34,6 +34,11 @@ class ImageReader(ABC):
     def read(self, path: Path) -> Image:
         """Read ``path`` into an :class:`Image` with RAS geometry; raise :class:`MedsegInputError` if unreadable."""
 
+    def read_geometry(self, path: Path) -> Geometry:
+        """The grid of ``path`` as :meth:`read` gives it; a reader that can take it from the header alone
+        overrides this, so that checking a dataset's grids does not read its voxels."""
+        return self.read(path).geometry
+
 
 class NiftiReader(ImageReader):
     """NIfTI-1/2 (``.nii``, ``.nii.gz``) through nibabel; keeps the stored data type."""
@@ -45,6 +50,11 @@ class NiftiReader(ImageReader):
         from medseg.io.nifti import read_nifti
 
         return read_nifti(path, dtype=None)
+
+    def read_geometry(self, path: Path) -> Geometry:
+        from medseg.io.nifti import read_nifti_geometry
+
+        return read_nifti_geometry(path)
 
 
 class ItkReader(ImageReader):
@@ -130,6 +140,13 @@ def reader_for(path: str | Path) -> ImageReader:
     return reader
 
 
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise MedsegInputError("file not found", path=path)
+    return path
+
+
 def read_image(path: str | Path) -> Image:
     """Read any supported image: NIfTI, NRRD, ``.seg.nrrd``, MHA/MHD, or a folder with one DICOM series.
 
@@ -142,9 +159,19 @@ def read_image(path: str | Path) -> Image:
         MedsegInputError: the path is missing, of unknown type, corrupt, not a 3-D image, or its
             affine is degenerate.
     """
-    path = Path(path)
-    if not path.exists():
-        raise MedsegInputError("file not found", path=path)
+    path = _existing(path)
     image = reader_for(path).read(path)
     require_invertible(image.geometry.affine, path=path)
     return image
+
+
+def read_geometry(path: str | Path) -> Geometry:
+    """The grid :func:`read_image` gives ``path``, read from the header alone where the format allows (NIfTI).
+
+    Raises:
+        MedsegInputError: as :func:`read_image`.
+    """
+    path = _existing(path)
+    geometry = reader_for(path).read_geometry(path)
+    require_invertible(geometry.affine, path=path)
+    return geometry

@@ -5,6 +5,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from medseg.errors import MedsegInputError
 from medseg.evaluation.metrics import RegionScore, dice, hd95, image_diagonal_mm, nsd, score_label_maps, score_masks
 from medseg.labels import BRATS2021, BRATS2023, LabelTable
 
@@ -157,5 +158,5 @@ def test_score_label_maps_rejects_unknown_values() -> None:
     ref = np.zeros((5, 5, 5), np.uint8)
     pred = ref.copy()
     pred[0, 0, 0] = 3
-    with pytest.raises(ValueError, match=r"prediction holds label values \[3\]"):
+    with pytest.raises(MedsegInputError, match=r"prediction label values \[3\] are not in label table brats2021"):
         score_label_maps(pred, ref, table=BRATS2021, spacing=(1, 1, 1))
