@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg.data.dataset_json import DATASET_JSON, dataset_json_from_dict
 from medseg.errors import MedsegInputError
 from medseg.evaluation.files import (
     LESION_METRICS_CSV,
@@ -75,6 +76,12 @@ def _nifti_files(folder: Path) -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
+def _dataset_json(folder: Path) -> Path | None:
+    """``folder``'s ``dataset.json``, when it has one."""
+    path = folder / DATASET_JSON
+    return path if path.is_file() else None
+
+
 def find_brats_references(ref_dir: Path) -> References | None:
     """BraTS layout: ``<case>/<case>_seg.nii.gz`` (2021) or ``<case>/<case>-seg.nii.gz`` (2023).
 
@@ -106,15 +113,13 @@ def find_msd_references(ref_dir: Path) -> References | None:
     if not labels_dir.is_dir():
         return None
     files = _nifti_files(labels_dir)
-    meta = ref_dir / "dataset.json"
-    return References("msd", files, dataset_json=meta if meta.is_file() else None) if files else None
+    return References("msd", files, dataset_json=_dataset_json(ref_dir)) if files else None
 
 
 def find_flat_references(ref_dir: Path) -> References | None:
     """A flat folder of ``<case>.nii.gz`` label maps (the same layout as the predictions)."""
     files = _nifti_files(ref_dir)
-    meta = ref_dir / "dataset.json"
-    return References("flat", files, dataset_json=meta if meta.is_file() else None) if files else None
+    return References("flat", files, dataset_json=_dataset_json(ref_dir)) if files else None
 
 
 def manifest_references(path: Path) -> References:
@@ -193,32 +198,22 @@ def _detect_label_table(refs: References, preds: Mapping[str, Path]) -> LabelTab
 
 def label_table_from_json(path: Path) -> LabelTable:
     """The label table of a ``dataset.json`` (MSD ``{"0": "background", ...}`` or nnU-Net v2
-    ``{"background": 0, ...}``, a class table named after ``"name"``) or of a medseg manifest.
+    ``{"background": 0, ...}``, read by :func:`~medseg.data.dataset_json.read_dataset_json`; a class table
+    named after ``"name"``) or of a medseg manifest.
 
     Raises:
         MedsegInputError: unreadable file, or no usable ``labels`` (naming the file).
     """
     from medseg.data.manifest import FORMAT as MANIFEST_FORMAT
-    from medseg.data.manifest import load_manifest
+    from medseg.data.manifest import manifest_from_dict
     from medseg.data.msd import classes_table
 
     path = Path(path)
     data = read_json(path, what="label file")
     if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT:
-        return load_manifest(path).label_table
-    labels = data.get("labels") if isinstance(data, dict) else None
-    if not isinstance(labels, dict) or not labels:
-        raise MedsegInputError('needs a non-empty "labels" object (dataset.json) or a medseg manifest', path=path)
-    try:
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in labels.values()):  # nnU-Net: name -> value
-            table = {int(v): str(k) for k, v in labels.items()}
-        else:  # MSD: "value" -> name
-            table = {int(k): str(v) for k, v in labels.items()}
-    except (TypeError, ValueError):
-        raise MedsegInputError('"labels" must map values to names (or names to integer values)', path=path) from None
-    if 0 not in table:
-        raise MedsegInputError('"labels" has no background value 0', path=path)
-    return classes_table(str(data.get("name") or path.parent.name), table)
+        return manifest_from_dict(data, path=path).label_table
+    meta = dataset_json_from_dict(data, path=path)
+    return classes_table(meta.name, meta.labels)
 
 
 def _resolve_label_table(labels: str | LabelTable, refs: References, preds: Mapping[str, Path]) -> LabelTable:
