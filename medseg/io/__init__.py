@@ -20,7 +20,7 @@ from medseg.io.image import (
     require_same_grid,
     stack_channels,
 )
-from medseg.io.nifti import check_nifti, read_nifti, write_nifti
+from medseg.io.nifti import read_nifti, write_nifti
 from medseg.io.readers import ImageReader, read_geometry, read_image, reader_for, register_reader
 from medseg.io.writers import write_label_map, write_probabilities
 
@@ -31,7 +31,6 @@ __all__ = [
     "SeriesInfo",
     "atomic_output",
     "check_label_map",
-    "check_nifti",
     "ensure_not_input",
     "grid_difference",
     "label_values",

@@ -46,17 +46,6 @@ def check_nifti_header(img: nib.Nifti1Image, path: str | Path) -> None:
         )
 
 
-def check_nifti(path: str | Path) -> None:
-    """:func:`check_nifti_header` on the file at ``path``; a file nibabel cannot open passes (reading it
-    will say why)."""
-    try:
-        img = nib.load(str(path))
-    except Exception:
-        return
-    if isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        check_nifti_header(img, path)
-
-
 def _open_nifti(path: Path) -> nib.Nifti1Image:
     """The NIfTI image at ``path``, its header read and checked (:func:`check_nifti_header`), its voxels not yet.
 
