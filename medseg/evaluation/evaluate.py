@@ -35,7 +35,7 @@ from medseg.evaluation.files import (
 from medseg.evaluation.lesion_wise import LesionScore, get_lesion_rules, lesion_wise_label_maps
 from medseg.evaluation.metrics import NSD_TOLERANCE_MM, RegionScore, check_nsd_tolerance, score_label_maps
 from medseg.evaluation.plot import plot_scores
-from medseg.io import Image, atomic_output, check_label_map, label_values, read_nifti, require_same_grid
+from medseg.io import Image, atomic_output, check_label_map, label_values, read_image, require_same_grid
 from medseg.io.jsonfile import read_json
 from medseg.labels import BRATS_RELEASES, LABEL_TABLES, LabelTable, get_label_table
 from medseg.parallel import map_in_processes
@@ -173,7 +173,7 @@ def find_references(ref_dir: Path) -> References:
 
 
 def _read_label_map(path: Path) -> Image:
-    image = read_nifti(path, dtype=None)
+    image = read_image(path)
     if image.array.ndim != 3:
         raise MedsegInputError(f"expected a 3-D label map, got shape {image.array.shape}", path=path)
     return image
