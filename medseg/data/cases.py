@@ -317,11 +317,6 @@ def discover_cases(
 
 def _dicom_file_case(path: Path) -> list[InputCase]:
     """The case of the DICOM series that the file ``path`` belongs to."""
-    import pydicom
+    from medseg.io.readers import dicom_series_uid
 
-    try:
-        header = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-        uid = str(header.SeriesInstanceUID)
-    except Exception as exc:
-        raise MedsegInputError(f"cannot read DICOM file: {exc}", path=path) from None
-    return [InputCase(path.parent.name, (path.parent,), series_uid=uid)]
+    return [InputCase(path.parent.name, (path.parent,), series_uid=dicom_series_uid(path))]

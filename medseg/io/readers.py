@@ -102,16 +102,24 @@ class DicomFileReader(ImageReader):
     suffixes = (".dcm",)
 
     def read(self, path: Path) -> Image:
-        import pydicom
-
         from medseg.io.dicom import read_dicom_series
 
-        try:
-            header = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-            uid = str(header.SeriesInstanceUID)
-        except Exception as exc:
-            raise MedsegInputError(f"cannot read DICOM file: {exc}", path=path) from None
-        return read_dicom_series(path.parent, series_uid=uid, recursive=False)
+        return read_dicom_series(path.parent, series_uid=dicom_series_uid(path), recursive=False)
+
+
+def dicom_series_uid(path: Path) -> str:
+    """The SeriesInstanceUID of the DICOM file ``path`` (its header alone is read).
+
+    Raises:
+        MedsegInputError: not a readable DICOM file, or one without a SeriesInstanceUID (naming it).
+    """
+    import pydicom
+
+    try:
+        header = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        return str(header.SeriesInstanceUID)
+    except Exception as exc:
+        raise MedsegInputError(f"cannot read DICOM file: {exc}", path=path) from None
 
 
 READERS: dict[str, ImageReader] = {
