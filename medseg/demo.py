@@ -19,10 +19,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from medseg.config import Config, load_config
+from medseg.data.dataset_json import read_dataset_json
 from medseg.evaluation import METRICS_PNG, evaluate_folder, format_summary, render_case_overlays, write_report
 from medseg.inference import predict_folder
 from medseg.io.atomic import atomic_output
-from medseg.io.jsonfile import read_json
 from medseg.phantoms.brats import generate_brats_dataset
 from medseg.phantoms.ct import generate_ct_dataset
 from medseg.training import train
@@ -46,7 +46,7 @@ def _phantoms(out: Path, *, cases: int, seed: int, release: str, shape: Sequence
 
 def _ct_phantoms(out: Path, *, cases: int, seed: int, shape: Sequence[int] | None) -> None:
     meta = out / "dataset.json"
-    if meta.is_file() and len(read_json(meta, what="dataset.json").get("training", [])) >= cases:
+    if meta.is_file() and len(read_dataset_json(meta, style="msd").cases("training")) >= cases:
         print(f"reusing phantoms in {out}")
         return
     print(f"generating {cases} CT organ phantoms in {out} ...", flush=True)

@@ -14,8 +14,12 @@ This module imports neither torch nor numpy, so the Slicer bridge and the CLI ca
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
+
+from medseg.errors import MedsegInputError
 
 RGB = tuple[int, int, int]
 
@@ -458,3 +462,24 @@ def get_brats_release(name: str) -> BratsRelease:
         return BRATS_RELEASES[str(name)]
     except KeyError:
         raise KeyError(f"unknown BraTS release {name!r}; known: {', '.join(BRATS_RELEASES)}") from None
+
+
+def require_known_values(
+    values: Iterable[int], table: LabelTable, *, path: str | Path | None, what: str = "label values"
+) -> None:
+    """Refuse label values that ``table`` does not define (a label map of another dataset or release, or
+    a case's list of annotated values).
+
+    Args:
+        values: the values found, e.g. :func:`medseg.io.label_values` of a label map.
+        table: the label table they must belong to.
+        path: the file they come from, named in the error.
+        what: what the values are, starting the message (``"label values"``).
+
+    Raises:
+        MedsegInputError: naming ``path``: ``"<what> [..] are not in label table <name> [..]"``.
+    """
+    unknown = sorted(set(values) - set(table.labels))
+    if unknown:
+        known = sorted(table.labels)
+        raise MedsegInputError(f"{what} {unknown} are not in label table {table.name} {known}", path=path)

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from monai import transforms as mt
 from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.utils import SpaceKeys
 
 from medseg.config import TransformConfig
-from medseg.errors import ConfigError, MedsegInputError
-from medseg.io import check_nifti, read_nifti, require_finite
+from medseg.errors import ConfigError
+from medseg.io import Image, read_image, require_finite, require_same_grid, stack_channels
 from medseg.keys import IMAGE, LABEL
 from medseg.labels import LabelTable
 
@@ -43,33 +45,33 @@ class LabelsToRegionsd(mt.MapTransform):
 
 
 class LoadImagesd(mt.MapTransform):
-    """MONAI's ``LoadImaged`` for NIfTI files, channel first (a list of files under one key is stacked
-    into channels), that names the file when one cannot be read or holds NaN or infinite voxels; MONAI
-    itself would only say which transform failed."""
+    """Read each key's file(s) with :func:`medseg.io.read_image`, the reader prediction uses (NIfTI, NRRD,
+    MHA/MHD, a DICOM series folder), into a float32 ``(C, X, Y, Z)`` :class:`~monai.data.MetaTensor` in
+    file voxel order whose affine maps voxel indices to RAS mm, as the Predictor builds its input.
 
-    def __init__(self, keys: KeysCollection) -> None:
-        super().__init__(keys)
-        self.load = mt.LoadImaged(keys=self.keys, reader="NibabelReader", ensure_channel_first=True, image_only=True)
+    A list of files under one key is stacked into channels (:func:`medseg.io.stack_channels`; a 4-D file
+    gives all its channels). Every file of an item must lie on the grid of the first key's first file.
+    Errors name the file: unreadable, off that grid, or holding NaN or infinite voxels.
+    """
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        files = {key: [data[key]] if isinstance(data[key], str) else list(data[key]) for key in self.key_iterator(data)}
-        for path in (p for paths in files.values() for p in paths):
-            check_nifti(path)  # complex or RGB voxels, which loading would cast silently or fail on
-        try:
-            d = dict(self.load(data))
-        except Exception as exc:
-            for path in (p for paths in files.values() for p in paths):
-                read_nifti(path)  # raises the reason, naming the file
-            raise MedsegInputError(f"cannot load: {exc}", path=next(iter(files.values()))[0]) from None
-        for key, paths in files.items():
-            for i, channel in enumerate(d[key]):
-                # one file per channel, or one multi-channel file (a 4-D NIfTI)
-                require_finite(np.asarray(channel), path=paths[i] if len(paths) == len(d[key]) else paths[0])
+        d = dict(data)
+        first: Image | None = None
+        for key in self.key_iterator(d):
+            paths = [d[key]] if isinstance(d[key], (str, Path)) else list(d[key])
+            image = stack_channels([read_image(p) for p in paths])
+            if first is None:
+                first = image
+            require_same_grid(image.geometry, first.geometry, path=image.path, reference_path=first.path)
+            for channel, path in zip(image.array, image.meta["channel_files"], strict=True):
+                require_finite(channel, path=path)
+            meta = {"filename_or_obj": str(paths[0]), "space": SpaceKeys.RAS}
+            d[key] = MetaTensor(torch.from_numpy(image.array), affine=torch.as_tensor(image.geometry.affine), meta=meta)
         return d
 
 
 def load_transforms(keys: Sequence[str]) -> list[mt.Transform]:
-    """Read NIfTI files channel-first (:class:`LoadImagesd`)."""
+    """Read image files channel-first (:class:`LoadImagesd`)."""
     return [LoadImagesd(keys=list(keys))]
 
 

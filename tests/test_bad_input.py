@@ -66,7 +66,7 @@ def test_modalities_on_different_grids(brats_root: Path, tmp_path: Path, capsys:
     nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), shifted), flair)
     config = _train_config(tmp_path, tmp_path / "data")
     assert main(["train", "--config", str(config)]) == 2
-    _one_error_line(capsys, str(flair), "affine differs")
+    _one_error_line(capsys, str(flair), "origin (LPS)")
     assert not (tmp_path / "run").exists()
 
 

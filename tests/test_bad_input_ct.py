@@ -74,7 +74,7 @@ def test_label_value_not_in_dataset_json(tmp_path: Path, capsys: pytest.CaptureF
     label[3:6, 3:6, 3:6] = 5
     write_nifti(label, Geometry(SHAPE, AFFINE), bad)
     line = _train_error(_config(tmp_path, root), capsys)
-    assert str(bad) in line and "label values [5] are not in toy_ct [0, 1, 2]" in line
+    assert str(bad) in line and "label values [5] are not in label table toy_ct [0, 1, 2]" in line
 
 
 def test_dataset_json_lists_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -92,11 +92,12 @@ def test_image_and_label_on_different_grids(tmp_path: Path, capsys: pytest.Captu
     label = root / "labelsTr" / "ct_0.nii.gz"
     write_nifti(np.zeros(SHAPE, np.uint8), Geometry(SHAPE, shifted), label)
     line = _train_error(_config(tmp_path, root), capsys)
-    assert str(label) in line and "affine differs from ct_0.nii.gz" in line
+    image = root / "imagesTr" / "ct_0.nii.gz"
+    assert str(label) in line and f"not on the grid of {image}: origin (LPS)" in line
 
     write_nifti(np.zeros((16, 16, 9), np.uint8), Geometry((16, 16, 9), AFFINE), label)
     line = _train_error(_config(tmp_path, root), capsys)
-    assert str(label) in line and "shape (16, 16, 9) differs" in line
+    assert str(label) in line and f"not on the grid of {image}: shape (16, 16, 9), not" in line
 
 
 def test_network_patch_size_mismatch_names_network_and_nearest_size(

@@ -61,11 +61,19 @@ def test_brats_case_folders_follow_the_checkpoint_channel_order(tmp_path: Path) 
 
 
 def test_msd_root_uses_images_ts_with_4d_files(tmp_path: Path) -> None:
-    (tmp_path / "dataset.json").write_text("{}")
+    meta = {"modality": dict(enumerate(BRATS_CHANNELS)), "labels": {"0": "background", "1": "tumour"}}
+    (tmp_path / "dataset.json").write_text(json.dumps(meta))
     _nifti(tmp_path / "imagesTr" / "BRATS_001.nii.gz", (4, 4, 3, 4))
     _nifti(tmp_path / "labelsTr" / "BRATS_001.nii.gz")
     ts = _nifti(tmp_path / "imagesTs" / "BRATS_484.nii.gz", (4, 4, 3, 4))
     assert discover_cases(tmp_path, channels=BRATS_CHANNELS) == [InputCase("BRATS_484", (ts,))]
+    with pytest.raises(MedsegInputError, match=r"the dataset's cases have 4 channel\(s\) .*the model takes 1") as info:
+        discover_cases(tmp_path, channels=["CT"])
+    assert info.value.path == tmp_path / "dataset.json"
+    (tmp_path / "dataset.json").write_text(json.dumps({"modality": {"0": "CT"}}))
+    with pytest.raises(MedsegInputError, match='needs a non-empty "labels"') as info:
+        discover_cases(tmp_path, channels=["CT"])
+    assert info.value.path == tmp_path / "dataset.json"
 
 
 def test_recursive_mixed_formats_dicom_hidden_excluded_and_clashing_ids(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_brats_phantom.y
 
 
 @pytest.mark.slow
-def test_brats_demo_end_to_end_on_a_tiny_budget(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_brats_demo_end_to_end_learns_on_a_small_budget(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     overrides = [
         "data.manifest=null",  # the demo's manifest lists its 30 cases
         "phantoms.train_cases=4",
@@ -26,17 +26,18 @@ def test_brats_demo_end_to_end_on_a_tiny_budget(tmp_path: Path, capsys: pytest.C
         "inference.roi_size=[32,32,32]",
         "data.num_folds=4",
         "data.num_workers=0",
-        "train.epochs=4",
-        "train.iterations_per_epoch=20",
-        "train.val_every=4",
+        "train.epochs=8",
+        "train.iterations_per_epoch=25",
+        "train.val_every=8",
+        "train.lr=0.01",
     ]
     out = tmp_path / "demo"
     summary = run_demo(out_dir=out, config=CONFIG, overrides=overrides)
     assert list(summary["regions"]) == ["WT", "TC", "ET"] and len(summary["cases"]) == 2
-    # 80 steps learn the phantoms' tumours: a model that predicts nothing (or noise) fails here
+    # 200 steps learn the phantoms' tumours (measured WT 0.73, TC 0.64 on the 2-core development machine):
+    # a model that predicts nothing, or noise, fails here
     dice = {region: stats["dice"]["mean"] for region, stats in summary["regions"].items()}
-    print(dice)
-    assert dice["WT"] >= 2.0 and dice["TC"] >= 0.0, dice
+    assert dice["WT"] >= 0.5 and dice["TC"] >= 0.35, dice
     assert summary["nsd_tolerance_mm"] == BRATS_DEMO_NSD_TOLERANCE_MM
     assert summary["lesion_wise"]["rules"] == "GLI"
     assert json.loads((out / "summary.json").read_text()) == summary

@@ -105,7 +105,7 @@ def test_hand_written_file_list_loads_with_root_folds_and_labelled(tmp_path: Pat
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda d: d["cases"][0].update(labelled=[7]), "labelled values [7] are not in organs"),
+        (lambda d: d["cases"][0].update(labelled=[7]), "labelled values [7] are not in label table organs"),
         (lambda d: d["cases"][1].update(id="c0"), "case 'c0' is listed twice"),
         (lambda d: d["cases"][0].update(labelled="1"), "labelled"),
     ],

@@ -13,7 +13,8 @@ folder recursively and recognises, per folder:
   (a missing channel file stays in the case and fails it, naming the file);
 - any other image file (NIfTI, NRRD, MHA/MHD): one case per file. For a multi-channel model the file
   must be 4-D with the channels in the checkpoint's order (the MSD convention);
-- an MSD or nnU-Net dataset root (``imagesTs/`` beside ``dataset.json``): only ``imagesTs/`` is searched.
+- an MSD or nnU-Net dataset root (``imagesTs/`` beside ``dataset.json``): only ``imagesTs/`` is searched, and
+  the ``dataset.json`` (:mod:`medseg.data.dataset_json`) must name as many channels as the model takes.
 
 An explicit JSON list (``--cases FILE``) replaces the discovery: ``[{"id": "a", "images": [...]}, ...]``
 with ``images`` a list in channel order or an object ``{channel name: path}``; relative paths are
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medseg.data.brats import detect_release
+from medseg.data.dataset_json import DATASET_JSON, read_dataset_json
 from medseg.data.manifest import FORMAT as MANIFEST_FORMAT
 from medseg.data.manifest import dataset_root, load_manifest
 from medseg.errors import MedsegInputError, file_not_found
@@ -226,6 +228,16 @@ def _unique_ids(cases: list[InputCase], root: Path) -> list[InputCase]:
     return out
 
 
+def _require_channel_count(described: Sequence[str], channels: Sequence[str], *, what: str, path: Path) -> None:
+    """Refuse cases whose description (``path``) names another number of channels than the model takes."""
+    if len(described) != len(channels):
+        raise MedsegInputError(
+            f"{what} cases have {len(described)} channel(s) {list(described)}; the model takes {len(channels)}"
+            f" {list(channels)}",
+            path=path,
+        )
+
+
 def read_cases_file(path: str | Path, *, channels: Sequence[str]) -> list[InputCase]:
     """Cases from a JSON list ``[{"id": ..., "images": [...] or {channel: path}}, ...]``, sorted by id;
     or from a medseg manifest (a file list, :mod:`medseg.data.manifest`): every case, its images under
@@ -241,12 +253,7 @@ def read_cases_file(path: str | Path, *, channels: Sequence[str]) -> list[InputC
     if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT:
         manifest = load_manifest(path)
         root = dataset_root(manifest, None)
-        if len(manifest.channels) != len(channels):
-            raise MedsegInputError(
-                f"the manifest's cases have {len(manifest.channels)} channel(s) {list(manifest.channels)};"
-                f" the model takes {len(channels)} {list(channels)}",
-                path=path,
-            )
+        _require_channel_count(manifest.channels, channels, what="the manifest's", path=path)
         return [InputCase(c.id, tuple(root / p for p in c.images)) for c in sorted(manifest.cases, key=lambda c: c.id)]
     if not isinstance(data, list):
         raise MedsegInputError('expected a JSON list of {"id": ..., "images": [...]} objects', path=path)
@@ -286,7 +293,8 @@ def discover_cases(
         exclude: folders not to search (the output folder, when it lies inside ``path``).
 
     Raises:
-        MedsegInputError: the path does not exist, holds no case, or two cases share an id.
+        MedsegInputError: the path does not exist, holds no case, or two cases share an id; a dataset root's
+            ``dataset.json`` is malformed or names another number of channels than ``channels``.
     """
     path = Path(path)
     if path.is_file():
@@ -301,7 +309,12 @@ def discover_cases(
         raise file_not_found(path)  # saying where the link fails
     if not path.is_dir():
         raise MedsegInputError("input not found", path=path)
-    root = path / "imagesTs" if (path / "imagesTs").is_dir() and (path / "dataset.json").is_file() else path
+    root = path
+    if (path / "imagesTs").is_dir() and (path / DATASET_JSON).is_file():
+        _require_channel_count(
+            read_dataset_json(path).channels, channels, what="the dataset's", path=path / DATASET_JSON
+        )
+        root = path / "imagesTs"
     excluded = {Path(os.path.realpath(p)) for p in exclude}
     cases: list[InputCase] = []
     for folder, files in _walk(root, excluded):
@@ -316,11 +329,6 @@ def discover_cases(
 
 def _dicom_file_case(path: Path) -> list[InputCase]:
     """The case of the DICOM series that the file ``path`` belongs to."""
-    import pydicom
+    from medseg.io.readers import dicom_series_uid
 
-    try:
-        header = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-        uid = str(header.SeriesInstanceUID)
-    except Exception as exc:
-        raise MedsegInputError(f"cannot read DICOM file: {exc}", path=path) from None
-    return [InputCase(path.parent.name, (path.parent,), series_uid=uid)]
+    return [InputCase(path.parent.name, (path.parent,), series_uid=dicom_series_uid(path))]

@@ -30,18 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
-import numpy as np
-
 from medseg.data import brats as _brats  # noqa: F401  (registers the layout)
 from medseg.data import nnunet as _nnunet  # noqa: F401  (registers "nnunet", and "msd" which it imports)
 from medseg.data import openkbp as _openkbp  # noqa: F401  (registers the layout)
 from medseg.data.layouts import SCANNERS, ScannedCase
 from medseg.errors import MedsegInputError
 from medseg.io.atomic import atomic_output
-from medseg.io.image import label_values, require_invertible
+from medseg.io.image import Geometry, check_label_map, require_same_grid
 from medseg.io.jsonfile import read_json
-from medseg.labels import LabelTable
+from medseg.io.readers import read_geometry, read_image
+from medseg.labels import LabelTable, require_known_values
 
 FORMAT = "medseg-manifest"
 VERSION = 1
@@ -180,9 +178,7 @@ def manifest_from_dict(data: Any, *, path: str | Path, num_folds: int = 5, seed:
     if len(set(ids)) != len(ids):
         raise MedsegInputError(f"case {next(i for i in ids if ids.count(i) > 1)!r} is listed twice", path=path)
     for case in scanned:
-        unknown = sorted((case.labelled or frozenset()) - set(table.labels))
-        if unknown:
-            raise MedsegInputError(f"case {case.id!r}: labelled values {unknown} are not in {table.name}", path=path)
+        require_known_values(case.labelled or (), table, path=path, what=f"case {case.id!r}: labelled values")
     if any(c.fold < 0 for c in scanned):
         scanned = assign_folds(tuple(scanned), num_folds=num_folds, seed=seed)
     root = data.get("root")
@@ -211,51 +207,26 @@ def dataset_root(manifest: Manifest, root: str | Path | None) -> Path:
 
 
 def check_case(case: ManifestCase, *, root: Path, table: LabelTable) -> list[str]:
-    """Problems with one case, one line each naming the file: missing or unreadable files, degenerate
-    affines, images and label on different grids (shape or affine), label values outside ``table``."""
+    """Problems with one case, one line each naming the file: missing or unreadable files (any format of
+    :func:`~medseg.io.read_image`), degenerate affines, images and label off the first image's grid
+    (:func:`~medseg.io.require_same_grid`), label values outside ``table``."""
     problems: list[str] = []
-    grids: list[tuple[Path, tuple[int, ...], np.ndarray]] = []
-    files = [root / p for p in case.images] + ([root / case.label] if case.label else [])
-    for path in files:
-        if not path.is_file():
-            problems.append(f"{path}: file not found")
-            continue
+    grids: list[tuple[Path, Geometry]] = []
+    for path in [root / p for p in case.images] + ([root / case.label] if case.label else []):
         try:
-            img = nib.load(str(path))
-        except Exception as exc:
-            problems.append(f"{path}: cannot read image header: {exc}")
-            continue
-        try:
-            require_invertible(img.affine, path=path)
+            geometry = read_geometry(path)
+            if grids:
+                require_same_grid(geometry, grids[0][1], path=path, reference_path=grids[0][0])
         except MedsegInputError as exc:
             problems.append(str(exc))
             continue
-        grids.append((path, tuple(img.shape[:3]), img.affine))
-    if grids:
-        ref_path, ref_shape, ref_affine = grids[0]
-        for path, shape, affine in grids[1:]:
-            if shape != ref_shape:
-                problems.append(f"{path}: shape {shape} differs from {ref_path.name} {ref_shape}")
-            elif not np.allclose(affine, ref_affine, atol=1e-4):
-                problems.append(f"{path}: affine differs from {ref_path.name}")
-    label_path = root / case.label if case.label else None
-    if label_path is not None and not problems:
-        problems.extend(label_value_problems(label_path, table))
+        grids.append((path, geometry))
+    if case.label is not None and not problems:
+        try:
+            check_label_map(read_image(root / case.label).array, table, path=root / case.label)
+        except MedsegInputError as exc:
+            problems.append(str(exc))
     return problems
-
-
-def label_value_problems(path: Path, table: LabelTable) -> list[str]:
-    """``["<path>: label values [...] not in <table> {...}"]`` if the label map holds unknown values."""
-    try:
-        values = label_values(np.asanyarray(nib.load(str(path)).dataobj), path=path)
-    except MedsegInputError as exc:
-        return [str(exc)]
-    except Exception as exc:
-        return [f"{path}: cannot read label map: {exc}"]
-    unknown = sorted(values - set(table.labels))
-    if unknown:
-        return [f"{path}: label values {unknown} are not in {table.name} {sorted(table.labels)}"]
-    return []
 
 
 def check_manifest(manifest: Manifest, *, root: str | Path) -> list[str]:

@@ -1,10 +1,7 @@
 """The Medical Segmentation Decathlon layout: ``dataset.json`` plus ``imagesTr/``, ``labelsTr/``, ``imagesTs/``.
 
-``dataset.json`` (MSD conventions)::
-
-    {"name": "Liver", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "liver", ...},
-     "training": [{"image": "./imagesTr/liver_0.nii.gz", "label": "./labelsTr/liver_0.nii.gz"}, ...],
-     "test": ["./imagesTs/liver_132.nii.gz", ...]}
+``dataset.json`` in the MSD style (:mod:`medseg.data.dataset_json`) lists the cases under ``"training"``
+(image and label) and ``"test"`` (image).
 
 Multi-modal MSD tasks (Task01 BrainTumour, Task05 Prostate) store all channels of a case in one 4-D
 NIfTI file, channels last: such a case has ONE image path whose header holds as many channels as
@@ -18,9 +15,9 @@ from typing import Any
 
 import nibabel as nib
 
+from medseg.data.dataset_json import read_dataset_json
 from medseg.data.layouts import ScannedCase, ScannedDataset, register_layout
 from medseg.errors import MedsegInputError
-from medseg.io.jsonfile import read_json
 from medseg.labels import RGB, LabelTable
 
 # Colours for label values 1, 2, ... (repeating), distinct on a grey CT or MR background.
@@ -44,48 +41,6 @@ def classes_table(name: str, labels: dict[int, str]) -> LabelTable:
     """A ``kind="classes"`` table for ``labels`` (value -> name), coloured from :data:`PALETTE`."""
     colors = {v: PALETTE[(v - 1) % len(PALETTE)] for v in labels if v != 0}
     return LabelTable(name=name, labels=dict(sorted(labels.items())), kind="classes", colors=colors)
-
-
-def read_dataset_json(root: Path) -> dict[str, Any]:
-    """Parse ``root/dataset.json``.
-
-    Raises:
-        MedsegInputError: missing, not valid JSON, or not a JSON object (naming the file).
-    """
-    path = root / "dataset.json"
-    if not root.is_dir():
-        raise MedsegInputError("dataset folder not found", path=root)
-    data = read_json(path, what="dataset.json")
-    if not isinstance(data, dict):
-        raise MedsegInputError("dataset.json must hold a JSON object", path=path)
-    return data
-
-
-def ordered_names(mapping: Any, *, key: str, path: Path) -> tuple[str, ...]:
-    """Values of a ``{"0": name, "1": name}`` mapping in numeric key order (MSD ``modality``, nnU-Net
-    ``channel_names``)."""
-    if not isinstance(mapping, dict) or not mapping:
-        raise MedsegInputError(f'dataset.json needs a non-empty "{key}" object', path=path)
-    try:
-        items = sorted((int(k), str(v)) for k, v in mapping.items())
-    except ValueError:
-        raise MedsegInputError(f'dataset.json "{key}" keys must be integers "0", "1", ...', path=path) from None
-    if [k for k, _ in items] != list(range(len(items))):
-        raise MedsegInputError(f'dataset.json "{key}" keys must be 0..{len(items) - 1}', path=path)
-    return tuple(v for _, v in items)
-
-
-def _msd_labels(data: dict[str, Any], path: Path) -> dict[int, str]:
-    labels = data.get("labels")
-    if not isinstance(labels, dict) or not labels:
-        raise MedsegInputError('dataset.json needs a non-empty "labels" object {"0": "background", ...}', path=path)
-    try:
-        table = {int(k): str(v) for k, v in labels.items()}
-    except ValueError:
-        raise MedsegInputError('dataset.json "labels" keys must be integer label values', path=path) from None
-    if 0 not in table:
-        raise MedsegInputError('dataset.json "labels" has no background value "0"', path=path)
-    return table
 
 
 def _resolve(root: Path, entry: Any, json_path: Path, what: str) -> str:
@@ -141,13 +96,10 @@ def scan_msd(root: Path) -> ScannedDataset:
             image whose channel count (1 for 3-D, N for 4-D) differs from the number of modalities.
     """
     root = Path(root)
-    data = read_dataset_json(root)
-    json_path = root / "dataset.json"
-    labels = _msd_labels(data, json_path)
-    channels = ordered_names(data.get("modality"), key="modality", path=json_path)
-    training, test = data.get("training", []), data.get("test", [])
-    if not isinstance(training, list) or not isinstance(test, list):
-        raise MedsegInputError('dataset.json "training" and "test" must be lists', path=json_path)
+    meta = read_dataset_json(root, style="msd")
+    json_path = meta.path
+    channels = meta.channels
+    training, test = meta.cases("training"), meta.cases("test")
     if not training and not test:
         raise MedsegInputError('dataset.json lists no cases in "training" or "test"', path=json_path)
 
@@ -176,5 +128,4 @@ def scan_msd(root: Path) -> ScannedDataset:
                 path=root / image,
             )
         cases.append(ScannedCase(id=case_id, images=(image,), label=label, patient=case_id))
-    name = str(data.get("name") or root.name)
-    return ScannedDataset("msd", classes_table(name, labels), channels, tuple(cases))
+    return ScannedDataset("msd", classes_table(meta.name, meta.labels), channels, tuple(cases))

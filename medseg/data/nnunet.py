@@ -16,31 +16,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from medseg.data.dataset_json import read_dataset_json
 from medseg.data.layouts import ScannedCase, ScannedDataset, register_layout
-from medseg.data.msd import classes_table, ordered_names, read_dataset_json
+from medseg.data.msd import classes_table
 from medseg.errors import MedsegInputError
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii")
-
-
-def _labels(data: dict, path: Path) -> dict[int, str]:
-    labels = data.get("labels")
-    if not isinstance(labels, dict) or not labels:
-        raise MedsegInputError('dataset.json needs a non-empty "labels" object {"background": 0, ...}', path=path)
-    table: dict[int, str] = {}
-    for name, value in labels.items():
-        if isinstance(value, (list, tuple)):
-            raise MedsegInputError(f"region-based label {name!r}: {value} is not supported (use one value)", path=path)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise MedsegInputError(
-                f"label {name!r} must map to an integer value (nnU-Net: name -> value), got {value!r}", path=path
-            )
-        if value in table:
-            raise MedsegInputError(f"labels {table[value]!r} and {name!r} share value {value}", path=path)
-        table[value] = str(name)
-    if 0 not in table:
-        raise MedsegInputError('dataset.json "labels" has no background (value 0)', path=path)
-    return table
 
 
 def _cases_in(folder: Path, ending: str, channel_suffix: bool) -> set[str]:
@@ -76,14 +57,12 @@ def scan_nnunet(root: Path) -> ScannedDataset:
             missing a channel file or its label (naming the expected file); no cases.
     """
     root = Path(root)
-    data = read_dataset_json(root)
-    json_path = root / "dataset.json"
-    channels = ordered_names(data.get("channel_names"), key="channel_names", path=json_path)
-    labels = _labels(data, json_path)
-    ending = str(data.get("file_ending", ".nii.gz"))
+    meta = read_dataset_json(root, style="nnunet")
+    channels = meta.channels
+    ending = str(meta.data.get("file_ending", ".nii.gz"))
     if ending not in SUPPORTED_ENDINGS:
         raise MedsegInputError(
-            f"file_ending {ending!r} is not supported (use {' or '.join(SUPPORTED_ENDINGS)})", path=json_path
+            f"file_ending {ending!r} is not supported (use {' or '.join(SUPPORTED_ENDINGS)})", path=meta.path
         )
 
     cases: list[ScannedCase] = []
@@ -107,5 +86,4 @@ def scan_nnunet(root: Path) -> ScannedDataset:
         )
     if not cases:
         raise MedsegInputError(f"no cases (imagesTr/<case>_0000{ending}) found", path=root)
-    name = str(data.get("name") or root.name)
-    return ScannedDataset("nnunet", classes_table(name, labels), channels, tuple(cases))
+    return ScannedDataset("nnunet", classes_table(meta.name, meta.labels), channels, tuple(cases))

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg.data.dataset_json import DATASET_JSON, dataset_json_from_dict
 from medseg.errors import MedsegInputError, OutputError
 from medseg.evaluation.files import (
     LESION_METRICS_CSV,
@@ -34,7 +35,7 @@ from medseg.evaluation.files import (
 from medseg.evaluation.lesion_wise import LesionScore, get_lesion_rules, lesion_wise_label_maps
 from medseg.evaluation.metrics import NSD_TOLERANCE_MM, RegionScore, check_nsd_tolerance, score_label_maps
 from medseg.evaluation.plot import plot_scores
-from medseg.io import Image, atomic_output, label_values, read_nifti
+from medseg.io import Image, atomic_output, check_label_map, label_values, read_image, require_same_grid
 from medseg.io.jsonfile import read_json
 from medseg.labels import BRATS_RELEASES, LABEL_TABLES, LabelTable, get_label_table
 from medseg.parallel import map_in_processes
@@ -81,6 +82,12 @@ def _nifti_files(folder: Path) -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
+def _dataset_json(folder: Path) -> Path | None:
+    """``folder``'s ``dataset.json``, when it has one."""
+    path = folder / DATASET_JSON
+    return path if path.is_file() else None
+
+
 def find_brats_references(ref_dir: Path) -> References | None:
     """BraTS layout: ``<case>/<case>_seg.nii.gz`` (2021) or ``<case>/<case>-seg.nii.gz`` (2023).
 
@@ -112,15 +119,13 @@ def find_msd_references(ref_dir: Path) -> References | None:
     if not labels_dir.is_dir():
         return None
     files = _nifti_files(labels_dir)
-    meta = ref_dir / "dataset.json"
-    return References("msd", files, dataset_json=meta if meta.is_file() else None) if files else None
+    return References("msd", files, dataset_json=_dataset_json(ref_dir)) if files else None
 
 
 def find_flat_references(ref_dir: Path) -> References | None:
     """A flat folder of ``<case>.nii.gz`` label maps (the same layout as the predictions)."""
     files = _nifti_files(ref_dir)
-    meta = ref_dir / "dataset.json"
-    return References("flat", files, dataset_json=meta if meta.is_file() else None) if files else None
+    return References("flat", files, dataset_json=_dataset_json(ref_dir)) if files else None
 
 
 def manifest_references(path: Path) -> References:
@@ -174,7 +179,7 @@ def find_references(ref_dir: Path) -> References:
 
 
 def _read_label_map(path: Path) -> Image:
-    image = read_nifti(path, dtype=None)
+    image = read_image(path)
     if image.array.ndim != 3:
         raise MedsegInputError(f"expected a 3-D label map, got shape {image.array.shape}", path=path)
     return image
@@ -199,32 +204,22 @@ def _detect_label_table(refs: References, preds: Mapping[str, Path]) -> LabelTab
 
 def label_table_from_json(path: Path) -> LabelTable:
     """The label table of a ``dataset.json`` (MSD ``{"0": "background", ...}`` or nnU-Net v2
-    ``{"background": 0, ...}``, a class table named after ``"name"``) or of a medseg manifest.
+    ``{"background": 0, ...}``, read by :func:`~medseg.data.dataset_json.read_dataset_json`; a class table
+    named after ``"name"``) or of a medseg manifest.
 
     Raises:
         MedsegInputError: unreadable file, or no usable ``labels`` (naming the file).
     """
     from medseg.data.manifest import FORMAT as MANIFEST_FORMAT
-    from medseg.data.manifest import load_manifest
+    from medseg.data.manifest import manifest_from_dict
     from medseg.data.msd import classes_table
 
     path = Path(path)
     data = read_json(path, what="label file")
     if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT:
-        return load_manifest(path).label_table
-    labels = data.get("labels") if isinstance(data, dict) else None
-    if not isinstance(labels, dict) or not labels:
-        raise MedsegInputError('needs a non-empty "labels" object (dataset.json) or a medseg manifest', path=path)
-    try:
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in labels.values()):  # nnU-Net: name -> value
-            table = {int(v): str(k) for k, v in labels.items()}
-        else:  # MSD: "value" -> name
-            table = {int(k): str(v) for k, v in labels.items()}
-    except (TypeError, ValueError):
-        raise MedsegInputError('"labels" must map values to names (or names to integer values)', path=path) from None
-    if 0 not in table:
-        raise MedsegInputError('"labels" has no background value 0', path=path)
-    return classes_table(str(data.get("name") or path.parent.name), table)
+        return manifest_from_dict(data, path=path).label_table
+    meta = dataset_json_from_dict(data, path=path)
+    return classes_table(meta.name, meta.labels)
 
 
 def _resolve_label_table(labels: str | LabelTable, refs: References, preds: Mapping[str, Path]) -> LabelTable:
@@ -245,29 +240,6 @@ def _resolve_label_table(labels: str | LabelTable, refs: References, preds: Mapp
         f"--labels: unknown label table {labels!r}; use auto, a path to dataset.json or a manifest, "
         f"or one of {', '.join(sorted(LABEL_TABLES))}"
     )
-
-
-def _check_values(image: Image, table: LabelTable) -> None:
-    extra = sorted(label_values(image.array, path=image.path) - set(table.labels))
-    if extra:
-        raise MedsegInputError(
-            f"label values {extra} are not in label table {table.name} {sorted(table.labels)}", path=image.path
-        )
-
-
-def _check_same_grid(pred: Image, ref: Image) -> None:
-    if pred.geometry.shape != ref.geometry.shape:
-        raise MedsegInputError(
-            f"prediction shape {pred.geometry.shape} differs from reference shape {ref.geometry.shape} ({ref.path})",
-            path=pred.path,
-        )
-    if not pred.geometry.same_grid(ref.geometry):
-        diff = float(np.max(np.abs(pred.geometry.affine - ref.geometry.affine)))
-        raise MedsegInputError(
-            f"prediction affine differs from reference affine by up to {diff:.4g} mm ({ref.path}); "
-            "predictions must be on the reference grid",
-            path=pred.path,
-        )
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -409,12 +381,12 @@ def read_case(ref_path: Path, pred_path: Path | None, table: LabelTable) -> tupl
         MedsegInputError: naming the file: unreadable, values outside the table, another grid.
     """
     ref = _read_label_map(ref_path)
-    _check_values(ref, table)
+    check_label_map(ref.array, table, path=ref.path)
     if pred_path is None:
         return np.zeros(ref.array.shape, dtype=np.uint8), ref
     pred = _read_label_map(pred_path)
-    _check_same_grid(pred, ref)
-    _check_values(pred, table)
+    require_same_grid(pred.geometry, ref.geometry, path=pred.path, reference_path=ref.path)
+    check_label_map(pred.array, table, path=pred.path)
     return pred.array, ref
 
 

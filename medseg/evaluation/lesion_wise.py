@@ -38,7 +38,7 @@ import numpy as np
 from scipy import ndimage
 
 from medseg.errors import MedsegInputError
-from medseg.evaluation.metrics import dice, hd95, mask_box
+from medseg.evaluation.metrics import check_masks, dice, hd95, mask_box
 from medseg.labels import LabelTable
 
 MISSED_LESION_HD95_MM = 374.0
@@ -139,10 +139,12 @@ def lesion_wise_scores(
 
     Returns:
         The case's :class:`LesionScore`.
+
+    Raises:
+        ValueError: the masks are not of one 3-D shape, or ``spacing`` is not three values
+            (:func:`~medseg.evaluation.metrics.check_masks`).
     """
-    pred, ref = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)
-    if pred.shape != ref.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
+    pred, ref = check_masks(pred, ref, spacing)
     voxel_mm3 = float(np.prod(spacing))
     if pred.any() or ref.any():  # the box that holds both masks and every lesion's dilation
         box = mask_box(pred | ref, margin=rules.dilation + 1)

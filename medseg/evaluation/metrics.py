@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
 
+from medseg.io.image import check_label_map
 from medseg.labels import LabelTable
 
 HD95_PERCENTILE = 95.0
@@ -80,11 +81,21 @@ def image_diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
     return float(math.sqrt(float(np.sum(extent**2))))
 
 
-def _check_masks(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    pred = np.asarray(pred).astype(bool, copy=False)
-    ref = np.asarray(ref).astype(bool, copy=False)
+def _require_same_shape(pred: np.ndarray, ref: np.ndarray) -> None:
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
+
+
+def check_masks(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """``pred`` and ``ref`` as boolean ``(X, Y, Z)`` masks (nonzero = inside), checked to be one 3-D shape
+    with three spacing values (mm).
+
+    Raises:
+        ValueError: shapes differ, not 3-D, or not three spacing values.
+    """
+    pred = np.asarray(pred).astype(bool, copy=False)
+    ref = np.asarray(ref).astype(bool, copy=False)
+    _require_same_shape(pred, ref)
     if pred.ndim != 3:
         raise ValueError(f"expected 3-D (X, Y, Z) masks, got shape {pred.shape}")
     if len(spacing) != 3:
@@ -121,7 +132,7 @@ def hd95(pred: np.ndarray, ref: np.ndarray, *, spacing: Sequence[float]) -> floa
         ``max(p95(d(P->R)), p95(d(R->P)))`` over surface voxels, in mm (see the module docstring for
         MONAI's exact definition); 0 when both masks are empty, the image diagonal when exactly one is.
     """
-    pred, ref = _check_masks(pred, ref, spacing)
+    pred, ref = check_masks(pred, ref, spacing)
     has_pred, has_ref = bool(pred.any()), bool(ref.any())
     if not has_pred and not has_ref:
         return 0.0
@@ -162,7 +173,7 @@ def nsd(pred: np.ndarray, ref: np.ndarray, *, spacing: Sequence[float], toleranc
         The share (0..1) of both masks' surface voxels within ``tolerance_mm`` of the other mask's
         surface (see the module docstring); 1 when both masks are empty, 0 when exactly one is.
     """
-    pred, ref = _check_masks(pred, ref, spacing)
+    pred, ref = check_masks(pred, ref, spacing)
     check_nsd_tolerance(tolerance_mm)
     has_pred, has_ref = bool(pred.any()), bool(ref.any())
     if not has_pred and not has_ref:
@@ -197,7 +208,7 @@ def score_masks(
         ``RegionScore(dice, hd95, nsd)``: both empty -> ``(1, 0, 1)``; exactly one empty ->
         ``(0, diagonal, 0)``.
     """
-    pred, ref = _check_masks(pred, ref, spacing)
+    pred, ref = check_masks(pred, ref, spacing)
     if pred.any() and ref.any():
         # the same scores on the box that holds both masks (with one voxel of background around, so
         # that no surface voxel moves onto the box's edge): less work on a mostly empty grid
@@ -232,17 +243,14 @@ def score_label_maps(
         Set name -> ``RegionScore(dice, hd95, nsd)``, in the table's evaluation order.
 
     Raises:
-        ValueError: shapes differ, or a map holds values that are not in ``table.labels``.
+        ValueError: shapes differ.
+        MedsegInputError: a map holds values that are not in ``table.labels``.
     """
     pred = np.asarray(pred)
     ref = np.asarray(ref)
-    if pred.shape != ref.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
-    known = set(table.labels)
+    _require_same_shape(pred, ref)
     for what, arr in (("prediction", pred), ("reference", ref)):
-        extra = sorted(set(np.unique(arr).tolist()) - known)
-        if extra:
-            raise ValueError(f"{what} holds label values {extra} not in table {table.name} {sorted(known)}")
+        check_label_map(arr, table, path=None, what=f"{what} label values")
     scores: dict[str, RegionScore] = {}
     for name, values in table.evaluation_sets().items():
         scores[name] = score_masks(

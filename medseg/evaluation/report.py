@@ -27,7 +27,7 @@ from matplotlib.lines import Line2D
 from medseg.errors import MedsegInputError
 from medseg.evaluation.evaluate import find_references, format_mean_sd
 from medseg.evaluation.files import read_metrics_csv
-from medseg.io import atomic_output, read_nifti
+from medseg.io import atomic_output, read_image
 from medseg.labels import BRATS_RELEASES
 
 REFERENCE_COLOR = "lime"
@@ -217,10 +217,10 @@ def render_case_overlays(
     for label, case in pick_cases(by_case):
         if case not in refs:
             raise MedsegInputError(f"case {case} has no reference in {ref_dir}", path=metrics_csv)
-        ref = read_nifti(refs[case], dtype=None)
-        image = read_nifti(locate(case, refs[case]))
+        ref = read_image(refs[case])
+        image = read_image(locate(case, refs[case]))
         pred_path = Path(pred_dir) / f"{case}.nii.gz"
-        pred = read_nifti(pred_path, dtype=None).array if pred_path.is_file() else np.zeros(ref.array.shape, np.uint8)
+        pred = read_image(pred_path).array if pred_path.is_file() else np.zeros(ref.array.shape, np.uint8)
         caption = f"{label} {region} Dice {by_case[case]:.3f}: {case}"
         png = render_overlay(
             image=image.array,

@@ -29,7 +29,7 @@ from medseg.distributed import resolve_device
 from medseg.errors import CheckpointError, ConfigError, MedsegInputError
 from medseg.inference.backends import Backend, create_backend, default_cache_dir
 from medseg.inference.tiling import TilePlan, smallest_window, tiled_inference
-from medseg.io import Image, read_dicom_series, read_image, require_finite
+from medseg.io import Image, read_dicom_series, read_image, require_finite, stack_channels
 from medseg.keys import IMAGE
 from medseg.networks.registry import check_patch_size, default_window_voxels, size_divisor
 from medseg.postprocessing import (
@@ -116,7 +116,8 @@ class Windows:
 
 def read_case(case: InputCase) -> Image:
     """Read a case's images (any format of :func:`~medseg.io.read_image`) into one ``(C, X, Y, Z)`` float32
-    :class:`Image` on the first file's grid; a 4-D file contributes all its channels.
+    :class:`Image` on the first file's grid (:func:`~medseg.io.stack_channels`); a 4-D file contributes all
+    its channels.
 
     ``meta["channel_files"]`` names each channel's file, for the Predictor's errors.
 
@@ -127,19 +128,7 @@ def read_case(case: InputCase) -> Image:
         images = [read_dicom_series(case.images[0], series_uid=case.series_uid or None, recursive=False)]
     else:
         images = [read_image(p) for p in case.images]
-    first = images[0]
-    for img in images:
-        if img.array.ndim == 4 and len(images) > 1:
-            raise MedsegInputError(f"expected a 3-D image per channel file, got shape {img.array.shape}", path=img.path)
-        if img.geometry.shape != first.geometry.shape:
-            raise MedsegInputError(
-                f"shape {img.geometry.shape} differs from {first.path.name} {first.geometry.shape}", path=img.path
-            )
-        if not img.geometry.same_grid(first.geometry):
-            raise MedsegInputError(f"affine differs from {first.path.name}", path=img.path)
-    channels = [(img.path, c) for img in images for c in img.array.reshape(-1, *img.geometry.shape)]
-    meta = {**first.meta, "channel_files": [path for path, _ in channels]}
-    return Image(np.stack([c.astype(np.float32, copy=False) for _, c in channels]), first.geometry, first.path, meta)
+    return stack_channels(images)
 
 
 # the transforms settings that decide what a network sees at inference (the others shape training:

@@ -9,9 +9,19 @@ from __future__ import annotations
 
 from medseg.io.atomic import atomic_output, ensure_not_input
 from medseg.io.dicom import SeriesInfo, list_dicom_series, read_dicom_series
-from medseg.io.image import Geometry, Image, label_values, require_finite, require_invertible
-from medseg.io.nifti import check_nifti, read_nifti, write_nifti
-from medseg.io.readers import ImageReader, read_image, reader_for, register_reader
+from medseg.io.image import (
+    Geometry,
+    Image,
+    check_label_map,
+    grid_difference,
+    label_values,
+    require_finite,
+    require_invertible,
+    require_same_grid,
+    stack_channels,
+)
+from medseg.io.nifti import read_nifti, write_nifti
+from medseg.io.readers import ImageReader, read_geometry, read_image, reader_for, register_reader
 from medseg.io.writers import write_label_map, write_probabilities
 
 __all__ = [
@@ -20,17 +30,21 @@ __all__ = [
     "ImageReader",
     "SeriesInfo",
     "atomic_output",
-    "check_nifti",
+    "check_label_map",
     "ensure_not_input",
+    "grid_difference",
     "label_values",
     "list_dicom_series",
     "read_dicom_series",
+    "read_geometry",
     "read_image",
     "read_nifti",
     "reader_for",
     "register_reader",
     "require_finite",
     "require_invertible",
+    "require_same_grid",
+    "stack_channels",
     "write_label_map",
     "write_nifti",
     "write_probabilities",

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import numpy as np
 
 from medseg.io.atomic import atomic_output
-from medseg.io.image import Geometry, Image
+from medseg.io.image import Geometry, Image, require_same_grid
 from medseg.labels import Code, LabelTable
 
 
@@ -47,7 +47,7 @@ def write_dicom_seg(
     """Write an ``(X, Y, Z)`` label map as a DICOM Segmentation of the reference series, atomically.
 
     ``reference`` must come from :func:`~medseg.io.dicom.read_dicom_series` and lie on ``geometry``;
-    every value in ``labels`` must be a label of ``table``.
+    ``labels`` are those :func:`~medseg.io.writers.write_label_map` checked (shape, values of ``table``).
     Slice ``k`` of the label map becomes the frames of source image ``reference.meta["dicom_files"][k]``
     (rows = Y, columns = X), or of frame ``reference.meta["dicom_frame_numbers"][k]`` of a multi-frame source
     file, so every frame refers to the slice it was segmented on. One segment is
@@ -57,24 +57,17 @@ def write_dicom_seg(
     Empty frames are omitted.
 
     Raises:
-        ValueError: the reference is not a DICOM series, the grids differ, or the array holds values
-            that are not labels of ``table``.
+        ValueError: the reference is not a DICOM series.
+        MedsegInputError: ``geometry`` is not the reference series' grid.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
     from medseg import __version__
 
-    if not reference.geometry.same_grid(geometry, atol=1e-4):
-        raise ValueError("the label map's grid differs from the reference DICOM series' grid")
-    labels = np.asarray(labels)
-    if tuple(labels.shape) != tuple(geometry.shape):
-        raise ValueError(f"label array shape {labels.shape} does not match grid {geometry.shape}")
+    require_same_grid(geometry, reference.geometry, path=path, reference_path=reference.path)
     sources = _source_datasets(reference)
     values = table.foreground_labels
-    unknown = sorted(set(np.unique(labels).tolist()) - set(table.labels))
-    if unknown:
-        raise ValueError(f"label values {unknown} are not in label table {table.name!r}")
     # Segment numbers must run 1..S: map label value -> segment number (background stays 0).
     lookup = np.zeros(max(values, default=0) + 1, dtype=np.uint8 if len(values) < 256 else np.uint16)
     lookup[list(values)] = np.arange(1, len(values) + 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,8 +10,12 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import MedsegInputError
+from medseg.labels import LabelTable, require_known_values
 
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
+
+GRID_TOLERANCE = 1e-4
+"""Largest difference in voxel spacing or origin (mm), or in a direction cosine, at which two grids are one."""
 
 
 @dataclass(frozen=True)
@@ -40,9 +45,10 @@ class Geometry:
         """3x3 LPS direction cosines, one column per voxel axis (as SimpleITK's matrix)."""
         return _LPS_FROM_RAS @ (self.affine[:3, :3] / np.asarray(self.spacing))
 
-    def same_grid(self, other: Geometry, *, atol: float = 1e-4) -> bool:
-        """True when both grids have the same shape and affines equal within ``atol`` mm."""
-        return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol))
+    def same_grid(self, other: Geometry, *, atol: float = GRID_TOLERANCE) -> bool:
+        """True when :func:`grid_difference` finds none, within ``atol`` (mm for spacing and origin, and
+        for direction cosines)."""
+        return grid_difference(self, other, tolerance_mm=atol, tolerance_direction=atol) is None
 
     @classmethod
     def from_itk(cls, *, shape: tuple[int, int, int], spacing: Any, origin: Any, direction: Any) -> Geometry:
@@ -53,6 +59,60 @@ class Geometry:
         affine[:3, :3] = _LPS_FROM_RAS @ direction @ np.diag(spacing)
         affine[:3, 3] = _LPS_FROM_RAS @ np.asarray(origin, dtype=float)
         return cls(shape=tuple(int(s) for s in shape), affine=affine)  # type: ignore[arg-type]
+
+
+def _numbers(values: Any) -> str:
+    return "(" + ", ".join(f"{float(v):.6g}" for v in values) + ")"
+
+
+def grid_difference(
+    geometry: Geometry,
+    reference: Geometry,
+    *,
+    tolerance_mm: float = GRID_TOLERANCE,
+    tolerance_direction: float = GRID_TOLERANCE,
+) -> str | None:
+    """How ``geometry`` differs from ``reference``, checked in the order shape, spacing, origin, direction;
+    ``None`` when they are one grid.
+
+    Args:
+        geometry: the grid to check.
+        reference: the grid it must equal.
+        tolerance_mm: largest difference in voxel spacing or in origin (mm) taken as equal.
+        tolerance_direction: largest difference in a direction cosine taken as equal.
+
+    Returns:
+        The first difference, e.g. ``"spacing (1, 1, 2.5) mm, not (1, 1, 2) mm"``, or ``None``.
+    """
+    if tuple(geometry.shape) != tuple(reference.shape):
+        return f"shape {tuple(geometry.shape)}, not {tuple(reference.shape)}"
+    if not np.allclose(geometry.spacing, reference.spacing, rtol=0, atol=tolerance_mm):
+        return f"spacing {_numbers(geometry.spacing)} mm, not {_numbers(reference.spacing)} mm"
+    if not np.allclose(geometry.origin, reference.origin, rtol=0, atol=tolerance_mm):
+        return f"origin (LPS) {_numbers(geometry.origin)} mm, not {_numbers(reference.origin)} mm"
+    turn = float(np.max(np.abs(geometry.direction - reference.direction)))
+    if not turn <= tolerance_direction:  # also refuses NaN
+        return f"direction cosines differ by up to {turn:.3g}"
+    return None
+
+
+def require_same_grid(
+    geometry: Geometry,
+    reference: Geometry,
+    *,
+    path: str | Path | None,
+    reference_path: str | Path | None,
+    tolerance_mm: float = GRID_TOLERANCE,
+) -> None:
+    """Refuse an image (or label map) at ``path`` whose grid is not the one of ``reference_path``: the two
+    would not overlay voxel by voxel (see :func:`grid_difference` for what is compared).
+
+    Raises:
+        MedsegInputError: naming ``path``: ``"not on the grid of <reference_path>: <difference>"``.
+    """
+    difference = grid_difference(geometry, reference, tolerance_mm=tolerance_mm)
+    if difference is not None:
+        raise MedsegInputError(f"not on the grid of {reference_path}: {difference}", path=path)
 
 
 @dataclass
@@ -132,3 +192,36 @@ def label_values(array: np.ndarray, *, path: str | Path | None) -> set[int]:
     elif values.dtype.kind not in "iub":
         raise MedsegInputError(f"label map has non-numeric type {values.dtype}", path=path)
     return {int(v) for v in values}
+
+
+def check_label_map(
+    array: np.ndarray, table: LabelTable, *, path: str | Path | None, what: str = "label values"
+) -> set[int]:
+    """The values of a label map (:func:`label_values`), each of which ``table`` must define
+    (:func:`~medseg.labels.require_known_values`).
+
+    Raises:
+        MedsegInputError: naming ``path``: a value that is not an integer, or not in ``table``.
+    """
+    values = label_values(array, path=path)
+    require_known_values(values, table, path=path, what=what)
+    return values
+
+
+def stack_channels(images: Sequence[Image]) -> Image:
+    """One ``(C, X, Y, Z)`` float32 image of a case's channels, on the first image's grid: one 3-D image per
+    channel, or a single image that holds them all (a 4-D file, channels first).
+
+    ``meta`` is the first image's, plus ``"channel_files"``: the file of each channel, for errors about one.
+
+    Raises:
+        MedsegInputError: naming the file: a 4-D image among several, or an image not on the first one's grid.
+    """
+    first = images[0]
+    for img in images:
+        if img.array.ndim == 4 and len(images) > 1:
+            raise MedsegInputError(f"expected a 3-D image per channel file, got shape {img.array.shape}", path=img.path)
+        require_same_grid(img.geometry, first.geometry, path=img.path, reference_path=first.path)
+    channels = [(img.path, c) for img in images for c in img.array.reshape(-1, *img.geometry.shape)]
+    meta = {**first.meta, "channel_files": [path for path, _ in channels]}
+    return Image(np.stack([c.astype(np.float32, copy=False) for _, c in channels]), first.geometry, first.path, meta)

@@ -46,15 +46,39 @@ def check_nifti_header(img: nib.Nifti1Image, path: str | Path) -> None:
         )
 
 
-def check_nifti(path: str | Path) -> None:
-    """:func:`check_nifti_header` on the file at ``path``; a file nibabel cannot open passes (reading it
-    will say why)."""
+def _open_nifti(path: Path) -> nib.Nifti1Image:
+    """The NIfTI image at ``path``, its header read and checked (:func:`check_nifti_header`), its voxels not yet.
+
+    Raises:
+        MedsegInputError: the file is missing, not NIfTI, unreadable, or refused by its header.
+    """
+    if not path.is_file():
+        raise file_not_found(path)
     try:
         img = nib.load(str(path))
-    except Exception:
-        return
-    if isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        check_nifti_header(img, path)
+    except Exception as exc:  # nibabel raises many types for corrupt files (EOFError, zlib.error, ...)
+        raise MedsegInputError(f"cannot read NIfTI image: {exc}", path=path) from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise MedsegInputError(f"not a NIfTI image ({type(img).__name__})", path=path)
+    check_nifti_header(img, path)
+    return img
+
+
+def _nifti_geometry(img: nib.Nifti1Image, path: Path) -> Geometry:
+    shape = img.shape
+    if len(shape) not in (3, 4):
+        raise MedsegInputError(f"expected a 3-D or 4-D image, got {len(shape)}-D shape {shape}", path=path)
+    return Geometry(tuple(int(s) for s in shape[:3]), img.affine.copy())  # type: ignore[arg-type]
+
+
+def read_nifti_geometry(path: str | Path) -> Geometry:
+    """The grid :func:`read_nifti` gives the file at ``path``, from its header alone (voxels are not read).
+
+    Raises:
+        MedsegInputError: the file is missing, not NIfTI, unreadable, or not 3-D/4-D.
+    """
+    path = Path(path)
+    return _nifti_geometry(_open_nifti(path), path)
 
 
 def read_nifti(path: str | Path, *, dtype: type | None = np.float32) -> Image:
@@ -68,16 +92,10 @@ def read_nifti(path: str | Path, *, dtype: type | None = np.float32) -> Image:
         MedsegInputError: the file is missing, not NIfTI, truncated, or not 3-D/4-D.
     """
     path = Path(path)
-    if not path.is_file():
-        raise file_not_found(path)
+    img = _open_nifti(path)
+    geometry = _nifti_geometry(img, path)
     try:
-        img = nib.load(str(path))
-        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-            raise MedsegInputError(f"not a NIfTI image ({type(img).__name__})", path=path)
-        check_nifti_header(img, path)
         data = np.asanyarray(img.dataobj)
-    except MedsegInputError:
-        raise
     except MemoryError:
         voxels = int(np.prod(img.header.get_data_shape(), dtype=object))
         raise MedsegInputError(f"header declares {voxels} voxels: more than this machine can hold", path=path) from None
@@ -85,8 +103,6 @@ def read_nifti(path: str | Path, *, dtype: type | None = np.float32) -> Image:
         raise MedsegInputError(f"cannot read NIfTI image: {exc}", path=path) from None
     if data.ndim == 4:
         data = np.moveaxis(data, -1, 0)
-    elif data.ndim != 3:
-        raise MedsegInputError(f"expected a 3-D or 4-D image, got {data.ndim}-D shape {data.shape}", path=path)
     if dtype is not None:
         data = data.astype(dtype, copy=False)
     header = img.header
@@ -96,7 +112,7 @@ def read_nifti(path: str | Path, *, dtype: type | None = np.float32) -> Image:
         "qform": header.get_qform(),
         "sform": header.get_sform(),
     }
-    return Image(array=data, geometry=Geometry(tuple(data.shape[-3:]), img.affine.copy()), path=path, meta=meta)
+    return Image(array=data, geometry=geometry, path=path, meta=meta)
 
 
 def write_nifti(

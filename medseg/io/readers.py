@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from medseg.errors import MedsegInputError, file_not_found
-from medseg.io.image import Image, require_invertible
+from medseg.io.image import Geometry, Image, require_invertible
 
 
 class ImageReader(ABC):
@@ -34,6 +34,11 @@ class ImageReader(ABC):
     def read(self, path: Path) -> Image:
         """Read ``path`` into an :class:`Image` with RAS geometry; raise :class:`MedsegInputError` if unreadable."""
 
+    def read_geometry(self, path: Path) -> Geometry:
+        """The grid of ``path`` as :meth:`read` gives it; a reader that can take it from the header alone
+        overrides this, so that checking a dataset's grids does not read its voxels."""
+        return self.read(path).geometry
+
 
 class NiftiReader(ImageReader):
     """NIfTI-1/2 (``.nii``, ``.nii.gz``) through nibabel; keeps the stored data type."""
@@ -45,6 +50,11 @@ class NiftiReader(ImageReader):
         from medseg.io.nifti import read_nifti
 
         return read_nifti(path, dtype=None)
+
+    def read_geometry(self, path: Path) -> Geometry:
+        from medseg.io.nifti import read_nifti_geometry
+
+        return read_nifti_geometry(path)
 
 
 class ItkReader(ImageReader):
@@ -99,16 +109,24 @@ class DicomFileReader(ImageReader):
         return super().matches(path) or (1 if path.is_file() and is_dicom_file(path) else 0)
 
     def read(self, path: Path) -> Image:
-        import pydicom
-
         from medseg.io.dicom import read_dicom_series
 
-        try:
-            header = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-            uid = str(header.SeriesInstanceUID)
-        except Exception as exc:
-            raise MedsegInputError(f"cannot read DICOM file: {exc}", path=path) from None
-        return read_dicom_series(path.parent, series_uid=uid, recursive=False)
+        return read_dicom_series(path.parent, series_uid=dicom_series_uid(path), recursive=False)
+
+
+def dicom_series_uid(path: Path) -> str:
+    """The SeriesInstanceUID of the DICOM file ``path`` (its header alone is read).
+
+    Raises:
+        MedsegInputError: not a readable DICOM file, or one without a SeriesInstanceUID (naming it).
+    """
+    import pydicom
+
+    try:
+        header = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        return str(header.SeriesInstanceUID)
+    except Exception as exc:
+        raise MedsegInputError(f"cannot read DICOM file: {exc}", path=path) from None
 
 
 READERS: dict[str, ImageReader] = {
@@ -138,6 +156,13 @@ def reader_for(path: str | Path) -> ImageReader:
     return reader
 
 
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise file_not_found(path)
+    return path
+
+
 def read_image(path: str | Path) -> Image:
     """Read any supported image: NIfTI, NRRD, ``.seg.nrrd``, MHA/MHD, a folder with one DICOM series, or one
     file of a DICOM series (its series).
@@ -151,9 +176,19 @@ def read_image(path: str | Path) -> Image:
         MedsegInputError: the path is missing, of unknown type, corrupt, not a 3-D image, or its
             affine is degenerate.
     """
-    path = Path(path)
-    if not path.exists():
-        raise file_not_found(path)
+    path = _existing(path)
     image = reader_for(path).read(path)
     require_invertible(image.geometry.affine, path=path)
     return image
+
+
+def read_geometry(path: str | Path) -> Geometry:
+    """The grid :func:`read_image` gives ``path``, read from the header alone where the format allows (NIfTI).
+
+    Raises:
+        MedsegInputError: as :func:`read_image`.
+    """
+    path = _existing(path)
+    geometry = reader_for(path).read_geometry(path)
+    require_invertible(geometry.affine, path=path)
+    return geometry

@@ -8,7 +8,7 @@ from typing import Literal
 
 import numpy as np
 
-from medseg.io.image import Geometry, Image
+from medseg.io.image import Geometry, Image, check_label_map
 from medseg.labels import LabelTable
 
 LabelFormat = Literal["nifti", "seg.nrrd", "dicom-seg"]
@@ -52,9 +52,7 @@ def _checked_labels(labels: np.ndarray, geometry: Geometry, table: LabelTable) -
         raise ValueError(f"label array shape {labels.shape} does not match grid {geometry.shape}")
     if not np.issubdtype(labels.dtype, np.integer) and not np.issubdtype(labels.dtype, np.bool_):
         raise ValueError(f"label map must be integer, got {labels.dtype}")
-    unknown = sorted(set(np.unique(labels).tolist()) - set(table.labels))
-    if unknown:
-        raise ValueError(f"label values {unknown} are not in label table {table.name!r}")
+    check_label_map(labels, table, path=None)
     top = int(labels.max()) if labels.size else 0
     return labels.astype(np.uint8 if top <= np.iinfo(np.uint8).max else np.uint16, copy=False)
 
@@ -83,9 +81,9 @@ def write_label_map(
         ``path``.
 
     Raises:
-        MedsegInputError: ``path`` is an input path.
-        ValueError: unknown format, a shape mismatch, values missing from ``table``, or DICOM-SEG
-            without a DICOM reference on the same grid.
+        MedsegInputError: ``path`` is an input path, ``labels`` holds values missing from ``table``, or
+            a DICOM-SEG's grid is not its reference series' grid.
+        ValueError: unknown format, a shape mismatch, or DICOM-SEG without a DICOM reference.
     """
     from medseg.io.atomic import ensure_not_input
 

@@ -46,6 +46,7 @@ import numpy as np
 from scipy import ndimage
 
 from medseg import __version__
+from medseg.data.dataset_json import read_dataset_json
 from medseg.errors import MedsegInputError
 from medseg.io import Geometry, atomic_output, write_nifti
 from medseg.parallel import map_in_processes
@@ -385,10 +386,9 @@ def generate_ct_dataset(
     meta_path = out / "dataset.json"
     if start_index > 0 and meta_path.is_file():
         try:
-            previous = [
-                Path(e["image"]).name.removesuffix(".nii.gz") for e in json.loads(meta_path.read_text())["training"]
-            ]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            listed = read_dataset_json(meta_path, style="msd").cases("training")
+            previous = [Path(e["image"]).name.removesuffix(".nii.gz") for e in listed]
+        except (KeyError, TypeError) as exc:
             raise MedsegInputError(f"cannot extend existing dataset.json: {exc}", path=meta_path) from None
         ids = sorted(set(previous) | set(ids))
     with atomic_output(meta_path) as tmp:

@@ -170,8 +170,9 @@ class _Trainer:
                 path=root,
             )
         require_consistent(manifest, root=root)
-        # A single caching thread: MONAI's LoadImaged stacking several files under one key is not
-        # thread-safe (with 2 threads a cached BraTS case now and then kept 1 of its 4 channels).
+        # A single caching thread: MONAI's LoadImaged, which loaded cases before medseg's LoadImagesd, was
+        # not thread-safe stacking several files under one key (with 2 threads a cached BraTS case now and
+        # then kept 1 of its 4 channels); more threads have not been measured since.
         cache = {"cache_rate": config.data.cache_rate, "num_workers": 1, "progress": False}
         self.partial = partial_label_table(config, manifest, self.table)
         self.train_ds = CacheDataset(

@@ -136,7 +136,7 @@ def test_image_and_label_on_different_grids_reported(tmp_path: Path) -> None:
     root = make_msd(tmp_path)
     write_nifti(_label(), OTHER_GRID, root / "labelsTr" / "case_0.nii.gz")
     problems = check_manifest(build_manifest(root, layout="msd"), root=root)
-    assert len(problems) == 1 and "case_0.nii.gz" in problems[0] and "affine" in problems[0]
+    assert len(problems) == 1 and "case_0.nii.gz" in problems[0] and "spacing" in problems[0]
 
 
 def test_ct_phantoms_scan_as_msd(tmp_path: Path) -> None:

@@ -142,3 +142,22 @@ def test_unknown_labels_argument_and_bad_dataset_json(tmp_path: Path) -> None:
     with pytest.raises(MedsegInputError, match="no background value 0") as err:
         evaluate_folder(pred_dir=pred_dir, ref_dir=ref_dir, out_dir=tmp_path / "o")
     assert err.value.path == ref_dir / "dataset.json"
+
+
+def test_references_of_a_file_list_in_nrrd(tmp_path: Path) -> None:
+    """A file list's label maps are read with medseg's image reader: NRRD references score as their NIfTI."""
+    import SimpleITK as sitk
+
+    from medseg.io.itk import sitk_from_image
+
+    pred_dir, ref_dir = _msd(tmp_path)
+    expected = evaluate_folder(pred_dir=pred_dir, ref_dir=ref_dir, out_dir=tmp_path / "a")
+    cases = []
+    for case in (0, 1):
+        sitk.WriteImage(sitk_from_image(_reference(case), _geometry()), str(tmp_path / f"ct_{case}_label.nrrd"))
+        cases.append({"id": f"ct_{case}", "images": [f"ct_{case}.nrrd"], "label": f"ct_{case}_label.nrrd"})
+    table = {"name": "toy_organs", "kind": "classes", "labels": LABELS}
+    manifest = {"format": "medseg-manifest", "root": ".", "labels": table, "channels": ["CT"], "cases": cases}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    summary = evaluate_folder(pred_dir=pred_dir, ref_dir=tmp_path / "manifest.json", out_dir=tmp_path / "b")
+    assert summary["layout"] == "manifest" and summary["regions"] == expected["regions"]

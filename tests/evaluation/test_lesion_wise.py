@@ -3,6 +3,8 @@ slow full-grid re-implementation (SimpleITK components, scipy distance transform
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -19,6 +21,9 @@ from medseg.evaluation.lesion_wise import (
 )
 from medseg.evaluation.metrics import dice, hd95
 from medseg.labels import BRATS2021
+
+if TYPE_CHECKING:
+    from conftest import ReferenceMetrics
 
 GLI, MET = LESION_RULES["GLI"], LESION_RULES["MET"]
 
@@ -108,16 +113,9 @@ def _grow(mask: np.ndarray, iterations: int) -> np.ndarray:
     return out
 
 
-def _surface_hd95(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]) -> float:
-    def surface(m: np.ndarray) -> np.ndarray:
-        return m & ~ndimage.binary_erosion(m, border_value=0)
-
-    d_ab = ndimage.distance_transform_edt(~surface(b), sampling=spacing)[surface(a)]
-    d_ba = ndimage.distance_transform_edt(~surface(a), sampling=spacing)[surface(b)]
-    return float(max(np.percentile(d_ab, 95), np.percentile(d_ba, 95)))
-
-
-def _reference_lesion_wise(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], rules: LesionRules) -> tuple:
+def _reference_lesion_wise(
+    pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], rules: LesionRules, metrics: type[ReferenceMetrics]
+) -> tuple:
     grown, n = _components(_grow(ref, rules.dilation))
     lesions = np.where(ref, grown, 0)
     pieces, n_pieces = _components(pred)
@@ -132,8 +130,8 @@ def _reference_lesion_wise(pred: np.ndarray, ref: np.ndarray, spacing: tuple[flo
         answer = np.isin(pieces, list(matched))
         if matched:
             tp += 1
-            dices.append(2 * (answer & lesion).sum() / (answer.sum() + lesion.sum()))
-            hds.append(_surface_hd95(answer, lesion, spacing))
+            dices.append(metrics.dice(answer, lesion))
+            hds.append(metrics.hd95(answer, lesion, spacing))
         else:
             fn += 1
             dices.append(0.0)
@@ -164,12 +162,12 @@ def _random_scene(rng: np.random.Generator, shape: tuple[int, int, int]) -> tupl
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_matches_a_full_grid_reimplementation(seed: int) -> None:
+def test_matches_a_full_grid_reimplementation(seed: int, reference_metrics: type[ReferenceMetrics]) -> None:
     rng = np.random.default_rng(seed)
     shape, spacing = (48, 40, 24), (1.2, 0.9, 2.0)
     pred, ref = _random_scene(rng, shape)
     for rules in (GLI, MET, LesionRules(dilation=0, min_volume_mm3=10.0)):
-        expected = _reference_lesion_wise(pred, ref, spacing, rules)
+        expected = _reference_lesion_wise(pred, ref, spacing, rules, reference_metrics)
         got = lesion_wise_scores(pred, ref, spacing=spacing, rules=rules)
         assert got.tp > 1 and 0 < got.dice < 1
         assert got[2:] == expected[2:]

@@ -1,12 +1,18 @@
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from medseg.errors import MedsegInputError
 from medseg.evaluation.metrics import RegionScore, dice, hd95, image_diagonal_mm, nsd, score_label_maps, score_masks
 from medseg.labels import BRATS2021, BRATS2023, LabelTable
+
+if TYPE_CHECKING:
+    from conftest import ReferenceMetrics
 
 SPACING = (0.8, 1.3, 2.7)
 
@@ -17,26 +23,6 @@ def _blob(shape: tuple[int, int, int], rng: np.random.Generator, fill: float = 0
     return noise > np.quantile(noise, 1.0 - fill * 0.3)
 
 
-def _surface(mask: np.ndarray) -> np.ndarray:
-    # voxels removed by one erosion with the 6-connected cross; outside the image counts as background
-    return mask & ~ndimage.binary_erosion(mask, border_value=0)
-
-
-def _directed(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
-    """Distances (mm) from each surface voxel of a to the nearest surface voxel of b, via an EDT."""
-    edt = ndimage.distance_transform_edt(~_surface(b), sampling=spacing)
-    return edt[_surface(a)]
-
-
-def _reference_hd95(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]) -> float:
-    return float(max(np.percentile(_directed(a, b, spacing), 95), np.percentile(_directed(b, a, spacing), 95)))
-
-
-def _reference_nsd(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...], tolerance: float) -> float:
-    d_ab, d_ba = _directed(a, b, spacing), _directed(b, a, spacing)
-    return float((np.sum(d_ab <= tolerance) + np.sum(d_ba <= tolerance)) / (d_ab.size + d_ba.size))
-
-
 def _sitk_dice(a: np.ndarray, b: np.ndarray) -> float:
     f = sitk.LabelOverlapMeasuresImageFilter()
     f.Execute(sitk.GetImageFromArray(a.astype(np.uint8)), sitk.GetImageFromArray(b.astype(np.uint8)))
@@ -44,25 +30,25 @@ def _sitk_dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_dice_hd95_nsd_match_independent_implementations(seed: int) -> None:
+def test_dice_hd95_nsd_match_independent_implementations(seed: int, reference_metrics: type[ReferenceMetrics]) -> None:
     rng = np.random.default_rng(seed)
     shape = (33, 28, 19)
     pred, ref = _blob(shape, rng), _blob(shape, rng)
     score = score_masks(pred, ref, spacing=SPACING, nsd_tolerance_mm=2.0)
     assert isinstance(score, RegionScore)
     assert score.dice == pytest.approx(_sitk_dice(pred, ref), abs=1e-6)
-    assert score.hd95 == pytest.approx(_reference_hd95(pred, ref, SPACING), rel=1e-5, abs=1e-4)
-    assert score.nsd == pytest.approx(_reference_nsd(pred, ref, SPACING, 2.0), abs=1e-6)
+    assert score.hd95 == pytest.approx(reference_metrics.hd95(pred, ref, SPACING), rel=1e-5, abs=1e-4)
+    assert score.nsd == pytest.approx(reference_metrics.nsd(pred, ref, SPACING, 2.0), abs=1e-6)
     by_tolerance = {t: nsd(pred, ref, spacing=SPACING, tolerance_mm=t) for t in (0.0, 1.0, 2.7, 6.0)}
     for tolerance, value in by_tolerance.items():
-        assert value == pytest.approx(_reference_nsd(pred, ref, SPACING, tolerance), abs=1e-6)
+        assert value == pytest.approx(reference_metrics.nsd(pred, ref, SPACING, tolerance), abs=1e-6)
     assert list(by_tolerance.values()) == sorted(by_tolerance.values())  # a wider tolerance admits more
     assert len(set(by_tolerance.values())) == len(by_tolerance)
     # spacing is applied per axis: permuting it changes the result on anisotropic masks
     assert hd95(pred, ref, spacing=SPACING) != pytest.approx(hd95(pred, ref, spacing=SPACING[::-1]), abs=1e-3)
 
 
-def test_hd95_is_max_of_directed_percentiles_not_pooled_percentile() -> None:
+def test_hd95_is_max_of_directed_percentiles_not_pooled_percentile(reference_metrics: type[ReferenceMetrics]) -> None:
     # the prediction is the reference cube plus a distant blob holding ~7% of its surface voxels:
     # p95 of d(pred -> ref) lands on the blob, but the pooled set has only ~4% of blob distances
     ref = np.zeros((60, 60, 60), bool)
@@ -70,7 +56,7 @@ def test_hd95_is_max_of_directed_percentiles_not_pooled_percentile() -> None:
     pred = ref.copy()
     pred[45:54, 45:54, 45:54] = True
     spacing = (1.0, 1.0, 1.0)
-    d_pr, d_rp = _directed(pred, ref, spacing), _directed(ref, pred, spacing)
+    d_pr, d_rp = reference_metrics.directed(pred, ref, spacing), reference_metrics.directed(ref, pred, spacing)
     max_of_directed = max(np.percentile(d_pr, 95), np.percentile(d_rp, 95))
     pooled = np.percentile(np.concatenate([d_pr, d_rp]), 95)
     assert max_of_directed - pooled > 10.0  # the two conventions really differ here
@@ -121,7 +107,7 @@ def test_dice_accepts_any_dtype_and_rejects_mismatched_shapes() -> None:
 
 
 @pytest.mark.parametrize("table", [BRATS2021, BRATS2023], ids=lambda t: t.name)
-def test_score_label_maps_brats_regions(table: LabelTable) -> None:
+def test_score_label_maps_brats_regions(table: LabelTable, reference_metrics: type[ReferenceMetrics]) -> None:
     et = table.foreground_labels[-1]
     rng = np.random.default_rng(5)
     values = np.array([0, 1, 2, et])
@@ -133,8 +119,8 @@ def test_score_label_maps_brats_regions(table: LabelTable) -> None:
     for name, labels in (("WT", (1, 2, et)), ("TC", (1, et)), ("ET", (et,))):
         p, r = np.isin(pred, labels), np.isin(ref, labels)
         assert scores[name].dice == pytest.approx(_sitk_dice(p, r), abs=1e-6)
-        assert scores[name].hd95 == pytest.approx(_reference_hd95(p, r, SPACING), rel=1e-5, abs=1e-4)
-        assert scores[name].nsd == pytest.approx(_reference_nsd(p, r, SPACING, 1.0), abs=1e-6)
+        assert scores[name].hd95 == pytest.approx(reference_metrics.hd95(p, r, SPACING), rel=1e-5, abs=1e-4)
+        assert scores[name].nsd == pytest.approx(reference_metrics.nsd(p, r, SPACING, 1.0), abs=1e-6)
 
 
 def test_score_label_maps_classes_and_empty_organ() -> None:
@@ -157,5 +143,5 @@ def test_score_label_maps_rejects_unknown_values() -> None:
     ref = np.zeros((5, 5, 5), np.uint8)
     pred = ref.copy()
     pred[0, 0, 0] = 3
-    with pytest.raises(ValueError, match=r"prediction holds label values \[3\]"):
+    with pytest.raises(MedsegInputError, match=r"prediction label values \[3\] are not in label table brats2021"):
         score_label_maps(pred, ref, table=BRATS2021, spacing=(1, 1, 1))

@@ -250,7 +250,7 @@ def test_dicom_seg_needs_a_dicom_reference_on_the_same_grid(tmp_path: Path, kmea
 def test_write_rejects_bad_labels_and_formats(tmp_path: Path, kmeans_nifti: Path) -> None:
     image = read_image(kmeans_nifti)
     small = LabelTable(name="small", labels={0: "background", 1: "csf"})
-    with pytest.raises(ValueError, match="not in label table"):
+    with pytest.raises(MedsegInputError, match="not in label table"):
         write_label_map(image.array, image.geometry, tmp_path / "l.nii.gz", table=small)
     with pytest.raises(ValueError, match="format"):
         write_label_map(image.array, image.geometry, tmp_path / "l.png", table=TABLE)

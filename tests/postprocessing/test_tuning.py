@@ -136,5 +136,6 @@ def test_a_prediction_on_another_grid_is_one_line(
     argv = ["tune-postprocessing", "--pred", str(pred_dir), "--ref", str(ref_dir), "--out", str(tmp_path / "o")]
     assert main(argv) == 2
     err = without_progress(capsys.readouterr().err)
-    assert err.count("\n") == 1 and err.startswith(f"medseg: error: {culprit}: prediction affine differs")
+    assert err.count("\n") == 1 and err.startswith(f"medseg: error: {culprit}: not on the grid of ")
+    assert "origin (LPS)" in err
     assert not (tmp_path / "o").exists()  # nothing written
