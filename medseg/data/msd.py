@@ -18,23 +18,7 @@ import nibabel as nib
 from medseg.data.dataset_json import read_dataset_json
 from medseg.data.layouts import ScannedCase, ScannedDataset, register_layout
 from medseg.errors import MedsegInputError
-from medseg.labels import RGB, LabelTable
-
-# Colours for label values 1, 2, ... (repeating), distinct on a grey CT or MR background.
-PALETTE: tuple[RGB, ...] = (
-    (221, 130, 101),
-    (157, 108, 162),
-    (0, 151, 206),
-    (111, 184, 210),
-    (224, 97, 76),
-    (249, 180, 111),
-    (128, 174, 128),
-    (241, 214, 145),
-    (183, 156, 220),
-    (255, 130, 180),
-    (230, 220, 70),
-    (170, 250, 250),
-)
+from medseg.labels import PALETTE, LabelTable
 
 
 def classes_table(name: str, labels: dict[int, str]) -> LabelTable:

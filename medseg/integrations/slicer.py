@@ -224,9 +224,12 @@ class VolumeGrid:
 
 
 def check_same_grid(
-    grids: Sequence[VolumeGrid], names: Sequence[str], *, tolerance_mm: float = 1e-3, tolerance_dir: float = 1e-4
+    grids: Sequence[VolumeGrid], names: Sequence[str], *, tolerance_mm: float = 1e-4, tolerance_dir: float = 1e-4
 ) -> list[str]:
     """Messages for volumes whose grid differs from the first one's (the model needs one grid).
+
+    The tolerances are those of ``medseg.io.grid_difference`` (``GRID_TOLERANCE``), so the panel refuses
+    exactly what ``medseg predict`` would (this module runs in Slicer without medseg's readers).
 
     Args:
         grids: one grid per input volume.

@@ -131,6 +131,18 @@ def test_check_same_grid() -> None:
         bridge.check_same_grid([_grid()], names)
 
 
+def test_the_panel_and_medseg_agree_on_one_grid() -> None:
+    """The panel refuses exactly what ``medseg predict`` refuses: the same tolerances."""
+    import inspect
+
+    from medseg.io.image import GRID_TOLERANCE
+
+    defaults = inspect.signature(bridge.check_same_grid).parameters
+    assert defaults["tolerance_mm"].default == defaults["tolerance_dir"].default == GRID_TOLERANCE
+    near = _grid(spacing=(1.0, 1.0, 2.0 + 5 * GRID_TOLERANCE))
+    assert bridge.check_same_grid([_grid(), near], ["T1", "T2"])
+
+
 def test_export_file_names() -> None:
     assert bridge.export_file_names("case", 4) == [
         "case_0000.nii.gz",
