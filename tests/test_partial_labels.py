@@ -108,6 +108,9 @@ def test_hand_written_file_list_loads_with_root_folds_and_labelled(tmp_path: Pat
         (lambda d: d["cases"][0].update(labelled=[7]), "labelled values [7] are not in label table organs"),
         (lambda d: d["cases"][1].update(id="c0"), "case 'c0' is listed twice"),
         (lambda d: d["cases"][0].update(labelled="1"), "labelled"),
+        (lambda d: d.pop("channels"), "malformed manifest: missing or invalid 'channels'"),
+        (lambda d: d.update(channels="MR"), "malformed manifest: missing or invalid 'channels' (a list of channel"),
+        (lambda d: d["cases"][1]["images"].append("x.nii.gz"), "case 'c1' lists 2 images for the 1 channels (MR)"),
     ],
 )
 def test_bad_file_list_is_one_line_naming_it(tmp_path: Path, change, message: str) -> None:

@@ -160,6 +160,9 @@ def manifest_from_dict(data: Any, *, path: str | Path, num_folds: int = 5, seed:
         raise MedsegInputError(f'not a medseg manifest (no "format": "{FORMAT}")', path=path)
     try:
         table = LabelTable.from_dict(data["labels"])
+        channels = data["channels"]
+        if not isinstance(channels, list) or not channels or not all(isinstance(c, str) and c for c in channels):
+            raise ValueError("'channels' (a list of channel names)")
         num_folds, seed = int(data.get("num_folds", num_folds)), int(data.get("seed", seed))
         scanned = [
             ManifestCase(
@@ -178,6 +181,12 @@ def manifest_from_dict(data: Any, *, path: str | Path, num_folds: int = 5, seed:
     if len(set(ids)) != len(ids):
         raise MedsegInputError(f"case {next(i for i in ids if ids.count(i) > 1)!r} is listed twice", path=path)
     for case in scanned:
+        if len(case.images) != len(channels):
+            raise MedsegInputError(
+                f"case {case.id!r} lists {len(case.images)} images for the {len(channels)} channels"
+                f" ({', '.join(channels)})",
+                path=path,
+            )
         require_known_values(case.labelled or (), table, path=path, what=f"case {case.id!r}: labelled values")
     if any(c.fold < 0 for c in scanned):
         scanned = assign_folds(tuple(scanned), num_folds=num_folds, seed=seed)
@@ -185,7 +194,7 @@ def manifest_from_dict(data: Any, *, path: str | Path, num_folds: int = 5, seed:
     return Manifest(
         str(data.get("layout", "files")),
         table,
-        tuple(str(c) for c in data["channels"]) if isinstance(data.get("channels"), list) else ("image",),
+        tuple(channels),
         tuple(scanned),
         num_folds,
         seed,
