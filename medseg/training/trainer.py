@@ -134,21 +134,27 @@ def _items(cases: list[ManifestCase], root: Path, table: LabelTable | None = Non
 
 
 def partial_label_table(config: Config, manifest: Manifest, table: LabelTable) -> LabelTable | None:
-    """``table`` when some case of ``manifest`` lacks annotations of some label and training is to
-    mask them (``loss.mask_unlabelled``), else ``None`` (every case is taken as fully labelled).
+    """``table`` when some case of ``manifest`` lacks annotations of some label, else ``None`` (every case
+    is fully labelled).
+
+    With it, each case carries which labels it annotates (:data:`~medseg.keys.LABELLED`): validation does
+    not score a label where it was not annotated, and the loss merges it into background when
+    ``loss.mask_unlabelled`` (else it is trained as background, as if the case were fully labelled).
 
     Raises:
-        ConfigError: partially labelled cases with a region table (only class tables can merge a
-            missing label into background).
+        ConfigError: partially labelled cases with a region table and ``loss.mask_unlabelled`` (only class
+            tables can merge a missing label into background).
     """
     partial = any(c.labelled is not None and c.annotated(table) != set(table.labels) for c in manifest.cases)
-    if not partial or not config.loss.mask_unlabelled:
+    if not partial:
         return None
     if table.kind != "classes":
-        raise ConfigError(
-            f"the manifest has partially labelled cases, which need a class label table; {table.name} has regions"
-            " (set loss.mask_unlabelled: false to train them as fully labelled)"
-        )
+        if config.loss.mask_unlabelled:
+            raise ConfigError(
+                f"the manifest has partially labelled cases, which need a class label table; {table.name} has"
+                " regions (set loss.mask_unlabelled: false to train them as fully labelled)"
+            )
+        return None
     return table
 
 
@@ -349,7 +355,7 @@ class _Trainer:
         for batch in bar:
             image = batch[IMAGE].to(self.ctx.device)
             target = batch[LABEL].to(self.ctx.device)
-            labelled = batch.get(LABELLED)
+            labelled = batch.get(LABELLED) if self.config.loss.mask_unlabelled else None
             self.optimizer.zero_grad(set_to_none=True)
             with self._autocast():
                 logits = self.net(image)
