@@ -175,7 +175,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from medseg.evaluation import evaluate_folder, format_summary
 
     tolerance = {} if args.nsd_tolerance is None else {"nsd_tolerance_mm": args.nsd_tolerance}
-    summary = evaluate_folder(**_scoring_kwargs(args), **tolerance, only_predicted=args.only_predicted)
+    summary = evaluate_folder(
+        **_scoring_kwargs(args), **tolerance, scoring=args.scoring, only_predicted=args.only_predicted
+    )
     print(format_summary(summary))
     return 0
 
@@ -205,7 +207,11 @@ def _add_scoring_arguments(p: argparse.ArgumentParser, *, lesion_help: str) -> N
         " or a path to a dataset.json or medseg manifest",
     )
     p.add_argument(
-        "--lesion-wise", default=None, metavar="RULES", help=f"{lesion_help}: GLI (adult glioma), SSA, MEN, PED or MET"
+        "--lesion-wise",
+        default=None,
+        metavar="RULES",
+        help=f"{lesion_help}: BraTS 2023's GLI (adult glioma), SSA, MEN, PED or MET, or BraTS 2024's"
+        " brats2024-gli, brats2024-ped, brats2024-met or brats2024-men-rt",
     )
     p.add_argument("--workers", type=int, default=1, help="cases scored at once, each in its own process (default 1)")
 
@@ -442,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_export)
 
     p = sub.add_parser("evaluate", help="Dice, HD95 (mm) and NSD per region of predictions against references")
-    _add_scoring_arguments(p, lesion_help="also score lesion-wise Dice and HD95 (BraTS 2023) with these rules")
+    _add_scoring_arguments(p, lesion_help="also score lesion-wise Dice and HD95 (BraTS) with these rules")
     p.add_argument(
         "--only-predicted",
         action="store_true",
@@ -456,13 +462,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MM",
         help="the normalised surface Dice's tolerance in mm (default 1, as FLARE; TotalSegmentator reports 3)",
     )
+    p.add_argument(
+        "--scoring",
+        default="auto",
+        metavar="SCORING",
+        help="how HD95 and NSD measure surfaces and score an empty mask: voxels (MONAI's surface voxels, the"
+        " grid's diagonal), elements (area-weighted surface elements, the diagonal), brats2023 (elements, 374 mm:"
+        " the BraTS 2023/2024 scripts), brats2025 (Panoptica's surface voxels, 373 mm); auto: the label table's"
+        " BraTS year, else voxels",
+    )
     p.set_defaults(handler=_evaluate)
 
     p = sub.add_parser(
         "tune-postprocessing",
         help="choose inference.min_component_ml on a model's validation predictions and their references",
     )
-    _add_scoring_arguments(p, lesion_help="score by lesion-wise Dice (BraTS 2023) with these rules, not by Dice")
+    _add_scoring_arguments(p, lesion_help="score by lesion-wise Dice (BraTS) with these rules, not by Dice")
     p.add_argument("--candidates", type=float, nargs="+", default=None, metavar="ML", help="volumes to try, in mL")
     p.set_defaults(handler=_tune_postprocessing)
 

@@ -1,5 +1,5 @@
 """Evaluation: label maps scored against references, per case and region
-(:mod:`~medseg.evaluation.evaluate`, with :mod:`~medseg.evaluation.metrics` and the BraTS 2023 lesion-wise
+(:mod:`~medseg.evaluation.evaluate`, with :mod:`~medseg.evaluation.metrics` and the BraTS lesion-wise
 scores of :mod:`~medseg.evaluation.lesion_wise`), the score files and plots it writes
 (:mod:`~medseg.evaluation.files`, :mod:`~medseg.evaluation.plot`), paired comparisons of evaluations
 (:mod:`~medseg.evaluation.comparison`) and the HTML report (:mod:`~medseg.evaluation.report`)."""
@@ -38,12 +38,18 @@ from medseg.evaluation.lesion_wise import (
     get_lesion_rules,
     lesion_wise_label_maps,
     lesion_wise_scores,
+    merge_through,
+    score_lesions,
 )
 from medseg.evaluation.metrics import (
     NSD_TOLERANCE_MM,
+    SCORINGS,
     RegionScore,
+    Scoring,
     check_nsd_tolerance,
+    default_scoring,
     dice,
+    get_scoring,
     hd95,
     image_diagonal_mm,
     nsd,
@@ -61,6 +67,7 @@ __all__ = [
     "METRICS_CSV",
     "METRICS_PNG",
     "NSD_TOLERANCE_MM",
+    "SCORINGS",
     "SUMMARY_JSON",
     "CasePairs",
     "LesionMetrics",
@@ -69,8 +76,10 @@ __all__ = [
     "Metrics",
     "References",
     "RegionScore",
+    "Scoring",
     "check_nsd_tolerance",
     "compare_evaluations",
+    "default_scoring",
     "dice",
     "evaluate_folder",
     "find_references",
@@ -78,11 +87,13 @@ __all__ = [
     "format_mean_sd",
     "format_summary",
     "get_lesion_rules",
+    "get_scoring",
     "hd95",
     "image_diagonal_mm",
     "label_table_from_json",
     "lesion_wise_label_maps",
     "lesion_wise_scores",
+    "merge_through",
     "nsd",
     "pair_cases",
     "plot_scores",
@@ -91,6 +102,7 @@ __all__ = [
     "read_metrics_csv",
     "render_case_overlays",
     "score_label_maps",
+    "score_lesions",
     "score_masks",
     "summarize",
     "write_lesion_metrics_csv",

@@ -7,7 +7,8 @@ in 2023), MSD (``labelsTr/<case>.nii.gz``) or a flat folder of ``<case>.nii.gz``
 layout means writing one small function that returns :class:`References` and adding it to that tuple.
 
 Metrics are Dice, HD95 in mm and NSD at a tolerance in mm (:mod:`medseg.evaluation.metrics`, BraTS empty-mask
-rules), on the reference's voxel grid and spacing, for each set of :meth:`LabelTable.evaluation_sets`
+rules, with the :class:`~medseg.evaluation.metrics.Scoring` of the table's BraTS year or medseg's ``voxels``),
+on the reference's voxel grid and spacing, for each set of :meth:`LabelTable.evaluation_sets`
 (WT/TC/ET for BraTS, one per organ for class tables).
 """
 
@@ -33,7 +34,15 @@ from medseg.evaluation.files import (
     write_metrics_csv,
 )
 from medseg.evaluation.lesion_wise import LesionScore, get_lesion_rules, lesion_wise_label_maps
-from medseg.evaluation.metrics import NSD_TOLERANCE_MM, RegionScore, check_nsd_tolerance, score_label_maps
+from medseg.evaluation.metrics import (
+    NSD_TOLERANCE_MM,
+    RegionScore,
+    Scoring,
+    check_nsd_tolerance,
+    default_scoring,
+    get_scoring,
+    score_label_maps,
+)
 from medseg.evaluation.plot import plot_scores
 from medseg.io import Image, atomic_output, check_label_map, label_values, read_image, require_same_grid
 from medseg.io.jsonfile import read_json
@@ -308,6 +317,7 @@ class _CaseJob:
     table: LabelTable
     nsd_tolerance_mm: float
     lesion_rules: str | None
+    scoring: Scoring
     not_annotated: frozenset[int] = frozenset()  # label values not scored in this case
 
 
@@ -394,14 +404,21 @@ def _score_case(job: _CaseJob) -> _CaseResult:
     pred_array, ref = read_case(job.ref_path, job.pred_path, job.table)
     spacing = ref.geometry.spacing
     scores = score_label_maps(
-        pred_array, ref.array, table=job.table, spacing=spacing, nsd_tolerance_mm=job.nsd_tolerance_mm
+        pred_array,
+        ref.array,
+        table=job.table,
+        spacing=spacing,
+        nsd_tolerance_mm=job.nsd_tolerance_mm,
+        scoring=job.scoring,
     )
     unscored = {name for name, values in job.table.evaluation_sets().items() if set(values) & job.not_annotated}
     scores = {name: score for name, score in scores.items() if name not in unscored}
     lesions = None
     if job.lesion_rules is not None:
         rules = get_lesion_rules(job.lesion_rules)
-        lesions = lesion_wise_label_maps(pred_array, ref.array, table=job.table, spacing=spacing, rules=rules)
+        lesions = lesion_wise_label_maps(
+            pred_array, ref.array, table=job.table, spacing=spacing, rules=rules, scoring=job.scoring
+        )
         lesions = {name: score for name, score in lesions.items() if name not in unscored}
     return _CaseResult(scores, lesions, float(min(spacing)))
 
@@ -414,6 +431,7 @@ def evaluate_folder(
     labels: str | LabelTable = "auto",
     nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
     lesion_rules: str | None = None,
+    scoring: str = "auto",
     workers: int = 1,
     only_predicted: bool = False,
 ) -> dict:
@@ -425,8 +443,8 @@ def evaluate_folder(
     and affine); Dice, HD95 and NSD (mm, with the reference's voxel spacing) are computed per region of
     the label table by :func:`medseg.evaluation.metrics.score_label_maps`.
 
-    A reference without a prediction is scored as an **empty prediction** (Dice 0, HD95 = image
-    diagonal, NSD 0 for every region the reference contains), as the BraTS challenge does, so a missing case
+    A reference without a prediction is scored as an **empty prediction** (Dice 0, HD95 = the scoring's
+    one-empty constant, NSD 0 for every region the reference contains), as the BraTS challenge does, so a missing case
     cannot improve the mean; a warning line listing such cases goes to stderr and the summary lists
     them under ``"missing_predictions"``. With ``only_predicted``, they are left out instead (e.g. the
     out-of-fold predictions of some folds, scored against the whole training set): a note says how
@@ -445,22 +463,29 @@ def evaluate_folder(
             Class tables are scored per label (e.g. per organ), region tables per region.
         nsd_tolerance_mm: the tolerance of the normalised surface Dice, in mm.
         lesion_rules: also score lesion-wise Dice and HD95 (:mod:`medseg.evaluation.lesion_wise`) with these
-            BraTS 2023 rules (``"GLI"``, ``"SSA"``, ``"MEN"``, ``"PED"`` or ``"MET"``), into
+            BraTS rules (2023: ``"GLI"``, ``"SSA"``, ``"MEN"``, ``"PED"``, ``"MET"``; 2024: ``"brats2024-gli"``,
+            ``"brats2024-ped"``, ``"brats2024-met"``, ``"brats2024-men-rt"``), into
             ``lesion_metrics.csv`` (``case,region,dice,hd95,tp,fn,fp,rules``) and the summary's
             ``"lesion_wise"`` (see :func:`summarize_lesions`); ``None``: not scored, and a
             ``lesion_metrics.csv`` an earlier evaluation left in ``out_dir`` is removed.
+        scoring: how HD95 and NSD measure surfaces and the HD95 of an empty mask, for the whole-image and
+            the lesion-wise scores alike: a key of :data:`~medseg.evaluation.metrics.SCORINGS`
+            (``voxels``, ``elements``, ``brats2023``, ``brats2025``), or ``"auto"``: the label table's
+            (:func:`~medseg.evaluation.metrics.default_scoring`: its BraTS year's, else ``voxels``).
         workers: cases scored at once, each in its own process (1: in this process).
         only_predicted: leave references without a prediction out, rather than score them as empty.
 
     Returns:
         The summary that is written to ``summary.json``: ``label_table``, ``layout``, ``cases``,
-        ``missing_predictions``, ``left_out``, ``hd95_unit``, ``nsd_tolerance_mm``, ``regions`` (see
+        ``missing_predictions``, ``left_out``, ``hd95_unit``, ``nsd_tolerance_mm``, ``scoring``, ``surface``,
+        ``one_empty_hd95_mm`` (``null``: the grid's diagonal), ``regions`` (see
         :func:`summarize`) and, with ``lesion_rules``, ``lesion_wise``.
 
     Raises:
         MedsegInputError: naming the file: no predictions or references found, a prediction without a
             reference, a prediction on a different grid (shape or affine), label values outside the
-            table, an unreadable file; or a negative or non-finite NSD tolerance, or unknown lesion rules.
+            table, an unreadable file; or a negative or non-finite NSD tolerance, unknown lesion rules or
+            an unknown scoring.
             Nothing is written then.
         OutputError: an output file cannot be written (a full disk): naming it and the reason, once every
             other output file was tried (those written are kept, and named).
@@ -471,9 +496,12 @@ def evaluate_folder(
         raise MedsegInputError(str(exc)) from None
     if lesion_rules is not None:
         get_lesion_rules(lesion_rules)  # unknown rules fail before any case is read
+    if scoring != "auto":
+        get_scoring(scoring)
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
     pairs = pair_cases(pred_dir, ref_dir, labels)
     refs, preds, table = pairs.refs, pairs.preds, pairs.table
+    chosen = default_scoring(table.name) if scoring == "auto" else get_scoring(scoring)
     if only_predicted:
         files, missing, left_out = pairs.predicted_only("scoring"), [], pairs.missing
     else:
@@ -481,7 +509,7 @@ def evaluate_folder(
 
     skip = refs.not_annotated
     jobs = [
-        _CaseJob(path, preds.get(case), table, nsd_tolerance_mm, lesion_rules, skip.get(case, frozenset()))
+        _CaseJob(path, preds.get(case), table, nsd_tolerance_mm, lesion_rules, chosen, skip.get(case, frozenset()))
         for case, path in files.items()
     ]
     results = dict(zip(files, map_in_processes(_score_case, jobs, workers=workers, what="scoring"), strict=True))
@@ -510,6 +538,9 @@ def evaluate_folder(
         "left_out": left_out,
         "hd95_unit": "mm",
         "nsd_tolerance_mm": nsd_tolerance_mm,
+        "scoring": chosen.name,
+        "surface": chosen.surface,
+        "one_empty_hd95_mm": chosen.one_empty_hd95_mm,
         "regions": summarize(scores, table),
     }
     writers: dict[str, Callable[[Path], object]] = {
@@ -583,6 +614,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     left_out = summary.get("left_out") or []
     if left_out:
         lines[0] += f"; {len(left_out)} reference(s) without prediction left out"
+    if "scoring" in summary:  # summaries written before scorings existed have none
+        lines[0] += f"; surfaces scored as {summary['scoring']}"
     lines += _aligned(rows)
     lesion_wise = summary.get("lesion_wise")
     if lesion_wise:

@@ -1,28 +1,34 @@
 """Lesion-wise Dice and HD95 (mm), the metrics BraTS has ranked on since 2023.
 
 A whole-image Dice lets one large lesion hide every small one that a model misses or invents. The
-lesion-wise scores count each lesion once (the definition of the BraTS 2023 evaluation, Saluja et
-al., github.com/rachitsaluja/BraTS-2023-Metrics):
+lesion-wise scores count each lesion once (the definition of the BraTS evaluation scripts, Saluja et
+al., github.com/rachitsaluja/BraTS-2023-Metrics and BraTS-2024-Metrics):
 
 1. **Reference lesions.** The reference mask's 26-connected components, where components that its
    dilation (``dilation`` iterations with the 18-connected 3 x 3 x 3 neighbourhood) joins count as
-   one lesion: a satellite a few voxels from a tumour is part of it, not a lesion of its own.
-2. **Matching.** A predicted 26-connected component matches a reference lesion when it touches that
-   lesion's own dilation (the same neighbourhood and iterations). A lesion's Dice and HD95 are those
-   of the lesion and the union of the components that match it; a lesion nothing matches is a false
-   negative (Dice 0, HD95 374 mm).
-3. **Small lesions.** Reference lesions of at most ``min_volume_mm3`` are left out of the score (a
+   one lesion: a satellite a few voxels from a tumour is part of it, not a lesion of its own. Some
+   rule sets then join lesions *across tissues* (:attr:`LesionRules.merge_through`): the lesions of
+   one tissue that touch (one 18-connected step) the same lesion of another tissue become one lesion;
+   a lesion that touches several is joined to the group of the lowest-numbered one (numbering the
+   other tissue's lesions in scan order, as the BraTS 2024 scripts do).
+2. **Predicted lesions.** The prediction's 26-connected components; some rule sets join them by the
+   same dilation as the reference's (:attr:`LesionRules.join_predicted`) and drop those of at most
+   :attr:`LesionRules.max_dropped_voxels` voxels.
+3. **Matching.** A predicted lesion matches a reference lesion when it touches that lesion's own
+   dilation (the same neighbourhood and iterations). A lesion's Dice and HD95 are those of the lesion
+   and the union of the predicted lesions that match it; a lesion nothing matches is a false negative
+   (Dice 0, HD95 the scoring's one-empty constant: 374 mm for the BraTS 2023 and 2024 scripts).
+4. **Small lesions.** Reference lesions of at most ``min_volume_mm3`` are left out of the score (a
    prediction that matches one is not a false positive either).
-4. **False positives.** Each predicted component that matches no reference lesion scores Dice 0 and
-   HD95 374 mm.
-5. **Score.** Lesion-wise Dice is the sum of the kept lesions' Dice over (kept lesions + false
-   positives); lesion-wise HD95 likewise, with 374 mm per false positive. Nothing to score (no kept
-   lesion, no false positive) gives Dice 1 and HD95 0.
+5. **False positives.** Each predicted lesion that matches no reference lesion scores Dice 0 and the
+   one-empty HD95 (unless the rules do not penalise false positives, as BraTS 2024 MEN-RT).
+6. **Score.** Lesion-wise Dice is the sum of the kept lesions' Dice over (kept lesions + false
+   positives); lesion-wise HD95 likewise. Nothing to score (no kept lesion, no penalised false
+   positive) gives Dice 1 and HD95 0.
 
-Each lesion's HD95 follows :func:`medseg.evaluation.metrics.hd95` (MONAI's surface voxels and the larger of the
-two directed 95th percentiles), where the BraTS script uses DeepMind's surface-element distances, so
-the two differ by a fraction of a voxel per lesion. The parameters of each BraTS 2023 challenge are in
-:data:`LESION_RULES`.
+Each lesion's HD95 follows :func:`medseg.evaluation.metrics.hd95` with the :class:`Scoring` given
+(BraTS: surface elements, as the scripts' DeepMind ``surface-distance``). The rule sets of each BraTS
+challenge are in :data:`LESION_RULES`.
 
 Masks are boolean ``(X, Y, Z)`` arrays on one grid; ``spacing`` is the voxel size along those axes in
 mm. Orientation does not matter.
@@ -30,20 +36,18 @@ mm. Orientation does not matter.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
 
 from medseg.errors import MedsegInputError
-from medseg.evaluation.metrics import check_masks, dice, hd95, mask_box
+from medseg.evaluation.metrics import SCORINGS, Scoring, check_masks, dice, hd95, mask_box
 from medseg.labels import LabelTable
 
-MISSED_LESION_HD95_MM = 374.0
-"""HD95 of a missed lesion and of a false positive: the BraTS 2023 script's constant (about the
-diagonal of a 240 x 240 x 155 grid at 1 mm, 373.13 mm)."""
+Labels = tuple[int, ...]
 
 _COMPONENTS = np.ones((3, 3, 3), dtype=bool)  # 26-connected components
 _DILATION = ndimage.generate_binary_structure(3, 2)  # the 18-connected neighbourhood
@@ -57,14 +61,33 @@ class LesionRules:
         dilation: iterations of the 18-connected dilation that joins nearby reference components and
             finds the predicted components that match a lesion (0: neither).
         min_volume_mm3: reference lesions of at most this volume (mm³) are left out of the score.
+        region_min_volume_mm3: another smallest volume (mm³) for some scored sets, keyed by their
+            label values (BraTS 2024 GLI: 10 mm³ for ET ``(3,)`` and RC ``(4,)``).
+        merge_through: for a scored set (by its label values), the tissues (label values), in order,
+            through which its reference lesions are joined: those touching one lesion of the tissue
+            become one (BraTS 2024 MET: ET through NETC).
+        join_predicted: predicted components are joined by the same dilation as the reference's.
+        max_dropped_voxels: predicted lesions of at most this many voxels are dropped before matching
+            (0: none).
+        penalise_false_positives: false positives lower the score (their count is reported anyway).
     """
 
     dilation: int
     min_volume_mm3: float
+    region_min_volume_mm3: Mapping[Labels, float] = field(default_factory=dict)
+    merge_through: Mapping[Labels, tuple[Labels, ...]] = field(default_factory=dict)
+    join_predicted: bool = False
+    max_dropped_voxels: int = 0
+    penalise_false_positives: bool = True
 
     def __post_init__(self) -> None:
-        if self.dilation < 0 or self.min_volume_mm3 < 0:
-            raise ValueError(f"lesion rules need dilation >= 0 and min_volume_mm3 >= 0, got {self}")
+        volumes = (self.min_volume_mm3, *self.region_min_volume_mm3.values())
+        if self.dilation < 0 or min(volumes) < 0 or self.max_dropped_voxels < 0:
+            raise ValueError(f"lesion rules need dilation, volumes and max_dropped_voxels >= 0, got {self}")
+
+    def min_volume_for(self, labels: Sequence[int]) -> float:
+        """The smallest scored lesion volume (mm³) of the set made of ``labels``."""
+        return self.region_min_volume_mm3.get(tuple(labels), self.min_volume_mm3)
 
 
 LESION_RULES: dict[str, LesionRules] = {
@@ -73,13 +96,26 @@ LESION_RULES: dict[str, LesionRules] = {
     "MEN": LesionRules(dilation=1, min_volume_mm3=50.0),
     "PED": LesionRules(dilation=3, min_volume_mm3=50.0),
     "MET": LesionRules(dilation=1, min_volume_mm3=2.0),
+    # BraTS 2024 (github.com/rachitsaluja/BraTS-2024-Metrics, metrics_<challenge>.py); label values are
+    # the 2024 tables': GLI 1 NETC, 2 SNFH, 3 ET, 4 RC; PED 1 ET, 2 NETC, 3 CC, 4 ED; MET 1 NETC, 2 SNFH, 3 ET
+    "brats2024-gli": LesionRules(
+        dilation=3,
+        min_volume_mm3=20.0,
+        # the script lowers its threshold to 10 when it reaches ET, and RC is scored after ET
+        region_min_volume_mm3={(3,): 10.0, (4,): 10.0},
+        merge_through={(1,): ((3,), (4,)), (2,): ((3,), (4,), (1,)), (3,): ((1,), (4,)), (4,): ((3,), (1,))},
+    ),
+    "brats2024-ped": LesionRules(dilation=5, min_volume_mm3=10.0, join_predicted=True, max_dropped_voxels=10),
+    "brats2024-met": LesionRules(dilation=1, min_volume_mm3=2.0, merge_through={(3,): ((1,),)}),
+    "brats2024-men-rt": LesionRules(dilation=1, min_volume_mm3=50.0, penalise_false_positives=False),
 }
-"""The BraTS 2023 challenges' rules: adult glioma (GLI), sub-Saharan Africa (SSA), meningioma (MEN),
-paediatric (PED) and metastases (MET)."""
+"""The BraTS challenges' rules: 2023 adult glioma (GLI), sub-Saharan Africa (SSA), meningioma (MEN),
+paediatric (PED) and metastases (MET); 2024 keyed by the label tables' names (``brats2024-gli``,
+``brats2024-ped``, ``brats2024-met``, ``brats2024-men-rt``)."""
 
 
 def get_lesion_rules(name: str) -> LesionRules:
-    """The rules of one BraTS 2023 challenge (a key of :data:`LESION_RULES`).
+    """The rules of one BraTS challenge (a key of :data:`LESION_RULES`).
 
     Raises:
         MedsegInputError: an unknown name, listing the known ones.
@@ -96,9 +132,9 @@ class LesionScore(NamedTuple):
     Attributes:
         dice: lesion-wise Dice (0..1).
         hd95: lesion-wise HD95 (mm).
-        tp: kept reference lesions that a predicted component matches.
+        tp: kept reference lesions that a predicted lesion matches.
         fn: kept reference lesions that nothing matches.
-        fp: predicted components that match no reference lesion.
+        fp: predicted lesions that match no reference lesion (reported even where not penalised).
     """
 
     dice: float
@@ -106,6 +142,15 @@ class LesionScore(NamedTuple):
     tp: int
     fn: int
     fp: int
+
+
+def _join_by_dilation(mask: np.ndarray, dilation: int) -> tuple[np.ndarray, int]:
+    """``mask``'s 26-connected components joined where ``dilation`` iterations of the 18-connected
+    dilation join them: an int ``(X, Y, Z)`` array, 0 outside the mask and 1..n on the lesions, and n."""
+    if dilation == 0:
+        return ndimage.label(mask, structure=_COMPONENTS)
+    grown, n = ndimage.label(ndimage.binary_dilation(mask, _DILATION, iterations=dilation), structure=_COMPONENTS)
+    return np.where(mask, grown, 0), n
 
 
 def reference_lesions(ref: np.ndarray, *, dilation: int) -> tuple[np.ndarray, int]:
@@ -119,23 +164,134 @@ def reference_lesions(ref: np.ndarray, *, dilation: int) -> tuple[np.ndarray, in
     Returns:
         ``(lesions, n)``: an int ``(X, Y, Z)`` array, 0 outside the mask and 1..n on the lesions.
     """
-    ref = np.asarray(ref, dtype=bool)
-    if dilation == 0:
-        return ndimage.label(ref, structure=_COMPONENTS)
-    grown, n = ndimage.label(ndimage.binary_dilation(ref, _DILATION, iterations=dilation), structure=_COMPONENTS)
-    return np.where(ref, grown, 0), n
+    return _join_by_dilation(np.asarray(ref, dtype=bool), dilation)
+
+
+def _near(mask: np.ndarray, dilation: int) -> tuple[tuple[slice, ...], np.ndarray]:
+    """The box round ``mask`` (non-empty) that holds its ``dilation``, and that dilation within it."""
+    box = mask_box(mask, dilation + 1)
+    reach = ndimage.binary_dilation(mask[box], _DILATION, iterations=dilation) if dilation else mask[box]
+    return box, reach
+
+
+def merge_through(lesions: np.ndarray, partner: np.ndarray) -> tuple[np.ndarray, int]:
+    """Join the lesions that touch one lesion of another tissue (see the module docstring, step 1).
+
+    Args:
+        lesions: int ``(X, Y, Z)`` lesion labels of one tissue (0 outside).
+        partner: int ``(X, Y, Z)`` lesion labels of the other tissue, numbered in scan order.
+
+    Returns:
+        ``(lesions, n)`` relabelled 1..n: each lesion that touches (one 18-connected step) a partner
+        lesion is joined to every other lesion whose lowest-numbered touched partner is the same.
+    """
+    keys: dict[int, tuple[int, int]] = {}
+    for lesion_id in np.unique(lesions[lesions > 0]).tolist():
+        box, reach = _near(lesions == lesion_id, 1)
+        touched = partner[box][reach]
+        touched = touched[touched > 0]
+        keys[lesion_id] = (0, int(touched.min())) if touched.size else (1, lesion_id)
+    groups = {key: i for i, key in enumerate(sorted(set(keys.values())), start=1)}
+    lookup = np.zeros(int(lesions.max(initial=0)) + 1, dtype=np.int64)
+    for lesion_id, key in keys.items():
+        lookup[lesion_id] = groups[key]
+    return lookup[lesions], len(groups)
+
+
+def _predicted_lesions(pred: np.ndarray, rules: LesionRules) -> tuple[np.ndarray, int]:
+    """The predicted lesions (module docstring, step 2), labelled 1..n."""
+    pieces, n = _join_by_dilation(pred, rules.dilation) if rules.join_predicted else ndimage.label(pred, _COMPONENTS)
+    if rules.max_dropped_voxels and n:
+        sizes = np.bincount(pieces.ravel(), minlength=n + 1)
+        kept = np.flatnonzero(sizes > rules.max_dropped_voxels)
+        kept = kept[kept > 0]
+        lookup = np.zeros(n + 1, dtype=np.int64)
+        lookup[kept] = np.arange(1, kept.size + 1)
+        pieces, n = lookup[pieces], int(kept.size)
+    return pieces, n
+
+
+def score_lesions(
+    pred: np.ndarray,
+    lesions: np.ndarray,
+    *,
+    spacing: Sequence[float],
+    rules: LesionRules,
+    scoring: Scoring,
+    min_volume_mm3: float,
+) -> LesionScore:
+    """Lesion-wise Dice and HD95 of a predicted mask against labelled reference lesions (module
+    docstring, steps 2-6).
+
+    Args:
+        pred: predicted mask ``(X, Y, Z)``.
+        lesions: the reference lesions, int ``(X, Y, Z)`` labels (0 outside), e.g. :func:`reference_lesions`.
+        spacing: voxel size along X, Y, Z in mm; gives the lesions' volumes and the HD95s.
+        rules: matching dilation and the handling of predicted lesions and false positives.
+        scoring: the HD95's surfaces and the one-empty constant (missed lesions, false positives).
+        min_volume_mm3: reference lesions of at most this volume are left out.
+    """
+    pred = np.asarray(pred, dtype=bool)
+    ref = lesions > 0
+    voxel_mm3 = float(np.prod(spacing))
+    missed_hd95 = scoring.one_empty_hd95(ref.shape, spacing)
+    if pred.any() or ref.any():  # the box that holds both masks and every dilation of them
+        box = mask_box(pred | ref, margin=rules.dilation + 1)
+        pred, lesions = pred[box], lesions[box]
+    components, n_components = _predicted_lesions(pred, rules)
+    matched_any: set[int] = set()
+    dices: list[float] = []
+    hd95s: list[float] = []
+    tp = fn = 0
+    for lesion_id in np.unique(lesions[lesions > 0]).tolist():
+        lesion = lesions == lesion_id
+        near, reach = _near(lesion, rules.dilation)
+        matched = set(np.unique(components[near][reach]).tolist()) - {0}
+        matched_any |= matched
+        if lesion.sum() * voxel_mm3 <= min_volume_mm3:
+            continue
+        if not matched:
+            fn += 1
+            dices.append(0.0)
+            hd95s.append(missed_hd95)
+            continue
+        tp += 1
+        answer = np.isin(components, list(matched))
+        both = mask_box(lesion | answer, 1)
+        dices.append(dice(answer[both], lesion[both]))
+        hd95s.append(hd95(answer[both], lesion[both], spacing=spacing, scoring=scoring))
+    fp = n_components - len(matched_any)
+    penalised = fp if rules.penalise_false_positives else 0
+    scored = len(dices) + penalised
+    if scored == 0:
+        return LesionScore(dice=1.0, hd95=0.0, tp=tp, fn=fn, fp=fp)
+    return LesionScore(
+        dice=sum(dices) / scored,
+        hd95=(sum(hd95s) + penalised * missed_hd95) / scored,
+        tp=tp,
+        fn=fn,
+        fp=fp,
+    )
 
 
 def lesion_wise_scores(
-    pred: np.ndarray, ref: np.ndarray, *, spacing: Sequence[float], rules: LesionRules
+    pred: np.ndarray,
+    ref: np.ndarray,
+    *,
+    spacing: Sequence[float],
+    rules: LesionRules,
+    scoring: Scoring = SCORINGS["brats2023"],
 ) -> LesionScore:
-    """Lesion-wise Dice and HD95 of two boolean ``(X, Y, Z)`` masks (see the module docstring).
+    """Lesion-wise Dice and HD95 of two boolean ``(X, Y, Z)`` masks (see the module docstring; the
+    rules' joins across tissues need the label maps: :func:`lesion_wise_label_maps`).
 
     Args:
         pred: predicted mask ``(X, Y, Z)``, any dtype (nonzero = inside).
         ref: reference mask on the same grid.
         spacing: voxel size along X, Y, Z in mm; gives the lesions' volumes and the HD95s.
         rules: dilation and smallest scored lesion volume, e.g. ``LESION_RULES["GLI"]``.
+        scoring: the HD95's surfaces and the HD95 of a missed lesion and a false positive (by default
+            the BraTS 2023 and 2024 scripts': surface elements, 374 mm).
 
     Returns:
         The case's :class:`LesionScore`.
@@ -145,68 +301,48 @@ def lesion_wise_scores(
             (:func:`~medseg.evaluation.metrics.check_masks`).
     """
     pred, ref = check_masks(pred, ref, spacing)
-    voxel_mm3 = float(np.prod(spacing))
-    if pred.any() or ref.any():  # the box that holds both masks and every lesion's dilation
-        box = mask_box(pred | ref, margin=rules.dilation + 1)
-        pred, ref = pred[box], ref[box]
-    lesions, n_lesions = reference_lesions(ref, dilation=rules.dilation)
-    components, n_components = ndimage.label(pred, structure=_COMPONENTS)
-    matched_any: set[int] = set()
-    dices: list[float] = []
-    hd95s: list[float] = []
-    tp = fn = 0
-    for lesion_id in range(1, n_lesions + 1):
-        lesion = lesions == lesion_id
-        near = mask_box(lesion, rules.dilation + 1)  # the lesion's dilation stays inside this box
-        reach = (
-            ndimage.binary_dilation(lesion[near], _DILATION, iterations=rules.dilation)
-            if rules.dilation
-            else lesion[near]
-        )
-        matched = set(np.unique(components[near][reach]).tolist()) - {0}
-        matched_any |= matched
-        if lesion.sum() * voxel_mm3 <= rules.min_volume_mm3:
-            continue
-        if not matched:
-            fn += 1
-            dices.append(0.0)
-            hd95s.append(MISSED_LESION_HD95_MM)
-            continue
-        tp += 1
-        answer = np.isin(components, list(matched))
-        both = mask_box(lesion | answer, 0)  # a voxel on the box's faces lies on its mask's surface anyway
-        dices.append(dice(answer[both], lesion[both]))
-        hd95s.append(hd95(answer[both], lesion[both], spacing=spacing))
-    fp = n_components - len(matched_any)
-    scored = len(dices) + fp
-    if scored == 0:
-        return LesionScore(dice=1.0, hd95=0.0, tp=0, fn=0, fp=0)
-    return LesionScore(
-        dice=sum(dices) / scored,
-        hd95=(sum(hd95s) + fp * MISSED_LESION_HD95_MM) / scored,
-        tp=tp,
-        fn=fn,
-        fp=fp,
+    lesions, _ = reference_lesions(ref, dilation=rules.dilation)
+    return score_lesions(
+        pred, lesions, spacing=spacing, rules=rules, scoring=scoring, min_volume_mm3=rules.min_volume_mm3
     )
 
 
 def lesion_wise_label_maps(
-    pred: np.ndarray, ref: np.ndarray, *, table: LabelTable, spacing: Sequence[float], rules: LesionRules
+    pred: np.ndarray,
+    ref: np.ndarray,
+    *,
+    table: LabelTable,
+    spacing: Sequence[float],
+    rules: LesionRules,
+    scoring: Scoring = SCORINGS["brats2023"],
 ) -> dict[str, LesionScore]:
     """Lesion-wise scores of two integer label maps, set by set of ``table.evaluation_sets()`` (BraTS:
-    WT, TC, ET; class tables: each label).
+    WT, TC, ET, ...; class tables: each label), with the rules' joins across tissues and per-set volumes.
 
     Args:
         pred: predicted label map ``(X, Y, Z)``.
         ref: reference label map on the same grid.
         table: the label table whose evaluation sets are scored.
         spacing: voxel size along X, Y, Z in mm.
-        rules: e.g. ``LESION_RULES["GLI"]``.
+        rules: e.g. ``LESION_RULES["GLI"]`` or ``LESION_RULES["brats2024-met"]``.
+        scoring: as for :func:`lesion_wise_scores`.
 
     Returns:
         Set name -> :class:`LesionScore`, in the table's evaluation order.
     """
-    return {
-        name: lesion_wise_scores(np.isin(pred, values), np.isin(ref, values), spacing=spacing, rules=rules)
-        for name, values in table.evaluation_sets().items()
-    }
+    pred, ref = np.asarray(pred), np.asarray(ref)
+    scores = {}
+    for name, values in table.evaluation_sets().items():
+        lesions, _ = reference_lesions(np.isin(ref, values), dilation=rules.dilation)
+        for tissue in rules.merge_through.get(tuple(values), ()):
+            partner, _ = reference_lesions(np.isin(ref, tissue), dilation=rules.dilation)
+            lesions, _ = merge_through(lesions, partner)
+        scores[name] = score_lesions(
+            np.isin(pred, values),
+            lesions,
+            spacing=spacing,
+            rules=rules,
+            scoring=scoring,
+            min_volume_mm3=rules.min_volume_for(values),
+        )
+    return scores

@@ -268,6 +268,15 @@ def _summary_table(summary: Mapping[str, Any]) -> str:
     return _html_table(header, rows)
 
 
+def _one_empty_hd95(summary: Mapping[str, Any]) -> str:
+    """The HD95 of an empty mask under the summary's scoring, for a reader: ``"374 mm"`` or ``"the image's
+    diagonal"`` (summaries written before scorings existed: 374 mm, what lesion-wise scores used then)."""
+    if "scoring" not in summary:
+        return "374 mm"
+    constant = summary["one_empty_hd95_mm"]
+    return "the image's diagonal" if constant is None else f"{constant:g} mm"
+
+
 def _lesion_table(lesion_wise: Mapping[str, Any]) -> str:
     header = ["region", "Dice mean ± sd", "HD95 (mm) mean ± sd", "TP", "FN", "FP"]
     rows = []
@@ -327,11 +336,11 @@ def write_report(
     if lesion_wise:
         parts += [
             "<h2>Lesion-wise</h2>",
-            f"<p>BraTS 2023 lesion-wise scores, {html.escape(lesion_wise['rules'])} rules: reference lesions"
+            f"<p>BraTS lesion-wise scores, {html.escape(lesion_wise['rules'])} rules: reference lesions"
             f" joined by a {lesion_wise['dilation']}-voxel dilation, those of at most"
             f" {lesion_wise['min_volume_mm3']:g} mm³ left out; every missed lesion (FN) and every predicted"
-            " piece that matches no lesion (FP) scores Dice 0 and HD95 374 mm. TP, FN and FP are lesion"
-            " counts summed over cases.</p>",
+            f" piece that matches no lesion (FP) scores Dice 0 and HD95 {_one_empty_hd95(summary)}. TP, FN and"
+            " FP are lesion counts summed over cases.</p>",
             _lesion_table(lesion_wise),
         ]
     if scores_png is not None:

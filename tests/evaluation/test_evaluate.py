@@ -18,7 +18,7 @@ from medseg.errors import MedsegInputError
 from medseg.evaluation import evaluate_folder, find_references, format_summary
 from medseg.evaluation.files import read_metrics_csv
 from medseg.evaluation.lesion_wise import LESION_RULES, lesion_wise_label_maps
-from medseg.evaluation.metrics import RegionScore
+from medseg.evaluation.metrics import SCORINGS, RegionScore, score_masks
 from medseg.evaluation.plot import plot_scores
 from medseg.io import Geometry, write_nifti
 from medseg.labels import BRATS_RELEASES, LabelTable
@@ -96,7 +96,8 @@ def test_evaluate_brats_folder_matches_independent_metrics(
 ) -> None:
     pred_dir, ref_dir, cases = _make_brats(tmp_path, release, n=3)
     out = tmp_path / "eval"
-    summary = evaluate_folder(pred_dir=pred_dir, ref_dir=ref_dir, out_dir=out)
+    # the reference counts surface voxels: score as MONAI does (BraTS tables default to surface elements)
+    summary = evaluate_folder(pred_dir=pred_dir, ref_dir=ref_dir, out_dir=out, scoring="voxels")
 
     table = BRATS_RELEASES[release].label_table
     assert summary["label_table"] == table.name
@@ -135,6 +136,37 @@ def test_evaluate_brats_folder_matches_independent_metrics(
     metrics = read_metrics_csv(out / "metrics.csv")
     assert metrics.nsd_tolerance_mm == 1.0
     assert metrics.scores[first]["ET"] == (0.0, pytest.approx(diagonal, abs=1e-4), 0.0)
+
+
+@pytest.mark.parametrize(
+    ("release", "scoring", "one_empty"), [("2021", "elements", None), ("2023", "brats2023", 374.0)]
+)
+def test_brats_tables_score_surface_elements_with_their_years_constant(
+    tmp_path: Path, release: str, scoring: str, one_empty: float | None
+) -> None:
+    pred_dir, ref_dir, cases = _make_brats(tmp_path, release, n=2)
+    out = tmp_path / "eval"
+    summary = evaluate_folder(pred_dir=pred_dir, ref_dir=ref_dir, out_dir=out, lesion_rules="GLI")
+    assert (summary["scoring"], summary["surface"], summary["one_empty_hd95_mm"]) == (scoring, "elements", one_empty)
+    table = BRATS_RELEASES[release].label_table
+    chosen = SCORINGS[scoring]
+    scores = read_metrics_csv(out / "metrics.csv").scores
+    for case, (pred, ref) in cases.items():
+        for region, values in table.evaluation_sets().items():
+            expected = score_masks(np.isin(pred, values), np.isin(ref, values), spacing=SPACING, scoring=chosen)
+            assert scores[case][region].hd95 == pytest.approx(expected.hd95, abs=1e-5)
+            assert scores[case][region].nsd == pytest.approx(expected.nsd, abs=1e-5)
+    # the first case predicts no ET: whole-image and lesion-wise HD95 take the same constant
+    first = sorted(cases)[0]
+    constant = one_empty if one_empty is not None else float(np.linalg.norm(np.array(SHAPE) * np.array(SPACING)))
+    assert scores[first]["ET"].hd95 == pytest.approx(constant, abs=1e-5)
+    with (out / "lesion_metrics.csv").open(newline="") as f:
+        lesion_rows = {(r["case"], r["region"]): r for r in csv.DictReader(f)}
+    assert float(lesion_rows[(first, "ET")]["hd95"]) == pytest.approx(constant, abs=1e-5)
+
+    with pytest.raises(MedsegInputError, match="unknown scoring 'hd'; choose one of voxels, elements, brats2023"):
+        evaluate_folder(pred_dir=pred_dir, ref_dir=ref_dir, out_dir=tmp_path / "bad", scoring="hd")
+    assert not (tmp_path / "bad").exists()
 
 
 def _flat(tmp_path: Path, et: int) -> tuple[Path, Path]:
@@ -296,7 +328,7 @@ def test_format_summary_is_an_aligned_table(tmp_path: Path) -> None:
     pred_dir, ref_dir, _ = _make_brats(tmp_path, "2023", n=2)
     text = format_summary(evaluate_folder(pred_dir=pred_dir, ref_dir=ref_dir, out_dir=tmp_path / "out"))
     lines = text.splitlines()
-    assert lines[0] == "labels brats2023, 2 case(s)"
+    assert lines[0] == "labels brats2023, 2 case(s); surfaces scored as brats2023"
     assert lines[1].split()[:2] == ["region", "Dice"]
     assert [line.split()[0] for line in lines[2:]] == ["WT", "TC", "ET"]
     assert len({len(line) for line in lines[1:]}) == 1  # columns aligned
@@ -332,7 +364,7 @@ def test_cli_evaluate_nsd_tolerance(
 ) -> None:
     pred_dir, ref_dir, cases = _make_brats(tmp_path, "2023", n=2)
     out = tmp_path / "out"
-    argv = ["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "--out", str(out)]
+    argv = ["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "--scoring", "voxels", "--out", str(out)]
     assert main([*argv, "--nsd-tolerance", "0.5"]) == 0
     assert without_progress(capsys.readouterr().err) == (
         "medseg: warning: NSD tolerance 0.5 mm is below the voxel size of 2 case(s) (smallest voxel side 0.9 mm):"
@@ -420,7 +452,8 @@ def test_cli_evaluate_lesion_wise(tmp_path: Path, capsys: pytest.CaptureFixture)
     capsys.readouterr()
     assert main([*argv, "--lesion-wise", "GBM"]) == 2
     assert (
-        capsys.readouterr().err == "medseg: error: unknown lesion rules 'GBM'; choose one of GLI, SSA, MEN, PED, MET\n"
+        capsys.readouterr().err == "medseg: error: unknown lesion rules 'GBM'; choose one of GLI, SSA, MEN, PED, MET,"
+        " brats2024-gli, brats2024-ped, brats2024-met, brats2024-men-rt\n"
     )
 
 

@@ -108,7 +108,7 @@ def test_cli_prints_one_row_per_organ(tmp_path: Path, capsys: pytest.CaptureFixt
     argv = ["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "--out", str(tmp_path / "o")]
     assert main([*argv, "--labels", "auto"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "labels toy_organs, 2 case(s)"
+    assert out[0] == "labels toy_organs, 2 case(s); surfaces scored as voxels"
     assert [line.split()[0] for line in out[2:]] == ["liver", "spleen", "pancreas"]
 
 

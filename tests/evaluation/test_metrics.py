@@ -8,7 +8,18 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from medseg.errors import MedsegInputError
-from medseg.evaluation.metrics import RegionScore, dice, hd95, image_diagonal_mm, nsd, score_label_maps, score_masks
+from medseg.evaluation.metrics import (
+    SCORINGS,
+    RegionScore,
+    default_scoring,
+    dice,
+    get_scoring,
+    hd95,
+    image_diagonal_mm,
+    nsd,
+    score_label_maps,
+    score_masks,
+)
 from medseg.labels import BRATS2021, BRATS2023, LabelTable
 
 if TYPE_CHECKING:
@@ -63,6 +74,23 @@ def test_hd95_is_max_of_directed_percentiles_not_pooled_percentile(reference_met
     assert hd95(pred, ref, spacing=spacing) == pytest.approx(max_of_directed, rel=1e-5)
 
 
+def test_brats2025_pools_the_percentile_and_averages_the_directions(reference_metrics: type[ReferenceMetrics]) -> None:
+    # as Panoptica (BraTS 2025's brats-evaluation) measures: surface voxels, the 95th percentile of both
+    # directions' distances pooled, NSD the mean of the two directions' shares
+    ref = np.zeros((60, 60, 60), bool)
+    ref[5:35, 5:35, 5:35] = True
+    pred = ref.copy()
+    pred[45:54, 45:54, 45:54] = True
+    spacing = (1.0, 1.2, 0.9)
+    d_pr, d_rp = reference_metrics.directed(pred, ref, spacing), reference_metrics.directed(ref, pred, spacing)
+    brats2025 = SCORINGS["brats2025"]
+    score = score_masks(pred, ref, spacing=spacing, nsd_tolerance_mm=1.0, scoring=brats2025)
+    assert score.hd95 == pytest.approx(np.percentile(np.concatenate([d_pr, d_rp]), 95), rel=1e-9)
+    assert score.hd95 < hd95(pred, ref, spacing=spacing) - 10.0  # MONAI's: the larger directed percentile
+    assert score.nsd == pytest.approx((np.mean(d_pr <= 1.0) + np.mean(d_rp <= 1.0)) / 2, abs=1e-12)
+    assert score.nsd != pytest.approx(reference_metrics.nsd(pred, ref, spacing, 1.0), abs=1e-3)  # pooled share
+
+
 def test_identical_masks_and_shift() -> None:
     ref = np.zeros((30, 30, 30), bool)
     ref[5:20, 5:20, 5:20] = True
@@ -91,6 +119,40 @@ def test_empty_mask_rules() -> None:
     small_some = small.copy()
     small_some[0, 0, 0] = True
     assert hd95(small, small_some, spacing=SPACING) == pytest.approx(np.sqrt(8.0**2 + 26.0**2 + 13.5**2))
+
+
+@pytest.mark.parametrize(
+    ("scoring", "one_empty"),
+    [("voxels", 373.13), ("elements", 373.13), ("brats2023", 374.0), ("brats2025", 373.0)],
+)
+def test_each_scorings_empty_mask_constant(scoring: str, one_empty: float) -> None:
+    empty = np.zeros((240, 240, 155), bool)
+    some = empty.copy()
+    some[100:110, 100:110, 70:80] = True
+    chosen = get_scoring(scoring)
+    assert score_masks(empty, empty, spacing=(1, 1, 1), scoring=chosen) == (1.0, 0.0, 1.0)
+    for pred, ref in ((empty, some), (some, empty)):
+        assert score_masks(pred, ref, spacing=(1, 1, 1), scoring=chosen) == (
+            0.0,
+            pytest.approx(one_empty, abs=5e-3),
+            0.0,
+        )
+    # a constant does not scale with the grid; the diagonal does
+    small, small_some = np.zeros((10, 20, 5), bool), np.zeros((10, 20, 5), bool)
+    small_some[0, 0, 0] = True
+    expected = one_empty if scoring.startswith("brats") else image_diagonal_mm((10, 20, 5), SPACING)
+    assert hd95(small, small_some, spacing=SPACING, scoring=chosen) == pytest.approx(expected)
+
+
+def test_default_scoring_per_table() -> None:
+    assert default_scoring("brats2021") is SCORINGS["elements"]
+    for name in ("brats2023", "brats2024-gli", "brats2024-ped", "brats2024-met", "brats2024-men-rt"):
+        assert default_scoring(name) is SCORINGS["brats2023"]
+    assert default_scoring("brats2025-met") is SCORINGS["brats2025"]
+    for name in ("btcv", "msd_spleen", "organs"):
+        assert default_scoring(name) is SCORINGS["voxels"]
+    with pytest.raises(MedsegInputError, match="unknown scoring 'mesh'; choose one of voxels, elements, brats2023"):
+        get_scoring("mesh")
 
 
 def test_dice_accepts_any_dtype_and_rejects_mismatched_shapes() -> None:
