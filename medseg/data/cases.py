@@ -336,6 +336,10 @@ def discover_cases(
 
 def _dicom_file_case(path: Path) -> list[InputCase]:
     """The case of the DICOM series that the file ``path`` belongs to."""
+    from medseg.io.dicom import list_dicom_series
     from medseg.io.readers import dicom_series_uid
 
-    return [InputCase(path.parent.name, (path.parent,), series_uid=dicom_series_uid(path))]
+    uid = dicom_series_uid(path)
+    found = [s for s in list_dicom_series(path.parent, recursive=False, include_skipped=True) if s.series_uid == uid]
+    description = found[0].description if found else None
+    return [InputCase(path.parent.name, (path.parent,), series_uid=uid, series_description=description)]

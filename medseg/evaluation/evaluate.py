@@ -1,8 +1,8 @@
 """Evaluate a folder of predicted label maps against a reference dataset: per-case and summary metrics.
 
 Predictions are ``<case>`` label maps in one folder in any format medseg reads and writes
-(:data:`LABEL_MAP_ENDINGS`: NIfTI, NRRD, Slicer ``.seg.nrrd``, MHA/MHD, DICOM-SEG ``.dcm``), as in BraTS
-challenge submissions and as ``medseg predict`` writes them. References are found by a *layout* function
+(:data:`LABEL_MAP_ENDINGS`: NIfTI, NRRD, Slicer ``.seg.nrrd``, MHA/MHD; and :data:`DICOM_SEG_ENDING`),
+as in BraTS challenge submissions and as ``medseg predict`` writes them. References are found by a *layout* function
 (see :data:`REFERENCE_LAYOUTS`): BraTS (``<case>/<case>_seg.nii.gz`` in 2021, ``<case>/<case>-seg.nii.gz``
 in 2023, or another image ending), MSD (``labelsTs/<case>.nii.gz``, else ``labelsTr/``) or a flat folder of
 ``<case>`` label maps. Supporting another layout means writing one small function that returns
@@ -140,7 +140,7 @@ def find_brats_references(ref_dir: Path) -> References | None:
     for case_dir in sorted(p for p in ref_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for name, release in BRATS_RELEASES.items():
             seg = release_file(case_dir, release, "seg")
-            if seg is not None:
+            if _listed_file(seg):
                 by_release[name][case_dir.name] = seg
     present = [name for name, files in by_release.items() if files]
     if not present:
@@ -572,7 +572,8 @@ def evaluate_folder(
     Returns:
         The summary that is written to ``summary.json``: ``label_table``, ``layout``, ``cases``,
         ``missing_predictions``, ``left_out``, ``hd95_unit``, ``nsd_tolerance_mm``, ``regions`` (see
-        :func:`summarize`) and, with ``lesion_rules``, ``lesion_wise``.
+        :func:`summarize`; each also with ``empty_both``, the cases not scored for being empty in both
+        maps), ``empty_both`` (the table's rule) and, with ``lesion_rules``, ``lesion_wise``.
 
     Raises:
         MedsegInputError: naming the file: no predictions or references found, a prediction without a
