@@ -120,7 +120,12 @@ def test_plan_suggests_the_window_and_a_patch_the_network_takes(ct_task: Path) -
     config = _ct_config(ct_task)
     fingerprint = fingerprint_dataset(config)
     suggestions = {s.key: s for s in plan_transforms(fingerprint, config)}
-    assert list(suggestions) == ["transforms.spacing", "transforms.hu_window", "transforms.patch_size"]
+    assert list(suggestions) == [
+        "transforms.spacing",
+        "transforms.hu_window",
+        "transforms.patch_size",
+        "inference.roi_size",
+    ]
     # every voxel inside the labels (under 10,000 per case), of all cases together
     images = [_canonical(ct_task / "imagesTr" / f"{n}.nii.gz") for n in CASES]
     labels = [_canonical(ct_task / "labelsTr" / f"{n}.nii.gz") for n in CASES]
@@ -133,6 +138,8 @@ def test_plan_suggests_the_window_and_a_patch_the_network_takes(ct_task: Path) -
     assert spacing == [0.8, 0.8, 2.5]  # per-axis medians of (0.8, 0.7, 0.8), (0.8, 0.9, 0.8), (2.5, 3, 2)
     patch = suggestions["transforms.patch_size"].value
     assert all(p % 4 == 0 for p in patch)  # the U-Net's two stride-2 steps
+    roi = suggestions["inference.roi_size"]  # the config's default window is not that patch
+    assert (roi.current, roi.value) == ([96, 96, 96], patch)
     validate_config(dataclasses.replace(config, transforms=dataclasses.replace(config.transforms, patch_size=patch)))
 
 
