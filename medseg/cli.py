@@ -98,7 +98,7 @@ def _plan(args: argparse.Namespace) -> int:
         format_suggestions,
         missing_labels,
         plan_transforms,
-        set_arguments,
+        train_command,
         unusual_spacing,
         write_plan,
     )
@@ -112,8 +112,7 @@ def _plan(args: argparse.Namespace) -> int:
     print(format_suggestions(suggestions))
     for line in unusual_spacing(fingerprint) + missing_labels(fingerprint):
         print(f"medseg: note: {line}", file=sys.stderr)
-    arguments = " ".join(f"--set '{a}'" for a in set_arguments(suggestions))
-    print(f"train with: medseg train --config {args.config} {arguments}")
+    print(f"train with: {train_command(args.config, overrides=args.set, suggestions=suggestions)}")
     return 0
 
 
@@ -197,14 +196,32 @@ def _tune_postprocessing(args: argparse.Namespace) -> int:
 
 def _add_scoring_arguments(p: argparse.ArgumentParser, *, lesion_help: str) -> None:
     """The arguments that ``evaluate`` and ``tune-postprocessing`` share (see :func:`_scoring_kwargs`)."""
-    p.add_argument("--pred", type=Path, required=True, help="folder of <case>.nii.gz predictions")
-    p.add_argument("--ref", type=Path, required=True, help="reference dataset folder (BraTS, MSD or flat layout)")
+    p.add_argument(
+        "--pred",
+        type=Path,
+        required=True,
+        help="folder of <case> predictions (NIfTI, NRRD, .seg.nrrd, MHA, DICOM-SEG .dcm: medseg predict's output)",
+    )
+    p.add_argument(
+        "--ref",
+        type=Path,
+        required=True,
+        help="reference dataset folder (BraTS, MSD labelsTs/ or labelsTr/, or flat layout) or a medseg manifest",
+    )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument(
         "--labels",
         default="auto",
-        help="auto (the reference's dataset.json, else the BraTS release), a table name (brats2021, btcv, ...),"
-        " or a path to a dataset.json or medseg manifest",
+        help="auto (the reference's dataset.json, else the table medseg predict wrote beside the predictions,"
+        " else the BraTS release), a table name (brats2021, btcv, ...), or a path to a dataset.json or medseg"
+        " manifest",
+    )
+    p.add_argument(
+        "--labels-from",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="the label table of this checkpoint (the model that made the predictions), instead of --labels",
     )
     p.add_argument(
         "--lesion-wise",
@@ -217,11 +234,19 @@ def _add_scoring_arguments(p: argparse.ArgumentParser, *, lesion_help: str) -> N
 
 
 def _scoring_kwargs(args: argparse.Namespace) -> dict:
+    labels = args.labels
+    if args.labels_from is not None:
+        from medseg.checkpoint import load_checkpoint
+        from medseg.errors import MedsegInputError
+
+        if labels != "auto":
+            raise MedsegInputError("give --labels or --labels-from, not both")
+        labels = load_checkpoint(args.labels_from, training=False).label_table
     return {
         "pred_dir": args.pred,
         "ref_dir": args.ref,
         "out_dir": args.out,
-        "labels": args.labels,
+        "labels": labels,
         "lesion_rules": args.lesion_wise,
         "workers": args.workers,
     }
@@ -242,6 +267,7 @@ def _info(args: argparse.Namespace) -> int:
     from medseg.checkpoint import load_checkpoint
     from medseg.config import InferenceConfig, TransformConfig, mirroring_allowed
     from medseg.data.manifest import manifest_from_dict
+    from medseg.inference import INFERENCE_PREPROCESSING
     from medseg.protocol import ModelDescription, TrainingData
 
     ckpt = load_checkpoint(args.model, training=False)
@@ -255,15 +281,17 @@ def _info(args: argparse.Namespace) -> int:
             training_cases=len(training),
             validation_cases=tuple(case.id for case in validation),
         )
+    transforms = ckpt.section("transforms", TransformConfig)
     info = ModelDescription(
         channels=tuple(ckpt.channels),
         labels=ckpt.label_table,
         network=ckpt.network,
         layout=ckpt.layout,
-        mirroring=mirroring_allowed(ckpt.section("transforms", TransformConfig)),
+        mirroring=mirroring_allowed(transforms),
         inference=dataclasses.asdict(ckpt.section("inference", InferenceConfig)),  # defaults for older checkpoints
         medseg_version=ckpt.medseg_version,
         training_data=training_data,
+        preprocessing={key: getattr(transforms, key) for key in INFERENCE_PREPROCESSING},
     )
     if args.json:
         print(info.to_json())
@@ -273,6 +301,7 @@ def _info(args: argparse.Namespace) -> int:
         f"network {info.network['name']}; channels {', '.join(info.channels)}; labels {names}; test-time"
         f" mirroring {'available' if info.mirroring else 'refused (trained without flips)'}"
     )
+    print(f"preprocessing: {_preprocessing_text(info.preprocessing)}")
     settings = " ".join(f"{key}={json.dumps(value)}" for key, value in info.inference.items())
     print(f"inference (medseg predict --set inference.KEY=VALUE changes one): {settings}")
     if training_data is not None:
@@ -282,6 +311,30 @@ def _info(args: argparse.Namespace) -> int:
             f" {', '.join(training_data.validation_cases)}"
         )
     return 0
+
+
+def _preprocessing_text(p: dict) -> str:
+    """One line of a model's preprocessing (:attr:`~medseg.protocol.ModelDescription.preprocessing`): what
+    a user checks before giving it their scans."""
+    spacing = p["spacing"]
+    resample = "as stored"
+    if spacing is not None:
+        resample = f"{' x '.join(f'{s:g}' for s in spacing)} mm ({p['interpolation']} interpolation)"
+    if p["intensity"] == "ct_window":
+        low, high = p["hu_window"]
+        intensity = f"CT window [{low:g}, {high:g}] HU scaled to [0, 1]"
+    else:
+        intensity = "z-score over nonzero voxels"
+    if p["intensity_offset"]:
+        intensity = f"stored values {p['intensity_offset']:+g} first, then {intensity}"
+    if p["clip_percentiles"] is not None:
+        low, high = p["clip_percentiles"]
+        intensity = f"nonzero voxels clipped to their {low:g}-{high:g} percentiles, then {intensity}"
+    crop = "none"
+    if p["crop_foreground"]:
+        threshold = p["foreground_threshold"]
+        crop = "box of nonzero voxels" if threshold is None else f"box of voxels above {threshold:g}"
+    return f"orientation {p['orientation']}; spacing {resample}; intensity {intensity}; crop {crop}"
 
 
 _DEMO_DEFAULTS = {  # output folder, bundled config (medseg/configs/)

@@ -36,6 +36,13 @@ OUTPUT_SUFFIXES: dict[str, str] = {"nifti": ".nii.gz", "seg.nrrd": ".seg.nrrd", 
 LABEL_FORMATS = tuple(OUTPUT_SUFFIXES)
 """The label-map formats of ``medseg predict --format``."""
 
+PROBABILITIES_SUFFIX = "_probabilities.nii.gz"
+"""The file ending of ``<output>/<case>`` for the probabilities of ``medseg predict --save-probabilities``."""
+
+LABELS_JSON = "labels.json"
+"""The label table (:meth:`~medseg.labels.LabelTable.to_dict`) of the model that wrote the label maps of a
+``medseg predict`` output folder; ``medseg evaluate --labels auto`` reads it."""
+
 BACKENDS = ("auto", "torch", "openvino")
 """The inference backends of ``medseg predict --backend``."""
 
@@ -126,6 +133,8 @@ class CaseFinished(ProgressEvent):
         output: the label map written or found, if any.
         reason: why it failed or was skipped.
         volumes_ml: volume in mL of each foreground label, by label name (empty when unknown).
+        series_uid: the SeriesInstanceUID of a DICOM series case (None for other cases).
+        series_description: its SeriesDescription ("" when the series has none; None for other cases).
     """
 
     event: ClassVar[str] = "case_done"
@@ -137,6 +146,8 @@ class CaseFinished(ProgressEvent):
     output: str | None = None
     reason: str | None = None
     volumes_ml: dict[str, float] = field(default_factory=dict)
+    series_uid: str | None = None
+    series_description: str | None = None
 
     def __post_init__(self) -> None:
         if self.status not in CASE_STATUSES:
@@ -155,6 +166,8 @@ class CaseFinished(ProgressEvent):
             output=_value(data, "output", str, optional=True),
             reason=_value(data, "reason", str, optional=True),
             volumes_ml={str(name): _value(volumes, name, float) for name in volumes},
+            series_uid=_value(data, "series_uid", str, optional=True),
+            series_description=_value(data, "series_description", str, optional=True),
         )
 
 
@@ -252,6 +265,9 @@ class ModelDescription:
         inference: the checkpoint's inference settings (``medseg predict --set inference.KEY=VALUE``).
         medseg_version: the medseg version that wrote the checkpoint.
         training_data: its folds and validation cases, when the checkpoint keeps its manifest.
+        preprocessing: what the network sees: the checkpoint's ``transforms`` settings that apply at
+            inference (orientation, spacing in mm, interpolation, intensity normalisation, HU window and
+            offset, percentile clipping, foreground crop and its threshold); empty from an older medseg.
     """
 
     channels: tuple[str, ...]
@@ -262,6 +278,7 @@ class ModelDescription:
     inference: Mapping[str, Any]
     medseg_version: str
     training_data: TrainingData | None = None
+    preprocessing: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.channels:
@@ -283,6 +300,7 @@ class ModelDescription:
             "layout": self.layout,
             "mirroring": self.mirroring,
             "inference": dict(self.inference),
+            "preprocessing": dict(self.preprocessing),
             "medseg_version": self.medseg_version,
         }
         if self.training_data is not None:
@@ -295,8 +313,8 @@ class ModelDescription:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelDescription:
-        """Inverse of :meth:`to_dict`. A description without ``mirroring`` or ``inference`` (an older medseg's)
-        allows mirroring (``medseg predict`` then decides) and lists no settings.
+        """Inverse of :meth:`to_dict`. A description without ``mirroring``, ``inference`` or ``preprocessing``
+        (an older medseg's) allows mirroring (``medseg predict`` then decides) and lists no settings.
 
         Raises:
             ProtocolError: a field is missing or of the wrong type, or the label table is malformed.
@@ -317,6 +335,7 @@ class ModelDescription:
             inference=_value(data, "inference", dict, optional=True) or {},
             medseg_version=_value(data, "medseg_version", str),
             training_data=None if training is None else TrainingData.from_dict(training),
+            preprocessing=_value(data, "preprocessing", dict, optional=True) or {},
         )
 
     @classmethod

@@ -60,6 +60,33 @@ def test_brats_case_folders_follow_the_checkpoint_channel_order(tmp_path: Path) 
     assert cases["BraTS-GLI-00002-000"].images[0].name == "BraTS-GLI-00002-000-t2f.nii.gz"
 
 
+def _nrrd(path: Path, shape: tuple[int, int, int] = (4, 4, 3)) -> Path:
+    import SimpleITK as sitk
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros(shape[::-1], np.float32)), str(path))
+    return path
+
+
+def test_brats_case_folders_of_nrrd_channels_are_one_case(tmp_path: Path) -> None:
+    """``<case>_t1.nrrd`` ... is one four-channel case, as ``<case>_t1.nii.gz`` is; before, each channel
+    file became a one-channel case of its own. The dataset scanner and the reference finder agree."""
+    from medseg.data.brats import scan_brats
+    from medseg.evaluation import find_references
+
+    case_id = "BraTS2021_00007"
+    for m in ("t1", "t1ce", "t2", "flair", "seg"):
+        _nrrd(tmp_path / "root" / case_id / f"{case_id}_{m}.nrrd")
+    (case,) = discover_cases(tmp_path / "root", channels=BRATS_CHANNELS)
+    assert case.id == case_id
+    assert [p.name for p in case.images] == [f"{case_id}_{m}.nrrd" for m in ("t1", "t1ce", "t2", "flair")]
+    (scanned,) = scan_brats(tmp_path / "root").cases
+    assert scanned.images == tuple(f"{case_id}/{p.name}" for p in case.images)
+    assert scanned.label == f"{case_id}/{case_id}_seg.nrrd"
+    refs = find_references(tmp_path / "root")
+    assert (refs.layout, refs.files) == ("brats2021", {case_id: tmp_path / "root" / case_id / f"{case_id}_seg.nrrd"})
+
+
 def test_msd_root_uses_images_ts_with_4d_files(tmp_path: Path) -> None:
     meta = {"modality": dict(enumerate(BRATS_CHANNELS)), "labels": {"0": "background", "1": "tumour"}}
     (tmp_path / "dataset.json").write_text(json.dumps(meta))

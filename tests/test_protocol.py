@@ -41,6 +41,7 @@ EVENT_EXAMPLES = [
     ),
     CaseFinished(case="c2", index=1, total=3, status="failed", seconds=0.1, reason="c2.nii.gz: not 3-D"),
     CaseFinished(case="c3", index=2, total=3, status="skipped", output="/o/c3.nii.gz", reason="outputs exist"),
+    CaseFinished(case="study_2", index=2, total=3, status="ok", series_uid="1.2.3", series_description="T1 axial"),
     RunFinished(ok=1, failed=1, skipped=1),
 ]
 
@@ -65,7 +66,19 @@ def test_event_lines_are_the_wire_format_clients_read() -> None:
         "skipped": 0,
     }
     finished = json.loads(EVENT_EXAMPLES[3].to_line())
-    assert list(finished) == ["event", "case", "index", "total", "status", "seconds", "output", "reason", "volumes_ml"]
+    assert list(finished) == [
+        "event",
+        "case",
+        "index",
+        "total",
+        "status",
+        "seconds",
+        "output",
+        "reason",
+        "volumes_ml",
+        "series_uid",
+        "series_description",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -117,6 +130,7 @@ def _description(**changes: object) -> ModelDescription:
         "inference": {"roi_size": [64, 64, 64], "min_component_ml": {}},
         "medseg_version": "0.1.0",
         "training_data": TrainingData(fold=1, num_folds=5, training_cases=8, validation_cases=("c1", "c2")),
+        "preprocessing": {"orientation": "RAS", "spacing": [1.5, 1.5, 2.0], "intensity": "ct_window"},
     }
     return ModelDescription(**{**fields, **changes})  # type: ignore[arg-type]
 
@@ -151,9 +165,9 @@ def test_model_description_from_pretty_or_noisy_output() -> None:
 
 def test_model_description_of_an_older_medseg_allows_mirroring() -> None:
     data = _description().to_dict()
-    del data["mirroring"], data["inference"]
+    del data["mirroring"], data["inference"], data["preprocessing"]
     description = ModelDescription.from_dict(data)
-    assert description.mirroring and description.inference == {}
+    assert description.mirroring and description.inference == {} and description.preprocessing == {}
 
 
 @pytest.mark.parametrize(

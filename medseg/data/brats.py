@@ -4,20 +4,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medseg.data.layouts import ScannedCase, ScannedDataset, register_layout
+from medseg.data.layouts import IMAGE_ENDINGS, ScannedCase, ScannedDataset, register_layout
 from medseg.errors import MedsegInputError
 from medseg.labels import BRATS_RELEASES, BratsRelease
 
 
+def _listed(path: Path) -> bool:
+    """A file, or a symbolic link that leads nowhere (read, and failing naming itself)."""
+    return path.is_file() or (path.is_symlink() and not path.exists())
+
+
+def release_file(case_dir: Path, release: BratsRelease, suffix: str) -> Path:
+    """The file of one modality (or ``"seg"``) of the case in ``case_dir``, in whichever image format it is
+    stored: ``<case><separator><suffix>`` with the first of :data:`~medseg.data.layouts.IMAGE_ENDINGS` that
+    exists (``.nii.gz``, ``.nii``, ``.nrrd``, ...); the ``.nii.gz`` name when none does (a missing file)."""
+    named = release.file_name(case_dir.name, suffix)  # the release's NIfTI name
+    stem = named.removesuffix(IMAGE_ENDINGS[0])
+    return next((p for p in (case_dir / f"{stem}{e}" for e in IMAGE_ENDINGS) if _listed(p)), case_dir / named)
+
+
 def detect_release(case_dir: Path) -> BratsRelease:
-    """The release whose file naming matches the files in ``case_dir``.
+    """The release whose file naming matches the files in ``case_dir`` (any image format).
 
     Raises:
         MedsegInputError: no file in the folder follows either release's naming.
     """
-    names = {p.name for p in case_dir.iterdir()}
     for release in BRATS_RELEASES.values():
-        if any(release.file_name(case_dir.name, m) in names for m in (*release.modalities, "seg")):
+        if any(_listed(release_file(case_dir, release, m)) for m in (*release.modalities, "seg")):
             return release
     raise MedsegInputError(
         "not a BraTS case folder (no <case>_t1.nii.gz or <case>-t1n.nii.gz style files)", path=case_dir
@@ -30,11 +43,11 @@ def case_files(case_dir: Path, release: BratsRelease) -> tuple[list[Path], Path 
     Raises:
         MedsegInputError: a modality file is missing (naming that file).
     """
-    images = [case_dir / release.file_name(case_dir.name, m) for m in release.modalities]
+    images = [release_file(case_dir, release, m) for m in release.modalities]
     for path in images:
         if not path.is_file():
             raise MedsegInputError("missing modality file", path=path)
-    seg = case_dir / release.file_name(case_dir.name, "seg")
+    seg = release_file(case_dir, release, "seg")
     return images, seg if seg.is_file() else None
 
 
@@ -42,7 +55,7 @@ def find_case_dirs(root: Path) -> list[Path]:
     """Case folders directly under ``root`` (or ``root`` itself when it is one case), sorted by name."""
     if not root.is_dir():
         raise MedsegInputError("dataset folder not found", path=root)
-    if any(p.name.endswith(".nii.gz") and p.name.startswith(root.name) for p in root.iterdir()):
+    if any(p.name.lower().endswith(IMAGE_ENDINGS) and p.name.startswith(root.name) for p in root.iterdir()):
         return [root]
     dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not dirs:

@@ -7,8 +7,8 @@ folder recursively and recognises, per folder:
 - a DICOM series folder (files known by content, whatever their names): one case per image series (id: the
   folder name, plus ``_2``, ``_3``... when a folder holds several series); a series that is not a volume
   (a localizer, a single image) is no case, and a note on stderr names it;
-- a BraTS case folder (``<case>/<case>_t1.nii.gz`` ... or the 2023 ``-t1n`` naming): one case, the
-  modalities ordered as the checkpoint's channels;
+- a BraTS case folder (``<case>/<case>_t1.nii.gz`` ... or the 2023 ``-t1n`` naming, in any image format:
+  ``<case>_t1.nrrd`` too): one case, the modalities ordered as the checkpoint's channels;
 - nnU-Net channel files ``<case>_0000.nii.gz`` ... ``<case>_{C-1:04d}.nii.gz``: one case per ``<case>``
   (a missing channel file stays in the case and fails it, naming the file);
 - any other image file (NIfTI, NRRD, MHA/MHD): one case per file. For a multi-channel model the file
@@ -25,6 +25,7 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -33,16 +34,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from medseg.data.brats import detect_release
+from medseg.data.brats import detect_release, release_file
 from medseg.data.dataset_json import DATASET_JSON, read_dataset_json
+from medseg.data.layouts import IMAGE_ENDINGS
 from medseg.data.manifest import FORMAT as MANIFEST_FORMAT
 from medseg.data.manifest import dataset_root, load_manifest
 from medseg.errors import MedsegInputError, file_not_found
 from medseg.io.dicom import is_dicom_file
 from medseg.io.jsonfile import read_json
-
-IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-"""File endings read as image cases (``.seg.nrrd`` label maps are not images)."""
 
 _NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.nii\.gz|\.nii|\.nrrd|\.mha|\.mhd)$")
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
@@ -57,11 +56,14 @@ class InputCase:
         images: one path per model input channel in the checkpoint's channel order, or a single path
             holding every channel (a 4-D file, or a DICOM series folder).
         series_uid: for a DICOM series case, its SeriesInstanceUID (``images`` is then the folder).
+        series_description: for a DICOM series case found in a folder, its SeriesDescription ("" when
+            it has none), which tells apart the cases of a folder holding several series.
     """
 
     id: str
     images: tuple[Path, ...]
     series_uid: str | None = None
+    series_description: str | None = None
 
     @property
     def is_dicom(self) -> bool:
@@ -143,7 +145,12 @@ def _dicom_cases(folder: Path) -> list[InputCase]:
     if not series and not found:
         return [InputCase(folder.name, (folder,), series_uid="")]  # fails when read, naming the folder
     return [
-        InputCase(folder.name if n == 0 else f"{folder.name}_{n + 1}", (folder,), series_uid=s.series_uid)
+        InputCase(
+            folder.name if n == 0 else f"{folder.name}_{n + 1}",
+            (folder,),
+            series_uid=s.series_uid,
+            series_description=s.description,
+        )
         for n, s in enumerate(series)
     ]
 
@@ -158,7 +165,7 @@ def _folder_cases(folder: Path, files: list[Path], channels: Sequence[str]) -> l
         release = None
     if release is not None:
         order = _brats_channel_order(channels, release.modalities, release.channel_names)
-        return [InputCase(folder.name, tuple(folder / release.file_name(folder.name, m) for m in order))]
+        return [InputCase(folder.name, tuple(release_file(folder, release, m) for m in order))]
     cases = []
     groups: dict[str, dict[int, Path]] = {}
     endings: dict[str, str] = {}
@@ -219,7 +226,7 @@ def _unique_ids(cases: list[InputCase], root: Path) -> list[InputCase]:
             except ValueError:
                 rel = Path(where.name)
             prefix = "__".join(rel.parts[:-1] if case.is_dicom else rel.parts)
-            case = InputCase(f"{prefix}__{case.id}" if prefix else case.id, case.images, case.series_uid)
+            case = dataclasses.replace(case, id=f"{prefix}__{case.id}" if prefix else case.id)
         out.append(case)
     ids = [c.id for c in out]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
@@ -329,6 +336,10 @@ def discover_cases(
 
 def _dicom_file_case(path: Path) -> list[InputCase]:
     """The case of the DICOM series that the file ``path`` belongs to."""
+    from medseg.io.dicom import list_dicom_series
     from medseg.io.readers import dicom_series_uid
 
-    return [InputCase(path.parent.name, (path.parent,), series_uid=dicom_series_uid(path))]
+    uid = dicom_series_uid(path)
+    found = [s for s in list_dicom_series(path.parent, recursive=False, include_skipped=True) if s.series_uid == uid]
+    description = found[0].description if found else None
+    return [InputCase(path.parent.name, (path.parent,), series_uid=uid, series_description=description)]

@@ -11,6 +11,10 @@ from pathlib import Path
 
 from medseg.labels import LabelTable
 
+IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+"""File endings read as images, in the order a case's file is looked for (``.seg.nrrd`` label maps are
+not images)."""
+
 
 @dataclass(frozen=True)
 class ScannedCase:

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from medseg.evaluation.comparison import COMPARISON_CSV, COMPARISON_PNG, compare_evaluations, format_comparison
 from medseg.evaluation.evaluate import (
+    EMPTY_BOTH_RULES,
+    LABEL_MAP_ENDINGS,
     METRICS_PNG,
     SUMMARY_JSON,
+    CaseMaps,
     CasePairs,
     References,
     evaluate_folder,
@@ -18,6 +21,7 @@ from medseg.evaluation.evaluate import (
     format_summary,
     label_table_from_json,
     pair_cases,
+    predictions_label_table,
     read_case,
     summarize,
 )
@@ -62,6 +66,8 @@ from medseg.evaluation.report import render_case_overlays, write_report
 __all__ = [
     "COMPARISON_CSV",
     "COMPARISON_PNG",
+    "EMPTY_BOTH_RULES",
+    "LABEL_MAP_ENDINGS",
     "LESION_METRICS_CSV",
     "LESION_RULES",
     "METRICS_CSV",
@@ -69,6 +75,7 @@ __all__ = [
     "NSD_TOLERANCE_MM",
     "SCORINGS",
     "SUMMARY_JSON",
+    "CaseMaps",
     "CasePairs",
     "LesionMetrics",
     "LesionRules",
@@ -97,6 +104,7 @@ __all__ = [
     "nsd",
     "pair_cases",
     "plot_scores",
+    "predictions_label_table",
     "read_case",
     "read_lesion_metrics_csv",
     "read_metrics_csv",

@@ -1,15 +1,23 @@
 """Evaluate a folder of predicted label maps against a reference dataset: per-case and summary metrics.
 
-Predictions are ``<case>.nii.gz`` files in one folder, as in BraTS challenge submissions and as
-``medseg predict`` writes them. References are found by a *layout* function (see
-:data:`REFERENCE_LAYOUTS`): BraTS (``<case>/<case>_seg.nii.gz`` in 2021, ``<case>/<case>-seg.nii.gz``
-in 2023), MSD (``labelsTr/<case>.nii.gz``) or a flat folder of ``<case>.nii.gz``. Supporting another
-layout means writing one small function that returns :class:`References` and adding it to that tuple.
+Predictions are ``<case>`` label maps in one folder in any format medseg reads and writes
+(:data:`LABEL_MAP_ENDINGS`: NIfTI, NRRD, Slicer ``.seg.nrrd``, MHA/MHD; and :data:`DICOM_SEG_ENDING`),
+as in BraTS challenge submissions and as ``medseg predict`` writes them. References are found by a *layout* function
+(see :data:`REFERENCE_LAYOUTS`): BraTS (``<case>/<case>_seg.nii.gz`` in 2021, ``<case>/<case>-seg.nii.gz``
+in 2023, or another image ending), MSD (``labelsTs/<case>.nii.gz``, else ``labelsTr/``) or a flat folder of
+``<case>`` label maps. Supporting another layout means writing one small function that returns
+:class:`References` and adding it to that tuple.
+
+A prediction must lie on its reference's grid; one stored on the same voxels in another axis order or
+direction (a LAS label beside an LPS grid) is moved onto it voxel for voxel, with a note
+(:func:`~medseg.io.onto_grid`), and a DICOM-SEG without its empty frames is placed on it.
 
 Metrics are Dice, HD95 in mm and NSD at a tolerance in mm (:mod:`medseg.evaluation.metrics`, BraTS empty-mask
 rules, with the :class:`~medseg.evaluation.metrics.Scoring` of the table's BraTS year or medseg's ``voxels``),
 on the reference's voxel grid and spacing, for each set of :meth:`LabelTable.evaluation_sets`
-(WT/TC/ET for BraTS, one per organ for class tables).
+(WT/TC/ET for BraTS, one per organ for class tables). A region empty in both prediction and reference follows
+the table's :data:`EMPTY_BOTH_RULES`: it scores 1 for BraTS (region tables), as the challenge does, and is
+not scored for class (organ) tables.
 """
 
 from __future__ import annotations
@@ -20,10 +28,11 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from medseg.data.brats import release_file
 from medseg.data.dataset_json import DATASET_JSON, dataset_json_from_dict
 from medseg.errors import MedsegInputError, OutputError
 from medseg.evaluation.files import (
@@ -44,14 +53,29 @@ from medseg.evaluation.metrics import (
     score_label_maps,
 )
 from medseg.evaluation.plot import plot_scores
-from medseg.io import Image, atomic_output, check_label_map, label_values, read_image, require_same_grid
+from medseg.io import Image, atomic_output, check_label_map, label_values, onto_grid, read_image
 from medseg.io.jsonfile import read_json
 from medseg.labels import BRATS_RELEASES, LABEL_TABLES, LabelTable, get_label_table
 from medseg.parallel import map_in_processes
+from medseg.protocol import LABELS_JSON, PROBABILITIES_SUFFIX
 
-NIFTI_SUFFIX = ".nii.gz"
+LABEL_MAP_ENDINGS = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".mhd")
+"""The file endings of label maps, predictions and references alike."""
+
+DICOM_SEG_ENDING = ".dcm"
+"""The file ending of a DICOM-SEG prediction (``medseg predict --format dicom-seg``); not of references,
+since a folder of DICOM slices holds no label maps."""
+
 SUMMARY_JSON = "summary.json"
 METRICS_PNG = "metrics.png"
+
+EmptyBothRule = Literal["one", "unscored"]
+
+EMPTY_BOTH_RULES: dict[str, EmptyBothRule] = {"regions": "one", "classes": "unscored"}
+"""What a region empty in both prediction and reference scores, by :attr:`LabelTable.kind`: ``"one"``
+(Dice 1, HD95 0, NSD 1: the BraTS challenges' rule, for its region tables), or ``"unscored"`` (organ
+benchmarks: the case is left out of that region's mean and counted in its ``"empty_both"``), so a
+wrong table, whose organs are in no map, cannot score 1 for them."""
 
 
 @dataclass(frozen=True)
@@ -81,13 +105,28 @@ def _listed_file(path: Path) -> bool:
     return path.is_file() or (path.is_symlink() and not path.exists())
 
 
-def _nifti_files(folder: Path) -> dict[str, Path]:
-    """Case id -> path for every visible ``<case>.nii.gz`` directly in ``folder``."""
-    found = {
-        p.name[: -len(NIFTI_SUFFIX)]: p
-        for p in folder.iterdir()
-        if p.name.endswith(NIFTI_SUFFIX) and not p.name.startswith(".") and _listed_file(p)
-    }
+def _label_map_stem(name: str, endings: Sequence[str]) -> str | None:
+    """``name`` without its ending among ``endings`` (the longest that fits); ``None`` for another file."""
+    lower = name.lower()
+    ending = max((e for e in endings if lower.endswith(e)), key=len, default=None)
+    return None if ending is None else name[: -len(ending)]
+
+
+def _label_files(folder: Path, endings: Sequence[str] = LABEL_MAP_ENDINGS) -> dict[str, Path]:
+    """Case id -> path for every visible ``<case>`` label map directly in ``folder`` (any of ``endings``;
+    not the ``<case>_probabilities.nii.gz`` of ``medseg predict``).
+
+    Raises:
+        MedsegInputError: two files of one case (``a.nii.gz`` and ``a.seg.nrrd``), naming both.
+    """
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        stem = _label_map_stem(p.name, endings)
+        if stem is None or p.name.startswith(".") or p.name.endswith(PROBABILITIES_SUFFIX) or not _listed_file(p):
+            continue
+        if stem in found:
+            raise MedsegInputError(f"two label maps of case {stem!r}: {found[stem].name} and {p.name}", path=folder)
+        found[stem] = p
     return dict(sorted(found.items()))
 
 
@@ -109,7 +148,7 @@ def find_brats_references(ref_dir: Path) -> References | None:
     by_release: dict[str, dict[str, Path]] = {name: {} for name in BRATS_RELEASES}
     for case_dir in sorted(p for p in ref_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for name, release in BRATS_RELEASES.items():
-            seg = case_dir / release.file_name(case_dir.name, "seg")
+            seg = release_file(case_dir, release, "seg")
             if _listed_file(seg):
                 by_release[name][case_dir.name] = seg
     present = [name for name, files in by_release.items() if files]
@@ -122,19 +161,30 @@ def find_brats_references(ref_dir: Path) -> References | None:
     return References(f"brats{release.name}", by_release[release.name], release.label_table.name)
 
 
+MSD_LABEL_FOLDERS = ("labelsTs", "labelsTr")
+"""The label folders of an MSD or nnU-Net dataset root, in the order evaluation looks for references."""
+
+
 def find_msd_references(ref_dir: Path) -> References | None:
-    """Medical Segmentation Decathlon layout: ``labelsTr/<case>.nii.gz``."""
-    labels_dir = ref_dir / "labelsTr"
-    if not labels_dir.is_dir():
-        return None
-    files = _nifti_files(labels_dir)
-    return References("msd", files, dataset_json=_dataset_json(ref_dir)) if files else None
+    """Medical Segmentation Decathlon (and nnU-Net) layout: the test labels ``labelsTs/<case>.nii.gz`` when
+    there are any, else the training labels ``labelsTr/<case>.nii.gz`` (give ``--ref ROOT/labelsTr`` to
+    score out-of-fold predictions of a root that has both)."""
+    for folder in MSD_LABEL_FOLDERS:
+        labels_dir = ref_dir / folder
+        files = _label_files(labels_dir) if labels_dir.is_dir() else {}
+        if files:
+            return References("msd", files, dataset_json=_dataset_json(ref_dir))
+    return None
 
 
 def find_flat_references(ref_dir: Path) -> References | None:
-    """A flat folder of ``<case>.nii.gz`` label maps (the same layout as the predictions)."""
-    files = _nifti_files(ref_dir)
-    return References("flat", files, dataset_json=_dataset_json(ref_dir)) if files else None
+    """A flat folder of ``<case>`` label maps (the same layout as the predictions); the ``dataset.json``
+    beside them, or, for an MSD root's ``labelsTr/`` or ``labelsTs/``, the root's."""
+    files = _label_files(ref_dir)
+    if not files:
+        return None
+    described = _dataset_json(ref_dir) or (_dataset_json(ref_dir.parent) if ref_dir.name in MSD_LABEL_FOLDERS else None)
+    return References("flat", files, dataset_json=described)
 
 
 def manifest_references(path: Path) -> References:
@@ -182,7 +232,7 @@ def find_references(ref_dir: Path) -> References:
             return refs
     raise MedsegInputError(
         "no reference label maps found (expected BraTS <case>/<case>_seg.nii.gz or <case>/<case>-seg.nii.gz, "
-        "MSD labelsTr/<case>.nii.gz, or <case>.nii.gz files)",
+        f"MSD labelsTs/ or labelsTr/<case>.nii.gz, or <case> label maps ({', '.join(LABEL_MAP_ENDINGS)}))",
         path=ref_dir,
     )
 
@@ -194,15 +244,25 @@ def _read_label_map(path: Path) -> Image:
     return image
 
 
+_NO_TABLE = "give --labels (a table name, a dataset.json) or --labels-from CKPT (the model that predicted)"
+
+
 def _detect_label_table(refs: References, preds: Mapping[str, Path]) -> LabelTable:
     """BraTS table from the layout's file names, else from the values: 4 present -> 2021, 3 -> 2023."""
     if refs.label_table is not None:
         return get_label_table(refs.label_table)
+    brats = set(get_label_table("brats2021").labels) | set(get_label_table("brats2023").labels)
     for path in [*refs.files.values(), *preds.values()]:  # stops at the first decisive file
         image = _read_label_map(path)
         values = label_values(image.array, path=image.path)
+        if not values <= brats:
+            raise MedsegInputError(
+                f"cannot tell the label table: values {sorted(values)} are no BraTS labels; {_NO_TABLE}", path=path
+            )
         if 3 in values and 4 in values:
-            raise MedsegInputError("holds both label 3 (BraTS 2023 ET) and 4 (BraTS 2021 ET)", path=path)
+            raise MedsegInputError(
+                f"holds both label 3 (BraTS 2023 ET) and 4 (BraTS 2021 ET): no BraTS map; {_NO_TABLE}", path=path
+            )
         if 4 in values:
             return get_label_table("brats2021")
         if 3 in values:
@@ -231,16 +291,34 @@ def label_table_from_json(path: Path) -> LabelTable:
     return classes_table(meta.name, meta.labels)
 
 
-def _resolve_label_table(labels: str | LabelTable, refs: References, preds: Mapping[str, Path]) -> LabelTable:
+def predictions_label_table(pred_dir: Path) -> LabelTable | None:
+    """The label table ``medseg predict`` wrote beside its predictions (:data:`~medseg.protocol.LABELS_JSON`:
+    the table of the checkpoint that made them), or ``None`` when there is none.
+
+    Raises:
+        MedsegInputError: the file is there but no label table (naming it).
+    """
+    path = Path(pred_dir) / LABELS_JSON
+    if not path.is_file():
+        return None
+    try:
+        return LabelTable.from_dict(read_json(path, what="label table"))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MedsegInputError(f"not a medseg label table ({exc!r})", path=path) from None
+
+
+def _resolve_label_table(
+    labels: str | LabelTable, refs: References, preds: Mapping[str, Path], pred_dir: Path
+) -> LabelTable:
     """``labels`` as a table: a :class:`LabelTable`; ``"auto"`` (the reference's ``dataset.json`` when
-    there is one, else the BraTS release); a registered table name; or a path to a ``dataset.json`` or
-    a medseg manifest."""
+    there is one, else the table ``medseg predict`` wrote beside the predictions, else the BraTS release);
+    a registered table name; or a path to a ``dataset.json`` or a medseg manifest."""
     if isinstance(labels, LabelTable):
         return labels
     if labels == "auto":
         if refs.dataset_json is not None:
             return label_table_from_json(refs.dataset_json)
-        return _detect_label_table(refs, preds)
+        return predictions_label_table(pred_dir) or _detect_label_table(refs, preds)
     if labels in LABEL_TABLES:
         return get_label_table(labels)
     if labels.endswith(".json") or Path(labels).is_file():
@@ -326,6 +404,9 @@ class _CaseResult:
     scores: dict[str, RegionScore]
     lesions: dict[str, LesionScore] | None
     finest_mm: float  # the reference's smallest voxel side
+    present: frozenset[str]  # regions in the prediction or the reference
+    empty_both: frozenset[str]  # regions in neither, not scored (EMPTY_BOTH_RULES)
+    reoriented: bool  # the prediction was moved onto the reference's axis order
 
 
 @dataclass(frozen=True)
@@ -355,8 +436,9 @@ class CasePairs:
 
 
 def pair_cases(pred_dir: Path, ref_dir: Path, labels: str | LabelTable = "auto") -> CasePairs:
-    """Pair ``pred_dir/<case>.nii.gz`` with the references :func:`find_references` finds in ``ref_dir``,
-    and resolve the label table (``labels`` as in :func:`evaluate_folder`).
+    """Pair the ``pred_dir/<case>`` label maps (:data:`LABEL_MAP_ENDINGS` or a DICOM-SEG ``.dcm``) with the
+    references :func:`find_references` finds in ``ref_dir``, and resolve the label table (``labels`` as in
+    :func:`evaluate_folder`).
 
     Raises:
         MedsegInputError: no prediction folder or predictions, no references, a prediction without a
@@ -365,9 +447,12 @@ def pair_cases(pred_dir: Path, ref_dir: Path, labels: str | LabelTable = "auto")
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     if not pred_dir.is_dir():
         raise MedsegInputError("prediction folder not found", path=pred_dir)
-    preds = _nifti_files(pred_dir)
+    preds = _label_files(pred_dir, (*LABEL_MAP_ENDINGS, DICOM_SEG_ENDING))
     if not preds:
-        raise MedsegInputError("no predictions (<case>.nii.gz files) found", path=pred_dir)
+        raise MedsegInputError(
+            f"no predictions (<case> label maps: {', '.join((*LABEL_MAP_ENDINGS, DICOM_SEG_ENDING))}) found",
+            path=pred_dir,
+        )
     refs = find_references(ref_dir)
     orphans = [case for case in preds if case not in refs.files]
     if orphans:
@@ -376,32 +461,53 @@ def pair_cases(pred_dir: Path, ref_dir: Path, labels: str | LabelTable = "auto")
             f"prediction has no reference in {ref_dir} ({refs.layout} layout){more}", path=preds[orphans[0]]
         )
     missing = [case for case in refs.files if case not in preds]
-    return CasePairs(refs, preds, missing, _resolve_label_table(labels, refs, preds))
+    return CasePairs(refs, preds, missing, _resolve_label_table(labels, refs, preds, pred_dir))
 
 
-def read_case(ref_path: Path, pred_path: Path | None, table: LabelTable) -> tuple[np.ndarray, Image]:
+@dataclass(frozen=True)
+class CaseMaps:
+    """A reference and its prediction, as :func:`read_case` reads them.
+
+    Attributes:
+        pred: the prediction's ``(X, Y, Z)`` label array on the reference's grid (zeros without a prediction).
+        ref: the reference image, whose geometry gives the spacing (mm).
+        values: the label values in either map.
+        reoriented: whether the prediction was stored in another axis order or direction of that grid
+            and moved onto it voxel for voxel.
+    """
+
+    pred: np.ndarray
+    ref: Image
+    values: frozenset[int]
+    reoriented: bool = False
+
+
+def read_case(ref_path: Path, pred_path: Path | None, table: LabelTable) -> CaseMaps:
     """Read a reference and its prediction, checked: both hold only ``table``'s values, and the
-    prediction lies on the reference's grid.
-
-    Returns:
-        ``(prediction, reference)``: the prediction's ``(X, Y, Z)`` label array (zeros when
-        ``pred_path`` is ``None``) and the reference image, whose geometry gives the spacing (mm).
+    prediction lies on the reference's grid, or on its voxels in another axis order or direction (moved
+    onto it exactly), or, for a DICOM-SEG, on a box of it (zeros elsewhere: its omitted empty frames).
 
     Raises:
         MedsegInputError: naming the file: unreadable, values outside the table, another grid.
     """
     ref = _read_label_map(ref_path)
-    check_label_map(ref.array, table, path=ref.path)
+    values = check_label_map(ref.array, table, path=ref.path)
     if pred_path is None:
-        return np.zeros(ref.array.shape, dtype=np.uint8), ref
+        return CaseMaps(np.zeros(ref.array.shape, dtype=np.uint8), ref, frozenset(values))
     pred = _read_label_map(pred_path)
-    require_same_grid(pred.geometry, ref.geometry, path=pred.path, reference_path=ref.path)
-    check_label_map(pred.array, table, path=pred.path)
-    return pred.array, ref
+    values |= check_label_map(pred.array, table, path=pred.path)
+    array, moved = onto_grid(pred, ref.geometry, reference_path=ref.path, partial=bool(pred.meta.get("dicom_seg")))
+    return CaseMaps(array, ref, frozenset(values), reoriented=not moved.is_identity)
+
+
+def empty_both_rule(table: LabelTable) -> EmptyBothRule:
+    """The :data:`EMPTY_BOTH_RULES` entry of ``table``'s kind."""
+    return EMPTY_BOTH_RULES[table.kind]
 
 
 def _score_case(job: _CaseJob) -> _CaseResult:
-    pred_array, ref = read_case(job.ref_path, job.pred_path, job.table)
+    maps = read_case(job.ref_path, job.pred_path, job.table)
+    pred_array, ref = maps.pred, maps.ref
     spacing = ref.geometry.spacing
     scores = score_label_maps(
         pred_array,
@@ -411,16 +517,21 @@ def _score_case(job: _CaseJob) -> _CaseResult:
         nsd_tolerance_mm=job.nsd_tolerance_mm,
         scoring=job.scoring,
     )
-    unscored = {name for name, values in job.table.evaluation_sets().items() if set(values) & job.not_annotated}
-    scores = {name: score for name, score in scores.items() if name not in unscored}
+    sets = job.table.evaluation_sets()
+    present = frozenset(name for name, values in sets.items() if maps.values.intersection(values))
+    unscored = {name for name, values in sets.items() if set(values) & job.not_annotated}
+    empty_both = set()
+    if empty_both_rule(job.table) == "unscored":
+        empty_both = {name for name in sets if name not in present and name not in unscored}
+    scores = {name: score for name, score in scores.items() if name not in unscored | empty_both}
     lesions = None
     if job.lesion_rules is not None:
         rules = get_lesion_rules(job.lesion_rules)
         lesions = lesion_wise_label_maps(
             pred_array, ref.array, table=job.table, spacing=spacing, rules=rules, scoring=job.scoring
         )
-        lesions = {name: score for name, score in lesions.items() if name not in unscored}
-    return _CaseResult(scores, lesions, float(min(spacing)))
+        lesions = {name: score for name, score in lesions.items() if name not in unscored | empty_both}
+    return _CaseResult(scores, lesions, float(min(spacing)), present, frozenset(empty_both), maps.reoriented)
 
 
 def evaluate_folder(
@@ -438,10 +549,15 @@ def evaluate_folder(
     """Score every prediction in ``pred_dir`` against its reference and write ``metrics.csv``, ``summary.json``
     and ``metrics.png`` (:func:`~medseg.evaluation.plot.plot_scores`: Dice, HD95 and NSD per region over cases).
 
-    Cases are paired by id: ``pred_dir/<case>.nii.gz`` with the reference that :func:`find_references`
-    finds for ``<case>`` in ``ref_dir``. Each prediction must lie on its reference's grid (same shape
-    and affine); Dice, HD95 and NSD (mm, with the reference's voxel spacing) are computed per region of
-    the label table by :func:`medseg.evaluation.metrics.score_label_maps`.
+    Cases are paired by id: the ``pred_dir/<case>`` label map (any of :data:`LABEL_MAP_ENDINGS`, or a
+    DICOM-SEG ``.dcm``) with the reference that :func:`find_references` finds for ``<case>`` in ``ref_dir``.
+    Each prediction must lie on its reference's grid (same shape and affine), or on its voxels in another
+    axis order or direction: it is then moved onto it exactly (no interpolation) and a note names the
+    cases. Dice, HD95 and NSD (mm, with the reference's voxel spacing) are computed per region of the
+    label table by :func:`medseg.evaluation.metrics.score_label_maps`. A region empty in both prediction
+    and reference follows :data:`EMPTY_BOTH_RULES` (class tables: not scored, counted in the region's
+    ``"empty_both"``); when most regions of the table are in no map at all, a warning says the table
+    may be the wrong one.
 
     A reference without a prediction is scored as an **empty prediction** (Dice 0, HD95 = the scoring's
     one-empty constant, NSD 0 for every region the reference contains), as the BraTS challenge does, so a missing case
@@ -451,12 +567,13 @@ def evaluate_folder(
     many, and the summary lists them under ``"left_out"``. A prediction without a reference is an error.
 
     Args:
-        pred_dir: folder of ``<case>.nii.gz`` integer label maps.
-        ref_dir: reference dataset folder (BraTS 2021/2023 layout, MSD ``labelsTr``, or flat).
+        pred_dir: folder of ``<case>`` integer label maps (``medseg predict``'s output folder).
+        ref_dir: reference dataset folder (BraTS 2021/2023 layout, MSD ``labelsTs`` or ``labelsTr``, or flat).
         out_dir: where ``metrics.csv`` (one row per case and region:
             ``case,region,dice,hd95,nsd,nsd_tolerance_mm``), ``summary.json`` and ``metrics.png`` are
             written, atomically, and only after every case was scored.
         labels: ``"auto"`` (the reference folder's ``dataset.json`` labels when it has one, e.g. MSD;
+            else the table ``medseg predict`` wrote beside the predictions (:func:`predictions_label_table`);
             else the BraTS release from the reference file names, else from the label values: 4
             present -> brats2021, 3 present -> brats2023), a label table name such as ``"brats2021"``
             or ``"btcv"``, a path to a ``dataset.json`` or medseg manifest, or a :class:`LabelTable`.
@@ -478,8 +595,9 @@ def evaluate_folder(
     Returns:
         The summary that is written to ``summary.json``: ``label_table``, ``layout``, ``cases``,
         ``missing_predictions``, ``left_out``, ``hd95_unit``, ``nsd_tolerance_mm``, ``scoring``, ``surface``,
-        ``one_empty_hd95_mm`` (``null``: the grid's diagonal), ``regions`` (see
-        :func:`summarize`) and, with ``lesion_rules``, ``lesion_wise``.
+        ``one_empty_hd95_mm`` (``null``: the grid's diagonal), ``regions`` (see :func:`summarize`; each also
+        with ``empty_both``, the cases not scored for being empty in both maps), ``empty_both`` (the table's
+        rule) and, with ``lesion_rules``, ``lesion_wise``.
 
     Raises:
         MedsegInputError: naming the file: no predictions or references found, a prediction without a
@@ -513,6 +631,8 @@ def evaluate_folder(
         for case, path in files.items()
     ]
     results = dict(zip(files, map_in_processes(_score_case, jobs, workers=workers, what="scoring"), strict=True))
+    _note_reoriented([case for case, r in results.items() if r.reoriented])
+    _warn_absent_regions(table, [r.present for r in results.values()])
     scores = {case: r.scores for case, r in results.items()}
     lesions = {case: r.lesions for case, r in results.items() if r.lesions is not None}
     # cases whose smallest voxel side (mm) exceeds the NSD tolerance
@@ -542,7 +662,10 @@ def evaluate_folder(
         "surface": chosen.surface,
         "one_empty_hd95_mm": chosen.one_empty_hd95_mm,
         "regions": summarize(scores, table),
+        "empty_both": empty_both_rule(table),
     }
+    for region, stats in summary["regions"].items():
+        stats["empty_both"] = sum(region in r.empty_both for r in results.values())
     writers: dict[str, Callable[[Path], object]] = {
         METRICS_CSV: lambda path: write_metrics_csv(path, Metrics(scores, nsd_tolerance_mm)),
     }
@@ -555,6 +678,31 @@ def evaluate_folder(
     writers[SUMMARY_JSON] = lambda path: _write_json(path, summary)
     _write_each(out_dir, writers)
     return summary
+
+
+def _note_reoriented(cases: Sequence[str]) -> None:
+    """One note line naming the cases whose prediction was moved onto the reference's axis order."""
+    if cases:
+        shown = ", ".join(cases[:5]) + (", ..." if len(cases) > 5 else "")
+        print(
+            f"medseg: note: {len(cases)} prediction(s) stored in another axis order or direction of their reference's"
+            f" grid, moved onto it voxel for voxel (no interpolation): {shown}",
+            file=sys.stderr,
+        )
+
+
+def _warn_absent_regions(table: LabelTable, present: Sequence[frozenset[str]]) -> None:
+    """One warning line when most regions of ``table`` are in no prediction and no reference: a sign
+    of the wrong table (another dataset's labels)."""
+    names = table.evaluation_names
+    absent = [name for name in names if not any(name in p for p in present)]
+    if present and len(absent) * 2 > len(names):
+        shown = ", ".join(absent[:5]) + (", ..." if len(absent) > 5 else "")
+        print(
+            f"medseg: warning: {len(absent)} of the {len(names)} labels of table {table.name} are in no prediction"
+            f" and no reference ({shown}): is it the table of these maps? (--labels, --labels-from)",
+            file=sys.stderr,
+        )
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:

@@ -6,9 +6,11 @@ series folder or a folder of cases, with progress, resumability, per-case failur
 Contract of a batch run (``medseg predict``):
 
 - **Outputs.** ``<output>/<case>.nii.gz`` (or ``.seg.nrrd``, or ``.dcm`` for a DICOM-SEG), optionally
-  ``<case>_probabilities.nii.gz``, and a summary CSV. Every file is written to a temporary name in the
-  output folder and renamed into place, so an output that exists is complete. No output may be an input
-  (or lie inside an input DICOM folder); inputs are only ever opened for reading.
+  ``<case>_probabilities.nii.gz``, a summary CSV and ``labels.json``, the label table of the model
+  (:data:`~medseg.protocol.LABELS_JSON`: what the label values mean, which ``medseg evaluate`` reads).
+  Every file is written to a temporary name in the output folder and renamed into place, so an output
+  that exists is complete. No output may be an input (or lie inside an input DICOM folder); inputs are
+  only ever opened for reading.
 - **Resuming.** A case whose outputs all exist is reported as ``skipped`` (unless ``overwrite``).
   Temporary files that a killed run left behind for this run's cases are removed first. The output
   folder records which model wrote it (``predict_run.json``: a fingerprint of the weights, labels,
@@ -18,13 +20,15 @@ Contract of a batch run (``medseg predict``):
   batch goes on; the caller turns ``BatchSummary.failed > 0`` into a non-zero exit code. So is a case whose
   id cannot name its output files (too long for the file system, holding ``/``, ``\\``, a NUL or a
   character the file system cannot encode, or starting with ``.``), before anything is written for it.
-- **Summary.** ``summary.csv``: one row per case (sorted by id) with status, seconds, output path, reason
-  and the volume in mL of every foreground label. With ``shard=I/N`` the run handles only its share of
-  the cases (see :class:`~medseg.data.cases.Shard`) and writes ``summary.shard-I-of-N.csv`` instead, so
-  that processes sharing one output folder never write the same file; :func:`merge_summaries` joins the
-  shard files into ``summary.csv`` once all shards are done. A summary that cannot be written (a full
-  disk) is an :class:`~medseg.errors.OutputError` naming it, raised once every case is done: the label
-  maps written are kept, and a rerun skips their cases and writes the summary.
+- **Summary.** ``summary.csv``: one row per case (sorted by id) with status, seconds, output path, reason,
+  the SeriesInstanceUID and SeriesDescription of a DICOM series case (which tell apart the cases
+  ``study`` and ``study_2`` of a folder holding two series) and the volume in mL of every foreground
+  label. With ``shard=I/N`` the run handles only its share of the cases (see :class:`~medseg.data.cases.Shard`)
+  and writes ``summary.shard-I-of-N.csv`` instead, so that processes sharing one output folder never write
+  the same file; :func:`merge_summaries` joins the shard files into ``summary.csv`` once all shards are done.
+  A summary that cannot be written (a full disk) is an :class:`~medseg.errors.OutputError` naming it, raised
+  once every case is done: the label maps written are kept, and a rerun skips their cases and writes the
+  summary.
 - **Progress.** ``bar``: a tqdm bar with ETA on stderr when it is a terminal, else a plain line there every
   tenth of the cases (:func:`medseg.progress.track`); ``json``: the progress events of :mod:`medseg.protocol`,
   one JSON object per line on stdout (read by the Slicer module); ``none``.
@@ -56,9 +60,17 @@ from medseg.io.jsonfile import read_json
 from medseg.io.writers import LabelFormat
 from medseg.labels import LabelTable
 from medseg.progress import track, write
-from medseg.protocol import OUTPUT_SUFFIXES, CaseFinished, CaseStarted, ProgressEvent, RunFinished, RunStarted
+from medseg.protocol import (
+    LABELS_JSON,
+    OUTPUT_SUFFIXES,
+    PROBABILITIES_SUFFIX,
+    CaseFinished,
+    CaseStarted,
+    ProgressEvent,
+    RunFinished,
+    RunStarted,
+)
 
-PROBABILITIES_SUFFIX = "_probabilities.nii.gz"
 SUMMARY_NAME = "summary.csv"
 RUN_RECORD = "predict_run.json"
 
@@ -74,6 +86,8 @@ class CaseResult:
         output: the label-map file, when there is one.
         reason: why it failed or was skipped.
         volumes_ml: volume in mL of each foreground label, by label name.
+        series_uid: the SeriesInstanceUID of a DICOM series case (None for other cases).
+        series_description: its SeriesDescription (None for other cases).
     """
 
     case: str
@@ -82,6 +96,8 @@ class CaseResult:
     output: Path | None = None
     reason: str | None = None
     volumes_ml: dict[str, float] = field(default_factory=dict)
+    series_uid: str | None = None
+    series_description: str | None = None
 
 
 @dataclass
@@ -136,6 +152,8 @@ class _Progress:
                 output=str(result.output) if result.output else None,
                 reason=result.reason,
                 volumes_ml=result.volumes_ml,
+                series_uid=result.series_uid,
+                series_description=result.series_description,
             )
         )
         if result.status == "failed":
@@ -172,7 +190,16 @@ def _volumes_ml(labels: np.ndarray, spacing: Sequence[float], names: dict[int, s
 
 
 def _summary_columns(label_names: Sequence[str]) -> list[str]:
-    return ["case", "status", "seconds", "output", "reason", *[f"{n}_ml" for n in label_names]]
+    return [
+        "case",
+        "status",
+        "seconds",
+        "output",
+        "reason",
+        "SeriesInstanceUID",
+        "SeriesDescription",
+        *[f"{n}_ml" for n in label_names],
+    ]
 
 
 def _write_summary(results: Sequence[CaseResult], path: Path, label_names: Sequence[str]) -> None:
@@ -194,6 +221,8 @@ def _write_summary(results: Sequence[CaseResult], path: Path, label_names: Seque
                         f"{r.seconds:.3f}",
                         r.output or "",
                         r.reason or "",
+                        r.series_uid or "",
+                        r.series_description or "",
                         *[r.volumes_ml.get(n, "") for n in label_names],
                     ]
                 )
@@ -408,9 +437,12 @@ def run_batch(
     label_outputs = {c.id: output_dir / f"{c.id}{OUTPUT_SUFFIXES[fmt]}" for c in named}
     prob_outputs = {c.id: output_dir / f"{c.id}{PROBABILITIES_SUFFIX}" for c in named}
     summary_path = output_dir / (SUMMARY_NAME if shard is None else f"summary.{shard.tag}.csv")
-    _check_not_inputs([summary_path, *label_outputs.values(), *prob_outputs.values()], inputs)
+    labels_path = output_dir / LABELS_JSON
+    _check_not_inputs([summary_path, labels_path, *label_outputs.values(), *prob_outputs.values()], inputs)
     output_dir.mkdir(parents=True, exist_ok=True)
     _claim_output_folder(output_dir, batch.identity, overwrite=overwrite)
+    with atomic_output(labels_path) as tmp:  # what the label values mean, for medseg evaluate
+        tmp.write_text(json.dumps(batch.table.to_dict(), indent=2) + "\n")
 
     names = batch.table.labels  # a shard without cases still writes every label's column
     label_names = [names[v] for v in sorted(names) if v != 0]
@@ -419,7 +451,7 @@ def run_batch(
     done_before: list[tuple[int, CaseResult]] = []
     for index, case in enumerate(cases):
         if case.id in refused:
-            done_before.append((index, CaseResult(case.id, "failed", reason=refused[case.id])))
+            done_before.append((index, _of_case(CaseResult(case.id, "failed", reason=refused[case.id]), case)))
             continue
         expected = [label_outputs[case.id], *([prob_outputs[case.id]] if save_probabilities else [])]
         for out in expected:
@@ -432,6 +464,7 @@ def run_batch(
         else:
             result = CaseResult(case.id, "skipped", output=label_outputs[case.id], reason="outputs exist")
             result.volumes_ml = volumes
+            result = _of_case(result, case)
             done_before.append((index, result))
     _remove_stale_temporaries(summary_path)
 
@@ -447,6 +480,7 @@ def run_batch(
             result = _predict_one(
                 predictor_of[case.id], case, future, label_outputs[case.id], fmt, save_probabilities, names
             )
+            result = _of_case(result, case)
             results.append(result)
             reporter.case_done(position[case.id], result)
         finished = True
@@ -459,6 +493,11 @@ def run_batch(
             if finished:
                 reporter.close(summary)
     return summary
+
+
+def _of_case(result: CaseResult, case: InputCase) -> CaseResult:
+    """``result`` with the DICOM series of ``case`` (none for a case of image files)."""
+    return dataclasses.replace(result, series_uid=case.series_uid, series_description=case.series_description)
 
 
 # what atomic_output adds to a file name for its temporary file: "." + stem + "." + 8 random characters

@@ -1,13 +1,16 @@
-"""DICOM Segmentation objects (highdicom) that reference the DICOM series a label map was made on."""
+"""DICOM Segmentation objects (highdicom): written to reference the DICOM series a label map was made on,
+and read back as a label map on the grid of the frames they hold."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from medseg.errors import MedsegInputError, first_line
 from medseg.io.atomic import atomic_output
 from medseg.io.image import Geometry, Image, require_same_grid
 from medseg.labels import Code, LabelTable
@@ -26,6 +29,77 @@ def _source_datasets(reference: Image) -> list[Any]:
             raise ValueError("a DICOM-SEG can reference one multi-frame file, not several")
         return [pydicom.dcmread(str(files[0]), stop_before_pixels=True)]
     return [pydicom.dcmread(str(p), stop_before_pixels=True) for p in files]
+
+
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+"""The SOP Class UID of a DICOM Segmentation."""
+
+_TRACKING_ID = re.compile(r"^label (\d+)$")  # what write_dicom_seg gives each segment
+_RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def is_dicom_seg(path: str | Path) -> bool:
+    """Whether the DICOM file ``path`` is a Segmentation (its SOP Class UID; the header alone is read)."""
+    import pydicom
+
+    try:
+        header = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    except Exception:  # not DICOM: the series reader says why
+        return False
+    return str(header.get("SOPClassUID", "")) == SEGMENTATION_STORAGE
+
+
+def read_dicom_seg(path: str | Path) -> Image:
+    """Read a DICOM Segmentation as a label map on the grid of the frames it holds.
+
+    The segments become label values: the value of a segment medseg wrote (tracking id ``"label N"``), else
+    the segment number. A SEG omits empty frames, so the grid spans the slices from the first to the last
+    frame it holds (those between filled with 0): a box of the source series' grid, which
+    :func:`~medseg.io.image.onto_grid` with ``partial`` places on it.
+
+    Returns:
+        An :class:`Image` with array ``(X, Y, Z)`` (X along the rows = column index, Y = row index, Z = slice
+        position), an affine in RAS mm, and ``meta["dicom_seg"] = True``.
+
+    Raises:
+        MedsegInputError: naming ``path``: no Segmentation highdicom can read, frames that are no regular
+            volume, or overlapping segments.
+    """
+    import highdicom as hd
+
+    try:
+        seg = hd.seg.segread(str(path))
+        volume = seg.get_volume(combine_segments=True, relabel=False)
+    except Exception as exc:  # highdicom raises ValueError, RuntimeError, AttributeError, ...
+        raise MedsegInputError(f"cannot read the DICOM-SEG as a label map: {first_line(exc)}", path=path) from None
+    numbers = [int(item.SegmentNumber) for item in seg.SegmentSequence]
+    tracked = [_TRACKING_ID.match(str(item.get("TrackingID", ""))) for item in seg.SegmentSequence]
+    values = [int(m[1]) for m in tracked if m] if all(tracked) else numbers
+    lookup = np.zeros(max(numbers, default=0) + 1, dtype=np.uint8 if max(values, default=0) < 256 else np.uint16)
+    lookup[numbers] = values
+    array = lookup[np.asarray(volume.array)].transpose(2, 1, 0)  # (slice, row, column) -> (X, Y, Z)
+    affine = _RAS_FROM_LPS @ np.asarray(volume.affine, dtype=float)[:, [2, 1, 0, 3]]
+    return Image(array, Geometry(tuple(array.shape), affine), Path(path), {"dicom_seg": True})  # type: ignore[arg-type]
+
+
+_REFERENCED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID")
+
+
+def _require_uids(sources: list[Any], reference: Image) -> None:
+    """Refuse source images that a DICOM-SEG cannot reference: one whose study, series, frame of reference
+    or instance UID is empty or absent (an anonymiser that blanked them).
+
+    Raises:
+        MedsegInputError: naming the series folder, its description and the empty UIDs.
+    """
+    empty = [name for name in _REFERENCED_UIDS if any(not str(ds.get(name, "") or "").strip() for ds in sources)]
+    if empty:
+        description = str(sources[0].get("SeriesDescription", "") or "") or "no description"
+        raise MedsegInputError(
+            f"no DICOM-SEG can reference series ({description}): its {', '.join(empty)} is empty (anonymised?),"
+            " and a DICOM-SEG names its source images by these UIDs; use --format nifti or seg.nrrd",
+            path=reference.path,
+        )
 
 
 def _coded(code: Code) -> Any:
@@ -67,6 +141,7 @@ def write_dicom_seg(
 
     require_same_grid(geometry, reference.geometry, path=path, reference_path=reference.path)
     sources = _source_datasets(reference)
+    _require_uids(sources, reference)
     values = table.foreground_labels
     # Segment numbers must run 1..S: map label value -> segment number (background stays 0).
     lookup = np.zeros(max(values, default=0) + 1, dtype=np.uint8 if len(values) < 256 else np.uint16)

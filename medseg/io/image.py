@@ -112,7 +112,94 @@ def require_same_grid(
     """
     difference = grid_difference(geometry, reference, tolerance_mm=tolerance_mm)
     if difference is not None:
-        raise MedsegInputError(f"not on the grid of {reference_path}: {difference}", path=path)
+        raise _off_grid(difference, path=path, reference_path=reference_path)
+
+
+def _off_grid(difference: str, *, path: str | Path | None, reference_path: str | Path | None) -> MedsegInputError:
+    return MedsegInputError(f"not on the grid of {reference_path}: {difference}", path=path)
+
+
+@dataclass(frozen=True)
+class VoxelMap:
+    """How the voxels of one grid lie on another's, exactly: axis ``axes[d]`` of the first grid runs along
+    axis ``d`` of the second, reversed where ``flips[d]``, and starts at voxel ``offsets[d]`` of it.
+
+    Same grid: ``axes (0, 1, 2)``, no flips, offsets 0. A label map stored LAS beside an LPS grid: axis 0
+    flipped. A DICOM-SEG whose empty frames were omitted: offsets along the slice axis.
+    """
+
+    axes: tuple[int, int, int]
+    flips: tuple[bool, bool, bool]
+    offsets: tuple[int, int, int]
+
+    @property
+    def is_identity(self) -> bool:
+        """Whether the voxels are stored in the same order (possibly a part of the other grid)."""
+        return self.axes == (0, 1, 2) and not any(self.flips)
+
+
+def voxel_map(geometry: Geometry, reference: Geometry, *, tolerance_mm: float = GRID_TOLERANCE) -> VoxelMap | None:
+    """How every voxel of ``geometry`` lies on a voxel of ``reference``, when it does: the two grids hold
+    the same voxel centres (within ``tolerance_mm``) in another axis order or direction, ``geometry``
+    possibly covering only a box of ``reference``; ``None`` otherwise (another spacing, a rotation,
+    a shift by a fraction of a voxel, voxels outside ``reference``).
+
+    Voxel ``v`` of ``geometry`` is voxel ``P @ v + t`` of ``reference``, with ``P`` a signed permutation
+    and ``t`` whole voxels: ``P`` and ``t`` are the rounded ``inv(reference.affine) @ geometry.affine``,
+    and each may differ from it by ``tolerance_mm`` over a voxel (``P``, as the direction cosines of
+    :func:`grid_difference`) or in mm (``t``).
+    """
+    to_reference = np.linalg.inv(reference.affine) @ geometry.affine
+    rotation, shift = to_reference[:3, :3], to_reference[:3, 3]
+    permutation = np.round(rotation)
+    if not np.all(np.isfinite(to_reference)) or np.max(np.abs(rotation - permutation)) > tolerance_mm:
+        return None
+    if not np.array_equal(np.abs(permutation).sum(axis=0), np.ones(3)) or np.abs(np.linalg.det(permutation)) != 1:
+        return None
+    whole = np.round(shift)
+    if np.max(np.abs(shift - whole) * np.asarray(reference.spacing)) > tolerance_mm:
+        return None
+    axes = tuple(int(np.flatnonzero(permutation[d])[0]) for d in range(3))
+    flips = tuple(bool(permutation[d, axes[d]] < 0) for d in range(3))
+    sizes = [geometry.shape[a] for a in axes]
+    # a flipped axis runs from the reference voxel of its last voxel on
+    offsets = tuple(int(whole[d]) - (sizes[d] - 1 if flips[d] else 0) for d in range(3))
+    if any(o < 0 or o + n > r for o, n, r in zip(offsets, sizes, reference.shape, strict=True)):
+        return None
+    return VoxelMap(axes, flips, offsets)  # type: ignore[arg-type]
+
+
+def onto_grid(
+    image: Image, reference: Geometry, *, reference_path: str | Path | None, partial: bool = False
+) -> tuple[np.ndarray, VoxelMap]:
+    """``image``'s ``(X, Y, Z)`` array on ``reference``'s grid, moved voxel for voxel (no interpolation):
+    the array itself when the grids are one, else reordered and flipped where :func:`voxel_map` finds
+    the same voxels stored in another axis order or direction. With ``partial``, ``image`` may cover a
+    box of ``reference`` (a DICOM-SEG without its empty frames): zeros elsewhere.
+
+    Returns:
+        The array on ``reference`` and the map that moved it (``is_identity`` and zero offsets: unmoved).
+
+    Raises:
+        MedsegInputError: naming ``image.path``: ``"not on the grid of <reference_path>: <difference>"``
+            (:func:`require_same_grid`) when neither holds.
+    """
+    geometry = image.geometry
+    difference = grid_difference(geometry, reference)
+    if difference is None:
+        return image.array, VoxelMap((0, 1, 2), (False, False, False), (0, 0, 0))
+    mapping = voxel_map(geometry, reference)
+    whole = mapping is not None and tuple(geometry.shape[a] for a in mapping.axes) == tuple(reference.shape)
+    if mapping is None or not (whole or partial):
+        raise _off_grid(difference, path=image.path, reference_path=reference_path)
+    moved = np.transpose(image.array, mapping.axes)
+    moved = np.flip(moved, axis=[d for d in range(3) if mapping.flips[d]])
+    if whole:
+        return np.ascontiguousarray(moved), mapping
+    placed = np.zeros(reference.shape, dtype=image.array.dtype)
+    box = tuple(slice(o, o + n) for o, n in zip(mapping.offsets, moved.shape, strict=True))
+    placed[box] = moved
+    return placed, mapping
 
 
 @dataclass

@@ -97,7 +97,8 @@ class DicomSeriesReader(ImageReader):
 
 class DicomFileReader(ImageReader):
     """One file of a DICOM series, known by its content (the ``DICM`` preamble) whatever its name (``.dcm``,
-    GE ``*.MRDC.N``, Siemens ``*.IMA``, none): reads the whole series it belongs to from the same folder."""
+    GE ``*.MRDC.N``, Siemens ``*.IMA``, none): reads the whole series it belongs to from the same folder; or a
+    DICOM Segmentation file, read as a label map."""
 
     name = "dicom_file"
     suffixes = (".dcm",)
@@ -109,8 +110,13 @@ class DicomFileReader(ImageReader):
         return super().matches(path) or (1 if path.is_file() and is_dicom_file(path) else 0)
 
     def read(self, path: Path) -> Image:
+        """The series ``path`` belongs to; a DICOM-SEG file alone, as a label map
+        (:func:`~medseg.io.dicom_seg.read_dicom_seg`)."""
         from medseg.io.dicom import read_dicom_series
+        from medseg.io.dicom_seg import is_dicom_seg, read_dicom_seg
 
+        if is_dicom_seg(path):
+            return read_dicom_seg(path)
         return read_dicom_series(path.parent, series_uid=dicom_series_uid(path), recursive=False)
 
 

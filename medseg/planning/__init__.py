@@ -23,6 +23,7 @@ from medseg.planning.plan import (
     pooled_foreground,
     set_arguments,
     target_spacing,
+    train_command,
     unusual_spacing,
     write_plan,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "pooled_foreground",
     "set_arguments",
     "target_spacing",
+    "train_command",
     "unusual_spacing",
     "write_plan",
 ]

@@ -31,6 +31,7 @@ import functools
 import json
 import logging
 import math
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -335,6 +336,9 @@ def plan_transforms(
     shape_text = " x ".join(f"{s:.0f}" for s in median_shape)
     reason = f"median shape {shape_text} at that spacing, multiples of {divisor}, at most {max_patch_voxels} voxels"
     suggestions.append(Suggestion("transforms.patch_size", cfg.patch_size, patch, reason))
+    if list(config.inference.roi_size) != patch:
+        reason = "the sliding window of inference as large as the training patch"
+        suggestions.append(Suggestion("inference.roi_size", config.inference.roi_size, patch, reason))
     return suggestions
 
 
@@ -370,6 +374,16 @@ def set_arguments(suggestions: Sequence[Suggestion]) -> list[str]:
     """The ``medseg train --set`` arguments that apply ``suggestions``, e.g.
     ``transforms.spacing=[1.5, 1.5, 2.0]``."""
     return [f"{s.key}={json.dumps(s.value)}" for s in suggestions]
+
+
+def train_command(config_path: str | Path, *, overrides: Sequence[str], suggestions: Sequence[Suggestion]) -> str:
+    """The ``medseg train`` command line that trains what was planned: the ``--set`` ``overrides`` the plan
+    was given (e.g. ``data.root=...``, so it trains on the data planned on), then the suggestions' (which
+    win where both set a key), each quoted for a POSIX shell."""
+    words = ["medseg", "train", "--config", str(config_path)]
+    for argument in [*overrides, *set_arguments(suggestions)]:
+        words += ["--set", argument]
+    return shlex.join(words)
 
 
 def write_plan(

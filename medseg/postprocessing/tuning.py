@@ -70,7 +70,8 @@ class _RegionJob:
 
 def _region_scores(job: _RegionJob) -> list[float]:
     """The region's score in one case under each option, on top of the choices already made."""
-    pred, ref = read_case(job.ref_path, job.pred_path, job.table)
+    maps = read_case(job.ref_path, job.pred_path, job.table)
+    pred, ref = maps.pred, maps.ref
     spacing = ref.geometry.spacing
     base = remove_small_components(pred, job.table, spacing=spacing, min_component_ml=job.chosen)
     values = job.table.evaluation_sets()[job.region]

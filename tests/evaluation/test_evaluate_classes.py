@@ -71,7 +71,8 @@ def test_auto_reads_organ_names_from_dataset_json(tmp_path: Path) -> None:
     assert regions["spleen"]["dice"]["mean"] == pytest.approx(0.5)
     assert regions["spleen"]["hd95"]["mean"] == pytest.approx(image_diagonal_mm(SHAPE, SPACING) / 2)
     assert regions["spleen"]["nsd"]["mean"] == pytest.approx(0.5)
-    # an organ absent from reference and prediction: Dice 1, HD95 0, NSD 1
+    # an organ absent from reference and prediction (case 1) is not scored there: only case 0 counts
+    assert (regions["pancreas"]["n"], regions["pancreas"]["empty_both"]) == (1, 1)
     assert regions["pancreas"]["dice"]["mean"] == pytest.approx(1.0)
     assert regions["pancreas"]["hd95"]["mean"] == pytest.approx(0.0)
     assert regions["pancreas"]["nsd"]["mean"] == pytest.approx(1.0)

@@ -23,7 +23,7 @@ from medseg.cli import main
 from medseg.data.cases import Shard
 from medseg.inference.batch import RUN_RECORD, merge_summaries, predict_folder
 from medseg.io import Image, read_image
-from medseg.protocol import CaseFinished, CaseStarted, RunFinished, RunStarted, parse_event_line
+from medseg.protocol import LABELS_JSON, CaseFinished, CaseStarted, RunFinished, RunStarted, parse_event_line
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "data"
@@ -76,7 +76,11 @@ def test_corrupt_and_wrong_shape_cases_fail_and_the_rest_succeed(
         assert rows[case]["status"] == "ok"
         assert float(rows[case]["tissue_ml"]) >= 0.0 and rows[case]["output"] == str(out / f"{case}.nii.gz")
         _assert_valid_output(out / f"{case}.nii.gz", tmp_path / "in" / f"{case}.nii.gz")
-    assert sorted(p.name for p in out.iterdir()) == sorted([*(f"{c}.nii.gz" for c in ids), "summary.csv", RUN_RECORD])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*(f"{c}.nii.gz" for c in ids), "summary.csv", RUN_RECORD, LABELS_JSON]
+    )
+    # what the label values mean, for medseg evaluate: the checkpoint's table
+    assert json.loads((out / LABELS_JSON).read_text()) == load_checkpoint(one_channel_checkpoint).label_table.to_dict()
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert sum(line.startswith("medseg: error:") for line in err.splitlines()) == 2
@@ -151,7 +155,9 @@ def test_killed_run_resumes_to_complete_outputs(brats_root: Path, one_channel_ch
     assert {r["status"] for c, r in rows.items() if c not in finished} == {"ok"}
     for case in ids:
         _assert_valid_output(out / f"{case}.nii.gz", tmp_path / "in" / f"{case}.nii.gz")
-    assert sorted(p.name for p in out.iterdir()) == sorted([*(f"{c}.nii.gz" for c in ids), "summary.csv", RUN_RECORD])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*(f"{c}.nii.gz" for c in ids), "summary.csv", RUN_RECORD, LABELS_JSON]
+    )
 
 
 def test_shards_share_one_output_folder(brats_root: Path, one_channel_checkpoint: Path, tmp_path: Path) -> None:
@@ -414,7 +420,7 @@ def test_case_ids_that_cannot_name_a_file_fail_only_their_case(
     assert sorted(failed) == sorted(bad)
     for case, problem in bad.items():
         assert failed[case].startswith("case id ") and failed[case].endswith(problem), failed[case]
-    assert sorted(p.name for p in out.iterdir()) == sorted(["good.nii.gz", "summary.csv", RUN_RECORD])
+    assert sorted(p.name for p in out.iterdir()) == sorted(["good.nii.gz", "summary.csv", RUN_RECORD, LABELS_JSON])
     assert not (tmp_path / "escape.nii.gz").exists()
 
 
@@ -432,8 +438,44 @@ def test_a_full_disk_names_the_summary_and_keeps_the_label_maps(
         f"medseg: error: {out / 'summary.csv'}: cannot write: No space left on device (2 ok, 0 skipped, 0 failed:"
         " the label maps written are kept, and a rerun skips their cases and writes the summary)"
     ]
-    assert sorted(p.name for p in out.iterdir()) == sorted([*(f"{c}.nii.gz" for c in ids), RUN_RECORD])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(f"{c}.nii.gz" for c in ids), RUN_RECORD, LABELS_JSON])
     monkeypatch.undo()  # room again: the rerun keeps the label maps and writes the summary
     assert main([*argv, "--progress", "none"]) == 0
     assert {row["status"] for row in _rows(out / "summary.csv").values()} == {"skipped"}
     _no_temporaries(out)
+
+
+def test_two_series_in_one_folder_are_told_apart_in_the_summary(
+    one_channel_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Cases ``study`` and ``study_2`` of a folder holding two series: summary.csv and the progress events
+    name each one's SeriesInstanceUID and SeriesDescription."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    sources = sorted((DATA / "dicom_mr_oblique").glob("*.dcm"))
+    study = tmp_path / "study"
+    study.mkdir()
+    for src in sources:
+        shutil.copy(src, study / src.name)
+    original = pydicom.dcmread(str(sources[1]), stop_before_pixels=True)
+    copy_uid = generate_uid(entropy_srcs=["second series"])
+    for k, src in enumerate(sources[1:]):  # not brain_001.dcm, whose padding parses as a command group
+        ds = pydicom.dcmread(str(src))
+        ds.SeriesInstanceUID, ds.SeriesDescription = copy_uid, "second look"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["copy", str(k)])
+        ds.save_as(str(study / f"copy_{k:03d}.dcm"))
+    out = tmp_path / "out"
+    argv = ["predict", "--model", str(one_channel_checkpoint), "--input", str(study), "--output", str(out)]
+    assert main([*argv, "--progress", "json"]) == 0
+    rows = _rows(out / "summary.csv")
+    assert sorted(rows) == ["study", "study_2"]
+    assert {(r["SeriesInstanceUID"], r["SeriesDescription"]) for r in rows.values()} == {
+        (str(original.SeriesInstanceUID), str(original.SeriesDescription)),
+        (copy_uid, "second look"),
+    }
+    events = [parse_event_line(line) for line in capsys.readouterr().out.splitlines()]
+    done = {e.case: e for e in events if isinstance(e, CaseFinished)}
+    assert {c: (e.series_uid, e.series_description) for c, e in done.items()} == {
+        c: (r["SeriesInstanceUID"], r["SeriesDescription"]) for c, r in rows.items()
+    }

@@ -122,8 +122,14 @@ def test_info_says_whether_mirroring_is_available(
     assert (info.network, info.layout, info.training_data) == (checkpoint.network, checkpoint.layout, None)
     assert main(["info", "--model", str(path)]) == 0
     expected = "available" if flip_prob > 0 else "refused (trained without flips)"
-    first, second = capsys.readouterr().out.splitlines()
+    first, preprocessing, second = capsys.readouterr().out.splitlines()
     assert first.endswith(f"test-time mirroring {expected}")
+    # the checkpoint's defaults: BraTS-style z-score, no resampling, no crop (make_one_channel_checkpoint)
+    assert (
+        preprocessing
+        == "preprocessing: orientation RAS; spacing as stored; intensity z-score over nonzero voxels; crop none"
+    )
+    assert info.preprocessing["intensity"] == "zscore_nonzero" and info.preprocessing["crop_foreground"] is False
     assert second.startswith("inference (medseg predict --set inference.KEY=VALUE changes one): roi_size=[")
     assert " min_component_ml={} mirror_axes=[]" in second
 

@@ -120,7 +120,12 @@ def test_plan_suggests_the_window_and_a_patch_the_network_takes(ct_task: Path) -
     config = _ct_config(ct_task)
     fingerprint = fingerprint_dataset(config)
     suggestions = {s.key: s for s in plan_transforms(fingerprint, config)}
-    assert list(suggestions) == ["transforms.spacing", "transforms.hu_window", "transforms.patch_size"]
+    assert list(suggestions) == [
+        "transforms.spacing",
+        "transforms.hu_window",
+        "transforms.patch_size",
+        "inference.roi_size",
+    ]
     # every voxel inside the labels (under 10,000 per case), of all cases together
     images = [_canonical(ct_task / "imagesTr" / f"{n}.nii.gz") for n in CASES]
     labels = [_canonical(ct_task / "labelsTr" / f"{n}.nii.gz") for n in CASES]
@@ -133,6 +138,8 @@ def test_plan_suggests_the_window_and_a_patch_the_network_takes(ct_task: Path) -
     assert spacing == [0.8, 0.8, 2.5]  # per-axis medians of (0.8, 0.7, 0.8), (0.8, 0.9, 0.8), (2.5, 3, 2)
     patch = suggestions["transforms.patch_size"].value
     assert all(p % 4 == 0 for p in patch)  # the U-Net's two stride-2 steps
+    roi = suggestions["inference.roi_size"]  # the config's default window is not that patch
+    assert (roi.current, roi.value) == ([96, 96, 96], patch)
     validate_config(dataclasses.replace(config, transforms=dataclasses.replace(config.transforms, patch_size=patch)))
 
 
@@ -142,7 +149,9 @@ def test_mr_configs_get_no_window(brats_root: Path, tmp_path: Path) -> None:
     assert fingerprint.channels == ("T1", "T1ce", "T2", "FLAIR")
     assert all(len(c.foreground) == 4 for c in fingerprint.cases)
     suggestions = plan_transforms(fingerprint, config)
-    assert [s.key for s in suggestions] == ["transforms.spacing", "transforms.patch_size"]
+    keys = [s.key for s in suggestions]
+    assert keys[:2] == ["transforms.spacing", "transforms.patch_size"]
+    assert keys[2:] == ([] if suggestions[1].value == config.inference.roi_size else ["inference.roi_size"])
     assert suggestions[0].value is None  # the phantoms all have 4 mm voxels: nothing to resample
     assert suggestions[0].reason == "every case is already at 4 x 4 x 4 mm: no resampling"
     write_plan(fingerprint, suggestions, tmp_path / "plan", config_path="brats.yaml")
@@ -194,10 +203,11 @@ def test_cli_writes_the_plan_and_a_train_command_that_loads(
     ct_task: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config_path = tmp_path / "ct.yaml"
-    config_path.write_text(json.dumps(_ct_config(ct_task).to_dict()))  # JSON is YAML
+    config_path.write_text(json.dumps(_ct_config(tmp_path / "elsewhere").to_dict()))  # JSON is YAML
     before = _digests(ct_task)
     out = tmp_path / "plan"
-    assert main(["plan", "--config", str(config_path), "--out", str(out)]) == 0
+    root_override = f"data.root={ct_task}"
+    assert main(["plan", "--config", str(config_path), "--set", root_override, "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert _digests(ct_task) == before  # inputs untouched
     assert "medseg: note: label 1 (liver) is absent from 1 of 3 cases: empty" in captured.err
@@ -206,7 +216,9 @@ def test_cli_writes_the_plan_and_a_train_command_that_loads(
         "transforms.spacing",
         "transforms.hu_window",
         "transforms.patch_size",
+        "inference.roi_size",  # the config's 96³ window is not the planned patch
     ]
+    assert plan["suggestions"][3]["value"] == plan["suggestions"][2]["value"] != [96, 96, 96]
     record = json.loads((out / FINGERPRINT_JSON).read_text())
     assert [c["id"] for c in record["cases"]] == list(CASES)
     assert record["auto3dseg_summary"]["n_cases"] == 3
@@ -214,9 +226,11 @@ def test_cli_writes_the_plan_and_a_train_command_that_loads(
     command = next(line for line in captured.out.splitlines() if line.startswith("train with: "))
     words = shlex.split(command.removeprefix("train with: "))
     sets = [words[i + 1] for i, word in enumerate(words) if word == "--set"]
-    assert sets == plan["set"]
+    assert sets == [root_override, *plan["set"]]  # the data planned on, then the suggestions
     planned = load_config(config_path, sets)  # what the printed command trains with
+    assert Path(planned.data.root) == ct_task
     assert planned.transforms.hu_window == plan["suggestions"][1]["value"]
+    assert planned.inference.roi_size == planned.transforms.patch_size == plan["suggestions"][2]["value"]
     validate_config(planned)
 
 
