@@ -189,7 +189,7 @@ def test_labels_from_a_checkpoint(
         write_nifti(tissue, _geometry(), tmp_path / "pred" / f"ct_{n}.nii.gz")
     argv = ["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--out", str(tmp_path / "o")]
     assert main([*argv, "--labels-from", str(one_channel_checkpoint)]) == 0
-    assert capsys.readouterr().out.splitlines()[0] == "labels tissue, 2 case(s)"
+    assert capsys.readouterr().out.splitlines()[0] == "labels tissue, 2 case(s); surfaces scored as voxels"
     assert json.loads((tmp_path / "o" / "summary.json").read_text())["regions"]["tissue"]["dice"]["mean"] == 1.0
     assert main([*argv, "--labels-from", str(one_channel_checkpoint), "--labels", "btcv"]) == 2
     assert capsys.readouterr().err.strip() == "medseg: error: give --labels or --labels-from, not both"
