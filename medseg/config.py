@@ -155,7 +155,20 @@ class NetworkConfig:
 
 @dataclass
 class LossConfig:
-    """Loss: ``dice_focal`` or ``dice_ce``; term weights, focal gamma and optional per-output weights.
+    """Loss: ``dice_focal``, ``dice_ce``, ``tversky`` or ``focal_tversky``; term weights, gammas, optional
+    per-output weights and an optional boundary term.
+
+    ``dice_focal`` and ``dice_ce`` add ``dice_weight`` x Dice and ``other_weight`` x focal (``gamma``) or
+    cross-entropy, with ``class_weights`` per output. ``tversky`` is 1 - TI per sample and output, averaged,
+    with the Tversky index TI = TP / (TP + ``tversky_alpha`` FP + ``tversky_beta`` FN) of soft counts
+    (Salehi et al., MLMI 2017: alpha 0.3, beta 0.7 favours recall on small structures);
+    ``focal_tversky`` averages (1 - TI) ** (1 / ``tversky_gamma``) (Abraham and Khan, ISBI 2019: gamma
+    4/3). Both count background as an output, as Dice does here, and take no ``class_weights``.
+    ``boundary_weight`` > 0 (or a ``boundary_weight_step``) adds the boundary loss of Kervadec et al.
+    (MIDL 2019): the mean over voxels of each foreground output's probability times the signed distance
+    (voxels) to its reference's surface, negative inside. Its weight in epoch ``e`` (from 0) is
+    ``min(boundary_weight + e * boundary_weight_step, boundary_weight_max)``; the paper's "rebalance"
+    schedule starts at 0.01 and adds 0.01 per epoch.
 
     ``mask_unlabelled`` (class tables): in a case whose manifest lists the labels annotated in it
     (``labelled``), a label not annotated there is not taught as background: its probability joins
@@ -163,15 +176,31 @@ class LossConfig:
     neither rewarded nor punished for finding it there. ``false`` treats such cases as fully labelled.
     """
 
-    name: Literal["dice_focal", "dice_ce"] = "dice_focal"
+    name: Literal["dice_focal", "dice_ce", "tversky", "focal_tversky"] = "dice_focal"
     dice_weight: float = _ranged(1.0, 0)
     other_weight: float = _ranged(1.0, 0)
     gamma: float = _ranged(2.0, 0)
     class_weights: list[float] | None = _ranged(None, 0)
+    tversky_alpha: float = _ranged(0.3, 0)
+    tversky_beta: float = _ranged(0.7, 0)
+    tversky_gamma: float = _ranged(4 / 3, 1, 3)
+    boundary_weight: float = _ranged(0.0, 0)
+    boundary_weight_step: float = _ranged(0.0, 0)
+    boundary_weight_max: float = _ranged(1.0, 0)
     mask_unlabelled: bool = True
 
     def __post_init__(self) -> None:
         _check_ranges(self, "loss")
+        if self.tversky_alpha + self.tversky_beta <= 0:
+            raise ConfigError(
+                f"loss.tversky_alpha + loss.tversky_beta must be > 0, got {self.tversky_alpha} + {self.tversky_beta}"
+            )
+        if self.class_weights is not None and self.name in ("tversky", "focal_tversky"):
+            raise ConfigError(f"loss.class_weights is for dice_focal and dice_ce, not loss.name {self.name}")
+
+    def boundary_weight_at(self, epoch: int) -> float:
+        """The boundary term's weight in epoch ``epoch`` (from 0); see the class."""
+        return min(self.boundary_weight + epoch * self.boundary_weight_step, self.boundary_weight_max)
 
 
 @dataclass
