@@ -272,6 +272,13 @@ class InferenceConfig:
     ``transforms.orientation``, R, A, S by default): every combination, so ``[0, 1, 2]`` costs 8
     passes. Only for a model trained with flips (``transforms.flip_prob`` > 0, see
     :func:`check_mirroring`).
+    ``temperature_scaling`` divides each model's logits by the temperature ``medseg calibrate`` fitted and
+    stored in its checkpoint (Guo et al., ICML 2017), so that its probabilities are calibrated; the label
+    map stays the same where ``threshold`` is 0.5 (classes: always), but for voxels where probabilities
+    resampled back to the input's grid (``transforms.spacing``) change their order.
+    ``uncertainty_band_mm``: the half-width in mm of the band around the predicted foreground's surface
+    over which ``medseg predict --save-uncertainty`` averages the uncertainty per case
+    (:mod:`medseg.inference.uncertainty`).
     """
 
     roi_size: list[int] = _ranged([96, 96, 96], 1)
@@ -289,6 +296,8 @@ class InferenceConfig:
     min_region_ml: dict[str, float] = _ranged({}, 0, open_low=True)
     min_component_ml: dict[str, float] = _ranged({}, 0, open_low=True)
     mirror_axes: list[int] = _ranged([], 0, 2)
+    temperature_scaling: bool = False
+    uncertainty_band_mm: float = _ranged(2.0, 0, open_low=True)
 
     def __post_init__(self) -> None:
         _check_ranges(self, "inference")

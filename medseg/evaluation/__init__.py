@@ -1,13 +1,16 @@
 """Evaluation: label maps scored against references, per case and region
 (:mod:`~medseg.evaluation.evaluate`, with :mod:`~medseg.evaluation.metrics` and the BraTS 2023 lesion-wise
-scores of :mod:`~medseg.evaluation.lesion_wise`), the score files and plots it writes
+scores of :mod:`~medseg.evaluation.lesion_wise` and the expected calibration error of
+:mod:`~medseg.evaluation.calibration`), the score files and plots it writes
 (:mod:`~medseg.evaluation.files`, :mod:`~medseg.evaluation.plot`), paired comparisons of evaluations
 (:mod:`~medseg.evaluation.comparison`) and the HTML report (:mod:`~medseg.evaluation.report`)."""
 
 from __future__ import annotations
 
+from medseg.evaluation.calibration import ECE_BINS, Bins, calibration_of_case, expected_calibration_error
 from medseg.evaluation.comparison import COMPARISON_CSV, COMPARISON_PNG, compare_evaluations, format_comparison
 from medseg.evaluation.evaluate import (
+    CALIBRATION_CSV,
     METRICS_PNG,
     SUMMARY_JSON,
     CasePairs,
@@ -20,6 +23,7 @@ from medseg.evaluation.evaluate import (
     pair_cases,
     read_case,
     summarize,
+    summarize_calibration,
 )
 from medseg.evaluation.files import (
     LESION_METRICS_CSV,
@@ -54,14 +58,17 @@ from medseg.evaluation.plot import plot_scores
 from medseg.evaluation.report import render_case_overlays, write_report
 
 __all__ = [
+    "CALIBRATION_CSV",
     "COMPARISON_CSV",
     "COMPARISON_PNG",
+    "ECE_BINS",
     "LESION_METRICS_CSV",
     "LESION_RULES",
     "METRICS_CSV",
     "METRICS_PNG",
     "NSD_TOLERANCE_MM",
     "SUMMARY_JSON",
+    "Bins",
     "CasePairs",
     "LesionMetrics",
     "LesionRules",
@@ -69,10 +76,12 @@ __all__ = [
     "Metrics",
     "References",
     "RegionScore",
+    "calibration_of_case",
     "check_nsd_tolerance",
     "compare_evaluations",
     "dice",
     "evaluate_folder",
+    "expected_calibration_error",
     "find_references",
     "format_comparison",
     "format_mean_sd",
@@ -93,6 +102,7 @@ __all__ = [
     "score_label_maps",
     "score_masks",
     "summarize",
+    "summarize_calibration",
     "write_lesion_metrics_csv",
     "write_metrics_csv",
     "write_report",
