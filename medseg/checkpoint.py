@@ -48,6 +48,9 @@ class Checkpoint:
         medseg_version: the version that wrote it.
         manifest: the manifest of the dataset it was trained on, as JSON (its cases and their folds:
             which cases it validated on), or ``None`` (written before medseg kept it, or built in memory).
+        calibration: what ``medseg calibrate`` fitted (:func:`medseg.inference.calibration.calibrate`):
+            ``{"temperature": float, ...}`` with the cases and settings it was fitted on and its scores
+            before and after, or ``None`` (never calibrated, or written before medseg calibrated).
         source: the file it was loaded from (``None`` when built in memory); not saved.
     """
 
@@ -59,6 +62,7 @@ class Checkpoint:
     training: dict[str, Any] | None = None
     medseg_version: str = __version__
     manifest: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None
     source: Path | None = None
 
     @functools.cached_property
@@ -77,6 +81,11 @@ class Checkpoint:
         outputs of a use of them (an export's description, a batch run's settings)."""
         text = json.dumps(extra, sort_keys=True, default=str) + self.weights_sha256
         return hashlib.sha256(text.encode()).hexdigest()
+
+    @property
+    def temperature(self) -> float | None:
+        """The fitted temperature of :attr:`calibration` (logits are divided by it), or ``None``."""
+        return None if self.calibration is None else float(self.calibration["temperature"])
 
     @property
     def layout(self) -> str:
@@ -135,6 +144,7 @@ class Checkpoint:
             "state_dict": self.state_dict,
             "training": self.training,
             "manifest": self.manifest,
+            "calibration": self.calibration,
         }
 
 
@@ -222,5 +232,20 @@ def load_checkpoint(path: str | Path, *, training: bool = True) -> Checkpoint:
         training=data.get("training") if training else None,
         medseg_version=data.get("medseg_version", "unknown"),
         manifest=data.get("manifest"),
+        calibration=_calibration(data.get("calibration"), path),
         source=path,
     )
+
+
+def _calibration(raw: Any, path: Path) -> dict[str, Any] | None:
+    """A loaded checkpoint's ``calibration`` field (absent in one written before medseg calibrated), checked.
+
+    Raises:
+        CheckpointError: it is not a mapping with a finite, positive ``temperature``.
+    """
+    if raw is None:
+        return None
+    temperature = raw.get("temperature") if isinstance(raw, dict) else None
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
+        raise CheckpointError(f"its calibration holds no positive temperature: {raw!r}", path=path)
+    return raw

@@ -131,6 +131,7 @@ def _predict(args: argparse.Namespace) -> int:
         "output_dir": args.output,
         "fmt": args.format,
         "save_probabilities": args.save_probabilities,
+        "save_uncertainty": args.save_uncertainty,
         "shard": Shard.parse(args.shard) if args.shard else None,
         "overwrite": args.overwrite,
         "progress": args.progress,
@@ -155,6 +156,25 @@ def _predict(args: argparse.Namespace) -> int:
     return 0 if summary.failed == 0 else 1
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from medseg.inference.calibration import CalibrationParams, calibrate, format_calibration
+
+    result = calibrate(
+        model=args.model,
+        ref_dir=args.ref,
+        out=args.out,
+        input_path=args.input,
+        cases_file=args.cases,
+        device=args.device,
+        backend=args.backend,
+        inference_overrides=[*args.set, *_mirror_override(args.mirror)],
+        params=CalibrationParams(voxels_per_case=args.voxels_per_case, seed=args.seed, ece_bins=args.ece_bins),
+    )
+    print(format_calibration(result))
+    print(f"apply with: medseg predict --model {args.out} ... --set inference.temperature_scaling=true")
+    return 0
+
+
 def _mirror_override(axes: list[int] | None) -> list[str]:
     """``--mirror [AXIS ...]`` as an inference override (no axes: all three); none when not given."""
     if axes is None:
@@ -175,7 +195,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     tolerance = {} if args.nsd_tolerance is None else {"nsd_tolerance_mm": args.nsd_tolerance}
     summary = evaluate_folder(
-        **_scoring_kwargs(args), **tolerance, scoring=args.scoring, only_predicted=args.only_predicted
+        **_scoring_kwargs(args),
+        **tolerance,
+        scoring=args.scoring,
+        only_predicted=args.only_predicted,
+        ece_bins=args.ece_bins,
     )
     print(format_summary(summary))
     return 0
@@ -452,6 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>_probabilities.nii.gz (float32)")
     p.add_argument(
+        "--save-uncertainty",
+        action="store_true",
+        help="also write <case>_uncertainty.nii.gz (entropy and mutual information, nats) and per-case"
+        " uncertainty scores in summary.csv",
+    )
+    p.add_argument(
         "--cases",
         type=Path,
         default=None,
@@ -494,6 +524,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
     p.set_defaults(handler=_predict)
 
+    p = sub.add_parser(
+        "calibrate", help="fit a temperature (temperature scaling) on validation cases into a copy of a checkpoint"
+    )
+    p.add_argument("--model", type=Path, required=True, help="a medseg checkpoint (.pt)")
+    p.add_argument("--input", type=Path, default=None, help="the validation cases' images: a file or a folder of cases")
+    p.add_argument("--cases", type=Path, default=None, help="instead of --input: a JSON list of cases")
+    p.add_argument("--ref", type=Path, required=True, help="their reference label maps (dataset folder or manifest)")
+    p.add_argument("--out", type=Path, required=True, help="the calibrated checkpoint to write (may be --model)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.add_argument(
+        "--mirror",
+        type=int,
+        nargs="*",
+        choices=[0, 1, 2],
+        metavar="AXIS",
+        help="fit for predictions averaged over these mirror images (as medseg predict --mirror)",
+    )
+    p.add_argument("--set", action="append", default=[], metavar="inference.KEY=VALUE")
+    p.add_argument("--voxels-per-case", type=int, default=100_000, help="voxels sampled per case (default 100000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the voxel sample")
+    p.add_argument("--ece-bins", type=int, default=15, metavar="B", help="equal-width ECE bins (default 15)")
+    p.set_defaults(handler=_calibrate)
+
     p = sub.add_parser("export", help="export a checkpoint's network as TorchScript or ONNX")
     p.add_argument("--model", type=Path, required=True, help="a medseg checkpoint (.pt)")
     p.add_argument("--format", choices=["torchscript", "onnx"], required=True)
@@ -523,6 +577,14 @@ def build_parser() -> argparse.ArgumentParser:
         " grid's diagonal), elements (area-weighted surface elements, the diagonal), brats2023 (elements, 374 mm:"
         " the BraTS 2023/2024 scripts), brats2025 (Panoptica's surface voxels, 373 mm); auto: the label table's"
         " BraTS year, else voxels",
+    )
+    p.add_argument(
+        "--ece-bins",
+        type=int,
+        default=15,
+        metavar="B",
+        help="equal-width bins of the expected calibration error, scored where --pred holds"
+        " <case>_probabilities.nii.gz (default 15)",
     )
     p.set_defaults(handler=_evaluate)
 

@@ -155,7 +155,20 @@ class NetworkConfig:
 
 @dataclass
 class LossConfig:
-    """Loss: ``dice_focal`` or ``dice_ce``; term weights, focal gamma and optional per-output weights.
+    """Loss: ``dice_focal``, ``dice_ce``, ``tversky`` or ``focal_tversky``; term weights, gammas, optional
+    per-output weights and an optional boundary term.
+
+    ``dice_focal`` and ``dice_ce`` add ``dice_weight`` x Dice and ``other_weight`` x focal (``gamma``) or
+    cross-entropy, with ``class_weights`` per output. ``tversky`` is 1 - TI per sample and output, averaged,
+    with the Tversky index TI = TP / (TP + ``tversky_alpha`` FP + ``tversky_beta`` FN) of soft counts
+    (Salehi et al., MLMI 2017: alpha 0.3, beta 0.7 favours recall on small structures);
+    ``focal_tversky`` averages (1 - TI) ** (1 / ``tversky_gamma``) (Abraham and Khan, ISBI 2019: gamma
+    4/3). Both count background as an output, as Dice does here, and take no ``class_weights``.
+    ``boundary_weight`` > 0 (or a ``boundary_weight_step``) adds the boundary loss of Kervadec et al.
+    (MIDL 2019): the mean over voxels of each foreground output's probability times the signed distance
+    (voxels) to its reference's surface, negative inside. Its weight in epoch ``e`` (from 0) is
+    ``min(boundary_weight + e * boundary_weight_step, boundary_weight_max)``; the paper's "rebalance"
+    schedule starts at 0.01 and adds 0.01 per epoch.
 
     ``mask_unlabelled`` (class tables): in a case whose manifest lists the labels annotated in it
     (``labelled``), a label not annotated there is not taught as background: its probability joins
@@ -163,15 +176,31 @@ class LossConfig:
     neither rewarded nor punished for finding it there. ``false`` treats such cases as fully labelled.
     """
 
-    name: Literal["dice_focal", "dice_ce"] = "dice_focal"
+    name: Literal["dice_focal", "dice_ce", "tversky", "focal_tversky"] = "dice_focal"
     dice_weight: float = _ranged(1.0, 0)
     other_weight: float = _ranged(1.0, 0)
     gamma: float = _ranged(2.0, 0)
     class_weights: list[float] | None = _ranged(None, 0)
+    tversky_alpha: float = _ranged(0.3, 0)
+    tversky_beta: float = _ranged(0.7, 0)
+    tversky_gamma: float = _ranged(4 / 3, 1, 3)
+    boundary_weight: float = _ranged(0.0, 0)
+    boundary_weight_step: float = _ranged(0.0, 0)
+    boundary_weight_max: float = _ranged(1.0, 0)
     mask_unlabelled: bool = True
 
     def __post_init__(self) -> None:
         _check_ranges(self, "loss")
+        if self.tversky_alpha + self.tversky_beta <= 0:
+            raise ConfigError(
+                f"loss.tversky_alpha + loss.tversky_beta must be > 0, got {self.tversky_alpha} + {self.tversky_beta}"
+            )
+        if self.class_weights is not None and self.name in ("tversky", "focal_tversky"):
+            raise ConfigError(f"loss.class_weights is for dice_focal and dice_ce, not loss.name {self.name}")
+
+    def boundary_weight_at(self, epoch: int) -> float:
+        """The boundary term's weight in epoch ``epoch`` (from 0); see the class."""
+        return min(self.boundary_weight + epoch * self.boundary_weight_step, self.boundary_weight_max)
 
 
 @dataclass
@@ -243,6 +272,13 @@ class InferenceConfig:
     ``transforms.orientation``, R, A, S by default): every combination, so ``[0, 1, 2]`` costs 8
     passes. Only for a model trained with flips (``transforms.flip_prob`` > 0, see
     :func:`check_mirroring`).
+    ``temperature_scaling`` divides each model's logits by the temperature ``medseg calibrate`` fitted and
+    stored in its checkpoint (Guo et al., ICML 2017), so that its probabilities are calibrated; the label
+    map stays the same where ``threshold`` is 0.5 (classes: always), but for voxels where probabilities
+    resampled back to the input's grid (``transforms.spacing``) change their order.
+    ``uncertainty_band_mm``: the half-width in mm of the band around the predicted foreground's surface
+    over which ``medseg predict --save-uncertainty`` averages the uncertainty per case
+    (:mod:`medseg.inference.uncertainty`).
     """
 
     roi_size: list[int] = _ranged([96, 96, 96], 1)
@@ -260,6 +296,8 @@ class InferenceConfig:
     min_region_ml: dict[str, float] = _ranged({}, 0, open_low=True)
     min_component_ml: dict[str, float] = _ranged({}, 0, open_low=True)
     mirror_axes: list[int] = _ranged([], 0, 2)
+    temperature_scaling: bool = False
+    uncertainty_band_mm: float = _ranged(2.0, 0, open_low=True)
 
     def __post_init__(self) -> None:
         _check_ranges(self, "inference")

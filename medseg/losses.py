@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from monai.losses import DeepSupervisionLoss, DiceCELoss, DiceFocalLoss
+from monai.losses import BoundaryLoss, DeepSupervisionLoss, DiceCELoss, DiceFocalLoss, TverskyLoss
 from torch import nn
 
 from medseg.config import LossConfig
@@ -11,24 +13,101 @@ from medseg.labels import LabelTable
 
 
 def build_loss(cfg: LossConfig, table: LabelTable) -> nn.Module:
-    """The configured loss for ``table``'s output mode.
+    """The configured loss for ``table``'s output mode (``cfg.name``, a key of :data:`LOSSES`, plus the
+    boundary term when ``cfg`` schedules one; see :class:`~medseg.config.LossConfig`).
 
     Region tables (BraTS) use sigmoid outputs with one multi-hot target channel per region,
     ``target (B, R, X, Y, Z)``; class tables (CT organs) use softmax over mutually exclusive labels,
     ``target (B, 1, X, Y, Z)`` holding class indices. ``logits`` are ``(B, C, X, Y, Z)``, or
     ``(B, H, C, X, Y, Z)`` for networks with ``H`` deep-supervision heads (weighted by MONAI's
-    :class:`DeepSupervisionLoss`).
+    :class:`DeepSupervisionLoss`). The module's ``set_epoch(epoch)`` sets the boundary term's weight.
     """
     regions = table.kind == "regions"
-    weight = torch.tensor(cfg.class_weights, dtype=torch.float32) if cfg.class_weights else None
-    common = {"sigmoid": regions, "softmax": not regions, "to_onehot_y": not regions, "weight": weight}
-    if cfg.name == "dice_focal":
-        loss: nn.Module = DiceFocalLoss(
-            **common, gamma=cfg.gamma, lambda_dice=cfg.dice_weight, lambda_focal=cfg.other_weight
-        )
-    else:
-        loss = DiceCELoss(**common, lambda_dice=cfg.dice_weight, lambda_ce=cfg.other_weight)
+    common = {"sigmoid": regions, "softmax": not regions, "to_onehot_y": not regions}
+    loss = LOSSES[cfg.name](cfg, common)
+    if cfg.boundary_weight > 0 or cfg.boundary_weight_step > 0:
+        loss = WithBoundary(loss, cfg, BoundaryLoss(include_background=regions, **common))  # regions: all foreground
     return _HeadsLoss(loss)
+
+
+def _dice_focal(cfg: LossConfig, common: dict[str, bool]) -> nn.Module:
+    return DiceFocalLoss(
+        **common,
+        weight=_class_weights(cfg),
+        gamma=cfg.gamma,
+        lambda_dice=cfg.dice_weight,
+        lambda_focal=cfg.other_weight,
+    )
+
+
+def _dice_ce(cfg: LossConfig, common: dict[str, bool]) -> nn.Module:
+    return DiceCELoss(**common, weight=_class_weights(cfg), lambda_dice=cfg.dice_weight, lambda_ce=cfg.other_weight)
+
+
+def _tversky(cfg: LossConfig, common: dict[str, bool]) -> nn.Module:
+    return TverskyLoss(**common, alpha=cfg.tversky_alpha, beta=cfg.tversky_beta)
+
+
+def _focal_tversky(cfg: LossConfig, common: dict[str, bool]) -> nn.Module:
+    tversky = TverskyLoss(**common, alpha=cfg.tversky_alpha, beta=cfg.tversky_beta, reduction="none")
+    return FocalTversky(tversky, gamma=cfg.tversky_gamma)
+
+
+def _class_weights(cfg: LossConfig) -> torch.Tensor | None:
+    return torch.tensor(cfg.class_weights, dtype=torch.float32) if cfg.class_weights else None
+
+
+LOSSES: dict[str, Callable[[LossConfig, dict[str, bool]], nn.Module]] = {
+    "dice_focal": _dice_focal,
+    "dice_ce": _dice_ce,
+    "tversky": _tversky,
+    "focal_tversky": _focal_tversky,
+}
+"""Each ``loss.name``'s builder: ``(config, {"sigmoid", "softmax", "to_onehot_y"}) -> loss(logits, target)``."""
+
+
+class FocalTversky(nn.Module):
+    """The focal Tversky loss of Abraham and Khan (ISBI 2019): the mean over samples and outputs of
+    ``(1 - TI) ** (1 / gamma)``, where ``tversky`` (MONAI's :class:`TverskyLoss` with ``reduction="none"``)
+    gives ``1 - TI`` per sample and output, ``(B, C)``. ``gamma`` > 1 weights the outputs it segments
+    poorly (small TI) more than Tversky does."""
+
+    def __init__(self, tversky: TverskyLoss, *, gamma: float) -> None:
+        super().__init__()
+        self.tversky = tversky
+        self.exponent = 1.0 / gamma
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``logits (B, C, X, Y, Z)``, ``target`` as for :func:`build_loss` -> a scalar."""
+        # 1 - TI is 0 only for a perfect soft prediction, where x ** (1 / gamma) has no finite gradient
+        return self.tversky(logits, target).clamp_min(1e-6).pow(self.exponent).mean()
+
+
+class WithBoundary(nn.Module):
+    """``loss`` plus the boundary loss of Kervadec et al. (MIDL 2019; MONAI's :class:`BoundaryLoss` over
+    the foreground outputs, every region or every class but background: probability times the signed
+    distance in voxels to the reference's surface, ``-(d - 1)`` at depth ``d`` inside and ``d`` outside,
+    averaged over voxels, samples and outputs; 0 for an output whose reference is empty or fills the
+    patch), weighted by ``cfg.boundary_weight_at(epoch)`` for the epoch that :meth:`set_epoch` set (0 until
+    then)."""
+
+    def __init__(self, loss: nn.Module, cfg: LossConfig, boundary: BoundaryLoss) -> None:
+        super().__init__()
+        self.loss = loss
+        self.boundary = boundary
+        self.cfg = cfg
+        self.weight = cfg.boundary_weight_at(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Weight the boundary term as the schedule says for epoch ``epoch`` (from 0)."""
+        self.weight = self.cfg.boundary_weight_at(epoch)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``logits (B, C, X, Y, Z)``, ``target`` as for :func:`build_loss` -> a scalar."""
+        value = self.loss(logits, target)
+        if self.weight > 0:
+            value = value + self.weight * self.boundary(logits, target)
+        return value
 
 
 def merge_unlabelled(logits: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
@@ -71,6 +150,11 @@ class _HeadsLoss(nn.Module):
         super().__init__()
         self.loss = loss
         self.deep = DeepSupervisionLoss(loss)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tell a scheduled term (:class:`WithBoundary`) the epoch (from 0); other losses do not change."""
+        if isinstance(self.loss, WithBoundary):
+            self.loss.set_epoch(epoch)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, labelled: torch.Tensor | None = None) -> torch.Tensor:
         if labelled is not None:

@@ -33,6 +33,12 @@ from medseg.labels import LabelTable
 OUTPUT_SUFFIXES: dict[str, str] = {"nifti": ".nii.gz", "seg.nrrd": ".seg.nrrd", "dicom-seg": ".dcm"}
 """The file ending of ``<output>/<case>`` for each label-map format of ``medseg predict --format``."""
 
+PROBABILITIES_SUFFIX = "_probabilities.nii.gz"
+"""The file ending of ``<output>/<case>`` for the probabilities of ``medseg predict --save-probabilities``."""
+
+UNCERTAINTY_SUFFIX = "_uncertainty.nii.gz"
+"""The file ending of ``<output>/<case>`` for the uncertainty maps of ``medseg predict --save-uncertainty``."""
+
 LABEL_FORMATS = tuple(OUTPUT_SUFFIXES)
 """The label-map formats of ``medseg predict --format``."""
 
@@ -135,6 +141,9 @@ class CaseFinished(ProgressEvent):
         volumes_ml: volume in mL of each foreground label, by label name (empty when unknown).
         series_uid: the SeriesInstanceUID of a DICOM series case (None for other cases).
         series_description: its SeriesDescription ("" when the series has none; None for other cases).
+        uncertainty: the case's uncertainty scores in nats (``medseg predict --save-uncertainty``; see
+            :func:`medseg.inference.uncertainty.case_scores`), by name; empty when not computed or
+            nothing was predicted.
     """
 
     event: ClassVar[str] = "case_done"
@@ -148,6 +157,7 @@ class CaseFinished(ProgressEvent):
     volumes_ml: dict[str, float] = field(default_factory=dict)
     series_uid: str | None = None
     series_description: str | None = None
+    uncertainty: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.status not in CASE_STATUSES:
@@ -157,6 +167,7 @@ class CaseFinished(ProgressEvent):
     def from_dict(cls, data: Mapping[str, Any]) -> CaseFinished:
         """See :meth:`ProgressEvent.from_dict`."""
         volumes = _value(data, "volumes_ml", dict, optional=True) or {}
+        scores = _value(data, "uncertainty", dict, optional=True) or {}
         return cls(
             case=_value(data, "case", str),
             index=_value(data, "index", int),
@@ -168,6 +179,7 @@ class CaseFinished(ProgressEvent):
             volumes_ml={str(name): _value(volumes, name, float) for name in volumes},
             series_uid=_value(data, "series_uid", str, optional=True),
             series_description=_value(data, "series_description", str, optional=True),
+            uncertainty={str(name): _value(scores, name, float) for name in scores},
         )
 
 

@@ -98,6 +98,28 @@ def make_one_channel_checkpoint(path: Path, *, seed: int = 0) -> Path:
     return save_checkpoint(checkpoint, path)
 
 
+def make_constant_checkpoint(path: Path, *, logits: Sequence[float]) -> Path:
+    """Save :func:`make_one_channel_checkpoint`'s two-class U-Net with every weight 0 but the last layer's
+    bias, which is ``logits``: it answers ``logits`` at every voxel of any image, so its probabilities,
+    entropy and calibration have a closed form."""
+    import torch
+
+    from medseg.checkpoint import load_checkpoint, save_checkpoint
+
+    make_one_channel_checkpoint(path)
+    checkpoint = load_checkpoint(path, training=False)
+    state = {key: torch.zeros_like(value) for key, value in checkpoint.state_dict.items()}
+    state["model.2.conv.bias"] = torch.tensor(list(logits), dtype=torch.float32)  # the output layer's bias
+    checkpoint.state_dict = state
+    return save_checkpoint(checkpoint, path)
+
+
+@pytest.fixture
+def constant_checkpoint_at() -> Callable[..., Path]:
+    """``constant_checkpoint_at(path, logits=(l0, l1)) -> path`` (see :func:`make_constant_checkpoint`)."""
+    return make_constant_checkpoint
+
+
 @pytest.fixture
 def one_channel_checkpoint_at() -> Callable[..., Path]:
     """``one_channel_checkpoint_at(path, seed=0) -> path`` (see :func:`make_one_channel_checkpoint`)."""

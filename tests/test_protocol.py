@@ -37,7 +37,14 @@ EVENT_EXAMPLES = [
     RunStarted(total=1, shard="2/4"),
     CaseStarted(case="c1", index=0, total=3),
     CaseFinished(
-        case="c1", index=0, total=3, status="ok", seconds=1.5, output="/o/c1.nii.gz", volumes_ml={"NCR": 1.25}
+        case="c1",
+        index=0,
+        total=3,
+        status="ok",
+        seconds=1.5,
+        output="/o/c1.nii.gz",
+        volumes_ml={"NCR": 1.25},
+        uncertainty={"entropy_boundary": 0.25},
     ),
     CaseFinished(case="c2", index=1, total=3, status="failed", seconds=0.1, reason="c2.nii.gz: not 3-D"),
     CaseFinished(case="c3", index=2, total=3, status="skipped", output="/o/c3.nii.gz", reason="outputs exist"),
@@ -66,19 +73,9 @@ def test_event_lines_are_the_wire_format_clients_read() -> None:
         "skipped": 0,
     }
     finished = json.loads(EVENT_EXAMPLES[3].to_line())
-    assert list(finished) == [
-        "event",
-        "case",
-        "index",
-        "total",
-        "status",
-        "seconds",
-        "output",
-        "reason",
-        "volumes_ml",
-        "series_uid",
-        "series_description",
-    ]
+    fields = ["event", "case", "index", "total", "status", "seconds", "output", "reason", "volumes_ml"]
+    fields += ["series_uid", "series_description", "uncertainty"]
+    assert list(finished) == fields  # fields are only ever added, at the end
 
 
 @pytest.mark.parametrize(

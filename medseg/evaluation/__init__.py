@@ -1,13 +1,16 @@
 """Evaluation: label maps scored against references, per case and region
-(:mod:`~medseg.evaluation.evaluate`, with :mod:`~medseg.evaluation.metrics` and the BraTS lesion-wise
-scores of :mod:`~medseg.evaluation.lesion_wise`), the score files and plots it writes
+(:mod:`~medseg.evaluation.evaluate`, with :mod:`~medseg.evaluation.metrics`, the BraTS lesion-wise
+scores of :mod:`~medseg.evaluation.lesion_wise` and the expected calibration error of
+:mod:`~medseg.evaluation.calibration`), the score files and plots it writes
 (:mod:`~medseg.evaluation.files`, :mod:`~medseg.evaluation.plot`), paired comparisons of evaluations
 (:mod:`~medseg.evaluation.comparison`) and the HTML report (:mod:`~medseg.evaluation.report`)."""
 
 from __future__ import annotations
 
+from medseg.evaluation.calibration import ECE_BINS, Bins, calibration_of_case, expected_calibration_error
 from medseg.evaluation.comparison import COMPARISON_CSV, COMPARISON_PNG, compare_evaluations, format_comparison
 from medseg.evaluation.evaluate import (
+    CALIBRATION_CSV,
     EMPTY_BOTH_RULES,
     LABEL_MAP_ENDINGS,
     METRICS_PNG,
@@ -24,6 +27,7 @@ from medseg.evaluation.evaluate import (
     predictions_label_table,
     read_case,
     summarize,
+    summarize_calibration,
 )
 from medseg.evaluation.files import (
     LESION_METRICS_CSV,
@@ -64,8 +68,10 @@ from medseg.evaluation.plot import plot_scores
 from medseg.evaluation.report import render_case_overlays, write_report
 
 __all__ = [
+    "CALIBRATION_CSV",
     "COMPARISON_CSV",
     "COMPARISON_PNG",
+    "ECE_BINS",
     "EMPTY_BOTH_RULES",
     "LABEL_MAP_ENDINGS",
     "LESION_METRICS_CSV",
@@ -75,6 +81,7 @@ __all__ = [
     "NSD_TOLERANCE_MM",
     "SCORINGS",
     "SUMMARY_JSON",
+    "Bins",
     "CaseMaps",
     "CasePairs",
     "LesionMetrics",
@@ -84,11 +91,13 @@ __all__ = [
     "References",
     "RegionScore",
     "Scoring",
+    "calibration_of_case",
     "check_nsd_tolerance",
     "compare_evaluations",
     "default_scoring",
     "dice",
     "evaluate_folder",
+    "expected_calibration_error",
     "find_references",
     "format_comparison",
     "format_mean_sd",
@@ -113,6 +122,7 @@ __all__ = [
     "score_lesions",
     "score_masks",
     "summarize",
+    "summarize_calibration",
     "write_lesion_metrics_csv",
     "write_metrics_csv",
     "write_report",

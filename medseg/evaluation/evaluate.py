@@ -17,11 +17,14 @@ rules, with the :class:`~medseg.evaluation.metrics.Scoring` of the table's BraTS
 on the reference's voxel grid and spacing, for each set of :meth:`LabelTable.evaluation_sets`
 (WT/TC/ET for BraTS, one per organ for class tables). A region empty in both prediction and reference follows
 the table's :data:`EMPTY_BOTH_RULES`: it scores 1 for BraTS (region tables), as the challenge does, and is
-not scored for class (organ) tables.
+not scored for class (organ) tables. Where the prediction folder also holds a case's probabilities
+(``<case>_probabilities.nii.gz``, ``medseg predict --save-probabilities``), their expected calibration error
+is scored too (:mod:`medseg.evaluation.calibration`).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import sys
@@ -35,6 +38,7 @@ import numpy as np
 from medseg.data.brats import release_file
 from medseg.data.dataset_json import DATASET_JSON, dataset_json_from_dict
 from medseg.errors import MedsegInputError, OutputError
+from medseg.evaluation.calibration import ECE_BINS, Bins, calibration_of_case
 from medseg.evaluation.files import (
     LESION_METRICS_CSV,
     METRICS_CSV,
@@ -53,11 +57,11 @@ from medseg.evaluation.metrics import (
     score_label_maps,
 )
 from medseg.evaluation.plot import plot_scores
-from medseg.io import Image, atomic_output, check_label_map, label_values, onto_grid, read_image
+from medseg.io import Image, atomic_output, check_label_map, label_values, onto_grid, read_image, require_same_grid
 from medseg.io.jsonfile import read_json
 from medseg.labels import BRATS_RELEASES, LABEL_TABLES, LabelTable, get_label_table
 from medseg.parallel import map_in_processes
-from medseg.protocol import LABELS_JSON, PROBABILITIES_SUFFIX
+from medseg.protocol import LABELS_JSON, PROBABILITIES_SUFFIX, UNCERTAINTY_SUFFIX
 
 LABEL_MAP_ENDINGS = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".mhd")
 """The file endings of label maps, predictions and references alike."""
@@ -68,6 +72,7 @@ since a folder of DICOM slices holds no label maps."""
 
 SUMMARY_JSON = "summary.json"
 METRICS_PNG = "metrics.png"
+CALIBRATION_CSV = "calibration.csv"
 
 EmptyBothRule = Literal["one", "unscored"]
 
@@ -114,7 +119,7 @@ def _label_map_stem(name: str, endings: Sequence[str]) -> str | None:
 
 def _label_files(folder: Path, endings: Sequence[str] = LABEL_MAP_ENDINGS) -> dict[str, Path]:
     """Case id -> path for every visible ``<case>`` label map directly in ``folder`` (any of ``endings``;
-    not the ``<case>_probabilities.nii.gz`` of ``medseg predict``).
+    not the ``<case>_probabilities.nii.gz`` and ``<case>_uncertainty.nii.gz`` of ``medseg predict``).
 
     Raises:
         MedsegInputError: two files of one case (``a.nii.gz`` and ``a.seg.nrrd``), naming both.
@@ -122,7 +127,8 @@ def _label_files(folder: Path, endings: Sequence[str] = LABEL_MAP_ENDINGS) -> di
     found: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
         stem = _label_map_stem(p.name, endings)
-        if stem is None or p.name.startswith(".") or p.name.endswith(PROBABILITIES_SUFFIX) or not _listed_file(p):
+        beside = (PROBABILITIES_SUFFIX, UNCERTAINTY_SUFFIX)  # what medseg predict writes beside a label map
+        if stem is None or p.name.startswith(".") or p.name.endswith(beside) or not _listed_file(p):
             continue
         if stem in found:
             raise MedsegInputError(f"two label maps of case {stem!r}: {found[stem].name} and {p.name}", path=folder)
@@ -397,6 +403,8 @@ class _CaseJob:
     lesion_rules: str | None
     scoring: Scoring
     not_annotated: frozenset[int] = frozenset()  # label values not scored in this case
+    probabilities: Path | None = None  # the prediction's probabilities, when saved: its ECE is scored
+    ece_bins: int = ECE_BINS
 
 
 @dataclass(frozen=True)
@@ -407,6 +415,7 @@ class _CaseResult:
     present: frozenset[str]  # regions in the prediction or the reference
     empty_both: frozenset[str]  # regions in neither, not scored (EMPTY_BOTH_RULES)
     reoriented: bool  # the prediction was moved onto the reference's axis order
+    calibration: dict[str, Bins] | None = None
 
 
 @dataclass(frozen=True)
@@ -418,12 +427,14 @@ class CasePairs:
         preds: case id -> prediction path, for the cases that have one.
         missing: case ids of references without a prediction.
         table: the label table the maps are scored with.
+        probabilities: case id -> the prediction's ``<case>_probabilities.nii.gz``, for the cases that have one.
     """
 
     refs: References
     preds: dict[str, Path]
     missing: list[str]
     table: LabelTable
+    probabilities: dict[str, Path] = field(default_factory=dict)
 
     def predicted_only(self, doing: str) -> dict[str, Path]:
         """Case id -> reference path, for the cases that have a prediction; when references are left
@@ -448,6 +459,11 @@ def pair_cases(pred_dir: Path, ref_dir: Path, labels: str | LabelTable = "auto")
     if not pred_dir.is_dir():
         raise MedsegInputError("prediction folder not found", path=pred_dir)
     preds = _label_files(pred_dir, (*LABEL_MAP_ENDINGS, DICOM_SEG_ENDING))
+    probabilities = {
+        case: pred_dir / f"{case}{PROBABILITIES_SUFFIX}"
+        for case in preds
+        if (pred_dir / f"{case}{PROBABILITIES_SUFFIX}").is_file()
+    }
     if not preds:
         raise MedsegInputError(
             f"no predictions (<case> label maps: {', '.join((*LABEL_MAP_ENDINGS, DICOM_SEG_ENDING))}) found",
@@ -461,7 +477,7 @@ def pair_cases(pred_dir: Path, ref_dir: Path, labels: str | LabelTable = "auto")
             f"prediction has no reference in {ref_dir} ({refs.layout} layout){more}", path=preds[orphans[0]]
         )
     missing = [case for case in refs.files if case not in preds]
-    return CasePairs(refs, preds, missing, _resolve_label_table(labels, refs, preds, pred_dir))
+    return CasePairs(refs, preds, missing, _resolve_label_table(labels, refs, preds, pred_dir), probabilities)
 
 
 @dataclass(frozen=True)
@@ -531,7 +547,30 @@ def _score_case(job: _CaseJob) -> _CaseResult:
             pred_array, ref.array, table=job.table, spacing=spacing, rules=rules, scoring=job.scoring
         )
         lesions = {name: score for name, score in lesions.items() if name not in unscored | empty_both}
-    return _CaseResult(scores, lesions, float(min(spacing)), present, frozenset(empty_both), maps.reoriented)
+    calibration = None
+    if job.probabilities is not None:
+        calibration = _calibration_of(job.probabilities, ref, job.table, job.ece_bins)
+        calibration = {name: bins for name, bins in calibration.items() if name not in unscored}
+    return _CaseResult(
+        scores, lesions, float(min(spacing)), present, frozenset(empty_both), maps.reoriented, calibration
+    )
+
+
+def _calibration_of(path: Path, ref: Image, table: LabelTable, bins: int) -> dict[str, Bins]:
+    """The calibration bins of the probabilities in ``path`` against reference ``ref``.
+
+    Raises:
+        MedsegInputError: naming the file: unreadable, another grid, or another number of channels.
+    """
+    probabilities = read_image(path)
+    require_same_grid(probabilities.geometry, ref.geometry, path=probabilities.path, reference_path=ref.path)
+    if probabilities.array.ndim != 4 or probabilities.array.shape[0] != table.num_outputs:
+        raise MedsegInputError(
+            f"expected {table.num_outputs} probability channels ({', '.join(table.output_names)}),"
+            f" got shape {probabilities.array.shape}",
+            path=path,
+        )
+    return calibration_of_case(probabilities.array, ref.array, table=table, bins=bins)
 
 
 def evaluate_folder(
@@ -545,6 +584,7 @@ def evaluate_folder(
     scoring: str = "auto",
     workers: int = 1,
     only_predicted: bool = False,
+    ece_bins: int = ECE_BINS,
 ) -> dict:
     """Score every prediction in ``pred_dir`` against its reference and write ``metrics.csv``, ``summary.json``
     and ``metrics.png`` (:func:`~medseg.evaluation.plot.plot_scores`: Dice, HD95 and NSD per region over cases).
@@ -591,13 +631,17 @@ def evaluate_folder(
             (:func:`~medseg.evaluation.metrics.default_scoring`: its BraTS year's, else ``voxels``).
         workers: cases scored at once, each in its own process (1: in this process).
         only_predicted: leave references without a prediction out, rather than score them as empty.
+        ece_bins: the equal-width bins of the expected calibration error, scored for the cases whose
+            probabilities lie beside their prediction (``<case>_probabilities.nii.gz``) into
+            ``calibration.csv`` (``case,region,ece,bins``) and the summary's ``"calibration"``: per region the
+            ECE of all their voxels pooled and the per-case mean (see :mod:`medseg.evaluation.calibration`).
 
     Returns:
         The summary that is written to ``summary.json``: ``label_table``, ``layout``, ``cases``,
         ``missing_predictions``, ``left_out``, ``hd95_unit``, ``nsd_tolerance_mm``, ``scoring``, ``surface``,
         ``one_empty_hd95_mm`` (``null``: the grid's diagonal), ``regions`` (see :func:`summarize`; each also
         with ``empty_both``, the cases not scored for being empty in both maps), ``empty_both`` (the table's
-        rule) and, with ``lesion_rules``, ``lesion_wise``.
+        rule), with ``lesion_rules`` ``lesion_wise``, and where probabilities were saved ``calibration``.
 
     Raises:
         MedsegInputError: naming the file: no predictions or references found, a prediction without a
@@ -616,6 +660,8 @@ def evaluate_folder(
         get_lesion_rules(lesion_rules)  # unknown rules fail before any case is read
     if scoring != "auto":
         get_scoring(scoring)
+    if ece_bins < 1:
+        raise MedsegInputError(f"the expected calibration error needs at least one bin, got {ece_bins}")
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
     pairs = pair_cases(pred_dir, ref_dir, labels)
     refs, preds, table = pairs.refs, pairs.preds, pairs.table
@@ -627,7 +673,17 @@ def evaluate_folder(
 
     skip = refs.not_annotated
     jobs = [
-        _CaseJob(path, preds.get(case), table, nsd_tolerance_mm, lesion_rules, chosen, skip.get(case, frozenset()))
+        _CaseJob(
+            path,
+            preds.get(case),
+            table,
+            nsd_tolerance_mm,
+            lesion_rules,
+            chosen,
+            skip.get(case, frozenset()),
+            pairs.probabilities.get(case),
+            ece_bins,
+        )
         for case, path in files.items()
     ]
     results = dict(zip(files, map_in_processes(_score_case, jobs, workers=workers, what="scoring"), strict=True))
@@ -674,6 +730,12 @@ def evaluate_folder(
         writers[LESION_METRICS_CSV] = lambda path: write_lesion_metrics_csv(path, lesions, lesion_rules)
     else:
         (out_dir / LESION_METRICS_CSV).unlink(missing_ok=True)
+    calibration = {case: r.calibration for case, r in results.items() if r.calibration is not None}
+    if calibration:
+        summary["calibration"] = summarize_calibration(calibration, table, ece_bins)
+        writers[CALIBRATION_CSV] = lambda path: _write_calibration_csv(path, calibration, ece_bins)
+    else:
+        (out_dir / CALIBRATION_CSV).unlink(missing_ok=True)
     writers[METRICS_PNG] = lambda path: plot_scores({pred_dir.name: scores}, path, nsd_tolerance_mm=nsd_tolerance_mm)
     writers[SUMMARY_JSON] = lambda path: _write_json(path, summary)
     _write_each(out_dir, writers)
@@ -703,6 +765,33 @@ def _warn_absent_regions(table: LabelTable, present: Sequence[frozenset[str]]) -
             f" and no reference ({shown}): is it the table of these maps? (--labels, --labels-from)",
             file=sys.stderr,
         )
+
+
+def summarize_calibration(
+    calibration: Mapping[str, Mapping[str, Bins]], table: LabelTable, bins: int
+) -> dict[str, Any]:
+    """Per-region expected calibration error over cases (case -> region -> :class:`Bins`).
+
+    Returns:
+        ``{"bins", "binning", "regions"}``, where ``regions`` maps each region to ``{"n", "ece", "ece_per_case"}``:
+        the ECE of every voxel of the ``n`` cases pooled, and the :func:`summarize`-style statistics of the
+        cases' own ECEs.
+    """
+    regions: dict[str, Any] = {}
+    for region in table.evaluation_names:
+        per_case = [case_bins[region] for case_bins in calibration.values() if region in case_bins]
+        pooled = sum(per_case[1:], per_case[0]).ece if per_case else math.nan
+        regions[region] = {"n": len(per_case), "ece": pooled, "ece_per_case": _stats([b.ece for b in per_case])}
+    return {"bins": bins, "binning": "equal-width on [0, 1], one label or region against the rest", "regions": regions}
+
+
+def _write_calibration_csv(path: Path, calibration: Mapping[str, Mapping[str, Bins]], bins: int) -> None:
+    with atomic_output(path) as tmp, tmp.open("w", newline="", encoding="utf-8", errors="backslashreplace") as f:
+        writer = csv.writer(f)
+        writer.writerow(("case", "region", "ece", "bins"))
+        for case, case_bins in calibration.items():
+            for region, b in case_bins.items():
+                writer.writerow([case, region, f"{b.ece:.6f}", bins])
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
@@ -775,5 +864,12 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         for region, stats in lesion_wise["regions"].items():
             counts = (str(stats["tp"]), str(stats["fn"]), str(stats["fp"]))
             rows.append((region, format_mean_sd(stats["dice"], 4), format_mean_sd(stats["hd95"], 2), *counts))
+        lines += _aligned(rows)
+    calibration = summary.get("calibration")
+    if calibration:
+        lines.append(f"expected calibration error, {calibration['bins']} equal-width bins (one against the rest)")
+        rows = [("region", "ECE, voxels pooled", "ECE per case mean ± sd", "n")]
+        for region, stats in calibration["regions"].items():
+            rows.append((region, f"{stats['ece']:.4f}", format_mean_sd(stats["ece_per_case"], 4), str(stats["n"])))
         lines += _aligned(rows)
     return "\n".join(lines)

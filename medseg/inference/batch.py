@@ -6,11 +6,11 @@ series folder or a folder of cases, with progress, resumability, per-case failur
 Contract of a batch run (``medseg predict``):
 
 - **Outputs.** ``<output>/<case>.nii.gz`` (or ``.seg.nrrd``, or ``.dcm`` for a DICOM-SEG), optionally
-  ``<case>_probabilities.nii.gz``, a summary CSV and ``labels.json``, the label table of the model
-  (:data:`~medseg.protocol.LABELS_JSON`: what the label values mean, which ``medseg evaluate`` reads).
-  Every file is written to a temporary name in the output folder and renamed into place, so an output
-  that exists is complete. No output may be an input (or lie inside an input DICOM folder); inputs are
-  only ever opened for reading.
+  ``<case>_probabilities.nii.gz`` and ``<case>_uncertainty.nii.gz`` (:mod:`medseg.inference.uncertainty`),
+  a summary CSV and ``labels.json``, the label table of the model (:data:`~medseg.protocol.LABELS_JSON`:
+  what the label values mean, which ``medseg evaluate`` reads). Every file is written to a temporary name
+  in the output folder and renamed into place, so an output that exists is complete. No output may be an
+  input (or lie inside an input DICOM folder); inputs are only ever opened for reading.
 - **Resuming.** A case whose outputs all exist is reported as ``skipped`` (unless ``overwrite``).
   Temporary files that a killed run left behind for this run's cases are removed first. The output
   folder records which model wrote it (``predict_run.json``: a fingerprint of the weights, labels,
@@ -23,10 +23,12 @@ Contract of a batch run (``medseg predict``):
 - **Summary.** ``summary.csv``: one row per case (sorted by id) with status, seconds, output path, reason,
   the SeriesInstanceUID and SeriesDescription of a DICOM series case (which tell apart the cases
   ``study`` and ``study_2`` of a folder holding two series) and the volume in mL of every foreground
-  label. With ``shard=I/N`` the run handles only its share of the cases (see :class:`~medseg.data.cases.Shard`)
-  and writes ``summary.shard-I-of-N.csv`` instead, so that processes sharing one output folder never write
-  the same file; :func:`merge_summaries` joins the shard files into ``summary.csv`` once all shards are done.
-  A summary that cannot be written (a full disk) is an :class:`~medseg.errors.OutputError` naming it, raised
+  label; with uncertainty maps, also the case's uncertainty scores
+  (:data:`~medseg.inference.uncertainty.CASE_SCORES`, nats; blank where nothing was predicted). With
+  ``shard=I/N`` the run handles only its share of the cases (see :class:`~medseg.data.cases.Shard`) and
+  writes ``summary.shard-I-of-N.csv`` instead, so that processes sharing one output folder never write the
+  same file; :func:`merge_summaries` joins the shard files into ``summary.csv`` once all shards are done. A
+  summary that cannot be written (a full disk) is an :class:`~medseg.errors.OutputError` naming it, raised
   once every case is done: the label maps written are kept, and a rerun skips their cases and writes the
   summary.
 - **Progress.** ``bar``: a tqdm bar with ETA on stderr when it is a terminal, else a plain line there every
@@ -54,8 +56,17 @@ import numpy as np
 from medseg import __version__
 from medseg.data.cases import InputCase, Shard, discover_cases, read_cases_file, select_shard
 from medseg.errors import MedsegError, MedsegInputError, OutputError, first_line
-from medseg.inference.predictor import Predictor, read_case
-from medseg.io import Image, atomic_output, ensure_not_input, read_image, write_label_map, write_probabilities
+from medseg.inference.predictor import Prediction, Predictor, read_case
+from medseg.inference.uncertainty import CASE_SCORES, case_scores
+from medseg.io import (
+    Image,
+    atomic_output,
+    ensure_not_input,
+    read_image,
+    write_channels,
+    write_label_map,
+    write_probabilities,
+)
 from medseg.io.jsonfile import read_json
 from medseg.io.writers import LabelFormat
 from medseg.labels import LabelTable
@@ -64,6 +75,7 @@ from medseg.protocol import (
     LABELS_JSON,
     OUTPUT_SUFFIXES,
     PROBABILITIES_SUFFIX,
+    UNCERTAINTY_SUFFIX,
     CaseFinished,
     CaseStarted,
     ProgressEvent,
@@ -88,6 +100,8 @@ class CaseResult:
         volumes_ml: volume in mL of each foreground label, by label name.
         series_uid: the SeriesInstanceUID of a DICOM series case (None for other cases).
         series_description: its SeriesDescription (None for other cases).
+        uncertainty: the case's uncertainty scores (:func:`~medseg.inference.uncertainty.case_scores`), by
+            name; empty when not computed or nothing was predicted.
     """
 
     case: str
@@ -98,6 +112,7 @@ class CaseResult:
     volumes_ml: dict[str, float] = field(default_factory=dict)
     series_uid: str | None = None
     series_description: str | None = None
+    uncertainty: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -154,6 +169,7 @@ class _Progress:
                 volumes_ml=result.volumes_ml,
                 series_uid=result.series_uid,
                 series_description=result.series_description,
+                uncertainty=result.uncertainty,
             )
         )
         if result.status == "failed":
@@ -189,7 +205,7 @@ def _volumes_ml(labels: np.ndarray, spacing: Sequence[float], names: dict[int, s
     return {names[v]: round(float(counts[v]) * voxel_ml, 3) for v in sorted(names) if v != 0}
 
 
-def _summary_columns(label_names: Sequence[str]) -> list[str]:
+def _summary_columns(label_names: Sequence[str], scores: Sequence[str]) -> list[str]:
     return [
         "case",
         "status",
@@ -199,12 +215,15 @@ def _summary_columns(label_names: Sequence[str]) -> list[str]:
         "SeriesInstanceUID",
         "SeriesDescription",
         *[f"{n}_ml" for n in label_names],
+        *scores,
     ]
 
 
-def _write_summary(results: Sequence[CaseResult], path: Path, label_names: Sequence[str]) -> None:
+def _write_summary(
+    results: Sequence[CaseResult], path: Path, label_names: Sequence[str], scores: Sequence[str] = ()
+) -> None:
     """Write the summary CSV (UTF-8; a file name that is not, e.g. Latin-1 bytes, is written with
-    backslash escapes).
+    backslash escapes), with a column per name in ``scores`` (uncertainty scores).
 
     Raises:
         OutputError: it cannot be written (a full disk), naming it and saying what is kept.
@@ -212,7 +231,7 @@ def _write_summary(results: Sequence[CaseResult], path: Path, label_names: Seque
     try:
         with atomic_output(path) as tmp, tmp.open("w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
             writer = csv.writer(fh)
-            writer.writerow(_summary_columns(label_names))
+            writer.writerow(_summary_columns(label_names, scores))
             for r in results:
                 writer.writerow(
                     [
@@ -224,6 +243,7 @@ def _write_summary(results: Sequence[CaseResult], path: Path, label_names: Seque
                         r.series_uid or "",
                         r.series_description or "",
                         *[r.volumes_ml.get(n, "") for n in label_names],
+                        *[r.uncertainty.get(n, "") for n in scores],
                     ]
                 )
     except OutputError as exc:
@@ -290,6 +310,20 @@ def _existing_volumes(path: Path, names: dict[int, str], fmt: str) -> dict[str, 
     return _volumes_ml(image.array, image.geometry.spacing, names)
 
 
+def _existing_scores(labels: Path, maps: Path, fmt: str, band_mm: float) -> dict[str, float] | None:
+    """Uncertainty scores of existing outputs (label map and uncertainty maps), ``{}`` when not computed
+    (DICOM-SEG), None if either is unreadable or they do not fit."""
+    if fmt == "dicom-seg":
+        return {}
+    try:
+        label_map, uncertainty = read_image(labels), read_image(maps)
+    except MedsegError:
+        return None
+    if uncertainty.array.shape[1:] != label_map.array.shape:
+        return None
+    return case_scores(uncertainty.array, label_map.array, spacing=label_map.geometry.spacing, band_mm=band_mm)
+
+
 def _check_not_inputs(outputs: Sequence[Path], cases: Sequence[InputCase]) -> None:
     """Refuse outputs that are input files or lie inside an input folder (a DICOM series), in O(n).
 
@@ -311,6 +345,7 @@ def predict_folder(
     output_dir: str | Path,
     fmt: LabelFormat = "nifti",
     save_probabilities: bool = False,
+    save_uncertainty: bool = False,
     cases_file: str | Path | None = None,
     shard: Shard | None = None,
     device: str = "auto",
@@ -328,6 +363,9 @@ def predict_folder(
         output_dir: where outputs and the summary go (created if missing).
         fmt: label-map format: ``nifti``, ``seg.nrrd`` or ``dicom-seg`` (DICOM input only).
         save_probabilities: also write ``<case>_probabilities.nii.gz`` (``(X, Y, Z, C_out)`` float32).
+        save_uncertainty: also write ``<case>_uncertainty.nii.gz`` (``(X, Y, Z, 2)`` float32, nats: the
+            :data:`~medseg.inference.uncertainty.UNCERTAINTY_MAPS`) and add the case's uncertainty scores to
+            the summary and the progress events.
         cases_file: a JSON list of cases (see :func:`~medseg.data.cases.read_cases_file`).
         shard: handle only this shard of the cases.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -362,6 +400,7 @@ def predict_folder(
         output_dir=output_dir,
         fmt=fmt,
         save_probabilities=save_probabilities,
+        save_uncertainty=save_uncertainty,
         shard=shard,
         overwrite=overwrite,
         progress=progress,
@@ -400,6 +439,7 @@ def run_batch(
     output_dir: Path,
     fmt: LabelFormat = "nifti",
     save_probabilities: bool = False,
+    save_uncertainty: bool = False,
     shard: Shard | None = None,
     overwrite: bool = False,
     progress: str = "bar",
@@ -411,7 +451,7 @@ def run_batch(
     Args:
         batch: the cases, their predictors and the run's identity.
         output_dir: where outputs and the summary go (created if missing; see :func:`check_output`).
-        fmt, save_probabilities, shard, overwrite, progress: as for :func:`predict_folder`.
+        fmt, save_probabilities, save_uncertainty, shard, overwrite, progress: as for :func:`predict_folder`.
 
     Raises:
         MedsegInputError: ``dicom-seg`` for a non-DICOM case, an output that would overwrite an input,
@@ -430,15 +470,22 @@ def run_batch(
                 )
     cases = [case for case, _ in jobs]
     predictor_of = {case.id: predictor for case, predictor in jobs}
-    suffixes = [OUTPUT_SUFFIXES[fmt], *([PROBABILITIES_SUFFIX] if save_probabilities else [])]
+    extra_suffixes = [
+        *([PROBABILITIES_SUFFIX] if save_probabilities else []),
+        *([UNCERTAINTY_SUFFIX] if save_uncertainty else []),
+    ]
+    suffixes = [OUTPUT_SUFFIXES[fmt], *extra_suffixes]
     name_max = _name_max(output_dir)
     refused = {c.id: problem for c in cases if (problem := _id_problem(c.id, suffixes, name_max)) is not None}
     named = [c for c in cases if c.id not in refused]
     label_outputs = {c.id: output_dir / f"{c.id}{OUTPUT_SUFFIXES[fmt]}" for c in named}
-    prob_outputs = {c.id: output_dir / f"{c.id}{PROBABILITIES_SUFFIX}" for c in named}
+    extra_outputs = {c.id: [output_dir / f"{c.id}{suffix}" for suffix in extra_suffixes] for c in named}
     summary_path = output_dir / (SUMMARY_NAME if shard is None else f"summary.{shard.tag}.csv")
     labels_path = output_dir / LABELS_JSON
-    _check_not_inputs([summary_path, labels_path, *label_outputs.values(), *prob_outputs.values()], inputs)
+    _check_not_inputs(
+        [summary_path, labels_path, *label_outputs.values(), *(p for ps in extra_outputs.values() for p in ps)],
+        inputs,
+    )
     output_dir.mkdir(parents=True, exist_ok=True)
     _claim_output_folder(output_dir, batch.identity, overwrite=overwrite)
     with atomic_output(labels_path) as tmp:  # what the label values mean, for medseg evaluate
@@ -446,6 +493,7 @@ def run_batch(
 
     names = batch.table.labels  # a shard without cases still writes every label's column
     label_names = [names[v] for v in sorted(names) if v != 0]
+    scores = CASE_SCORES if save_uncertainty else ()
     results: list[CaseResult] = []
     todo: list[InputCase] = []
     done_before: list[tuple[int, CaseResult]] = []
@@ -453,17 +501,22 @@ def run_batch(
         if case.id in refused:
             done_before.append((index, _of_case(CaseResult(case.id, "failed", reason=refused[case.id]), case)))
             continue
-        expected = [label_outputs[case.id], *([prob_outputs[case.id]] if save_probabilities else [])]
+        expected = [label_outputs[case.id], *extra_outputs[case.id]]
         for out in expected:
             _remove_stale_temporaries(out)
-        volumes = None
+        volumes = uncertainty = None
         if not overwrite and all(p.is_file() for p in expected):
             volumes = _existing_volumes(label_outputs[case.id], names, fmt)
-        if volumes is None:
+            uncertainty = {}
+            if save_uncertainty:
+                band_mm = predictor_of[case.id].inference.uncertainty_band_mm
+                maps = output_dir / f"{case.id}{UNCERTAINTY_SUFFIX}"
+                uncertainty = _existing_scores(label_outputs[case.id], maps, fmt, band_mm)
+        if volumes is None or uncertainty is None:
             todo.append(case)
         else:
             result = CaseResult(case.id, "skipped", output=label_outputs[case.id], reason="outputs exist")
-            result.volumes_ml = volumes
+            result.volumes_ml, result.uncertainty = volumes, uncertainty
             result = _of_case(result, case)
             done_before.append((index, result))
     _remove_stale_temporaries(summary_path)
@@ -478,7 +531,13 @@ def run_batch(
         for case, future in _prefetched(todo):
             reporter.case_start(position[case.id], case.id)
             result = _predict_one(
-                predictor_of[case.id], case, future, label_outputs[case.id], fmt, save_probabilities, names
+                predictor_of[case.id],
+                case,
+                future,
+                label_outputs[case.id],
+                fmt,
+                _Extras(save_probabilities, save_uncertainty),
+                names,
             )
             result = _of_case(result, case)
             results.append(result)
@@ -488,7 +547,7 @@ def run_batch(
         results.sort(key=lambda r: r.case)
         summary = BatchSummary(results, summary_path)
         try:
-            _write_summary(results, summary_path, label_names)
+            _write_summary(results, summary_path, label_names, scores)
         finally:
             if finished:
                 reporter.close(summary)
@@ -549,6 +608,8 @@ def run_identity(predictor: Predictor, fmt: LabelFormat) -> str:
     }
     if len(predictor.checkpoints) > 1:
         extra["ensemble"] = [member.weights_sha256 for member in predictor.checkpoints]
+    if predictor.inference.temperature_scaling:
+        extra["temperatures"] = predictor.temperatures
     return checkpoint.fingerprint(extra)
 
 
@@ -566,25 +627,43 @@ def _claim_output_folder(output_dir: Path, identity: str, *, overwrite: bool) ->
         tmp.write_text(json.dumps({"model": identity, "medseg": __version__}, indent=2) + "\n")
 
 
+@dataclass(frozen=True)
+class _Extras:
+    """The outputs a batch writes beside each label map."""
+
+    probabilities: bool
+    uncertainty: bool
+
+
 def _predict_one(
     predictor: Predictor,
     case: InputCase,
     future: Future[Image],
     output: Path,
     fmt: LabelFormat,
-    save_probabilities: bool,
+    extras: _Extras,
     names: dict[int, str],
 ) -> CaseResult:
     """Read (from the prefetch), predict and write one case; any error becomes a ``failed`` result."""
     tick = time.monotonic()
     try:
         image = future.result()
-        if save_probabilities:
-            probs = predictor.predict_probabilities(image)
-            labels = predictor.labels_from_probabilities(probs, image)
-            write_probabilities(
-                probs, image.geometry, output.with_name(f"{case.id}{PROBABILITIES_SUFFIX}"), reference=image
+        scores: dict[str, float] = {}
+        if extras.probabilities or extras.uncertainty:
+            prediction = (
+                predictor.predict_with_uncertainty(image)
+                if extras.uncertainty
+                else Prediction(predictor.predict_probabilities(image))
             )
+            labels = predictor.labels_from_probabilities(prediction.probabilities, image)
+            if extras.probabilities:
+                path = output.with_name(f"{case.id}{PROBABILITIES_SUFFIX}")
+                write_probabilities(prediction.probabilities, image.geometry, path, reference=image)
+            if prediction.uncertainty is not None:
+                path = output.with_name(f"{case.id}{UNCERTAINTY_SUFFIX}")
+                write_channels(prediction.uncertainty, image.geometry, path, reference=image)
+                band_mm = predictor.inference.uncertainty_band_mm
+                scores = case_scores(prediction.uncertainty, labels, spacing=image.geometry.spacing, band_mm=band_mm)
         else:
             labels = predictor.predict(image)
         write_label_map(labels, image.geometry, output, table=predictor.table, reference=image, fmt=fmt)
@@ -594,6 +673,7 @@ def _predict_one(
             time.monotonic() - tick,
             output,
             volumes_ml=_volumes_ml(labels, image.geometry.spacing, names),
+            uncertainty=scores,
         )
     except MedsegError as exc:
         return CaseResult(case.id, "failed", time.monotonic() - tick, reason=str(exc))

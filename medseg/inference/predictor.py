@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from medseg.distributed import resolve_device
 from medseg.errors import CheckpointError, ConfigError, MedsegInputError
 from medseg.inference.backends import Backend, create_backend, default_cache_dir
 from medseg.inference.tiling import TilePlan, smallest_window, tiled_inference
+from medseg.inference.uncertainty import UNCERTAINTY_MAPS, pass_statistics
 from medseg.io import Image, read_dicom_series, read_image, require_finite, stack_channels
 from medseg.keys import IMAGE
 from medseg.networks.registry import check_patch_size, default_window_voxels, size_divisor
@@ -95,13 +96,22 @@ class Windows:
     def __call__(self, x: torch.Tensor, network: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """``(B, C_in, X, Y, Z)`` preprocessed -> logits ``(B, C_out, X, Y, Z)`` of ``network``'s windows,
         averaged over ``x`` and its mirror images along every combination of ``inference.mirror_axes``
-        (each pass's logits mirrored back)."""
+        (each pass's logits mirrored back): the mean of :meth:`passes`."""
+        passes = self.passes(x, network)
+        total = next(passes)
+        for logits in passes:
+            total = total + logits
+        return total / 2 ** len(self.inference.mirror_axes)
+
+    def passes(self, x: torch.Tensor, network: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Each pass's logits ``(B, C_out, X, Y, Z)`` of ``network``'s windows over ``(B, C_in, X, Y, Z)``
+        ``x``: ``x`` itself, then its mirror images along every combination of ``inference.mirror_axes``,
+        each mirrored back."""
         axes = self.inference.mirror_axes
-        total = self._windows(x, network)
+        yield self._windows(x, network)
         for flipped in (c for k in range(1, len(axes) + 1) for c in itertools.combinations(axes, k)):
             dims = [2 + axis for axis in flipped]
-            total = total + self._windows(x.flip(dims), network).flip(dims)
-        return total / 2 ** len(axes)
+            yield self._windows(x.flip(dims), network).flip(dims)
 
     def _windows(self, x: torch.Tensor, network: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """One pass of ``network``'s windows over ``x``: ``(B, C_in, X, Y, Z)`` -> ``(B, C_out, X, Y, Z)``."""
@@ -112,6 +122,37 @@ class Windows:
             )
         plan = self.plan(tuple(int(s) for s in x.shape[2:]))  # type: ignore[arg-type]
         return tiled_inference(x, network, plan, batch_size=inf.sw_batch_size, mode=inf.mode)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What :meth:`Predictor.predict_with_uncertainty` gives, on the input image's grid.
+
+    Attributes:
+        probabilities: ``(C_out, X, Y, Z)`` float32 (see :meth:`Predictor.predict_probabilities`).
+        uncertainty: ``(2, X, Y, Z)`` float32 :data:`~medseg.inference.uncertainty.UNCERTAINTY_MAPS` in nats,
+            or ``None`` when not asked for.
+    """
+
+    probabilities: np.ndarray
+    uncertainty: np.ndarray | None = None
+
+
+def _temperature(checkpoint: Checkpoint, inference: InferenceConfig) -> float:
+    """What ``checkpoint``'s logits are divided by: its fitted temperature under
+    ``inference.temperature_scaling``, else 1.
+
+    Raises:
+        CheckpointError: temperature scaling asked of a checkpoint that was never calibrated.
+    """
+    if not inference.temperature_scaling:
+        return 1.0
+    if checkpoint.temperature is None:
+        raise CheckpointError(
+            "has no fitted temperature for inference.temperature_scaling: run medseg calibrate on it first",
+            path=checkpoint.source,
+        )
+    return checkpoint.temperature
 
 
 def read_case(case: InputCase) -> Image:
@@ -221,10 +262,12 @@ class Predictor:
         checkpoints: every member, in order.
         windows: one :class:`Windows` per member, in the same order.
         backends: one backend per member, in the same order.
+        temperatures: what each member's logits are divided by (1 without ``inference.temperature_scaling``).
 
     Raises:
         MedsegError: an unknown backend, or ``openvino`` when OpenVINO is not installed.
-        CheckpointError: checkpoints that cannot be ensembled.
+        CheckpointError: checkpoints that cannot be ensembled, or ``inference.temperature_scaling`` for a
+            member that was never calibrated (``medseg calibrate``).
         ConfigError: ``inference.mirror_axes`` for a model trained without flips, or a bad override.
     """
 
@@ -255,6 +298,7 @@ class Predictor:
         check_min_component_ml(self.table, self.inference.min_component_ml)
         for member in self.checkpoints:
             check_mirroring(self.inference, member.section("transforms", TransformConfig))
+        self.temperatures = [_temperature(member, self.inference) for member in self.checkpoints]
         transforms = checkpoint.section("transforms", TransformConfig)
         if self.inference.crop_foreground:
             transforms = dataclasses.replace(transforms, crop_foreground=True)
@@ -295,14 +339,30 @@ class Predictor:
             cache_dir=cache_dir,
         )
 
+    def _passes(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
+        """``(1, C_in, X, Y, Z)`` preprocessed -> each member's each pass's logits ``(1, C_out, X, Y, Z)``
+        (:meth:`Windows.passes`), divided by the member's temperature where ``inference.temperature_scaling``."""
+        for windows, backend, temperature in zip(self.windows, self.backends, self.temperatures, strict=True):
+            for logits in windows.passes(x, backend):
+                yield logits if temperature == 1.0 else logits / temperature
+
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        """``(1, C_in, X, Y, Z)`` preprocessed -> logits ``(1, C_out, X, Y, Z)``, the members' mean."""
+        """``(1, C_in, X, Y, Z)`` preprocessed -> logits ``(1, C_out, X, Y, Z)``, the mean of :meth:`_passes`."""
         if min(x.shape[2:]) == 0:  # nothing above the foreground threshold
             return torch.zeros((1, self.table.num_outputs, *x.shape[2:]))
-        total = self.windows[0](x, self.backends[0])
-        for windows, backend in zip(self.windows[1:], self.backends[1:], strict=True):
-            total = total + windows(x, backend)
-        return total / len(self.backends)
+        passes = self._passes(x)
+        total = next(passes)
+        count = 1
+        for logits in passes:
+            total, count = total + logits, count + 1
+        return total / count
+
+    def _logits_and_uncertainty(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(1, C_in, X, Y, Z)`` preprocessed -> :meth:`_logits` and the ``(1, 2, X, Y, Z)`` uncertainty
+        maps of :meth:`_passes` (:func:`~medseg.inference.uncertainty.pass_statistics`)."""
+        if min(x.shape[2:]) == 0:
+            return self._logits(x), torch.zeros((1, len(UNCERTAINTY_MAPS), *x.shape[2:]))
+        return pass_statistics(self._passes(x), regions=self.table.kind == "regions")
 
     @torch.no_grad()
     def predict_probabilities(self, image: Image) -> np.ndarray:
@@ -318,6 +378,52 @@ class Predictor:
             MedsegInputError: ``image`` has another number of channels than the model, or NaN or
                 infinite voxels (naming the channel and, for an image from :func:`read_case`, its file).
         """
+        return self._predict(image, uncertainty=False).probabilities
+
+    @torch.no_grad()
+    def predict_with_uncertainty(self, image: Image) -> Prediction:
+        """:meth:`predict_probabilities` and the uncertainty maps of its passes
+        (:mod:`medseg.inference.uncertainty`), both on ``image``'s own grid; the maps are 0 outside the
+        foreground crop, where the prediction is background for certain.
+
+        Raises:
+            MedsegInputError: as :meth:`predict_probabilities`.
+        """
+        return self._predict(image, uncertainty=True)
+
+    def _predict(self, image: Image, *, uncertainty: bool) -> Prediction:
+        """:meth:`predict_probabilities`, with the uncertainty maps when ``uncertainty``."""
+        x = self._preprocess(image)
+        batch = x.unsqueeze(0).as_tensor().to(self.backends[0].device)
+        logits, maps = self._logits_and_uncertainty(batch) if uncertainty else (self._logits(batch), None)
+        logits = logits[0].float().cpu()
+        probs = torch.sigmoid(logits) if self.table.kind == "regions" else torch.softmax(logits, 0)
+        channels = probs if maps is None else torch.cat([probs, maps[0].float().cpu()])  # one inverse for both
+        out = self._restore(channels, x, image)
+        out, restored_maps = out[: len(probs)], out[len(probs) :]
+        np.clip(out, 0.0, 1.0, out=out)  # a cubic-spline inverse resampling overshoots at edges
+        if self.table.kind != "regions":  # the crop's inverse pads with 0: that share is background
+            total = out.sum(0)
+            out[0] += np.clip(1.0 - total, 0.0, None)
+            out /= np.maximum(total, 1.0)  # the sum after the line above; > 1 only after an overshoot
+        return Prediction(out, np.clip(restored_maps, 0.0, None) if maps is not None else None)
+
+    @torch.no_grad()
+    def predict_logits(self, image: Image) -> tuple[np.ndarray, np.ndarray]:
+        """The mean logits ``(C_out, X, Y, Z)`` float32 on ``image``'s own grid (divided by the temperatures
+        where ``inference.temperature_scaling``), and ``(X, Y, Z)`` bool: the voxels the foreground crop
+        covered wholly, where the logits are the network's (outside, they are 0 and mean nothing).
+
+        Raises:
+            MedsegInputError: as :meth:`predict_probabilities`.
+        """
+        x = self._preprocess(image)
+        logits = self._logits(x.unsqueeze(0).as_tensor().to(self.backends[0].device))[0].float().cpu()
+        out = self._restore(torch.cat([logits, torch.ones_like(logits[:1])]), x, image)
+        return out[:-1], out[-1] > 0.999  # the crop's inverse pads with 0; resampling blurs its edge
+
+    def _preprocess(self, image: Image) -> MetaTensor:
+        """``image`` checked and preprocessed: ``(C_in, X', Y', Z')`` with the transforms applied, to invert."""
         if image.array.shape[0] != len(self.channels):
             raise MedsegInputError(
                 f"the model needs {len(self.channels)} channels ({', '.join(self.channels)}), "
@@ -328,20 +434,17 @@ class Predictor:
         for name, path, channel in zip(self.channels, files, image.array, strict=True):
             require_finite(channel, path=path, channel=name)
         data = self.transforms({IMAGE: MetaTensor(torch.as_tensor(image.array), affine=image.geometry.affine)})
-        x = data[IMAGE]
-        logits = self._logits(x.unsqueeze(0).as_tensor().to(self.backends[0].device))[0].float().cpu()
-        probs = torch.sigmoid(logits) if self.table.kind == "regions" else torch.softmax(logits, 0)
+        return data[IMAGE]
+
+    def _restore(self, channels: torch.Tensor, x: MetaTensor, image: Image) -> np.ndarray:
+        """``(K, X', Y', Z')`` maps on preprocessed ``x``'s grid -> ``(K, X, Y, Z)`` float32 on ``image``'s, through
+        the inverse of ``x``'s transforms (0 outside the foreground crop)."""
         restored = self.transforms.inverse(
-            {IMAGE: MetaTensor(probs, affine=x.affine, applied_operations=x.applied_operations)}
+            {IMAGE: MetaTensor(channels, affine=x.affine, applied_operations=x.applied_operations)}
         )
         out = torch.as_tensor(restored[IMAGE]).numpy().astype(np.float32, copy=False)
         if tuple(out.shape[1:]) != image.geometry.shape:
             raise RuntimeError(f"inverse transforms gave shape {out.shape[1:]}, expected {image.geometry.shape}")
-        np.clip(out, 0.0, 1.0, out=out)  # a cubic-spline inverse resampling overshoots at edges
-        if self.table.kind != "regions":  # the crop's inverse pads with 0: that share is background
-            total = out.sum(0)
-            out[0] += np.clip(1.0 - total, 0.0, None)
-            out /= np.maximum(total, 1.0)  # the sum after the line above; > 1 only after an overshoot
         return out
 
     def predict(self, image: Image) -> np.ndarray:

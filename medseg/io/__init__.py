@@ -25,7 +25,7 @@ from medseg.io.image import (
 )
 from medseg.io.nifti import read_nifti, write_nifti
 from medseg.io.readers import ImageReader, read_geometry, read_image, reader_for, register_reader
-from medseg.io.writers import write_label_map, write_probabilities
+from medseg.io.writers import write_channels, write_label_map, write_probabilities
 
 __all__ = [
     "Geometry",
@@ -51,6 +51,7 @@ __all__ = [
     "require_same_grid",
     "stack_channels",
     "voxel_map",
+    "write_channels",
     "write_label_map",
     "write_nifti",
     "write_probabilities",

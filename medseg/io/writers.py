@@ -118,17 +118,35 @@ def write_probabilities(
     *,
     reference: Image | None = None,
 ) -> Path:
-    """Write per-class probabilities ``(C, X, Y, Z)`` in [0, 1] as a 4-D float32 NIfTI (channels last), atomically.
+    """Write per-class probabilities ``(C, X, Y, Z)`` in [0, 1] as a 4-D float32 NIfTI (channels last), atomically
+    (:func:`write_channels`).
 
     Raises:
         MedsegInputError: ``path`` is an input path.
         ValueError: ``probs`` is not 4-D on ``geometry``.
     """
+    return write_channels(probs, geometry, path, reference=reference)
+
+
+def write_channels(
+    channels: np.ndarray,
+    geometry: Geometry,
+    path: Path,
+    *,
+    reference: Image | None = None,
+) -> Path:
+    """Write float maps ``(C, X, Y, Z)`` on ``geometry`` (probabilities, uncertainty maps) as a 4-D float32
+    NIfTI (channels last), atomically.
+
+    Raises:
+        MedsegInputError: ``path`` is an input path.
+        ValueError: ``channels`` is not 4-D on ``geometry``.
+    """
     from medseg.io.atomic import ensure_not_input
     from medseg.io.nifti import write_nifti
 
-    probs = np.asarray(probs)
-    if probs.ndim != 4 or tuple(probs.shape[1:]) != tuple(geometry.shape):
-        raise ValueError(f"probabilities must be (C, X, Y, Z) on grid {geometry.shape}, got {probs.shape}")
+    channels = np.asarray(channels)
+    if channels.ndim != 4 or tuple(channels.shape[1:]) != tuple(geometry.shape):
+        raise ValueError(f"maps must be (C, X, Y, Z) on grid {geometry.shape}, got {channels.shape}")
     ensure_not_input(path, input_paths(reference))
-    return write_nifti(probs.astype(np.float32, copy=False), geometry, path, reference=reference)
+    return write_nifti(channels.astype(np.float32, copy=False), geometry, path, reference=reference)

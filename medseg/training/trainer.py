@@ -341,6 +341,7 @@ class _Trainer:
             ConfigError: a non-finite loss on any process; every process stops at the same epoch.
         """
         self._seed_epoch(epoch)
+        self.loss_fn.set_epoch(epoch)  # a scheduled boundary term's weight
         self.net.train()
         total, steps = 0.0, 0
         non_finite: list[tuple[int, float]] = []  # (step, loss) of this process's first non-finite loss

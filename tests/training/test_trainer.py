@@ -258,3 +258,20 @@ def test_resume_restores_a_best_checkpoint_that_a_full_disk_kept_from_being_writ
     (run_dir / "best.pt").unlink()
     with pytest.raises(CheckpointError, match=r"best\.pt: is not the checkpoint of epoch 1, .* of epoch 2: the best"):
         train(config, resume=True)
+
+
+def test_a_tversky_run_with_a_boundary_schedule_trains_and_sets_each_epochs_weight(
+    brats_root: Path, tmp_path: Path, tiny_config: MakeConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medseg.losses import WithBoundary
+
+    epochs: list[int] = []
+    real = WithBoundary.set_epoch
+    monkeypatch.setattr(WithBoundary, "set_epoch", lambda self, epoch: (epochs.append(epoch), real(self, epoch))[1])
+    config = tiny_config(brats_root, tmp_path / "run", epochs=2, iterations_per_epoch=2, val_every=2)
+    config.loss.name = "focal_tversky"
+    config.loss.boundary_weight, config.loss.boundary_weight_step = 0.01, 0.01
+    train(config, device="cpu")
+    assert epochs == [0, 1]
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert len(rows) == 2 and all(math.isfinite(float(r["train_loss"])) for r in rows)

@@ -1,0 +1,192 @@
+"""Measure temperature scaling and the uncertainty scores on a trained fold's held-out real cases.
+
+For a fold folder of ``tools/bench_real.py`` (its ``train/last.pt`` and ``held_out.json``, a medseg manifest
+of the held-out cases and their references), the held-out cases are split in two halves (alternating by
+sorted case id). For each half H, with the other half as validation cases:
+
+1. ``medseg calibrate`` fits a temperature on the other half (``calibrate``, its voxels sampled);
+2. ``medseg predict --save-probabilities --save-uncertainty`` predicts H twice with the same weights: as
+   trained (the baseline) and with ``inference.temperature_scaling=true``;
+3. ``medseg evaluate`` scores both: Dice and the expected calibration error (15 equal-width bins, one label
+   against the rest, every voxel of H pooled).
+
+Each half prints one JSON line (temperature, the calibration voxels' NLL before and after, per-label ECE
+before and after on H, mean Dice, and the Spearman rank correlation over H's cases between each per-case
+uncertainty score and the case's mean Dice) and appends it to ``OUT/halves.jsonl``; a half already there is
+not run again, and ``medseg predict`` resumes its own outputs. The last line sums both halves up
+(case-weighted). Every figure comes from the fold's real files: nothing here generates data.
+
+    .venv/bin/python tools/bench_calibration.py runs/bench_real/hippocampus/fold_0
+    .venv/bin/python tools/bench_calibration.py runs/bench_real/hippocampus/fold_0 --out runs/calib_mirrored \\
+        --infer-set 'inference.mirror_axes=[0, 1, 2]'    # fitted and predicted with test-time mirroring
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from scipy.stats import spearmanr
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing it
+
+
+def split_halves(manifest_path: Path, out: Path) -> list[Path]:
+    """The held-out manifest's cases in two manifests (alternating by sorted id), under ``out``."""
+    from medseg.data.manifest import load_manifest, save_manifest
+
+    manifest = load_manifest(manifest_path)
+    cases = sorted(manifest.cases, key=lambda c: c.id)
+    paths = []
+    for half in (0, 1):
+        path = out / f"half_{half}.json"
+        save_manifest(dataclasses.replace(manifest, cases=tuple(cases[half::2])), path)
+        paths.append(path)
+    return paths
+
+
+def run_half(args: argparse.Namespace, half: int, halves: list[Path]) -> dict:
+    """Calibrate on the other half, predict and score this one with and without the temperature."""
+    from medseg.evaluation import evaluate_folder
+    from medseg.inference import calibrate, predict_folder
+    from medseg.inference.calibration import CalibrationParams
+
+    tick = time.monotonic()
+    cases, validation = halves[half], halves[1 - half]
+    half_dir = args.out / f"half_{half}"
+    model = half_dir / "calibrated.pt"
+    result = calibrate(
+        model=args.fold_dir / "train" / "last.pt",
+        ref_dir=validation,
+        out=model,
+        cases_file=validation,
+        device=args.device,
+        inference_overrides=args.infer_set,
+        params=CalibrationParams(voxels_per_case=args.voxels_per_case),
+    )
+    scored = {}
+    for name, extra in (("as_trained", []), ("temperature", ["inference.temperature_scaling=true"])):
+        pred, evaluation = half_dir / name / "predictions", half_dir / name / "evaluation"
+        summary = predict_folder(
+            model=model,
+            input_path=None,
+            cases_file=cases,
+            output_dir=pred,
+            save_probabilities=True,
+            save_uncertainty=True,
+            device=args.device,
+            inference_overrides=[*args.infer_set, *extra],
+            progress="none",
+        )
+        scores = evaluate_folder(pred_dir=pred, ref_dir=cases, out_dir=evaluation, only_predicted=True)
+        scored[name] = (scores, _rank_correlations(pred / "summary.csv", evaluation / "metrics.csv"))
+        if summary.failed:
+            raise SystemExit(f"{summary.failed} case(s) failed; see {pred / 'summary.csv'}")
+    before, after = scored["as_trained"][0], scored["temperature"][0]
+    return {
+        "half": half,
+        "cases": len(before["cases"]),
+        "validation_cases": len(result.cases),
+        "temperature": round(result.temperature, 4),
+        "calibration_voxels": result.voxels,
+        "calibration_nll": {"before": round(result.nll_before, 5), "after": round(result.nll_after, 5)},
+        "ece": {
+            label: {
+                "before": round(stats["ece"], 5),
+                "after": round(after["calibration"]["regions"][label]["ece"], 5),
+                "n": stats["n"],
+            }
+            for label, stats in before["calibration"]["regions"].items()
+        },
+        "ece_bins": before["calibration"]["bins"],
+        "mean_dice": round(_mean_dice(before), 4),
+        "mean_dice_with_temperature": round(_mean_dice(after), 4),
+        "spearman_vs_dice": scored["temperature"][1],
+        "minutes": round((time.monotonic() - tick) / 60, 2),
+        "inference_overrides": list(args.infer_set),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    }
+
+
+def _mean_dice(summary: dict) -> float:
+    return sum(s["dice"]["mean"] for s in summary["regions"].values()) / len(summary["regions"])
+
+
+def _rank_correlations(predict_summary: Path, metrics: Path) -> dict[str, float | None]:
+    """Spearman's rho over cases between each uncertainty score of ``summary.csv`` and the case's mean Dice,
+    over the cases that have the score (``None`` for fewer than three, or where scores or Dice are all alike)."""
+    from medseg.inference import CASE_SCORES
+
+    dice: dict[str, list[float]] = {}
+    for row in csv.DictReader(metrics.open()):
+        dice.setdefault(row["case"], []).append(float(row["dice"]))
+    rows = {row["case"]: row for row in csv.DictReader(predict_summary.open())}
+    out: dict[str, float | None] = {}
+    for score in CASE_SCORES:
+        pairs = [(float(rows[c][score]), sum(d) / len(d)) for c, d in dice.items() if rows.get(c, {}).get(score)]
+        scores, dices = [s for s, _ in pairs], [d for _, d in pairs]
+        ranked = len(pairs) >= 3 and len(set(scores)) > 1 and len(set(dices)) > 1  # else no ranking to compare
+        rho = float(spearmanr(scores, dices).statistic) if ranked else math.nan
+        out[score] = None if math.isnan(rho) else round(rho, 4)
+    return out
+
+
+def summarize(records: list[dict]) -> dict:
+    """Per-label ECE before and after and mean Dice over both halves (weighted by their cases)."""
+    total = sum(r["cases"] for r in records)
+    labels = records[0]["ece"]
+    return {
+        "summary": True,
+        "cases": total,
+        "temperatures": [r["temperature"] for r in records],
+        "ece": {
+            label: {
+                when: round(sum(r["ece"][label][when] * r["cases"] for r in records) / total, 5)
+                for when in ("before", "after")
+            }
+            for label in labels
+        },
+        "mean_dice": round(sum(r["mean_dice"] * r["cases"] for r in records) / total, 4),
+        "minutes": round(sum(r["minutes"] for r in records), 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("fold_dir", type=Path, help="a tools/bench_real.py fold folder (train/last.pt, held_out.json)")
+    parser.add_argument("--out", type=Path, default=None, help="default FOLD_DIR/calibration")
+    parser.add_argument(
+        "--infer-set", action="append", default=[], help="an inference override, as medseg predict --set"
+    )
+    parser.add_argument("--voxels-per-case", type=int, default=100_000)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    args.out = args.out or args.fold_dir / "calibration"
+    args.out.mkdir(parents=True, exist_ok=True)
+    halves = split_halves(args.fold_dir / "held_out.json", args.out)
+    lines = args.out / "halves.jsonl"
+    records = [json.loads(line) for line in lines.read_text().splitlines()] if lines.is_file() else []
+    done = {r["half"] for r in records}
+    for half in (0, 1):
+        if half in done:
+            continue
+        record = run_half(args, half, halves)
+        print(json.dumps(record), flush=True)
+        with lines.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        records.append(record)
+    print(json.dumps(summarize(sorted(records, key=lambda r: r["half"]))), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
