@@ -53,8 +53,14 @@ def _manifest_build(args: argparse.Namespace) -> int:
     import dataclasses
 
     from medseg.data.manifest import build_manifest, save_manifest
+    from medseg.errors import MedsegInputError
+    from medseg.labels import get_label_table
 
-    manifest = build_manifest(args.root, layout=args.layout, num_folds=args.folds, seed=args.seed)
+    try:
+        labels = None if args.labels == "auto" else get_label_table(args.labels)
+    except KeyError as exc:
+        raise MedsegInputError(f"--labels: {exc.args[0]}") from None
+    manifest = build_manifest(args.root, layout=args.layout, num_folds=args.folds, seed=args.seed, labels=labels)
     save_manifest(dataclasses.replace(manifest, root=args.root), args.out)  # names its folder
     print(f"wrote {args.out}: {len(manifest.cases)} cases, {args.folds} folds, labels {manifest.label_table.name}")
     return 0
@@ -237,8 +243,9 @@ def _add_scoring_arguments(p: argparse.ArgumentParser, *, lesion_help: str) -> N
         "--labels",
         default="auto",
         help="auto (the reference's dataset.json, else the table medseg predict wrote beside the predictions,"
-        " else the BraTS release), a table name (brats2021, btcv, ...), or a path to a dataset.json or medseg"
-        " manifest",
+        " else the BraTS table its file names, case ids and label values leave; an error where tables that give"
+        " values other meanings remain), a table name (brats2021, brats2024-gli, btcv, ...), or a path to a"
+        " dataset.json or medseg manifest",
     )
     p.add_argument(
         "--labels-from",
@@ -397,7 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--cases", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--release", choices=["2021", "2023"], default="2021")
+    p.add_argument(
+        "--release",
+        choices=["2021", "2023", "2024"],
+        default="2021",
+        help="2021 (labels 1/2/4), 2023 (1/2/3) or 2024 (post-treatment glioma: 1/2/3 and 4 resection cavity)",
+    )
     p.add_argument(
         "--shape",
         type=int,
@@ -426,6 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--labels",
+        default="auto",
+        help="auto (the layout's table), or a table name (brats2024-ped, ...): needed where the layout cannot"
+        " tell, e.g. BraTS PED cases (2023's labels or 2024's)",
+    )
     p.set_defaults(handler=_manifest_build)
     p = manifest.add_parser("check", help="verify a manifest's files exist and agree in shape and affine")
     p.add_argument("manifest", type=Path)

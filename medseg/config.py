@@ -79,7 +79,9 @@ class DataConfig:
     ``root`` and ``manifest`` are resolved relative to the config file's folder when relative.
     With no manifest, one is built from ``root`` with ``layout`` on the fly. A manifest may be a
     hand-written file list (see :mod:`medseg.data.manifest`) naming its own root: ``root: null``
-    then takes that one.
+    then takes that one. ``labels``: ``auto`` (the layout's or manifest's table) or a registered
+    table's name (``brats2024-gli``, ``brats2024-ped``, ... :data:`medseg.labels.LABEL_TABLES`), needed
+    where the layout cannot tell (BraTS PED cases are labelled as in 2023 or as in 2024).
     """
 
     root: str | None = "data"
@@ -309,10 +311,11 @@ class InferenceConfig:
 class PhantomConfig:
     """The synthetic data ``medseg demo`` generates: training/validation and a held-out test set
     from a different seed. ``shape`` is the NIfTI voxel grid, ``spacing`` isotropic in mm (BraTS);
-    ``release`` and ``spacing`` are BraTS-only. The CT demo takes ``shape: null`` for the CT
+    ``release`` (``"2024"``: post-treatment glioma with a resection cavity, labelled as ``brats2024-gli``) and
+    ``spacing`` are BraTS-only. The CT demo takes ``shape: null`` for the CT
     generator's own grid (128 x 128 in-plane, 3.2-5 mm slices, per-case spacing)."""
 
-    release: Literal["2021", "2023"] = "2021"
+    release: Literal["2021", "2023", "2024"] = "2021"
     train_cases: int = _ranged(30, 2)
     test_cases: int = _ranged(10, 1)
     train_seed: int = 1
@@ -487,6 +490,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, key)
     if origin is Literal:
+        if isinstance(value, int) and not isinstance(value, bool) and str(value) in args:
+            value = str(value)  # YAML reads `release: 2024` (and --set phantoms.release=2024) as a number
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value

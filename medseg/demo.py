@@ -20,9 +20,11 @@ from pathlib import Path
 
 from medseg.config import Config, load_config
 from medseg.data.dataset_json import read_dataset_json
+from medseg.errors import ConfigError
 from medseg.evaluation import METRICS_PNG, evaluate_folder, format_summary, render_case_overlays, write_report
 from medseg.inference import predict_folder
 from medseg.io.atomic import atomic_output
+from medseg.labels import brats_label_candidates, choose_label_table, get_brats_release
 from medseg.phantoms.brats import generate_brats_dataset
 from medseg.phantoms.ct import generate_ct_dataset
 from medseg.training import train
@@ -110,11 +112,23 @@ def run_demo(*, out_dir: Path, config: Path, overrides: Sequence[str] = ()) -> d
 
     ``out_dir`` receives ``data/{train,test}``, ``train/`` (checkpoints, metrics.csv, curve),
     ``predictions/``, ``metrics.csv``, ``summary.json``, ``overlays/`` and ``report.html``.
+
+    Raises:
+        ConfigError: ``data.labels: auto`` with phantoms that auto would take for another table (release
+            2024's cases are named as 2023's: ``data.labels: brats2024-gli`` must say what they are).
     """
     out_dir = Path(out_dir)
     train_dir, test_dir, run_dir = out_dir / "data" / "train", out_dir / "data" / "test", out_dir / "train"
     cfg = load_config(config, [*overrides, f"data.root={train_dir}", f"train.run_dir={run_dir}"])
     ph = cfg.phantoms
+    release = get_brats_release(ph.release)
+    if cfg.data.labels == "auto":
+        auto = choose_label_table(brats_label_candidates([release.case_id(0)], release))
+        if auto != release.label_table:
+            raise ConfigError(
+                f"phantoms.release {ph.release} labels its cases as {release.label_table.name}, which data.labels:"
+                f" auto would take for {auto.name}; set data.labels: {release.label_table.name}"
+            )
     common = {"release": ph.release, "shape": ph.shape, "spacing": ph.spacing}
     _phantoms(train_dir, cases=ph.train_cases, seed=ph.train_seed, **common)
     _phantoms(test_dir, cases=ph.test_cases, seed=ph.test_seed, **common)

@@ -14,7 +14,7 @@ This module imports neither torch nor numpy, so the Slicer bridge and the CLI ca
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +45,9 @@ class LabelTable:
         regions_class_order: for ``kind="regions"``, the label value painted for each region,
             applied in order so that later (inner) regions overwrite earlier (outer) ones.
         colors: label value -> RGB (0-255), for Slicer segments and overlays.
+        scored_regions: for ``kind="regions"``, sets scored beside the trained ``regions`` but not trained
+            as channels of their own, e.g. BraTS 2024 GLI's NETC and SNFH (the labels the trained regions
+            paint, scored on their own by the challenge).
     """
 
     name: str
@@ -53,6 +56,7 @@ class LabelTable:
     regions: tuple[Region, ...] = ()
     regions_class_order: tuple[int, ...] = ()
     colors: dict[int, RGB] = field(default_factory=dict)
+    scored_regions: tuple[Region, ...] = ()
 
     @property
     def foreground_labels(self) -> tuple[int, ...]:
@@ -71,18 +75,22 @@ class LabelTable:
         """Number of network output channels."""
         return len(self.output_names)
 
-    @property
-    def evaluation_names(self) -> tuple[str, ...]:
-        """What metrics are reported for: regions for region tables, foreground labels otherwise."""
-        if self.kind == "regions":
-            return self.output_names
-        return tuple(self.labels[v] for v in self.foreground_labels)
-
-    def evaluation_sets(self) -> dict[str, tuple[int, ...]]:
-        """Name -> label values whose union is scored (a region, or a single foreground label)."""
+    def output_sets(self) -> dict[str, tuple[int, ...]]:
+        """Name -> label values of each foreground output of the network: the trained regions (region
+        tables) or the foreground labels, one each (class tables). What training validates and what
+        ``inference.min_component_ml`` and ``min_region_ml`` name."""
         if self.kind == "regions":
             return {r.name: r.labels for r in self.regions}
         return {self.labels[v]: (v,) for v in self.foreground_labels}
+
+    @property
+    def evaluation_names(self) -> tuple[str, ...]:
+        """What metrics are reported for (:meth:`evaluation_sets`)."""
+        return tuple(self.evaluation_sets())
+
+    def evaluation_sets(self) -> dict[str, tuple[int, ...]]:
+        """Name -> label values whose union is scored: :meth:`output_sets`, then ``scored_regions``."""
+        return {**self.output_sets(), **{r.name: r.labels for r in self.scored_regions}}
 
     def display_name(self, value: int) -> str:
         """What label ``value`` is called where people read it (segment names in Slicer and DICOM-SEG): a
@@ -108,8 +116,9 @@ class LabelTable:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON- and ``torch.load(weights_only=True)``-safe representation."""
-        return {
+        """A JSON- and ``torch.load(weights_only=True)``-safe representation (``scored_regions`` only when there
+        are some, so that tables without them are written as before they existed)."""
+        data: dict[str, Any] = {
             "name": self.name,
             "labels": {str(k): v for k, v in self.labels.items()},
             "kind": self.kind,
@@ -117,6 +126,9 @@ class LabelTable:
             "regions_class_order": list(self.regions_class_order),
             "colors": {str(k): list(c) for k, c in self.colors.items()},
         }
+        if self.scored_regions:
+            data["scored_regions"] = [{"name": r.name, "labels": list(r.labels)} for r in self.scored_regions]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LabelTable:
@@ -125,10 +137,15 @@ class LabelTable:
             name=str(data["name"]),
             labels={int(k): str(v) for k, v in data["labels"].items()},
             kind=data.get("kind", "classes"),
-            regions=tuple(Region(r["name"], tuple(int(x) for x in r["labels"])) for r in data.get("regions", [])),
+            regions=_regions(data.get("regions", [])),
             regions_class_order=tuple(int(x) for x in data.get("regions_class_order", [])),
             colors={int(k): (int(c[0]), int(c[1]), int(c[2])) for k, c in data.get("colors", {}).items()},
+            scored_regions=_regions(data.get("scored_regions", [])),
         )
+
+
+def _regions(data: list[dict[str, Any]]) -> tuple[Region, ...]:
+    return tuple(Region(str(r["name"]), tuple(int(x) for x in r["labels"])) for r in data)
 
 
 PALETTE: tuple[RGB, ...] = (
@@ -268,6 +285,9 @@ _FINDINGS: dict[str, Code] = {
     "edema": Code("SCT", "79654002", "Edema"),
     "enhancing": Code("NCIt", "C113842", "Enhancing Lesion"),
     "neoplasm": Code("SCT", "108369006", "Neoplasm"),
+    "nonenhancing": Code("NCIt", "C81175", "Non-Enhancing Lesion"),
+    "cyst": Code("SCT", "367643001", "Cyst"),
+    "gtv": Code("SCT", "228791009", "GTV"),
 }
 # Label name (lower case, letters and digits only) -> key of _ORGANS or _FINDINGS.
 _SYNONYMS: dict[str, str] = {
@@ -292,17 +312,39 @@ _SYNONYMS: dict[str, str] = {
     "enhancinglesion": "enhancing",
     "tumor": "neoplasm",
     "tumour": "neoplasm",
+    "netc": "nonenhancing",
+    "nonenhancingtumorcore": "nonenhancing",
+    "nonenhancingtumourcore": "nonenhancing",
+    "snfh": "edema",
+    "grosstumorvolume": "gtv",
+    "grosstumourvolume": "gtv",
 }
 # Labels whose name means something only in their dataset: table name -> label name -> type.
 _DATASET_TYPES: dict[str, dict[str, Code]] = {
     # MSD Task04: the anterior (head) and posterior (body and tail) hippocampus
     "hippocampus": {"anterior": _ORGANS["hippocampus"], "posterior": _ORGANS["hippocampus"]},
 }
+# Findings whose label name means something only in their dataset: table name -> label name -> _FINDINGS key.
+_DATASET_FINDINGS: dict[str, dict[str, str]] = {"brats2024ped": {"cc": "cyst"}}
 # Readable names of the labels of datasets medseg knows: table name -> label name -> display name.
-_BRATS_DISPLAY = {"ncr": "Necrotic tumour core", "ed": "Peritumoral edema", "et": "Enhancing tumour"}
+_BRATS_DISPLAY = {
+    "ncr": "Necrotic tumour core",
+    "ed": "Peritumoral edema",
+    "et": "Enhancing tumour",
+    "netc": "Non-enhancing tumour core",
+    "snfh": "Surrounding non-enhancing FLAIR hyperintensity",
+    "rc": "Resection cavity",
+    "cc": "Cystic component",
+    "gtv": "Gross tumour volume",
+}
 _DISPLAY_NAMES: dict[str, dict[str, str]] = {
     "brats2021": _BRATS_DISPLAY,
     "brats2023": _BRATS_DISPLAY,
+    "brats2024gli": _BRATS_DISPLAY,
+    "brats2024ped": _BRATS_DISPLAY,
+    "brats2024met": _BRATS_DISPLAY,
+    "brats2024menrt": _BRATS_DISPLAY,
+    "brats2025met": _BRATS_DISPLAY,
     "btcv": {
         "kidneyright": "Right kidney",
         "kidneyleft": "Left kidney",
@@ -329,12 +371,17 @@ def concept_for(name: str, *, table_name: str = "") -> Concept:
 
     Recognises the organs of BTCV, MSD and OpenKBP (with a left or right side in the name, e.g. ``kidney_left``,
     ``RightParotid``), the hippocampus (and MSD Task04's ``Anterior`` and ``Posterior``), and the BraTS tumour
-    labels (``NCR``, ``ED``, ``ET`` and spelled-out forms); anything else gets :data:`GENERIC_CONCEPT`.
+    labels (``NCR``, ``ED``, ``ET``, BraTS 2024's ``NETC``, ``SNFH``, ``GTV``, PED's cystic component ``CC``, and
+    spelled-out forms); anything else gets :data:`GENERIC_CONCEPT`. A resection cavity (``RC``) has no code in
+    DICOM's list of segmentation types (CID 7151), so it gets the generic concept too.
     """
     key = _key(name)
     dataset_type = _DATASET_TYPES.get(_key(table_name), {}).get(key)
     if dataset_type is not None:
         return Concept(ANATOMICAL_STRUCTURE, dataset_type)
+    dataset_finding = _DATASET_FINDINGS.get(_key(table_name), {}).get(key)
+    if dataset_finding is not None:
+        return Concept(MORPHOLOGICALLY_ABNORMAL_STRUCTURE, _FINDINGS[dataset_finding])
     modifier = None
     for side, code in (("left", LEFT), ("right", RIGHT)):
         for rest in (key.removeprefix(side), key.removesuffix(side)):
@@ -348,22 +395,102 @@ def concept_for(name: str, *, table_name: str = "") -> Concept:
     return GENERIC_CONCEPT
 
 
-_BRATS_COLORS: dict[int, RGB] = {1: (255, 64, 64), 2: (64, 200, 64), 3: (255, 230, 0), 4: (255, 230, 0)}
+_BRATS_COLORS: dict[str, RGB] = {
+    "NCR": (255, 64, 64),
+    "NETC": (255, 64, 64),
+    "ED": (64, 200, 64),
+    "SNFH": (64, 200, 64),
+    "ET": (255, 230, 0),
+    "RC": (80, 140, 255),
+    "CC": (170, 110, 230),
+    "GTV": (255, 140, 0),
+}
 
 
-def _brats_table(name: str, et: int) -> LabelTable:
+def _brats_table(
+    name: str,
+    labels: dict[int, str],
+    regions: dict[str, tuple[int, ...]],
+    paint: tuple[int, ...],
+    scored: dict[str, tuple[int, ...]] | None = None,
+) -> LabelTable:
     return LabelTable(
         name=name,
-        labels={0: "background", 1: "NCR", 2: "ED", et: "ET"},
+        labels={0: "background", **labels},
         kind="regions",
-        regions=(Region("WT", (1, 2, et)), Region("TC", (1, et)), Region("ET", (et,))),
-        regions_class_order=(2, 1, et),
-        colors={v: _BRATS_COLORS[v] for v in (1, 2, et)},
+        regions=tuple(Region(n, v) for n, v in regions.items()),
+        regions_class_order=paint,
+        colors={v: _BRATS_COLORS[n] for v, n in labels.items()},
+        scored_regions=tuple(Region(n, v) for n, v in (scored or {}).items()),
     )
 
 
-BRATS2021 = _brats_table("brats2021", et=4)
-BRATS2023 = _brats_table("brats2023", et=3)
+BRATS2021 = _brats_table(
+    "brats2021", {1: "NCR", 2: "ED", 4: "ET"}, {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}, (2, 1, 4)
+)
+"""BraTS 2021 (and 2018-2020): 1 necrotic and non-enhancing core, 2 oedema, 4 enhancing tumour."""
+BRATS2023 = _brats_table(
+    "brats2023", {1: "NCR", 2: "ED", 3: "ET"}, {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}, (2, 1, 3)
+)
+"""BraTS 2023, every sub-challenge (GLI, SSA, MEN, PED, MET), and BraTS 2025's pre-operative meningioma and
+GoAT, whose configurations in ``brats-evaluation`` 0.0.10 score et {3}, tc {1, 3}, wt {1, 2, 3}: 1 NETC
+(here NCR), 2 SNFH (here ED), 3 ET."""
+BRATS2024_GLI = _brats_table(
+    "brats2024-gli",
+    {1: "NETC", 2: "SNFH", 3: "ET", 4: "RC"},
+    {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,), "RC": (4,)},
+    (2, 1, 3, 4),
+    scored={"NETC": (1,), "SNFH": (2,)},
+)
+"""BraTS 2024 and 2025 adult glioma, post-treatment: 1 non-enhancing tumour core, 2 surrounding non-enhancing
+FLAIR hyperintensity, 3 enhancing tumour, 4 resection cavity. The resection cavity is not tumour: WT is
+{1, 2, 3} and RC a region of its own, trained as a fourth output and painted last. NETC and SNFH are scored
+too (``get_TissueWiseSeg`` of ``metrics_GLI.py``, github.com/rachitsaluja/BraTS-2024-Metrics; ``config_gli``
+of ``brats-evaluation`` 0.0.10: wt, tc, et, netc, snfh, rc)."""
+BRATS2024_PED = _brats_table(
+    "brats2024-ped",
+    {1: "ET", 2: "NETC", 3: "CC", 4: "ED"},
+    {"WT": (1, 2, 3, 4), "TC": (1, 2, 3), "ET": (1,), "CC": (3,)},
+    (4, 2, 1, 3),
+    scored={"NETC": (2,), "ED": (4,)},
+)
+"""BraTS 2024 and 2025 paediatric tumours: 1 enhancing tumour, 2 non-enhancing tumour core, 3 cystic
+component, 4 oedema; WT {1, 2, 3, 4}, TC {1, 2, 3} (``metrics_PED.py`` of BraTS-2024-Metrics; ``config_ped``
+of ``brats-evaluation`` 0.0.10). Trained as WT, TC, ET and CC, painted ED, NETC, ET, CC: ET and CC are
+disjoint parts of the core, and what of the core is neither is NETC."""
+BRATS2024_MET = _brats_table(
+    "brats2024-met",
+    {1: "NETC", 2: "SNFH", 3: "ET"},
+    {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)},
+    (2, 1, 3),
+)
+"""BraTS 2024 metastases: 1 NETC, 2 SNFH, 3 ET; WT, TC and ET scored (``metrics_MET.py`` of
+BraTS-2024-Metrics). The values mean what BraTS 2023's do, under the names the 2024 challenge gives them."""
+BRATS2024_MEN_RT = _brats_table("brats2024-men-rt", {1: "GTV"}, {"GTV": (1,)}, (1,))
+"""BraTS 2024 and 2025 meningioma radiotherapy planning (T1c only): 1 gross tumour volume (``metrics_MEN_RT.py``
+of BraTS-2024-Metrics; ``config_MenRT`` of ``brats-evaluation`` 0.0.10)."""
+BRATS2025_MET = _brats_table(
+    "brats2025-met",
+    {1: "NETC", 2: "SNFH", 3: "ET", 4: "RC"},
+    {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,), "RC": (4,)},
+    (2, 1, 3, 4),
+)
+"""BraTS 2025 metastases, pre- and post-treatment: the 2024 labels plus 4 resection cavity; et {3}, rc {4},
+tc {1, 3} and wt {1, 2, 3} scored (``config_mets`` of ``brats-evaluation`` 0.0.10)."""
+
+# BraTS 2023 renamed NCR and ED as NETC and SNFH without changing what they annotate.
+_SAME_ANNOTATION = {"ncr": "netc", "ed": "snfh"}
+# The tables a BraTS 2023-style case id's sub-challenge (BraTS-GLI-00000-000 -> GLI) may be labelled with.
+_BRATS_SUBCHALLENGE_TABLES: dict[str, tuple[LabelTable, ...]] = {
+    "GLI": (BRATS2023, BRATS2024_GLI),
+    "PED": (BRATS2023, BRATS2024_PED),
+    "MET": (BRATS2023, BRATS2024_MET, BRATS2025_MET),
+    "MEN-RT": (BRATS2024_MEN_RT,),
+    "MEN": (BRATS2023,),
+    "SSA": (BRATS2023,),
+    "GoAT": (BRATS2023,),
+}
+_BRATS_SUBCHALLENGE = re.compile(r"BraTS-([A-Za-z]+(?:-RT)?)-\d")
 
 
 @dataclass(frozen=True)
@@ -371,11 +498,11 @@ class BratsRelease:
     """File layout of one BraTS release.
 
     Attributes:
-        name: ``"2021"`` or ``"2023"``.
+        name: ``"2021"``, ``"2023"`` or ``"2024"``.
         modalities: file suffixes in medseg's fixed channel order (T1, T1ce, T2, FLAIR).
         channel_names: human-readable names of those channels.
-        separator: between case id and suffix (``_`` in 2021, ``-`` in 2023).
-        label_table: the release's labels and regions.
+        separator: between case id and suffix (``_`` in 2021, ``-`` since 2023).
+        label_table: the release's labels and regions (for 2024, the adult glioma's: medseg's phantoms).
     """
 
     name: str
@@ -395,10 +522,83 @@ class BratsRelease:
         return f"{case_id}{self.separator}{suffix}.nii.gz"
 
 
+_BRATS_2023_FILES = (("t1n", "t1c", "t2w", "t2f"), ("T1", "T1ce", "T2", "FLAIR"), "-")
 BRATS_RELEASES: dict[str, BratsRelease] = {
     "2021": BratsRelease("2021", ("t1", "t1ce", "t2", "flair"), ("T1", "T1ce", "T2", "FLAIR"), "_", BRATS2021),
-    "2023": BratsRelease("2023", ("t1n", "t1c", "t2w", "t2f"), ("T1", "T1ce", "T2", "FLAIR"), "-", BRATS2023),
+    "2023": BratsRelease("2023", *_BRATS_2023_FILES, BRATS2023),
+    "2024": BratsRelease("2024", *_BRATS_2023_FILES, BRATS2024_GLI),
 }
+
+
+def brats_namings() -> tuple[BratsRelease, ...]:
+    """One release per file naming (2021's; 2023's, which 2024 and 2025 keep): all that file names tell."""
+    first: dict[tuple[tuple[str, ...], str], BratsRelease] = {}
+    for release in BRATS_RELEASES.values():
+        first.setdefault((release.modalities, release.separator), release)
+    return tuple(first.values())
+
+
+def brats_label_candidates(case_ids: Iterable[str], naming: BratsRelease) -> tuple[LabelTable, ...]:
+    """The label tables that BraTS cases named ``naming``'s way may be labelled with, in registry order.
+
+    2021 file names mean :data:`BRATS2021`. Since 2023 every release names its files alike, and a case id
+    says only its sub-challenge (``BraTS-PED-00001-000``): PED cases are BraTS 2023's (1 NCR, 2 ED, 3 ET)
+    or 2024's (1 ET, 2 NETC, 3 CC, 4 ED). An id without a known sub-challenge allows every 2023-style table.
+    """
+    if naming.separator == BRATS_RELEASES["2021"].separator:
+        return (BRATS2021,)
+    every = tuple(t for t in LABEL_TABLES.values() if t.name.startswith("brats") and t is not BRATS2021)
+    found: list[LabelTable] = []
+    for case_id in case_ids:
+        match = _BRATS_SUBCHALLENGE.match(case_id)
+        allowed = _BRATS_SUBCHALLENGE_TABLES.get(match[1], every) if match else every
+        found.extend(t for t in allowed if t not in found)
+    return tuple(t for t in LABEL_TABLES.values() if t in found)
+
+
+def _meaning(name: str) -> str:
+    key = _key(name)
+    return _SAME_ANNOTATION.get(key, key)
+
+
+def choose_label_table(
+    candidates: Sequence[LabelTable], *, values: Iterable[int] = (), path: str | Path | None = None
+) -> LabelTable:
+    """The table ``labels: auto`` takes among ``candidates``: the first that holds every value of ``values``
+    (the label values found), provided that no two such tables give a value they share different meanings.
+
+    Tables that agree (BraTS 2023 and BraTS 2024 GLI on 1, 2 and 3) leave the first, the oldest; tables that
+    do not (BraTS 2023's 1 NCR and 2024 PED's 1 ET) are never guessed between.
+
+    Raises:
+        MedsegInputError: naming ``path``: no candidate holds the values, or the ones that do disagree
+            (the message lists them, and asks for the table's name).
+    """
+    present = set(values)
+    fitting = [t for t in candidates if present <= set(t.labels)]
+    if not fitting:
+        known = ", ".join(t.name for t in candidates)
+        raise MedsegInputError(f"label values {sorted(present)} are in none of the label tables {known}", path=path)
+    for i, first in enumerate(fitting):
+        for other in fitting[i + 1 :]:
+            clash = next(
+                (
+                    v
+                    for v in sorted(set(first.labels) & set(other.labels))
+                    if _meaning(first.labels[v]) != _meaning(other.labels[v])
+                ),
+                None,
+            )
+            if clash is not None:
+                meanings = f"{first.labels[clash]} in {first.name} and {other.labels[clash]} in {other.name}"
+                raise MedsegInputError(
+                    f"labels: auto cannot tell the label table: {', '.join(t.name for t in fitting)} all fit, but"
+                    f" label {clash} is {meanings}; name the table (data.labels in a config, --labels on the"
+                    " command line)",
+                    path=path,
+                )
+    return fitting[0]
+
 
 MSD_SPLEEN = LabelTable(
     name="msd_spleen",
@@ -445,11 +645,25 @@ BTCV = LabelTable(
 )
 """Multi-Atlas Labeling Beyond the Cranial Vault (BTCV) abdomen: 13 organs in the challenge's label order."""
 
-LABEL_TABLES: dict[str, LabelTable] = {t.name: t for t in (BRATS2021, BRATS2023, MSD_SPLEEN, BTCV)}
+LABEL_TABLES: dict[str, LabelTable] = {
+    t.name: t
+    for t in (
+        BRATS2021,
+        BRATS2023,
+        BRATS2024_GLI,
+        BRATS2024_PED,
+        BRATS2024_MET,
+        BRATS2024_MEN_RT,
+        BRATS2025_MET,
+        MSD_SPLEEN,
+        BTCV,
+    )
+}
 
 
 def get_label_table(name: str) -> LabelTable:
-    """Look up a label table by name (``brats2021``, ``brats2023``, ``msd_spleen``, ``btcv``)."""
+    """Look up a label table by name (``brats2021``, ``brats2023``, ``brats2024-gli``, ``brats2024-ped``,
+    ``brats2024-met``, ``brats2024-men-rt``, ``brats2025-met``, ``msd_spleen``, ``btcv``)."""
     try:
         return LABEL_TABLES[name]
     except KeyError:
@@ -457,7 +671,7 @@ def get_label_table(name: str) -> LabelTable:
 
 
 def get_brats_release(name: str) -> BratsRelease:
-    """Look up a BraTS release (``"2021"`` or ``"2023"``)."""
+    """Look up a BraTS release (``"2021"``, ``"2023"`` or ``"2024"``)."""
     try:
         return BRATS_RELEASES[str(name)]
     except KeyError:

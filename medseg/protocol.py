@@ -396,7 +396,7 @@ class PredictParameters:
         min_piece_ml: remove predicted connected pieces smaller than this many mL from every name in
             ``piece_names`` (``--set inference.min_component_ml=...``); 0 adds no argument, so the
             checkpoint's own setting applies.
-        piece_names: the model's regions or labels (``LabelTable.evaluation_names``); needed when
+        piece_names: the model's regions or labels (``LabelTable.output_sets``); needed when
             ``min_piece_ml`` > 0.
         extra_args: further arguments appended verbatim (e.g. ``("--overwrite",)``).
     """

@@ -60,6 +60,29 @@ def brats_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def brats2024_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three BraTS 2024 (post-treatment glioma, ``brats2024-gli``) phantom cases at 48x48x40, 4 mm (read-only)."""
+    from medseg.phantoms.brats import generate_brats_dataset
+
+    root = tmp_path_factory.mktemp("brats2024") / "train"
+    generate_brats_dataset(root, cases=3, seed=5, release="2024", shape=TINY_SHAPE, spacing=TINY_SPACING, workers=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def brats2024_checkpoint(brats2024_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``best.pt`` of a two-epoch training run on :func:`brats2024_root` with ``data.labels: brats2024-gli``."""
+    import dataclasses
+
+    from medseg.training import train
+
+    run_dir = tmp_path_factory.mktemp("run") / "tiny2024"
+    config = make_tiny_config(brats2024_root, run_dir)
+    train(dataclasses.replace(config, data=dataclasses.replace(config.data, labels="brats2024-gli")))
+    return run_dir / "best.pt"
+
+
+@pytest.fixture(scope="session")
 def tiny_checkpoint(brats_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``best.pt`` of a two-epoch training run on :func:`brats_root`."""
     from medseg.training import train

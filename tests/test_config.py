@@ -189,3 +189,13 @@ def test_max_window_voxels_must_hold_the_smallest_window() -> None:
     with pytest.raises(ConfigError, match=r"max_window_voxels .* \[64, 64, 64\]"):
         validate_config(config)
     validate_config(config_from_dict({"inference": {"roi_size": [128] * 3, "max_window_voxels": 64**3}}))
+
+
+def test_a_number_that_names_a_choice_is_that_choice() -> None:
+    """``release: 2024`` unquoted (and ``--set phantoms.release=2024``) is YAML's number 2024, the choice "2024"."""
+    assert config_from_dict({"phantoms": {"release": 2024}}).phantoms.release == "2024"
+    assert load_config("demo_brats_phantom", ["phantoms.release=2023"]).phantoms.release == "2023"
+    with pytest.raises(ConfigError, match=r"phantoms\.release: 2019 is not one of"):
+        config_from_dict({"phantoms": {"release": 2019}})
+    with pytest.raises(ConfigError, match="is not one of"):
+        config_from_dict({"phantoms": {"release": True}})

@@ -5,8 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from medseg.cli import main
 from medseg.config import load_config
 from medseg.data.manifest import build_manifest, load_manifest
+from medseg.errors import MedsegInputError
+from medseg.labels import get_label_table
 from medseg.phantoms.brats import generate_brats_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,3 +47,37 @@ def test_folds_keep_patients_together(tmp_path: Path) -> None:
         folds.setdefault(case.patient, set()).add(case.fold)
     assert len(manifest.cases) == 9 and len(folds) == 6
     assert all(len(f) == 1 for f in folds.values())
+
+
+def _named_folder(root: Path, case: str) -> None:
+    """A 2023-style BraTS case folder: the scanner reads names, not voxels."""
+    (root / case).mkdir(parents=True)
+    for suffix in ("t1n", "t1c", "t2w", "t2f", "seg"):
+        (root / case / f"{case}-{suffix}.nii.gz").touch()
+
+
+def test_a_layout_that_cannot_tell_the_table_asks_for_its_name(tmp_path: Path) -> None:
+    _named_folder(tmp_path / "ped", "BraTS-PED-00001-000")
+    with pytest.raises(MedsegInputError, match=r"brats2023, brats2024-ped all fit.*name the table") as err:
+        build_manifest(tmp_path / "ped", layout="brats")
+    assert err.value.path == tmp_path / "ped"
+    named = build_manifest(tmp_path / "ped", layout="brats", labels=get_label_table("brats2024-ped"))
+    assert named.label_table.name == "brats2024-ped" and [c.id for c in named.cases] == ["BraTS-PED-00001-000"]
+    _named_folder(tmp_path / "gli", "BraTS-GLI-00001-000")
+    assert build_manifest(tmp_path / "gli", layout="brats").label_table.name == "brats2023"  # 1-3 agree
+    gli = build_manifest(tmp_path / "gli", layout="brats", labels=get_label_table("brats2024-gli"))
+    assert gli.label_table.name == "brats2024-gli"
+    with pytest.raises(
+        MedsegInputError, match=r"the brats layout's label values \[3\] are not in label table brats2021"
+    ):
+        build_manifest(tmp_path / "gli", layout="brats", labels=get_label_table("brats2021"))
+
+
+def test_cli_manifest_build_takes_a_table_name(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _named_folder(tmp_path / "ped", "BraTS-PED-00001-000")
+    out = tmp_path / "m.json"
+    assert main(["manifest", "build", "--root", str(tmp_path / "ped"), "--out", str(out)]) == 2
+    assert "brats2024-ped" in capsys.readouterr().err
+    argv = ["manifest", "build", "--root", str(tmp_path / "ped"), "--out", str(out), "--labels", "brats2024-ped"]
+    assert main(argv) == 0
+    assert json.loads(out.read_text())["labels"]["name"] == "brats2024-ped"

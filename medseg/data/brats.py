@@ -1,4 +1,6 @@
-"""The BraTS dataset layout (2021 and 2023 releases), detected from the file names."""
+"""The BraTS dataset layout (2021's file names, and 2023's, which 2024 and 2025 keep), detected from the file
+names; the label table from the file names and the case ids' sub-challenge
+(:func:`~medseg.labels.brats_label_candidates`)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ from pathlib import Path
 
 from medseg.data.layouts import IMAGE_ENDINGS, ScannedCase, ScannedDataset, register_layout
 from medseg.errors import MedsegInputError
-from medseg.labels import BRATS_RELEASES, BratsRelease
+from medseg.labels import BratsRelease, brats_label_candidates, brats_namings, choose_label_table
 
 
 def _listed(path: Path) -> bool:
@@ -24,12 +26,13 @@ def release_file(case_dir: Path, release: BratsRelease, suffix: str) -> Path:
 
 
 def detect_release(case_dir: Path) -> BratsRelease:
-    """The release whose file naming matches the files in ``case_dir`` (any image format).
+    """The release whose file naming matches the files in ``case_dir`` (any image format; 2023 for 2023-style
+    names, which later releases keep: :func:`~medseg.labels.brats_namings`).
 
     Raises:
-        MedsegInputError: no file in the folder follows either release's naming.
+        MedsegInputError: no file in the folder follows either naming.
     """
-    for release in BRATS_RELEASES.values():
+    for release in brats_namings():
         if any(_listed(release_file(case_dir, release, m)) for m in (*release.modalities, "seg")):
             return release
     raise MedsegInputError(
@@ -64,15 +67,17 @@ def find_case_dirs(root: Path) -> list[Path]:
 
 
 def patient_id(case_id: str, release: BratsRelease) -> str:
-    """BraTS 2023 ids end in a timepoint (``-000``): cases of one patient share the rest."""
-    return case_id.rsplit("-", 1)[0] if release.name == "2023" else case_id
+    """BraTS ids since 2023 end in a timepoint (``-000``): cases of one patient share the rest."""
+    return case_id if release.name == "2021" else case_id.rsplit("-", 1)[0]
 
 
 @register_layout("brats")
 def scan_brats(root: Path) -> ScannedDataset:
     """Scan a BraTS-layout folder: one sub-folder per case holding four modalities and maybe a seg.
 
-    All cases must be of one release. Channels are stacked in the fixed order T1, T1ce, T2, FLAIR.
+    All cases must be of one release. Channels are stacked in the fixed order T1, T1ce, T2, FLAIR. The label
+    table is the one :func:`~medseg.labels.choose_label_table` takes among the tables the file names and
+    case ids allow; none when those give label values different meanings (the table must be named).
     """
     root = Path(root)
     cases = []
@@ -92,4 +97,10 @@ def scan_brats(root: Path) -> ScannedDataset:
             )
         )
     assert release is not None
-    return ScannedDataset("brats", release.label_table, release.channel_names, tuple(cases))
+    candidates = brats_label_candidates((c.id for c in cases), release)
+    try:
+        table = choose_label_table(candidates)
+    except MedsegInputError:
+        table = None
+    names = tuple(t.name for t in candidates)
+    return ScannedDataset("brats", table, release.channel_names, tuple(cases), label_candidates=names)

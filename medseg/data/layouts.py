@@ -44,12 +44,18 @@ class ScannedCase:
 
 @dataclass(frozen=True)
 class ScannedDataset:
-    """What a scanner found: the label table, channel names, cases, and layout details."""
+    """What a scanner found: the label table, channel names, cases, and layout details.
+
+    ``label_table`` is ``None`` when the layout cannot tell which of ``label_candidates`` (table names)
+    labels the cases, and those give label values different meanings (BraTS PED cases are labelled as in
+    2023 or as in 2024): the table must then be named (:func:`~medseg.data.manifest.build_manifest`).
+    """
 
     layout: str
-    label_table: LabelTable
+    label_table: LabelTable | None
     channels: tuple[str, ...]
     cases: tuple[ScannedCase, ...]
+    label_candidates: tuple[str, ...] = ()
 
 
 Scanner = Callable[[Path], ScannedDataset]

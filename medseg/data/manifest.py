@@ -39,7 +39,7 @@ from medseg.io.atomic import atomic_output
 from medseg.io.image import Geometry, check_label_map, require_same_grid
 from medseg.io.jsonfile import read_json
 from medseg.io.readers import read_geometry, read_image
-from medseg.labels import LabelTable, require_known_values
+from medseg.labels import LabelTable, choose_label_table, get_label_table, require_known_values
 
 FORMAT = "medseg-manifest"
 VERSION = 1
@@ -102,16 +102,39 @@ def assign_folds(cases: tuple[ScannedCase, ...], *, num_folds: int, seed: int) -
     return [ManifestCase(c.id, c.images, c.label, c.patient, fold_of[c.patient], labelled=c.labelled) for c in cases]
 
 
-def build_manifest(root: str | Path, *, layout: str = "brats", num_folds: int = 5, seed: int = 0) -> Manifest:
+def build_manifest(
+    root: str | Path,
+    *,
+    layout: str = "brats",
+    num_folds: int = 5,
+    seed: int = 0,
+    labels: LabelTable | None = None,
+) -> Manifest:
     """Scan ``root`` with the ``layout`` scanner and assign patient-level folds (the manifest does not name
-    ``root``: ``dataclasses.replace(manifest, root=...)`` before saving to make it self-contained)."""
+    ``root``: ``dataclasses.replace(manifest, root=...)`` before saving to make it self-contained).
+
+    ``labels`` is the dataset's label table when named (``data.labels``, ``--labels``); it must hold every
+    value of the table the layout implies, if it implies one. Without it the layout's table is taken, and
+    a layout that cannot tell (BraTS PED cases: 2023's labels or 2024's) is an error listing the candidates.
+
+    Raises:
+        MedsegInputError: an unknown layout, a scan that fails, a named table lacking values of the
+            layout's, or no table to take.
+    """
     try:
         scanner = SCANNERS[layout]
     except KeyError:
         raise MedsegInputError(f"unknown layout {layout!r}; known: {', '.join(sorted(SCANNERS))}") from None
-    scanned = scanner(Path(root))
+    root = Path(root)
+    scanned = scanner(root)
+    table = labels if labels is not None else scanned.label_table
+    if table is None:  # raises, listing the candidates
+        table = choose_label_table([get_label_table(n) for n in scanned.label_candidates], path=root)
+    if labels is not None and scanned.label_table is not None:
+        layout_values = scanned.label_table.labels
+        require_known_values(layout_values, labels, path=root, what=f"the {layout} layout's label values")
     cases = assign_folds(scanned.cases, num_folds=num_folds, seed=seed)
-    return Manifest(scanned.layout, scanned.label_table, scanned.channels, tuple(cases), num_folds, seed)
+    return Manifest(scanned.layout, table, scanned.channels, tuple(cases), num_folds, seed)
 
 
 def save_manifest(manifest: Manifest, path: str | Path) -> Path:

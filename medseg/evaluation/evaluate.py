@@ -59,7 +59,14 @@ from medseg.evaluation.metrics import (
 from medseg.evaluation.plot import plot_scores
 from medseg.io import Image, atomic_output, check_label_map, label_values, onto_grid, read_image, require_same_grid
 from medseg.io.jsonfile import read_json
-from medseg.labels import BRATS_RELEASES, LABEL_TABLES, LabelTable, get_label_table
+from medseg.labels import (
+    LABEL_TABLES,
+    LabelTable,
+    brats_label_candidates,
+    brats_namings,
+    choose_label_table,
+    get_label_table,
+)
 from medseg.parallel import map_in_processes
 from medseg.protocol import LABELS_JSON, PROBABILITIES_SUFFIX, UNCERTAINTY_SUFFIX
 
@@ -91,6 +98,8 @@ class References:
         layout: which layout matched (``"brats2021"``, ``"brats2023"``, ``"msd"``, ``"flat"``).
         files: case id -> reference label map path, sorted by case id.
         label_table: name of the label table the layout implies, or ``None`` if file names do not tell.
+        label_candidates: when they do not, the tables file names and case ids allow (BraTS since 2023:
+            :func:`~medseg.labels.brats_label_candidates`); none: every table of the registry.
         dataset_json: the dataset's ``dataset.json`` (MSD/nnU-Net), or the medseg manifest the
             references come from, when there is one; ``labels="auto"`` reads the label table from it.
         not_annotated: case id -> label values not annotated in that case (a partially labelled
@@ -100,6 +109,7 @@ class References:
     layout: str
     files: dict[str, Path]
     label_table: str | None = None
+    label_candidates: tuple[str, ...] = ()
     dataset_json: Path | None = None
     not_annotated: dict[str, frozenset[int]] = field(default_factory=dict)
 
@@ -143,28 +153,33 @@ def _dataset_json(folder: Path) -> Path | None:
 
 
 def find_brats_references(ref_dir: Path) -> References | None:
-    """BraTS layout: ``<case>/<case>_seg.nii.gz`` (2021) or ``<case>/<case>-seg.nii.gz`` (2023).
+    """BraTS layout: ``<case>/<case>_seg.nii.gz`` (2021) or ``<case>/<case>-seg.nii.gz`` (since 2023).
 
     Returns ``None`` when no case folder holds a segmentation. Case folders without one are skipped
-    (a prediction for such a case is then reported as having no reference).
+    (a prediction for such a case is then reported as having no reference). 2021 names give the table;
+    later ones only the tables their case ids' sub-challenges allow (``label_candidates``).
 
     Raises:
         MedsegInputError: the folder mixes 2021 and 2023 file names.
     """
-    by_release: dict[str, dict[str, Path]] = {name: {} for name in BRATS_RELEASES}
+    namings = brats_namings()
+    by_release: dict[str, dict[str, Path]] = {release.name: {} for release in namings}
     for case_dir in sorted(p for p in ref_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for name, release in BRATS_RELEASES.items():
+        for release in namings:
             seg = release_file(case_dir, release, "seg")
             if _listed_file(seg):
-                by_release[name][case_dir.name] = seg
+                by_release[release.name][case_dir.name] = seg
     present = [name for name, files in by_release.items() if files]
     if not present:
         return None
     if len(present) > 1:
         examples = ", ".join(str(next(iter(by_release[name].values()))) for name in present)
         raise MedsegInputError(f"mixes BraTS releases {' and '.join(present)} (e.g. {examples})", path=ref_dir)
-    release = BRATS_RELEASES[present[0]]
-    return References(f"brats{release.name}", by_release[release.name], release.label_table.name)
+    release = next(r for r in namings if r.name == present[0])
+    files = by_release[release.name]
+    candidates = tuple(t.name for t in brats_label_candidates(files, release))
+    table = candidates[0] if len(candidates) == 1 else None
+    return References(f"brats{release.name}", files, table, candidates if table is None else ())
 
 
 MSD_LABEL_FOLDERS = ("labelsTs", "labelsTr")
@@ -253,28 +268,25 @@ def _read_label_map(path: Path) -> Image:
 _NO_TABLE = "give --labels (a table name, a dataset.json) or --labels-from CKPT (the model that predicted)"
 
 
-def _detect_label_table(refs: References, preds: Mapping[str, Path]) -> LabelTable:
-    """BraTS table from the layout's file names, else from the values: 4 present -> 2021, 3 -> 2023."""
+def _detect_label_table(refs: References) -> LabelTable:
+    """The table the layout implies, else the one :func:`~medseg.labels.choose_label_table` takes among the
+    layout's candidates (every BraTS table for a flat folder) given the label values of the references (the
+    predictions are then checked against it)."""
     if refs.label_table is not None:
         return get_label_table(refs.label_table)
-    brats = set(get_label_table("brats2021").labels) | set(get_label_table("brats2023").labels)
-    for path in [*refs.files.values(), *preds.values()]:  # stops at the first decisive file
+    names = refs.label_candidates or tuple(n for n in LABEL_TABLES if n.startswith("brats"))
+    candidates = [get_label_table(n) for n in names]
+    values: set[int] = set()
+    path: Path | None = None
+    for path in refs.files.values():
         image = _read_label_map(path)
-        values = label_values(image.array, path=image.path)
-        if not values <= brats:
-            raise MedsegInputError(
-                f"cannot tell the label table: values {sorted(values)} are no BraTS labels; {_NO_TABLE}", path=path
-            )
-        if 3 in values and 4 in values:
-            raise MedsegInputError(
-                f"holds both label 3 (BraTS 2023 ET) and 4 (BraTS 2021 ET): no BraTS map; {_NO_TABLE}", path=path
-            )
-        if 4 in values:
-            return get_label_table("brats2021")
-        if 3 in values:
-            return get_label_table("brats2023")
-    # no enhancing tumour anywhere: both BraTS tables score every region identically
-    return get_label_table("brats2021")
+        values |= set(label_values(image.array, path=image.path))
+        if len([t for t in candidates if values <= set(t.labels)]) <= 1:  # no later file can change the answer
+            break
+    try:
+        return choose_label_table(candidates, values=values, path=path)
+    except MedsegInputError as exc:
+        raise MedsegInputError(f"{exc.reason}; {_NO_TABLE}", path=exc.path) from None
 
 
 def label_table_from_json(path: Path) -> LabelTable:
@@ -313,18 +325,17 @@ def predictions_label_table(pred_dir: Path) -> LabelTable | None:
         raise MedsegInputError(f"not a medseg label table ({exc!r})", path=path) from None
 
 
-def _resolve_label_table(
-    labels: str | LabelTable, refs: References, preds: Mapping[str, Path], pred_dir: Path
-) -> LabelTable:
+def _resolve_label_table(labels: str | LabelTable, refs: References, pred_dir: Path) -> LabelTable:
     """``labels`` as a table: a :class:`LabelTable`; ``"auto"`` (the reference's ``dataset.json`` when
-    there is one, else the table ``medseg predict`` wrote beside the predictions, else the BraTS release);
+    there is one, else the table ``medseg predict`` wrote beside the predictions, else the BraTS table of
+    :func:`_detect_label_table`);
     a registered table name; or a path to a ``dataset.json`` or a medseg manifest."""
     if isinstance(labels, LabelTable):
         return labels
     if labels == "auto":
         if refs.dataset_json is not None:
             return label_table_from_json(refs.dataset_json)
-        return predictions_label_table(pred_dir) or _detect_label_table(refs, preds)
+        return predictions_label_table(pred_dir) or _detect_label_table(refs)
     if labels in LABEL_TABLES:
         return get_label_table(labels)
     if labels.endswith(".json") or Path(labels).is_file():
@@ -477,7 +488,7 @@ def pair_cases(pred_dir: Path, ref_dir: Path, labels: str | LabelTable = "auto")
             f"prediction has no reference in {ref_dir} ({refs.layout} layout){more}", path=preds[orphans[0]]
         )
     missing = [case for case in refs.files if case not in preds]
-    return CasePairs(refs, preds, missing, _resolve_label_table(labels, refs, preds, pred_dir), probabilities)
+    return CasePairs(refs, preds, missing, _resolve_label_table(labels, refs, pred_dir), probabilities)
 
 
 @dataclass(frozen=True)
@@ -614,8 +625,9 @@ def evaluate_folder(
             written, atomically, and only after every case was scored.
         labels: ``"auto"`` (the reference folder's ``dataset.json`` labels when it has one, e.g. MSD;
             else the table ``medseg predict`` wrote beside the predictions (:func:`predictions_label_table`);
-            else the BraTS release from the reference file names, else from the label values: 4
-            present -> brats2021, 3 present -> brats2023), a label table name such as ``"brats2021"``
+            else the BraTS table the reference file names, case ids and label values leave, never one
+            of several that give a value different meanings: :func:`~medseg.labels.choose_label_table`
+            raises instead), a label table name such as ``"brats2021"``
             or ``"btcv"``, a path to a ``dataset.json`` or medseg manifest, or a :class:`LabelTable`.
             Class tables are scored per label (e.g. per organ), region tables per region.
         nsd_tolerance_mm: the tolerance of the normalised surface Dice, in mm.

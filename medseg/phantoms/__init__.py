@@ -1,6 +1,6 @@
 """Synthetic datasets for training and testing without downloads.
 
-``medseg.phantoms.brats`` writes BraTS-layout brain MRI phantoms with gliomas (2021 and 2023 releases);
+``medseg.phantoms.brats`` writes BraTS-layout brain MRI phantoms with gliomas (2021, 2023 and 2024 releases);
 ``medseg.phantoms.ct`` abdominal CT organ phantoms in MSD layout. Import the generator modules
 directly; this package imports nothing heavy by itself.
 

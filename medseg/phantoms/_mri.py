@@ -3,7 +3,8 @@
 Relative signal levels follow clinical 1.5/3 T brain MRI: T1 WM > GM > CSF; T2 CSF > GM > WM;
 FLAIR like T2 with the CSF signal nulled; T1ce like T1 plus enhancement of the tumour rim and of
 vessels (choroid plexus, cortical veins), which are *not* tumour. Oedema is bright on T2 and FLAIR
-and dark on T1; necrosis is dark on T1/T1ce and bright on T2. Each case and modality gets its own
+and dark on T1; necrosis is dark on T1/T1ce and bright on T2. A resection cavity holds fluid: it takes the
+case's CSF signal (dark on T1 and T1ce, bright on T2, nulled on FLAIR). Each case and modality gets its own
 jitter of these levels, texture, PSF blur (sometimes thick-slice-like), a smooth multiplicative bias
 field, Rician noise and an arbitrary intensity scale, as scanners and protocols differ.
 """
@@ -15,7 +16,7 @@ from scipy import ndimage
 
 from medseg.phantoms._anatomy import CSF, DEEP_GM, GM, VESSEL, WM
 from medseg.phantoms._fields import WorldGrid, smooth_field
-from medseg.phantoms._tumour import ED, ET, NCR
+from medseg.phantoms._tumour import ED, ET, NCR, RC
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 
@@ -81,7 +82,7 @@ def mean_signal(
         rng: the modality's stream (draws this case's tissue and lesion levels).
         modality: one of :data:`MODALITIES`.
         tissue: ``(X, Y, Z)`` uint8 tissue codes (0 = outside the brain).
-        labels: ``(X, Y, Z)`` uint8 internal lesion labels (:data:`NCR`, :data:`ED`, :data:`ET`).
+        labels: ``(X, Y, Z)`` uint8 internal lesion labels (:data:`NCR`, :data:`ED`, :data:`ET`, :data:`RC`).
         oedema_strength: ``(X, Y, Z)`` float32 in [0, 1].
         tissue_texture, tumour_texture: unit-variance smooth fields for fine intensity variation.
 
@@ -96,6 +97,8 @@ def mean_signal(
     for code in (NCR, ET):
         mask = labels == code
         image[mask] = lesion[code] * (1 + 0.12 * tumour_texture[mask])
+    cavity = labels == RC  # fluid: the case's own CSF level, with no draw of its own (other releases unchanged)
+    image[cavity] = table[CSF] * (1 + 0.035 * tissue_texture[cavity])
     return image
 
 

@@ -4,7 +4,9 @@ Each lesion is a randomly oriented ellipsoid in the brain's template frame (mm) 
 roughened by smooth random fields, so no lesion is a sphere. The enhancing rim is the outer
 ``et_thickness`` mm of the core (thickness itself varies along the rim); the oedema is a larger,
 more irregular envelope that spreads through white matter and deep grey matter but spares CSF and
-mostly spares the cortex, as vasogenic oedema does.
+mostly spares the cortex, as vasogenic oedema does. A post-treatment case (BraTS 2024 GLI) also has a
+resection cavity (:func:`resection_cavity`): a fluid-filled hole where part of the largest lesion's core was
+removed, with residual tumour and oedema around it.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from scipy import ndimage
 from medseg.phantoms._anatomy import DEEP_GM, GM, SEMI_AXES, WM, BrainParams, _rotation, ventricle_radius, world_box
 from medseg.phantoms._fields import WorldGrid, smooth_field
 
-# Internal label codes; the writer maps ET to the release's value (4 in 2021, 3 in 2023).
-NCR, ED, ET = 1, 2, 3
+# Internal label codes; the writer maps ET to the release's value (4 in 2021, 3 since 2023). RC, the resection
+# cavity, is BraTS 2024 GLI's value.
+NCR, ED, ET, RC = 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -191,3 +194,33 @@ def _connected_to(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
     components, _ = ndimage.label(mask)
     keep = np.unique(components[seed & mask])
     return np.isin(components, keep[keep > 0])
+
+
+def resection_cavity(
+    rng: np.random.Generator,
+    grid: WorldGrid,
+    q: tuple[np.ndarray, ...],
+    tissue: np.ndarray,
+    tumour: TumourParams,
+    brain: BrainParams,
+) -> np.ndarray:
+    """Boolean ``(X, Y, Z)`` mask of a resection cavity in the brain: an ellipsoid of 0.55-0.8 times the first
+    lesion's core semi-axes (at least 4 mm), centred half a core radius from the core's centre in a random
+    direction, so that it takes part of the core and leaves tumour on one side of it.
+
+    Args:
+        q: template coordinates of every voxel (before the mass effect), as for :func:`tumour_labels`.
+        tissue: tissue codes; the cavity stays inside the brain (``tissue > 0``).
+    """
+    cavity = np.zeros(grid.shape, dtype=bool)
+    if not tumour.lesions:
+        return cavity
+    lesion = tumour.lesions[0]
+    direction = rng.standard_normal(3)
+    centre = lesion.centre + 0.5 * lesion.core_radius * direction / np.linalg.norm(direction)
+    axes = np.maximum(lesion.core_axes * rng.uniform(0.55, 0.8, size=3), 4.0)
+    reach = float(axes.max()) + 5.0
+    box = world_box(grid, brain, tuple(centre - reach), tuple(centre + reach), margin=brain.warp_mm + 2.0)
+    rho = _lesion_radius(tuple(c[box] for c in q), replace(lesion, centre=centre), axes)
+    cavity[box] = (rho < 1) & (tissue[box] > 0)
+    return cavity

@@ -4,12 +4,14 @@ Real BraTS data cannot be downloaded here, so every model in medseg is trained a
 phantoms. Each case is a skull-stripped brain (white matter, cortical ribbon with sulci, deep grey
 nuclei, ventricles, cerebellum) of random size and shape, with one or two irregular lesions made of
 necrosis (NCR) inside an enhancing rim (ET) inside oedema (ED), imaged as T1, T1ce, T2 and FLAIR with
-per-case contrast, bias field, blur and noise. See :mod:`medseg.phantoms._anatomy`,
+per-case contrast, bias field, blur and noise. Release ``"2024"`` cases are post-treatment: a fluid-filled
+resection cavity (RC) takes part of the largest lesion. See :mod:`medseg.phantoms._anatomy`,
 :mod:`medseg.phantoms._tumour` and :mod:`medseg.phantoms._mri` for the models.
 
 Files follow the release (``medseg.labels.get_brats_release``): 2021 cases are
 ``BraTS2021_00000/BraTS2021_00000_{t1,t1ce,t2,flair,seg}.nii.gz`` with labels 0/1/2/4, 2023 cases
-``BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz`` with labels 0/1/2/3. Images
+``BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz`` with labels 0/1/2/3, 2024 cases
+named as 2023's with BraTS 2024 GLI's labels 0/1 NETC/2 SNFH/3 ET/4 RC (``brats2024-gli``). Images
 are int16, label maps uint8, all on one grid whose affine is ``diag(-s, -s, s)`` plus a translation
 that puts the grid centre at world (0, 0, 0): voxel axes run right-to-left, anterior-to-posterior and
 inferior-to-superior (LPS voxel order, as in BraTS), so reorienting to RAS is a real flip.
@@ -37,7 +39,7 @@ from medseg.phantoms._fields import WorldGrid, block_mean, block_mode, smooth_fi
 Shape = tuple[int, int, int]
 
 # Independent random streams per component, so changing one model does not reshuffle the others.
-_STREAM_BRAIN, _STREAM_ANATOMY, _STREAM_TUMOUR, _STREAM_LESION_SHAPE, _STREAM_TEXTURE = 0, 1, 2, 3, 4
+_STREAM_BRAIN, _STREAM_ANATOMY, _STREAM_TUMOUR, _STREAM_LESION_SHAPE, _STREAM_TEXTURE, _STREAM_CAVITY = 0, 1, 2, 3, 4, 5
 _STREAM_MODALITY = 10  # + channel index
 
 
@@ -49,7 +51,7 @@ class BratsPhantom:
         case_id: e.g. ``"BraTS2021_00003"``.
         images: release file suffix (``"t1"``, ``"t1ce"``, ... or ``"t1n"``, ``"t1c"``, ...) -> ``(X, Y, Z)``
             int16 image, in the release's channel order T1, T1ce, T2, FLAIR; 0 outside the brain.
-        seg: ``(X, Y, Z)`` uint8 label map with the release's values (ET = 4 in 2021, 3 in 2023).
+        seg: ``(X, Y, Z)`` uint8 label map with the release's values (ET = 4 in 2021, 3 since 2023; RC = 4 in 2024).
         tissue: ``(X, Y, Z)`` uint8 tissue codes (:data:`medseg.phantoms._anatomy.TISSUE_NAMES`),
             the ground truth for contrast checks; not written to disk.
         geometry: the shared grid (affine in RAS mm).
@@ -96,8 +98,9 @@ def _drop_specks(labels: np.ndarray, *, min_mm3: float, spacing: float) -> np.nd
     return np.where(small[components], 0, labels).astype(np.uint8)
 
 
-def _et_value(release: BratsRelease) -> int:
-    return next(v for v, name in release.label_table.labels.items() if name == "ET")
+def _value(release: BratsRelease, name: str) -> int | None:
+    """The release's value of the label called ``name``, or ``None`` when its table has no such label."""
+    return next((v for v, label in release.label_table.labels.items() if label == name), None)
 
 
 def make_brats_phantom(
@@ -108,7 +111,8 @@ def make_brats_phantom(
     Args:
         index: case number (part of the case id and of the random stream).
         seed: dataset seed; the content depends only on ``(seed, index)``.
-        release: ``"2021"`` or ``"2023"`` (file suffixes and the ET label value).
+        release: ``"2021"``, ``"2023"`` or ``"2024"`` (file suffixes, the ET label value, and for 2024 a
+            resection cavity).
         shape: voxel grid ``(X, Y, Z)`` as stored in the file.
         spacing: isotropic voxel size in mm.
     """
@@ -127,6 +131,8 @@ def make_brats_phantom(
     q = _anatomy.template_coordinates(anatomy_rng, fine, brain)
     tissue, _ = _anatomy.tissue_map(anatomy_rng, fine, q, _tumour.mass_effect(q, tumour, fine, brain), brain)
     labels, strength = _tumour.tumour_labels(stream(_STREAM_LESION_SHAPE), fine, q, tissue, tumour, brain)
+    if _value(rel, "RC") is not None:
+        labels[_tumour.resection_cavity(stream(_STREAM_CAVITY), fine, q, tissue, tumour, brain)] = _tumour.RC
     del q
     texture_rng = stream(_STREAM_TEXTURE)
     tissue_texture = smooth_field(texture_rng, fine, cell_mm=3.0)
@@ -149,7 +155,7 @@ def make_brats_phantom(
         )
         images[suffix] = _mri.acquire(rng, grid, block_mean(signal, factor), mask, spacing)
     labels = _drop_specks(np.where(mask, block_mode(labels, factor), 0), min_mm3=30.0, spacing=spacing)
-    seg = np.where(labels == _tumour.ET, _et_value(rel), labels).astype(np.uint8)
+    seg = np.where(labels == _tumour.ET, _value(rel, "ET"), labels).astype(np.uint8)
     return BratsPhantom(
         case_id=rel.case_id(index),
         images=images,
@@ -216,7 +222,8 @@ def generate_brats_dataset(
         out: dataset root; one folder per case is created inside it.
         cases: number of cases.
         seed: dataset seed.
-        release: ``"2021"`` (labels 0/1/2/4) or ``"2023"`` (labels 0/1/2/3) layout.
+        release: ``"2021"`` (labels 0/1/2/4), ``"2023"`` (labels 0/1/2/3) or ``"2024"`` (labels 0-4, with a
+            resection cavity) layout.
         shape: voxel grid ``(X, Y, Z)``; the real releases use ``(240, 240, 155)``.
         spacing: isotropic voxel size in mm (1.0 in the real releases).
         workers: processes to use (default: all cores); 1 runs in this process.

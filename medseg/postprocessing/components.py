@@ -42,7 +42,7 @@ class Pieces:
 def check_min_component_ml(table: LabelTable, min_component_ml: Mapping[str, float]) -> None:
     """Raise :class:`ConfigError` if a name of ``min_component_ml`` is not one of ``table``'s regions
     (region tables) or foreground labels (class tables)."""
-    names = table.evaluation_names
+    names = tuple(table.output_sets())
     for name in min_component_ml:
         if name not in names:
             raise ConfigError(
@@ -56,7 +56,7 @@ def remove_small_components(
     """Relabel the connected pieces of a region (or label) that are smaller than ``min_component_ml[name]`` mL.
 
     ``labels`` is a ``(X, Y, Z)`` label map and ``spacing`` its voxel size along those axes in mm.
-    For each named set of ``table.evaluation_sets()``, in table order (outer regions first), the
+    For each named set of ``table.output_sets()``, in table order (outer regions first), the
     26-connected pieces of the set's mask whose volume is under the minimum take the enclosing
     region's painted label: a stray whole-tumour speck becomes background, a small enhancing piece
     necrosis. For class tables they become background. Returns a new array.
@@ -69,7 +69,7 @@ def remove_small_components(
     """
     check_min_component_ml(table, min_component_ml)
     out = labels.copy()
-    for name, values in table.evaluation_sets().items():
+    for name, values in table.output_sets().items():
         if name in min_component_ml:
             small = Pieces.of(np.isin(out, values), spacing).smaller_than(min_component_ml[name])
             out[small] = enclosing_label(table, name)

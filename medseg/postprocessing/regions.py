@@ -41,9 +41,8 @@ def suppress_small_regions(
 ) -> np.ndarray:
     """Relabel regions predicted smaller than ``min_region_ml[name]`` mL as their enclosing region.
 
-    ``labels`` is a ``(X, Y, Z)`` label map of a region table; the voxels painted for region ``i``
-    (``table.regions_class_order[i]``) take the label painted for region ``i - 1`` (background for
-    the outermost). Returns a new array.
+    ``labels`` is a ``(X, Y, Z)`` label map of a region table; the voxels painted for a region
+    take the label of the region that encloses it (:func:`enclosing_label`). Returns a new array.
 
     Raises:
         ConfigError: a name that is not one of the table's regions.
@@ -61,8 +60,14 @@ def suppress_small_regions(
 
 def enclosing_label(table: LabelTable, name: str) -> int:
     """The label that takes over a removed piece of ``name``: for region tables the label painted for
-    the region before it (the enclosing one; background for the outermost), for class tables background."""
-    names = [r.name for r in table.regions]
-    if table.kind != "regions" or names.index(name) == 0:
+    the nearest region before it that holds all its labels (BraTS: TC for ET, WT for TC), background
+    when none does (WT; BraTS 2024's resection cavity, which lies outside the tumour); for class tables
+    background."""
+    if table.kind != "regions":
         return 0
-    return table.regions_class_order[names.index(name) - 1]
+    names = [r.name for r in table.regions]
+    inner = set(table.regions[names.index(name)].labels)
+    for index in range(names.index(name) - 1, -1, -1):
+        if inner <= set(table.regions[index].labels):
+            return table.regions_class_order[index]
+    return 0

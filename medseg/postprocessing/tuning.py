@@ -74,7 +74,7 @@ def _region_scores(job: _RegionJob) -> list[float]:
     pred, ref = maps.pred, maps.ref
     spacing = ref.geometry.spacing
     base = remove_small_components(pred, job.table, spacing=spacing, min_component_ml=job.chosen)
-    values = job.table.evaluation_sets()[job.region]
+    values = job.table.output_sets()[job.region]
     ref_mask = np.isin(ref.array, values)
     region = np.isin(base, values)
     pieces = Pieces.of(region, spacing)  # once: the options differ only in which pieces go
@@ -133,7 +133,7 @@ def tune_min_component_ml(
     cases = pairs.predicted_only("tuning on")
     chosen: dict[str, float] = {}
     trials: list[Trial] = []
-    for region in pairs.table.evaluation_names:
+    for region in pairs.table.output_sets():
         jobs = [
             _RegionJob(path, pairs.preds[case], pairs.table, region, dict(chosen), options, lesion_rules)
             for case, path in cases.items()

@@ -19,6 +19,7 @@ another checkpoint's weights (fine-tuning) with a fresh optimizer and schedule.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import shutil
@@ -95,8 +96,18 @@ def load_dataset_manifest(config: Config) -> tuple[Manifest, Path]:
     if config.data.root is None:
         raise ConfigError("data.root is null: give the dataset folder, or a data.manifest that names its root")
     root = Path(config.data.root)
-    manifest = build_manifest(root, layout=config.data.layout, num_folds=config.data.num_folds, seed=config.seed)
+    labels = None if config.data.labels == "auto" else _named_table(config)
+    manifest = build_manifest(
+        root, layout=config.data.layout, num_folds=config.data.num_folds, seed=config.seed, labels=labels
+    )
     return manifest, root
+
+
+def _named_table(config: Config) -> LabelTable:
+    try:
+        return get_label_table(config.data.labels)
+    except KeyError as exc:
+        raise ConfigError(f"data.labels: {exc.args[0]}") from None
 
 
 def resolve_label_table(config: Config, manifest: Manifest) -> LabelTable:
@@ -107,10 +118,7 @@ def resolve_label_table(config: Config, manifest: Manifest) -> LabelTable:
     """
     if config.data.labels == "auto":
         return manifest.label_table
-    try:
-        table = get_label_table(config.data.labels)
-    except KeyError as exc:
-        raise ConfigError(f"data.labels: {exc.args[0]}") from None
+    table = _named_table(config)
     missing = sorted(set(manifest.label_table.labels) - set(table.labels))
     if missing:
         raise ConfigError(
@@ -166,8 +174,9 @@ class _Trainer:
         self.ctx = ctx
         self.run_dir = Path(config.train.run_dir)
         manifest, root = load_dataset_manifest(config)
-        self.manifest = manifest
         self.table = resolve_label_table(config, manifest)
+        manifest = dataclasses.replace(manifest, label_table=self.table)  # label maps are checked against it
+        self.manifest = manifest
         train_cases, val_cases = manifest.split(config.data.fold)
         if not train_cases or not val_cases:
             raise MedsegInputError(
@@ -420,7 +429,7 @@ class _Trainer:
             per_case.append(dice.tolist())
         per_case = self.ctx.gather(per_case)
         per_output = np.nanmean(np.asarray(per_case, dtype=float), axis=0)
-        names = self.table.evaluation_names
+        names = tuple(self.table.output_sets())
         scores = {f"val_{name}_dice": float(v) for name, v in zip(names, per_output, strict=True)}
         scores["val_mean_dice"] = float(np.mean(per_output))
         return scores
@@ -473,7 +482,7 @@ class _Trainer:
 
     def _write_history(self) -> None:
         write_metrics_csv(self.history, self.run_dir / "metrics.csv")
-        plot_curves(self.history, self.run_dir / "training_curve.png", region_names=self.table.evaluation_names)
+        plot_curves(self.history, self.run_dir / "training_curve.png", region_names=tuple(self.table.output_sets()))
 
     def _heal_best(self, last: Path, best: Path) -> None:
         """Make ``best`` the checkpoint of the best epoch that ``last`` records, when a run stopped between
@@ -501,7 +510,7 @@ class _Trainer:
     def _report(self, row: dict[str, Any]) -> None:
         parts = [f"epoch {row['epoch']}/{self.config.train.epochs}", f"loss {row['train_loss']:.4f}"]
         if "val_mean_dice" in row:
-            dice = " ".join(f"{n} {row[f'val_{n}_dice']:.3f}" for n in self.table.evaluation_names)
+            dice = " ".join(f"{n} {row[f'val_{n}_dice']:.3f}" for n in self.table.output_sets())
             parts.append(f"val Dice {row['val_mean_dice']:.3f} ({dice})")
         parts.append(f"{row['seconds']:.0f}s")
         write(" | ".join(parts))

@@ -180,14 +180,58 @@ def _flat(tmp_path: Path, et: int) -> tuple[Path, Path]:
     return pred_dir, ref_dir
 
 
-@pytest.mark.parametrize(("et", "table"), [(4, "brats2021"), (3, "brats2023")])
-def test_auto_labels_fall_back_to_label_values(tmp_path: Path, et: int, table: str) -> None:
+@pytest.mark.parametrize("et", [4, 3])
+def test_auto_labels_refuse_a_flat_folder_that_several_tables_fit(tmp_path: Path, et: int) -> None:
+    """A flat folder's names say nothing: 1, 2, 4 fit BraTS 2021 (4 ET) and 2024 GLI (4 RC); 1, 2, 3 fit
+    BraTS 2023 (1 NCR) and 2024 PED (1 ET). auto asks for the name rather than guess."""
     pred_dir, ref_dir = _flat(tmp_path, et)
     assert find_references(ref_dir).label_table is None
-    summary = evaluate_folder(pred_dir=pred_dir, ref_dir=ref_dir, out_dir=tmp_path / "out")
-    assert summary["label_table"] == table
-    assert summary["layout"] == "flat"
+    with pytest.raises(MedsegInputError, match=r"cannot tell the label table.*name the table") as err:
+        evaluate_folder(pred_dir=pred_dir, ref_dir=ref_dir, out_dir=tmp_path / "out")
+    assert ("brats2021" in str(err.value)) == (et == 4) and "brats2024-" in str(err.value)
+    table = "brats2021" if et == 4 else "brats2023"
+    summary = evaluate_folder(pred_dir=pred_dir, ref_dir=ref_dir, out_dir=tmp_path / "out", labels=table)
+    assert summary["label_table"] == table and summary["layout"] == "flat"
     assert summary["regions"]["ET"]["dice"]["mean"] == pytest.approx(1.0)
+
+
+def _write_2023_named(root: Path, case: str, ref: np.ndarray, pred: np.ndarray) -> None:
+    write_nifti(ref, _geometry(), root / "ref" / case / f"{case}-seg.nii.gz")
+    write_nifti(pred, _geometry(), root / "pred" / f"{case}.nii.gz")
+
+
+def test_auto_labels_of_2023_style_names_follow_the_case_ids_and_values(
+    tmp_path: Path, reference_metrics: type[ReferenceMetrics]
+) -> None:
+    rng = np.random.default_rng(5)
+    ref = _tumour(rng, 3)
+    ref[:4, :4, :4] = 4  # a resection cavity, outside the tumour
+    pred = np.roll(ref, 1, axis=0)
+    _write_2023_named(tmp_path / "gli", "BraTS-GLI-00001-000", ref, pred)
+    refs = find_references(tmp_path / "gli" / "ref")
+    assert refs.label_table is None and refs.label_candidates == ("brats2023", "brats2024-gli")
+    summary = evaluate_folder(
+        pred_dir=tmp_path / "gli" / "pred", ref_dir=tmp_path / "gli" / "ref", out_dir=tmp_path / "o1"
+    )
+    assert summary["label_table"] == "brats2024-gli"
+    assert list(summary["regions"]) == ["WT", "TC", "ET", "RC", "NETC", "SNFH"]
+    for region, values in {"WT": (1, 2, 3), "RC": (4,), "NETC": (1,), "SNFH": (2,)}.items():
+        dice = reference_metrics.dice(np.isin(pred, values), np.isin(ref, values))
+        assert summary["regions"][region]["dice"]["mean"] == pytest.approx(dice, abs=1e-5)
+    # PED cases labelled 1, 2, 3: BraTS 2023's (1 NCR) or 2024's (1 ET)? auto asks
+    ped = _tumour(rng, 3)
+    _write_2023_named(tmp_path / "ped", "BraTS-PED-00001-000", ped, ped)
+    with pytest.raises(MedsegInputError, match="brats2023, brats2024-ped all fit") as err:
+        evaluate_folder(pred_dir=tmp_path / "ped" / "pred", ref_dir=tmp_path / "ped" / "ref", out_dir=tmp_path / "o2")
+    assert err.value.path is not None
+    named = evaluate_folder(
+        pred_dir=tmp_path / "ped" / "pred",
+        ref_dir=tmp_path / "ped" / "ref",
+        out_dir=tmp_path / "o2",
+        labels="brats2024-ped",
+    )
+    assert list(named["regions"]) == ["WT", "TC", "ET", "CC", "NETC", "ED"]
+    assert named["regions"]["CC"]["dice"]["mean"] == pytest.approx(1.0)
 
 
 def test_explicit_labels_override_and_are_checked(tmp_path: Path) -> None:
@@ -549,7 +593,7 @@ def test_file_names_that_are_not_utf8_are_scored(tmp_path: Path) -> None:
     latin1 = os.fsdecode(b"caf\xe9.nii.gz")
     for folder in (pred_dir, ref_dir):
         (folder / "a.nii.gz").rename(folder / latin1)
-    summary = evaluate_folder(pred_dir=pred_dir, ref_dir=ref_dir, out_dir=tmp_path / "out")
+    summary = evaluate_folder(pred_dir=pred_dir, ref_dir=ref_dir, out_dir=tmp_path / "out", labels="brats2021")
     assert summary["cases"] == ["b", "caf\udce9"]
     rows = list(csv.DictReader((tmp_path / "out" / "metrics.csv").open(encoding="utf-8")))
     assert sorted({row["case"] for row in rows}) == ["b", "caf\\udce9"]  # the byte as a backslash escape

@@ -43,6 +43,7 @@ def batch() -> list[BratsPhantom]:
     [
         ("2021", "BraTS2021_00003", ("t1", "t1ce", "t2", "flair"), {0, 1, 2, 4}),
         ("2023", "BraTS-GLI-00003-000", ("t1n", "t1c", "t2w", "t2f"), {0, 1, 2, 3}),
+        ("2024", "BraTS-GLI-00003-000", ("t1n", "t1c", "t2w", "t2f"), {0, 1, 2, 3, 4}),
     ],
 )
 def test_release_layout_labels_and_grid(tmp_path: Path, release, folder, suffixes, labels) -> None:
@@ -223,3 +224,31 @@ def test_progress_is_a_bar_on_a_terminal_and_plain_lines_in_a_log(
         "BraTS 2021 phantoms: 1/2 case(s)",
         "BraTS 2021 phantoms: 2/2 case(s)",
     ]
+
+
+@pytest.mark.parametrize("index", [1, 3, 7])  # enhancing lesions, not of the small class (seed 4)
+def test_2024_cases_have_a_fluid_resection_cavity_beside_residual_tumour(index: int) -> None:
+    """Release 2024 (brats2024-gli: 1 NETC, 2 SNFH, 3 ET, 4 RC): the cavity takes part of the largest lesion,
+    residual tumour and oedema lie around it, and it holds fluid (CSF-like: dark on T1c, bright on T2). (A
+    small lesion may be resected whole, as in a gross total resection: those are not checked here.)"""
+    post, pre = _phantom(index, seed=4, release="2024"), _phantom(index, seed=4, release="2023")
+    assert post.enhancing and not post.small
+    assert set(np.unique(post.seg)) == {0, 1, 2, 3, 4}
+    cavity = post.seg == 4
+    cavity_ml = cavity.sum() * SPACING**3 / 1000
+    tumour_ml = np.isin(post.seg, (1, 3)).sum() * SPACING**3 / 1000
+    assert 0.5 < cavity_ml < 200 and tumour_ml > 0.5, (cavity_ml, tumour_ml)
+    assert (post.tissue[cavity] > 0).all(), "the cavity is inside the brain"
+    touching = ndimage.binary_dilation(cavity) & np.isin(post.seg, (1, 2, 3))
+    assert touching.any(), "the cavity lies beside the residual tumour"
+    # away from the cavity's border the case is the one drawn without treatment
+    away = ~ndimage.binary_dilation(cavity, iterations=2)
+    np.testing.assert_array_equal(post.seg[away], pre.seg[away])
+    np.testing.assert_array_equal(post.tissue, pre.tissue)
+    white = (post.tissue == anatomy.WM) & (post.seg == 0)
+    inner = ndimage.binary_erosion(cavity)
+    assert inner.sum() >= 5
+    for channel, darker in (("t1c", True), ("t1n", True), ("t2w", False)):
+        image = post.images[channel].astype(float)
+        assert (image[inner].mean() < image[white].mean()) == darker, channel
+    assert post.images["t1c"][inner].mean() < post.images["t1c"][post.seg == 3].mean()

@@ -201,7 +201,7 @@ class SegmentationLogic:
                 backend=request.backend,
                 mirror=request.mirror,
                 min_piece_ml=request.min_piece_ml,
-                piece_names=request.model_info.labels.evaluation_names if request.min_piece_ml else (),
+                piece_names=tuple(request.model_info.labels.output_sets()) if request.min_piece_ml else (),
                 extra_args=tuple(request.extra_args),
             )
             process = ChildProcess(parameters.command(), env=child_environment(python))
