@@ -83,7 +83,7 @@ def test_predictions_and_references_in_every_format(tmp_path: Path, reference_me
         else:
             _write_itk(ref, geometry, ref_dir / f"case{n}{ref_ending}")
         cases[f"case{n}"] = (pred, ref)
-    (pred_dir / "case0_probabilities.nii.gz").write_bytes(b"")  # medseg predict's probabilities: no case
+    (pred_dir / "case0_uncertainty.nii.gz").write_bytes(b"")  # written beside a label map by medseg predict: no case
     summary = evaluate_folder(pred_dir=pred_dir, ref_dir=ref_dir, out_dir=tmp_path / "out", labels=ORGANS)
     assert summary["cases"] == sorted(cases) and summary["missing_predictions"] == []
     scores = read_metrics_csv(tmp_path / "out" / "metrics.csv").scores
@@ -176,7 +176,8 @@ def test_auto_labels_on_a_ct_folder_say_how_to_give_the_table(
     argv = ["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "--out", str(tmp_path / "o")]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"medseg: error: {ref_dir / 'ct_0.nii.gz'}: cannot tell the label table: values [0, 1, 2,")
+    assert err.startswith(f"medseg: error: {ref_dir / 'ct_0.nii.gz'}: label values [0, 1, 2,")
+    assert "are in none of the label tables brats2021, brats2023" in err and "BraTS" not in err
     assert err.endswith("give --labels (a table name, a dataset.json) or --labels-from CKPT (the model that predicted)")
 
 
