@@ -264,6 +264,10 @@ def _add_scoring_arguments(p: argparse.ArgumentParser, *, lesion_help: str) -> N
     p.add_argument("--workers", type=int, default=1, help="cases scored at once, each in its own process (default 1)")
 
 
+def _add_mirror_argument(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--mirror", type=int, nargs="*", choices=[0, 1, 2], metavar="AXIS", help=help)
+
+
 def _scoring_kwargs(args: argparse.Namespace) -> dict:
     labels = args.labels
     if args.labels_from is not None:
@@ -514,14 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
-    p.add_argument(
-        "--mirror",
-        type=int,
-        nargs="*",
-        choices=[0, 1, 2],
-        metavar="AXIS",
-        help="test-time mirroring: average over mirror images along these axes (0 1 2: R, A, S; all three,"
-        " 8 passes, when none is given)",
+    _add_mirror_argument(
+        p,
+        "test-time mirroring: average over mirror images along these axes (0 1 2: R, A, S; all three, 8 passes,"
+        " when none is given)",
     )
     p.add_argument(
         "--set",
@@ -552,14 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="the calibrated checkpoint to write (may be --model)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
-    p.add_argument(
-        "--mirror",
-        type=int,
-        nargs="*",
-        choices=[0, 1, 2],
-        metavar="AXIS",
-        help="fit for predictions averaged over these mirror images (as medseg predict --mirror)",
-    )
+    _add_mirror_argument(p, "fit for predictions averaged over these mirror images (as medseg predict --mirror)")
     p.add_argument("--set", action="append", default=[], metavar="inference.KEY=VALUE")
     p.add_argument("--voxels-per-case", type=int, default=100_000, help="voxels sampled per case (default 100000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the voxel sample")
