@@ -25,6 +25,7 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ from medseg.distributed import DistContext, init_distributed, shutdown_distribut
 from medseg.errors import CheckpointError, ConfigError, MedsegInputError, user_errors_unwrapped
 from medseg.inference import Windows
 from medseg.inference.backends.base import autocast_dtype
+from medseg.io import read_geometry
 from medseg.io.atomic import atomic_output
 from medseg.keys import CASE, IMAGE, LABEL, LABELLED
 from medseg.labels import LabelTable, get_label_table
@@ -141,6 +143,37 @@ def _items(cases: list[ManifestCase], root: Path, table: LabelTable | None = Non
     return items
 
 
+PATCH_PADDING_LIMIT = 64
+"""How many times the largest training case's voxels (at the training spacing) a patch may hold: four times
+its extent along each axis. Tiny test configs pad generously; a patch beyond this is a mistake (a missing
+``transforms.spacing``, a typo), which would otherwise fail later as an opaque transform or memory error."""
+
+
+def check_patch_fits(config: Config, cases: Sequence[ManifestCase], *, root: Path) -> None:
+    """Refuse a ``transforms.patch_size`` that is mostly padding for every training case, before any case is
+    read: more than :data:`PATCH_PADDING_LIMIT` times the voxels of the largest case at the training spacing
+    (``transforms.spacing``, else each case's own; from the image headers). A patch somewhat larger than the
+    cases, which holds each case whole, passes.
+
+    Raises:
+        ConfigError: naming ``transforms.patch_size``, its voxels and the largest case's.
+    """
+    patch = math.prod(config.transforms.patch_size)
+    target = config.transforms.spacing
+    largest = 0.0
+    for case in cases:
+        geometry = read_geometry(root / case.images[0])
+        volume_mm3 = math.prod(geometry.shape) * math.prod(geometry.spacing)
+        largest = max(largest, volume_mm3 / math.prod(target) if target else float(math.prod(geometry.shape)))
+    if cases and patch > PATCH_PADDING_LIMIT * largest:
+        raise ConfigError(
+            f"transforms.patch_size {config.transforms.patch_size} holds {patch} voxels, more than"
+            f" {PATCH_PADDING_LIMIT} times the largest training case ({round(largest)} voxels at the training"
+            " spacing): nearly all of every patch would be padding; choose a smaller patch (medseg plan suggests"
+            " one)"
+        )
+
+
 def partial_label_table(config: Config, manifest: Manifest, table: LabelTable) -> LabelTable | None:
     """``table`` when some case of ``manifest`` lacks annotations of some label, else ``None`` (every case
     is fully labelled).
@@ -185,6 +218,7 @@ class _Trainer:
                 path=root,
             )
         require_consistent(manifest, root=root)
+        check_patch_fits(config, train_cases, root=root)
         # A single caching thread: MONAI's LoadImaged, which loaded cases before medseg's LoadImagesd, was
         # not thread-safe stacking several files under one key (with 2 threads a cached BraTS case now and
         # then kept 1 of its 4 channels); more threads have not been measured since.

@@ -275,3 +275,15 @@ def test_a_tversky_run_with_a_boundary_schedule_trains_and_sets_each_epochs_weig
     assert epochs == [0, 1]
     rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
     assert len(rows) == 2 and all(math.isfinite(float(r["train_loss"])) for r in rows)
+
+
+def test_a_patch_far_larger_than_every_case_is_refused_up_front(
+    brats_root: Path, tmp_path: Path, tiny_config: MakeConfig
+) -> None:
+    """Before: validated, then "unexpected RuntimeError: applying transform <... object at 0x...>"."""
+    config = tiny_config(brats_root, tmp_path / "run")
+    config.transforms.patch_size = [2048, 2048, 2048]
+    with pytest.raises(ConfigError, match=r"transforms.patch_size \[2048, 2048, 2048\] holds 8589934592 voxels") as err:
+        train(config)
+    assert "more than 64 times the largest training case" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "run" / "last.pt").exists()
