@@ -128,7 +128,7 @@ def spatial_transforms(cfg: TransformConfig, keys: Sequence[str]) -> list[mt.Tra
     image_mode: str | int = "bilinear" if cfg.interpolation == "linear" else 3
     modes = [image_mode if k == IMAGE else "nearest" for k in keys]
     if cfg.spacing is not None:
-        steps.append(mt.Spacingd(keys=list(keys), pixdim=cfg.spacing, mode=modes))
+        steps.append(mt.Spacingd(keys=list(keys), pixdim=cfg.spacing, mode=modes, dtype=torch.float32))
     if cfg.crop_foreground:
         select = AboveThreshold(cfg.foreground_threshold) if cfg.foreground_threshold is not None else None
         extra = {"select_fn": select} if select is not None else {}

@@ -15,9 +15,10 @@ from monai.data import MetaTensor
 
 from medseg.cli import main
 from medseg.config import Config, TransformConfig, bundled_configs, config_from_dict
+from medseg.data.cases import InputCase
 from medseg.data.manifest import build_manifest
 from medseg.errors import ConfigError
-from medseg.inference import Predictor
+from medseg.inference import Predictor, read_case
 from medseg.io import read_nifti
 from medseg.keys import IMAGE, LABEL
 from medseg.labels import BRATS2021, LabelTable
@@ -220,6 +221,17 @@ def test_prediction_lands_on_the_input_grid(ct_root: Path, ct_checkpoint: Path, 
         assert pred.shape == ref.shape
         np.testing.assert_allclose(pred.affine, ref.affine, atol=1e-4)
         assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= set(LABELS)
+
+
+def test_labels_from_slabs_equal_the_full_probability_path(ct_root: Path, ct_checkpoint: Path) -> None:
+    """``Predictor.predict`` maps probabilities back a slab at a time (:mod:`medseg.inference.restore`):
+    the label map is the one of the full-resolution probabilities, on oblique anisotropic grids too."""
+    predictor = Predictor.from_checkpoint(ct_checkpoint, device="cpu")
+    for case in NON_IDENTITY_CASES:
+        image = read_case(InputCase(case, (ct_root / "imagesTr" / f"{case}.nii.gz",)))
+        full = predictor.labels_from_probabilities(predictor.predict_probabilities(image), image)
+        assert len(np.unique(full)) > 2  # organs, not only background
+        np.testing.assert_array_equal(predictor.predict(image), full)
 
 
 def test_demo_subcommand_defaults_to_brats(monkeypatch: pytest.MonkeyPatch) -> None:

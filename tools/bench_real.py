@@ -88,8 +88,9 @@ DATASETS: dict[str, Dataset] = {
 }
 
 
-def run_stage(command: list[str], log: Path) -> tuple[float, float]:
-    """Run ``command`` with its output appended to ``log``; return (seconds, peak RSS in GB).
+def run_stage(command: list[str], log: Path, env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Run ``command`` (in environment ``env``, default this one's) with its output appended to ``log``;
+    return (seconds, peak RSS in GB).
 
     Raises:
         SystemExit: the command failed (its log names why).
@@ -98,7 +99,7 @@ def run_stage(command: list[str], log: Path) -> tuple[float, float]:
     with log.open("a") as out:
         out.write(f"$ {' '.join(command)}\n")
         out.flush()
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
         _, status, usage = os.wait4(process.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"bench_real: failed: {' '.join(command)} (see {log})")

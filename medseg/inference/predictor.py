@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
-from monai.transforms import KeepLargestConnectedComponent
 
 from medseg.checkpoint import Checkpoint, load_checkpoint
 from medseg.config import InferenceConfig, TransformConfig, check_mirroring, override_inference
@@ -28,6 +27,7 @@ from medseg.data.cases import InputCase
 from medseg.distributed import resolve_device
 from medseg.errors import CheckpointError, ConfigError, MedsegInputError
 from medseg.inference.backends import Backend, create_backend, default_cache_dir
+from medseg.inference.restore import axis_maps, labels_on_input_grid
 from medseg.inference.tiling import TilePlan, smallest_window, tiled_inference
 from medseg.inference.uncertainty import UNCERTAINTY_MAPS, pass_statistics
 from medseg.io import Image, read_dicom_series, read_image, require_finite, stack_channels
@@ -36,6 +36,7 @@ from medseg.networks.registry import check_patch_size, default_window_voxels, si
 from medseg.postprocessing import (
     check_min_component_ml,
     check_min_region_ml,
+    keep_largest_components,
     outputs_to_labels,
     remove_small_components,
     suppress_small_regions,
@@ -393,20 +394,24 @@ class Predictor:
 
     def _predict(self, image: Image, *, uncertainty: bool) -> Prediction:
         """:meth:`predict_probabilities`, with the uncertainty maps when ``uncertainty``."""
+        x, probs, maps = self._network_outputs(image, uncertainty=uncertainty)
+        channels = probs if maps is None else torch.cat([probs, maps])  # one inverse for both
+        out = self._restore(channels, x, image)
+        out, restored_maps = out[: len(probs)], out[len(probs) :]
+        complete_probabilities(torch.from_numpy(out), regions=self.table.kind == "regions")
+        return Prediction(out, np.clip(restored_maps, 0.0, None) if maps is not None else None)
+
+    def _network_outputs(
+        self, image: Image, *, uncertainty: bool
+    ) -> tuple[MetaTensor, torch.Tensor, torch.Tensor | None]:
+        """``image`` preprocessed (``(C_in, X', Y', Z')``, to invert), the probabilities ``(C_out, X', Y', Z')``
+        float32 on that grid and, when ``uncertainty``, the ``(2, X', Y', Z')`` uncertainty maps."""
         x = self._preprocess(image)
         batch = x.unsqueeze(0).as_tensor().to(self.backends[0].device)
         logits, maps = self._logits_and_uncertainty(batch) if uncertainty else (self._logits(batch), None)
         logits = logits[0].float().cpu()
         probs = torch.sigmoid(logits) if self.table.kind == "regions" else torch.softmax(logits, 0)
-        channels = probs if maps is None else torch.cat([probs, maps[0].float().cpu()])  # one inverse for both
-        out = self._restore(channels, x, image)
-        out, restored_maps = out[: len(probs)], out[len(probs) :]
-        np.clip(out, 0.0, 1.0, out=out)  # a cubic-spline inverse resampling overshoots at edges
-        if self.table.kind != "regions":  # the crop's inverse pads with 0: that share is background
-            total = out.sum(0)
-            out[0] += np.clip(1.0 - total, 0.0, None)
-            out /= np.maximum(total, 1.0)  # the sum after the line above; > 1 only after an overshoot
-        return Prediction(out, np.clip(restored_maps, 0.0, None) if maps is not None else None)
+        return x, probs, None if maps is None else maps[0].float().cpu()
 
     @torch.no_grad()
     def predict_logits(self, image: Image) -> tuple[np.ndarray, np.ndarray]:
@@ -447,19 +452,53 @@ class Predictor:
             raise RuntimeError(f"inverse transforms gave shape {out.shape[1:]}, expected {image.geometry.shape}")
         return out
 
+    @torch.no_grad()
     def predict(self, image: Image) -> np.ndarray:
         """Label map ``(X, Y, Z)`` uint8 in the model's own label values, on ``image``'s grid: the
-        :meth:`labels_from_probabilities` of :meth:`predict_probabilities`."""
-        return self.labels_from_probabilities(self.predict_probabilities(image), image)
+        :meth:`labels_from_probabilities` of :meth:`predict_probabilities`, computed without them.
+
+        The probabilities are mapped back to ``image``'s grid a slab of slices at a time
+        (:func:`~medseg.inference.restore.labels_on_input_grid`), so memory does not grow with the
+        number of outputs; only ``transforms.interpolation: spline`` maps every channel at once.
+        """
+        x, probs, _ = self._network_outputs(image, uncertainty=False)
+        maps = axis_maps(x, image.geometry.affine)
+        if maps is None:
+            full = self._restore(probs, x, image)
+            labels = self._labels(torch.from_numpy(full))
+        else:
+            labels = labels_on_input_grid(probs, maps, image.geometry.shape, self._labels, self._label_keys)
+        return self.postprocess(labels, image)
+
+    def _labels(self, probs: torch.Tensor) -> np.ndarray:
+        """Labels ``(X, Y, Z)`` uint8 from probabilities ``(C_out, X, Y, Z)`` straight from the inverse
+        transforms (completed in place, :func:`complete_probabilities`)."""
+        complete_probabilities(probs, regions=self.table.kind == "regions")
+        return outputs_to_labels(probs, self.table, threshold=self.inference.threshold)
+
+    def _label_keys(self, probs: torch.Tensor) -> torch.Tensor:
+        """Codes ``(X, Y, Z)`` of probabilities ``(C_out, X, Y, Z)`` (completed in place) such that any mix
+        of voxels that share a code has their label (see :func:`~medseg.inference.restore.labels_on_input_grid`):
+        the argmax for classes, for regions which channels pass ``inference.threshold`` (one bit each)."""
+        complete_probabilities(probs, regions=self.table.kind == "regions")
+        if self.table.kind != "regions":
+            return probs.argmax(0)
+        bits = 2 ** torch.arange(len(probs)).view(-1, *[1] * (probs.ndim - 1))
+        return ((probs > self.inference.threshold) * bits).sum(0)
 
     def labels_from_probabilities(self, probs: np.ndarray, image: Image) -> np.ndarray:
-        """Label map ``(X, Y, Z)`` uint8 from ``probs`` ``(C_out, X, Y, Z)`` on ``image``'s grid.
-
-        Post-processing from the ``inference`` config: ``min_component_ml`` relabels too-small connected
-        pieces (:func:`~medseg.postprocessing.components.remove_small_components`), ``min_region_ml`` too-small region
-        predictions (:func:`~medseg.postprocessing.regions.suppress_small_regions`), and ``keep_largest_component``
-        keeps each foreground label's largest connected piece (MONAI's ``KeepLargestConnectedComponent``)."""
+        """Label map ``(X, Y, Z)`` uint8 from ``probs`` ``(C_out, X, Y, Z)`` on ``image``'s grid (as
+        :meth:`predict_probabilities` gives them), post-processed (:meth:`postprocess`)."""
         labels = outputs_to_labels(torch.from_numpy(probs), self.table, threshold=self.inference.threshold)
+        return self.postprocess(labels, image)
+
+    def postprocess(self, labels: np.ndarray, image: Image) -> np.ndarray:
+        """``labels`` ``(X, Y, Z)`` uint8 on ``image``'s grid after the ``inference`` config's post-processing:
+        ``min_component_ml`` relabels too-small connected pieces
+        (:func:`~medseg.postprocessing.components.remove_small_components`), ``min_region_ml`` too-small region
+        predictions (:func:`~medseg.postprocessing.regions.suppress_small_regions`), and ``keep_largest_component``
+        keeps each foreground label's largest connected piece
+        (:func:`~medseg.postprocessing.components.keep_largest_components`)."""
         if self.inference.min_component_ml:
             labels = remove_small_components(
                 labels, self.table, spacing=image.geometry.spacing, min_component_ml=self.inference.min_component_ml
@@ -470,6 +509,18 @@ class Predictor:
                 labels, self.table, voxel_ml=voxel_ml, min_region_ml=self.inference.min_region_ml
             )
         if self.inference.keep_largest_component:
-            keep = KeepLargestConnectedComponent(applied_labels=list(self.table.foreground_labels), independent=True)
-            labels = np.asarray(keep(labels[None]))[0].astype(np.uint8)
+            labels = keep_largest_components(labels, self.table.foreground_labels)
         return labels
+
+
+def complete_probabilities(probs: torch.Tensor, *, regions: bool) -> torch.Tensor:
+    """``probs`` ``(C_out, ...)`` from the inverse transforms, completed in place and returned: clipped to
+    [0, 1] (a cubic-spline inverse resampling overshoots at edges); for class outputs the share that the
+    crop's zero padding left out goes to background (outside the crop, and where resampling mixes in
+    the outside at its edge) and each voxel is renormalised to sum to 1 after an overshoot."""
+    probs.clamp_(0.0, 1.0)
+    if not regions:
+        total = probs.sum(0)
+        probs[0] += (1.0 - total).clamp_(min=0.0)
+        probs /= total.clamp_(min=1.0)
+    return probs

@@ -311,4 +311,7 @@ def stack_channels(images: Sequence[Image]) -> Image:
         require_same_grid(img.geometry, first.geometry, path=img.path, reference_path=first.path)
     channels = [(img.path, c) for img in images for c in img.array.reshape(-1, *img.geometry.shape)]
     meta = {**first.meta, "channel_files": [path for path, _ in channels]}
-    return Image(np.stack([c.astype(np.float32, copy=False) for _, c in channels]), first.geometry, first.path, meta)
+    array = np.empty((len(channels), *first.geometry.shape), dtype=np.float32)  # no float copy per channel
+    for index, (_, channel) in enumerate(channels):
+        array[index] = channel
+    return Image(array, first.geometry, first.path, meta)

@@ -4,7 +4,12 @@ connected components removed (:mod:`~medseg.postprocessing.components`), and the
 
 from __future__ import annotations
 
-from medseg.postprocessing.components import Pieces, check_min_component_ml, remove_small_components
+from medseg.postprocessing.components import (
+    Pieces,
+    check_min_component_ml,
+    keep_largest_components,
+    remove_small_components,
+)
 from medseg.postprocessing.regions import (
     check_min_region_ml,
     enclosing_label,
@@ -33,6 +38,7 @@ __all__ = [
     "criterion_name",
     "enclosing_label",
     "format_trials",
+    "keep_largest_components",
     "outputs_to_labels",
     "remove_small_components",
     "set_argument",

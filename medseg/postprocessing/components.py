@@ -71,6 +71,36 @@ def remove_small_components(
     out = labels.copy()
     for name, values in table.output_sets().items():
         if name in min_component_ml:
-            small = Pieces.of(np.isin(out, values), spacing).smaller_than(min_component_ml[name])
-            out[small] = enclosing_label(table, name)
+            mask = np.isin(out, values)
+            box = _box(mask)
+            if box is not None:
+                small = Pieces.of(mask[box], spacing).smaller_than(min_component_ml[name])
+                out[box][small] = enclosing_label(table, name)
     return out
+
+
+def keep_largest_components(labels: np.ndarray, values: Sequence[int]) -> np.ndarray:
+    """``labels`` ``(X, Y, Z)`` with each label of ``values`` reduced to its largest 26-connected piece (the
+    other pieces become 0), as MONAI's ``KeepLargestConnectedComponent(independent=True)``; returns a new array.
+
+    The pieces are found inside each label's bounding box with ``scipy.ndimage.label`` (int32), not over the
+    whole volume in int64 as MONAI does: on a 512 x 512 x 800 CT that is 1.7 GB per label.
+    """
+    out = labels.copy()
+    boxes = ndimage.find_objects(out)
+    for value in values:
+        box = boxes[value - 1] if 0 < value <= len(boxes) else None
+        if box is None:
+            continue
+        sub = out[box]
+        mask = sub == value
+        pieces, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+        if count > 1:
+            largest = 1 + int(np.argmax(np.bincount(pieces.ravel())[1:]))
+            sub[mask & (pieces != largest)] = 0
+    return out
+
+
+def _box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of a boolean mask's voxels, ``None`` when it has none."""
+    return ndimage.find_objects(mask.view(np.uint8))[0] if mask.any() else None

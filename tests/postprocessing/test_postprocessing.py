@@ -6,10 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
+from monai.transforms import KeepLargestConnectedComponent
 
 from medseg.inference import Predictor
 from medseg.inference.batch import predict_folder
 from medseg.io import Geometry, Image, read_nifti, write_nifti
+from medseg.postprocessing import keep_largest_components
 
 
 def test_keep_largest_component_leaves_one_piece_per_label(one_channel_checkpoint: Path) -> None:
@@ -27,6 +29,18 @@ def test_keep_largest_component_leaves_one_piece_per_label(one_channel_checkpoin
     assert count == 1
     largest = np.bincount(ndi.label(raw_labels == 1, structure=np.ones((3, 3, 3)))[0].ravel())[1:].max()
     assert (labels == 1).sum() == largest
+
+
+def test_keep_largest_components_agrees_with_monai() -> None:
+    """Bounding-box components (scipy) against MONAI's whole-volume ``KeepLargestConnectedComponent``."""
+    rng = np.random.default_rng(11)
+    noise = ndi.gaussian_filter(rng.normal(size=(4, 40, 36, 28)), (0, 2, 2, 2))
+    labels = np.where(noise.max(0) > 0.12, noise.argmax(0) + 1, 0).astype(np.uint8)
+    labels[labels == 4] = 6  # a gap in the values: label 4 absent, 6 present
+    assert all(ndi.label(labels == v)[1] > 1 for v in (1, 2, 3, 6))  # several pieces each
+    keep = KeepLargestConnectedComponent(applied_labels=[1, 2, 3, 4, 6], independent=True)
+    expected = np.asarray(keep(labels[None]))[0]
+    np.testing.assert_array_equal(keep_largest_components(labels, (1, 2, 3, 4, 6)), expected)
 
 
 def _noise_scan(tmp_path: Path) -> tuple[np.ndarray, Geometry, Path]:
