@@ -136,16 +136,16 @@ def dice_per_label(a: Path, b: Path) -> dict[str, float]:
 def run_configuration(name: str, args: argparse.Namespace, checkpoint: Path, image: Path, output: Path) -> dict:
     """Run configuration ``name`` on ``image`` in its own process: seconds and peak RSS."""
     (output / image.name).unlink(missing_ok=True)
-    env = None
+    env, cwd = None, REPO
     if name == "full":
         command = [sys.executable, __file__, "--worker-full", str(checkpoint), str(image), str(output)]
     else:
         command = [sys.executable, "-m", "medseg", "predict", "--model", str(checkpoint), "--input", str(image)]
         command += ["--output", str(output), "--device", "cpu", "--progress", "none", "--overwrite"]
         if name == "previous":
-            env = {**os.environ, "PYTHONPATH": str(args.previous)}
+            env, cwd = {**os.environ, "PYTHONPATH": str(args.previous)}, args.previous  # python -m: cwd first
     try:
-        seconds, peak_gb = run_stage(command, args.work / f"{name}.log", env)
+        seconds, peak_gb = run_stage(command, args.work / f"{name}.log", env, cwd)
     except SystemExit as failure:  # e.g. killed for memory: a figure too
         return {"failed": str(failure)}
     return {"seconds": round(seconds, 1), "peak_rss_gb": round(peak_gb, 3)}

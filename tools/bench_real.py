@@ -88,9 +88,11 @@ DATASETS: dict[str, Dataset] = {
 }
 
 
-def run_stage(command: list[str], log: Path, env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Run ``command`` (in environment ``env``, default this one's) with its output appended to ``log``;
-    return (seconds, peak RSS in GB).
+def run_stage(
+    command: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = REPO
+) -> tuple[float, float]:
+    """Run ``command`` in ``cwd`` (and environment ``env``, default this one's) with its output appended to
+    ``log``; return (seconds, peak RSS in GB).
 
     Raises:
         SystemExit: the command failed (its log names why).
@@ -99,7 +101,7 @@ def run_stage(command: list[str], log: Path, env: dict[str, str] | None = None) 
     with log.open("a") as out:
         out.write(f"$ {' '.join(command)}\n")
         out.flush()
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
         _, status, usage = os.wait4(process.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"bench_real: failed: {' '.join(command)} (see {log})")
