@@ -234,6 +234,22 @@ def test_labels_from_slabs_equal_the_full_probability_path(ct_root: Path, ct_che
         np.testing.assert_array_equal(predictor.predict(image), full)
 
 
+def test_label_maps_never_map_every_output_back_at_once(
+    ct_root: Path, ct_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The memory bound: ``predict`` never inverts the transforms for all output channels together."""
+    predictor = Predictor.from_checkpoint(ct_checkpoint, device="cpu")
+    image = read_case(InputCase("ct_000", (ct_root / "imagesTr" / "ct_000.nii.gz",)))
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("every output channel was mapped back to the input's grid")
+
+    monkeypatch.setattr(Predictor, "_restore", refuse)
+    assert predictor.predict(image).shape == image.geometry.shape
+    with pytest.raises(AssertionError, match="every output channel"):
+        predictor.predict_probabilities(image)  # the path that needs them all still takes it
+
+
 def test_demo_subcommand_defaults_to_brats(monkeypatch: pytest.MonkeyPatch) -> None:
     import medseg.demo
 
