@@ -119,18 +119,19 @@ def predict_full(checkpoint: Path, images: list[Path], output: Path) -> None:
             )
 
 
-def dice_per_label(a: Path, b: Path) -> dict[str, float]:
-    """Dice of each label value present in either label map (NIfTI files on one grid)."""
+def agreement(a: Path, b: Path) -> dict:
+    """Dice of each label value present in either label map (NIfTI files on one grid), and how many
+    voxels the two maps label differently."""
     import nibabel as nib
 
     x, y = (np.asarray(nib.load(p).dataobj) for p in (a, b))
-    scores = {}
+    dice = {}
     for value in np.union1d(np.unique(x), np.unique(y)):
         if value == 0:
             continue
         inter = np.count_nonzero((x == value) & (y == value))
-        scores[str(int(value))] = round(2 * inter / (np.count_nonzero(x == value) + np.count_nonzero(y == value)), 5)
-    return scores
+        dice[str(int(value))] = round(2 * inter / (np.count_nonzero(x == value) + np.count_nonzero(y == value)), 5)
+    return {"dice": dice, "differing_voxels": int(np.count_nonzero(x != y)), "voxels": int(x.size)}
 
 
 def run_configuration(name: str, args: argparse.Namespace, checkpoint: Path, image: Path, output: Path) -> dict:
@@ -176,7 +177,7 @@ def main() -> None:
     names = ["full", "slabs", *(["previous"] if args.previous else [])]
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
     results: dict[str, dict] = {}
-    agreement: dict[str, dict[str, float]] = {}
+    agreements: dict[str, dict] = {}
     for image in [large, *real]:
         case = image.name.removesuffix(".nii.gz")
         voxels = int(np.prod(LARGE_SHAPE)) if image == large else None
@@ -190,8 +191,8 @@ def main() -> None:
         maps = [args.work / name / image.name for name in ("full", "slabs")]
         if not all(p.exists() for p in maps):
             continue
-        agreement[case] = dice_per_label(*maps)
-        print(json.dumps({"case": case, "dice_slabs_vs_full": agreement[case]}), flush=True)
+        agreements[case] = agreement(*maps)
+        print(json.dumps({"case": case, "slabs_vs_full": agreements[case]}), flush=True)
     before = "previous" if "seconds" in results.get("previous", {}) else "full"
     summary = {
         "summary": "bench_large_ct",
@@ -201,7 +202,8 @@ def main() -> None:
         "rss_ratio": round(results["slabs"]["peak_rss_gb"] / results[before]["peak_rss_gb"], 3),
         "time_ratio": round(results["slabs"]["seconds"] / results[before]["seconds"], 3),
         **{name: figures for name, figures in results.items()},
-        "min_dice_slabs_vs_full": min((d for scores in agreement.values() for d in scores.values()), default=None),
+        "min_dice_slabs_vs_full": min((d for a in agreements.values() for d in a["dice"].values()), default=None),
+        "differing_voxels": sum(a["differing_voxels"] for a in agreements.values()),
         "machine": machine,
     }
     print(json.dumps(summary), flush=True)

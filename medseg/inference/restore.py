@@ -130,8 +130,8 @@ def labels_on_input_grid(
     for corner in itertools.product((0, 1), repeat=3):
         cell = tuple(slice(c, c + n - 1) for c, n in zip(corner, codes.shape, strict=True))
         uniform &= codes[cell] == codes[:-1, :-1, :-1]
-    cell_labels = np.where(uniform.numpy(), corner_labels[:-1, :-1, :-1], 0).astype(np.uint8)
     uniform_np = uniform.numpy()
+    cell_labels = np.ascontiguousarray(corner_labels[:-1, :-1, :-1])  # the label of a cell whose corners agree
     order = [m.network_axis for m in maps]  # the network axis of input axes 0, 1, 2
     table = padded.permute(1, 2, 3, 0).reshape(-1, channels)  # channel last: one row per voxel
     strides = [table.shape[0] // math.prod(padded.shape[1 : 2 + order[axis]]) for axis in range(3)]
