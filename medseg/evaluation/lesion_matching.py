@@ -39,7 +39,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
-from medseg.evaluation.metrics import SCORINGS, Scoring, check_masks, hd95, mask_box, nsd
+from medseg.evaluation.metrics import SCORINGS, Scoring, check_masks, dice, hd95, mask_box, nsd
 
 _COMPONENTS = np.ones((3, 3, 3), dtype=bool)  # 26-connected components, as Panoptica's cc3d
 
@@ -189,12 +189,11 @@ def matched_lesion_scores(
         lesion, answer = ref_lesions == lesion_id, pred_lesions == matches[lesion_id]
         both = mask_box(lesion | answer, 1)
         lesion, answer = lesion[both], answer[both]
-        overlap = 2.0 * np.count_nonzero(lesion & answer) / (np.count_nonzero(lesion) + np.count_nonzero(answer))
         matched.append(
             ReferenceLesion(
                 volume,
                 True,
-                overlap,
+                dice(answer, lesion),
                 hd95(answer, lesion, spacing=spacing, scoring=scoring),
                 nsd(answer, lesion, spacing=spacing, tolerance_mm=tolerance, scoring=scoring),
             )
