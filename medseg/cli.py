@@ -258,8 +258,9 @@ def _add_scoring_arguments(p: argparse.ArgumentParser, *, lesion_help: str) -> N
         "--lesion-wise",
         default=None,
         metavar="RULES",
-        help=f"{lesion_help}: BraTS 2023's GLI (adult glioma), SSA, MEN, PED or MET, or BraTS 2024's"
-        " brats2024-gli, brats2024-ped, brats2024-met or brats2024-men-rt",
+        help=f"{lesion_help}: BraTS 2023's GLI (adult glioma), SSA, MEN, PED or MET, BraTS 2024's"
+        " brats2024-gli, brats2024-ped, brats2024-met or brats2024-men-rt, or BraTS 2025's brats2025-met"
+        " (lesions matched one to one, as brats-evaluation on Panoptica)",
     )
     p.add_argument("--workers", type=int, default=1, help="cases scored at once, each in its own process (default 1)")
 

@@ -39,6 +39,13 @@ from medseg.evaluation.files import (
     write_lesion_metrics_csv,
     write_metrics_csv,
 )
+from medseg.evaluation.lesion_matching import (
+    MatchedLesionRules,
+    MatchedLesionScore,
+    ReferenceLesion,
+    match_lesions,
+    matched_lesion_scores,
+)
 from medseg.evaluation.lesion_wise import (
     LESION_RULES,
     LesionRules,
@@ -87,7 +94,10 @@ __all__ = [
     "LesionMetrics",
     "LesionRules",
     "LesionScore",
+    "MatchedLesionRules",
+    "MatchedLesionScore",
     "Metrics",
+    "ReferenceLesion",
     "References",
     "RegionScore",
     "Scoring",
@@ -109,6 +119,8 @@ __all__ = [
     "label_table_from_json",
     "lesion_wise_label_maps",
     "lesion_wise_scores",
+    "match_lesions",
+    "matched_lesion_scores",
     "merge_through",
     "nsd",
     "pair_cases",

@@ -46,7 +46,7 @@ from medseg.evaluation.files import (
     write_lesion_metrics_csv,
     write_metrics_csv,
 )
-from medseg.evaluation.lesion_wise import LesionScore, get_lesion_rules, lesion_wise_label_maps
+from medseg.evaluation.lesion_wise import LesionRules, LesionScore, get_lesion_rules, lesion_wise_label_maps
 from medseg.evaluation.metrics import (
     NSD_TOLERANCE_MM,
     RegionScore,
@@ -347,9 +347,12 @@ def _resolve_label_table(labels: str | LabelTable, refs: References, pred_dir: P
 
 
 def _stats(values: list[float]) -> dict[str, float]:
-    if not values:  # a label no case annotates
-        return {"mean": math.nan, "std": math.nan, "median": math.nan}
+    """Mean, population sd and median of ``values``, leaving NaN out (a case the rules give no score,
+    BraTS 2025 MET's lesion-wise scores without a large lesion; the challenge's means leave it out too)."""
     arr = np.asarray(values, dtype=float)
+    arr = arr[~np.isnan(arr)]
+    if not arr.size:  # a label no case annotates
+        return {"mean": math.nan, "std": math.nan, "median": math.nan}
     return {"mean": float(arr.mean()), "std": float(arr.std()), "median": float(np.median(arr))}
 
 
@@ -394,13 +397,23 @@ def summarize_lesions(
         rules: the :data:`~medseg.evaluation.lesion_wise.LESION_RULES` key the scores were computed with.
 
     Returns:
-        ``{"rules", "dilation", "min_volume_mm3", "regions"}``, where ``regions`` maps each region to
-        ``{"n", "dice": {"mean", "std", "median"}, "hd95": {...}, "tp", "fn", "fp"}`` (lesion counts
-        summed over cases; HD95 in mm).
+        ``{"rules", "description", ..., "regions"}``: the rules' thresholds (``dilation`` and ``min_volume_mm3``
+        for dilation rules; ``matching_dice``, ``large_volume_mm3`` and ``detection_dice`` for one-to-one
+        matching), and ``regions``, which maps each region to ``{"n", "dice": {"mean", "std", "median"},
+        "hd95": {...}, "tp", "fn", "fp"}`` (lesion counts summed over cases; HD95 in mm; cases without a
+        score, NaN, left out of the statistics).
     """
     regions = _per_region(lesions, table, stats=("dice", "hd95"), sums=("tp", "fn", "fp"))
     r = get_lesion_rules(rules)
-    return {"rules": rules, "dilation": r.dilation, "min_volume_mm3": r.min_volume_mm3, "regions": regions}
+    if isinstance(r, LesionRules):
+        thresholds = {"dilation": r.dilation, "min_volume_mm3": r.min_volume_mm3}
+    else:
+        thresholds = {
+            "matching_dice": r.matching_dice,
+            "large_volume_mm3": r.large_volume_mm3,
+            "detection_dice": r.detection_dice,
+        }
+    return {"rules": rules, "description": r.describe(), **thresholds, "regions": regions}
 
 
 @dataclass(frozen=True)
@@ -868,10 +881,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     lines += _aligned(rows)
     lesion_wise = summary.get("lesion_wise")
     if lesion_wise:
-        lines.append(
-            f"lesion-wise, BraTS {lesion_wise['rules']} rules (dilation {lesion_wise['dilation']},"
-            f" lesions > {lesion_wise['min_volume_mm3']:g} mm³)"
+        # summaries written before descriptions existed hold dilation rules' thresholds
+        description = lesion_wise.get("description") or (
+            f"dilation {lesion_wise['dilation']}, lesions > {lesion_wise['min_volume_mm3']:g} mm³"
         )
+        lines.append(f"lesion-wise, BraTS {lesion_wise['rules']} rules ({description})")
         rows = [("region", "Dice mean ± sd", "HD95 mm mean ± sd", "TP", "FN", "FP")]
         for region, stats in lesion_wise["regions"].items():
             counts = (str(stats["tp"]), str(stats["fn"]), str(stats["fp"]))

@@ -28,7 +28,8 @@ al., github.com/rachitsaluja/BraTS-2023-Metrics and BraTS-2024-Metrics):
 
 Each lesion's HD95 follows :func:`medseg.evaluation.metrics.hd95` with the :class:`Scoring` given
 (BraTS: surface elements, as the scripts' DeepMind ``surface-distance``). The rule sets of each BraTS
-challenge are in :data:`LESION_RULES`.
+challenge are in :data:`LESION_RULES`; BraTS 2025 MET's, which match lesions one to one on Panoptica, are
+:mod:`medseg.evaluation.lesion_matching`'s, registered there too as ``brats2025-met``.
 
 Masks are boolean ``(X, Y, Z)`` arrays on one grid; ``spacing`` is the voxel size along those axes in
 mm. Orientation does not matter.
@@ -44,6 +45,12 @@ import numpy as np
 from scipy import ndimage
 
 from medseg.errors import MedsegInputError
+from medseg.evaluation.lesion_matching import (
+    BRATS2025_MET,
+    MatchedLesionRules,
+    MatchedLesionScore,
+    matched_lesion_scores,
+)
 from medseg.evaluation.metrics import SCORINGS, Scoring, check_masks, dice, hd95, mask_box
 from medseg.labels import LabelTable
 
@@ -85,12 +92,18 @@ class LesionRules:
         if self.dilation < 0 or min(volumes) < 0 or self.max_dropped_voxels < 0:
             raise ValueError(f"lesion rules need dilation, volumes and max_dropped_voxels >= 0, got {self}")
 
+    def describe(self) -> str:
+        """One line for summaries: the dilation and the smallest scored lesion."""
+        return f"dilation {self.dilation}, lesions > {self.min_volume_mm3:g} mm³"
+
     def min_volume_for(self, labels: Sequence[int]) -> float:
         """The smallest scored lesion volume (mm³) of the set made of ``labels``."""
         return self.region_min_volume_mm3.get(tuple(labels), self.min_volume_mm3)
 
 
-LESION_RULES: dict[str, LesionRules] = {
+AnyLesionRules = LesionRules | MatchedLesionRules
+
+LESION_RULES: dict[str, AnyLesionRules] = {
     "GLI": LesionRules(dilation=3, min_volume_mm3=50.0),
     "SSA": LesionRules(dilation=3, min_volume_mm3=50.0),
     "MEN": LesionRules(dilation=1, min_volume_mm3=50.0),
@@ -108,13 +121,15 @@ LESION_RULES: dict[str, LesionRules] = {
     "brats2024-ped": LesionRules(dilation=5, min_volume_mm3=10.0, join_predicted=True, max_dropped_voxels=10),
     "brats2024-met": LesionRules(dilation=1, min_volume_mm3=2.0, merge_through={(3,): ((1,),)}),
     "brats2024-men-rt": LesionRules(dilation=1, min_volume_mm3=50.0, penalise_false_positives=False),
+    # BraTS 2025 MET (brats-evaluation 0.0.10 on Panoptica): one-to-one matching, medseg.evaluation.lesion_matching
+    "brats2025-met": BRATS2025_MET,
 }
 """The BraTS challenges' rules: 2023 adult glioma (GLI), sub-Saharan Africa (SSA), meningioma (MEN),
-paediatric (PED) and metastases (MET); 2024 keyed by the label tables' names (``brats2024-gli``,
-``brats2024-ped``, ``brats2024-met``, ``brats2024-men-rt``)."""
+paediatric (PED) and metastases (MET); 2024 and 2025 keyed by the label tables' names (``brats2024-gli``,
+``brats2024-ped``, ``brats2024-met``, ``brats2024-men-rt``, ``brats2025-met``)."""
 
 
-def get_lesion_rules(name: str) -> LesionRules:
+def get_lesion_rules(name: str) -> AnyLesionRules:
     """The rules of one BraTS challenge (a key of :data:`LESION_RULES`).
 
     Raises:
@@ -130,8 +145,8 @@ class LesionScore(NamedTuple):
     """Lesion-wise scores of one region of one case.
 
     Attributes:
-        dice: lesion-wise Dice (0..1).
-        hd95: lesion-wise HD95 (mm).
+        dice: lesion-wise Dice (0..1); NaN where the rules give none (BraTS 2025 MET: no large lesion).
+        hd95: lesion-wise HD95 (mm); NaN likewise.
         tp: kept reference lesions that a predicted lesion matches.
         fn: kept reference lesions that nothing matches.
         fp: predicted lesions that match no reference lesion (reported even where not penalised).
@@ -142,6 +157,11 @@ class LesionScore(NamedTuple):
     tp: int
     fn: int
     fp: int
+
+    @classmethod
+    def of_matched(cls, score: MatchedLesionScore) -> LesionScore:
+        """The Dice, HD95 and all-size lesion counts of a one-to-one matching's score."""
+        return cls(score.dice, score.hd95, score.tp, score.fn, score.fp)
 
 
 def _join_by_dilation(mask: np.ndarray, dilation: int) -> tuple[np.ndarray, int]:
@@ -279,7 +299,7 @@ def lesion_wise_scores(
     ref: np.ndarray,
     *,
     spacing: Sequence[float],
-    rules: LesionRules,
+    rules: AnyLesionRules,
     scoring: Scoring = SCORINGS["brats2023"],
 ) -> LesionScore:
     """Lesion-wise Dice and HD95 of two boolean ``(X, Y, Z)`` masks (see the module docstring; the
@@ -289,7 +309,9 @@ def lesion_wise_scores(
         pred: predicted mask ``(X, Y, Z)``, any dtype (nonzero = inside).
         ref: reference mask on the same grid.
         spacing: voxel size along X, Y, Z in mm; gives the lesions' volumes and the HD95s.
-        rules: dilation and smallest scored lesion volume, e.g. ``LESION_RULES["GLI"]``.
+        rules: dilation and smallest scored lesion volume, e.g. ``LESION_RULES["GLI"]``, or one-to-one
+            matching (``LESION_RULES["brats2025-met"]``:
+            :func:`~medseg.evaluation.lesion_matching.matched_lesion_scores`).
         scoring: the HD95's surfaces and the HD95 of a missed lesion and a false positive (by default
             the BraTS 2023 and 2024 scripts': surface elements, 374 mm).
 
@@ -300,6 +322,8 @@ def lesion_wise_scores(
         ValueError: the masks are not of one 3-D shape, or ``spacing`` is not three values
             (:func:`~medseg.evaluation.metrics.check_masks`).
     """
+    if isinstance(rules, MatchedLesionRules):
+        return LesionScore.of_matched(matched_lesion_scores(pred, ref, spacing=spacing, rules=rules, scoring=scoring))
     pred, ref = check_masks(pred, ref, spacing)
     lesions, _ = reference_lesions(ref, dilation=rules.dilation)
     return score_lesions(
@@ -313,7 +337,7 @@ def lesion_wise_label_maps(
     *,
     table: LabelTable,
     spacing: Sequence[float],
-    rules: LesionRules,
+    rules: AnyLesionRules,
     scoring: Scoring = SCORINGS["brats2023"],
 ) -> dict[str, LesionScore]:
     """Lesion-wise scores of two integer label maps, set by set of ``table.evaluation_sets()`` (BraTS:
@@ -324,7 +348,7 @@ def lesion_wise_label_maps(
         ref: reference label map on the same grid.
         table: the label table whose evaluation sets are scored.
         spacing: voxel size along X, Y, Z in mm.
-        rules: e.g. ``LESION_RULES["GLI"]`` or ``LESION_RULES["brats2024-met"]``.
+        rules: e.g. ``LESION_RULES["GLI"]``, ``LESION_RULES["brats2024-met"]`` or ``LESION_RULES["brats2025-met"]``.
         scoring: as for :func:`lesion_wise_scores`.
 
     Returns:
@@ -333,6 +357,11 @@ def lesion_wise_label_maps(
     pred, ref = np.asarray(pred), np.asarray(ref)
     scores = {}
     for name, values in table.evaluation_sets().items():
+        if isinstance(rules, MatchedLesionRules):
+            scores[name] = lesion_wise_scores(
+                np.isin(pred, values), np.isin(ref, values), spacing=spacing, rules=rules, scoring=scoring
+            )
+            continue
         lesions, _ = reference_lesions(np.isin(ref, values), dilation=rules.dilation)
         for tissue in rules.merge_through.get(tuple(values), ()):
             partner, _ = reference_lesions(np.isin(ref, tissue), dilation=rules.dilation)

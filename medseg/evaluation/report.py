@@ -334,13 +334,22 @@ def write_report(
     ]
     lesion_wise = summary.get("lesion_wise")
     if lesion_wise:
+        if "dilation" in lesion_wise:
+            lesions = (
+                f"reference lesions joined by a {lesion_wise['dilation']}-voxel dilation, those of at most"
+                f" {lesion_wise['min_volume_mm3']:g} mm³ left out"
+            )
+        else:
+            lesions = (
+                "each reference lesion matched with at most one predicted lesion (the pairs of largest Dice),"
+                f" those under {lesion_wise['large_volume_mm3']:g} mm³ counted but not scored, cases without"
+                " a larger one left out"
+            )
         parts += [
             "<h2>Lesion-wise</h2>",
-            f"<p>BraTS lesion-wise scores, {html.escape(lesion_wise['rules'])} rules: reference lesions"
-            f" joined by a {lesion_wise['dilation']}-voxel dilation, those of at most"
-            f" {lesion_wise['min_volume_mm3']:g} mm³ left out; every missed lesion (FN) and every predicted"
-            f" piece that matches no lesion (FP) scores Dice 0 and HD95 {_one_empty_hd95(summary)}. TP, FN and"
-            " FP are lesion counts summed over cases.</p>",
+            f"<p>BraTS lesion-wise scores, {html.escape(lesion_wise['rules'])} rules: {lesions}; every missed"
+            " lesion (FN) and every predicted piece that matches no lesion (FP) scores Dice 0 and HD95"
+            f" {_one_empty_hd95(summary)}. TP, FN and FP are lesion counts summed over cases.</p>",
             _lesion_table(lesion_wise),
         ]
     if scores_png is not None:

@@ -8,7 +8,8 @@ choice never changes the score of a region already decided), every candidate vol
 top of the choices made so far (:func:`~medseg.postprocessing.components.remove_small_components`), and the region
 keeps the candidate with the best mean score over the cases, if it beats removing nothing. The score
 is the region's lesion-wise Dice (:mod:`medseg.evaluation.lesion_wise`) when lesion rules are given, else
-its Dice.
+its Dice; cases the rules give no score (BraTS 2025 MET: no large lesion) are left out, and a region no case
+scores keeps every piece.
 
 The predictions should be the model's own, without a ``min_component_ml`` of their own. The
 ``Predictor`` removes pieces before applying ``min_region_ml``; here they are removed from maps that
@@ -139,6 +140,9 @@ def tune_min_component_ml(
             for case, path in cases.items()
         ]
         per_case = np.array(map_in_processes(_region_scores, jobs, workers=workers, what=f"tuning {region}"))
+        per_case = per_case[~np.isnan(per_case).any(axis=1)]  # no score: BraTS 2025 MET without a large lesion
+        if not len(per_case):
+            continue
         means = per_case.mean(axis=0)
         trials += [Trial(region, option, float(m)) for option, m in zip(options, means, strict=True)]
         best = int(np.argmax(means))  # the first best: removing nothing, or the smallest volume, wins ties

@@ -497,7 +497,7 @@ def test_cli_evaluate_lesion_wise(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert main([*argv, "--lesion-wise", "GBM"]) == 2
     assert (
         capsys.readouterr().err == "medseg: error: unknown lesion rules 'GBM'; choose one of GLI, SSA, MEN, PED, MET,"
-        " brats2024-gli, brats2024-ped, brats2024-met, brats2024-men-rt\n"
+        " brats2024-gli, brats2024-ped, brats2024-met, brats2024-men-rt, brats2025-met\n"
     )
 
 

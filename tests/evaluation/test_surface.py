@@ -5,7 +5,9 @@ anisotropic scenes."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -141,22 +143,15 @@ def test_element_areas_equal_deepminds_table(surface_distance: ModuleType) -> No
         assert ours[reverse] == pytest.approx(theirs, abs=1e-12)
 
 
-def test_brats2025_scoring_equals_panopticas_surface_metrics() -> None:
-    # brats-evaluation 0.0.10 runs on Panoptica 2.1.7, which pins numpy < 2.3: it cannot join the dev extra
-    # while medseg runs numpy 2.4, so this runs where Panoptica is installed by hand (a throwaway venv gave
-    # exact agreement on 40 such scenes). It is called as brats-evaluation means to be: spacing in mm along
-    # the array's axes (0.0.10 reads NIfTI spacing on the wrong axes and gives global HD95 in voxels)
-    pairs = pytest.importorskip(
-        "panoptica.metrics._surface_distances",
-        reason="Panoptica (brats-evaluation's engine) needs numpy < 2.3 and is not in the dev extra",
-    )
+def test_brats2025_scoring_equals_panopticas_surface_metrics(panoptica: Callable[..., list[dict[str, Any]]]) -> None:
+    # Panoptica 2.1.7 (brats-evaluation 0.0.10) pins numpy < 2.3, so it runs in an environment of its own
+    # (conftest.py). Its surface distances are called as brats-evaluation means to: spacing in mm along the
+    # array's axes (0.0.10 reads NIfTI spacing on the wrong axes and gives global HD95 in voxels)
     brats2025 = SCORINGS["brats2025"]
-    for pred, ref, spacing in _scenes():
-        if not pred.any() or not ref.any():
-            continue
-        sd_ref, sd_pred = pairs._surface_distance_pair(ref, pred, voxelspacing=spacing)
+    scenes = [(pred, ref, spacing) for pred, ref, spacing in _scenes() if pred.any() and ref.any()]
+    cases = panoptica([(p.astype(np.uint8), r.astype(np.uint8), s) for p, r, s in scenes], tolerance_mm=1.5)
+    for (pred, ref, spacing), case in zip(scenes, cases, strict=True):
+        theirs = case["surfaces"]["wt"]  # label 1 is in WT
         ours = score_masks(pred, ref, spacing=spacing, nsd_tolerance_mm=1.5, scoring=brats2025)
-        assert ours.hd95 == pytest.approx(pairs._hd95_from_pair(sd_ref, sd_pred), abs=1e-9)
-        assert ours.nsd == pytest.approx(
-            pairs._nsd_from_pair(sd_ref, sd_pred, voxelspacing=spacing, threshold=1.5), abs=1e-12
-        )
+        assert ours.hd95 == pytest.approx(theirs["hd95"], abs=1e-9)
+        assert ours.nsd == pytest.approx(theirs["nsd"], abs=1e-12)

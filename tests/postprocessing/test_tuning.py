@@ -139,3 +139,31 @@ def test_a_prediction_on_another_grid_is_one_line(
     assert err.count("\n") == 1 and err.startswith(f"medseg: error: {culprit}: not on the grid of ")
     assert "origin (LPS)" in err
     assert not (tmp_path / "o").exists()  # nothing written
+
+
+def test_cases_without_a_brats2025_met_score_are_left_out(tmp_path: Path) -> None:
+    # case 1: a 64 mm³ ET lesion predicted exactly and a one-voxel false positive (lesion-wise Dice 1/2, 1 once
+    # pieces under 5 mm³ go); case 2: a 2 mm³ lesion only, which the BraTS 2025 MET rules do not score (NaN).
+    # No case has a resection cavity: RC keeps every piece
+    geometry = Geometry((16, 16, 16), np.eye(4))
+    big, small = np.zeros((16, 16, 16), np.uint8), np.zeros((16, 16, 16), np.uint8)
+    big[2:6, 2:6, 2:6] = 3
+    small[10:12, 10, 10] = 3
+    speck = big.copy()
+    speck[12, 12, 12] = 3
+    for case, (pred, ref) in {"BraTS-MET-00001-000": (speck, big), "BraTS-MET-00002-000": (small, small)}.items():
+        write_nifti(ref, geometry, tmp_path / "ref" / case / f"{case}-seg.nii.gz")
+        write_nifti(pred, geometry, tmp_path / "pred" / f"{case}.nii.gz")
+    chosen, trials = tune_min_component_ml(
+        pred_dir=tmp_path / "pred",
+        ref_dir=tmp_path / "ref",
+        out_dir=tmp_path / "out",
+        labels="brats2025-met",
+        lesion_rules="brats2025-met",
+        candidates=[0.005],
+    )
+    assert {(t.region, t.min_ml): t.score for t in trials} == pytest.approx(
+        {("WT", None): 0.5, ("WT", 0.005): 1.0, ("TC", None): 1.0, ("TC", 0.005): 1.0}
+        | {("ET", None): 1.0, ("ET", 0.005): 1.0}
+    )
+    assert chosen == {"WT": 0.005}
