@@ -482,7 +482,8 @@ class Predictor:
         files = image.meta.get("channel_files", [image.path] * len(self.channels))
         for name, path, channel in zip(self.channels, files, image.array, strict=True):
             require_finite(channel, path=path, channel=name)
-        data = self.transforms({IMAGE: MetaTensor(torch.as_tensor(image.array), affine=image.geometry.affine)})
+        # a copy: the transforms normalise in place, and the caller keeps its image
+        data = self.transforms({IMAGE: MetaTensor(torch.tensor(image.array), affine=image.geometry.affine)})
         return data[IMAGE]
 
     def _restore(self, channels: torch.Tensor, x: MetaTensor, image: Image) -> np.ndarray:
