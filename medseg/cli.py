@@ -168,6 +168,7 @@ def _rank(args: argparse.Namespace) -> int:
     ranking = rank_folder(
         model=args.model,
         input_path=args.input,
+        cases_file=args.cases,
         top=args.top,
         score=args.score,
         min_distance=args.min_distance,
@@ -580,7 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="a medseg checkpoint (.pt), or several that preprocess alike (an ensemble: their passes disagree)",
     )
-    p.add_argument("--input", type=Path, required=True, help="the unlabelled cases: an image file or a folder")
+    p.add_argument("--input", type=Path, default=None, help="the unlabelled cases: an image file or a folder")
+    p.add_argument("--cases", type=Path, default=None, help="instead of --input: a JSON list of cases or a manifest")
     p.add_argument("--top", type=int, required=True, metavar="K", help="how many cases to choose")
     p.add_argument(
         "--score",

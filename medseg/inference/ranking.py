@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.data.cases import InputCase, discover_cases
+from medseg.data.cases import InputCase, discover_cases, read_cases_file
 from medseg.errors import ConfigError, MedsegError, MedsegInputError
 from medseg.inference.batch import label_volumes_ml
 from medseg.inference.predictor import Predictor, read_case
@@ -228,8 +228,9 @@ def rank_cases(
 def rank_folder(
     *,
     model: str | Path | Sequence[str | Path],
-    input_path: str | Path,
+    input_path: str | Path | None,
     top: int,
+    cases_file: str | Path | None = None,
     score: str = DEFAULT_SCORE,
     min_distance: float = 0.5,
     output: str | Path | None = None,
@@ -239,19 +240,25 @@ def rank_folder(
     progress: bool = True,
 ) -> Ranking:
     """:func:`rank_cases` over the cases under ``input_path`` (a file or a folder of cases, as ``medseg predict``
-    finds them) with the checkpoint(s) ``model`` (several: an ensemble), writing the ranking to ``output``
-    (:func:`write_ranking`) when given.
+    finds them), or those of ``cases_file`` (a JSON list of cases or a manifest, see
+    :func:`~medseg.data.cases.read_cases_file`), with the checkpoint(s) ``model`` (several: an ensemble), writing
+    the ranking to ``output`` (:func:`write_ranking`) when given.
 
     Raises:
         CheckpointError: ``model`` is not a readable medseg checkpoint.
         ConfigError: as :func:`rank_cases`, or a bad inference override.
-        MedsegInputError: no cases under ``input_path``.
+        MedsegInputError: no cases under ``input_path``, or neither it nor ``cases_file`` given.
     """
     predictor = Predictor.from_checkpoint(
         model, device=device, backend=backend, inference_overrides=inference_overrides
     )
     check_score(score, predictor)
-    cases = discover_cases(input_path, channels=predictor.channels)
+    if cases_file is not None:
+        cases = read_cases_file(cases_file, channels=predictor.channels)
+    elif input_path is None:
+        raise MedsegInputError("give an input path or a cases file")
+    else:
+        cases = discover_cases(input_path, channels=predictor.channels)
     ranking = rank_cases(
         predictor=predictor, cases=cases, top=top, score=score, min_distance=min_distance, progress=progress
     )
