@@ -15,6 +15,8 @@ from medseg.errors import ConfigError
 from medseg.inference import Predictor
 from medseg.inference.backends.torch_backend import TorchBackend, dropout_layers
 from medseg.io import Geometry, Image
+from medseg.networks import build_network
+from medseg.networks.registry import get_network_spec, network_names
 
 MakeCheckpoint = Callable[..., Path]
 SHAPE = (32, 32, 16)
@@ -95,3 +97,16 @@ def test_dropout_samples_are_refused_without_dropout_or_on_openvino(
         _predictor(checkpoint, "inference.dropout_samples=2", backend="openvino")
     with pytest.raises(ConfigError, match="dropout_samples"):
         _predictor(checkpoint, "inference.dropout_samples=-1")
+
+
+@pytest.mark.parametrize("name", network_names())
+def test_every_network_with_a_dropout_setting_drops_when_it_is_set(name: str) -> None:
+    # what the predict guide lists: the networks whose kwargs set a dropout rate, and the dynunet, which has none
+    rates = [key for key in get_network_spec(name).defaults if key.startswith("dropout")]
+    assert bool(rates) == (name != "dynunet")
+    with_dropout = build_network(name, in_channels=1, out_channels=2, kwargs=dict.fromkeys(rates, 0.3))
+    assert bool(dropout_layers(with_dropout)) == bool(rates)
+    # at the defaults only MONAI's VNet drops: its two shallowest up-transitions drop their skip input at 0.5
+    # whatever dropout_prob says
+    without = [m.p for m in dropout_layers(build_network(name, in_channels=1, out_channels=2))]
+    assert without == ([0.5, 0.5] if name == "vnet" else [])
