@@ -4,6 +4,7 @@ answer is known (a hand-set U-Net that thresholds intensity), against models wit
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -180,3 +181,20 @@ def test_mutual_information_needs_several_passes(
     assert main([*argv, "--score", "mutual_information_boundary", "--mirror", "0"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and all(float(line.split("\t")[2]) > 0 for line in lines)
+
+
+def test_medseg_rank_takes_a_list_of_cases(
+    pool: Path, tmp_path: Path, one_channel_checkpoint_at: MakeCheckpoint, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = make_threshold_checkpoint(tmp_path / "threshold.pt", one_channel_checkpoint_at)
+    listing = tmp_path / "cases.json"
+    names = ["clear_0", "unsure_1", "missing"]
+    listing.write_text(json.dumps([{"id": n, "images": [str(pool / f"{n}_0000.nii.gz")]} for n in names]))
+    argv = ["rank", "--model", str(checkpoint), "--cases", str(listing), "--top", "3", "--progress", "none"]
+    assert main(argv) == 1  # a case that cannot be read fails the run, after the others are ranked
+    captured = capsys.readouterr()
+    assert [line.split("\t")[1] for line in captured.out.splitlines()] == ["unsure_1", "clear_0"]
+    assert (
+        "medseg: error: missing: " in captured.err
+        and "2 of 2 cases chosen by entropy_boundary, 1 failed" in captured.err
+    )
