@@ -376,7 +376,8 @@ class Predictor:
 
     def _passes(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
         """``(1, C_in, X, Y, Z)`` preprocessed -> each member's each pass's logits ``(1, C_out, X, Y, Z)``
-        (:meth:`Windows.passes`), divided by the member's temperature where ``inference.temperature_scaling``."""
+        (:meth:`Windows.passes`, then its Monte Carlo dropout passes), divided by the member's temperature where
+        ``inference.temperature_scaling``."""
         for windows, backend, temperature in zip(self.windows, self.backends, self.temperatures, strict=True):
             for logits in itertools.chain(windows.passes(x, backend), self._dropout_passes(x, windows, backend)):
                 yield logits if temperature == 1.0 else logits / temperature
