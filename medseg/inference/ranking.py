@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.data.cases import InputCase, discover_cases, read_cases_file
-from medseg.errors import ConfigError, MedsegError, MedsegInputError
+from medseg.errors import ConfigError, MedsegError, MedsegInputError, first_line
 from medseg.inference.batch import label_volumes_ml
 from medseg.inference.predictor import Predictor, read_case
 from medseg.inference.uncertainty import CASE_SCORES, case_scores
@@ -216,6 +216,8 @@ def rank_cases(
             scored.append(score_case(predictor, case))
         except MedsegError as exc:
             failed[case.id] = str(exc)
+        except Exception as exc:  # one broken case must not stop a ranking of hundreds (as in a batch)
+            failed[case.id] = f"{type(exc).__name__}: {first_line(exc)}"
     distances = descriptor_distances([s.features for s in scored])
     picks = select_diverse([s.scores.get(score) for s in scored], distances, top=top, min_distance=min_distance)
     chosen = [
