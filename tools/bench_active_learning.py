@@ -179,12 +179,19 @@ def summarize(args: argparse.Namespace, done: dict) -> dict:
             axes.plot(x, y, color=colour, alpha=0.3, linewidth=1)
             curves.append(y)
         if curves:
-            axes.plot(x, np.mean(curves, 0), color=colour, marker="o", label=f"{strategy} ({len(curves)} seeds)")
+            axes.plot(
+                x,
+                np.mean(curves, 0),
+                color=colour,
+                marker="o",
+                label=f"{strategy} ({len(curves)} seed{'s' * (len(curves) > 1)})",
+            )
     axes.set_xlabel("labelled training cases")
     axes.set_ylabel("mean Dice, held-out cases")
     axes.set_title(f"Hippocampus active learning ({args.held_out} held-out cases)")
     axes.grid(alpha=0.3)
     axes.legend()
+    figure.tight_layout()
     plot = args.out / "learning_curves.png"
     figure.savefig(plot)
     mean_area = {s: round(float(np.mean(list(a.values()))), 4) for s, a in areas.items()}
