@@ -162,6 +162,36 @@ def _predict(args: argparse.Namespace) -> int:
     return 0 if summary.failed == 0 else 1
 
 
+def _rank(args: argparse.Namespace) -> int:
+    from medseg.inference.ranking import rank_folder
+
+    ranking = rank_folder(
+        model=args.model,
+        input_path=args.input,
+        cases_file=args.cases,
+        top=args.top,
+        score=args.score,
+        min_distance=args.min_distance,
+        output=args.output,
+        device=args.device,
+        backend=args.backend,
+        inference_overrides=[*args.set, *_mirror_override(args.mirror)],
+        progress=args.progress == "bar",
+    )
+    for case, reason in ranking.failed.items():
+        print(f"medseg: error: {case}: {reason}", file=sys.stderr)
+    for r in ranking.chosen:
+        value = r.scored.scores.get(ranking.score)
+        print(f"{r.rank}\t{r.scored.case}\t{'nothing predicted' if value is None else value}")
+    where = f"; {args.output}" if args.output is not None else ""
+    print(
+        f"{len(ranking.chosen)} of {len(ranking.scored)} cases chosen by {ranking.score},"
+        f" {len(ranking.failed)} failed{where}",
+        file=sys.stderr,
+    )
+    return 0 if not ranking.failed else 1
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from medseg.inference.calibration import CalibrationParams, calibrate, format_calibration
 
@@ -542,6 +572,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
     p.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
     p.set_defaults(handler=_predict)
+
+    p = sub.add_parser("rank", help="active learning: the unlabelled cases to label next, most uncertain first")
+    p.add_argument(
+        "--model",
+        type=Path,
+        nargs="+",
+        action="extend",
+        required=True,
+        help="a medseg checkpoint (.pt), or several that preprocess alike (an ensemble: their passes disagree)",
+    )
+    p.add_argument("--input", type=Path, default=None, help="the unlabelled cases: an image file or a folder")
+    p.add_argument("--cases", type=Path, default=None, help="instead of --input: a JSON list of cases or a manifest")
+    p.add_argument("--top", type=int, required=True, metavar="K", help="how many cases to choose")
+    p.add_argument(
+        "--score",
+        default="entropy_boundary",
+        metavar="NAME",
+        help="the per-case uncertainty to rank by: entropy_ or mutual_information_ + foreground or boundary"
+        " (default entropy_boundary; mutual_information_* need several passes: an ensemble, --mirror or"
+        " --set inference.dropout_samples=N)",
+    )
+    p.add_argument(
+        "--min-distance",
+        type=float,
+        default=0.5,
+        help="skip a case whose descriptor (predicted volumes, extent, intensity statistics; in standard"
+        " deviations over the cases) lies closer than this to one chosen before it (default 0.5; 0: no rule)",
+    )
+    p.add_argument("--output", type=Path, default=None, help="write the chosen cases as CSV (ranking.csv)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    _add_mirror_argument(p, "average over mirror images along these axes (as medseg predict --mirror): more passes")
+    p.add_argument("--set", action="append", default=[], metavar="inference.KEY=VALUE")
+    p.add_argument("--progress", choices=["bar", "none"], default="bar")
+    p.set_defaults(handler=_rank)
 
     p = sub.add_parser(
         "calibrate", help="fit a temperature (temperature scaling) on validation cases into a copy of a checkpoint"

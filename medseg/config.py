@@ -281,6 +281,11 @@ class InferenceConfig:
     ``uncertainty_band_mm``: the half-width in mm of the band around the predicted foreground's surface
     over which ``medseg predict --save-uncertainty`` averages the uncertainty per case
     (:mod:`medseg.inference.uncertainty`).
+    ``dropout_samples`` (Monte Carlo dropout, Gal and Ghahramani, ICML 2016) adds, per model, this many
+    passes with its dropout layers active (and nothing else changed) to the prediction's passes: their logits
+    join the mean and the uncertainty maps (mutual information). Only for a network with dropout, on the
+    ``torch`` backend (``auto`` picks it); each pass ``k`` draws its masks from seed ``dropout_seed + k``, so
+    a prediction does not depend on the cases before it.
     """
 
     roi_size: list[int] = _ranged([96, 96, 96], 1)
@@ -300,6 +305,8 @@ class InferenceConfig:
     mirror_axes: list[int] = _ranged([], 0, 2)
     temperature_scaling: bool = False
     uncertainty_band_mm: float = _ranged(2.0, 0, open_low=True)
+    dropout_samples: int = _ranged(0, 0)
+    dropout_seed: int = 0
 
     def __post_init__(self) -> None:
         _check_ranges(self, "inference")

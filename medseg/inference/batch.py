@@ -199,7 +199,9 @@ def _prefetched(cases: Sequence[InputCase]) -> Iterator[tuple[InputCase, Future[
             del current
 
 
-def _volumes_ml(labels: np.ndarray, spacing: Sequence[float], names: dict[int, str]) -> dict[str, float]:
+def label_volumes_ml(labels: np.ndarray, spacing: Sequence[float], names: dict[int, str]) -> dict[str, float]:
+    """The volume in mL (rounded to 0.001) of each foreground label of ``labels`` ``(X, Y, Z)`` with voxels of
+    ``spacing`` mm, by the label names ``names`` (label value -> name; 0 is background)."""
     voxel_ml = float(np.prod(spacing)) / 1000.0
     counts = np.bincount(np.asarray(labels, dtype=np.int64).ravel(), minlength=max(names) + 1)
     return {names[v]: round(float(counts[v]) * voxel_ml, 3) for v in sorted(names) if v != 0}
@@ -307,7 +309,7 @@ def _existing_volumes(path: Path, names: dict[int, str], fmt: str) -> dict[str, 
         image = read_image(path)
     except MedsegError:
         return None
-    return _volumes_ml(image.array, image.geometry.spacing, names)
+    return label_volumes_ml(image.array, image.geometry.spacing, names)
 
 
 def _existing_scores(labels: Path, maps: Path, fmt: str, band_mm: float) -> dict[str, float] | None:
@@ -672,7 +674,7 @@ def _predict_one(
             "ok",
             time.monotonic() - tick,
             output,
-            volumes_ml=_volumes_ml(labels, image.geometry.spacing, names),
+            volumes_ml=label_volumes_ml(labels, image.geometry.spacing, names),
             uncertainty=scores,
         )
     except MedsegError as exc:

@@ -27,6 +27,7 @@ from medseg.data.cases import InputCase
 from medseg.distributed import resolve_device
 from medseg.errors import CheckpointError, ConfigError, MedsegInputError
 from medseg.inference.backends import Backend, create_backend, default_cache_dir
+from medseg.inference.backends.torch_backend import TorchBackend, dropout_layers
 from medseg.inference.restore import axis_maps, labels_on_input_grid
 from medseg.inference.tiling import TilePlan, smallest_window, tiled_inference
 from medseg.inference.uncertainty import UNCERTAINTY_MAPS, pass_statistics
@@ -109,12 +110,12 @@ class Windows:
         ``x``: ``x`` itself, then its mirror images along every combination of ``inference.mirror_axes``,
         each mirrored back."""
         axes = self.inference.mirror_axes
-        yield self._windows(x, network)
+        yield self.single_pass(x, network)
         for flipped in (c for k in range(1, len(axes) + 1) for c in itertools.combinations(axes, k)):
             dims = [2 + axis for axis in flipped]
-            yield self._windows(x.flip(dims), network).flip(dims)
+            yield self.single_pass(x.flip(dims), network).flip(dims)
 
-    def _windows(self, x: torch.Tensor, network: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def single_pass(self, x: torch.Tensor, network: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """One pass of ``network``'s windows over ``x``: ``(B, C_in, X, Y, Z)`` -> ``(B, C_out, X, Y, Z)``."""
         inf = self.inference
         if inf.tiling == "monai":
@@ -154,6 +155,23 @@ def _temperature(checkpoint: Checkpoint, inference: InferenceConfig) -> float:
             path=checkpoint.source,
         )
     return checkpoint.temperature
+
+
+def _dropout_backend(backend: str, inference: InferenceConfig) -> str:
+    """The backend to build: ``torch`` for ``auto`` under ``inference.dropout_samples`` (OpenVINO runs the
+    network exported in eval mode, without dropout), else ``backend``.
+
+    Raises:
+        ConfigError: ``openvino`` asked for together with ``inference.dropout_samples``.
+    """
+    if not inference.dropout_samples:
+        return backend
+    if backend == "openvino":
+        raise ConfigError(
+            "inference.dropout_samples needs the torch backend: OpenVINO runs the network exported without"
+            " dropout (use --backend torch or auto)"
+        )
+    return "torch"
 
 
 def read_case(case: InputCase) -> Image:
@@ -247,8 +265,9 @@ class Predictor:
     Args:
         checkpoint: a loaded medseg checkpoint, or several (see :func:`check_ensemble`).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        backend: ``auto`` (``torch`` on CUDA, ``openvino`` on the CPU when installed, else ``torch``),
-            ``torch`` (eager PyTorch; AMP on CUDA) or ``openvino`` (CPU).
+        backend: ``auto`` (``torch`` on CUDA, ``openvino`` on the CPU when installed, else ``torch``;
+            always ``torch`` under ``inference.dropout_samples``), ``torch`` (eager PyTorch; AMP on CUDA) or
+            ``openvino`` (CPU).
         inference: settings that replace the checkpoint's ``inference`` section.
         inference_overrides: ``inference.key=value`` changes to those settings (``medseg predict --set``
             and ``--mirror``), e.g. ``inference.min_component_ml={WT: 0.1}`` or
@@ -269,7 +288,8 @@ class Predictor:
         MedsegError: an unknown backend, or ``openvino`` when OpenVINO is not installed.
         CheckpointError: checkpoints that cannot be ensembled, or ``inference.temperature_scaling`` for a
             member that was never calibrated (``medseg calibrate``).
-        ConfigError: ``inference.mirror_axes`` for a model trained without flips, or a bad override.
+        ConfigError: ``inference.mirror_axes`` for a model trained without flips, a bad override, or
+            ``inference.dropout_samples`` for a network without dropout or on the ``openvino`` backend.
     """
 
     def __init__(
@@ -300,6 +320,7 @@ class Predictor:
         for member in self.checkpoints:
             check_mirroring(self.inference, member.section("transforms", TransformConfig))
         self.temperatures = [_temperature(member, self.inference) for member in self.checkpoints]
+        backend = _dropout_backend(backend, self.inference)
         transforms = checkpoint.section("transforms", TransformConfig)
         if self.inference.crop_foreground:
             transforms = dataclasses.replace(transforms, crop_foreground=True)
@@ -314,6 +335,19 @@ class Predictor:
             )
             for member in self.checkpoints
         ]
+        if self.inference.dropout_samples:
+            for member, member_backend in zip(self.checkpoints, self.backends, strict=True):
+                if not isinstance(member_backend, TorchBackend) or not dropout_layers(member_backend.model):
+                    raise ConfigError(
+                        f"inference.dropout_samples needs a network with dropout, and the {member.network['name']}"
+                        f" of {member.source} has none: train one with a dropout rate > 0 in network.kwargs"
+                    )
+
+    @property
+    def passes_per_case(self) -> int:
+        """How many passes a prediction averages: per member, the image and its mirror images
+        (``inference.mirror_axes``) and ``inference.dropout_samples`` Monte Carlo dropout passes."""
+        return len(self.checkpoints) * (2 ** len(self.inference.mirror_axes) + self.inference.dropout_samples)
 
     @classmethod
     def from_checkpoint(
@@ -342,10 +376,21 @@ class Predictor:
 
     def _passes(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
         """``(1, C_in, X, Y, Z)`` preprocessed -> each member's each pass's logits ``(1, C_out, X, Y, Z)``
-        (:meth:`Windows.passes`), divided by the member's temperature where ``inference.temperature_scaling``."""
+        (:meth:`Windows.passes`, then its Monte Carlo dropout passes), divided by the member's temperature where
+        ``inference.temperature_scaling``."""
         for windows, backend, temperature in zip(self.windows, self.backends, self.temperatures, strict=True):
-            for logits in windows.passes(x, backend):
+            for logits in itertools.chain(windows.passes(x, backend), self._dropout_passes(x, windows, backend)):
                 yield logits if temperature == 1.0 else logits / temperature
+
+    def _dropout_passes(self, x: torch.Tensor, windows: Windows, backend: Backend) -> Iterator[torch.Tensor]:
+        """The ``inference.dropout_samples`` Monte Carlo dropout passes of one member over ``x``
+        (``(1, C_in, X, Y, Z)``): logits ``(1, C_out, X, Y, Z)``, pass ``k`` with the masks of seed
+        ``inference.dropout_seed + k``."""
+        for k in range(self.inference.dropout_samples):
+            assert isinstance(backend, TorchBackend)  # checked when the Predictor was built
+            with backend.dropout_active(self.inference.dropout_seed + k):
+                logits = windows.single_pass(x, backend)
+            yield logits
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """``(1, C_in, X, Y, Z)`` preprocessed -> logits ``(1, C_out, X, Y, Z)``, the mean of :meth:`_passes`."""
@@ -438,7 +483,8 @@ class Predictor:
         files = image.meta.get("channel_files", [image.path] * len(self.channels))
         for name, path, channel in zip(self.channels, files, image.array, strict=True):
             require_finite(channel, path=path, channel=name)
-        data = self.transforms({IMAGE: MetaTensor(torch.as_tensor(image.array), affine=image.geometry.affine)})
+        # a copy: the transforms normalise in place, and the caller keeps its image
+        data = self.transforms({IMAGE: MetaTensor(torch.tensor(image.array), affine=image.geometry.affine)})
         return data[IMAGE]
 
     def _restore(self, channels: torch.Tensor, x: MetaTensor, image: Image) -> np.ndarray:

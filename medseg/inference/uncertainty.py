@@ -1,7 +1,8 @@
 """How sure a prediction is, per voxel and per case.
 
 A prediction averages one or more *passes*: the members of an ensemble (the folds of a configuration) and,
-with ``inference.mirror_axes``, each member's mirror images. Each pass ``k`` gives probabilities ``p_k``
+with ``inference.mirror_axes``, each member's mirror images; with ``inference.dropout_samples``, each member's
+Monte Carlo dropout samples. Each pass ``k`` gives probabilities ``p_k``
 (softmax over classes, or one sigmoid per region). Per voxel, in nats:
 
 - ``entropy``: the entropy of the mean probabilities, ``H(mean_k p_k)``, the total uncertainty (Gal 2016,

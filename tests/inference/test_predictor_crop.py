@@ -224,3 +224,16 @@ def test_window_settings_given_to_a_predictor_are_checked(
     inference = InferenceConfig(**{**ckpt.config["inference"], **override})
     with pytest.raises(ConfigError, match=message):
         Predictor(ckpt, backend="torch", device="cpu", inference=inference)
+
+
+@pytest.mark.parametrize("crop", [False, True])
+def test_the_predictor_leaves_the_callers_image_as_it_was(one_channel_checkpoint: Path, crop: bool) -> None:
+    # the intensity normalisation works in place: on the caller's array it z-scored the image it was given
+    array = np.random.default_rng(0).uniform(1.0, 2.0, (1, 32, 32, 16)).astype(np.float32)
+    image = Image(array.copy(), Geometry((32, 32, 16), np.eye(4)), None, {})
+    predictor = Predictor.from_checkpoint(
+        one_channel_checkpoint, backend="torch", device="cpu", inference_overrides=[f"inference.crop_foreground={crop}"]
+    )
+    predictor.predict(image)
+    predictor.predict_with_uncertainty(image)
+    np.testing.assert_array_equal(image.array, array)

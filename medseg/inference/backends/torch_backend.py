@@ -1,11 +1,21 @@
-"""Eager PyTorch backend: fp32 on the CPU, fp16 autocast (AMP) on CUDA."""
+"""Eager PyTorch backend: fp32 on the CPU, fp16 autocast (AMP) on CUDA; Monte Carlo dropout passes."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
+from torch.nn.modules.dropout import _DropoutNd
 
 from medseg.inference.backends.base import autocast_dtype, available_threads
+
+
+def dropout_layers(model: nn.Module) -> list[nn.Module]:
+    """The dropout layers of ``model`` that drop something (rate > 0; MONAI builds ``Dropout(p=0)`` layers when
+    a network's dropout is off)."""
+    return [m for m in model.modules() if isinstance(m, _DropoutNd) and m.p > 0]
 
 
 class TorchBackend:
@@ -35,3 +45,21 @@ class TorchBackend:
             self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
         ):
             return self.model(x).float()
+
+    @contextlib.contextmanager
+    def dropout_active(self, seed: int) -> Iterator[None]:
+        """Within the block, the model's :func:`dropout_layers` drop (train mode; every other layer stays in
+        eval mode, so normalisation is unchanged) with masks drawn from torch's generator seeded with ``seed``;
+        the generator's state (CPU and this CUDA device) and eval mode are restored after."""
+        layers = dropout_layers(self.model)
+        cuda = self.device.type == "cuda"
+        devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()] if cuda else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            for layer in layers:
+                layer.train()
+            try:
+                yield
+            finally:
+                for layer in layers:
+                    layer.eval()
