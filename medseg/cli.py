@@ -303,6 +303,7 @@ def _info(args: argparse.Namespace) -> int:
     from medseg.config import InferenceConfig, TransformConfig, mirroring_allowed
     from medseg.data.manifest import manifest_from_dict
     from medseg.inference import INFERENCE_PREPROCESSING
+    from medseg.inference.quality import training_fingerprint
     from medseg.protocol import ModelDescription, TrainingData
 
     ckpt = load_checkpoint(args.model, training=False)
@@ -327,6 +328,7 @@ def _info(args: argparse.Namespace) -> int:
         medseg_version=ckpt.medseg_version,
         training_data=training_data,
         preprocessing={key: getattr(transforms, key) for key in INFERENCE_PREPROCESSING},
+        training_fingerprint=ckpt.training_fingerprint,
     )
     if args.json:
         print(info.to_json())
@@ -345,6 +347,9 @@ def _info(args: argparse.Namespace) -> int:
             f" training cases, validated on {len(training_data.validation_cases)}:"
             f" {', '.join(training_data.validation_cases)}"
         )
+    fingerprint = training_fingerprint(ckpt)
+    if fingerprint is not None:
+        print(fingerprint.describe())
     return 0
 
 
