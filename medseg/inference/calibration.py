@@ -34,7 +34,7 @@ from medseg.errors import MedsegInputError
 from medseg.evaluation import find_references
 from medseg.evaluation.calibration import ECE_BINS, expected_calibration_error, output_channels
 from medseg.inference.predictor import Predictor, read_case
-from medseg.inference.quality import uncertainty_threshold
+from medseg.inference.quality import UNCERTAINTY_PERCENTILE, UNCERTAINTY_SCORE, uncertainty_threshold
 from medseg.inference.uncertainty import case_scores
 from medseg.io import Image, check_label_map, read_image, require_same_grid
 from medseg.labels import LabelTable
@@ -258,7 +258,8 @@ def _voxel_ece(
 
 
 def format_calibration(result: CalibrationResult) -> str:
-    """A few lines: the temperature, and NLL and ECE per label or region before and after."""
+    """A few lines: the temperature, NLL and ECE per label or region before and after, and the ``uncertain``
+    flag's thresholds."""
     lines = [
         f"temperature {result.temperature:.4f} fitted on {result.voxels} voxels of {len(result.cases)} case(s);"
         f" written to {result.path}",
@@ -266,4 +267,9 @@ def format_calibration(result: CalibrationResult) -> str:
     ]
     for name, before in result.ece_before.items():
         lines.append(f"ECE {name} ({result.ece_bins} bins) {before:.4f} -> {result.ece_after[name]:.4f}")
+    shown = {key: "none" if value is None else f"{value:.4f}" for key, value in result.uncertain_above.items()}
+    lines.append(
+        f"the uncertain flag's threshold ({UNCERTAINTY_SCORE}, {UNCERTAINTY_PERCENTILE:g}th percentile of the"
+        f" cases): {shown['as_trained']} as trained, {shown['temperature_scaling']} with the temperature"
+    )
     return "\n".join(lines)
