@@ -8,14 +8,16 @@ predicted label map the same way, and :func:`quality_flags` compares the two. Th
 
 - ``unlike_training``: the input is far from every training case. Intensities are compared as the network
   sees them, after the model's own normalisation (``ct_window``: clipped to ``hu_window`` and scaled to
-  [0, 1]; ``zscore_nonzero``: z-scored over the nonzero voxels, which alone count): a channel's
+  [0, 1], the voxels above the window's floor counted; ``zscore_nonzero``: z-scored over the nonzero
+  voxels, which alone count): a channel's
   :data:`QUANTILE_LEVELS` quantiles, their mean absolute difference from the training cases' median
   quantiles, is more than :data:`INTENSITY_FAR` times that of the farthest training case (and at least
   :data:`INTENSITY_FAR` x :data:`INTENSITY_SPREAD_FLOOR`); or the median intensity of the predicted
   foreground lies outside every training case's foreground (below the lowest 1st percentile or above the
   highest 99th); or a voxel size (mm, axes sorted, so the orientation does not matter) is under half the
-  smallest or over twice the largest of the training cases'. A CT model given a brain MR sees a brain
-  without air at -1000 HU: its windowed quantiles lie far from every CT's.
+  smallest or over twice the largest of the training cases'. Measured on real scans: against 20 OpenKBP
+  head-and-neck CTs, 10 others lie within 0.011-0.051 of them (threshold 0.2), an abdominal CT 0.097, and
+  brain MRs (BraTS 2018 FLAIR, TotalSegmentator's example MR) 0.27-0.33: flagged.
 - ``empty_label``: a label present in at least :data:`EXPECTED_PRESENCE` of the training cases that
   annotate it came out empty.
 - ``touches_border``: a predicted structure (any label but 0) reaches the outermost voxel layer of the image:
@@ -125,11 +127,13 @@ class CaseProfile:
 def network_intensities(array: np.ndarray, transforms: TransformConfig) -> tuple[np.ndarray, np.ndarray]:
     """``(C, X, Y, Z)`` image intensities as the network sees them (``transforms.intensity_offset`` and the
     normalisation of :func:`~medseg.transforms.normalize_transforms`), and ``(C, X, Y, Z)`` bool: the voxels
-    the normalisation measures (nonzero ones under ``zscore_nonzero``, all under ``ct_window``)."""
+    that describe the image's content: under ``zscore_nonzero`` the nonzero ones (those it normalises), under
+    ``ct_window`` those above the window's floor (not air or padding, which every CT holds in different
+    amounts and the window maps alike)."""
     data = {IMAGE: torch.as_tensor(np.asarray(array, dtype=np.float32))}
     offset = mt.Compose(intensity_offset_transforms(transforms))(data)
     raw = np.asarray(offset[IMAGE])
-    counted = raw != 0 if transforms.intensity == "zscore_nonzero" else np.ones(raw.shape, bool)
+    counted = raw != 0 if transforms.intensity == "zscore_nonzero" else raw > transforms.hu_window[0]
     normalised = np.asarray(mt.Compose(normalize_transforms(transforms))(offset)[IMAGE])
     return normalised, counted
 
