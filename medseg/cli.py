@@ -341,15 +341,15 @@ def _info(args: argparse.Namespace) -> int:
     print(f"preprocessing: {_preprocessing_text(info.preprocessing)}")
     settings = " ".join(f"{key}={json.dumps(value)}" for key, value in info.inference.items())
     print(f"inference (medseg predict --set inference.KEY=VALUE changes one): {settings}")
+    fingerprint = training_fingerprint(ckpt)
+    if fingerprint is not None:
+        print(fingerprint.describe())
     if training_data is not None:
         print(
             f"trained on fold {training_data.fold} of {training_data.num_folds}: {training_data.training_cases}"
             f" training cases, validated on {len(training_data.validation_cases)}:"
             f" {', '.join(training_data.validation_cases)}"
         )
-    fingerprint = training_fingerprint(ckpt)
-    if fingerprint is not None:
-        print(fingerprint.describe())
     return 0
 
 
