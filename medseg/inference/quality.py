@@ -9,15 +9,15 @@ predicted label map the same way, and :func:`quality_flags` compares the two. Th
 - ``unlike_training``: the input is far from every training case. Intensities are compared as the network
   sees them, after the model's own normalisation (``ct_window``: clipped to ``hu_window`` and scaled to
   [0, 1], the voxels above the window's floor counted; ``zscore_nonzero``: z-scored over the nonzero
-  voxels, which alone count): a channel's
-  :data:`QUANTILE_LEVELS` quantiles, their mean absolute difference from the training cases' median
-  quantiles, is more than :data:`INTENSITY_FAR` times that of the farthest training case (and at least
-  :data:`INTENSITY_FAR` x :data:`INTENSITY_SPREAD_FLOOR`); or the median intensity of the predicted
-  foreground lies outside every training case's foreground (below the lowest 1st percentile or above the
-  highest 99th); or a voxel size (mm, axes sorted, so the orientation does not matter) is under half the
-  smallest or over twice the largest of the training cases'. Measured on real scans: against 20 OpenKBP
-  head-and-neck CTs, 10 others lie within 0.011-0.051 of them (threshold 0.2), an abdominal CT 0.097, and
-  brain MRs (BraTS 2018 FLAIR, TotalSegmentator's example MR) 0.27-0.33: flagged.
+  voxels, which alone count): a channel's :data:`QUANTILE_LEVELS` quantiles differ from the training cases'
+  median quantiles (mean absolute difference) by more than :data:`INTENSITY_FAR` times the farthest training
+  case does (and at least by :data:`INTENSITY_FAR` x :data:`INTENSITY_SPREAD_FLOOR`); or the median
+  intensity of the predicted foreground lies outside every training case's foreground (below the lowest
+  1st percentile or above the highest 99th); or a voxel size (mm, axes sorted, so the orientation does not
+  matter) is under half the smallest or over twice the largest of the training cases'. Measured on real
+  scans: against 20 OpenKBP head-and-neck CTs, 10 others lie within 0.011-0.051 of them (threshold 0.2),
+  an abdominal CT 0.097, and brain MRs (BraTS 2018 FLAIR, TotalSegmentator's example MR) 0.27-0.33:
+  flagged.
 - ``empty_label``: a label present in at least :data:`EXPECTED_PRESENCE` of the training cases that
   annotate it came out empty.
 - ``touches_border``: a predicted structure (any label but 0) reaches the outermost voxel layer of the image:
@@ -28,8 +28,9 @@ predicted label map the same way, and :func:`quality_flags` compares the two. Th
   :data:`UNCERTAINTY_PERCENTILE` th percentile of the validation cases' that ``medseg calibrate`` stored.
 
 A checkpoint without a fingerprint (written before medseg kept one) gets only ``touches_border`` and, when
-calibrated and with uncertainty, ``uncertain``. Every comparison uses the image at most
-:data:`MAX_PROFILE_VOXELS` voxels (a regular subsample) and the label map's faces: no full-resolution pass.
+calibrated and with uncertainty, ``uncertain``. The comparisons read at most :data:`MAX_PROFILE_VOXELS` voxels
+of the image (a regular subsample), the label map's faces and the volumes already counted: no extra
+full-resolution pass.
 """
 
 from __future__ import annotations
@@ -318,7 +319,7 @@ def measure_training_cases(
         MedsegInputError: a file is missing or unreadable.
     """
     count = min(len(cases), MAX_INTENSITY_CASES)
-    imaged = {round(i * len(cases) / count) for i in range(count)}
+    imaged = {i * len(cases) // count for i in range(count)}  # distinct: len(cases) >= count
     ordered = [c for i, c in enumerate(cases) if i in imaged] + [c for i, c in enumerate(cases) if i not in imaged]
     profiles = []
     for number, case in enumerate(track(ordered, desc="training fingerprint", unit="case", leave=False)):
