@@ -51,6 +51,9 @@ class Checkpoint:
         calibration: what ``medseg calibrate`` fitted (:func:`medseg.inference.calibration.calibrate`):
             ``{"temperature": float, ...}`` with the cases and settings it was fitted on and its scores
             before and after, or ``None`` (never calibrated, or written before medseg calibrated).
+        training_fingerprint: what training measured of its cases for the quality flags
+            (:meth:`medseg.inference.quality.TrainingFingerprint.to_dict`), or ``None`` (written before
+            medseg kept it, or built in memory).
         source: the file it was loaded from (``None`` when built in memory); not saved.
     """
 
@@ -63,6 +66,7 @@ class Checkpoint:
     medseg_version: str = __version__
     manifest: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
+    training_fingerprint: dict[str, Any] | None = None
     source: Path | None = None
 
     @functools.cached_property
@@ -145,6 +149,7 @@ class Checkpoint:
             "training": self.training,
             "manifest": self.manifest,
             "calibration": self.calibration,
+            "training_fingerprint": self.training_fingerprint,
         }
 
 
@@ -233,6 +238,7 @@ def load_checkpoint(path: str | Path, *, training: bool = True) -> Checkpoint:
         medseg_version=data.get("medseg_version", "unknown"),
         manifest=data.get("manifest"),
         calibration=_calibration(data.get("calibration"), path),
+        training_fingerprint=data.get("training_fingerprint"),
         source=path,
     )
 

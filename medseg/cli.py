@@ -334,6 +334,7 @@ def _info(args: argparse.Namespace) -> int:
     from medseg.config import InferenceConfig, TransformConfig, mirroring_allowed
     from medseg.data.manifest import manifest_from_dict
     from medseg.inference import INFERENCE_PREPROCESSING
+    from medseg.inference.quality import training_fingerprint
     from medseg.protocol import ModelDescription, TrainingData
 
     ckpt = load_checkpoint(args.model, training=False)
@@ -358,6 +359,7 @@ def _info(args: argparse.Namespace) -> int:
         medseg_version=ckpt.medseg_version,
         training_data=training_data,
         preprocessing={key: getattr(transforms, key) for key in INFERENCE_PREPROCESSING},
+        training_fingerprint=ckpt.training_fingerprint,
     )
     if args.json:
         print(info.to_json())
@@ -370,6 +372,9 @@ def _info(args: argparse.Namespace) -> int:
     print(f"preprocessing: {_preprocessing_text(info.preprocessing)}")
     settings = " ".join(f"{key}={json.dumps(value)}" for key, value in info.inference.items())
     print(f"inference (medseg predict --set inference.KEY=VALUE changes one): {settings}")
+    fingerprint = training_fingerprint(ckpt)
+    if fingerprint is not None:
+        print(fingerprint.describe())
     if training_data is not None:
         print(
             f"trained on fold {training_data.fold} of {training_data.num_folds}: {training_data.training_cases}"

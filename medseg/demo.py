@@ -77,7 +77,7 @@ def _train_predict_report(
 
     print(f"predicting {test_cases} held-out cases ...", flush=True)
     pred_dir = out_dir / "predictions"
-    predict_folder(model=run_dir / "best.pt", input_path=test_input, output_dir=pred_dir)
+    predicted = predict_folder(model=run_dir / "best.pt", input_path=test_input, output_dir=pred_dir)
 
     summary = evaluate_folder(
         pred_dir=pred_dir,
@@ -100,6 +100,7 @@ def _train_predict_report(
         curve_png=run_dir / "training_curve.png",
         scores_png=out_dir / METRICS_PNG,
         overlays=overlays,
+        flags={result.case: result.flags for result in predicted.results},
         title=title,
     )
     print(f"\nheld-out evaluation ({test_cases} cases); report: {report}")

@@ -144,6 +144,7 @@ class CaseFinished(ProgressEvent):
         uncertainty: the case's uncertainty scores in nats (``medseg predict --save-uncertainty``; see
             :func:`medseg.inference.uncertainty.case_scores`), by name; empty when not computed or
             nothing was predicted.
+        flags: the case's quality flags (:data:`medseg.inference.quality.FLAGS`), empty when none.
     """
 
     event: ClassVar[str] = "case_done"
@@ -158,6 +159,7 @@ class CaseFinished(ProgressEvent):
     series_uid: str | None = None
     series_description: str | None = None
     uncertainty: dict[str, float] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.status not in CASE_STATUSES:
@@ -180,6 +182,7 @@ class CaseFinished(ProgressEvent):
             series_uid=_value(data, "series_uid", str, optional=True),
             series_description=_value(data, "series_description", str, optional=True),
             uncertainty={str(name): _value(scores, name, float) for name in scores},
+            flags=[str(flag) for flag in _value(data, "flags", list, optional=True) or []],
         )
 
 
@@ -280,6 +283,8 @@ class ModelDescription:
         preprocessing: what the network sees: the checkpoint's ``transforms`` settings that apply at
             inference (orientation, spacing in mm, interpolation, intensity normalisation, HU window and
             offset, percentile clipping, foreground crop and its threshold); empty from an older medseg.
+        training_fingerprint: what training measured of its cases for the quality flags
+            (:class:`medseg.inference.quality.TrainingFingerprint` as a dict), when the checkpoint keeps it.
     """
 
     channels: tuple[str, ...]
@@ -291,6 +296,7 @@ class ModelDescription:
     medseg_version: str
     training_data: TrainingData | None = None
     preprocessing: Mapping[str, Any] = field(default_factory=dict)
+    training_fingerprint: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.channels:
@@ -317,6 +323,8 @@ class ModelDescription:
         }
         if self.training_data is not None:
             data["training_data"] = self.training_data.to_dict()
+        if self.training_fingerprint is not None:
+            data["training_fingerprint"] = dict(self.training_fingerprint)
         return data
 
     def to_json(self) -> str:
@@ -348,6 +356,7 @@ class ModelDescription:
             medseg_version=_value(data, "medseg_version", str),
             training_data=None if training is None else TrainingData.from_dict(training),
             preprocessing=_value(data, "preprocessing", dict, optional=True) or {},
+            training_fingerprint=_value(data, "training_fingerprint", dict, optional=True),
         )
 
     @classmethod

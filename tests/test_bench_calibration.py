@@ -73,7 +73,13 @@ def test_each_half_is_calibrated_on_the_other_and_the_run_resumes(
         assert record["calibration_nll"]["after"] < record["calibration_nll"]["before"]
         assert record["mean_dice"] == record["mean_dice_with_temperature"] == pytest.approx(1.5 / 1.75, abs=1e-4)
         assert record["spearman_vs_dice"]["entropy_boundary"] is None  # every case alike: no ranking
+        flags = record["flags_vs_worst_dice"]  # the worst of three alike cases: the first by id
+        assert (flags["cases"], flags["worst"], flags["base_rate"]) == (3, 1, pytest.approx(1 / 3, abs=1e-4))
+        assert flags["touches_border"] == {"flagged": 3, "in_worst": 1, "precision": 0.3333, "recall": 1.0}
+        assert flags["uncertain"] == {"flagged": 0, "in_worst": 0, "precision": None, "recall": 0.0}  # none above
+        assert flags["unlike_training"]["flagged"] == 0  # a checkpoint without a training fingerprint
     assert lines[-1]["ece"]["tissue"]["before"] == pytest.approx(sure - 0.75, rel=1e-3)
+    assert lines[-1]["flags_vs_worst_dice"]["any"] == {"flagged": 6, "in_worst": 2, "precision": 0.3333, "recall": 1.0}
     assert (fold / "calibration" / "half_0" / "temperature" / "predictions" / "c0_uncertainty.nii.gz").is_file()
 
     assert bench.main([str(fold)]) == 0  # both halves done: only the summary again

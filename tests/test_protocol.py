@@ -45,6 +45,7 @@ EVENT_EXAMPLES = [
         output="/o/c1.nii.gz",
         volumes_ml={"NCR": 1.25},
         uncertainty={"entropy_boundary": 0.25},
+        flags=["touches_border", "uncertain"],
     ),
     CaseFinished(case="c2", index=1, total=3, status="failed", seconds=0.1, reason="c2.nii.gz: not 3-D"),
     CaseFinished(case="c3", index=2, total=3, status="skipped", output="/o/c3.nii.gz", reason="outputs exist"),
@@ -74,7 +75,7 @@ def test_event_lines_are_the_wire_format_clients_read() -> None:
     }
     finished = json.loads(EVENT_EXAMPLES[3].to_line())
     fields = ["event", "case", "index", "total", "status", "seconds", "output", "reason", "volumes_ml"]
-    fields += ["series_uid", "series_description", "uncertainty"]
+    fields += ["series_uid", "series_description", "uncertainty", "flags"]
     assert list(finished) == fields  # fields are only ever added, at the end
 
 

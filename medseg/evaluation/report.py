@@ -277,6 +277,18 @@ def _one_empty_hd95(summary: Mapping[str, Any]) -> str:
     return "the image's diagonal" if constant is None else f"{constant:g} mm"
 
 
+def _flags_table(flags: Mapping[str, Sequence[str]]) -> str:
+    """The cases that raise quality flags, with them, or a line saying that none does."""
+    flagged = sorted(case for case, raised in flags.items() if raised)
+    intro = (
+        f"<p>{len(flagged)} of {len(flags)} predicted case(s) raise quality flags (see medseg's predict guide,"
+        " Quality flags): where to look first, not a verdict.</p>"
+    )
+    if not flagged:
+        return intro
+    return intro + _html_table(["case", "flags"], [[case, ", ".join(flags[case])] for case in flagged])
+
+
 def _lesion_table(lesion_wise: Mapping[str, Any]) -> str:
     header = ["region", "Dice mean ± sd", "HD95 (mm) mean ± sd", "TP", "FN", "FP"]
     rows = []
@@ -303,6 +315,7 @@ def write_report(
     curve_png: Path | None = None,
     scores_png: Path | None = None,
     overlays: Sequence[Overlay] = (),
+    flags: Mapping[str, Sequence[str]] | None = None,
     title: str = "medseg evaluation report",
 ) -> Path:
     """Write a self-contained ``out_dir/report.html`` (images embedded as base64 PNG).
@@ -313,6 +326,9 @@ def write_report(
         curve_png: a training-curve PNG to embed, if any.
         scores_png: the per-region score plot (``metrics.png`` of the evaluation) to embed, if any.
         overlays: overlays to embed, e.g. from :func:`render_case_overlays`.
+        flags: each predicted case's quality flags (:mod:`medseg.inference.quality`; ``medseg predict``'s
+            results or the ``flags`` column of its ``summary.csv``): the flagged cases are listed, and an
+            overlay's caption names its case's flags. ``None``: not known, no section.
         title: page title.
 
     Returns:
@@ -354,6 +370,8 @@ def write_report(
         ]
     if scores_png is not None:
         parts.append(f'<img src="{_png_data_uri(scores_png)}" alt="Dice, HD95 and NSD per region over cases">')
+    if flags is not None:
+        parts += ["<h2>Quality flags</h2>", _flags_table(flags)]
     if curve_png is not None:
         parts += ["<h2>Training</h2>", f'<img src="{_png_data_uri(curve_png)}" alt="training curve">']
     if overlays:
@@ -363,7 +381,8 @@ def write_report(
             " left on image right). Green: reference, red: prediction.</p>"
         )
         for overlay in overlays:
-            caption = html.escape(overlay.caption)
+            raised = (flags or {}).get(overlay.case) or ()
+            caption = html.escape(overlay.caption + (f" (flags: {', '.join(raised)})" if raised else ""))
             img = f'<img src="{_png_data_uri(overlay.png)}" alt="{caption}">'
             parts.append(f"<figure>{img}<figcaption>{caption}</figcaption></figure>")
     parts.append("</body></html>\n")

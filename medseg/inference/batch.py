@@ -23,7 +23,9 @@ Contract of a batch run (``medseg predict``):
 - **Summary.** ``summary.csv``: one row per case (sorted by id) with status, seconds, output path, reason,
   the SeriesInstanceUID and SeriesDescription of a DICOM series case (which tell apart the cases
   ``study`` and ``study_2`` of a folder holding two series) and the volume in mL of every foreground
-  label; with uncertainty maps, also the case's uncertainty scores
+  label, and the case's quality flags (``flags``: :data:`~medseg.inference.quality.FLAGS` that it raises,
+  separated by ``;``, empty when none; :mod:`medseg.inference.quality`); with uncertainty maps, also the
+  case's uncertainty scores
   (:data:`~medseg.inference.uncertainty.CASE_SCORES`, nats; blank where nothing was predicted). With
   ``shard=I/N`` the run handles only its share of the cases (see :class:`~medseg.data.cases.Shard`) and
   writes ``summary.shard-I-of-N.csv`` instead, so that processes sharing one output folder never write the
@@ -51,12 +53,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from medseg import __version__
 from medseg.data.cases import InputCase, Shard, discover_cases, read_cases_file, select_shard
 from medseg.errors import MedsegError, MedsegInputError, OutputError, first_line
 from medseg.inference.predictor import Prediction, Predictor, read_case
+from medseg.inference.quality import QualityReference, volumes_ml
 from medseg.inference.uncertainty import CASE_SCORES, case_scores
 from medseg.io import (
     Image,
@@ -102,6 +103,8 @@ class CaseResult:
         series_description: its SeriesDescription (None for other cases).
         uncertainty: the case's uncertainty scores (:func:`~medseg.inference.uncertainty.case_scores`), by
             name; empty when not computed or nothing was predicted.
+        flags: the quality flags it raises (:func:`~medseg.inference.quality.quality_flags`), in
+            :data:`~medseg.inference.quality.FLAGS` order.
     """
 
     case: str
@@ -113,6 +116,7 @@ class CaseResult:
     series_uid: str | None = None
     series_description: str | None = None
     uncertainty: dict[str, float] = field(default_factory=dict)
+    flags: tuple[str, ...] = ()
 
 
 @dataclass
@@ -170,6 +174,7 @@ class _Progress:
                 series_uid=result.series_uid,
                 series_description=result.series_description,
                 uncertainty=result.uncertainty,
+                flags=list(result.flags),
             )
         )
         if result.status == "failed":
@@ -199,14 +204,6 @@ def _prefetched(cases: Sequence[InputCase]) -> Iterator[tuple[InputCase, Future[
             del current
 
 
-def label_volumes_ml(labels: np.ndarray, spacing: Sequence[float], names: dict[int, str]) -> dict[str, float]:
-    """The volume in mL (rounded to 0.001) of each foreground label of ``labels`` ``(X, Y, Z)`` with voxels of
-    ``spacing`` mm, by the label names ``names`` (label value -> name; 0 is background)."""
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    counts = np.bincount(np.asarray(labels, dtype=np.int64).ravel(), minlength=max(names) + 1)
-    return {names[v]: round(float(counts[v]) * voxel_ml, 3) for v in sorted(names) if v != 0}
-
-
 def _summary_columns(label_names: Sequence[str], scores: Sequence[str]) -> list[str]:
     return [
         "case",
@@ -214,6 +211,7 @@ def _summary_columns(label_names: Sequence[str], scores: Sequence[str]) -> list[
         "seconds",
         "output",
         "reason",
+        "flags",
         "SeriesInstanceUID",
         "SeriesDescription",
         *[f"{n}_ml" for n in label_names],
@@ -242,6 +240,7 @@ def _write_summary(
                         f"{r.seconds:.3f}",
                         r.output or "",
                         r.reason or "",
+                        ";".join(r.flags),
                         r.series_uid or "",
                         r.series_description or "",
                         *[r.volumes_ml.get(n, "") for n in label_names],
@@ -301,29 +300,34 @@ def _remove_stale_temporaries(path: Path) -> None:
                 candidate.unlink(missing_ok=True)
 
 
-def _existing_volumes(path: Path, names: dict[int, str], fmt: str) -> dict[str, float] | None:
-    """Volumes of an existing label-map output, ``{}`` when not computed (DICOM-SEG), None if unreadable."""
+def _existing_result(
+    case: InputCase, output: Path, maps: Path | None, fmt: str, names: dict[int, str], quality: _Quality
+) -> CaseResult | None:
+    """The ``skipped`` result of a case whose outputs exist, with what its existing label map (and uncertainty
+    maps ``maps``, when written) give: volumes, uncertainty scores and quality flags (none of them for a
+    DICOM-SEG; no flags when its input cannot be read now). None if an output is unreadable or they do
+    not fit: the case is predicted again."""
+    result = CaseResult(case.id, "skipped", output=output, reason="outputs exist")
     if fmt == "dicom-seg":
-        return {}
+        return result
     try:
-        image = read_image(path)
+        label_map = read_image(output)
+        uncertainty = None if maps is None else read_image(maps)
     except MedsegError:
         return None
-    return label_volumes_ml(image.array, image.geometry.spacing, names)
-
-
-def _existing_scores(labels: Path, maps: Path, fmt: str, band_mm: float) -> dict[str, float] | None:
-    """Uncertainty scores of existing outputs (label map and uncertainty maps), ``{}`` when not computed
-    (DICOM-SEG), None if either is unreadable or they do not fit."""
-    if fmt == "dicom-seg":
-        return {}
+    labels, spacing = label_map.array, label_map.geometry.spacing
+    result.volumes_ml = volumes_ml(labels, spacing, names)
+    if uncertainty is not None:
+        if uncertainty.array.shape[1:] != labels.shape:
+            return None
+        result.uncertainty = case_scores(uncertainty.array, labels, spacing=spacing, band_mm=quality.band_mm)
     try:
-        label_map, uncertainty = read_image(labels), read_image(maps)
+        image = read_case(case)
     except MedsegError:
-        return None
-    if uncertainty.array.shape[1:] != label_map.array.shape:
-        return None
-    return case_scores(uncertainty.array, label_map.array, spacing=label_map.geometry.spacing, band_mm=band_mm)
+        return result
+    if image.array.shape[1:] == labels.shape:
+        result.flags = quality.reference.flags(image, labels, volumes=result.volumes_ml, uncertainty=result.uncertainty)
+    return result
 
 
 def _check_not_inputs(outputs: Sequence[Path], cases: Sequence[InputCase]) -> None:
@@ -496,6 +500,7 @@ def run_batch(
     names = batch.table.labels  # a shard without cases still writes every label's column
     label_names = [names[v] for v in sorted(names) if v != 0]
     scores = CASE_SCORES if save_uncertainty else ()
+    quality_of = {predictor: _Quality.of(predictor) for predictor in predictor_of.values()}
     results: list[CaseResult] = []
     todo: list[InputCase] = []
     done_before: list[tuple[int, CaseResult]] = []
@@ -506,21 +511,15 @@ def run_batch(
         expected = [label_outputs[case.id], *extra_outputs[case.id]]
         for out in expected:
             _remove_stale_temporaries(out)
-        volumes = uncertainty = None
+        found = None
         if not overwrite and all(p.is_file() for p in expected):
-            volumes = _existing_volumes(label_outputs[case.id], names, fmt)
-            uncertainty = {}
-            if save_uncertainty:
-                band_mm = predictor_of[case.id].inference.uncertainty_band_mm
-                maps = output_dir / f"{case.id}{UNCERTAINTY_SUFFIX}"
-                uncertainty = _existing_scores(label_outputs[case.id], maps, fmt, band_mm)
-        if volumes is None or uncertainty is None:
+            maps = output_dir / f"{case.id}{UNCERTAINTY_SUFFIX}" if save_uncertainty else None
+            quality = quality_of[predictor_of[case.id]]
+            found = _existing_result(case, label_outputs[case.id], maps, fmt, names, quality)
+        if found is None:
             todo.append(case)
         else:
-            result = CaseResult(case.id, "skipped", output=label_outputs[case.id], reason="outputs exist")
-            result.volumes_ml, result.uncertainty = volumes, uncertainty
-            result = _of_case(result, case)
-            done_before.append((index, result))
+            done_before.append((index, _of_case(found, case)))
     _remove_stale_temporaries(summary_path)
 
     reporter = _Progress(progress, len(cases), already_done=len(done_before), shard=shard)
@@ -540,6 +539,7 @@ def run_batch(
                 fmt,
                 _Extras(save_probabilities, save_uncertainty),
                 names,
+                quality_of[predictor_of[case.id]],
             )
             result = _of_case(result, case)
             results.append(result)
@@ -630,6 +630,21 @@ def _claim_output_folder(output_dir: Path, identity: str, *, overwrite: bool) ->
 
 
 @dataclass(frozen=True)
+class _Quality:
+    """What a predictor's cases are scored and flagged with: the band of its uncertainty scores (mm) and
+    its :class:`~medseg.inference.quality.QualityReference`."""
+
+    band_mm: float
+    reference: QualityReference
+
+    @classmethod
+    def of(cls, predictor: Predictor) -> _Quality:
+        temperature_scaling = predictor.inference.temperature_scaling
+        reference = QualityReference.of(predictor.checkpoint, temperature_scaling=temperature_scaling)
+        return cls(predictor.inference.uncertainty_band_mm, reference)
+
+
+@dataclass(frozen=True)
 class _Extras:
     """The outputs a batch writes beside each label map."""
 
@@ -645,6 +660,7 @@ def _predict_one(
     fmt: LabelFormat,
     extras: _Extras,
     names: dict[int, str],
+    quality: _Quality,
 ) -> CaseResult:
     """Read (from the prefetch), predict and write one case; any error becomes a ``failed`` result."""
     tick = time.monotonic()
@@ -664,18 +680,20 @@ def _predict_one(
             if prediction.uncertainty is not None:
                 path = output.with_name(f"{case.id}{UNCERTAINTY_SUFFIX}")
                 write_channels(prediction.uncertainty, image.geometry, path, reference=image)
-                band_mm = predictor.inference.uncertainty_band_mm
-                scores = case_scores(prediction.uncertainty, labels, spacing=image.geometry.spacing, band_mm=band_mm)
+                spacing = image.geometry.spacing
+                scores = case_scores(prediction.uncertainty, labels, spacing=spacing, band_mm=quality.band_mm)
         else:
             labels = predictor.predict(image)
         write_label_map(labels, image.geometry, output, table=predictor.table, reference=image, fmt=fmt)
+        volumes = volumes_ml(labels, image.geometry.spacing, names)
         return CaseResult(
             case.id,
             "ok",
             time.monotonic() - tick,
             output,
-            volumes_ml=label_volumes_ml(labels, image.geometry.spacing, names),
+            volumes_ml=volumes,
             uncertainty=scores,
+            flags=quality.reference.flags(image, labels, volumes=volumes, uncertainty=scores),
         )
     except MedsegError as exc:
         return CaseResult(case.id, "failed", time.monotonic() - tick, reason=str(exc))

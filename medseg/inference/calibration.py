@@ -9,7 +9,9 @@ order); the probabilities and the uncertainty maps of :mod:`medseg.inference.unc
 mean negative log-likelihood against the reference labels (:func:`fit_temperature`), reports the NLL and the
 expected calibration error (:mod:`medseg.evaluation.calibration`) of those voxels before and after, and writes
 a copy of the checkpoint that holds ``T`` (:attr:`medseg.checkpoint.Checkpoint.calibration`). The Predictor
-applies it under ``inference.temperature_scaling``.
+applies it under ``inference.temperature_scaling``. The copy also holds the threshold of the ``uncertain``
+quality flag (:mod:`medseg.inference.quality`): the validation cases' 95th percentile of their uncertainty
+score, with and without ``T`` (each case is predicted twice more for it, with uncertainty).
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from medseg.errors import MedsegInputError
 from medseg.evaluation import find_references
 from medseg.evaluation.calibration import ECE_BINS, expected_calibration_error, output_channels
 from medseg.inference.predictor import Predictor, read_case
-from medseg.io import check_label_map, read_image, require_same_grid
+from medseg.inference.quality import UNCERTAINTY_PERCENTILE, UNCERTAINTY_SCORE, uncertainty_threshold
+from medseg.inference.uncertainty import case_scores
+from medseg.io import Image, check_label_map, read_image, require_same_grid
 from medseg.labels import LabelTable
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
@@ -108,6 +112,9 @@ class CalibrationResult:
         nll_before, nll_after: mean NLL (nats) of the sampled voxels at ``T = 1`` and at ``T``.
         ece_before, ece_after: per scored label or region, the ECE of the sampled voxels
             (:mod:`medseg.evaluation.calibration`, ``ece_bins`` equal-width bins).
+        uncertain_above: the ``uncertain`` flag's threshold
+            (:func:`~medseg.inference.quality.uncertainty_threshold` of the validation cases' scores), for
+            predictions ``"as_trained"`` and with ``"temperature_scaling"``; ``None`` where no case has a score.
         cases: the validation case ids.
         voxels: the voxels sampled in all.
         ece_bins: the bins of the ECEs.
@@ -120,6 +127,7 @@ class CalibrationResult:
     nll_after: float
     ece_before: dict[str, float]
     ece_after: dict[str, float]
+    uncertain_above: dict[str, float | None]
     cases: tuple[str, ...]
     voxels: int
     ece_bins: int
@@ -179,13 +187,14 @@ def calibrate(
     if unreferenced:
         raise MedsegInputError(f"case {unreferenced[0]!r} has no reference label map", path=Path(ref_dir))
     rng = np.random.default_rng(params.seed)
-    all_logits, all_targets = [], []
+    all_logits, all_targets, scores_as_trained = [], [], []
     for case in cases:
         image = read_case(case)
         reference = read_image(refs.files[case.id])
         require_same_grid(reference.geometry, image.geometry, path=reference.path, reference_path=image.path)
         check_label_map(reference.array, table, path=reference.path)
         logits, inside = predictor.predict_logits(image)
+        scores_as_trained.append(_uncertainty_scores(predictor, image))
         where = np.flatnonzero(inside)
         if where.size > params.voxels_per_case:
             where = np.sort(rng.choice(where, params.voxels_per_case, replace=False))
@@ -196,21 +205,42 @@ def calibrate(
     if len(logits_t) == 0:
         raise MedsegInputError("the foreground crops of the validation cases hold no voxel", path=Path(ref_dir))
     temperature = fit_temperature(logits_t, targets_t, regions=regions)
+    checkpoint = dataclasses.replace(predictor.checkpoint, calibration={"temperature": temperature}, training=None)
+    scaled = Predictor(
+        checkpoint,
+        device=device,
+        backend=backend,
+        inference_overrides=[*inference_overrides, "inference.temperature_scaling=true"],
+    )
+    scores_scaled = [_uncertainty_scores(scaled, read_case(case)) for case in cases]
     result = CalibrationResult(
         temperature=temperature,
         nll_before=negative_log_likelihood(logits_t, targets_t, regions=regions),
         nll_after=negative_log_likelihood(logits_t, targets_t, regions=regions, temperature=temperature),
         ece_before=_voxel_ece(logits_t, targets_t, table, 1.0, params.ece_bins),
         ece_after=_voxel_ece(logits_t, targets_t, table, temperature, params.ece_bins),
+        uncertain_above={
+            "as_trained": uncertainty_threshold(scores_as_trained),
+            "temperature_scaling": uncertainty_threshold(scores_scaled),
+        },
         cases=tuple(case.id for case in cases),
         voxels=len(logits_t),
         ece_bins=params.ece_bins,
         mirror_axes=tuple(predictor.inference.mirror_axes),
         path=Path(out),
     )
-    checkpoint = predictor.checkpoint
-    save_checkpoint(dataclasses.replace(checkpoint, calibration=result.to_dict(), training=None), out)
+    save_checkpoint(dataclasses.replace(checkpoint, calibration=result.to_dict()), out)
     return result
+
+
+def _uncertainty_scores(predictor: Predictor, image: Image) -> dict[str, float]:
+    """A case's uncertainty scores (:func:`~medseg.inference.uncertainty.case_scores`) as ``medseg predict
+    --save-uncertainty`` computes them."""
+    prediction = predictor.predict_with_uncertainty(image)
+    labels = predictor.labels_from_probabilities(prediction.probabilities, image)
+    assert prediction.uncertainty is not None
+    band_mm = predictor.inference.uncertainty_band_mm
+    return case_scores(prediction.uncertainty, labels, spacing=image.geometry.spacing, band_mm=band_mm)
 
 
 def _voxel_ece(
@@ -228,7 +258,8 @@ def _voxel_ece(
 
 
 def format_calibration(result: CalibrationResult) -> str:
-    """A few lines: the temperature, and NLL and ECE per label or region before and after."""
+    """A few lines: the temperature, NLL and ECE per label or region before and after, and the ``uncertain``
+    flag's thresholds."""
     lines = [
         f"temperature {result.temperature:.4f} fitted on {result.voxels} voxels of {len(result.cases)} case(s);"
         f" written to {result.path}",
@@ -236,4 +267,9 @@ def format_calibration(result: CalibrationResult) -> str:
     ]
     for name, before in result.ece_before.items():
         lines.append(f"ECE {name} ({result.ece_bins} bins) {before:.4f} -> {result.ece_after[name]:.4f}")
+    shown = {key: "none" if value is None else f"{value:.4f}" for key, value in result.uncertain_above.items()}
+    lines.append(
+        f"the uncertain flag's threshold ({UNCERTAINTY_SCORE}, {UNCERTAINTY_PERCENTILE:g}th percentile of the"
+        f" cases): {shown['as_trained']} as trained, {shown['temperature_scaling']} with the temperature"
+    )
     return "\n".join(lines)

@@ -31,8 +31,8 @@ import numpy as np
 
 from medseg.data.cases import InputCase, discover_cases, read_cases_file
 from medseg.errors import ConfigError, MedsegError, MedsegInputError, first_line
-from medseg.inference.batch import label_volumes_ml
 from medseg.inference.predictor import Predictor, read_case
+from medseg.inference.quality import volumes_ml
 from medseg.inference.uncertainty import CASE_SCORES, case_scores
 from medseg.io import Image, atomic_output
 from medseg.progress import track
@@ -97,7 +97,7 @@ def case_features(
         names: label value -> name (0 is background).
         channels: the name of each of the image's channels.
     """
-    features = {f"{name}_ml": ml for name, ml in label_volumes_ml(labels, image.geometry.spacing, names).items()}
+    features = {f"{name}_ml": ml for name, ml in volumes_ml(labels, image.geometry.spacing, names).items()}
     extents = np.asarray(image.geometry.shape) * np.asarray(image.geometry.spacing)
     features.update({f"extent_{axis}_mm": round(float(e), 3) for axis, e in zip("xyz", extents, strict=True)})
     for name, channel in zip(channels, image.array, strict=True):

@@ -53,6 +53,7 @@ from medseg.distributed import DistContext, init_distributed, shutdown_distribut
 from medseg.errors import CheckpointError, ConfigError, MedsegInputError, user_errors_unwrapped
 from medseg.inference import Windows
 from medseg.inference.backends.base import autocast_dtype
+from medseg.inference.quality import measure_training_cases
 from medseg.io import read_geometry
 from medseg.io.atomic import atomic_output
 from medseg.keys import CASE, IMAGE, LABEL, LABELLED
@@ -219,6 +220,8 @@ class _Trainer:
             )
         require_consistent(manifest, root=root)
         check_patch_fits(config, train_cases, root=root)
+        self.train_cases, self.root = train_cases, root
+        self.training_fingerprint: dict[str, Any] | None = None  # measured once, on the main process
         # A single caching thread: MONAI's LoadImaged, which loaded cases before medseg's LoadImagesd, was
         # not thread-safe stacking several files under one key (with 2 threads a cached BraTS case now and
         # then kept 1 of its 4 channels); more threads have not been measured since.
@@ -323,6 +326,7 @@ class _Trainer:
             training=training,
             medseg_version=__version__,
             manifest=self.manifest.to_dict(),
+            training_fingerprint=self.training_fingerprint,
         )
 
     def load_weights(self, ckpt: Checkpoint, path: str | Path) -> None:
@@ -365,6 +369,7 @@ class _Trainer:
         self.best_score = float(state["best_score"])
         self.best_epoch = int(state["best_epoch"])
         self.history = list(state["history"])
+        self.training_fingerprint = ckpt.training_fingerprint
 
     # --- the loop ----------------------------------------------------------------------------
     def _seed_epoch(self, epoch: int) -> None:
@@ -484,6 +489,14 @@ class _Trainer:
             )
         if self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.training_fingerprint is None:  # for the quality flags of medseg predict
+                self.training_fingerprint = measure_training_cases(
+                    self.train_cases,
+                    root=self.root,
+                    table=self.table,
+                    channels=self.manifest.channels,
+                    transforms=self.config.transforms,
+                ).to_dict()
         started = time.monotonic()
         for epoch in range(self.epoch, cfg.epochs):
             tick = time.monotonic()

@@ -210,3 +210,11 @@ def test_report_without_curve_or_overlays(tmp_path: Path) -> None:
     assert "MET rules" in text and "at most 2 mm³" in text
     row = "<tr><td>ET</td><td>0.1250 ± 0.0000</td><td>93.50 ± 0.00</td><td>1</td><td>2</td><td>5</td></tr>"
     assert row in text
+    assert "Quality flags" not in text  # not known: no section
+
+    flags = {"a": (), "b": ("unlike_training", "empty_label"), "c": ("touches_border",)}
+    text = write_report(out_dir=tmp_path, summary=summary, flags=flags).read_text(encoding="utf-8")
+    assert "2 of 3 predicted case(s) raise quality flags" in text
+    assert "<tr><td>b</td><td>unlike_training, empty_label</td></tr>" in text and "<td>a</td>" not in text
+    text = write_report(out_dir=tmp_path, summary=summary, flags={"a": ()}).read_text(encoding="utf-8")
+    assert "0 of 1 predicted case(s) raise quality flags" in text and "<th>flags</th>" not in text

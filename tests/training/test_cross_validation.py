@@ -192,4 +192,4 @@ def test_a_shard_without_cases_writes_every_label_column(folds: list[Path], brat
     out = tmp_path / "cv"
     assert _predict("--model", *folds, "--cross-validation", "--output", out, "--shard", f"{empty}/{count}") == 0
     header = (out / f"summary.shard-{empty}-of-{count}.csv").read_text().splitlines()
-    assert header == ["case,status,seconds,output,reason,SeriesInstanceUID,SeriesDescription,NCR_ml,ED_ml,ET_ml"]
+    assert header == ["case,status,seconds,output,reason,flags,SeriesInstanceUID,SeriesDescription,NCR_ml,ED_ml,ET_ml"]
