@@ -428,16 +428,17 @@ class _Trainer:
             image = batch[IMAGE].to(self.ctx.device)
             target = batch[LABEL].to(self.ctx.device)
             labelled = batch.get(LABELLED) if self.config.loss.mask_unlabelled else None
+            # drawn outside autocast, which its augmentation (run here when data.num_workers is 0) must not see
+            extra = next(unlabelled).to(self.ctx.device) if unlabelled is not None else None
             self.optimizer.zero_grad(set_to_none=True)
             with self._autocast():
-                if unlabelled is not None:  # one forward pass over the labelled and the noisy unlabelled patches
-                    extra = next(unlabelled).to(self.ctx.device)
+                if extra is not None:  # one forward pass over the labelled and the noisy unlabelled patches
                     outputs = self.net(torch.cat([image, self.semi.noisy(extra)]))
                     logits = outputs[: len(image)]
                 else:
                     logits = self.net(image)
                 loss = self.loss_fn(logits.float(), target, labelled)
-                if unlabelled is not None:
+                if extra is not None:
                     agreement = self.semi.consistency(outputs[len(image) :], extra)
                     consistency_total += float(agreement.detach())
                     loss = loss + self.semi.weight(epoch, steps) * agreement

@@ -7,6 +7,9 @@ import copy
 import csv
 import dataclasses
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -107,6 +110,19 @@ def test_unlabelled_cases_teach_the_student_and_move_the_teacher(
     assert best.training["best_epoch"] == result.best_epoch  # chosen by the teacher's Dice, holds the teacher
 
 
+def test_unlabelled_patches_are_augmented_outside_bf16_autocast(
+    brats_root: Path, tmp_path: Path, tiny_config: MakeConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # with data.num_workers 0 the unlabelled loader augments in this process: not under the forward's autocast
+    monkeypatch.setattr("medseg.inference.backends.base.cpu_has_native_bf16", lambda: True)
+    unlabelled = _unlabelled_manifest(brats_root, tmp_path / "unlabelled.json")
+    config = _semi(tiny_config(brats_root, tmp_path / "run", epochs=1, precision="bf16"), unlabelled)
+    config.transforms.affine_prob = 1.0  # the resampling that cannot take bf16
+    train(config, device="cpu")
+    history = load_checkpoint(tmp_path / "run" / "last.pt").training["history"]
+    assert math.isfinite(history[0]["train_loss"]) and history[0]["consistency_loss"] > 0
+
+
 def test_unlabelled_validation_cases_are_refused(brats_root: Path, tmp_path: Path, tiny_config: MakeConfig) -> None:
     config = _semi(tiny_config(brats_root, tmp_path / "run"), brats_root)  # a folder: every case, validation too
     with pytest.raises(ConfigError, match="is a validation case"):
@@ -135,3 +151,28 @@ def test_semi_supervised_resume_continues_exactly(brats_root: Path, tmp_path: Pa
         [r[c] for c in columns] for r in b.training["history"]
     ]
     assert a.training["best_score"] == b.training["best_score"]
+
+
+@pytest.mark.slow
+def test_semi_supervised_under_ddp_two_processes(brats_root: Path, tmp_path: Path) -> None:
+    unlabelled = _unlabelled_manifest(brats_root, tmp_path / "unlabelled.json")
+    config = tmp_path / "ddp.yaml"
+    config.write_text(
+        "seed: 3\n"
+        f"data: {{root: '{brats_root}', num_folds: 3, num_workers: 0}}\n"
+        "transforms: {patch_size: [32, 32, 32], samples_per_case: 1}\n"
+        "network: {name: unet, kwargs: {channels: [8, 16, 32], strides: [2, 2]}}\n"
+        f"train: {{run_dir: '{tmp_path / 'run'}', epochs: 2, iterations_per_epoch: 2, batch_size: 1, val_every: 2}}\n"
+        f"semi_supervised: {{unlabelled: '{unlabelled}', batch_size: 1}}\n"
+        "inference: {roi_size: [32, 32, 32]}\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",
+           "-m", "medseg", "train", "--config", str(config), "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt.training["epoch"] == 2
+    assert not any(k.startswith("module.") for k in ckpt.training["student"]), "DDP wrapper leaked into the student"
+    assert all(float(r["consistency_loss"]) > 0 for r in ckpt.training["history"])
+    assert proc.stdout.count("training finished") == 2
