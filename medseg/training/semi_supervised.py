@@ -108,12 +108,11 @@ def unlabelled_cases(
             for c in manifest.cases
             if c.label is None
         ]
-    else:
-        found = discover_cases(path, channels=channels)
-        cases = [ManifestCase(c.id, tuple(str(p) for p in c.images), None, c.id, -1) for c in found]
-    if not cases:
-        raise MedsegInputError("holds no unlabelled case (a manifest's cases without a label)", path=path)
-    return cases
+        if not cases:
+            raise MedsegInputError("holds no unlabelled case (a case without a label)", path=path)
+        return cases
+    found = discover_cases(path, channels=channels)  # raises where it finds no case
+    return [ManifestCase(c.id, tuple(str(p) for p in c.images), None, c.id, -1) for c in found]
 
 
 def require_apart(unlabelled: Sequence[ManifestCase], validation: Sequence[ManifestCase], *, root: Path) -> None:

@@ -20,9 +20,15 @@ from torch import nn
 from medseg.checkpoint import load_checkpoint
 from medseg.config import Config, SemiSupervisedConfig, config_from_dict
 from medseg.data.manifest import build_manifest, save_manifest
-from medseg.errors import ConfigError
+from medseg.errors import ConfigError, MedsegInputError
 from medseg.training import train
-from medseg.training.semi_supervised import consistency_loss, ema_decay_at, ema_update, sigmoid_rampup
+from medseg.training.semi_supervised import (
+    consistency_loss,
+    ema_decay_at,
+    ema_update,
+    sigmoid_rampup,
+    unlabelled_cases,
+)
 
 if TYPE_CHECKING:
     from conftest import MakeConfig
@@ -121,6 +127,17 @@ def test_unlabelled_patches_are_augmented_outside_bf16_autocast(
     train(config, device="cpu")
     history = load_checkpoint(tmp_path / "run" / "last.pt").training["history"]
     assert math.isfinite(history[0]["train_loss"]) and history[0]["consistency_loss"] > 0
+
+
+def test_unlabelled_cases_of_a_manifest_are_those_without_a_label(brats_root: Path, tmp_path: Path) -> None:
+    manifest = build_manifest(brats_root, layout="brats", num_folds=3, seed=3)
+    path = save_manifest(dataclasses.replace(manifest, root=brats_root), tmp_path / "labelled.json")
+    with pytest.raises(MedsegInputError, match="holds no unlabelled case"):
+        unlabelled_cases(path, channels=manifest.channels, data_root=None)
+    cases = unlabelled_cases(
+        _unlabelled_manifest(brats_root, tmp_path / "u.json"), channels=manifest.channels, data_root=None
+    )
+    assert len(cases) == 4 and all(Path(p).is_file() for c in cases for p in c.images)
 
 
 def test_unlabelled_validation_cases_are_refused(brats_root: Path, tmp_path: Path, tiny_config: MakeConfig) -> None:
