@@ -186,9 +186,8 @@ def test_semi_supervised_under_ddp_two_processes(brats_root: Path, tmp_path: Pat
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",
            "-m", "medseg", "train", "--config", str(config), "--device", "cpu"]  # fmt: skip
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, env=env, timeout=600
-    )  # minutes to start on a loaded 2-core machine
+    # a loaded 2-core machine takes minutes to start two processes
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt.training["epoch"] == 2
