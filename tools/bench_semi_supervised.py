@@ -169,7 +169,7 @@ def summarize(records: dict[tuple[str, int], dict]) -> dict:
         "mean_dice_per_seed": {a: [records[(a, s)]["mean_dice"] for s in seeds] for a in ARMS},
         "gain": round(gain, 4),
         "gain_standard_error": round(statistics.stdev(gains) / len(gains) ** 0.5, 4) if len(gains) > 1 else None,
-        "gain_wilcoxon_p": round(p_value, 5),
+        "gain_wilcoxon_p": float(f"{p_value:.3g}"),
         "gap_to_all_labelled": round(gap, 4),
         "share_of_gap_closed": round(gain / gap, 3) if gap > 0 else None,
         "meets_target": gain >= TARGET_GAIN,
