@@ -198,19 +198,26 @@ def patch_sampler(cfg: TransformConfig, table: LabelTable | None = None) -> mt.T
 
 
 def augmentation_transforms(cfg: TransformConfig, table: LabelTable | None = None) -> list[mt.Transform]:
-    """Random patch crops (:func:`patch_sampler`), flips, small rotation/scaling, intensity jitter."""
+    """Random patch crops (:func:`patch_sampler`), then :func:`random_augmentation`."""
     keys = [IMAGE, LABEL]
-    angle = math.radians(cfg.rotate_deg)
     return [
         mt.SpatialPadd(keys=keys, spatial_size=cfg.patch_size),
         patch_sampler(cfg, table),
-        *[mt.RandFlipd(keys=keys, prob=cfg.flip_prob, spatial_axis=axis) for axis in range(3)],
+        *random_augmentation(cfg, keys),
+    ]
+
+
+def random_augmentation(cfg: TransformConfig, keys: Sequence[str]) -> list[mt.Transform]:
+    """Flips, small rotation/scaling (images linear, labels nearest), intensity jitter of the image."""
+    angle = math.radians(cfg.rotate_deg)
+    return [
+        *[mt.RandFlipd(keys=list(keys), prob=cfg.flip_prob, spatial_axis=axis) for axis in range(3)],
         mt.RandAffined(
-            keys=keys,
+            keys=list(keys),
             prob=cfg.affine_prob,
             rotate_range=(angle, angle, angle),
             scale_range=(cfg.scale_range,) * 3,
-            mode=("bilinear", "nearest"),
+            mode=["bilinear" if k == IMAGE else "nearest" for k in keys],
             padding_mode="zeros",
         ),
         mt.RandScaleIntensityd(keys=IMAGE, factors=cfg.intensity_scale, prob=cfg.intensity_prob),
@@ -218,8 +225,7 @@ def augmentation_transforms(cfg: TransformConfig, table: LabelTable | None = Non
     ]
 
 
-def _cached_steps(cfg: TransformConfig) -> list[mt.Transform]:
-    keys = [IMAGE, LABEL]
+def _cached_steps(cfg: TransformConfig, keys: Sequence[str] = (IMAGE, LABEL)) -> list[mt.Transform]:
     return [
         *load_transforms(keys),
         *intensity_offset_transforms(cfg),
@@ -237,6 +243,23 @@ def training_pipeline(cfg: TransformConfig, table: LabelTable) -> mt.Compose:
             *augmentation_transforms(cfg, table),
             LabelsToRegionsd(LABEL, table),
             mt.ToTensord([IMAGE, LABEL], track_meta=False),
+        ]
+    )
+
+
+def unlabelled_pipeline(cfg: TransformConfig) -> mt.Compose:
+    """:func:`training_pipeline` for images without a label: the same cached steps, then
+    ``cfg.samples_per_case`` patches at random places (there is no label to centre them on) and
+    :func:`random_augmentation`; items hold ``image`` patches ``(C, *patch_size)`` only."""
+    return mt.Compose(
+        [
+            *_cached_steps(cfg, [IMAGE]),
+            mt.SpatialPadd(keys=IMAGE, spatial_size=cfg.patch_size),
+            mt.RandSpatialCropSamplesd(
+                keys=IMAGE, roi_size=cfg.patch_size, num_samples=cfg.samples_per_case, random_size=False
+            ),
+            *random_augmentation(cfg, [IMAGE]),
+            mt.ToTensord(IMAGE, track_meta=False),
         ]
     )
 

@@ -62,6 +62,7 @@ from medseg.losses import WindowConsistency, build_loss
 from medseg.networks import build_network, check_patch_size
 from medseg.progress import track, write
 from medseg.training.log import plot_curves, write_metrics_csv
+from medseg.training.semi_supervised import MeanTeacher, require_apart, unlabelled_cases
 from medseg.transforms import training_pipeline, validation_pipeline
 
 
@@ -267,6 +268,7 @@ class _Trainer:
         )
         self.loss_fn = build_loss(config.loss, self.table).to(ctx.device)
         regions = self.table.kind == "regions"
+        self.semi = self._mean_teacher(root, val_cases) if config.semi_supervised.unlabelled else None
         self.consistency = WindowConsistency(regions, self.windows.divisor) if cfg.consistency_weight else None
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = self._build_scheduler()
@@ -279,6 +281,20 @@ class _Trainer:
         self.best_score = -1.0
         self.best_epoch = 0
         self.history: list[dict[str, Any]] = []
+
+    def _mean_teacher(self, root: Path, val_cases: list[ManifestCase]) -> MeanTeacher:
+        """The teacher and unlabelled loader of ``semi_supervised`` (:mod:`~medseg.training.semi_supervised`)."""
+        source = self.config.semi_supervised.unlabelled
+        cases = unlabelled_cases(source, channels=self.manifest.channels, data_root=self.config.data.root)
+        require_apart(cases, val_cases, root=root)
+        regions = self.table.kind == "regions"
+        return MeanTeacher(self.config, self.ctx, student=self.model, cases=cases, regions=regions)
+
+    @property
+    def shipped(self) -> nn.Module:
+        """The network that validation scores and checkpoints hold: the teacher in semi-supervised
+        training, else the trained network itself."""
+        return self.semi.teacher if self.semi is not None else self.model
 
     def _autocast(self) -> torch.autocast:
         """Mixed precision for the forward passes: fp16 on CUDA with ``train.amp``, bf16 on a CPU with
@@ -311,6 +327,7 @@ class _Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            **({} if self.semi is None else {"student": _cpu_state(self.model)}),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "numpy": _numpy_state_to_list(np.random.get_state()),
@@ -322,7 +339,7 @@ class _Trainer:
             channels=list(self.manifest.channels),
             label_table=self.table,
             config=self.config.to_dict(),
-            state_dict={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            state_dict=_cpu_state(self.shipped),
             training=training,
             medseg_version=__version__,
             manifest=self.manifest.to_dict(),
@@ -344,6 +361,8 @@ class _Trainer:
                 f"its {self.config.network.name} ({theirs}) does not fit this run's ({ours}): {mismatch}", path=path
             )
         load_weights(self.model, ckpt.state_dict, path=path)
+        if self.semi is not None:  # a new run's teacher starts as its student
+            self.semi.teacher.load_state_dict(self.model.state_dict())
 
     def restore(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
@@ -357,8 +376,12 @@ class _Trainer:
                 f" settings; to change them, start a new run with train.init_weights={path}",
                 path=path,
             )
-        self.load_weights(ckpt, path)
+        self.load_weights(ckpt, path)  # the teacher's weights, when semi-supervised
         state = ckpt.training
+        if self.semi is not None:
+            if "student" not in state:
+                raise CheckpointError("holds no student network to resume semi-supervised training from", path=path)
+            load_weights(self.model, state["student"], path=path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -381,9 +404,13 @@ class _Trainer:
         if self.config.data.num_workers == 0:
             set_rnd(self.train_ds, seed + 2)
         torch.manual_seed(seed + 3)
+        if self.semi is not None:
+            self.semi.seed_epoch(epoch, seed)
 
-    def train_epoch(self, epoch: int) -> float:
-        """One epoch of training (epoch ``epoch``, from 0); its mean loss.
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One epoch of training (epoch ``epoch``, from 0): its mean loss (``train_loss``) and, in
+        semi-supervised training, the mean unweighted ``consistency_loss`` and the last step's
+        ``consistency_weight``.
 
         Raises:
             ConfigError: a non-finite loss on any process; every process stops at the same epoch.
@@ -391,7 +418,8 @@ class _Trainer:
         self._seed_epoch(epoch)
         self.loss_fn.set_epoch(epoch)  # a scheduled boundary term's weight
         self.net.train()
-        total, steps = 0.0, 0
+        total, steps, consistency_total = 0.0, 0, 0.0
+        unlabelled = self.semi.batches() if self.semi is not None else None
         non_finite: list[tuple[int, float]] = []  # (step, loss) of this process's first non-finite loss
         bar = track(
             self.loader,
@@ -405,10 +433,20 @@ class _Trainer:
             image = batch[IMAGE].to(self.ctx.device)
             target = batch[LABEL].to(self.ctx.device)
             labelled = batch.get(LABELLED) if self.config.loss.mask_unlabelled else None
+            # drawn outside autocast, which its augmentation (run here when data.num_workers is 0) must not see
+            extra = next(unlabelled).to(self.ctx.device) if unlabelled is not None else None
             self.optimizer.zero_grad(set_to_none=True)
             with self._autocast():
-                logits = self.net(image)
+                if extra is not None:  # one forward pass over the labelled and the noisy unlabelled patches
+                    outputs = self.net(torch.cat([image, self.semi.noisy(extra)]))
+                    logits = outputs[: len(image)]
+                else:
+                    logits = self.net(image)
                 loss = self.loss_fn(logits.float(), target, labelled)
+                if extra is not None:
+                    agreement = self.semi.consistency(outputs[len(image) :], extra)
+                    consistency_total += float(agreement.detach())
+                    loss = loss + self.semi.weight(epoch, steps) * agreement
                 if self.consistency is not None:
                     loss = loss + self.config.train.consistency_weight * self.consistency(self.net, image, logits)
             self.scaler.scale(loss).backward()
@@ -418,6 +456,8 @@ class _Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            if self.semi is not None:
+                self.semi.update(self.model, epoch * self.config.train.iterations_per_epoch + steps + 1)
             value = float(loss.detach())
             total += value
             steps += 1
@@ -433,7 +473,11 @@ class _Trainer:
                 f"training loss is {value} at epoch {epoch + 1} step {step}: check the intensity settings"
                 " (transforms.hu_window, intensity_offset) and train.lr"
             )
-        return total / max(steps, 1)
+        result = {"train_loss": total / max(steps, 1)}
+        if self.semi is not None:
+            result["consistency_loss"] = consistency_total / max(steps, 1)
+            result["consistency_weight"] = self.semi.weight(epoch, max(steps - 1, 0))
+        return result
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -445,7 +489,8 @@ class _Trainer:
         scores 1, one empty scores 0. A label not annotated in a case is not scored there; its mean is
         over the cases that annotate it.
         """
-        self.model.eval()
+        model = self.shipped
+        model.eval()
         inf = self.config.inference
         regions = self.table.kind == "regions"
         per_case: list[list[float]] = []
@@ -454,7 +499,7 @@ class _Trainer:
             image = item[IMAGE].unsqueeze(0).to(self.ctx.device)
             target = item[LABEL].unsqueeze(0).to(self.ctx.device)
             with self._autocast():
-                logits = self.windows(image, self.model)
+                logits = self.windows(image, model)
             logits = logits.float()
             if regions:
                 pred = (torch.sigmoid(logits) > inf.threshold).float()
@@ -500,9 +545,9 @@ class _Trainer:
         started = time.monotonic()
         for epoch in range(self.epoch, cfg.epochs):
             tick = time.monotonic()
-            loss = self.train_epoch(epoch)
+            losses = self.train_epoch(epoch)
             self.epoch = epoch + 1
-            row: dict[str, Any] = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": loss}
+            row: dict[str, Any] = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], **losses}
             out_of_time = cfg.max_minutes is not None and (time.monotonic() - started) / 60 >= cfg.max_minutes
             out_of_time = any(self.ctx.gather([out_of_time]))  # every process must stop at the same epoch
             if self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs or out_of_time:
@@ -592,7 +637,9 @@ RESUME_MAY_CHANGE = frozenset({"data.num_workers", "data.cache_rate", "train.max
 
 
 # settings that name a file or folder: a resumed run may write the same one another way (relative, absolute)
-PATH_SETTINGS = frozenset({"data.root", "data.manifest", "train.run_dir", "train.init_weights"})
+PATH_SETTINGS = frozenset(
+    {"data.root", "data.manifest", "train.run_dir", "train.init_weights", "semi_supervised.unlabelled"}
+)
 
 
 def _saved_epoch(path: Path) -> int | None:
@@ -633,6 +680,10 @@ def _changed_setting(saved: dict[str, Any], now: dict[str, Any], prefix: str = "
 
 def _describe(network_kwargs: dict[str, Any], channels: int, outputs: int) -> str:
     return f"{channels} input channels, {outputs} outputs, arguments {network_kwargs}"
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 def _seed_all(seed: int) -> None:

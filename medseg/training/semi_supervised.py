@@ -1,0 +1,216 @@
+"""Semi-supervised training with a mean teacher (Tarvainen and Valpola, NeurIPS 2017).
+
+The trainer's network is the *student*; the *teacher* is a copy whose weights follow the student's as an
+exponential moving average (:func:`ema_update`). Each step, the student and the teacher see the same
+unlabelled patches under different Gaussian noise, and the mean squared difference of their probabilities
+(:func:`consistency_loss`) joins the supervised loss with a weight that ramps up (:func:`sigmoid_rampup`).
+:class:`MeanTeacher` holds the teacher and the unlabelled cases' loader; the settings are
+:class:`~medseg.config.SemiSupervisedConfig` (``semi_supervised:`` in a config).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data import CacheDataset, DataLoader, DistributedWeightedRandomSampler
+from monai.data.utils import set_rnd
+from torch import nn
+
+from medseg.config import Config, SemiSupervisedConfig
+from medseg.data.cases import discover_cases
+from medseg.data.manifest import ManifestCase, load_manifest
+from medseg.distributed import DistContext
+from medseg.errors import ConfigError, MedsegInputError
+from medseg.keys import CASE, IMAGE
+from medseg.transforms import unlabelled_pipeline
+
+
+def sigmoid_rampup(epochs: float, rampup_epochs: float) -> float:
+    """The consistency weight's factor after ``epochs`` epochs of training (fractional, counted per step):
+    exp(-5 (1 - t)²) with t = min(``epochs`` / ``rampup_epochs``, 1); 1 once ramped up, or with no ramp-up
+    (``rampup_epochs`` 0). It starts at exp(-5) ≈ 0.0067."""
+    if rampup_epochs <= 0:
+        return 1.0
+    t = min(max(epochs, 0.0) / rampup_epochs, 1.0)
+    return math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """The averaging factor a of optimizer step ``step`` (from 1): min(``decay``, 1 - 1 / (step + 1)), so
+    that the first steps' teacher is not held back by its random initial weights."""
+    return min(decay, 1.0 - 1.0 / (step + 1))
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, *, decay: float) -> None:
+    """``teacher``'s floating-point parameters become ``decay`` x teacher + (1 - ``decay``) x student, in
+    place; its buffers (normalisation statistics, counters) become the student's. Both modules must have
+    the same architecture."""
+    for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
+        t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
+    for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
+        t.copy_(s)
+
+
+def full_resolution(logits: torch.Tensor, spatial_dims: int = 3) -> torch.Tensor:
+    """``(B, C, X, Y, Z)`` logits as they are; a deep-supervision output ``(B, H, C, X, Y, Z)`` (a network in
+    training mode) as its full-resolution head 0."""
+    return logits[:, 0] if logits.dim() == spatial_dims + 3 else logits
+
+
+def consistency_loss(student: torch.Tensor, teacher: torch.Tensor, *, regions: bool) -> torch.Tensor:
+    """The mean over batch, outputs and voxels of the squared difference between the student's and the
+    teacher's probabilities: sigmoid per output for region tables, softmax over outputs for class tables.
+
+    Args:
+        student: logits ``(B, C, X, Y, Z)``; the gradient flows into them.
+        teacher: logits of the same shape; a target (detached).
+        regions: whether the outputs are independent regions (sigmoid) rather than classes (softmax).
+    """
+    student, teacher = student.float(), teacher.detach().float()  # fp32 under autocast too
+    if regions:
+        return nn.functional.mse_loss(torch.sigmoid(student), torch.sigmoid(teacher))
+    return nn.functional.mse_loss(torch.softmax(student, dim=1), torch.softmax(teacher, dim=1))
+
+
+def unlabelled_cases(
+    source: str | Path, *, channels: Sequence[str], data_root: str | Path | None
+) -> list[ManifestCase]:
+    """The unlabelled cases of ``semi_supervised.unlabelled``, their image paths made whole.
+
+    ``source`` is a medseg manifest (a ``.json`` file: its cases without a label, paths from the root it
+    names, else ``data_root``) or anything :func:`~medseg.data.cases.discover_cases` reads (a folder of
+    images, nnU-Net channel files, BraTS case folders, an MSD root's ``imagesTs/``).
+
+    Raises:
+        MedsegInputError: the source is missing, holds no unlabelled case, or has another number of channels.
+    """
+    path = Path(source)
+    if path.suffix == ".json":
+        manifest = load_manifest(path)
+        root = manifest.root if manifest.root is not None else data_root
+        if root is None:
+            raise MedsegInputError('the manifest names no "root" and data.root is null', path=path)
+        if len(manifest.channels) != len(channels):
+            raise MedsegInputError(
+                f"has {len(manifest.channels)} channel(s) ({', '.join(manifest.channels)}); the labelled cases have"
+                f" {len(channels)} ({', '.join(channels)})",
+                path=path,
+            )
+        cases = [
+            ManifestCase(c.id, tuple(str(Path(root) / p) for p in c.images), None, c.patient, c.fold)
+            for c in manifest.cases
+            if c.label is None
+        ]
+        if not cases:
+            raise MedsegInputError("holds no unlabelled case (a case without a label)", path=path)
+        return cases
+    found = discover_cases(path, channels=channels)  # raises where it finds no case
+    return [ManifestCase(c.id, tuple(str(p) for p in c.images), None, c.id, -1) for c in found]
+
+
+def require_apart(unlabelled: Sequence[ManifestCase], validation: Sequence[ManifestCase], *, root: Path) -> None:
+    """Refuse unlabelled cases that are validation cases (the same image files): training would see
+    the cases it is scored on.
+
+    Raises:
+        ConfigError: naming the first such case.
+    """
+    validation_files = {os.path.realpath(root / p) for c in validation for p in c.images}
+    for case in unlabelled:
+        if any(os.path.realpath(p) in validation_files for p in case.images):
+            raise ConfigError(
+                f"semi_supervised.unlabelled: case {case.id!r} is a validation case ({case.images[0]}):"
+                " leave the validation fold's images out of the unlabelled cases"
+            )
+
+
+class MeanTeacher:
+    """The teacher network and the unlabelled cases' loader of one training run.
+
+    Each epoch draws ``iterations_per_epoch`` batches of ``semi_supervised.batch_size`` unlabelled cases
+    (with replacement, shared among DDP processes as the labelled ones are), their order and augmentation
+    seeded from (seed, epoch, rank) by :meth:`seed_epoch`, so that a resumed run draws what an
+    uninterrupted one would.
+    """
+
+    def __init__(
+        self, config: Config, ctx: DistContext, *, student: nn.Module, cases: Sequence[ManifestCase], regions: bool
+    ) -> None:
+        self.settings: SemiSupervisedConfig = config.semi_supervised
+        self.regions = regions
+        self.iterations = config.train.iterations_per_epoch
+        self.teacher = copy.deepcopy(student)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        items: list[dict[str, Any]] = [{IMAGE: list(c.images), CASE: c.id} for c in cases]
+        self.dataset = CacheDataset(
+            items,
+            unlabelled_pipeline(config.transforms),
+            cache_rate=config.data.cache_rate,
+            num_workers=1,
+            progress=False,
+        )
+        self.sampler_generator = torch.Generator()
+        self.sampler = DistributedWeightedRandomSampler(
+            self.dataset,
+            weights=[1.0] * len(self.dataset),
+            num_samples_per_rank=self.iterations * self.settings.batch_size,
+            generator=self.sampler_generator,
+            num_replicas=ctx.world_size,
+            rank=ctx.rank,
+            seed=config.seed,
+        )
+        self.loader_generator = torch.Generator()
+        self.loader = DataLoader(
+            self.dataset,
+            batch_size=self.settings.batch_size,
+            sampler=self.sampler,
+            num_workers=config.data.num_workers,
+            generator=self.loader_generator,
+            persistent_workers=False,
+        )
+        self.num_workers = config.data.num_workers
+
+    def seed_epoch(self, epoch: int, seed: int) -> None:
+        """Seed epoch ``epoch``'s unlabelled sampling and augmentation from ``seed`` (the trainer's epoch
+        seed), apart from the labelled loader's."""
+        self.sampler.set_epoch(epoch)
+        self.sampler_generator.manual_seed(seed + 11)
+        self.loader_generator.manual_seed(seed + 12)
+        if self.num_workers == 0:
+            set_rnd(self.dataset, seed + 13)
+
+    def batches(self) -> Iterator[torch.Tensor]:
+        """This epoch's unlabelled image batches ``(B x samples_per_case, C, *patch_size)``."""
+        for batch in self.loader:
+            yield batch[IMAGE]
+
+    def noisy(self, image: torch.Tensor) -> torch.Tensor:
+        """``image`` plus Gaussian noise of ``noise_std``, clipped at two standard deviations (torch's
+        global RNG, which the trainer seeds per epoch)."""
+        std = self.settings.noise_std
+        return image + (torch.randn_like(image) * std).clamp(-2 * std, 2 * std)
+
+    def weight(self, epoch: int, step: int) -> float:
+        """The consistency term's weight at step ``step`` (from 0) of epoch ``epoch`` (from 0)."""
+        return self.settings.weight * sigmoid_rampup(epoch + step / self.iterations, self.settings.rampup_epochs)
+
+    def consistency(self, student_logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """:func:`consistency_loss` of the student's logits on the noisy unlabelled patches against the
+        teacher's on ``image`` under other noise (the teacher in training mode, as the student, without
+        gradients)."""
+        self.teacher.train()
+        with torch.no_grad():
+            teacher_logits = self.teacher(self.noisy(image))
+        return consistency_loss(full_resolution(student_logits), full_resolution(teacher_logits), regions=self.regions)
+
+    def update(self, student: nn.Module, step: int) -> None:
+        """Move the teacher towards ``student`` after optimizer step ``step`` (from 1; :func:`ema_decay_at`)."""
+        ema_update(self.teacher, student, decay=ema_decay_at(step, self.settings.ema_decay))

@@ -1,0 +1,88 @@
+"""tools/bench_semi_supervised.py: its summary on records with known answers, its per-case Dice, and its split
+of the real hippocampus cases (skipped where ``../shared/data/real`` is absent)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("bench_semi_supervised", REPO / "tools" / "bench_semi_supervised.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _record(arm: str, seed: int, dice: list[float]) -> dict:
+    per_case = {f"c{i}": d for i, d in enumerate(dice)}
+    return {
+        "arm": arm,
+        "seed": seed,
+        "per_case_dice": per_case,
+        "mean_dice": sum(dice) / len(dice),
+        "train_minutes": 1.0,
+    }
+
+
+def test_summary_pairs_cases_averaged_over_seeds_and_gives_the_share_of_the_gap() -> None:
+    bench = _bench_module()
+    records = {}
+    for seed, shift in ((0, 0.0), (1, 0.02)):  # seed 1: every arm 0.02 better
+        for arm, dice in (
+            ("supervised_few", [0.60, 0.70, 0.80, 0.70]),
+            ("mean_teacher", [0.63, 0.73, 0.82, 0.74]),  # gains 0.03, 0.03, 0.02, 0.04: mean 0.03
+            ("supervised_all", [0.66, 0.76, 0.86, 0.76]),  # gap 0.06
+        ):
+            records[(arm, seed)] = _record(arm, seed, [d + shift for d in dice])
+    records[("supervised_few", 2)] = _record("supervised_few", 2, [0.0] * 4)  # seed 2 unfinished: left out
+    summary = bench.summarize(records)
+    assert summary["seeds"] == [0, 1]
+    assert summary["held_out_cases"] == 4
+    assert summary["gain"] == pytest.approx(0.03)
+    assert summary["gap_to_all_labelled"] == pytest.approx(0.06)
+    assert summary["share_of_gap_closed"] == pytest.approx(0.5)
+    assert summary["meets_target"] is True
+    assert summary["mean_dice"]["supervised_few"] == pytest.approx(0.71)
+    json.dumps(summary)  # a JSON line
+
+
+def test_per_case_dice_averages_the_labels_scored_in_each_case(tmp_path: Path) -> None:
+    bench = _bench_module()
+    path = tmp_path / "metrics.csv"
+    path.write_text(
+        "case,region,dice,hd95,nsd,nsd_tolerance_mm\n"
+        "a,Anterior,0.8,1,1,1\na,Posterior,0.6,1,1,1\nb,Anterior,0.9,1,1,1\nb,Posterior,,,,1\n"
+    )
+    assert bench.per_case_dice(path) == pytest.approx({"a": 0.7, "b": 0.9})
+
+
+@pytest.mark.skipif(
+    not (REPO.parent / "shared" / "data" / "real" / "msd_hippocampus").is_dir(),
+    reason="the real hippocampus cases (../shared/data/real/msd_hippocampus) are not on this machine",
+)
+def test_split_holds_the_same_40_cases_out_for_every_seed(tmp_path: Path) -> None:
+    from medseg.data.manifest import load_manifest
+
+    bench = _bench_module()
+    splits = [bench.split_manifests(tmp_path / str(s), split_seed=0, held_out=40, labelled=20, seed=s) for s in (0, 1)]
+    held_out = [{c.id for c in load_manifest(s["held_out"]).cases} for s in splits]
+    assert len(held_out[0]) == 40 and held_out[0] == held_out[1]
+    labelled = []
+    for split in splits:
+        few = load_manifest(split["few"])
+        train = [c for c in few.cases if c.fold == 0]
+        assert {c.id for c in few.cases if c.fold == 1} == held_out[0]
+        assert sum(c.label is not None for c in train) == 20 and sum(c.label is None for c in train) == 148
+        assert not {c.id for c in train} & held_out[0]
+        labelled.append({c.id for c in train if c.label is not None})
+        everything = load_manifest(split["all"])
+        assert sum(c.fold == 0 and c.label is not None for c in everything.cases) == 168
+    assert labelled[0] != labelled[1]  # each seed draws its own 20

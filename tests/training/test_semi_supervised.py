@@ -1,0 +1,196 @@
+"""Mean-teacher semi-supervised training: its formulas against hand-computed values, and tiny real runs
+that use unlabelled phantom cases, log the consistency term, and resume bit for bit."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import torch
+from torch import nn
+
+from medseg.checkpoint import load_checkpoint
+from medseg.config import Config, SemiSupervisedConfig, config_from_dict
+from medseg.data.manifest import build_manifest, save_manifest
+from medseg.errors import ConfigError, MedsegInputError
+from medseg.training import train
+from medseg.training.semi_supervised import (
+    consistency_loss,
+    ema_decay_at,
+    ema_update,
+    sigmoid_rampup,
+    unlabelled_cases,
+)
+
+if TYPE_CHECKING:
+    from conftest import MakeConfig
+
+
+def test_sigmoid_rampup_follows_exp_minus_five_one_minus_t_squared() -> None:
+    assert sigmoid_rampup(0.0, 4.0) == pytest.approx(math.exp(-5.0))
+    assert sigmoid_rampup(1.0, 4.0) == pytest.approx(math.exp(-5.0 * 0.75**2))
+    assert sigmoid_rampup(2.0, 4.0) == pytest.approx(math.exp(-1.25))
+    assert sigmoid_rampup(4.0, 4.0) == 1.0
+    assert sigmoid_rampup(9.0, 4.0) == 1.0
+    assert sigmoid_rampup(0.0, 0.0) == 1.0  # no ramp-up
+
+
+def test_ema_decay_warms_up_then_holds() -> None:
+    assert ema_decay_at(1, 0.99) == pytest.approx(0.5)
+    assert ema_decay_at(3, 0.99) == pytest.approx(0.75)
+    assert ema_decay_at(99, 0.99) == pytest.approx(0.99)
+    assert ema_decay_at(10_000, 0.99) == pytest.approx(0.99)
+
+
+def test_ema_update_averages_parameters_and_copies_buffers() -> None:
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Conv3d(1, 2, 3), nn.BatchNorm3d(2))
+    teacher = copy.deepcopy(student)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(torch.randn_like(p))
+    student(torch.randn(2, 1, 5, 5, 5))  # moves the student's batch-norm statistics
+    before = [p.clone() for p in teacher.parameters()]
+    ema_update(teacher, student, decay=0.9)
+    for t, b, s in zip(teacher.parameters(), before, student.parameters(), strict=True):
+        assert torch.allclose(t, 0.9 * b + 0.1 * s, atol=1e-7)
+    for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
+        assert torch.equal(t, s)
+
+
+def test_consistency_loss_is_the_mean_squared_difference_of_probabilities() -> None:
+    student = torch.zeros(1, 2, 2, 2, 2)  # softmax 0.5 / 0.5 everywhere
+    teacher = torch.zeros(1, 2, 2, 2, 2)
+    teacher[:, 0] = math.log(3.0)  # softmax 0.75 / 0.25
+    assert float(consistency_loss(student, teacher, regions=False)) == pytest.approx(0.25**2)
+    assert float(consistency_loss(student, teacher, regions=True)) == pytest.approx(0.25**2 / 2)  # sigmoid: 0.75, 0.5
+    assert float(consistency_loss(teacher, teacher, regions=False)) == 0.0
+    grad = student.clone().requires_grad_(True)
+    consistency_loss(grad, teacher, regions=False).backward()
+    assert grad.grad is not None and grad.grad.abs().sum() > 0
+
+
+def test_config_refuses_an_ema_decay_of_one() -> None:
+    with pytest.raises(ConfigError, match=r"semi_supervised.ema_decay must be in \[0, 1\)"):
+        config_from_dict({"semi_supervised": {"ema_decay": 1.0}})
+
+
+def _unlabelled_manifest(brats_root: Path, path: Path) -> Path:
+    """The training fold's cases of :func:`make_tiny_config`'s split (3 folds, fold 0 validates), without labels."""
+    manifest = build_manifest(brats_root, layout="brats", num_folds=3, seed=3)
+    cases = [dataclasses.replace(c, label=None) for c in manifest.cases if c.fold != 0]
+    save_manifest(dataclasses.replace(manifest, cases=tuple(cases), root=brats_root), path)
+    return path
+
+
+def _semi(config: Config, unlabelled: Path, **settings: object) -> Config:
+    semi = SemiSupervisedConfig(unlabelled=str(unlabelled), rampup_epochs=2.0, batch_size=1, **settings)
+    return dataclasses.replace(config, semi_supervised=semi)
+
+
+def test_unlabelled_cases_teach_the_student_and_move_the_teacher(
+    brats_root: Path, tmp_path: Path, tiny_config: MakeConfig
+) -> None:
+    unlabelled = _unlabelled_manifest(brats_root, tmp_path / "unlabelled.json")
+    config = _semi(tiny_config(brats_root, tmp_path / "run", epochs=2), unlabelled, weight=10.0)
+    result = train(config)
+    assert result.epochs_run == 2
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert all(float(r["consistency_loss"]) > 0 for r in rows)
+    # the weight of each epoch's last step (3 steps an epoch): 10 x exp(-5 (1 - t)^2), t = (epoch + 2/3) / 2
+    for epoch, row in enumerate(rows):
+        expected = 10.0 * sigmoid_rampup(epoch + 2 / 3, 2.0)
+        assert float(row["consistency_weight"]) == pytest.approx(expected)
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    teacher, student = last.state_dict, last.training["student"]
+    assert any(not torch.equal(teacher[k], student[k]) for k in teacher if teacher[k].is_floating_point())
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert best.training["best_epoch"] == result.best_epoch  # chosen by the teacher's Dice, holds the teacher
+
+
+def test_unlabelled_patches_are_augmented_outside_bf16_autocast(
+    brats_root: Path, tmp_path: Path, tiny_config: MakeConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # with data.num_workers 0 the unlabelled loader augments in this process: not under the forward's autocast
+    monkeypatch.setattr("medseg.inference.backends.base.cpu_has_native_bf16", lambda: True)
+    unlabelled = _unlabelled_manifest(brats_root, tmp_path / "unlabelled.json")
+    config = _semi(tiny_config(brats_root, tmp_path / "run", epochs=1, precision="bf16"), unlabelled)
+    config.transforms.affine_prob = 1.0  # the resampling that cannot take bf16
+    train(config, device="cpu")
+    history = load_checkpoint(tmp_path / "run" / "last.pt").training["history"]
+    assert math.isfinite(history[0]["train_loss"]) and history[0]["consistency_loss"] > 0
+
+
+def test_unlabelled_cases_of_a_manifest_are_those_without_a_label(brats_root: Path, tmp_path: Path) -> None:
+    manifest = build_manifest(brats_root, layout="brats", num_folds=3, seed=3)
+    path = save_manifest(dataclasses.replace(manifest, root=brats_root), tmp_path / "labelled.json")
+    with pytest.raises(MedsegInputError, match="holds no unlabelled case"):
+        unlabelled_cases(path, channels=manifest.channels, data_root=None)
+    cases = unlabelled_cases(
+        _unlabelled_manifest(brats_root, tmp_path / "u.json"), channels=manifest.channels, data_root=None
+    )
+    assert len(cases) == 4 and all(Path(p).is_file() for c in cases for p in c.images)
+
+
+def test_unlabelled_validation_cases_are_refused(brats_root: Path, tmp_path: Path, tiny_config: MakeConfig) -> None:
+    config = _semi(tiny_config(brats_root, tmp_path / "run"), brats_root)  # a folder: every case, validation too
+    with pytest.raises(ConfigError, match="is a validation case"):
+        train(config)
+
+
+def test_semi_supervised_resume_continues_exactly(brats_root: Path, tmp_path: Path, tiny_config: MakeConfig) -> None:
+    unlabelled = _unlabelled_manifest(brats_root, tmp_path / "unlabelled.json")
+    run = {"epochs": 3, "val_every": 2}
+    train(_semi(tiny_config(brats_root, tmp_path / "straight", **run), unlabelled))
+    interrupted = train(_semi(tiny_config(brats_root, tmp_path / "resumed", **run, max_minutes=0.0), unlabelled))
+    assert interrupted.epochs_run == 1
+    resumed = train(_semi(tiny_config(brats_root, tmp_path / "resumed", **run), unlabelled), resume=True)
+    assert resumed.epochs_run == 3
+
+    a, b = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "resumed" / "last.pt")
+    for name, x, y in (
+        ("teacher", a.state_dict, b.state_dict),
+        ("student", a.training["student"], b.training["student"]),
+    ):
+        assert x.keys() == y.keys()
+        for key in x:
+            assert torch.equal(x[key], y[key]), (name, key)
+    columns = ("train_loss", "consistency_loss", "consistency_weight")
+    assert [[r[c] for c in columns] for r in a.training["history"]] == [
+        [r[c] for c in columns] for r in b.training["history"]
+    ]
+    assert a.training["best_score"] == b.training["best_score"]
+
+
+@pytest.mark.slow
+def test_semi_supervised_under_ddp_two_processes(brats_root: Path, tmp_path: Path) -> None:
+    unlabelled = _unlabelled_manifest(brats_root, tmp_path / "unlabelled.json")
+    config = tmp_path / "ddp.yaml"
+    config.write_text(
+        "seed: 3\n"
+        f"data: {{root: '{brats_root}', num_folds: 3, num_workers: 0}}\n"
+        "transforms: {patch_size: [32, 32, 32], samples_per_case: 1}\n"
+        "network: {name: unet, kwargs: {channels: [8, 16, 32], strides: [2, 2]}}\n"
+        f"train: {{run_dir: '{tmp_path / 'run'}', epochs: 2, iterations_per_epoch: 2, batch_size: 1, val_every: 2}}\n"
+        f"semi_supervised: {{unlabelled: '{unlabelled}', batch_size: 1}}\n"
+        "inference: {roi_size: [32, 32, 32]}\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",
+           "-m", "medseg", "train", "--config", str(config), "--device", "cpu"]  # fmt: skip
+    # a loaded 2-core machine takes minutes to start two processes
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt.training["epoch"] == 2
+    assert not any(k.startswith("module.") for k in ckpt.training["student"]), "DDP wrapper leaked into the student"
+    assert all(float(r["consistency_loss"]) > 0 for r in ckpt.training["history"])
+    assert proc.stdout.count("training finished") == 2

@@ -1,0 +1,215 @@
+"""Measure semi-supervised training (mean teacher) on real hippocampus MR: what unlabelled cases add to few labels.
+
+The 208 labelled cases of ``../shared/data/real/msd_hippocampus`` are split once (``--split-seed``) into 40
+held-out cases, fixed for every run, and a pool of 168 training cases. Each seed S draws its 20 labelled
+cases from the pool (``random.Random(S)``); the pool's other 148 are its unlabelled cases. Three arms per
+seed, with the same config, steps and seed, each trained by ``medseg train`` in its own process (resumed
+with ``--resume`` when an earlier run was interrupted):
+
+- ``supervised_few``: the 20 labelled cases only;
+- ``mean_teacher``: the same 20, plus the 148 without their labels (``semi_supervised.unlabelled``);
+- ``supervised_all``: all 168 labelled (the ceiling the unlabelled cases can at most reach).
+
+The held-out cases are the validation fold of every run (``data.fold=1`` of the split's manifest), and the
+last checkpoint predicts them (``last.pt``: the teacher for the mean teacher; not the checkpoint that
+validation chose, which would flatter the score), scored by ``medseg evaluate`` (Dice per label, mean over
+labels per case). ``train.max_minutes`` is off unless ``--set`` names it, so every arm takes the same steps.
+
+Each run prints one JSON line (mean Dice, per-case Dice, training minutes and steps) and appends it to
+``OUT/runs.jsonl``; a run already there is not trained again (the tool resumes). The last line is the summary
+over the seeds whose three arms are done: each arm's mean Dice, the gain of the mean teacher over
+``supervised_few`` paired per held-out case (its mean, standard error over cases and Wilcoxon signed-rank p,
+each case's gain averaged over seeds), the gap from ``supervised_few`` to ``supervised_all`` and the share of it
+closed (gain / gap), and whether the gain reaches issue 27's 0.02. Every figure comes from these real files.
+
+    .venv/bin/python tools/bench_semi_supervised.py                          # 3 seeds x 3 arms, the config's budget
+    .venv/bin/python tools/bench_semi_supervised.py --seeds 0 --out /tmp/ssl_check \\
+        --set train.epochs=1 --set train.iterations_per_epoch=2              # an end-to-end check in minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+from pathlib import Path
+
+from scipy.stats import wilcoxon
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing it
+sys.path.insert(0, str(REPO / "tools"))
+
+from bench_real import MEDSEG, REAL, run_stage, training_done  # noqa: E402
+
+DATASET = REAL / "msd_hippocampus"
+ARMS = ("supervised_few", "mean_teacher", "supervised_all")
+TARGET_GAIN = 0.02  # issue 27: mean Dice over supervised-only on the same labels, paired over cases
+
+
+def split_manifests(out: Path, *, split_seed: int, held_out: int, labelled: int, seed: int) -> dict[str, Path]:
+    """The manifests of seed ``seed``'s runs, under ``out`` (each naming the dataset as its root): the
+    held-out cases (fold 1 of every manifest), ``few`` (``labelled`` labelled cases, the rest of the pool
+    without labels) and ``all`` (the whole pool labelled)."""
+    from medseg.data.manifest import build_manifest, save_manifest
+
+    manifest = dataclasses.replace(build_manifest(DATASET, layout="msd", num_folds=2, seed=split_seed), root=DATASET)
+    cases = sorted(manifest.cases, key=lambda c: c.id)
+    random.Random(split_seed).shuffle(cases)
+    test = [dataclasses.replace(c, fold=1) for c in cases[:held_out]]
+    pool = [dataclasses.replace(c, fold=0) for c in cases[held_out:]]
+    chosen = {c.id for c in random.Random(seed).sample(pool, labelled)}
+    few = [c if c.id in chosen else dataclasses.replace(c, label=None) for c in pool]
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, selected in (("held_out", test), ("few", few + test), ("all", pool + test)):
+        paths[name] = save_manifest(dataclasses.replace(manifest, cases=tuple(selected)), out / f"{name}.json")
+    return paths
+
+
+def per_case_dice(metrics_csv: Path) -> dict[str, float]:
+    """Each case's mean Dice over the labels scored in it (``medseg evaluate``'s ``metrics.csv``)."""
+    scores: dict[str, list[float]] = {}
+    for row in csv.DictReader(metrics_csv.open()):
+        if row["dice"] not in ("", "nan"):
+            scores.setdefault(row["case"], []).append(float(row["dice"]))
+    return {case: sum(v) / len(v) for case, v in sorted(scores.items())}
+
+
+def run_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
+    """Train, predict and score one arm of one seed; its JSON record."""
+    from medseg.config import load_config
+    from medseg.data.manifest import load_manifest
+    from medseg.evaluation import evaluate_folder
+    from medseg.inference import predict_folder
+
+    seed_dir = args.out / f"seed_{seed}"
+    manifests = split_manifests(
+        seed_dir / "split", split_seed=args.split_seed, held_out=args.held_out, labelled=args.labelled, seed=seed
+    )
+    arm_dir = seed_dir / arm
+    run_dir = arm_dir / "train"
+    arm_dir.mkdir(parents=True, exist_ok=True)
+    manifest = manifests["all" if arm == "supervised_all" else "few"]
+    overrides = [
+        "train.max_minutes=null",
+        *args.set,
+        f"seed={seed}",
+        f"data.root={DATASET}",
+        f"data.manifest={manifest}",
+        "data.fold=1",
+        f"train.run_dir={run_dir}",
+    ]
+    if arm == "mean_teacher":
+        overrides.append(f"semi_supervised.unlabelled={manifest}")
+    config = load_config(REPO / args.config, overrides).to_dict()
+    if not training_done(run_dir, config):
+        resume = ["--resume"] if (run_dir / "last.pt").is_file() else []
+        sets = [a for o in overrides for a in ("--set", o)]
+        run_stage([*MEDSEG, "train", "--config", args.config, *sets, *resume], arm_dir / "log.txt")
+    pred, evaluation = arm_dir / "predictions", arm_dir / "evaluation"
+    summary = predict_folder(
+        model=run_dir / "last.pt",
+        input_path=None,
+        cases_file=manifests["held_out"],
+        output_dir=pred,
+        device=args.device,
+        progress="none",
+    )
+    if summary.failed:
+        raise SystemExit(f"bench_semi_supervised: {summary.failed} case(s) failed; see {pred / 'summary.csv'}")
+    evaluate_folder(pred_dir=pred, ref_dir=manifests["held_out"], out_dir=evaluation, only_predicted=True)
+    dice = per_case_dice(evaluation / "metrics.csv")
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    pool = sum(c.fold == 0 for c in load_manifest(manifests["all"]).cases)
+    return {
+        "arm": arm,
+        "seed": seed,
+        "labelled_cases": args.labelled if arm != "supervised_all" else pool,
+        "unlabelled_cases": pool - args.labelled if arm == "mean_teacher" else 0,
+        "held_out_cases": len(dice),
+        "mean_dice": round(statistics.fmean(dice.values()), 4),
+        "per_case_dice": {case: round(v, 5) for case, v in dice.items()},
+        "train_minutes": round(sum(float(r["seconds"]) for r in rows) / 60, 1),
+        "train_steps": int(rows[-1]["epoch"]) * config["train"]["iterations_per_epoch"],
+        "last_consistency_loss": float(rows[-1]["consistency_loss"]) if "consistency_loss" in rows[-1] else None,
+        "config": args.config,
+        "overrides": list(args.set),
+        "split_seed": args.split_seed,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    }
+
+
+def summarize(records: dict[tuple[str, int], dict]) -> dict:
+    """The gain of the mean teacher over supervised-only on the same labels, paired per held-out case, and
+    the share of the gap to all labels it closes; over the seeds whose three arms are done."""
+    seeds = sorted({s for _, s in records if all((a, s) in records for a in ARMS)})
+    if not seeds:
+        return {"summary": "semi_supervised", "seeds": []}
+    cases = sorted(records[(ARMS[0], seeds[0])]["per_case_dice"])
+
+    def per_case(arm: str) -> list[float]:  # each case's Dice, averaged over seeds
+        return [statistics.fmean(records[(arm, s)]["per_case_dice"][c] for s in seeds) for c in cases]
+
+    sup, semi, full = (per_case(a) for a in ARMS)
+    gains = [b - a for a, b in zip(sup, semi, strict=True)]
+    gain, gap = statistics.fmean(gains), statistics.fmean(full) - statistics.fmean(sup)
+    p_value = float(wilcoxon(gains).pvalue) if any(gains) else 1.0
+    return {
+        "summary": "semi_supervised",
+        "seeds": seeds,
+        "held_out_cases": len(cases),
+        "mean_dice": {a: round(statistics.fmean(v), 4) for a, v in zip(ARMS, (sup, semi, full), strict=True)},
+        "mean_dice_per_seed": {a: [records[(a, s)]["mean_dice"] for s in seeds] for a in ARMS},
+        "gain": round(gain, 4),
+        "gain_standard_error": round(statistics.stdev(gains) / len(gains) ** 0.5, 4) if len(gains) > 1 else None,
+        "gain_wilcoxon_p": float(f"{p_value:.3g}"),
+        "gap_to_all_labelled": round(gap, 4),
+        "share_of_gap_closed": round(gain / gap, 3) if gap > 0 else None,
+        "meets_target": gain >= TARGET_GAIN,
+        "target_gain": TARGET_GAIN,
+        "train_minutes_per_run": {
+            a: round(statistics.fmean(records[(a, s)]["train_minutes"] for s in seeds), 1) for a in ARMS
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/msd_hippocampus.yaml", help="relative to the repository")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--labelled", type=int, default=20, help="labelled training cases of the few-label arms")
+    parser.add_argument("--held-out", type=int, default=40, help="held-out cases, fixed for every run")
+    parser.add_argument("--split-seed", type=int, default=0, help="seeds the held-out cases' choice")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_semi_supervised")
+    parser.add_argument("--set", action="append", default=[], help="a config override, as medseg train --set")
+    parser.add_argument("--device", default="auto", help="for prediction (training: the config's)")
+    args = parser.parse_args(argv)
+    if not DATASET.is_dir():
+        print(f"bench_semi_supervised: {DATASET} is absent: the real datasets are not on this machine", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = args.out / "runs.jsonl"
+    lines = results.read_text().splitlines() if results.is_file() else []
+    done = {(r["arm"], r["seed"]): r for r in map(json.loads, lines)}
+    for seed in args.seeds:
+        for arm in args.arms:
+            if (arm, seed) not in done:
+                done[(arm, seed)] = run_arm(args, arm, seed)
+                with results.open("a") as f:
+                    f.write(json.dumps(done[(arm, seed)]) + "\n")
+            record = {k: v for k, v in done[(arm, seed)].items() if k != "per_case_dice"}
+            print(json.dumps(record), flush=True)
+    print(json.dumps(summarize({k: v for k, v in done.items() if k[1] in args.seeds})), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
