@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.data import CacheDataset, DataLoader, DistributedWeightedRandomSampler
-from monai.data.utils import set_rnd
+from monai.data import CacheDataset
 from torch import nn
 
 from medseg.config import Config, SemiSupervisedConfig
@@ -28,6 +27,7 @@ from medseg.data.manifest import ManifestCase, load_manifest
 from medseg.distributed import DistContext
 from medseg.errors import ConfigError, MedsegInputError
 from medseg.keys import CASE, IMAGE
+from medseg.training.sampling import EpochLoader
 from medseg.transforms import unlabelled_pipeline
 
 
@@ -136,8 +136,8 @@ class MeanTeacher:
 
     Each epoch draws ``iterations_per_epoch`` batches of ``semi_supervised.batch_size`` unlabelled cases
     (with replacement, shared among DDP processes as the labelled ones are), their order and augmentation
-    seeded from (seed, epoch, rank) by :meth:`seed_epoch`, so that a resumed run draws what an
-    uninterrupted one would.
+    seeded from (seed, epoch, rank) through ``epochs`` (:class:`~medseg.training.sampling.EpochLoader`), so
+    that a resumed run draws what an uninterrupted one would.
     """
 
     def __init__(
@@ -157,39 +157,18 @@ class MeanTeacher:
             num_workers=1,
             progress=False,
         )
-        self.sampler_generator = torch.Generator()
-        self.sampler = DistributedWeightedRandomSampler(
+        self.epochs = EpochLoader(
             self.dataset,
-            weights=[1.0] * len(self.dataset),
-            num_samples_per_rank=self.iterations * self.settings.batch_size,
-            generator=self.sampler_generator,
-            num_replicas=ctx.world_size,
-            rank=ctx.rank,
-            seed=config.seed,
-        )
-        self.loader_generator = torch.Generator()
-        self.loader = DataLoader(
-            self.dataset,
+            iterations=self.iterations,
             batch_size=self.settings.batch_size,
-            sampler=self.sampler,
+            ctx=ctx,
+            seed=config.seed,
             num_workers=config.data.num_workers,
-            generator=self.loader_generator,
-            persistent_workers=False,
         )
-        self.num_workers = config.data.num_workers
-
-    def seed_epoch(self, epoch: int, seed: int) -> None:
-        """Seed epoch ``epoch``'s unlabelled sampling and augmentation from ``seed`` (the trainer's epoch
-        seed), apart from the labelled loader's."""
-        self.sampler.set_epoch(epoch)
-        self.sampler_generator.manual_seed(seed + 11)
-        self.loader_generator.manual_seed(seed + 12)
-        if self.num_workers == 0:
-            set_rnd(self.dataset, seed + 13)
 
     def batches(self) -> Iterator[torch.Tensor]:
         """This epoch's unlabelled image batches ``(B x samples_per_case, C, *patch_size)``."""
-        for batch in self.loader:
+        for batch in self.epochs.loader:
             yield batch[IMAGE]
 
     def noisy(self, image: torch.Tensor) -> torch.Tensor:

@@ -32,8 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data import CacheDataset, DataLoader, DistributedWeightedRandomSampler
-from monai.data.utils import set_rnd
+from monai.data import CacheDataset
 from monai.metrics import compute_dice
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -62,6 +61,7 @@ from medseg.losses import WindowConsistency, build_loss
 from medseg.networks import build_network, check_patch_size
 from medseg.progress import track, write
 from medseg.training.log import plot_curves, write_metrics_csv
+from medseg.training.sampling import EpochLoader
 from medseg.training.semi_supervised import MeanTeacher, require_apart, unlabelled_cases
 from medseg.transforms import training_pipeline, validation_pipeline
 
@@ -236,24 +236,13 @@ class _Trainer:
             _items(val_cases, root, self.partial), validation_pipeline(config.transforms, self.table), **cache
         )
         cfg = config.train
-        self.sampler_generator = torch.Generator()
-        self.sampler = DistributedWeightedRandomSampler(
+        self.epochs = EpochLoader(
             self.train_ds,
-            weights=[1.0] * len(self.train_ds),
-            num_samples_per_rank=cfg.iterations_per_epoch * cfg.batch_size,
-            generator=self.sampler_generator,
-            num_replicas=ctx.world_size,
-            rank=ctx.rank,
-            seed=config.seed,
-        )
-        self.loader_generator = torch.Generator()
-        self.loader = DataLoader(
-            self.train_ds,
+            iterations=cfg.iterations_per_epoch,
             batch_size=cfg.batch_size,
-            sampler=self.sampler,
+            ctx=ctx,
+            seed=config.seed,
             num_workers=config.data.num_workers,
-            generator=self.loader_generator,
-            persistent_workers=False,
         )
         self.model = build_network(
             config.network.name,
@@ -398,14 +387,10 @@ class _Trainer:
     def _seed_epoch(self, epoch: int) -> None:
         """Make epoch ``epoch``'s sampling, augmentation and dropout a function of (seed, epoch, rank)."""
         seed = (self.config.seed * 1_000_003 + epoch * 7919 + self.ctx.rank) % 2**31
-        self.sampler.set_epoch(epoch)
-        self.sampler_generator.manual_seed(seed)
-        self.loader_generator.manual_seed(seed + 1)
-        if self.config.data.num_workers == 0:
-            set_rnd(self.train_ds, seed + 2)
+        self.epochs.seed_epoch(epoch, seed)
         torch.manual_seed(seed + 3)
         if self.semi is not None:
-            self.semi.seed_epoch(epoch, seed)
+            self.semi.epochs.seed_epoch(epoch, seed + 11)  # apart from the labelled draw
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One epoch of training (epoch ``epoch``, from 0): its mean loss (``train_loss``) and, in
@@ -422,7 +407,7 @@ class _Trainer:
         unlabelled = self.semi.batches() if self.semi is not None else None
         non_finite: list[tuple[int, float]] = []  # (step, loss) of this process's first non-finite loss
         bar = track(
-            self.loader,
+            self.epochs.loader,
             desc=f"epoch {epoch + 1}/{self.config.train.epochs}",
             unit="it",
             leave=False,
