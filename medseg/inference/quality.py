@@ -101,8 +101,8 @@ def volumes_ml(labels: np.ndarray, spacing: Sequence[float], names: Mapping[int,
     voxel_ml = float(np.prod(spacing)) / 1000.0
     flat = np.ravel(labels)
     counts = np.zeros(max(names) + 1, dtype=np.int64)
-    for start in range(0, flat.size, COUNT_CHUNK):  # bincount copies its input as int64: a chunk at a time
-        chunk = np.bincount(flat[start : start + COUNT_CHUNK], minlength=len(counts))
+    for start in range(0, flat.size, COUNT_CHUNK):  # bincount needs int64: a chunk's copy at a time
+        chunk = np.bincount(flat[start : start + COUNT_CHUNK].astype(np.int64), minlength=len(counts))
         counts += chunk[: len(counts)]
     return {names[v]: round(float(counts[v]) * voxel_ml, 3) for v in sorted(names) if v != 0}
 

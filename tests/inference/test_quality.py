@@ -289,3 +289,14 @@ def test_training_keeps_the_fingerprint_and_info_shows_it(
     )
     assert main(["info", "--model", str(tiny_checkpoint), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["training_fingerprint"]["cases"] == 4
+
+
+def test_volumes_count_label_maps_of_any_dtype() -> None:
+    """Label files are read in their stored type: float32 maps (as MSD Hippocampus stores them) count as uint8."""
+    labels = np.zeros((10, 12, 9), dtype=np.uint8)
+    labels[:2] = 1
+    labels[5, :4] = 2
+    names = {0: "background", 1: "Anterior", 2: "Posterior"}
+    expected = {"Anterior": 0.432, "Posterior": 0.072}  # 216 and 36 voxels of 2 mm³
+    assert volumes_ml(labels, (2.0, 1.0, 1.0), names) == expected
+    assert volumes_ml(labels.astype(np.float32), (2.0, 1.0, 1.0), names) == expected
