@@ -876,8 +876,9 @@ def format_mean_sd(stats: Mapping[str, float], digits: int) -> str:
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
 
 
-def _f1_cell(stats: Mapping[str, Any]) -> str:
-    """A region's lesion F1 mean ± sd, or ``"-"`` in summaries written before medseg reported it."""
+def format_lesion_f1(stats: Mapping[str, Any]) -> str:
+    """A region's lesion F1 ``"mean ± sd"`` (:func:`summarize_lesions`), or ``"-"`` in summaries written before
+    medseg reported it."""
     return format_mean_sd(stats["f1"], 4) if "f1" in stats else "-"
 
 
@@ -908,7 +909,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         rows = [("region", "Dice mean ± sd", "HD95 mm mean ± sd", "F1 mean ± sd", "TP", "FN", "FP")]
         for region, stats in lesion_wise["regions"].items():
             counts = (str(stats["tp"]), str(stats["fn"]), str(stats["fp"]))
-            means = (format_mean_sd(stats["dice"], 4), format_mean_sd(stats["hd95"], 2), _f1_cell(stats))
+            means = (format_mean_sd(stats["dice"], 4), format_mean_sd(stats["hd95"], 2), format_lesion_f1(stats))
             rows.append((region, *means, *counts))
         lines += _aligned(rows)
     calibration = summary.get("calibration")

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from medseg.errors import MedsegInputError
-from medseg.evaluation.evaluate import find_references, format_mean_sd
+from medseg.evaluation.evaluate import find_references, format_lesion_f1, format_mean_sd
 from medseg.evaluation.files import read_metrics_csv
 from medseg.io import atomic_output, read_image
 from medseg.labels import BRATS_RELEASES
@@ -294,8 +294,8 @@ def _lesion_table(lesion_wise: Mapping[str, Any]) -> str:
     rows = []
     for region, stats in lesion_wise["regions"].items():
         counts = (str(stats["tp"]), str(stats["fn"]), str(stats["fp"]))
-        f1 = format_mean_sd(stats["f1"], 4) if "f1" in stats else "-"  # summaries written before F1 was reported
-        rows.append([region, format_mean_sd(stats["dice"], 4), format_mean_sd(stats["hd95"], 2), f1, *counts])
+        means = (format_mean_sd(stats["dice"], 4), format_mean_sd(stats["hd95"], 2), format_lesion_f1(stats))
+        rows.append([region, *means, *counts])
     return _html_table(header, rows)
 
 
