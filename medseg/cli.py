@@ -289,8 +289,10 @@ def _add_scoring_arguments(p: argparse.ArgumentParser, *, lesion_help: str) -> N
         default=None,
         metavar="RULES",
         help=f"{lesion_help}: BraTS 2023's GLI (adult glioma), SSA, MEN, PED or MET, BraTS 2024's"
-        " brats2024-gli, brats2024-ped, brats2024-met or brats2024-men-rt, or BraTS 2025's brats2025-met"
-        " (lesions matched one to one, as brats-evaluation on Panoptica)",
+        " brats2024-gli, brats2024-ped, brats2024-met or brats2024-men-rt, or BraTS 2025's brats2025-met,"
+        " brats2025-gli, brats2025-ped, brats2025-men (pre-operative), brats2025-men-rt or brats2025-goat"
+        " (lesions matched one to one, as brats-evaluation on Panoptica; each with its label table:"
+        " brats2025-met, brats2024-gli, brats2024-ped, brats2023, brats2024-men-rt, brats2023)",
     )
     p.add_argument("--workers", type=int, default=1, help="cases scored at once, each in its own process (default 1)")
 
@@ -657,8 +659,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SCORING",
         help="how HD95 and NSD measure surfaces and score an empty mask: voxels (MONAI's surface voxels, the"
         " grid's diagonal), elements (area-weighted surface elements, the diagonal), brats2023 (elements, 374 mm:"
-        " the BraTS 2023/2024 scripts), brats2025 (Panoptica's surface voxels, 373 mm); auto: the label table's"
-        " BraTS year, else voxels",
+        " the BraTS 2023/2024 scripts), brats2025 (Panoptica's surface voxels, 373 mm); auto: brats2025 with BraTS"
+        " 2025 lesion rules, else the label table's BraTS year, else voxels",
     )
     p.add_argument(
         "--ece-bins",

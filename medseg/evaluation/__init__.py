@@ -47,9 +47,11 @@ from medseg.evaluation.lesion_matching import (
     matched_lesion_scores,
 )
 from medseg.evaluation.lesion_wise import (
+    LESION_RULE_TABLES,
     LESION_RULES,
     LesionRules,
     LesionScore,
+    check_rules_table,
     get_lesion_rules,
     lesion_wise_label_maps,
     lesion_wise_scores,
@@ -83,6 +85,7 @@ __all__ = [
     "LABEL_MAP_ENDINGS",
     "LESION_METRICS_CSV",
     "LESION_RULES",
+    "LESION_RULE_TABLES",
     "METRICS_CSV",
     "METRICS_PNG",
     "NSD_TOLERANCE_MM",
@@ -103,6 +106,7 @@ __all__ = [
     "Scoring",
     "calibration_of_case",
     "check_nsd_tolerance",
+    "check_rules_table",
     "compare_evaluations",
     "default_scoring",
     "dice",

@@ -46,7 +46,14 @@ from medseg.evaluation.files import (
     write_lesion_metrics_csv,
     write_metrics_csv,
 )
-from medseg.evaluation.lesion_wise import LesionRules, LesionScore, get_lesion_rules, lesion_wise_label_maps
+from medseg.evaluation.lesion_wise import (
+    LESION_RULE_TABLES,
+    LesionRules,
+    LesionScore,
+    check_rules_table,
+    get_lesion_rules,
+    lesion_wise_label_maps,
+)
 from medseg.evaluation.metrics import (
     NSD_TOLERANCE_MM,
     RegionScore,
@@ -398,21 +405,20 @@ def summarize_lesions(
 
     Returns:
         ``{"rules", "description", ..., "regions"}``: the rules' thresholds (``dilation`` and ``min_volume_mm3``
-        for dilation rules; ``matching_dice``, ``large_volume_mm3`` and ``detection_dice`` for one-to-one
-        matching), and ``regions``, which maps each region to ``{"n", "dice": {"mean", "std", "median"},
-        "hd95": {...}, "tp", "fn", "fp"}`` (lesion counts summed over cases; HD95 in mm; cases without a
-        score, NaN, left out of the statistics).
+        for dilation rules; ``matching_dice`` and ``scored`` for one-to-one matching, with ``large_volume_mm3``
+        and ``detection_dice`` where ``scored`` is ``"large_and_false_positives"``), and ``regions``, which maps
+        each region to ``{"n", "dice": {"mean", "std", "median"}, "hd95": {...}, "f1": {...}, "tp", "fn",
+        "fp"}`` (F1 per case, :attr:`~medseg.evaluation.lesion_wise.LesionScore.f1`; lesion counts summed over
+        cases; HD95 in mm; cases without a score, NaN, left out of the statistics).
     """
-    regions = _per_region(lesions, table, stats=("dice", "hd95"), sums=("tp", "fn", "fp"))
+    regions = _per_region(lesions, table, stats=("dice", "hd95", "f1"), sums=("tp", "fn", "fp"))
     r = get_lesion_rules(rules)
     if isinstance(r, LesionRules):
-        thresholds = {"dilation": r.dilation, "min_volume_mm3": r.min_volume_mm3}
+        thresholds: dict[str, Any] = {"dilation": r.dilation, "min_volume_mm3": r.min_volume_mm3}
     else:
-        thresholds = {
-            "matching_dice": r.matching_dice,
-            "large_volume_mm3": r.large_volume_mm3,
-            "detection_dice": r.detection_dice,
-        }
+        thresholds = {"matching_dice": r.matching_dice, "scored": r.scored}
+        if r.scored == "large_and_false_positives":
+            thresholds |= {"large_volume_mm3": r.large_volume_mm3, "detection_dice": r.detection_dice}
     return {"rules": rules, "description": r.describe(), **thresholds, "regions": regions}
 
 
@@ -646,13 +652,17 @@ def evaluate_folder(
         nsd_tolerance_mm: the tolerance of the normalised surface Dice, in mm.
         lesion_rules: also score lesion-wise Dice and HD95 (:mod:`medseg.evaluation.lesion_wise`) with these
             BraTS rules (2023: ``"GLI"``, ``"SSA"``, ``"MEN"``, ``"PED"``, ``"MET"``; 2024: ``"brats2024-gli"``,
-            ``"brats2024-ped"``, ``"brats2024-met"``, ``"brats2024-men-rt"``), into
-            ``lesion_metrics.csv`` (``case,region,dice,hd95,tp,fn,fp,rules``) and the summary's
+            ``"brats2024-ped"``, ``"brats2024-met"``, ``"brats2024-men-rt"``; 2025: ``"brats2025-met"``,
+            ``"brats2025-gli"``, ``"brats2025-ped"``, ``"brats2025-men"``, ``"brats2025-men-rt"``,
+            ``"brats2025-goat"``, each only with the label table of
+            :data:`~medseg.evaluation.lesion_wise.LESION_RULE_TABLES`), into
+            ``lesion_metrics.csv`` (``case,region,dice,hd95,tp,fn,fp,f1,rules``) and the summary's
             ``"lesion_wise"`` (see :func:`summarize_lesions`); ``None``: not scored, and a
             ``lesion_metrics.csv`` an earlier evaluation left in ``out_dir`` is removed.
         scoring: how HD95 and NSD measure surfaces and the HD95 of an empty mask, for the whole-image and
             the lesion-wise scores alike: a key of :data:`~medseg.evaluation.metrics.SCORINGS`
-            (``voxels``, ``elements``, ``brats2023``, ``brats2025``), or ``"auto"``: the label table's
+            (``voxels``, ``elements``, ``brats2023``, ``brats2025``), or ``"auto"``: ``brats2025`` with BraTS
+            2025 lesion rules (its sub-challenges keep the 2023 and 2024 tables), else the label table's
             (:func:`~medseg.evaluation.metrics.default_scoring`: its BraTS year's, else ``voxels``).
         workers: cases scored at once, each in its own process (1: in this process).
         only_predicted: leave references without a prediction out, rather than score them as empty.
@@ -671,8 +681,8 @@ def evaluate_folder(
     Raises:
         MedsegInputError: naming the file: no predictions or references found, a prediction without a
             reference, a prediction on a different grid (shape or affine), label values outside the
-            table, an unreadable file; or a negative or non-finite NSD tolerance, unknown lesion rules or
-            an unknown scoring.
+            table, an unreadable file; or a negative or non-finite NSD tolerance, unknown lesion rules (or
+            BraTS 2025 rules with another label table), or an unknown scoring.
             Nothing is written then.
         OutputError: an output file cannot be written (a full disk): naming it and the reason, once every
             other output file was tried (those written are kept, and named).
@@ -690,7 +700,11 @@ def evaluate_folder(
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
     pairs = pair_cases(pred_dir, ref_dir, labels)
     refs, preds, table = pairs.refs, pairs.preds, pairs.table
-    chosen = default_scoring(table.name) if scoring == "auto" else get_scoring(scoring)
+    if lesion_rules is not None:
+        check_rules_table(lesion_rules, table)
+    # BraTS 2025's rules are scored as 2025 (brats2025) on the 2023 and 2024 tables its sub-challenges keep
+    year = lesion_rules if lesion_rules in LESION_RULE_TABLES else table.name
+    chosen = default_scoring(year) if scoring == "auto" else get_scoring(scoring)
     if only_predicted:
         files, missing, left_out = pairs.predicted_only("scoring"), [], pairs.missing
     else:
@@ -862,9 +876,15 @@ def format_mean_sd(stats: Mapping[str, float], digits: int) -> str:
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
 
 
+def format_lesion_f1(stats: Mapping[str, Any]) -> str:
+    """A region's lesion F1 ``"mean ± sd"`` (:func:`summarize_lesions`), or ``"-"`` in summaries written before
+    medseg reported it."""
+    return format_mean_sd(stats["f1"], 4) if "f1" in stats else "-"
+
+
 def format_summary(summary: Mapping[str, Any]) -> str:
     """Small aligned text tables of a summary: per region Dice, HD95 (mm) and NSD mean ± sd and n; and,
-    when it holds lesion-wise scores, their Dice and HD95 mean ± sd and lesion counts."""
+    when it holds lesion-wise scores, their Dice, HD95 and lesion F1 mean ± sd and lesion counts."""
     rows = [("region", "Dice mean ± sd", "HD95 mm mean ± sd", f"NSD {summary['nsd_tolerance_mm']:g} mm mean ± sd", "n")]
     for region, stats in summary["regions"].items():
         cells = (format_mean_sd(stats["dice"], 4), format_mean_sd(stats["hd95"], 2), format_mean_sd(stats["nsd"], 4))
@@ -886,10 +906,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             f"dilation {lesion_wise['dilation']}, lesions > {lesion_wise['min_volume_mm3']:g} mm³"
         )
         lines.append(f"lesion-wise, BraTS {lesion_wise['rules']} rules ({description})")
-        rows = [("region", "Dice mean ± sd", "HD95 mm mean ± sd", "TP", "FN", "FP")]
+        rows = [("region", "Dice mean ± sd", "HD95 mm mean ± sd", "F1 mean ± sd", "TP", "FN", "FP")]
         for region, stats in lesion_wise["regions"].items():
             counts = (str(stats["tp"]), str(stats["fn"]), str(stats["fp"]))
-            rows.append((region, format_mean_sd(stats["dice"], 4), format_mean_sd(stats["hd95"], 2), *counts))
+            means = (format_mean_sd(stats["dice"], 4), format_mean_sd(stats["hd95"], 2), format_lesion_f1(stats))
+            rows.append((region, *means, *counts))
         lines += _aligned(rows)
     calibration = summary.get("calibration")
     if calibration:

@@ -23,7 +23,7 @@ from medseg.io import atomic_output
 METRICS_CSV = "metrics.csv"
 LESION_METRICS_CSV = "lesion_metrics.csv"
 METRICS_COLUMNS = ("case", "region", "dice", "hd95", "nsd", "nsd_tolerance_mm")
-LESION_METRICS_COLUMNS = ("case", "region", "dice", "hd95", "tp", "fn", "fp", "rules")
+LESION_METRICS_COLUMNS = ("case", "region", "dice", "hd95", "tp", "fn", "fp", "f1", "rules")
 
 
 @dataclass(frozen=True)
@@ -52,13 +52,16 @@ def write_metrics_csv(path: Path, metrics: Metrics) -> None:
 
 def write_lesion_metrics_csv(path: Path, lesions: Mapping[str, Mapping[str, LesionScore]], rules: str) -> None:
     """Write lesion-wise scores (case -> region -> score) computed under ``rules`` as a
-    ``lesion_metrics.csv`` (columns :data:`LESION_METRICS_COLUMNS`), atomically."""
+    ``lesion_metrics.csv`` (columns :data:`LESION_METRICS_COLUMNS`; ``f1`` the lesion detection F1 of the
+    counts, :attr:`~medseg.evaluation.lesion_wise.LesionScore.f1`), atomically."""
     with atomic_output(path) as tmp, tmp.open("w", newline="", encoding="utf-8", errors="backslashreplace") as f:
         writer = csv.writer(f)
         writer.writerow(LESION_METRICS_COLUMNS)
         for case, case_scores in lesions.items():
             for region, s in case_scores.items():
-                writer.writerow([case, region, f"{s.dice:.6f}", f"{s.hd95:.6f}", s.tp, s.fn, s.fp, rules])
+                writer.writerow(
+                    [case, region, f"{s.dice:.6f}", f"{s.hd95:.6f}", s.tp, s.fn, s.fp, f"{s.f1:.6f}", rules]
+                )
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,8 @@ class LesionMetrics:
 
 
 def read_lesion_metrics_csv(path: Path) -> LesionMetrics:
-    """Read a ``lesion_metrics.csv`` written by :func:`~medseg.evaluation.evaluate_folder` with ``lesion_rules``.
+    """Read a ``lesion_metrics.csv`` written by :func:`~medseg.evaluation.evaluate_folder` with ``lesion_rules``
+    (the ``f1`` column, which the counts give, is not read: files written before it existed read alike).
 
     Raises:
         MedsegInputError: naming the file: it is missing or malformed, or holds scores under more than

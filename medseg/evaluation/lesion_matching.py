@@ -1,6 +1,9 @@
-"""Lesion-wise scores by one-to-one lesion matching: BraTS 2025 metastases (MET), as its ``brats-evaluation``
-package scores them on Panoptica (``config_mets`` and ``parse_mets_results`` of ``brats-evaluation`` 0.0.10,
-Panoptica 2.1.7).
+"""Lesion-wise scores by one-to-one lesion matching: BraTS 2025, as its ``brats-evaluation`` package scores them
+on Panoptica (``brats-evaluation`` 0.0.10, Panoptica 2.1.7): metastases (MET) by ``config_mets`` and
+``parse_mets_results``; adult glioma (GLI), paediatric tumours (PED), pre-operative meningioma (MEN),
+meningioma radiotherapy (MEN-RT) and GoAT by ``config_gli``, ``config_ped``, ``config_MenPre``, ``config_MenRT``
+and ``config_GoAT`` with ``parse_seg_results``. The configurations differ only in their regions (the label
+tables'); the two parsers form the lesion-wise means differently (:attr:`MatchedLesionRules.scored`).
 
 Unlike the BraTS 2023 and 2024 rules (:mod:`medseg.evaluation.lesion_wise`: dilation, every touching
 prediction joined to a lesion), each reference lesion here is paired with at most one predicted lesion:
@@ -16,13 +19,18 @@ prediction joined to a lesion), each reference lesion here is paired with at mos
    voxels) and an NSD tolerance of the smallest voxel side (Panoptica's default). Its volume is its voxel
    count times the voxel volume (mm³).
 4. **Large and small lesions.** Lesions of at least :attr:`MatchedLesionRules.large_volume_mm3` (20 mm³)
-   are *large*: scored, a missed one with Dice 0, NSD 0 and the scoring's one-empty HD95 (373 mm). Small
-   lesions are only counted: detected when matched with a Dice of at least
-   :attr:`MatchedLesionRules.detection_dice` (0.1). A large lesion is detected likewise.
-5. **False positives.** Each predicted lesion left unmatched scores Dice 0, NSD 0 and the one-empty HD95.
-6. **Score.** Lesion-wise Dice, HD95 and NSD are the means over the large lesions and the false positives.
-   A case without any large reference lesion (none at all, or only small ones, with or without false
-   positives) has no lesion-wise score: NaN, which the challenge leaves out of its means.
+   are *large*, smaller ones *small*; a lesion is *detected* when matched with a Dice of at least
+   :attr:`MatchedLesionRules.detection_dice` (0.1). Counted for every rule set; only MET scores by them.
+5. **Score.** With ``scored="large_and_false_positives"`` (MET): lesion-wise Dice, HD95 and NSD are the means
+   over the large lesions and the false positives, a missed large lesion and each false positive scoring
+   Dice 0, NSD 0 and the scoring's one-empty HD95 (373 mm); small lesions are only counted. A case without
+   any large reference lesion (none at all, or only small ones, with or without false positives) has no
+   lesion-wise score: NaN, which the challenge leaves out of its means.
+   With ``scored="matched_pairs"`` (GLI, PED, MEN, MEN-RT, GoAT: Panoptica's ``sq_dsc``, ``sq_nsd`` and
+   ``sq_hd95``): the means over the matched pairs only, whatever their size; missed lesions and false
+   positives lower only the counts (and F1). Without a matched pair: Dice 0, NSD 0 and the one-empty HD95
+   (373 mm, where the package writes ``inf``: docs/conventions.md) when either mask has a lesion; NaN when
+   neither has.
 
 Masks are boolean ``(X, Y, Z)`` arrays on one grid; ``spacing`` is the voxel size along those axes in mm.
 Orientation does not matter.
@@ -33,7 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -42,6 +50,9 @@ from scipy.optimize import linear_sum_assignment
 from medseg.evaluation.metrics import SCORINGS, Scoring, check_masks, dice, hd95, mask_box, nsd
 
 _COMPONENTS = np.ones((3, 3, 3), dtype=bool)  # 26-connected components, as Panoptica's cc3d
+
+LesionMeans = Literal["large_and_false_positives", "matched_pairs"]
+"""What the lesion-wise means are taken over (module docstring, step 5)."""
 
 
 @dataclass(frozen=True)
@@ -52,18 +63,26 @@ class MatchedLesionRules:
         matching_dice: the smallest Dice (0..1) of a pair that may be matched.
         large_volume_mm3: reference lesions of at least this volume (mm³) are scored; smaller ones only counted.
         detection_dice: the smallest Dice (0..1) of a matched lesion that counts as detected.
+        scored: what the lesion-wise means are taken over: ``"large_and_false_positives"`` (the large
+            lesions, missed ones included, and the false positives) or ``"matched_pairs"`` (the matched
+            pairs only); the size and detection thresholds shape the score only in the first.
     """
 
     matching_dice: float = 1e-6
     large_volume_mm3: float = 20.0
     detection_dice: float = 0.1
+    scored: LesionMeans = "large_and_false_positives"
 
     def __post_init__(self) -> None:
         if not (0 < self.matching_dice <= 1 and self.large_volume_mm3 >= 0 and 0 <= self.detection_dice <= 1):
             raise ValueError(f"matched lesion rules need Dice thresholds in (0, 1] and a volume >= 0, got {self}")
+        if self.scored not in ("large_and_false_positives", "matched_pairs"):
+            raise ValueError(f"matched lesion rules score large_and_false_positives or matched_pairs, got {self}")
 
     def describe(self) -> str:
         """One line for summaries: how lesions are matched and which are scored."""
+        if self.scored == "matched_pairs":
+            return "one-to-one Dice matching, means over the matched pairs"
         return (
             f"one-to-one Dice matching, lesions >= {self.large_volume_mm3:g} mm³ scored,"
             f" detected at Dice >= {self.detection_dice:g}"
@@ -73,6 +92,10 @@ class MatchedLesionRules:
 BRATS2025_MET = MatchedLesionRules()
 """BraTS 2025 MET: ``MaxBipartiteMatching`` at Dice 1e-6 (``config_mets``), 20 mm³ and Dice 0.1 (the defaults of
 ``parse_mets_results``' ``vol_threshold`` and ``overlap_threshold``)."""
+BRATS2025_MATCHED_PAIRS = MatchedLesionRules(scored="matched_pairs")
+"""BraTS 2025 GLI, PED, MEN (pre-operative), MEN-RT and GoAT: ``MaxBipartiteMatching`` at Dice 1e-6
+(``config_gli``, ``config_ped``, ``config_MenPre``, ``config_MenRT``, ``config_GoAT``), lesion-wise means over the
+matched pairs (``parse_seg_results``: Panoptica's ``sq_dsc``, ``sq_nsd``, ``sq_hd95``)."""
 
 
 class ReferenceLesion(NamedTuple):
@@ -94,12 +117,12 @@ class ReferenceLesion(NamedTuple):
 
 
 class MatchedLesionScore(NamedTuple):
-    """Lesion-wise scores of one region of one case (module docstring, step 6).
+    """Lesion-wise scores of one region of one case (module docstring, step 5).
 
     Attributes:
-        dice: mean Dice over large lesions and false positives (0..1); NaN without a large lesion.
-        hd95: mean HD95 likewise (mm); NaN without a large lesion.
-        nsd: mean NSD likewise (0..1); NaN without a large lesion.
+        dice: mean Dice over what the rules score (0..1); NaN where they give no score (module docstring).
+        hd95: mean HD95 likewise (mm).
+        nsd: mean NSD likewise (0..1).
         tp: reference lesions matched (any size).
         fn: reference lesions unmatched (any size).
         fp: predicted lesions unmatched.
@@ -163,7 +186,7 @@ def matched_lesion_scores(
         pred: predicted mask ``(X, Y, Z)``, any dtype (nonzero = inside).
         ref: reference mask on the same grid.
         spacing: voxel size along X, Y, Z in mm; gives the volumes, HD95s and the NSD tolerance.
-        rules: the matching, size and detection thresholds.
+        rules: the matching, size and detection thresholds and what the means are taken over.
         scoring: the HD95's and NSD's surfaces and the HD95 of a missed lesion and a false positive
             (by default BraTS 2025's: Panoptica's surface voxels, 373 mm).
 
@@ -206,6 +229,13 @@ def matched_lesion_scores(
     large_tp = sum(lesion.matched and lesion.dice >= rules.detection_dice for lesion in large)
     small_tp = sum(lesion.matched and lesion.dice >= rules.detection_dice for lesion in small)
     counts = (len(matched), len(unmatched), fp, large_tp, len(large) - large_tp, small_tp, len(small) - small_tp)
+    if rules.scored == "matched_pairs":
+        if matched:
+            means = [sum(getattr(lesion, f) for lesion in matched) / len(matched) for f in ("dice", "hd95", "nsd")]
+            return MatchedLesionScore(*means, *counts, lesions)
+        if n_ref or n_pred:
+            return MatchedLesionScore(0.0, missed_hd95, 0.0, *counts, lesions)
+        return MatchedLesionScore(math.nan, math.nan, math.nan, *counts, lesions)
     if not large:
         return MatchedLesionScore(math.nan, math.nan, math.nan, *counts, lesions)
     scored = len(large) + fp

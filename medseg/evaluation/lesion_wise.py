@@ -28,8 +28,9 @@ al., github.com/rachitsaluja/BraTS-2023-Metrics and BraTS-2024-Metrics):
 
 Each lesion's HD95 follows :func:`medseg.evaluation.metrics.hd95` with the :class:`Scoring` given
 (BraTS: surface elements, as the scripts' DeepMind ``surface-distance``). The rule sets of each BraTS
-challenge are in :data:`LESION_RULES`; BraTS 2025 MET's, which match lesions one to one on Panoptica, are
-:mod:`medseg.evaluation.lesion_matching`'s, registered there too as ``brats2025-met``.
+challenge are in :data:`LESION_RULES`; BraTS 2025's, which match lesions one to one on Panoptica, are
+:mod:`medseg.evaluation.lesion_matching`'s, registered there too (``brats2025-met``, ``brats2025-gli``, ...), each
+with the label table whose regions it scores (:data:`LESION_RULE_TABLES`).
 
 Masks are boolean ``(X, Y, Z)`` arrays on one grid; ``spacing`` is the voxel size along those axes in
 mm. Orientation does not matter.
@@ -37,6 +38,7 @@ mm. Orientation does not matter.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -46,6 +48,7 @@ from scipy import ndimage
 
 from medseg.errors import MedsegInputError
 from medseg.evaluation.lesion_matching import (
+    BRATS2025_MATCHED_PAIRS,
     BRATS2025_MET,
     MatchedLesionRules,
     MatchedLesionScore,
@@ -121,12 +124,45 @@ LESION_RULES: dict[str, AnyLesionRules] = {
     "brats2024-ped": LesionRules(dilation=5, min_volume_mm3=10.0, join_predicted=True, max_dropped_voxels=10),
     "brats2024-met": LesionRules(dilation=1, min_volume_mm3=2.0, merge_through={(3,): ((1,),)}),
     "brats2024-men-rt": LesionRules(dilation=1, min_volume_mm3=50.0, penalise_false_positives=False),
-    # BraTS 2025 MET (brats-evaluation 0.0.10 on Panoptica): one-to-one matching, medseg.evaluation.lesion_matching
+    # BraTS 2025 (brats-evaluation 0.0.10 on Panoptica): one-to-one matching, medseg.evaluation.lesion_matching;
+    # MET by parse_mets_results, the others by parse_seg_results
     "brats2025-met": BRATS2025_MET,
+    "brats2025-gli": BRATS2025_MATCHED_PAIRS,
+    "brats2025-ped": BRATS2025_MATCHED_PAIRS,
+    "brats2025-men": BRATS2025_MATCHED_PAIRS,
+    "brats2025-men-rt": BRATS2025_MATCHED_PAIRS,
+    "brats2025-goat": BRATS2025_MATCHED_PAIRS,
 }
 """The BraTS challenges' rules: 2023 adult glioma (GLI), sub-Saharan Africa (SSA), meningioma (MEN),
-paediatric (PED) and metastases (MET); 2024 and 2025 keyed by the label tables' names (``brats2024-gli``,
-``brats2024-ped``, ``brats2024-met``, ``brats2024-men-rt``, ``brats2025-met``)."""
+paediatric (PED) and metastases (MET); 2024 keyed by the label tables' names (``brats2024-gli``,
+``brats2024-ped``, ``brats2024-met``, ``brats2024-men-rt``); 2025 by ``brats2025-`` and the sub-challenge
+(``met``, ``gli``, ``ped``, ``men`` for the pre-operative meningioma, ``men-rt``, ``goat``)."""
+
+LESION_RULE_TABLES: dict[str, str] = {
+    "brats2025-met": "brats2025-met",
+    "brats2025-gli": "brats2024-gli",
+    "brats2025-ped": "brats2024-ped",
+    "brats2025-men": "brats2023",
+    "brats2025-men-rt": "brats2024-men-rt",
+    "brats2025-goat": "brats2023",
+}
+"""BraTS 2025 rules -> the label table whose evaluation sets are the regions of its ``brats-evaluation`` 0.0.10
+configuration (``config_mets``; ``config_gli``: netc, snfh, et, rc, tc, wt; ``config_ped``: et, netc, cc, ed,
+tc, wt; ``config_MenPre`` and ``config_GoAT``: et, tc, wt; ``config_MenRT``: gtv)."""
+
+
+def check_rules_table(rules: str, table: LabelTable) -> None:
+    """Refuse to score ``rules`` on a table whose regions are not those its challenge scores
+    (:data:`LESION_RULE_TABLES`; rules without a table there score any table's).
+
+    Raises:
+        MedsegInputError: ``rules`` score another table's regions, naming both.
+    """
+    wanted = LESION_RULE_TABLES.get(rules)
+    if wanted is not None and table.name != wanted:
+        raise MedsegInputError(
+            f"lesion rules {rules} score the regions of label table {wanted}, not {table.name}; give --labels {wanted}"
+        )
 
 
 def get_lesion_rules(name: str) -> AnyLesionRules:
@@ -145,7 +181,8 @@ class LesionScore(NamedTuple):
     """Lesion-wise scores of one region of one case.
 
     Attributes:
-        dice: lesion-wise Dice (0..1); NaN where the rules give none (BraTS 2025 MET: no large lesion).
+        dice: lesion-wise Dice (0..1); NaN where the rules give none (BraTS 2025: no large lesion for MET,
+            no lesion at all for the others).
         hd95: lesion-wise HD95 (mm); NaN likewise.
         tp: kept reference lesions that a predicted lesion matches.
         fn: kept reference lesions that nothing matches.
@@ -157,6 +194,13 @@ class LesionScore(NamedTuple):
     tp: int
     fn: int
     fp: int
+
+    @property
+    def f1(self) -> float:
+        """The lesion detection F1, ``2 tp / (2 tp + fp + fn)`` (Panoptica's recognition quality ``rq``); NaN
+        without any lesion."""
+        counted = 2 * self.tp + self.fp + self.fn
+        return 2 * self.tp / counted if counted else math.nan
 
     @classmethod
     def of_matched(cls, score: MatchedLesionScore) -> LesionScore:
@@ -348,7 +392,7 @@ def lesion_wise_label_maps(
         ref: reference label map on the same grid.
         table: the label table whose evaluation sets are scored.
         spacing: voxel size along X, Y, Z in mm.
-        rules: e.g. ``LESION_RULES["GLI"]``, ``LESION_RULES["brats2024-met"]`` or ``LESION_RULES["brats2025-met"]``.
+        rules: e.g. ``LESION_RULES["GLI"]``, ``LESION_RULES["brats2024-met"]`` or ``LESION_RULES["brats2025-gli"]``.
         scoring: as for :func:`lesion_wise_scores`.
 
     Returns:

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from medseg.errors import MedsegInputError
-from medseg.evaluation.evaluate import find_references, format_mean_sd
+from medseg.evaluation.evaluate import find_references, format_lesion_f1, format_mean_sd
 from medseg.evaluation.files import read_metrics_csv
 from medseg.io import atomic_output, read_image
 from medseg.labels import BRATS_RELEASES
@@ -290,12 +290,37 @@ def _flags_table(flags: Mapping[str, Sequence[str]]) -> str:
 
 
 def _lesion_table(lesion_wise: Mapping[str, Any]) -> str:
-    header = ["region", "Dice mean ± sd", "HD95 (mm) mean ± sd", "TP", "FN", "FP"]
+    header = ["region", "Dice mean ± sd", "HD95 (mm) mean ± sd", "F1 mean ± sd", "TP", "FN", "FP"]
     rows = []
     for region, stats in lesion_wise["regions"].items():
         counts = (str(stats["tp"]), str(stats["fn"]), str(stats["fp"]))
-        rows.append([region, format_mean_sd(stats["dice"], 4), format_mean_sd(stats["hd95"], 2), *counts])
+        means = (format_mean_sd(stats["dice"], 4), format_mean_sd(stats["hd95"], 2), format_lesion_f1(stats))
+        rows.append([region, *means, *counts])
     return _html_table(header, rows)
+
+
+def _lesion_rules_text(lesion_wise: Mapping[str, Any], one_empty_hd95: str) -> str:
+    """What the summary's lesion-wise rules score, in a sentence or two for the report."""
+    penalties = (
+        "every missed lesion (FN) and every predicted piece that matches no lesion (FP) scores Dice 0 and HD95"
+        f" {one_empty_hd95}"
+    )
+    if "dilation" in lesion_wise:
+        return (
+            f"reference lesions joined by a {lesion_wise['dilation']}-voxel dilation, those of at most"
+            f" {lesion_wise['min_volume_mm3']:g} mm³ left out; {penalties}"
+        )
+    matching = "each reference lesion matched with at most one predicted lesion (the pairs of largest Dice)"
+    if lesion_wise.get("scored") == "matched_pairs":
+        return (
+            f"{matching}; Dice and HD95 are means over the matched pairs, missed lesions (FN) and predicted pieces"
+            f" that match no lesion (FP) only counted; a case without a matched pair scores Dice 0 and HD95"
+            f" {one_empty_hd95}, one without any lesion is left out"
+        )
+    return (
+        f"{matching}, those under {lesion_wise['large_volume_mm3']:g} mm³ counted but not scored, cases without"
+        f" a larger one left out; {penalties}"
+    )
 
 
 _CSS = """
@@ -350,22 +375,11 @@ def write_report(
     ]
     lesion_wise = summary.get("lesion_wise")
     if lesion_wise:
-        if "dilation" in lesion_wise:
-            lesions = (
-                f"reference lesions joined by a {lesion_wise['dilation']}-voxel dilation, those of at most"
-                f" {lesion_wise['min_volume_mm3']:g} mm³ left out"
-            )
-        else:
-            lesions = (
-                "each reference lesion matched with at most one predicted lesion (the pairs of largest Dice),"
-                f" those under {lesion_wise['large_volume_mm3']:g} mm³ counted but not scored, cases without"
-                " a larger one left out"
-            )
         parts += [
             "<h2>Lesion-wise</h2>",
-            f"<p>BraTS lesion-wise scores, {html.escape(lesion_wise['rules'])} rules: {lesions}; every missed"
-            " lesion (FN) and every predicted piece that matches no lesion (FP) scores Dice 0 and HD95"
-            f" {_one_empty_hd95(summary)}. TP, FN and FP are lesion counts summed over cases.</p>",
+            f"<p>BraTS lesion-wise scores, {html.escape(lesion_wise['rules'])} rules:"
+            f" {_lesion_rules_text(lesion_wise, _one_empty_hd95(summary))}. TP, FN and FP are lesion counts summed"
+            " over cases; F1, 2 TP / (2 TP + FP + FN), is per case.</p>",
             _lesion_table(lesion_wise),
         ]
     if scores_png is not None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-Scene = tuple[np.ndarray, np.ndarray, Sequence[float]]
+Scene = tuple[np.ndarray, np.ndarray, Sequence[float]] | tuple[np.ndarray, np.ndarray, Sequence[float], str]
 Panoptica = Callable[..., list[dict[str, Any]]]
 RUNNER = Path(__file__).with_name("panoptica_runner.py")
 PYTHON_VARIABLE = "MEDSEG_PANOPTICA_PYTHON"
@@ -26,7 +26,9 @@ PYTHON_VARIABLE = "MEDSEG_PANOPTICA_PYTHON"
 @pytest.fixture(scope="session")
 def panoptica(tmp_path_factory: pytest.TempPathFactory) -> Panoptica:
     """``panoptica(scenes, tolerance_mm=0.5) -> [case]``: each ``(pred, ref, spacing)`` label-map scene scored by
-    ``brats-evaluation``'s ``mets`` configuration (see ``panoptica_runner.py`` for what each case holds)."""
+    ``brats-evaluation``'s ``mets`` configuration, each ``(pred, ref, spacing, config)`` by ``config`` (``gli``,
+    ``ped``, ``MenPre``, ``MenRT``, ``GoAT``), all in one subprocess (see ``panoptica_runner.py`` for what each
+    case holds)."""
     python = os.environ.get(PYTHON_VARIABLE)
     if not python:
         pytest.skip(f"{PYTHON_VARIABLE} does not name a python with brats-evaluation (Panoptica needs numpy < 2.3)")
@@ -36,8 +38,9 @@ def panoptica(tmp_path_factory: pytest.TempPathFactory) -> Panoptica:
 
     def score(scenes: Sequence[Scene], tolerance_mm: float = 0.5) -> list[dict[str, Any]]:
         arrays: dict[str, np.ndarray] = {"tolerance": np.asarray(tolerance_mm, dtype=float)}
-        for i, (pred, ref, spacing) in enumerate(scenes):
+        for i, (pred, ref, spacing, *config) in enumerate(scenes):
             arrays |= {f"pred_{i}": pred, f"ref_{i}": ref, f"spacing_{i}": np.asarray(spacing, dtype=float)}
+            arrays[f"config_{i}"] = np.asarray(config[0] if config else "mets")
         scenes_path, out_path = folder / "scenes.npz", folder / "out.json"
         np.savez(scenes_path, **arrays)
         done = subprocess.run(

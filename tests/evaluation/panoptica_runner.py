@@ -5,15 +5,17 @@ so it cannot share medseg's): it imports nothing from medseg. Usage::
 
     python panoptica_runner.py SCENES.npz OUT.json
 
-``SCENES.npz`` holds ``pred_<i>``, ``ref_<i>`` (integer label maps, ``(X, Y, Z)``, values 0..4) and ``spacing_<i>``
-(mm along those axes) for i = 0..n-1, and ``tolerance`` (mm, for ``surfaces``). Each case is scored with the
-``mets`` configuration through ``Panoptica_Evaluator.evaluate`` with the spacing given explicitly
-(``brats-evaluation`` 0.0.10 reads it from the NIfTI header on the wrong axes), and the results go through
-``parse_mets_results`` (20 mm³, Dice 0.1: its defaults), the challenge's own aggregation.
-``OUT.json`` holds, per case: ``rows`` (the parsed CSV row: per-region lesion-wise and global figures),
-``regions`` (Panoptica's own dict per region, with its ``reference_instances``) and ``surfaces`` (per region,
-Panoptica's HD95 and NSD at ``tolerance`` of the whole masks, measured with the spacing, where both are
-non-empty).
+``SCENES.npz`` holds ``pred_<i>``, ``ref_<i>`` (integer label maps, ``(X, Y, Z)``, values 0..4), ``spacing_<i>``
+(mm along those axes) and ``config_<i>`` (the name of a ``brats-evaluation`` configuration: ``mets``, ``gli``,
+``ped``, ``MenPre``, ``MenRT``, ``GoAT``) for i = 0..n-1, and ``tolerance`` (mm, for ``surfaces``). Each case is
+scored with its configuration through ``Panoptica_Evaluator.evaluate`` with the spacing given explicitly
+(``brats-evaluation`` 0.0.10 reads it from the NIfTI header on the wrong axes), and the results go through the
+challenge's own aggregation: ``parse_mets_results`` (20 mm³, Dice 0.1: its defaults) for ``mets``,
+``parse_seg_results`` for the others.
+``OUT.json`` holds a list, per case: ``config``, ``groups`` (the configuration's regions: name -> label values),
+``rows`` (the parsed CSV row: per-region lesion-wise and global figures), ``regions`` (Panoptica's own dict per
+region, with its ``reference_instances``) and ``surfaces`` (per region, Panoptica's HD95 and NSD at ``tolerance``
+of the whole masks, measured with the spacing, where both are non-empty).
 """
 
 from __future__ import annotations
@@ -26,11 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from brats_evaluation import config_path, parse_mets_results
+from brats_evaluation import config_path, parse_mets_results, parse_seg_results
 from panoptica import Panoptica_Evaluator
 from panoptica.metrics import _surface_distances as pairs
-
-REGIONS = {"et": (3,), "rc": (4,), "tc": (1, 3), "wt": (1, 2, 3)}
 
 
 def _plain(value: object) -> object:
@@ -46,20 +46,36 @@ def _plain(value: object) -> object:
     return value
 
 
+def _parse(config: str, metrics: list[dict]) -> list[dict]:
+    """The challenge's CSV rows of ``metrics`` (Panoptica's dicts, one per case) under ``config``'s parser."""
+    with tempfile.TemporaryDirectory() as tmp:
+        json_path, csv_path = Path(tmp) / "panoptica.json", Path(tmp) / "parsed.csv"
+        json_path.write_text(json.dumps({"metrics": metrics, "missings": []}))  # inf and NaN as JSON extensions
+        if config == "mets":
+            parse_mets_results(str(json_path), 20.0, 0.1, str(csv_path))
+        else:
+            parse_seg_results(str(json_path), str(csv_path))
+        return pd.read_csv(csv_path).to_dict("records")[: len(metrics)]  # without the mean, std, median rows
+
+
 def main(scenes_path: str, out_path: str) -> None:
     scenes = np.load(scenes_path)
     tolerance = float(scenes["tolerance"])
-    evaluator = Panoptica_Evaluator.load_from_config(str(config_path("mets")))
+    evaluators, groups, metrics = {}, {}, {}
     cases = []
-    metrics = []
     for i in range(len([k for k in scenes.files if k.startswith("pred_")])):
+        config = str(scenes[f"config_{i}"])
+        if config not in evaluators:
+            evaluators[config] = Panoptica_Evaluator.load_from_config(str(config_path(config)))
+            found = evaluators[config]._Panoptica_Evaluator__segmentation_class_groups.items()  # no public getter
+            groups[config] = {name: [int(v) for v in group.value_labels] for name, group in found}
         pred, ref = scenes[f"pred_{i}"].astype(np.uint8), scenes[f"ref_{i}"].astype(np.uint8)
         spacing = tuple(float(s) for s in scenes[f"spacing_{i}"])
-        results = evaluator.evaluate(pred, ref, voxelspacing=spacing, verbose=False)
+        results = evaluators[config].evaluate(pred, ref, voxelspacing=spacing, verbose=False)
         regions = {k: r.to_dict(True) for k, r in results.items()}
-        metrics.append({**regions, "subject_name": f"case{i:03d}"})
+        metrics.setdefault(config, []).append({**regions, "subject_name": f"case{i:03d}"})
         surfaces = {}
-        for name, values in REGIONS.items():
+        for name, values in groups[config].items():
             p, r = np.isin(pred, values), np.isin(ref, values)
             if p.any() and r.any():
                 sd_ref, sd_pred = pairs._surface_distance_pair(r, p, voxelspacing=spacing)
@@ -67,14 +83,10 @@ def main(scenes_path: str, out_path: str) -> None:
                     "hd95": float(pairs._hd95_from_pair(sd_ref, sd_pred)),
                     "nsd": float(pairs._nsd_from_pair(sd_ref, sd_pred, voxelspacing=spacing, threshold=tolerance)),
                 }
-        cases.append({"regions": regions, "surfaces": surfaces})
-    with tempfile.TemporaryDirectory() as tmp:
-        json_path, csv_path = Path(tmp) / "panoptica.json", Path(tmp) / "mets.csv"
-        json_path.write_text(json.dumps({"metrics": metrics, "missings": []}))
-        parse_mets_results(str(json_path), 20.0, 0.1, str(csv_path))
-        table = pd.read_csv(csv_path)
-    for case, row in zip(cases, table.to_dict("records"), strict=False):
-        case["rows"] = row
+        cases.append({"config": config, "groups": groups[config], "regions": regions, "surfaces": surfaces})
+    rows = {config: iter(_parse(config, found)) for config, found in metrics.items()}
+    for case in cases:
+        case["rows"] = next(rows[case["config"]])
     Path(out_path).write_text(json.dumps(_plain(cases)))
 
 

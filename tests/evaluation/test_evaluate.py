@@ -460,6 +460,7 @@ def test_cli_evaluate_lesion_wise(tmp_path: Path, capsys: pytest.CaptureFixture)
         assert float(row["dice"]) == pytest.approx(expected.dice, abs=1e-6)
         assert float(row["hd95"]) == pytest.approx(expected.hd95, abs=1e-5)
         assert (int(row["tp"]), int(row["fn"]), int(row["fp"])) == (expected.tp, expected.fn, expected.fp)
+        assert float(row["f1"]) == pytest.approx(2 * expected.tp / (2 * expected.tp + expected.fp + expected.fn))
         assert row["rules"] == "GLI"
     by_key = {(r["case"], r["region"]): r for r in rows}
     assert by_key[(first, "WT")]["fp"] == "1"  # the speck
@@ -472,6 +473,7 @@ def test_cli_evaluate_lesion_wise(tmp_path: Path, capsys: pytest.CaptureFixture)
         assert stats["n"] == 3
         assert stats["dice"]["mean"] == pytest.approx(np.mean([float(r["dice"]) for r in region_rows]), abs=1e-5)
         assert stats["fp"] == sum(int(r["fp"]) for r in region_rows)
+        assert stats["f1"]["mean"] == pytest.approx(np.mean([float(r["f1"]) for r in region_rows]), abs=1e-5)
     assert "lesion-wise, BraTS GLI rules (dilation 3, lesions > 50 mm³)" in printed
     assert printed[-4].split() == [
         "region",
@@ -481,6 +483,10 @@ def test_cli_evaluate_lesion_wise(tmp_path: Path, capsys: pytest.CaptureFixture)
         "sd",
         "HD95",
         "mm",
+        "mean",
+        "±",
+        "sd",
+        "F1",
         "mean",
         "±",
         "sd",
@@ -497,7 +503,8 @@ def test_cli_evaluate_lesion_wise(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert main([*argv, "--lesion-wise", "GBM"]) == 2
     assert (
         capsys.readouterr().err == "medseg: error: unknown lesion rules 'GBM'; choose one of GLI, SSA, MEN, PED, MET,"
-        " brats2024-gli, brats2024-ped, brats2024-met, brats2024-men-rt, brats2025-met\n"
+        " brats2024-gli, brats2024-ped, brats2024-met, brats2024-men-rt, brats2025-met, brats2025-gli, brats2025-ped,"
+        " brats2025-men, brats2025-men-rt, brats2025-goat\n"
     )
 
 

@@ -208,8 +208,12 @@ def test_report_without_curve_or_overlays(tmp_path: Path) -> None:
     }
     text = write_report(out_dir=tmp_path, summary=summary).read_text(encoding="utf-8")
     assert "MET rules" in text and "at most 2 mm³" in text
-    row = "<tr><td>ET</td><td>0.1250 ± 0.0000</td><td>93.50 ± 0.00</td><td>1</td><td>2</td><td>5</td></tr>"
+    # a summary written before medseg reported the lesion F1 has none to show
+    row = "<tr><td>ET</td><td>0.1250 ± 0.0000</td><td>93.50 ± 0.00</td><td>-</td><td>1</td><td>2</td><td>5</td></tr>"
     assert row in text
+    summary["lesion_wise"]["regions"]["ET"]["f1"] = {"mean": 2 / 9, "std": 0.0}
+    text = write_report(out_dir=tmp_path, summary=summary).read_text(encoding="utf-8")
+    assert "<td>93.50 ± 0.00</td><td>0.2222 ± 0.0000</td><td>1</td>" in text
     assert "Quality flags" not in text  # not known: no section
 
     flags = {"a": (), "b": ("unlike_training", "empty_label"), "c": ("touches_border",)}
