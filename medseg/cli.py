@@ -14,6 +14,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from medseg import __version__
 from medseg.errors import MedsegError, first_line
@@ -128,11 +129,7 @@ def _predict(args: argparse.Namespace) -> int:
     from medseg.inference import check_output, predict_folder, run_batch
     from medseg.training import load_fold_model, out_of_fold_batch
 
-    loading = {
-        "device": args.device,
-        "backend": args.backend,
-        "inference_overrides": [*args.set, *_mirror_override(args.mirror)],
-    }
+    loading = _loading_kwargs(args)
     running = {
         "output_dir": args.output,
         "fmt": args.format,
@@ -173,9 +170,7 @@ def _rank(args: argparse.Namespace) -> int:
         score=args.score,
         min_distance=args.min_distance,
         output=args.output,
-        device=args.device,
-        backend=args.backend,
-        inference_overrides=[*args.set, *_mirror_override(args.mirror)],
+        **_loading_kwargs(args),
         progress=args.progress == "bar",
     )
     for case, reason in ranking.failed.items():
@@ -201,9 +196,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         out=args.out,
         input_path=args.input,
         cases_file=args.cases,
-        device=args.device,
-        backend=args.backend,
-        inference_overrides=[*args.set, *_mirror_override(args.mirror)],
+        **_loading_kwargs(args),
         params=CalibrationParams(voxels_per_case=args.voxels_per_case, seed=args.seed, ece_bins=args.ece_bins),
     )
     print(format_calibration(result))
@@ -211,11 +204,11 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mirror_override(axes: list[int] | None) -> list[str]:
-    """``--mirror [AXIS ...]`` as an inference override (no axes: all three); none when not given."""
-    if axes is None:
-        return []
-    return [f"inference.mirror_axes={axes or [0, 1, 2]}"]
+def _loading_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """How ``predict``, ``rank`` and ``calibrate`` load their model: ``--device``, ``--backend`` and the
+    inference overrides of ``--set`` and ``--mirror [AXIS ...]`` (no axes: all three)."""
+    mirror = [] if args.mirror is None else [f"inference.mirror_axes={args.mirror or [0, 1, 2]}"]
+    return {"device": args.device, "backend": args.backend, "inference_overrides": [*args.set, *mirror]}
 
 
 def _export(args: argparse.Namespace) -> int:

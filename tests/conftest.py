@@ -1,13 +1,15 @@
-"""Shared fixtures: tiny BraTS phantom datasets, tiny trained checkpoints (made once per session) and the
-agreement of two predictors' label maps."""
+"""Shared fixtures: tiny BraTS phantom datasets, tiny trained checkpoints (made once per session), the
+agreement of two predictors' label maps and the scripts of ``tools/`` as modules."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,7 @@ import pytest
 from medseg.config import Config, config_from_dict
 
 MakeConfig = Callable[..., Config]
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
 TINY_SHAPE = (48, 48, 40)
 TINY_SPACING = 4.0
 
@@ -311,3 +314,25 @@ def full_disk(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
         monkeypatch.setattr(Path, "open", open_)
 
     return install
+
+
+def _load_tool(name: str) -> ModuleType:
+    """``tools/<name>.py`` as a module (``tools/`` is not a package), loaded anew and registered in
+    ``sys.modules`` as ``name`` (dataclasses look their module up by name); its imports of the other tools
+    (``from bench_real import ...``, as a script run from ``tools/`` does) resolve while it loads."""
+    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    sys.path.insert(0, str(TOOLS))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(TOOLS))
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_tool() -> Callable[[str], ModuleType]:
+    """``load_tool("bench_calibration") -> module``; see :func:`_load_tool`."""
+    return _load_tool

@@ -4,33 +4,24 @@ training rounds themselves run on the real hippocampus scans only)."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+LoadTool = Callable[[str], ModuleType]
 
 
-def _bench_module(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.syspath_prepend(str(REPO / "tools"))  # it imports bench_real's helpers, as a script run from tools/
-    spec = importlib.util.spec_from_file_location("bench_active_learning", REPO / "tools" / "bench_active_learning.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_area_under_a_curve_is_its_mean_dice_over_the_labelled_range(monkeypatch: pytest.MonkeyPatch) -> None:
-    bench = _bench_module(monkeypatch)
+def test_the_area_under_a_curve_is_its_mean_dice_over_the_labelled_range(load_tool: LoadTool) -> None:
+    bench = load_tool("bench_active_learning")
     assert bench.area_under_curve([10, 20, 30], [0.5, 0.5, 0.5]) == pytest.approx(0.5)
     # trapezoids: (0.2 + 0.6) / 2 * 10 + (0.6 + 0.7) / 2 * 30, over 40 labelled cases
     assert bench.area_under_curve([10, 20, 50], [0.2, 0.6, 0.7]) == pytest.approx((4.0 + 19.5) / 40)
 
 
-def test_the_summary_compares_complete_curves_and_draws_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    bench = _bench_module(monkeypatch)
+def test_the_summary_compares_complete_curves_and_draws_them(load_tool: LoadTool, tmp_path: Path) -> None:
+    bench = load_tool("bench_active_learning")
     args = argparse.Namespace(seeds=[0, 1], rounds=2, initial=10, step=10, epochs=6, score="entropy_boundary")
     args.out, args.held_out = tmp_path, 40
     curves = {("uncertainty", 0): [0.5, 0.7, 0.8], ("random", 0): [0.5, 0.6, 0.7], ("uncertainty", 1): [0.4, 0.6, 0.8]}

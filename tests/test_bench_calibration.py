@@ -4,12 +4,11 @@ closed form): its JSON lines, and that it resumes."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
-import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -17,16 +16,7 @@ import pytest
 from medseg.data.manifest import build_manifest, save_manifest
 from medseg.io import Geometry, write_nifti
 
-REPO = Path(__file__).resolve().parents[1]
 GRID = Geometry((16, 16, 8), np.diag([1.5, 1.5, 3.0, 1.0]))
-
-
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench_calibration", REPO / "tools" / "bench_calibration.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _fold(tmp_path: Path, constant_checkpoint_at: Callable[..., Path]) -> Path:
@@ -57,9 +47,12 @@ def _fold(tmp_path: Path, constant_checkpoint_at: Callable[..., Path]) -> Path:
 
 
 def test_each_half_is_calibrated_on_the_other_and_the_run_resumes(
-    tmp_path: Path, constant_checkpoint_at: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    constant_checkpoint_at: Callable[..., Path],
+    load_tool: Callable[[str], ModuleType],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    bench = _bench_module()
+    bench = load_tool("bench_calibration")
     fold = _fold(tmp_path, constant_checkpoint_at)
     assert bench.main([str(fold), "--voxels-per-case", "1000"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

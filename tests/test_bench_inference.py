@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import nibabel as nib
 import numpy as np
@@ -18,21 +19,14 @@ from medseg.checkpoint import load_checkpoint
 from medseg.labels import BRATS2021
 
 REPO = Path(__file__).resolve().parents[1]
+LoadTool = Callable[[str], ModuleType]
 
 
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench_inference", REPO / "tools" / "bench_inference.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_differences_locate_boundary_jitter_and_far_false_positives(tmp_path: Path) -> None:
+def test_differences_locate_boundary_jitter_and_far_false_positives(tmp_path: Path, load_tool: LoadTool) -> None:
     """On anisotropic voxels (1 x 1 x 2.5 mm): a one-voxel shell grown around the true tumour and a
     slice lost inside it are boundary jitter, a blob 30 mm away is far; checked against brute-force
     nearest-voxel distances in mm."""
-    bench = _bench_module()
+    bench = load_tool("bench_inference")
     spacing = (1.0, 1.0, 2.5)
     truth = np.zeros((60, 40, 20), np.uint8)
     truth[10:20, 10:20, 5:10] = 2  # oedema: WT only
@@ -64,9 +58,11 @@ def test_differences_locate_boundary_jitter_and_far_false_positives(tmp_path: Pa
     assert result.differences(masks_a, masks_a)["TC"] == {"voxels": 0, "near_boundary": 0.0, "far": 0.0}
 
 
-def test_a_cached_checkpoint_from_another_recipe_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_a_cached_checkpoint_from_another_recipe_is_refused(
+    tiny_checkpoint: Path, tmp_path: Path, load_tool: LoadTool
+) -> None:
     """Figures measured on weights that the recipe did not train would be reported as the recipe's."""
-    bench = _bench_module()
+    bench = load_tool("bench_inference")
     cached = tmp_path / "checkpoints" / "resunet-quick.pt"
     cached.parent.mkdir()
     shutil.copy(tiny_checkpoint, cached)

@@ -3,22 +3,15 @@ of the real hippocampus cases (skipped where ``../shared/data/real`` is absent).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench_semi_supervised", REPO / "tools" / "bench_semi_supervised.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+LoadTool = Callable[[str], ModuleType]
 
 
 def _record(arm: str, seed: int, dice: list[float]) -> dict:
@@ -32,8 +25,8 @@ def _record(arm: str, seed: int, dice: list[float]) -> dict:
     }
 
 
-def test_summary_pairs_cases_averaged_over_seeds_and_gives_the_share_of_the_gap() -> None:
-    bench = _bench_module()
+def test_summary_pairs_cases_averaged_over_seeds_and_gives_the_share_of_the_gap(load_tool: LoadTool) -> None:
+    bench = load_tool("bench_semi_supervised")
     records = {}
     for seed, shift in ((0, 0.0), (1, 0.02)):  # seed 1: every arm 0.02 better
         for arm, dice in (
@@ -54,8 +47,8 @@ def test_summary_pairs_cases_averaged_over_seeds_and_gives_the_share_of_the_gap(
     json.dumps(summary)  # a JSON line
 
 
-def test_per_case_dice_averages_the_labels_scored_in_each_case(tmp_path: Path) -> None:
-    bench = _bench_module()
+def test_per_case_dice_averages_the_labels_scored_in_each_case(tmp_path: Path, load_tool: LoadTool) -> None:
+    bench = load_tool("bench_semi_supervised")
     path = tmp_path / "metrics.csv"
     path.write_text(
         "case,region,dice,hd95,nsd,nsd_tolerance_mm\n"
@@ -68,10 +61,10 @@ def test_per_case_dice_averages_the_labels_scored_in_each_case(tmp_path: Path) -
     not (REPO.parent / "shared" / "data" / "real" / "msd_hippocampus").is_dir(),
     reason="the real hippocampus cases (../shared/data/real/msd_hippocampus) are not on this machine",
 )
-def test_split_holds_the_same_40_cases_out_for_every_seed(tmp_path: Path) -> None:
+def test_split_holds_the_same_40_cases_out_for_every_seed(tmp_path: Path, load_tool: LoadTool) -> None:
     from medseg.data.manifest import load_manifest
 
-    bench = _bench_module()
+    bench = load_tool("bench_semi_supervised")
     splits = [bench.split_manifests(tmp_path / str(s), split_seed=0, held_out=40, labelled=20, seed=s) for s in (0, 1)]
     held_out = [{c.id for c in load_manifest(s["held_out"]).cases} for s in splits]
     assert len(held_out[0]) == 40 and held_out[0] == held_out[1]

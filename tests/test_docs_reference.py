@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -17,18 +17,9 @@ GENERATOR = ROOT / "tools" / "gen_reference.py"
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
 
 
-def _load_generator() -> ModuleType:
-    """``tools/gen_reference.py`` as a module (``tools/`` is not a package)."""
-    spec = importlib.util.spec_from_file_location("gen_reference", GENERATOR)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def generator() -> ModuleType:
-    return _load_generator()
+def generator(load_tool: Callable[[str], ModuleType]) -> ModuleType:
+    return load_tool("gen_reference")
 
 
 def test_reference_pages_are_current(generator: ModuleType) -> None:

@@ -8,10 +8,14 @@ Contract of a batch run (``medseg predict``):
 - **Outputs.** ``<output>/<case>.nii.gz`` (or ``.seg.nrrd``, or ``.dcm`` for a DICOM-SEG), optionally
   ``<case>_probabilities.nii.gz`` and ``<case>_uncertainty.nii.gz`` (:mod:`medseg.inference.uncertainty`),
   a summary CSV and ``labels.json``, the label table of the model (:data:`~medseg.protocol.LABELS_JSON`:
-  what the label values mean, which ``medseg evaluate`` reads). Every file is written to a temporary name
+  what the label values mean, which ``medseg evaluate`` reads), and (but for a DICOM-SEG)
+  ``<case>_quality.json``: what the quality flags measured of the input
+  (:class:`~medseg.inference.quality.CaseProfile`). Every file is written to a temporary name
   in the output folder and renamed into place, so an output that exists is complete. No output may be an
   input (or lie inside an input DICOM folder); inputs are only ever opened for reading.
-- **Resuming.** A case whose outputs all exist is reported as ``skipped`` (unless ``overwrite``).
+- **Resuming.** A case whose outputs all exist is reported as ``skipped`` (unless ``overwrite``), with the
+  volumes and uncertainty scores of its outputs and the quality flags of its ``<case>_quality.json``: its
+  images are not read again.
   Temporary files that a killed run left behind for this run's cases are removed first. The output
   folder records which model wrote it (``predict_run.json``: a fingerprint of the weights, labels,
   preprocessing, inference settings and format); resuming into a folder that another model or other
@@ -57,7 +61,7 @@ from medseg import __version__
 from medseg.data.cases import InputCase, Shard, discover_cases, read_cases_file, select_shard
 from medseg.errors import MedsegError, MedsegInputError, OutputError, first_line
 from medseg.inference.predictor import Prediction, Predictor, read_case
-from medseg.inference.quality import QualityReference, volumes_ml
+from medseg.inference.quality import CaseProfile, QualityReference, volumes_ml
 from medseg.inference.uncertainty import CASE_SCORES, case_scores
 from medseg.io import (
     Image,
@@ -86,6 +90,8 @@ from medseg.protocol import (
 
 SUMMARY_NAME = "summary.csv"
 RUN_RECORD = "predict_run.json"
+QUALITY_SUFFIX = "_quality.json"
+"""The file ending of ``<output>/<case>`` for what the quality flags measured of its input."""
 
 
 @dataclass
@@ -304,8 +310,8 @@ def _existing_result(
     case: InputCase, output: Path, maps: Path | None, fmt: str, names: dict[int, str], quality: _Quality
 ) -> CaseResult | None:
     """The ``skipped`` result of a case whose outputs exist, with what its existing label map (and uncertainty
-    maps ``maps``, when written) give: volumes, uncertainty scores and quality flags (none of them for a
-    DICOM-SEG; no flags when its input cannot be read now). None if an output is unreadable or they do
+    maps ``maps``, when written) give: volumes and uncertainty scores, and the quality flags of its
+    :data:`QUALITY_SUFFIX` record (none of them for a DICOM-SEG). None if an output is unreadable or they do
     not fit: the case is predicted again."""
     result = CaseResult(case.id, "skipped", output=output, reason="outputs exist")
     if fmt == "dicom-seg":
@@ -313,7 +319,8 @@ def _existing_result(
     try:
         label_map = read_image(output)
         uncertainty = None if maps is None else read_image(maps)
-    except MedsegError:
+        profile = CaseProfile.from_dict(read_json(_quality_record(output, case.id), what="quality record"))
+    except (MedsegError, KeyError, TypeError, ValueError, AttributeError):
         return None
     labels, spacing = label_map.array, label_map.geometry.spacing
     result.volumes_ml = volumes_ml(labels, spacing, names)
@@ -321,13 +328,13 @@ def _existing_result(
         if uncertainty.array.shape[1:] != labels.shape:
             return None
         result.uncertainty = case_scores(uncertainty.array, labels, spacing=spacing, band_mm=quality.band_mm)
-    try:
-        image = read_case(case)
-    except MedsegError:
-        return result
-    if image.array.shape[1:] == labels.shape:
-        result.flags = quality.reference.flags(image, labels, volumes=result.volumes_ml, uncertainty=result.uncertainty)
+    result.flags = quality.reference.flags(profile, uncertainty=result.uncertainty)
     return result
+
+
+def _quality_record(output: Path, case_id: str) -> Path:
+    """The :data:`QUALITY_SUFFIX` record beside a case's label map ``output``."""
+    return output.with_name(f"{case_id}{QUALITY_SUFFIX}")
 
 
 def _check_not_inputs(outputs: Sequence[Path], cases: Sequence[InputCase]) -> None:
@@ -476,9 +483,11 @@ def run_batch(
                 )
     cases = [case for case, _ in jobs]
     predictor_of = {case.id: predictor for case, predictor in jobs}
+    extras = _Extras(save_probabilities, save_uncertainty, quality_record=fmt != "dicom-seg")
     extra_suffixes = [
-        *([PROBABILITIES_SUFFIX] if save_probabilities else []),
-        *([UNCERTAINTY_SUFFIX] if save_uncertainty else []),
+        *([PROBABILITIES_SUFFIX] if extras.probabilities else []),
+        *([UNCERTAINTY_SUFFIX] if extras.uncertainty else []),
+        *([QUALITY_SUFFIX] if extras.quality_record else []),
     ]
     suffixes = [OUTPUT_SUFFIXES[fmt], *extra_suffixes]
     name_max = _name_max(output_dir)
@@ -537,7 +546,7 @@ def run_batch(
                 future,
                 label_outputs[case.id],
                 fmt,
-                _Extras(save_probabilities, save_uncertainty),
+                extras,
                 names,
                 quality_of[predictor_of[case.id]],
             )
@@ -646,10 +655,11 @@ class _Quality:
 
 @dataclass(frozen=True)
 class _Extras:
-    """The outputs a batch writes beside each label map."""
+    """The outputs a batch writes beside each label map (the quality record: :data:`QUALITY_SUFFIX`)."""
 
     probabilities: bool
     uncertainty: bool
+    quality_record: bool
 
 
 def _predict_one(
@@ -684,8 +694,13 @@ def _predict_one(
                 scores = case_scores(prediction.uncertainty, labels, spacing=spacing, band_mm=quality.band_mm)
         else:
             labels = predictor.predict(image)
-        write_label_map(labels, image.geometry, output, table=predictor.table, reference=image, fmt=fmt)
         volumes = volumes_ml(labels, image.geometry.spacing, names)
+        profile = quality.reference.profile(image, labels, volumes=volumes)
+        if extras.quality_record:  # what a resumed run flags the case from, without reading its images
+            with atomic_output(_quality_record(output, case.id)) as tmp:
+                tmp.write_text(json.dumps(profile.to_dict(), allow_nan=False) + "\n")
+        # the label map last: a killed run leaves no label map without the files beside it
+        write_label_map(labels, image.geometry, output, table=predictor.table, reference=image, fmt=fmt)
         return CaseResult(
             case.id,
             "ok",
@@ -693,7 +708,7 @@ def _predict_one(
             output,
             volumes_ml=volumes,
             uncertainty=scores,
-            flags=quality.reference.flags(image, labels, volumes=volumes, uncertainty=scores),
+            flags=quality.reference.flags(profile, uncertainty=scores),
         )
     except MedsegError as exc:
         return CaseResult(case.id, "failed", time.monotonic() - tick, reason=str(exc))

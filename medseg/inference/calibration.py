@@ -11,7 +11,7 @@ expected calibration error (:mod:`medseg.evaluation.calibration`) of those voxel
 a copy of the checkpoint that holds ``T`` (:attr:`medseg.checkpoint.Checkpoint.calibration`). The Predictor
 applies it under ``inference.temperature_scaling``. The copy also holds the threshold of the ``uncertain``
 quality flag (:mod:`medseg.inference.quality`): the validation cases' 95th percentile of their uncertainty
-score, with and without ``T`` (each case is predicted twice more for it, with uncertainty).
+score, without ``T`` (from the same passes as the logits) and with it (each case is predicted once more).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from medseg.data.cases import discover_cases, read_cases_file
 from medseg.errors import MedsegInputError
 from medseg.evaluation import find_references
 from medseg.evaluation.calibration import ECE_BINS, expected_calibration_error, output_channels
-from medseg.inference.predictor import Predictor, read_case
+from medseg.inference.predictor import Prediction, Predictor, read_case
 from medseg.inference.quality import UNCERTAINTY_PERCENTILE, UNCERTAINTY_SCORE, uncertainty_threshold
 from medseg.inference.uncertainty import case_scores
 from medseg.io import Image, check_label_map, read_image, require_same_grid
@@ -193,8 +193,8 @@ def calibrate(
         reference = read_image(refs.files[case.id])
         require_same_grid(reference.geometry, image.geometry, path=reference.path, reference_path=image.path)
         check_label_map(reference.array, table, path=reference.path)
-        logits, inside = predictor.predict_logits(image)
-        scores_as_trained.append(_uncertainty_scores(predictor, image))
+        logits, inside, prediction = predictor.predict_logits_with_uncertainty(image)
+        scores_as_trained.append(_case_scores(predictor, prediction, image))
         where = np.flatnonzero(inside)
         if where.size > params.voxels_per_case:
             where = np.sort(rng.choice(where, params.voxels_per_case, replace=False))
@@ -212,7 +212,14 @@ def calibrate(
         backend=backend,
         inference_overrides=[*inference_overrides, "inference.temperature_scaling=true"],
     )
-    scores_scaled = [_uncertainty_scores(scaled, read_case(case)) for case in cases]
+    # One more prediction per case, with T: its uncertainty maps are no function of those at T = 1 or of the mean
+    # logits (the entropy of the mean of the passes' probabilities at T needs each pass's logits, on the network's
+    # grid, before the maps are resampled to the input's), and T is known only once every case's logits are in;
+    # keeping every case's passes until then would hold the whole validation set's network outputs in memory.
+    scores_scaled = []
+    for case in cases:
+        image = read_case(case)
+        scores_scaled.append(_case_scores(scaled, scaled.predict_with_uncertainty(image), image))
     result = CalibrationResult(
         temperature=temperature,
         nll_before=negative_log_likelihood(logits_t, targets_t, regions=regions),
@@ -233,10 +240,10 @@ def calibrate(
     return result
 
 
-def _uncertainty_scores(predictor: Predictor, image: Image) -> dict[str, float]:
-    """A case's uncertainty scores (:func:`~medseg.inference.uncertainty.case_scores`) as ``medseg predict
-    --save-uncertainty`` computes them."""
-    prediction = predictor.predict_with_uncertainty(image)
+def _case_scores(predictor: Predictor, prediction: Prediction, image: Image) -> dict[str, float]:
+    """A case's uncertainty scores (:func:`~medseg.inference.uncertainty.case_scores`) from ``predictor``'s
+    :meth:`~Predictor.predict_with_uncertainty` of ``image``, as ``medseg predict --save-uncertainty`` computes
+    them."""
     labels = predictor.labels_from_probabilities(prediction.probabilities, image)
     assert prediction.uncertainty is not None
     band_mm = predictor.inference.uncertainty_band_mm

@@ -8,6 +8,7 @@ the label map is written on the input's own grid (same shape and affine).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import math
@@ -437,9 +438,28 @@ class Predictor:
         """
         return self._predict(image, uncertainty=True)
 
+    @torch.no_grad()
+    def predict_logits_with_uncertainty(self, image: Image) -> tuple[np.ndarray, np.ndarray, Prediction]:
+        """:meth:`predict_logits` and :meth:`predict_with_uncertainty` (the same arrays) from one run of the
+        passes: ``(logits, inside, prediction)``.
+
+        Raises:
+            MedsegInputError: as :meth:`predict_probabilities`.
+        """
+        x, logits, maps = self._network_outputs(image, uncertainty=True)
+        return (*self._restore_logits(logits, x, image), self._restore_prediction(logits, maps, x, image))
+
     def _predict(self, image: Image, *, uncertainty: bool) -> Prediction:
         """:meth:`predict_probabilities`, with the uncertainty maps when ``uncertainty``."""
-        x, probs, maps = self._network_outputs(image, uncertainty=uncertainty)
+        x, logits, maps = self._network_outputs(image, uncertainty=uncertainty)
+        return self._restore_prediction(logits, maps, x, image)
+
+    def _restore_prediction(
+        self, logits: torch.Tensor, maps: torch.Tensor | None, x: MetaTensor, image: Image
+    ) -> Prediction:
+        """The :class:`Prediction` of mean logits ``(C_out, X', Y', Z')`` and uncertainty maps ``(2, X', Y', Z')``
+        (or ``None``) on preprocessed ``x``'s grid, on ``image``'s."""
+        probs = self._probabilities(logits)
         channels = probs if maps is None else torch.cat([probs, maps])  # one inverse for both
         out = self._restore(channels, x, image)
         out, restored_maps = out[: len(probs)], out[len(probs) :]
@@ -449,14 +469,18 @@ class Predictor:
     def _network_outputs(
         self, image: Image, *, uncertainty: bool
     ) -> tuple[MetaTensor, torch.Tensor, torch.Tensor | None]:
-        """``image`` preprocessed (``(C_in, X', Y', Z')``, to invert), the probabilities ``(C_out, X', Y', Z')``
-        float32 on that grid and, when ``uncertainty``, the ``(2, X', Y', Z')`` uncertainty maps."""
+        """``image`` preprocessed (``(C_in, X', Y', Z')``, to invert), the mean logits ``(C_out, X', Y', Z')``
+        float32 on that grid and, when ``uncertainty``, the ``(2, X', Y', Z')`` uncertainty maps (both from
+        one run of the passes: :func:`~medseg.inference.uncertainty.pass_statistics` averages the logits as
+        :meth:`_logits` does)."""
         x = self._preprocess(image)
         batch = x.unsqueeze(0).as_tensor().to(self.backends[0].device)
         logits, maps = self._logits_and_uncertainty(batch) if uncertainty else (self._logits(batch), None)
-        logits = logits[0].float().cpu()
-        probs = torch.sigmoid(logits) if self.table.kind == "regions" else torch.softmax(logits, 0)
-        return x, probs, None if maps is None else maps[0].float().cpu()
+        return x, logits[0].float().cpu(), None if maps is None else maps[0].float().cpu()
+
+    def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Probabilities of logits ``(C_out, ...)``: one sigmoid per region, or the softmax over classes."""
+        return torch.sigmoid(logits) if self.table.kind == "regions" else torch.softmax(logits, 0)
 
     @torch.no_grad()
     def predict_logits(self, image: Image) -> tuple[np.ndarray, np.ndarray]:
@@ -467,8 +491,12 @@ class Predictor:
         Raises:
             MedsegInputError: as :meth:`predict_probabilities`.
         """
-        x = self._preprocess(image)
-        logits = self._logits(x.unsqueeze(0).as_tensor().to(self.backends[0].device))[0].float().cpu()
+        x, logits, _ = self._network_outputs(image, uncertainty=False)
+        return self._restore_logits(logits, x, image)
+
+    def _restore_logits(self, logits: torch.Tensor, x: MetaTensor, image: Image) -> tuple[np.ndarray, np.ndarray]:
+        """Mean logits ``(C_out, X', Y', Z')`` on preprocessed ``x``'s grid -> :meth:`predict_logits`'s pair on
+        ``image``'s."""
         out = self._restore(torch.cat([logits, torch.ones_like(logits[:1])]), x, image)
         return out[:-1], out[-1] > 0.999  # the crop's inverse pads with 0; resampling blurs its edge
 
@@ -489,9 +517,11 @@ class Predictor:
 
     def _restore(self, channels: torch.Tensor, x: MetaTensor, image: Image) -> np.ndarray:
         """``(K, X', Y', Z')`` maps on preprocessed ``x``'s grid -> ``(K, X, Y, Z)`` float32 on ``image``'s, through
-        the inverse of ``x``'s transforms (0 outside the foreground crop)."""
+        the inverse of ``x``'s transforms (0 outside the foreground crop); ``x`` is left as it was, to restore
+        other maps from (the inverse consumes the record of the transforms it is given)."""
+        operations = copy.deepcopy(x.applied_operations)
         restored = self.transforms.inverse(
-            {IMAGE: MetaTensor(channels, affine=x.affine, applied_operations=x.applied_operations)}
+            {IMAGE: MetaTensor(channels, affine=x.affine, applied_operations=operations)}
         )
         out = torch.as_tensor(restored[IMAGE]).numpy().astype(np.float32, copy=False)
         if tuple(out.shape[1:]) != image.geometry.shape:
@@ -507,7 +537,8 @@ class Predictor:
         (:func:`~medseg.inference.restore.labels_on_input_grid`), so memory does not grow with the
         number of outputs; only ``transforms.interpolation: spline`` maps every channel at once.
         """
-        x, probs, _ = self._network_outputs(image, uncertainty=False)
+        x, logits, _ = self._network_outputs(image, uncertainty=False)
+        probs = self._probabilities(logits)
         maps = axis_maps(x, image.geometry.affine)
         if maps is None:
             full = self._restore(probs, x, image)

@@ -132,6 +132,34 @@ class CaseProfile:
     volumes_ml: dict[str, float]
     touches_border: bool
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types (NaN as ``None``) that :meth:`from_dict` turns back into this profile exactly."""
+        return {
+            "quantiles": self.quantiles.tolist(),
+            "foreground": [[None if math.isnan(v) else v for v in row] for row in self.foreground.tolist()],
+            "spacing_mm": list(self.spacing_mm),
+            "volumes_ml": self.volumes_ml,
+            "touches_border": self.touches_border,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CaseProfile:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            KeyError, TypeError, ValueError: a malformed mapping.
+        """
+        spacing = tuple(float(s) for s in data["spacing_mm"])
+        if len(spacing) != 3:
+            raise ValueError(f"a voxel size needs three axes, got {spacing}")
+        return cls(
+            quantiles=np.array(data["quantiles"], dtype=np.float64),
+            foreground=np.array(data["foreground"], dtype=np.float64),  # None -> NaN
+            spacing_mm=spacing,  # type: ignore[arg-type]
+            volumes_ml={str(name): float(v) for name, v in data["volumes_ml"].items()},
+            touches_border=bool(data["touches_border"]),
+        )
+
 
 def network_intensities(array: np.ndarray, transforms: TransformConfig) -> tuple[np.ndarray, np.ndarray]:
     """``(C, X, Y, Z)`` image intensities as the network sees them (``transforms.intensity_offset`` and the
@@ -469,12 +497,14 @@ class QualityReference:
             uncertain_above=None if above is None else float(above),
         )
 
-    def flags(
-        self, image: Image, labels: np.ndarray, *, volumes: dict[str, float], uncertainty: Mapping[str, float]
-    ) -> tuple[str, ...]:
-        """:func:`quality_flags` of a predicted case: ``image`` ``(C, X, Y, Z)``, its label map ``labels``
-        ``(X, Y, Z)`` with label volumes ``volumes`` (mL, by name), and its uncertainty scores (may be empty)."""
-        profile = profile_case(image, labels, transforms=self.transforms, volumes=volumes)
+    def profile(self, image: Image, labels: np.ndarray, *, volumes: dict[str, float]) -> CaseProfile:
+        """:func:`profile_case` of a predicted case, as this model normalises it: ``image`` ``(C, X, Y, Z)``, its
+        label map ``labels`` ``(X, Y, Z)`` with label volumes ``volumes`` (mL, by name)."""
+        return profile_case(image, labels, transforms=self.transforms, volumes=volumes)
+
+    def flags(self, profile: CaseProfile, *, uncertainty: Mapping[str, float]) -> tuple[str, ...]:
+        """:func:`quality_flags` of a predicted case measured as :meth:`profile`, with its uncertainty scores
+        (may be empty)."""
         return quality_flags(
             profile,
             fingerprint=self.fingerprint,

@@ -21,7 +21,7 @@ import pytest
 from medseg.checkpoint import load_checkpoint, save_checkpoint
 from medseg.cli import main
 from medseg.data.cases import Shard
-from medseg.inference.batch import RUN_RECORD, merge_summaries, predict_folder
+from medseg.inference.batch import QUALITY_SUFFIX, RUN_RECORD, merge_summaries, predict_folder
 from medseg.io import Image, read_image
 from medseg.protocol import LABELS_JSON, CaseFinished, CaseStarted, RunFinished, RunStarted, parse_event_line
 
@@ -77,7 +77,12 @@ def test_corrupt_and_wrong_shape_cases_fail_and_the_rest_succeed(
         assert float(rows[case]["tissue_ml"]) >= 0.0 and rows[case]["output"] == str(out / f"{case}.nii.gz")
         _assert_valid_output(out / f"{case}.nii.gz", tmp_path / "in" / f"{case}.nii.gz")
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [*(f"{c}.nii.gz" for c in ids), "summary.csv", RUN_RECORD, LABELS_JSON]
+        [
+            *(f"{c}{suffix}" for c in ids for suffix in (".nii.gz", QUALITY_SUFFIX)),
+            "summary.csv",
+            RUN_RECORD,
+            LABELS_JSON,
+        ]
     )
     # what the label values mean, for medseg evaluate: the checkpoint's table
     assert json.loads((out / LABELS_JSON).read_text()) == load_checkpoint(one_channel_checkpoint).label_table.to_dict()
@@ -156,7 +161,12 @@ def test_killed_run_resumes_to_complete_outputs(brats_root: Path, one_channel_ch
     for case in ids:
         _assert_valid_output(out / f"{case}.nii.gz", tmp_path / "in" / f"{case}.nii.gz")
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [*(f"{c}.nii.gz" for c in ids), "summary.csv", RUN_RECORD, LABELS_JSON]
+        [
+            *(f"{c}{suffix}" for c in ids for suffix in (".nii.gz", QUALITY_SUFFIX)),
+            "summary.csv",
+            RUN_RECORD,
+            LABELS_JSON,
+        ]
     )
 
 
@@ -335,7 +345,7 @@ def test_bad_paths_fail_only_their_case(
     (source / "sub" / "back").symlink_to("..", target_is_directory=True)  # in/sub/back/sub/back/... forever
     (source / "loop.nii.gz").symlink_to("loop.nii.gz")
     (source / "dangling.nii.gz").symlink_to("nowhere.nii.gz")
-    long_id = "x" * 240  # the file name fits (247 bytes); the temporary output name does not (257 > 255)
+    long_id = "x" * 240  # the file name fits (247 bytes); the temporary name of its quality record does not (263)
     shutil.copy(source / f"{ids[0]}.nii.gz", source / f"{long_id}.nii.gz")
     latin1 = os.fsdecode(b"caf\xe9")  # a file name that is not UTF-8
     shutil.copy(source / f"{ids[0]}.nii.gz", source / f"{latin1}.nii.gz")
@@ -354,7 +364,7 @@ def test_bad_paths_fail_only_their_case(
     )
     assert "a symbolic link to nowhere.nii.gz, which does not exist" in rows["dangling"]["reason"]
     assert "cannot name an output file: it is too long" in rows[long_id]["reason"]
-    assert "(names of 257 bytes with its endings; the file system takes 255)" in rows[long_id]["reason"]
+    assert "(names of 263 bytes with its endings; the file system takes 255)" in rows[long_id]["reason"]
     err = capsys.readouterr().err
     assert "Traceback" not in err and "unexpected" not in err
     assert sum(line.startswith("medseg: error:") for line in err.splitlines()) == 3
@@ -401,7 +411,7 @@ def test_case_ids_that_cannot_name_a_file_fail_only_their_case(
     image = f"in/{ids[0]}.nii.gz"
     bad = {
         "a\0b": "it holds '\\x00', which a file name cannot",
-        "y" * 300: "it is too long (names of 317 bytes with its endings; the file system takes 255)",
+        "y" * 300: "it is too long (names of 323 bytes with its endings; the file system takes 255)",
         "../escape": "it holds '/', which a file name cannot",
         "a\ud800b": "it holds characters the file system cannot encode",
         ".hidden": "it starts with '.' (a hidden file, as medseg's temporary files are)",
@@ -420,7 +430,9 @@ def test_case_ids_that_cannot_name_a_file_fail_only_their_case(
     assert sorted(failed) == sorted(bad)
     for case, problem in bad.items():
         assert failed[case].startswith("case id ") and failed[case].endswith(problem), failed[case]
-    assert sorted(p.name for p in out.iterdir()) == sorted(["good.nii.gz", "summary.csv", RUN_RECORD, LABELS_JSON])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["good.nii.gz", f"good{QUALITY_SUFFIX}", "summary.csv", RUN_RECORD, LABELS_JSON]
+    )
     assert not (tmp_path / "escape.nii.gz").exists()
 
 
@@ -438,7 +450,9 @@ def test_a_full_disk_names_the_summary_and_keeps_the_label_maps(
         f"medseg: error: {out / 'summary.csv'}: cannot write: No space left on device (2 ok, 0 skipped, 0 failed:"
         " the label maps written are kept, and a rerun skips their cases and writes the summary)"
     ]
-    assert sorted(p.name for p in out.iterdir()) == sorted([*(f"{c}.nii.gz" for c in ids), RUN_RECORD, LABELS_JSON])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*(f"{c}{suffix}" for c in ids for suffix in (".nii.gz", QUALITY_SUFFIX)), RUN_RECORD, LABELS_JSON]
+    )
     monkeypatch.undo()  # room again: the rerun keeps the label maps and writes the summary
     assert main([*argv, "--progress", "none"]) == 0
     assert {row["status"] for row in _rows(out / "summary.csv").values()} == {"skipped"}

@@ -14,11 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.checkpoint import load_checkpoint
+from medseg.checkpoint import load_checkpoint, save_checkpoint
 from medseg.cli import main
+from medseg.data.cases import discover_cases
 from medseg.errors import CheckpointError
-from medseg.inference import Predictor
+from medseg.inference import Predictor, read_case
 from medseg.inference.calibration import CalibrationParams, calibrate, fit_temperature, negative_log_likelihood
+from medseg.inference.predictor import Windows
+from medseg.inference.quality import uncertainty_threshold
+from medseg.inference.uncertainty import case_scores
 from medseg.io import Geometry, Image
 
 MakeCheckpoint = Callable[..., Path]
@@ -138,3 +142,71 @@ def test_checkpoints_without_a_calibration_load_and_refuse_temperature_scaling(
     torch.save(data, path)
     with pytest.raises(CheckpointError, match=r"its calibration holds no positive temperature"):
         load_checkpoint(path)
+
+
+def test_calibrate_takes_the_uncertainty_as_trained_from_the_passes_of_the_logits(
+    tmp_path: Path, one_channel_checkpoint_at: MakeCheckpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An untrained U-Net (answers that vary from voxel to voxel), four mirrored passes, a foreground crop and
+    resampling to 2 mm: one run of the passes gives the logits and the uncertainty as two runs did, bit for bit,
+    and ``calibrate`` runs the passes twice per case (as trained, then with the temperature), not three times."""
+    model = one_channel_checkpoint_at(tmp_path / "model.pt", seed=3)
+    checkpoint = load_checkpoint(model, training=False)
+    checkpoint.config["transforms"].update(spacing=[2.0, 2.0, 2.0], crop_foreground=True)
+    save_checkpoint(checkpoint, model)
+    images, refs = tmp_path / "images", tmp_path / "refs"
+    images.mkdir()
+    refs.mkdir()
+    rng = np.random.default_rng(1)
+    for case in ("a", "b"):
+        data = np.zeros(SHAPE, np.float32)
+        data[2:14, 3:15, 1:7] = rng.uniform(1.0, 2.0, (12, 12, 6))  # zero around it: the crop keeps the box
+        nib.save(nib.Nifti1Image(data, AFFINE), images / f"{case}_0000.nii.gz")
+        nib.save(nib.Nifti1Image((data > 1.5).astype(np.uint8), AFFINE), refs / f"{case}.nii.gz")
+    (refs / "dataset.json").write_text(json.dumps({"name": "tissue", "labels": {"0": "background", "1": "tissue"}}))
+    overrides = ["inference.mirror_axes=[0, 2]"]
+
+    predictor = Predictor.from_checkpoint(model, backend="torch", device="cpu", inference_overrides=overrides)
+    cases = [read_case(c) for c in discover_cases(images, channels=predictor.channels)]
+    logits, inside, prediction = predictor.predict_logits_with_uncertainty(cases[0])
+    separate_logits, separate_inside = predictor.predict_logits(cases[0])
+    separate = predictor.predict_with_uncertainty(cases[0])
+    assert prediction.uncertainty is not None and separate.uncertainty is not None
+    np.testing.assert_array_equal(logits, separate_logits)
+    np.testing.assert_array_equal(inside, separate_inside)
+    np.testing.assert_array_equal(prediction.probabilities, separate.probabilities)
+    np.testing.assert_array_equal(prediction.uncertainty, separate.uncertainty)
+    assert 0 < inside.sum() < inside.size and prediction.uncertainty[1].max() > 0  # cropped; the passes disagree
+
+    passes = []
+    single_pass = Windows.single_pass
+
+    def counted(self: Windows, x: torch.Tensor, network: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        passes.append(x.shape)
+        return single_pass(self, x, network)
+
+    monkeypatch.setattr(Windows, "single_pass", counted)
+    out = tmp_path / "calibrated.pt"
+    result = calibrate(
+        model=model, ref_dir=refs, out=out, input_path=images, device="cpu", backend="torch",
+        inference_overrides=overrides,
+    )  # fmt: skip
+    assert len(passes) == 2 * 2 * predictor.passes_per_case == 16  # two cases, four passes, twice
+    monkeypatch.undo()
+
+    scaled = Predictor.from_checkpoint(
+        out, backend="torch", device="cpu", inference_overrides=[*overrides, "inference.temperature_scaling=true"]
+    )
+    band_mm = predictor.inference.uncertainty_band_mm
+    expected = {}
+    for name, which in (("as_trained", predictor), ("temperature_scaling", scaled)):
+        scores = []
+        for image in cases:  # as the old calibrate did: a prediction with uncertainty of its own per case
+            found = which.predict_with_uncertainty(image)
+            assert found.uncertainty is not None
+            labels = which.labels_from_probabilities(found.probabilities, image)
+            assert labels.any()  # a score to threshold
+            scores.append(case_scores(found.uncertainty, labels, spacing=image.geometry.spacing, band_mm=band_mm))
+        expected[name] = uncertainty_threshold(scores)
+    assert result.uncertain_above == expected
+    assert expected["as_trained"] != expected["temperature_scaling"]

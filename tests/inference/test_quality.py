@@ -230,6 +230,48 @@ def test_predict_writes_the_flags_to_the_summary_and_the_events(
     assert _summary(tmp_path / "old") == {"ct": "", "mr": ""}
 
 
+def test_a_resumed_batch_flags_its_finished_cases_without_reading_their_images_again(
+    tmp_path: Path, constant_checkpoint_at: MakeCheckpoint, fingerprint: TrainingFingerprint
+) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    nib.save(nib.Nifti1Image(_ct(20, 8.7)[0], AFFINE), inputs / "ct_0000.nii.gz")
+    nib.save(nib.Nifti1Image(_brain_mr(21), AFFINE), inputs / "mr_0000.nii.gz")
+    cases = tmp_path / "cases.json"
+    cases.write_text(json.dumps([{"id": c, "images": [str(inputs / f"{c}_0000.nii.gz")]} for c in ("ct", "mr")]))
+    model = _model_with_fingerprint(tmp_path / "m.pt", constant_checkpoint_at, (4.0, 0.0), fingerprint.to_dict())
+    out = tmp_path / "out"
+    run = {"model": model, "input_path": None, "cases_file": cases, "output_dir": out, "save_uncertainty": True}
+    predict_folder(**run, progress="none")
+    first = {row["case"]: row for row in csv.DictReader((out / "summary.csv").open())}
+    assert {case: row["flags"] for case, row in first.items()} == {
+        "ct": "empty_label",
+        "mr": "unlike_training;empty_label",
+    }
+
+    (inputs / "mr_0000.nii.gz").unlink()  # the finished case's image is gone: its flags come from its record
+    (inputs / "ct_0000.nii.gz").write_bytes(b"not an image any more")
+    resumed = predict_folder(**run, progress="none")
+    assert [r.status for r in resumed.results] == ["skipped", "skipped"]
+    again = {row["case"]: row for row in csv.DictReader((out / "summary.csv").open())}
+    changed = ("status", "seconds", "reason")  # skipped, because its outputs exist
+    for case, row in first.items():
+        assert {k: v for k, v in again[case].items() if k not in changed} == {
+            k: v for k, v in row.items() if k not in changed
+        }
+
+    profile = CaseProfile.from_dict(json.loads((out / "mr_quality.json").read_text()))
+    assert profile.volumes_ml == {"tissue": 0.0} and np.isnan(profile.foreground).all()  # nothing predicted
+    measured = _profile(_brain_mr(21), np.zeros(SHAPE, np.uint8))
+    for field in dataclasses.fields(CaseProfile):  # the record gives back the profile measured, exactly
+        np.testing.assert_array_equal(getattr(profile, field.name), getattr(measured, field.name))
+    (out / "mr_quality.json").unlink()  # without its record, a case is predicted again: it needs its image
+    assert {r.case: r.status for r in predict_folder(**run, progress="none").results} == {
+        "ct": "skipped",
+        "mr": "failed",
+    }
+
+
 def test_a_malformed_fingerprint_is_a_checkpoint_error(tmp_path: Path, constant_checkpoint_at: MakeCheckpoint) -> None:
     path = _model_with_fingerprint(tmp_path / "m.pt", constant_checkpoint_at, (4.0, 0.0), {"cases": 3})
     with pytest.raises(CheckpointError, match=r"m\.pt.*training fingerprint is malformed"):
