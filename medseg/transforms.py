@@ -124,7 +124,9 @@ def spatial_transforms(cfg: TransformConfig, keys: Sequence[str]) -> list[mt.Tra
     """Reorient, optionally resample to ``cfg.spacing`` mm (image linear or cubic spline, label
     nearest) and crop to the foreground box: nonzero voxels of any channel, or voxels above
     ``cfg.foreground_threshold`` (in the image's units, e.g. HU) when set. All steps are invertible."""
-    steps: list[mt.Transform] = [mt.Orientationd(keys=list(keys), axcodes=cfg.orientation)]
+    # axis codes in RAS terms (L->R, P->A, I->S), named so MONAI's notice of a changing default stays quiet
+    ras = (("L", "R"), ("P", "A"), ("I", "S"))
+    steps: list[mt.Transform] = [mt.Orientationd(keys=list(keys), axcodes=cfg.orientation, labels=ras)]
     image_mode: str | int = "bilinear" if cfg.interpolation == "linear" else 3
     modes = [image_mode if k == IMAGE else "nearest" for k in keys]
     if cfg.spacing is not None:
