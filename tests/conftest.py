@@ -14,42 +14,63 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from medseg.config import Config, config_from_dict
 
 MakeConfig = Callable[..., Config]
+MakeConfigFile = Callable[..., Path]
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 TINY_SHAPE = (48, 48, 40)
 TINY_SPACING = 4.0
 
 
+def tiny_config_dict(root: Path, run_dir: Path, **train: object) -> dict[str, Any]:
+    """The raw settings of a config that trains a small U-Net on 32^3 patches in seconds."""
+    return {
+        "seed": 3,
+        "data": {"root": str(root), "num_folds": 3, "num_workers": 0, "fold": 0},
+        "transforms": {"patch_size": [32, 32, 32], "samples_per_case": 1},
+        "network": {"name": "unet", "kwargs": {"channels": [8, 16, 32], "strides": [2, 2]}},
+        "train": {
+            "run_dir": str(run_dir),
+            "epochs": 2,
+            "iterations_per_epoch": 3,
+            "batch_size": 2,
+            "val_every": 1,
+            "warmup_epochs": 1,
+            "lr": 0.003,
+            **train,
+        },
+        "inference": {"roi_size": [32, 32, 32], "sw_batch_size": 2},
+    }
+
+
 def make_tiny_config(root: Path, run_dir: Path, **train: object) -> Config:
-    """A config that trains a small U-Net on 32^3 patches in seconds."""
-    return config_from_dict(
-        {
-            "seed": 3,
-            "data": {"root": str(root), "num_folds": 3, "num_workers": 0, "fold": 0},
-            "transforms": {"patch_size": [32, 32, 32], "samples_per_case": 1},
-            "network": {"name": "unet", "kwargs": {"channels": [8, 16, 32], "strides": [2, 2]}},
-            "train": {
-                "run_dir": str(run_dir),
-                "epochs": 2,
-                "iterations_per_epoch": 3,
-                "batch_size": 2,
-                "val_every": 1,
-                "warmup_epochs": 1,
-                "lr": 0.003,
-                **train,
-            },
-            "inference": {"roi_size": [32, 32, 32], "sw_batch_size": 2},
-        }
-    )
+    """A config that trains a small U-Net on 32^3 patches in seconds (:func:`tiny_config_dict`)."""
+    return config_from_dict(tiny_config_dict(root, run_dir, **train))
+
+
+def write_tiny_config(
+    path: Path, root: Path, run_dir: Path, *, sections: Mapping[str, Any] = {}, **train: object
+) -> Path:
+    """:func:`tiny_config_dict` (with whole ``sections`` added, e.g. ``semi_supervised``) as a YAML file for
+    ``medseg train --config``; ``path``."""
+    path.write_text(yaml.safe_dump({**tiny_config_dict(root, run_dir, **train), **sections}))
+    return path
 
 
 @pytest.fixture
 def tiny_config() -> MakeConfig:
     """``tiny_config(root, run_dir, **train_overrides) -> Config`` (see :func:`make_tiny_config`)."""
     return make_tiny_config
+
+
+@pytest.fixture
+def tiny_config_file() -> MakeConfigFile:
+    """``tiny_config_file(path, root, run_dir, *, sections={}, **train_overrides) -> path`` (see
+    :func:`write_tiny_config`)."""
+    return write_tiny_config
 
 
 @pytest.fixture(scope="session")

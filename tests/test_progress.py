@@ -9,10 +9,14 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from medseg.progress import track
+
+if TYPE_CHECKING:
+    from conftest import MakeConfigFile
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,15 +98,11 @@ def test_phantoms_command_in_a_log(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_train_predict_and_evaluate_commands_in_a_log(brats_root: Path, tmp_path: Path) -> None:
-    config = tmp_path / "tiny.yaml"
-    config.write_text(
-        "seed: 3\n"
-        f"data: {{root: '{brats_root}', num_folds: 3, num_workers: 0}}\n"
-        "transforms: {patch_size: [32, 32, 32], samples_per_case: 1}\n"
-        "network: {name: unet, kwargs: {channels: [8, 16, 32], strides: [2, 2]}}\n"
-        f"train: {{run_dir: '{tmp_path / 'run'}', epochs: 2, iterations_per_epoch: 2, batch_size: 1, val_every: 2}}\n"
-        "inference: {roi_size: [32, 32, 32]}\n"
+def test_train_predict_and_evaluate_commands_in_a_log(
+    brats_root: Path, tmp_path: Path, tiny_config_file: MakeConfigFile
+) -> None:
+    config = tiny_config_file(
+        tmp_path / "tiny.yaml", brats_root, tmp_path / "run", iterations_per_epoch=2, batch_size=1, val_every=2
     )
     trained = _run("train", "--config", str(config), "--device", "cpu")
     assert "epoch 1/2 | loss" in trained.stdout and "epoch 2/2 | loss" in trained.stdout

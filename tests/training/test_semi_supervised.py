@@ -31,7 +31,7 @@ from medseg.training.semi_supervised import (
 )
 
 if TYPE_CHECKING:
-    from conftest import MakeConfig
+    from conftest import MakeConfig, MakeConfigFile
 
 
 def test_sigmoid_rampup_follows_exp_minus_five_one_minus_t_squared() -> None:
@@ -171,17 +171,19 @@ def test_semi_supervised_resume_continues_exactly(brats_root: Path, tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_semi_supervised_under_ddp_two_processes(brats_root: Path, tmp_path: Path) -> None:
+def test_semi_supervised_under_ddp_two_processes(
+    brats_root: Path, tmp_path: Path, tiny_config_file: MakeConfigFile
+) -> None:
     unlabelled = _unlabelled_manifest(brats_root, tmp_path / "unlabelled.json")
-    config = tmp_path / "ddp.yaml"
-    config.write_text(
-        "seed: 3\n"
-        f"data: {{root: '{brats_root}', num_folds: 3, num_workers: 0}}\n"
-        "transforms: {patch_size: [32, 32, 32], samples_per_case: 1}\n"
-        "network: {name: unet, kwargs: {channels: [8, 16, 32], strides: [2, 2]}}\n"
-        f"train: {{run_dir: '{tmp_path / 'run'}', epochs: 2, iterations_per_epoch: 2, batch_size: 1, val_every: 2}}\n"
-        f"semi_supervised: {{unlabelled: '{unlabelled}', batch_size: 1}}\n"
-        "inference: {roi_size: [32, 32, 32]}\n"
+    semi = {"semi_supervised": {"unlabelled": str(unlabelled), "batch_size": 1}}
+    config = tiny_config_file(
+        tmp_path / "ddp.yaml",
+        brats_root,
+        tmp_path / "run",
+        sections=semi,
+        iterations_per_epoch=2,
+        batch_size=1,
+        val_every=2,
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",

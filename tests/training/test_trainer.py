@@ -21,7 +21,7 @@ from medseg.training import train
 from medseg.training.trainer import _changed_setting
 
 if TYPE_CHECKING:
-    from conftest import MakeConfig
+    from conftest import MakeConfig, MakeConfigFile
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -120,16 +120,15 @@ two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=two_gpus)])
-def test_ddp_two_processes(device: str, brats_root: Path, tmp_path: Path) -> None:
-    config = tmp_path / "ddp.yaml"
-    config.write_text(
-        "seed: 3\n"
-        f"data: {{root: '{brats_root}', num_folds: 3, num_workers: 0}}\n"
-        "transforms: {patch_size: [32, 32, 32], samples_per_case: 1}\n"
-        "network: {name: unet, kwargs: {channels: [8, 16, 32], strides: [2, 2]}}\n"
-        f"train: {{run_dir: '{tmp_path / 'run'}', epochs: 2, iterations_per_epoch: 2, batch_size: 1, val_every: 2,"
-        " consistency_weight: 0.5}\n"  # two forward passes per step under DDP
-        "inference: {roi_size: [32, 32, 32]}\n"
+def test_ddp_two_processes(device: str, brats_root: Path, tmp_path: Path, tiny_config_file: MakeConfigFile) -> None:
+    config = tiny_config_file(  # two forward passes per step under DDP
+        tmp_path / "ddp.yaml",
+        brats_root,
+        tmp_path / "run",
+        iterations_per_epoch=2,
+        batch_size=1,
+        val_every=2,
+        consistency_weight=0.5,
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
