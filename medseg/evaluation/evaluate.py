@@ -409,16 +409,21 @@ def summarize_lesions(
         and ``detection_dice`` where ``scored`` is ``"large_and_false_positives"``), and ``regions``, which maps
         each region to ``{"n", "dice": {"mean", "std", "median"}, "hd95": {...}, "f1": {...}, "tp", "fn",
         "fp"}`` (F1 per case, :attr:`~medseg.evaluation.lesion_wise.LesionScore.f1`; lesion counts summed over
-        cases; HD95 in mm; cases without a score, NaN, left out of the statistics).
+        cases; HD95 in mm; cases without a score, NaN, left out of the statistics), with ``"nsd"`` statistics
+        under one-to-one matching and the summed ``"large_tp"``, ``"large_fn"``, ``"small_tp"`` and
+        ``"small_fn"`` where it scores by size (BraTS 2025 MET).
     """
-    regions = _per_region(lesions, table, stats=("dice", "hd95", "f1"), sums=("tp", "fn", "fp"))
     r = get_lesion_rules(rules)
+    stats, sums = ["dice", "hd95", "f1"], ["tp", "fn", "fp"]
     if isinstance(r, LesionRules):
         thresholds: dict[str, Any] = {"dilation": r.dilation, "min_volume_mm3": r.min_volume_mm3}
     else:
         thresholds = {"matching_dice": r.matching_dice, "scored": r.scored}
+        stats.append("nsd")
         if r.scored == "large_and_false_positives":
             thresholds |= {"large_volume_mm3": r.large_volume_mm3, "detection_dice": r.detection_dice}
+            sums += ["large_tp", "large_fn", "small_tp", "small_fn"]
+    regions = _per_region(lesions, table, stats=stats, sums=sums)
     return {"rules": rules, "description": r.describe(), **thresholds, "regions": regions}
 
 
@@ -656,7 +661,7 @@ def evaluate_folder(
             ``"brats2025-gli"``, ``"brats2025-ped"``, ``"brats2025-men"``, ``"brats2025-men-rt"``,
             ``"brats2025-goat"``, each only with the label table of
             :data:`~medseg.evaluation.lesion_wise.LESION_RULE_TABLES`), into
-            ``lesion_metrics.csv`` (``case,region,dice,hd95,tp,fn,fp,f1,rules``) and the summary's
+            ``lesion_metrics.csv`` (:data:`~medseg.evaluation.files.LESION_METRICS_COLUMNS`) and the summary's
             ``"lesion_wise"`` (see :func:`summarize_lesions`); ``None``: not scored, and a
             ``lesion_metrics.csv`` an earlier evaluation left in ``out_dir`` is removed.
         scoring: how HD95 and NSD measure surfaces and the HD95 of an empty mask, for the whole-image and
@@ -876,6 +881,10 @@ def format_mean_sd(stats: Mapping[str, float], digits: int) -> str:
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
 
 
+_SIZE_COUNTS = {"large_tp": "large TP", "large_fn": "large FN", "small_tp": "small TP", "small_fn": "small FN"}
+"""The lesion counts by size that BraTS 2025 MET's summaries hold, and their column headings."""
+
+
 def format_lesion_f1(stats: Mapping[str, Any]) -> str:
     """A region's lesion F1 ``"mean ± sd"`` (:func:`summarize_lesions`), or ``"-"`` in summaries written before
     medseg reported it."""
@@ -884,7 +893,8 @@ def format_lesion_f1(stats: Mapping[str, Any]) -> str:
 
 def format_summary(summary: Mapping[str, Any]) -> str:
     """Small aligned text tables of a summary: per region Dice, HD95 (mm) and NSD mean ± sd and n; and,
-    when it holds lesion-wise scores, their Dice, HD95 and lesion F1 mean ± sd and lesion counts."""
+    when it holds lesion-wise scores, their Dice, HD95 (and NSD where scored) and lesion F1 mean ± sd and lesion
+    counts (by size where counted)."""
     rows = [("region", "Dice mean ± sd", "HD95 mm mean ± sd", f"NSD {summary['nsd_tolerance_mm']:g} mm mean ± sd", "n")]
     for region, stats in summary["regions"].items():
         cells = (format_mean_sd(stats["dice"], 4), format_mean_sd(stats["hd95"], 2), format_mean_sd(stats["nsd"], 4))
@@ -906,11 +916,16 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             f"dilation {lesion_wise['dilation']}, lesions > {lesion_wise['min_volume_mm3']:g} mm³"
         )
         lines.append(f"lesion-wise, BraTS {lesion_wise['rules']} rules ({description})")
-        rows = [("region", "Dice mean ± sd", "HD95 mm mean ± sd", "F1 mean ± sd", "TP", "FN", "FP")]
-        for region, stats in lesion_wise["regions"].items():
-            counts = (str(stats["tp"]), str(stats["fn"]), str(stats["fp"]))
-            means = (format_mean_sd(stats["dice"], 4), format_mean_sd(stats["hd95"], 2), format_lesion_f1(stats))
-            rows.append((region, *means, *counts))
+        regions = lesion_wise["regions"]
+        has_nsd = all("nsd" in stats for stats in regions.values())
+        by_size = [c for c in _SIZE_COUNTS if all(c in stats for stats in regions.values())]
+        header = ("Dice mean ± sd", "HD95 mm mean ± sd", *(("NSD mean ± sd",) if has_nsd else ()), "F1 mean ± sd")
+        rows = [("region", *header, "TP", "FN", "FP", *(_SIZE_COUNTS[c] for c in by_size))]
+        for region, stats in regions.items():
+            counts = [str(stats[c]) for c in ("tp", "fn", "fp", *by_size)]
+            means = [format_mean_sd(stats["dice"], 4), format_mean_sd(stats["hd95"], 2)]
+            means += [format_mean_sd(stats["nsd"], 4)] if has_nsd else []
+            rows.append((region, *means, format_lesion_f1(stats), *counts))
         lines += _aligned(rows)
     calibration = summary.get("calibration")
     if calibration:

@@ -187,6 +187,13 @@ class LesionScore(NamedTuple):
         tp: kept reference lesions that a predicted lesion matches.
         fn: kept reference lesions that nothing matches.
         fp: predicted lesions that match no reference lesion (reported even where not penalised).
+        nsd: lesion-wise NSD (0..1) at the smallest voxel side, as Dice; only the BraTS 2025 rules score it
+            (NaN under the others).
+        large_tp: large reference lesions detected (BraTS 2025 MET: at least 20 mm³, matched at Dice >= 0.1);
+            ``None`` under rules that do not count them, as ``large_fn``, ``small_tp`` and ``small_fn``.
+        large_fn: large reference lesions not detected.
+        small_tp: small reference lesions detected.
+        small_fn: small reference lesions not detected.
     """
 
     dice: float
@@ -194,6 +201,11 @@ class LesionScore(NamedTuple):
     tp: int
     fn: int
     fp: int
+    nsd: float = math.nan
+    large_tp: int | None = None
+    large_fn: int | None = None
+    small_tp: int | None = None
+    small_fn: int | None = None
 
     @property
     def f1(self) -> float:
@@ -203,9 +215,15 @@ class LesionScore(NamedTuple):
         return 2 * self.tp / counted if counted else math.nan
 
     @classmethod
-    def of_matched(cls, score: MatchedLesionScore) -> LesionScore:
-        """The Dice, HD95 and all-size lesion counts of a one-to-one matching's score."""
-        return cls(score.dice, score.hd95, score.tp, score.fn, score.fp)
+    def of_matched(cls, score: MatchedLesionScore, rules: MatchedLesionRules) -> LesionScore:
+        """The Dice, HD95, NSD and all-size lesion counts of a one-to-one matching's score, with the large and
+        small lesions' detection counts where ``rules`` score by size (BraTS 2025 MET)."""
+        by_size = (
+            (score.large_tp, score.large_fn, score.small_tp, score.small_fn)
+            if rules.scored == "large_and_false_positives"
+            else ()
+        )
+        return cls(score.dice, score.hd95, score.tp, score.fn, score.fp, score.nsd, *by_size)
 
 
 def _join_by_dilation(mask: np.ndarray, dilation: int) -> tuple[np.ndarray, int]:
@@ -367,7 +385,8 @@ def lesion_wise_scores(
             (:func:`~medseg.evaluation.metrics.check_masks`).
     """
     if isinstance(rules, MatchedLesionRules):
-        return LesionScore.of_matched(matched_lesion_scores(pred, ref, spacing=spacing, rules=rules, scoring=scoring))
+        score = matched_lesion_scores(pred, ref, spacing=spacing, rules=rules, scoring=scoring)
+        return LesionScore.of_matched(score, rules)
     pred, ref = check_masks(pred, ref, spacing)
     lesions, _ = reference_lesions(ref, dilation=rules.dilation)
     return score_lesions(

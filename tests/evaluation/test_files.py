@@ -3,6 +3,7 @@ are one-line errors naming the file."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,23 @@ def test_files_read_back_what_was_written(tmp_path: Path) -> None:
     write_lesion_metrics_csv(tmp_path / "lesions.csv", lesions, "MET")
     read = read_lesion_metrics_csv(tmp_path / "lesions.csv")
     assert (read.scores, read.rules) == (lesions, "MET")
+    # BraTS 2025 MET: NSD and the detection counts by size; no large lesion: no score (NaN), counts kept
+    met = {
+        "c1": {"ET": LesionScore(0.5, 186.5, 1, 2, 1, 0.375, 1, 1, 0, 1)},
+        "c2": {"ET": LesionScore(math.nan, math.nan, 0, 0, 2, math.nan, 0, 0, 0, 0)},
+    }
+    write_lesion_metrics_csv(tmp_path / "met.csv", met, "brats2025-met")
+    assert read_lesion_metrics_csv(tmp_path / "met.csv").scores == met
+    rows = (tmp_path / "met.csv").read_text().splitlines()
+    assert rows[1] == "c1,ET,0.500000,186.500000,0.375000,1,2,1,0.400000,1,1,0,1,brats2025-met"
+    assert rows[2] == "c2,ET,nan,nan,nan,0,0,2,0.000000,0,0,0,0,brats2025-met"
+
+
+def test_lesion_files_written_before_nsd_and_size_counts_read_alike(tmp_path: Path) -> None:
+    old = tmp_path / "old.csv"
+    old.write_text("case,region,dice,hd95,tp,fn,fp,f1,rules\nc1,WT,0.5,2.0,1,0,1,0.666667,GLI\n")
+    score = read_lesion_metrics_csv(old).scores["c1"]["WT"]
+    assert score[:5] == (0.5, 2.0, 1, 0, 1) and math.isnan(score.nsd) and score.large_tp is None
 
 
 def test_read_metrics_csv_refuses_old_and_mixed_files(tmp_path: Path) -> None:

@@ -137,7 +137,7 @@ def test_empty_masks_and_cases_without_a_large_lesion() -> None:
     assert LESION_RULES["brats2025-met"] is BRATS2025_MET
     assert lesion_wise_scores(
         empty, lesion, spacing=(1, 1, 1), rules=LESION_RULES["brats2025-met"], scoring=BRATS2025
-    ) == (LesionScore(0.0, MISSED, 0, 1, 0))
+    ) == LesionScore(0.0, MISSED, 0, 1, 0, nsd=0.0, large_tp=0, large_fn=1, small_tp=0, small_fn=0)
 
 
 def test_rules_are_checked() -> None:
@@ -157,9 +157,12 @@ def test_label_maps_score_the_2025_met_regions() -> None:
         pred, ref, table=MET_2025, spacing=(1, 1, 1), rules=LESION_RULES["brats2025-met"], scoring=BRATS2025
     )
     assert list(scores) == ["WT", "TC", "ET", "RC"]
-    assert scores["ET"] == scores["TC"] == scores["WT"] == LesionScore(1.0, 0.0, 1, 0, 0)
+    found = LesionScore(1.0, 0.0, 1, 0, 0, nsd=1.0, large_tp=1, large_fn=0, small_tp=0, small_fn=0)
+    assert scores["ET"] == scores["TC"] == scores["WT"] == found
     rc_hd95 = hd95(pred == 4, ref == 4, spacing=(1, 1, 1), scoring=BRATS2025)
-    assert scores["RC"] == LesionScore(pytest.approx(2 * 32 / 96), pytest.approx(rc_hd95), 1, 0, 0)
+    rc_nsd = nsd(pred == 4, ref == 4, spacing=(1, 1, 1), tolerance_mm=1.0, scoring=BRATS2025)
+    rc = LesionScore(pytest.approx(2 * 32 / 96), pytest.approx(rc_hd95), 1, 0, 0, pytest.approx(rc_nsd), 1, 0, 0, 0)
+    assert scores["RC"] == rc
 
 
 def test_matched_pairs_rules_average_over_the_matched_pairs_only() -> None:
@@ -170,7 +173,7 @@ def test_matched_pairs_rules_average_over_the_matched_pairs_only() -> None:
     ref, pred = _box(shape, a, b), _box(shape, a, fp)
     score = matched_lesion_scores(pred, ref, spacing=(1, 1, 1), rules=LESION_RULES["brats2025-gli"])
     assert score[:6] == (1.0, 0.0, 1.0, 1, 1, 1)
-    assert LesionScore.of_matched(score).f1 == pytest.approx(2 / 4)
+    assert LesionScore.of_matched(score, LESION_RULES["brats2025-gli"]).f1 == pytest.approx(2 / 4)
     met = matched_lesion_scores(pred, ref, spacing=(1, 1, 1), rules=BRATS2025_MET)
     assert met[:3] == (pytest.approx(1 / 2), pytest.approx(MISSED / 2), pytest.approx(1 / 2))
     # a prediction that only half covers A: its Dice is the score, however many lesions are missed
@@ -187,10 +190,10 @@ def test_matched_pairs_rules_without_a_matched_pair() -> None:
     for pred, ref, counts in ((empty, here, (0, 1, 0)), (here, empty, (0, 0, 1)), (there, here, (0, 1, 1))):
         score = matched_lesion_scores(pred, ref, spacing=(1, 2, 1), rules=BRATS2025_MATCHED_PAIRS)
         assert score[:6] == (0.0, MISSED, 0.0, *counts)
-        assert LesionScore.of_matched(score).f1 == 0.0
+        assert LesionScore.of_matched(score, BRATS2025_MATCHED_PAIRS).f1 == 0.0
     nothing = matched_lesion_scores(empty, empty, spacing=(1, 1, 1), rules=BRATS2025_MATCHED_PAIRS)
     assert all(math.isnan(v) for v in nothing[:3]) and nothing[3:6] == (0, 0, 0)
-    assert math.isnan(LesionScore.of_matched(nothing).f1)
+    assert math.isnan(LesionScore.of_matched(nothing, BRATS2025_MATCHED_PAIRS).f1)
 
 
 def test_2025_rules_score_their_tables_regions() -> None:
@@ -218,10 +221,15 @@ def test_2025_rules_score_their_tables_regions() -> None:
         scoring=BRATS2025,
     )
     assert list(scores) == ["WT", "TC", "ET", "CC", "NETC", "ED"]
-    assert scores["ET"] == LesionScore(1.0, 0.0, 1, 0, 0)
-    assert scores["WT"] == LesionScore(1.0, 0.0, 1, 1, 1) and scores["TC"] == LesionScore(1.0, 0.0, 1, 1, 0)
-    assert scores["CC"] == LesionScore(0.0, MISSED, 0, 1, 0) and scores["ED"] == LesionScore(0.0, MISSED, 0, 0, 1)
-    assert all(math.isnan(v) for v in scores["NETC"][:2]) and scores["NETC"][2:] == (0, 0, 0)
+    # NSD is scored (1 for the exact pair, 0 without a pair); the detection counts by size are MET's alone
+    assert scores["ET"] == LesionScore(1.0, 0.0, 1, 0, 0, nsd=1.0)
+    assert scores["WT"] == LesionScore(1.0, 0.0, 1, 1, 1, nsd=1.0) and scores["TC"] == LesionScore(
+        1.0, 0.0, 1, 1, 0, nsd=1.0
+    )
+    assert scores["CC"] == LesionScore(0.0, MISSED, 0, 1, 0, nsd=0.0)
+    assert scores["ED"] == LesionScore(0.0, MISSED, 0, 0, 1, nsd=0.0)
+    assert all(math.isnan(v) for v in scores["NETC"][:2]) and scores["NETC"][2:5] == (0, 0, 0)
+    assert math.isnan(scores["NETC"].nsd) and scores["NETC"].large_tp is None
 
 
 # --- agreement with brats-evaluation (Panoptica) ---------------------------------------------------------
@@ -412,7 +420,9 @@ def _lesions_as_theirs(ours: MatchedLesionScore, row: dict[str, Any], theirs: li
     assert (ours.tp, ours.fp, ours.fn) == tuple(
         int(_value(row, f"all_instance_{c}_{key}")) for c in ("tp", "fp", "fn")
     ), where
-    assert _same(LesionScore.of_matched(ours).f1, _value(row, f"all_instance_f1_{key}"), 1e-12), where
+    assert _same(
+        LesionScore.of_matched(ours, BRATS2025_MATCHED_PAIRS).f1, _value(row, f"all_instance_f1_{key}"), 1e-12
+    ), where
     # the package lists matched lesions first, as medseg
     assert len(theirs) == len(ours.lesions), where
     for lesion, other in zip(
@@ -548,6 +558,9 @@ def test_cli_evaluate_scores_brats2025_met_lesion_wise(tmp_path: Path, capsys: p
         expected = matched_lesion_scores(np.isin(pred, values), np.isin(ref, values), spacing=spacing)
         assert _same(float(row["dice"]), expected.dice, 1e-6) and _same(float(row["hd95"]), expected.hd95, 1e-5)
         assert (int(row["tp"]), int(row["fn"]), int(row["fp"])) == expected[3:6]
+        assert _same(float(row["nsd"]), expected.nsd, 1e-6)
+        by_size = (expected.large_tp, expected.large_fn, expected.small_tp, expected.small_fn)
+        assert tuple(int(row[c]) for c in ("large_tp", "large_fn", "small_tp", "small_fn")) == by_size
         assert row["rules"] == "brats2025-met"
     first = rows[("BraTS-MET-00001-000", "ET")]
     assert float(first["dice"]) == pytest.approx(2 * 24 / 72 / 2, abs=1e-6)  # (Dice 48/72 + FP 0) / 2
@@ -560,7 +573,12 @@ def test_cli_evaluate_scores_brats2025_met_lesion_wise(tmp_path: Path, capsys: p
     et = lesion_wise["regions"]["ET"]
     assert et["n"] == 2 and et["dice"]["mean"] == pytest.approx(float(first["dice"]), abs=1e-6)
     assert (et["tp"], et["fn"], et["fp"]) == (2, 0, 1)
+    # the large lesion detected (Dice 2/3 >= 0.1) in the first case, the small one in the second
+    assert (et["large_tp"], et["large_fn"], et["small_tp"], et["small_fn"]) == (1, 0, 1, 0)
+    assert et["nsd"]["mean"] == pytest.approx(float(first["nsd"]), abs=1e-6)
     assert f"lesion-wise, BraTS brats2025-met rules ({BRATS2025_MET.describe()})" in printed
+    heading = next(line for line in printed.splitlines() if "F1 mean" in line)
+    assert "NSD mean ± sd" in heading and heading.split()[-4:] == ["small", "TP", "small", "FN"]
     report = write_report(out_dir=out, summary=summary).read_text(encoding="utf-8")
     assert "brats2025-met rules: each reference lesion matched with at most one predicted lesion" in report
     assert "those under 20 mm³ counted but not scored" in report and "HD95 373 mm" in report
@@ -599,6 +617,7 @@ def test_cli_evaluate_scores_brats2025_gli_lesion_wise(tmp_path: Path, capsys: p
     assert float(et["hd95"]) == pytest.approx(hd95(pred == 3, lesion, spacing=spacing, scoring=BRATS2025), abs=1e-5)
     assert (float(rows["RC"]["dice"]), float(rows["RC"]["hd95"]), rows["RC"]["fp"]) == (0.0, MISSED, "1")
     assert rows["NETC"]["dice"] == "nan" and rows["NETC"]["f1"] == "nan"  # no lesion in either map
+    assert rows["ET"]["large_tp"] == "" and float(rows["RC"]["nsd"]) == 0.0  # no counts by size outside MET
     summary = json.loads((out / "summary.json").read_text())
     assert summary["scoring"] == "brats2025"  # the 2025 rules' scoring, on the 2024 table
     lesion_wise = summary["lesion_wise"]
