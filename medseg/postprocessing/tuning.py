@@ -29,7 +29,8 @@ import numpy as np
 
 from medseg.errors import MedsegInputError
 from medseg.evaluation import pair_cases, read_case
-from medseg.evaluation.lesion_wise import get_lesion_rules, lesion_wise_scores
+from medseg.evaluation.lesion_matching import MatchedLesionRules
+from medseg.evaluation.lesion_wise import check_rules_table, get_lesion_rules, lesion_wise_scores
 from medseg.evaluation.metrics import dice
 from medseg.io import atomic_output
 from medseg.labels import LabelTable
@@ -123,14 +124,17 @@ def tune_min_component_ml(
     Raises:
         MedsegInputError: as :func:`~medseg.evaluation.pair_cases` and
             :func:`~medseg.evaluation.read_case`; no candidates or one that is not > 0, unknown lesion
-            rules, or ``workers`` < 1.
+            rules, rules that score only matched pairs (BraTS 2025 but MET), rules given with a label table
+            they do not score (:func:`~medseg.evaluation.lesion_wise.check_rules_table`), or ``workers`` < 1.
     """
     options: tuple[float | None, ...] = (None, *sorted({float(c) for c in candidates}))
     if len(options) == 1 or not all(c > 0 and np.isfinite(c) for c in options[1:]):
         raise MedsegInputError(f"candidates must be volumes in mL > 0, got {list(candidates)}")
     if lesion_rules is not None:
-        get_lesion_rules(lesion_rules)  # unknown rules fail before any case is read
+        _check_tunable(lesion_rules)  # before any case is read
     pairs = pair_cases(Path(pred_dir), Path(ref_dir), labels)
+    if lesion_rules is not None:
+        check_rules_table(lesion_rules, pairs.table)
     cases = pairs.predicted_only("tuning on")
     chosen: dict[str, float] = {}
     trials: list[Trial] = []
@@ -150,6 +154,18 @@ def tune_min_component_ml(
             chosen[region] = float(options[best])
     _write(Path(out_dir), chosen, trials, criterion_name(lesion_rules), cases=len(cases))
     return chosen, trials
+
+
+def _check_tunable(lesion_rules: str) -> None:
+    """Refuse unknown rules and those whose score cannot choose what to remove: means over the matched pairs
+    alone (BraTS 2025 GLI, PED, MEN, MEN-RT, GoAT) ignore false positives, and rise when a poorly matched
+    true lesion is removed."""
+    rules = get_lesion_rules(lesion_rules)
+    if isinstance(rules, MatchedLesionRules) and rules.scored == "matched_pairs":
+        raise MedsegInputError(
+            f"lesion rules {lesion_rules} average over matched pairs only and ignore false positives, so they"
+            " cannot choose which pieces to remove; tune by Dice, or by the 2024 rules of the same sub-challenge"
+        )
 
 
 def _write(out_dir: Path, chosen: dict[str, float], trials: list[Trial], criterion: str, *, cases: int) -> None:

@@ -167,3 +167,17 @@ def test_cases_without_a_brats2025_met_score_are_left_out(tmp_path: Path) -> Non
         | {("ET", None): 1.0, ("ET", 0.005): 1.0}
     )
     assert chosen == {"WT": 0.005}
+
+
+def test_rules_that_cannot_tune_or_that_miss_the_table_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    pred_dir, ref_dir = _cases(tmp_path)  # BraTS 2021 label maps
+    argv = ["tune-postprocessing", "--pred", str(pred_dir), "--ref", str(ref_dir), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--lesion-wise", "brats2025-gli"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "brats2025-gli average over matched pairs only and ignore false positives" in err
+    assert main([*argv, "--lesion-wise", "brats2025-met"]) == 2  # MET's rules, on the 2021 table
+    err = capsys.readouterr().err
+    assert "lesion rules brats2025-met score the regions of label table brats2025-met, not brats2021" in err
+    assert not (tmp_path / "o").exists()  # nothing written
