@@ -18,7 +18,9 @@ case of another.
 Each fold prints one JSON line (per-label Dice, HD95 and NSD mean over its held-out cases, training
 minutes and steps, inference seconds per case, peak RSS of each stage) and appends it to
 ``OUT/folds.jsonl``; a fold already there is not run again (the tool resumes). The last line is a
-summary over every held-out case of the folds run so far, beside the published reference figure.
+summary over every held-out case of the folds run so far, beside the published reference figure; those
+cases' scores are also gathered in ``OUT/pooled/`` (``metrics.csv`` as ``medseg evaluate`` writes it, so
+that ``medseg compare`` pairs two runs case by case, and its plot ``metrics.png``).
 Every figure comes from these real files: nothing here generates data.
 
     .venv/bin/python tools/bench_real.py hippocampus --folds 0 1          # two folds of five
@@ -222,6 +224,21 @@ def summarize(args: argparse.Namespace, dataset: Dataset, records: list[dict]) -
     }
 
 
+def write_pooled(args: argparse.Namespace, folds: list[int]) -> Path:
+    """Gather the held-out cases' scores of ``folds`` into one evaluation folder, ``OUT/pooled/`` (or
+    ``OUT/pooled-VARIANT/``): ``metrics.csv`` and its plot ``metrics.png``; the folder."""
+    from medseg.evaluation.files import Metrics, read_metrics_csv, write_metrics_csv
+    from medseg.evaluation.plot import plot_scores
+
+    scored = [args.out / f"fold_{fold}" / (args.variant or "") / "evaluation" / "metrics.csv" for fold in folds]
+    per_fold = [read_metrics_csv(path) for path in scored]
+    pooled = Metrics({case: s for m in per_fold for case, s in m.scores.items()}, per_fold[0].nsd_tolerance_mm)
+    out = args.out / (f"pooled-{args.variant}" if args.variant else "pooled")
+    write_metrics_csv(out / "metrics.csv", pooled)
+    plot_scores({args.dataset: pooled.scores}, out / "metrics.png", nsd_tolerance_mm=pooled.nsd_tolerance_mm)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", choices=sorted(DATASETS))
@@ -255,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(json.dumps(done[fold]) + "\n")
         print(json.dumps(done[fold]), flush=True)
     print(json.dumps(summarize(args, dataset, [done[f] for f in folds])), flush=True)
+    write_pooled(args, folds)
     return 0
 
 

@@ -60,6 +60,7 @@ class Row:
         mean: mean over the cases.
         difference: mean of (this model - first model) over the cases; 0 for the first model.
         p_value: two-sided Wilcoxon signed-rank p-value of that difference; ``None`` for the first model.
+        cases: the cases that score the region (all of them, but for partially labelled data).
     """
 
     region: str
@@ -68,6 +69,7 @@ class Row:
     mean: float
     difference: float
     p_value: float | None
+    cases: int
 
 
 def distinct_names(folders: Sequence[Path]) -> list[str]:
@@ -126,20 +128,27 @@ def _read_lesions(folders: dict[str, Path]) -> dict[str, LesionMetrics]:
 
 
 def _paired_rows(models: dict[str, CaseScores], metrics: Sequence[tuple[str, str]]) -> list[Row]:
-    """For each region, each ``(metric, field)``: every model's mean of ``field`` over the cases, its
-    mean paired difference from the first model and the p-value of that difference."""
+    """For each region, each ``(metric, field)``: every model's mean of ``field`` over the cases that score
+    the region, its mean paired difference from the first model and the p-value of that difference."""
     names = list(models)
     first = models[names[0]]
-    cases = list(first)
     rows: list[Row] = []
-    for region in next(iter(first.values())):
+    for region in _regions(first):
+        cases = [c for c, case_scores in first.items() if region in case_scores]
         for metric, field in metrics:
             base = np.array([getattr(first[c][region], field) for c in cases])
             for name in names:
                 values = np.array([getattr(models[name][c][region], field) for c in cases])
                 p_value = None if name == names[0] else paired_p_value(base, values)
-                rows.append(Row(region, metric, name, float(values.mean()), float((values - base).mean()), p_value))
+                mean, difference = float(values.mean()), float((values - base).mean())
+                rows.append(Row(region, metric, name, mean, difference, p_value, len(cases)))
     return rows
+
+
+def _regions(scores: CaseScores) -> list[str]:
+    """Every region of ``scores``, in the order the cases first name them (a partially labelled case
+    skips those it does not annotate)."""
+    return list(dict.fromkeys(region for case_scores in scores.values() for region in case_scores))
 
 
 def _check_same_tolerance(metrics: dict[str, Metrics], folders: dict[str, Path]) -> None:
@@ -154,10 +163,9 @@ def _check_same_tolerance(metrics: dict[str, Metrics], folders: dict[str, Path])
 
 
 def _check_same_cases_and_regions(models: dict[str, CaseScores], folders: dict[str, Path]) -> None:
-    """Every folder holds the first folder's cases, and every case of every folder (the first's too)
-    the regions of the first folder's first case, in that order."""
+    """Every folder holds the first folder's cases, each case with the regions it has in the first folder
+    (the same for every case, but where partially labelled cases skip those they do not annotate)."""
     first_name, first = next(iter(models.items()))
-    regions = list(next(iter(first.values())))
     for name, scores in models.items():
         missing, extra = sorted(first.keys() - scores.keys()), sorted(scores.keys() - first.keys())
         if missing or extra:
@@ -166,9 +174,10 @@ def _check_same_cases_and_regions(models: dict[str, CaseScores], folders: dict[s
                 f"{what} of {folders[first_name]}: compare evaluations of the same cases", path=folders[name]
             )
         for case, case_scores in scores.items():
-            if list(case_scores) != regions:
+            if set(case_scores) != set(first[case]):
                 raise MedsegInputError(
-                    f"case {case} has regions {', '.join(case_scores)}, {folders[first_name]} has {', '.join(regions)}",
+                    f"case {case} has regions {', '.join(case_scores)}, in {folders[first_name]}"
+                    f" {', '.join(first[case])}: compare evaluations of the same regions",
                     path=folders[name],
                 )
 
@@ -207,8 +216,6 @@ def compare_evaluations(*, eval_dirs: Sequence[Path], out_dir: Path, names: Sequ
     if lesions:
         _check_same_cases_and_regions(lesions, by_name)
         rows += _paired_rows(lesions, [(metric, metric.removeprefix("lesion_")) for metric in LESION_METRICS])
-    cases = list(models[names[0]])
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_output(out_dir / COMPARISON_CSV) as tmp, tmp.open("w", newline="") as f:
@@ -216,7 +223,7 @@ def compare_evaluations(*, eval_dirs: Sequence[Path], out_dir: Path, names: Sequ
         writer.writerow(["region", "metric", "model", "mean", "difference", "p_value", "cases"])
         for r in rows:
             p = "" if r.p_value is None else f"{r.p_value:.6g}"
-            writer.writerow([r.region, r.metric, r.model, f"{r.mean:.6f}", f"{r.difference:.6f}", p, len(cases)])
+            writer.writerow([r.region, r.metric, r.model, f"{r.mean:.6f}", f"{r.difference:.6f}", p, r.cases])
     plot_scores(models, out_dir / COMPARISON_PNG, nsd_tolerance_mm=metrics[names[0]].nsd_tolerance_mm)
     return rows
 

@@ -148,11 +148,12 @@ def test_bad_requests_are_one_line_errors(tmp_path: Path, capsys: pytest.Capture
     uneven = _write_metrics(tmp_path / "uneven", {**scores, "case2": {"liver": scores["case2"]["liver"]}})
     (tmp_path / "empty").mkdir()
     wider = _write_metrics(tmp_path / "wider", scores, tolerance=3.0)
+    same = ": compare evaluations of the same regions"
     cases = [
         ([str(a)], "give two or more evaluation folders to compare"),
         ([str(a), str(fewer)], f"{fewer}: lacks case(s) case1 of {a}: compare evaluations of the same cases"),
-        ([str(a), str(other_regions)], f"{other_regions}: case case0 has regions liver, {a} has liver, spleen"),
-        ([str(uneven), str(a)], f"{uneven}: case case2 has regions liver, {uneven} has liver, spleen"),
+        ([str(a), str(other_regions)], f"{other_regions}: case case0 has regions liver, in {a} liver, spleen{same}"),
+        ([str(uneven), str(a)], f"{a}: case case2 has regions liver, spleen, in {uneven} liver{same}"),
         ([str(a), str(tmp_path / "empty")], f"{tmp_path / 'empty' / 'metrics.csv'}: metrics file not found"),
         ([str(a), str(tmp_path / "nowhere")], f"{tmp_path / 'nowhere'}: evaluation folder not found"),
         ([str(a), str(fewer), "--names", "one"], "give one distinct name per folder: 2 folders, names ['one']"),
@@ -200,3 +201,20 @@ def test_compare_two_real_evaluations(brats_root: Path, tmp_path: Path, capsys: 
     assert float(rows[("TC", "lesion_hd95", "no-ET")]["difference"]) == 0
     assert float(rows[("ET", "lesion_dice", "no-ET")]["mean"]) == pytest.approx(1 - np.mean(has_et))
     assert rows[("ET", "lesion_dice", "no-ET")]["p_value"] != ""
+
+
+def test_partially_labelled_cases_are_paired_where_both_score_the_region(tmp_path: Path) -> None:
+    # case2 does not annotate the spleen (e.g. an organ not contoured): its spleen is compared over case0 and case1
+    rng = np.random.default_rng(4)
+    scores = {name: _random_scores(rng, 3) for name in ("a", "b")}
+    for model in scores.values():
+        del model["case2"]["spleen"]
+    folders = [_write_metrics(tmp_path / name, s) for name, s in scores.items()]
+    rows = compare_evaluations(eval_dirs=folders, out_dir=tmp_path / "out")
+    spleen = next(r for r in rows if (r.region, r.metric, r.model) == ("spleen", "dice", "b"))
+    liver = next(r for r in rows if (r.region, r.metric, r.model) == ("liver", "dice", "b"))
+    assert (spleen.cases, liver.cases) == (2, 3)
+    expected = np.mean([scores["b"][c]["spleen"][0] - scores["a"][c]["spleen"][0] for c in ("case0", "case1")])
+    assert spleen.difference == pytest.approx(expected)
+    written = list(csv.DictReader((tmp_path / "out" / "comparison.csv").open()))
+    assert {(r["region"], r["cases"]) for r in written} == {("liver", "3"), ("spleen", "2")}
