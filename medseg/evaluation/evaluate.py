@@ -42,6 +42,7 @@ from medseg.evaluation.calibration import ECE_BINS, Bins, calibration_of_case
 from medseg.evaluation.files import (
     LESION_METRICS_CSV,
     METRICS_CSV,
+    SIZE_COUNTS,
     Metrics,
     write_lesion_metrics_csv,
     write_metrics_csv,
@@ -422,7 +423,7 @@ def summarize_lesions(
         stats.append("nsd")
         if r.scored == "large_and_false_positives":
             thresholds |= {"large_volume_mm3": r.large_volume_mm3, "detection_dice": r.detection_dice}
-            sums += ["large_tp", "large_fn", "small_tp", "small_fn"]
+            sums += SIZE_COUNTS
     regions = _per_region(lesions, table, stats=stats, sums=sums)
     return {"rules": rules, "description": r.describe(), **thresholds, "regions": regions}
 
@@ -881,10 +882,6 @@ def format_mean_sd(stats: Mapping[str, float], digits: int) -> str:
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
 
 
-_SIZE_COUNTS = {"large_tp": "large TP", "large_fn": "large FN", "small_tp": "small TP", "small_fn": "small FN"}
-"""The lesion counts by size that BraTS 2025 MET's summaries hold, and their column headings."""
-
-
 def format_lesion_f1(stats: Mapping[str, Any]) -> str:
     """A region's lesion F1 ``"mean ± sd"`` (:func:`summarize_lesions`), or ``"-"`` in summaries written before
     medseg reported it."""
@@ -918,9 +915,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         lines.append(f"lesion-wise, BraTS {lesion_wise['rules']} rules ({description})")
         regions = lesion_wise["regions"]
         has_nsd = all("nsd" in stats for stats in regions.values())
-        by_size = [c for c in _SIZE_COUNTS if all(c in stats for stats in regions.values())]
+        by_size = [c for c in SIZE_COUNTS if all(c in stats for stats in regions.values())]
         header = ("Dice mean ± sd", "HD95 mm mean ± sd", *(("NSD mean ± sd",) if has_nsd else ()), "F1 mean ± sd")
-        rows = [("region", *header, "TP", "FN", "FP", *(_SIZE_COUNTS[c] for c in by_size))]
+        rows = [("region", *header, "TP", "FN", "FP", *(f"{c[:-3]} {c[-2:].upper()}" for c in by_size))]
         for region, stats in regions.items():
             counts = [str(stats[c]) for c in ("tp", "fn", "fp", *by_size)]
             means = [format_mean_sd(stats["dice"], 4), format_mean_sd(stats["hd95"], 2)]

@@ -40,7 +40,8 @@ LESION_METRICS_COLUMNS = (
     "small_fn",
     "rules",
 )
-_SIZE_COUNTS = ("large_tp", "large_fn", "small_tp", "small_fn")
+SIZE_COUNTS = ("large_tp", "large_fn", "small_tp", "small_fn")
+"""BraTS 2025 MET's lesion detection counts by size (:class:`~medseg.evaluation.lesion_wise.LesionScore`)."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def read_lesion_metrics_csv(path: Path) -> LesionMetrics:
             for row in csv.DictReader(f):
                 counts = (int(row["tp"]), int(row["fn"]), int(row["fp"]))
                 nsd = row.get("nsd") or "nan"
-                by_size = tuple(int(row[c]) if row.get(c) else None for c in _SIZE_COUNTS)
+                by_size = tuple(int(row[c]) if row.get(c) else None for c in SIZE_COUNTS)
                 scores.setdefault(row["case"], {})[row["region"]] = LesionScore(
                     _float(row["dice"]), _float(row["hd95"]), *counts, _float(nsd), *by_size
                 )
