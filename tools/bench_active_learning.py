@@ -38,7 +38,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from bench_real import MEDSEG, REAL, REPO, run_stage, training_done
+from bench_real import MEDSEG, REAL, REPO, append_record, read_records, run_stage, training_done
 
 CONFIG = "configs/msd_hippocampus.yaml"
 DATA = REAL / "msd_hippocampus"
@@ -146,8 +146,7 @@ def run_curve(args: argparse.Namespace, strategy: str, seed: int, held_out: Path
             record |= {"labelled_cases": labelled, "epochs": args.epochs, "overrides": list(args.set)}
             record["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
             done[key] = record
-            with (args.out / "rounds.jsonl").open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            append_record(args.out / "rounds.jsonl", record)
         print(json.dumps({k: v for k, v in done[key].items() if k != "labelled_cases"}), flush=True)
         labelled = sorted(done[key]["labelled_cases"] + done[key]["chosen_next"])
 
@@ -234,9 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.initial + args.rounds * args.step > len(pool):
         parser.error(f"{args.initial} + {args.rounds} x {args.step} cases is more than the pool's {len(pool)}")
     held_out = write_manifest(held_out_ids, args.out / "held_out.json", seed=0)
-    results = args.out / "rounds.jsonl"
-    records = map(json.loads, results.read_text().splitlines()) if results.is_file() else []
-    done = {(r["strategy"], r["seed"], r["round"]): r for r in records}
+    done = {(r["strategy"], r["seed"], r["round"]): r for r in read_records(args.out / "rounds.jsonl")}
     for seed in args.seeds:
         for strategy in args.strategies:  # round 0's model lies in seed_S/round_0, trained for the first
             run_curve(args, strategy, seed, held_out, pool, done)

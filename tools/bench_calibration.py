@@ -47,6 +47,9 @@ from scipy.stats import spearmanr
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing it
+sys.path.insert(0, str(REPO / "tools"))
+
+from bench_real import append_record, read_records  # noqa: E402
 
 
 def split_halves(manifest_path: Path, out: Path) -> list[Path]:
@@ -240,15 +243,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     halves = split_halves(args.fold_dir / "held_out.json", args.out)
     lines = args.out / "halves.jsonl"
-    records = [json.loads(line) for line in lines.read_text().splitlines()] if lines.is_file() else []
+    records = read_records(lines)
     done = {r["half"] for r in records}
     for half in (0, 1):
         if half in done:
             continue
         record = run_half(args, half, halves)
         print(json.dumps(record), flush=True)
-        with lines.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        append_record(lines, record)
         records.append(record)
     print(json.dumps(summarize(sorted(records, key=lambda r: r["half"]))), flush=True)
     return 0

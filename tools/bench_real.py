@@ -90,6 +90,17 @@ DATASETS: dict[str, Dataset] = {
 }
 
 
+def read_records(path: Path) -> list[dict]:
+    """The JSON lines a benchmark appended to ``path`` so far (none before its first), in order."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def append_record(path: Path, record: dict) -> None:
+    """Append ``record`` to ``path`` as one JSON line: what a resumed benchmark reads back as done."""
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def run_stage(
     command: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = REPO
 ) -> tuple[float, float]:
@@ -264,12 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.variant) != bool(args.infer_set):
         parser.error("--variant and --infer-set go together")
     results = args.out / (f"folds-{args.variant}.jsonl" if args.variant else "folds.jsonl")
-    done = {r["fold"]: r for r in map(json.loads, results.read_text().splitlines())} if results.is_file() else {}
+    done = {r["fold"]: r for r in read_records(results)}
     for fold in folds:
         if fold not in done:
             done[fold] = run_fold(args, dataset, fold)
-            with results.open("a") as f:
-                f.write(json.dumps(done[fold]) + "\n")
+            append_record(results, done[fold])
         print(json.dumps(done[fold]), flush=True)
     print(json.dumps(summarize(args, dataset, [done[f] for f in folds])), flush=True)
     write_pooled(args, folds)

@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing it
 sys.path.insert(0, str(REPO / "tools"))
 
-from bench_real import MEDSEG, REAL, run_stage, training_done  # noqa: E402
+from bench_real import MEDSEG, REAL, append_record, read_records, run_stage, training_done  # noqa: E402
 
 DATASET = REAL / "msd_hippocampus"
 ARMS = ("supervised_few", "mean_teacher", "supervised_all")
@@ -197,14 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "runs.jsonl"
-    lines = results.read_text().splitlines() if results.is_file() else []
-    done = {(r["arm"], r["seed"]): r for r in map(json.loads, lines)}
+    done = {(r["arm"], r["seed"]): r for r in read_records(results)}
     for seed in args.seeds:
         for arm in args.arms:
             if (arm, seed) not in done:
                 done[(arm, seed)] = run_arm(args, arm, seed)
-                with results.open("a") as f:
-                    f.write(json.dumps(done[(arm, seed)]) + "\n")
+                append_record(results, done[(arm, seed)])
             record = {k: v for k, v in done[(arm, seed)].items() if k != "per_case_dice"}
             print(json.dumps(record), flush=True)
     print(json.dumps(summarize({k: v for k, v in done.items() if k[1] in args.seeds})), flush=True)

@@ -28,7 +28,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from bench_real import MEDSEG, REPO, run_stage
+from bench_real import MEDSEG, REPO, append_record, read_records, run_stage
 
 
 def run_round(args: argparse.Namespace, name: str, overrides: list[str], round_: int) -> dict:
@@ -107,17 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     variants = parse_variants(args.variant)
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "rounds.jsonl"
-    done = (
-        {(r["variant"], r["round"]): r for r in map(json.loads, results.read_text().splitlines())}
-        if (results.is_file())
-        else {}
-    )
+    done = {(r["variant"], r["round"]): r for r in read_records(results)}
     for round_ in range(args.rounds):
         for name, overrides in variants.items():
             if (name, round_) not in done:
                 done[(name, round_)] = run_round(args, name, overrides, round_)
-                with results.open("a") as f:
-                    f.write(json.dumps(done[(name, round_)]) + "\n")
+                append_record(results, done[(name, round_)])
             print(json.dumps(done[(name, round_)]), flush=True)
     records = [r for (name, round_), r in done.items() if name in variants and round_ < args.rounds]
     for line in summarize(args, variants, records):
