@@ -10,7 +10,6 @@ escapes); reading one that is missing, malformed or mixed is a one-line error na
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,24 +23,9 @@ from medseg.io import atomic_output
 METRICS_CSV = "metrics.csv"
 LESION_METRICS_CSV = "lesion_metrics.csv"
 METRICS_COLUMNS = ("case", "region", "dice", "hd95", "nsd", "nsd_tolerance_mm")
-LESION_METRICS_COLUMNS = (
-    "case",
-    "region",
-    "dice",
-    "hd95",
-    "nsd",
-    "tp",
-    "fn",
-    "fp",
-    "f1",
-    "large_tp",
-    "large_fn",
-    "small_tp",
-    "small_fn",
-    "rules",
-)
 SIZE_COUNTS = ("large_tp", "large_fn", "small_tp", "small_fn")
 """BraTS 2025 MET's lesion detection counts by size (:class:`~medseg.evaluation.lesion_wise.LesionScore`)."""
+LESION_METRICS_COLUMNS = ("case", "region", "dice", "hd95", "nsd", "tp", "fn", "fp", "f1", *SIZE_COUNTS, "rules")
 
 
 @dataclass(frozen=True)
@@ -71,15 +55,16 @@ def write_metrics_csv(path: Path, metrics: Metrics) -> None:
 def write_lesion_metrics_csv(path: Path, lesions: Mapping[str, Mapping[str, LesionScore]], rules: str) -> None:
     """Write lesion-wise scores (case -> region -> score) computed under ``rules`` as a
     ``lesion_metrics.csv`` (columns :data:`LESION_METRICS_COLUMNS`; ``f1`` the lesion detection F1 of the
-    counts, :attr:`~medseg.evaluation.lesion_wise.LesionScore.f1`; ``nsd`` ``nan`` and the large and small
-    lesions' counts empty under rules that do not give them), atomically."""
+    counts, :attr:`~medseg.evaluation.lesion_wise.LesionScore.f1`; ``nsd`` and the large and small lesions'
+    counts empty under rules that do not give them), atomically."""
     with atomic_output(path) as tmp, tmp.open("w", newline="", encoding="utf-8", errors="backslashreplace") as f:
         writer = csv.writer(f)
         writer.writerow(LESION_METRICS_COLUMNS)
         for case, case_scores in lesions.items():
             for region, s in case_scores.items():
-                scores = (f"{s.dice:.6f}", f"{s.hd95:.6f}", f"{s.nsd:.6f}", s.tp, s.fn, s.fp, f"{s.f1:.6f}")
-                by_size = ("" if n is None else n for n in (s.large_tp, s.large_fn, s.small_tp, s.small_fn))
+                nsd = "" if s.nsd is None else f"{s.nsd:.6f}"
+                scores = (f"{s.dice:.6f}", f"{s.hd95:.6f}", nsd, s.tp, s.fn, s.fp, f"{s.f1:.6f}")
+                by_size = ("" if getattr(s, c) is None else getattr(s, c) for c in SIZE_COUNTS)
                 writer.writerow([case, region, *scores, *by_size, rules])
 
 
@@ -99,7 +84,7 @@ class LesionMetrics:
 def read_lesion_metrics_csv(path: Path) -> LesionMetrics:
     """Read a ``lesion_metrics.csv`` written by :func:`~medseg.evaluation.evaluate_folder` with ``lesion_rules``
     (the ``f1`` column, which the counts give, is not read; files written before the ``nsd`` and size-count
-    columns existed read with NaN and ``None`` there).
+    columns existed read with ``None`` there).
 
     Raises:
         MedsegInputError: naming the file: it is missing or malformed, or holds scores under more than
@@ -111,10 +96,13 @@ def read_lesion_metrics_csv(path: Path) -> LesionMetrics:
         with Path(path).open(newline="") as f:
             for row in csv.DictReader(f):
                 counts = (int(row["tp"]), int(row["fn"]), int(row["fp"]))
-                nsd = row.get("nsd") or "nan"
-                by_size = tuple(int(row[c]) if row.get(c) else None for c in SIZE_COUNTS)
+                by_size = (int(row[c]) if row.get(c) else None for c in SIZE_COUNTS)
                 scores.setdefault(row["case"], {})[row["region"]] = LesionScore(
-                    _float(row["dice"]), _float(row["hd95"]), *counts, _float(nsd), *by_size
+                    float(row["dice"]),
+                    float(row["hd95"]),
+                    *counts,
+                    float(row["nsd"]) if row.get("nsd") else None,
+                    *by_size,
                 )
                 rules.add(row["rules"])
     except FileNotFoundError:
@@ -124,12 +112,6 @@ def read_lesion_metrics_csv(path: Path) -> LesionMetrics:
     if len(rules) != 1:
         raise MedsegInputError(f"expected scores under one set of lesion rules, found {sorted(rules)}", path=path)
     return LesionMetrics(scores, rules.pop())
-
-
-def _float(text: str) -> float:
-    """A score as written: ``"nan"`` is :data:`math.nan` itself, so that scores read back compare equal."""
-    value = float(text)
-    return math.nan if math.isnan(value) else value
 
 
 def read_metrics_csv(path: Path) -> Metrics:

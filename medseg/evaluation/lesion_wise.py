@@ -187,8 +187,8 @@ class LesionScore(NamedTuple):
         tp: kept reference lesions that a predicted lesion matches.
         fn: kept reference lesions that nothing matches.
         fp: predicted lesions that match no reference lesion (reported even where not penalised).
-        nsd: lesion-wise NSD (0..1) at the smallest voxel side, as Dice; only the BraTS 2025 rules score it
-            (NaN under the others).
+        nsd: lesion-wise NSD (0..1) at the smallest voxel side, NaN where Dice is; only the BraTS 2025 rules
+            score it (``None`` under the others).
         large_tp: large reference lesions detected (BraTS 2025 MET: at least 20 mm³, matched at Dice >= 0.1);
             ``None`` under rules that do not count them, as ``large_fn``, ``small_tp`` and ``small_fn``.
         large_fn: large reference lesions not detected.
@@ -201,7 +201,7 @@ class LesionScore(NamedTuple):
     tp: int
     fn: int
     fp: int
-    nsd: float = math.nan
+    nsd: float | None = None
     large_tp: int | None = None
     large_fn: int | None = None
     small_tp: int | None = None

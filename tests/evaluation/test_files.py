@@ -37,7 +37,10 @@ def test_files_read_back_what_was_written(tmp_path: Path) -> None:
         "c2": {"ET": LesionScore(math.nan, math.nan, 0, 0, 2, math.nan, 0, 0, 0, 0)},
     }
     write_lesion_metrics_csv(tmp_path / "met.csv", met, "brats2025-met")
-    assert read_lesion_metrics_csv(tmp_path / "met.csv").scores == met
+    read_met = read_lesion_metrics_csv(tmp_path / "met.csv").scores
+    assert read_met["c1"] == met["c1"]
+    assert all(math.isnan(v) for v in read_met["c2"]["ET"][:2]) and math.isnan(read_met["c2"]["ET"].nsd)
+    assert read_met["c2"]["ET"][2:5] == (0, 0, 2) and read_met["c2"]["ET"][6:] == (0, 0, 0, 0)
     rows = (tmp_path / "met.csv").read_text().splitlines()
     assert rows[1] == "c1,ET,0.500000,186.500000,0.375000,1,2,1,0.400000,1,1,0,1,brats2025-met"
     assert rows[2] == "c2,ET,nan,nan,nan,0,0,2,0.000000,0,0,0,0,brats2025-met"
@@ -47,7 +50,7 @@ def test_lesion_files_written_before_nsd_and_size_counts_read_alike(tmp_path: Pa
     old = tmp_path / "old.csv"
     old.write_text("case,region,dice,hd95,tp,fn,fp,f1,rules\nc1,WT,0.5,2.0,1,0,1,0.666667,GLI\n")
     score = read_lesion_metrics_csv(old).scores["c1"]["WT"]
-    assert score[:5] == (0.5, 2.0, 1, 0, 1) and math.isnan(score.nsd) and score.large_tp is None
+    assert score == LesionScore(0.5, 2.0, 1, 0, 1)  # no NSD, no counts by size
 
 
 def test_read_metrics_csv_refuses_old_and_mixed_files(tmp_path: Path) -> None:
