@@ -25,7 +25,9 @@ def _record(arm: str, seed: int, dice: list[float]) -> dict:
     }
 
 
-def test_summary_pairs_cases_averaged_over_seeds_and_gives_the_share_of_the_gap(load_tool: LoadTool) -> None:
+def test_summary_pairs_cases_averaged_over_seeds_and_gives_the_share_of_the_gap(
+    tmp_path: Path, load_tool: LoadTool
+) -> None:
     bench = load_tool("bench_semi_supervised")
     records = {}
     for seed, shift in ((0, 0.0), (1, 0.02)):  # seed 1: every arm 0.02 better
@@ -45,6 +47,8 @@ def test_summary_pairs_cases_averaged_over_seeds_and_gives_the_share_of_the_gap(
     assert summary["meets_target"] is True
     assert summary["mean_dice"]["supervised_few"] == pytest.approx(0.71)
     json.dumps(summary)  # a JSON line
+    plot = bench.plot_summary(records, summary["seeds"], tmp_path / "semi_supervised.png")
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_per_case_dice_averages_the_labels_scored_in_each_case(tmp_path: Path, load_tool: LoadTool) -> None:

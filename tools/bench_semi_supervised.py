@@ -20,7 +20,8 @@ Each run prints one JSON line (mean Dice, per-case Dice, training minutes and st
 over the seeds whose three arms are done: each arm's mean Dice, the gain of the mean teacher over
 ``supervised_few`` paired per held-out case (its mean, standard error over cases and Wilcoxon signed-rank p,
 each case's gain averaged over seeds), the gap from ``supervised_few`` to ``supervised_all`` and the share of it
-closed (gain / gap), and whether the gain reaches issue 27's 0.02. Every figure comes from these real files.
+closed (gain / gap), and whether the gain reaches issue 27's 0.02; ``OUT/semi_supervised.png`` plots the arms
+and the per-case gains. Every figure comes from these real files.
 
     .venv/bin/python tools/bench_semi_supervised.py                          # 3 seeds x 3 arms, the config's budget
     .venv/bin/python tools/bench_semi_supervised.py --seeds 0 --out /tmp/ssl_check \\
@@ -180,6 +181,44 @@ def summarize(records: dict[tuple[str, int], dict]) -> dict:
     }
 
 
+def plot_summary(records: dict[tuple[str, int], dict], seeds: list[int], path: Path) -> Path:
+    """Two panels at ``path``: each arm's mean held-out Dice (a dot per seed, a bar for their mean) and each
+    held-out case's gain of the mean teacher over ``supervised_few`` (averaged over seeds), sorted."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 4), dpi=120)
+    FigureCanvasAgg(figure)
+    arms, gains = figure.subplots(1, 2, width_ratios=(1, 2))
+    for i, arm in enumerate(ARMS):
+        values = [records[(arm, s)]["mean_dice"] for s in seeds]
+        arms.bar(i, statistics.fmean(values), color="lightgrey")
+        arms.plot([i] * len(values), values, "o", color="black")
+    arms.set_xticks(range(len(ARMS)), [a.replace("_", "\n") for a in ARMS])
+    arms.set_ylabel("mean Dice, held-out cases")
+    low = min(records[(a, s)]["mean_dice"] for a in ARMS for s in seeds)
+    arms.set_ylim(max(0.0, low - 0.05), 1.0)
+    arms.set_title(f"{len(seeds)} seed{'s' * (len(seeds) > 1)}")
+    cases = sorted(records[(ARMS[0], seeds[0])]["per_case_dice"])
+    gain = sorted(
+        statistics.fmean(
+            records[("mean_teacher", s)]["per_case_dice"][c] - records[("supervised_few", s)]["per_case_dice"][c]
+            for s in seeds
+        )
+        for c in cases
+    )
+    gains.bar(range(len(gain)), gain, color=["tab:blue" if g >= 0 else "tab:red" for g in gain])
+    gains.axhline(statistics.fmean(gain), color="black", linestyle="--", label=f"mean {statistics.fmean(gain):+.3f}")
+    gains.axhline(0, color="grey", linewidth=0.8)
+    gains.set_xlabel("held-out case (sorted)")
+    gains.set_ylabel("Dice gain of the mean teacher")
+    gains.set_title("paired over held-out cases")
+    gains.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/msd_hippocampus.yaml", help="relative to the repository")
@@ -205,7 +244,11 @@ def main(argv: list[str] | None = None) -> int:
                 append_record(results, done[(arm, seed)])
             record = {k: v for k, v in done[(arm, seed)].items() if k != "per_case_dice"}
             print(json.dumps(record), flush=True)
-    print(json.dumps(summarize({k: v for k, v in done.items() if k[1] in args.seeds})), flush=True)
+    chosen = {k: v for k, v in done.items() if k[1] in args.seeds}
+    summary = summarize(chosen)
+    if summary["seeds"]:
+        summary["plot"] = str(plot_summary(chosen, summary["seeds"], args.out / "semi_supervised.png"))
+    print(json.dumps(summary), flush=True)
     return 0
 
 
