@@ -4,7 +4,6 @@ from __future__ import annotations
 
 IMAGE = "image"
 LABEL = "label"
-PRED = "pred"
 CASE = "case"
 LABELLED = "labelled"
 """Per case, which label values were annotated (a ``(C,)`` bool tensor, background first): see
