@@ -12,15 +12,13 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from medseg import __version__
 from medseg.errors import MedsegError, first_line
 from medseg.protocol import BACKENDS, LABEL_FORMATS
-
-Handler = Callable[[argparse.Namespace], int]
 
 
 def _phantoms_brats(args: argparse.Namespace) -> int:
