@@ -147,18 +147,20 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
     }
 
 
+def seed_mean_per_case(records: dict[tuple[str, int], dict], arm: str, seeds: list[int]) -> list[float]:
+    """Each held-out case's Dice under ``arm``, averaged over ``seeds``, in the order of the sorted case ids."""
+    cases = sorted(records[(arm, seeds[0])]["per_case_dice"])
+    return [statistics.fmean(records[(arm, s)]["per_case_dice"][c] for s in seeds) for c in cases]
+
+
 def summarize(records: dict[tuple[str, int], dict]) -> dict:
     """The gain of the mean teacher over supervised-only on the same labels, paired per held-out case, and
     the share of the gap to all labels it closes; over the seeds whose three arms are done."""
     seeds = sorted({s for _, s in records if all((a, s) in records for a in ARMS)})
     if not seeds:
         return {"summary": "semi_supervised", "seeds": []}
+    sup, semi, full = (seed_mean_per_case(records, a, seeds) for a in ARMS)
     cases = sorted(records[(ARMS[0], seeds[0])]["per_case_dice"])
-
-    def per_case(arm: str) -> list[float]:  # each case's Dice, averaged over seeds
-        return [statistics.fmean(records[(arm, s)]["per_case_dice"][c] for s in seeds) for c in cases]
-
-    sup, semi, full = (per_case(a) for a in ARMS)
     gains = [b - a for a, b in zip(sup, semi, strict=True)]
     gain, gap = statistics.fmean(gains), statistics.fmean(full) - statistics.fmean(sup)
     p_value = float(wilcoxon(gains).pvalue) if any(gains) else 1.0
@@ -199,14 +201,8 @@ def plot_summary(records: dict[tuple[str, int], dict], seeds: list[int], path: P
     low = min(records[(a, s)]["mean_dice"] for a in ARMS for s in seeds)
     arms.set_ylim(max(0.0, low - 0.05), 1.0)
     arms.set_title(f"{len(seeds)} seed{'s' * (len(seeds) > 1)}")
-    cases = sorted(records[(ARMS[0], seeds[0])]["per_case_dice"])
-    gain = sorted(
-        statistics.fmean(
-            records[("mean_teacher", s)]["per_case_dice"][c] - records[("supervised_few", s)]["per_case_dice"][c]
-            for s in seeds
-        )
-        for c in cases
-    )
+    few, semi = (seed_mean_per_case(records, a, seeds) for a in ("supervised_few", "mean_teacher"))
+    gain = sorted(b - a for a, b in zip(few, semi, strict=True))
     gains.bar(range(len(gain)), gain, color=["tab:blue" if g >= 0 else "tab:red" for g in gain])
     gains.axhline(statistics.fmean(gain), color="black", linestyle="--", label=f"mean {statistics.fmean(gain):+.3f}")
     gains.axhline(0, color="grey", linewidth=0.8)
