@@ -83,3 +83,26 @@ def test_split_holds_the_same_40_cases_out_for_every_seed(tmp_path: Path, load_t
         everything = load_manifest(split["all"])
         assert sum(c.fold == 0 and c.label is not None for c in everything.cases) == 168
     assert labelled[0] != labelled[1]  # each seed draws its own 20
+
+
+def test_student_checkpoint_holds_the_students_weights_without_the_training_state(
+    tmp_path: Path, load_tool: LoadTool, one_channel_checkpoint_at: Callable[..., Path]
+) -> None:
+    import dataclasses
+
+    import torch
+
+    from medseg.checkpoint import load_checkpoint, save_checkpoint
+
+    bench = load_tool("bench_semi_supervised")
+    teacher = load_checkpoint(one_channel_checkpoint_at(tmp_path / "teacher.pt", seed=0), training=False)
+    student = load_checkpoint(one_channel_checkpoint_at(tmp_path / "student_src.pt", seed=1), training=False)
+    run = save_checkpoint(
+        dataclasses.replace(teacher, training={"epoch": 3, "student": student.state_dict}), tmp_path / "last.pt"
+    )
+    out = load_checkpoint(bench.student_checkpoint(run, tmp_path / "student" / "student.pt"))
+    assert out.training is None
+    assert out.network == teacher.network and out.config == teacher.config
+    for key, weights in student.state_dict.items():
+        assert torch.equal(out.state_dict[key], weights)
+    assert any(not torch.equal(out.state_dict[k], v) for k, v in teacher.state_dict.items())  # not the teacher's

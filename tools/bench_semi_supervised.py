@@ -15,13 +15,14 @@ last checkpoint predicts them (``last.pt``: the teacher for the mean teacher; no
 validation chose, which would flatter the score), scored by ``medseg evaluate`` (Dice per label, mean over
 labels per case). ``train.max_minutes`` is off unless ``--set`` names it, so every arm takes the same steps.
 
-Each run prints one JSON line (mean Dice, per-case Dice, training minutes and steps) and appends it to
+Each run prints one JSON line (mean Dice, per-case Dice, training minutes and steps; for the mean teacher
+also its student's mean Dice, the weights the optimizer trained, scored the same way) and appends it to
 ``OUT/runs.jsonl``; a run already there is not trained again (the tool resumes). The last line is the summary
 over the seeds whose three arms are done: each arm's mean Dice, the gain of the mean teacher over
 ``supervised_few`` paired per held-out case (its mean, standard error over cases and Wilcoxon signed-rank p,
 each case's gain averaged over seeds), the gap from ``supervised_few`` to ``supervised_all`` and the share of it
 closed (gain / gap), and whether the gain reaches issue 27's 0.02; ``OUT/semi_supervised.png`` plots the arms
-and the per-case gains. Every figure comes from these real files.
+and the per-case gains against the target. Every figure comes from these real files.
 
     .venv/bin/python tools/bench_semi_supervised.py                          # 3 seeds x 3 arms, the config's budget
     .venv/bin/python tools/bench_semi_supervised.py --seeds 0 --out /tmp/ssl_check \\
@@ -83,12 +84,36 @@ def per_case_dice(metrics_csv: Path) -> dict[str, float]:
     return {case: sum(v) / len(v) for case, v in sorted(scores.items())}
 
 
+def student_checkpoint(checkpoint: Path, out: Path) -> Path:
+    """A copy of a mean teacher run's ``checkpoint`` whose weights are its student's (kept in the training
+    state for ``--resume``), without the training state, at ``out``."""
+    from medseg.checkpoint import load_checkpoint, save_checkpoint
+
+    teacher = load_checkpoint(checkpoint)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(dataclasses.replace(teacher, state_dict=teacher.training["student"], training=None), out)
+
+
+def score_held_out(args: argparse.Namespace, model: Path, held_out: Path, out: Path) -> dict[str, float]:
+    """Predict the held-out cases with ``model`` into ``out/predictions``, score them into ``out/evaluation``
+    (``medseg evaluate``); each case's mean Dice over its labels."""
+    from medseg.evaluation import evaluate_folder
+    from medseg.inference import predict_folder
+
+    pred, evaluation = out / "predictions", out / "evaluation"
+    summary = predict_folder(
+        model=model, input_path=None, cases_file=held_out, output_dir=pred, device=args.device, progress="none"
+    )
+    if summary.failed:
+        raise SystemExit(f"bench_semi_supervised: {summary.failed} case(s) failed; see {pred / 'summary.csv'}")
+    evaluate_folder(pred_dir=pred, ref_dir=held_out, out_dir=evaluation, only_predicted=True)
+    return per_case_dice(evaluation / "metrics.csv")
+
+
 def run_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
     """Train, predict and score one arm of one seed; its JSON record."""
     from medseg.config import load_config
     from medseg.data.manifest import load_manifest
-    from medseg.evaluation import evaluate_folder
-    from medseg.inference import predict_folder
 
     seed_dir = args.out / f"seed_{seed}"
     manifests = split_manifests(
@@ -114,19 +139,11 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
         resume = ["--resume"] if (run_dir / "last.pt").is_file() else []
         sets = [a for o in overrides for a in ("--set", o)]
         run_stage([*MEDSEG, "train", "--config", args.config, *sets, *resume], arm_dir / "log.txt")
-    pred, evaluation = arm_dir / "predictions", arm_dir / "evaluation"
-    summary = predict_folder(
-        model=run_dir / "last.pt",
-        input_path=None,
-        cases_file=manifests["held_out"],
-        output_dir=pred,
-        device=args.device,
-        progress="none",
-    )
-    if summary.failed:
-        raise SystemExit(f"bench_semi_supervised: {summary.failed} case(s) failed; see {pred / 'summary.csv'}")
-    evaluate_folder(pred_dir=pred, ref_dir=manifests["held_out"], out_dir=evaluation, only_predicted=True)
-    dice = per_case_dice(evaluation / "metrics.csv")
+    dice = score_held_out(args, run_dir / "last.pt", manifests["held_out"], arm_dir)
+    student = None
+    if arm == "mean_teacher":  # the student apart: what the consistency term did, the teacher's averaging aside
+        weights = student_checkpoint(run_dir / "last.pt", arm_dir / "student" / "student.pt")
+        student = score_held_out(args, weights, manifests["held_out"], arm_dir / "student")
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     pool = sum(c.fold == 0 for c in load_manifest(manifests["all"]).cases)
     return {
@@ -137,6 +154,7 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
         "held_out_cases": len(dice),
         "mean_dice": round(statistics.fmean(dice.values()), 4),
         "per_case_dice": {case: round(v, 5) for case, v in dice.items()},
+        "student_mean_dice": None if student is None else round(statistics.fmean(student.values()), 4),
         "train_minutes": round(sum(float(r["seconds"]) for r in rows) / 60, 1),
         "train_steps": int(rows[-1]["epoch"]) * config["train"]["iterations_per_epoch"],
         "last_consistency_loss": float(rows[-1]["consistency_loss"]) if "consistency_loss" in rows[-1] else None,
@@ -170,6 +188,7 @@ def summarize(records: dict[tuple[str, int], dict]) -> dict:
         "held_out_cases": len(cases),
         "mean_dice": {a: round(statistics.fmean(v), 4) for a, v in zip(ARMS, (sup, semi, full), strict=True)},
         "mean_dice_per_seed": {a: [records[(a, s)]["mean_dice"] for s in seeds] for a in ARMS},
+        "student_mean_dice_per_seed": [records[("mean_teacher", s)].get("student_mean_dice") for s in seeds],
         "gain": round(gain, 4),
         "gain_standard_error": round(statistics.stdev(gains) / len(gains) ** 0.5, 4) if len(gains) > 1 else None,
         "gain_wilcoxon_p": float(f"{p_value:.3g}"),
@@ -206,6 +225,7 @@ def plot_summary(records: dict[tuple[str, int], dict], seeds: list[int], path: P
     gains.bar(range(len(gain)), gain, color=["tab:blue" if g >= 0 else "tab:red" for g in gain])
     gains.axhline(statistics.fmean(gain), color="black", linestyle="--", label=f"mean {statistics.fmean(gain):+.3f}")
     gains.axhline(0, color="grey", linewidth=0.8)
+    gains.axhline(TARGET_GAIN, color="tab:green", linestyle=":", label=f"target {TARGET_GAIN:+.2f}")
     gains.set_xlabel("held-out case (sorted)")
     gains.set_ylabel("Dice gain of the mean teacher")
     gains.set_title("paired over held-out cases")
