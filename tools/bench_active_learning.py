@@ -152,7 +152,8 @@ def run_curve(args: argparse.Namespace, strategy: str, seed: int, held_out: Path
             init = None if args.from_scratch or previous is None else previous / "train" / "last.pt"
             record = {"strategy": strategy, "seed": seed, "round": round_, "labelled": len(labelled)}
             record |= train_and_score(args, labelled, seed, folder, held_out, init=init)
-            unlabelled = [c for c in pool if c not in set(labelled)]
+            taken = set(labelled)
+            unlabelled = [c for c in pool if c not in taken]
             record["chosen_next"] = (
                 choose(args, strategy, seed, round_, unlabelled, folder) if round_ < args.rounds else []
             )
