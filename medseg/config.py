@@ -246,30 +246,39 @@ class TrainConfig:
 
 @dataclass
 class SemiSupervisedConfig:
-    """Unlabelled cases in training: ``method: mean_teacher`` (Tarvainen and Valpola, NeurIPS 2017).
+    """Unlabelled cases in training: ``method`` ``mean_teacher`` (Tarvainen and Valpola, NeurIPS 2017) or
+    ``fixmatch`` (Sohn et al., NeurIPS 2020; :mod:`medseg.training.semi_supervised`).
 
     ``unlabelled``: a folder of images (found as ``medseg predict`` finds cases) or a medseg manifest, whose
     cases *without* a label are taken (so one manifest may hold the labelled, held-out and unlabelled
     cases); ``null`` (the default) trains on labelled cases only. Each step also draws ``batch_size``
-    unlabelled cases (``transforms.samples_per_case`` random patches each, augmented as labelled ones). The
-    student (the network the optimizer trains) sees each unlabelled patch with Gaussian noise of
-    ``noise_std`` (in normalised intensity units, clipped at 2 ``noise_std``), the teacher sees it with
-    other noise, and the mean squared difference of their probabilities (softmax for class tables,
-    sigmoid for region tables) is added to the loss with the weight ``weight`` x exp(-5 (1 - t)²),
-    t = min(epochs done, counted per step / ``rampup_epochs``, 1) (the paper's sigmoid ramp-up). After each
-    step the teacher's weights become the exponential moving average ``a`` x teacher + (1 - ``a``) x
-    student, a = min(``ema_decay``, 1 - 1 / (step + 1)) (steps from 1). Validation scores the teacher,
-    and ``best.pt`` and ``last.pt`` hold the teacher's weights (the model ``medseg predict`` uses); the
-    student's are kept for ``--resume`` only.
+    unlabelled cases (``transforms.samples_per_case`` random patches each, augmented as labelled ones). A
+    *teacher* network, whose weights after each step become the exponential moving average ``a`` x teacher
+    + (1 - ``a``) x student, a = min(``ema_decay``, 1 - 1 / (step + 1)) (steps from 1), tells the *student*
+    (the network the optimizer trains) what to predict on them, through a term added to the loss with the
+    weight ``weight`` x exp(-5 (1 - t)²), t = min(epochs done, counted per step / ``rampup_epochs``, 1)
+    (the sigmoid ramp-up of the mean-teacher paper):
+
+    - ``mean_teacher``: student and teacher see the patch with different Gaussian noise of ``noise_std``
+      (normalised intensity units, clipped at 2 ``noise_std``); the term is the mean squared difference of
+      their probabilities (softmax for class tables, sigmoid for region tables).
+    - ``fixmatch``: the teacher sees the patch as augmented (the weak view), the student a strong view of it
+      (intensity scale and shift, blur, noise up to ``noise_std``, a cut-out box); the term is the
+      cross-entropy against the teacher's labels over the voxels where its probability is at least
+      ``threshold``.
+
+    Validation scores the teacher, and ``best.pt`` and ``last.pt`` hold the teacher's weights (the model
+    ``medseg predict`` uses); the student's are kept for ``--resume`` only.
     """
 
     unlabelled: str | None = None
-    method: Literal["mean_teacher"] = "mean_teacher"
+    method: Literal["mean_teacher", "fixmatch"] = "mean_teacher"
     weight: float = _ranged(1.0, 0)
     rampup_epochs: float = _ranged(5.0, 0)
     ema_decay: float = _ranged(0.99, 0, 1, open_high=True)
     batch_size: int = _ranged(2, 1)
     noise_std: float = _ranged(0.1, 0)
+    threshold: float = _ranged(0.95, 0, 1)
 
     def __post_init__(self) -> None:
         _check_ranges(self, "semi_supervised")

@@ -38,16 +38,20 @@ def test_summary_pairs_cases_averaged_over_seeds_and_gives_the_share_of_the_gap(
         ):
             records[(arm, seed)] = _record(arm, seed, [d + shift for d in dice])
     records[("supervised_few", 2)] = _record("supervised_few", 2, [0.0] * 4)  # seed 2 unfinished: left out
+    records[("fixmatch", 0)] = _record("fixmatch", 0, [0.60, 0.70, 0.80, 0.66])  # seed 0 only: gain -0.01
     summary = bench.summarize(records)
-    assert summary["seeds"] == [0, 1]
-    assert summary["held_out_cases"] == 4
-    assert summary["gain"] == pytest.approx(0.03)
-    assert summary["gap_to_all_labelled"] == pytest.approx(0.06)
-    assert summary["share_of_gap_closed"] == pytest.approx(0.5)
-    assert summary["meets_target"] is True
-    assert summary["mean_dice"]["supervised_few"] == pytest.approx(0.71)
+    teacher, fixmatch = summary["methods"]["mean_teacher"], summary["methods"]["fixmatch"]
+    assert teacher["seeds"] == [0, 1] and fixmatch["seeds"] == [0]
+    assert teacher["held_out_cases"] == 4
+    assert teacher["gain"] == pytest.approx(0.03)
+    assert teacher["gap_to_all_labelled"] == pytest.approx(0.06)
+    assert teacher["share_of_gap_closed"] == pytest.approx(0.5)
+    assert teacher["meets_target"] is True
+    assert teacher["mean_dice"]["supervised_few"] == pytest.approx(0.71)
+    assert fixmatch["gain"] == pytest.approx(-0.01) and fixmatch["meets_target"] is False
+    assert fixmatch["share_of_gap_closed"] == pytest.approx(-0.01 / 0.06, abs=1e-3)
     json.dumps(summary)  # a JSON line
-    plot = bench.plot_summary(records, summary["seeds"], tmp_path / "semi_supervised.png")
+    plot = bench.plot_summary(records, summary, tmp_path / "semi_supervised.png")
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -1,30 +1,32 @@
-"""Measure semi-supervised training (mean teacher) on real hippocampus MR: what unlabelled cases add to few labels.
+"""Measure semi-supervised training on real hippocampus MR: what unlabelled cases add to few labels.
 
 The 208 labelled cases of ``../shared/data/real/msd_hippocampus`` are split once (``--split-seed``) into 40
 held-out cases, fixed for every run, and a pool of 168 training cases. Each seed S draws its 20 labelled
-cases from the pool (``random.Random(S)``); the pool's other 148 are its unlabelled cases. Three arms per
-seed, with the same config, steps and seed, each trained by ``medseg train`` in its own process (resumed
-with ``--resume`` when an earlier run was interrupted):
+cases from the pool (``random.Random(S)``); the pool's other 148 are its unlabelled cases. The arms of a
+seed share the config, steps and seed, each trained by ``medseg train`` in its own process (resumed with
+``--resume`` when an earlier run was interrupted):
 
 - ``supervised_few``: the 20 labelled cases only;
-- ``mean_teacher``: the same 20, plus the 148 without their labels (``semi_supervised.unlabelled``);
+- ``mean_teacher`` and ``fixmatch``: the same 20, plus the 148 without their labels
+  (``semi_supervised.unlabelled``), with that ``semi_supervised.method``;
 - ``supervised_all``: all 168 labelled (the ceiling the unlabelled cases can at most reach).
 
 The held-out cases are the validation fold of every run (``data.fold=1`` of the split's manifest), and the
-last checkpoint predicts them (``last.pt``: the teacher for the mean teacher; not the checkpoint that
+last checkpoint predicts them (``last.pt``: the teacher of a semi-supervised run; not the checkpoint that
 validation chose, which would flatter the score), scored by ``medseg evaluate`` (Dice per label, mean over
 labels per case). ``train.max_minutes`` is off unless ``--set`` names it, so every arm takes the same steps.
 
-Each run prints one JSON line (mean Dice, per-case Dice, training minutes and steps; for the mean teacher
-also its student's mean Dice, the weights the optimizer trained, scored the same way) and appends it to
-``OUT/runs.jsonl``; a run already there is not trained again (the tool resumes). The last line is the summary
-over the seeds whose three arms are done: each arm's mean Dice, the gain of the mean teacher over
+Each run prints one JSON line (mean Dice, per-case Dice, training minutes and steps; for a semi-supervised
+arm also its student's mean Dice, the weights the optimizer trained, scored the same way) and appends it to
+``OUT/runs.jsonl``; a run already there is not trained again (the tool resumes), so arms may be added to an
+``OUT`` later with ``--arms``. The last line is the summary, per semi-supervised method, over the seeds whose
+two supervised arms and that method are done: the arms' mean Dice, the method's gain over
 ``supervised_few`` paired per held-out case (its mean, standard error over cases and Wilcoxon signed-rank p,
 each case's gain averaged over seeds), the gap from ``supervised_few`` to ``supervised_all`` and the share of it
 closed (gain / gap), and whether the gain reaches issue 27's 0.02; ``OUT/semi_supervised.png`` plots the arms
 and the per-case gains against the target. Every figure comes from these real files.
 
-    .venv/bin/python tools/bench_semi_supervised.py                          # 3 seeds x 3 arms, the config's budget
+    .venv/bin/python tools/bench_semi_supervised.py                          # 3 seeds x 4 arms, the config's budget
     .venv/bin/python tools/bench_semi_supervised.py --seeds 0 --out /tmp/ssl_check \\
         --set train.epochs=1 --set train.iterations_per_epoch=2              # an end-to-end check in minutes
 """
@@ -51,7 +53,8 @@ sys.path.insert(0, str(REPO / "tools"))
 from bench_real import MEDSEG, REAL, append_record, read_records, run_stage, training_done  # noqa: E402
 
 DATASET = REAL / "msd_hippocampus"
-ARMS = ("supervised_few", "mean_teacher", "supervised_all")
+METHODS = ("mean_teacher", "fixmatch")  # semi_supervised.method, an arm each
+ARMS = ("supervised_few", *METHODS, "supervised_all")
 TARGET_GAIN = 0.02  # issue 27: mean Dice over supervised-only on the same labels, paired over cases
 
 
@@ -132,8 +135,8 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
         "data.fold=1",
         f"train.run_dir={run_dir}",
     ]
-    if arm == "mean_teacher":
-        overrides.append(f"semi_supervised.unlabelled={manifest}")
+    if arm in METHODS:
+        overrides += [f"semi_supervised.unlabelled={manifest}", f"semi_supervised.method={arm}"]
     config = load_config(REPO / args.config, overrides).to_dict()
     if not training_done(run_dir, config):
         resume = ["--resume"] if (run_dir / "last.pt").is_file() else []
@@ -141,7 +144,7 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
         run_stage([*MEDSEG, "train", "--config", args.config, *sets, *resume], arm_dir / "log.txt")
     dice = score_held_out(args, run_dir / "last.pt", manifests["held_out"], arm_dir)
     student = None
-    if arm == "mean_teacher":  # the student apart: what the consistency term did, the teacher's averaging aside
+    if arm in METHODS:  # the student apart: what the consistency term did, the teacher's averaging aside
         weights = student_checkpoint(run_dir / "last.pt", arm_dir / "student" / "student.pt")
         student = score_held_out(args, weights, manifests["held_out"], arm_dir / "student")
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
@@ -150,7 +153,7 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
         "arm": arm,
         "seed": seed,
         "labelled_cases": args.labelled if arm != "supervised_all" else pool,
-        "unlabelled_cases": pool - args.labelled if arm == "mean_teacher" else 0,
+        "unlabelled_cases": pool - args.labelled if arm in METHODS else 0,
         "held_out_cases": len(dice),
         "mean_dice": round(statistics.fmean(dice.values()), 4),
         "per_case_dice": {case: round(v, 5) for case, v in dice.items()},
@@ -171,63 +174,74 @@ def seed_mean_per_case(records: dict[tuple[str, int], dict], arm: str, seeds: li
     return [statistics.fmean(records[(arm, s)]["per_case_dice"][c] for s in seeds) for c in cases]
 
 
-def summarize(records: dict[tuple[str, int], dict]) -> dict:
-    """The gain of the mean teacher over supervised-only on the same labels, paired per held-out case, and
-    the share of the gap to all labels it closes; over the seeds whose three arms are done."""
-    seeds = sorted({s for _, s in records if all((a, s) in records for a in ARMS)})
+def summarize_method(records: dict[tuple[str, int], dict], method: str) -> dict | None:
+    """The gain of ``method`` over supervised-only on the same labels, paired per held-out case, and the
+    share of the gap to all labels it closes, over the seeds whose two supervised arms and ``method`` are
+    done; ``None`` where there is no such seed."""
+    arms = ("supervised_few", method, "supervised_all")
+    seeds = sorted({s for _, s in records if all((a, s) in records for a in arms)})
     if not seeds:
-        return {"summary": "semi_supervised", "seeds": []}
-    sup, semi, full = (seed_mean_per_case(records, a, seeds) for a in ARMS)
-    cases = sorted(records[(ARMS[0], seeds[0])]["per_case_dice"])
+        return None
+    sup, semi, full = (seed_mean_per_case(records, a, seeds) for a in arms)
     gains = [b - a for a, b in zip(sup, semi, strict=True)]
     gain, gap = statistics.fmean(gains), statistics.fmean(full) - statistics.fmean(sup)
     p_value = float(wilcoxon(gains).pvalue) if any(gains) else 1.0
     return {
-        "summary": "semi_supervised",
         "seeds": seeds,
-        "held_out_cases": len(cases),
-        "mean_dice": {a: round(statistics.fmean(v), 4) for a, v in zip(ARMS, (sup, semi, full), strict=True)},
-        "mean_dice_per_seed": {a: [records[(a, s)]["mean_dice"] for s in seeds] for a in ARMS},
-        "student_mean_dice_per_seed": [records[("mean_teacher", s)].get("student_mean_dice") for s in seeds],
+        "held_out_cases": len(gains),
+        "mean_dice": {a: round(statistics.fmean(v), 4) for a, v in zip(arms, (sup, semi, full), strict=True)},
+        "mean_dice_per_seed": {a: [records[(a, s)]["mean_dice"] for s in seeds] for a in arms},
+        "student_mean_dice_per_seed": [records[(method, s)].get("student_mean_dice") for s in seeds],
         "gain": round(gain, 4),
         "gain_standard_error": round(statistics.stdev(gains) / len(gains) ** 0.5, 4) if len(gains) > 1 else None,
         "gain_wilcoxon_p": float(f"{p_value:.3g}"),
         "gap_to_all_labelled": round(gap, 4),
         "share_of_gap_closed": round(gain / gap, 3) if gap > 0 else None,
         "meets_target": gain >= TARGET_GAIN,
-        "target_gain": TARGET_GAIN,
         "train_minutes_per_run": {
-            a: round(statistics.fmean(records[(a, s)]["train_minutes"] for s in seeds), 1) for a in ARMS
+            a: round(statistics.fmean(records[(a, s)]["train_minutes"] for s in seeds), 1) for a in arms
         },
     }
 
 
-def plot_summary(records: dict[tuple[str, int], dict], seeds: list[int], path: Path) -> Path:
-    """Two panels at ``path``: each arm's mean held-out Dice (a dot per seed, a bar for their mean) and each
-    held-out case's gain of the mean teacher over ``supervised_few`` (averaged over seeds), sorted."""
+def summarize(records: dict[tuple[str, int], dict]) -> dict:
+    """:func:`summarize_method` for each semi-supervised method with a finished seed."""
+    methods = {m: summarize_method(records, m) for m in METHODS}
+    return {
+        "summary": "semi_supervised",
+        "target_gain": TARGET_GAIN,
+        "methods": {m: result for m, result in methods.items() if result is not None},
+    }
+
+
+def plot_summary(records: dict[tuple[str, int], dict], summary: dict, path: Path) -> Path:
+    """Two panels at ``path``: each arm's mean held-out Dice (a dot per seed, a bar for their mean) and, per
+    method of ``summary``, each held-out case's gain over ``supervised_few`` (averaged over its seeds), sorted."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(10, 4), dpi=120)
     FigureCanvasAgg(figure)
-    arms, gains = figure.subplots(1, 2, width_ratios=(1, 2))
-    for i, arm in enumerate(ARMS):
-        values = [records[(arm, s)]["mean_dice"] for s in seeds]
-        arms.bar(i, statistics.fmean(values), color="lightgrey")
-        arms.plot([i] * len(values), values, "o", color="black")
-    arms.set_xticks(range(len(ARMS)), [a.replace("_", "\n") for a in ARMS])
-    arms.set_ylabel("mean Dice, held-out cases")
-    low = min(records[(a, s)]["mean_dice"] for a in ARMS for s in seeds)
-    arms.set_ylim(max(0.0, low - 0.05), 1.0)
-    arms.set_title(f"{len(seeds)} seed{'s' * (len(seeds) > 1)}")
-    few, semi = (seed_mean_per_case(records, a, seeds) for a in ("supervised_few", "mean_teacher"))
-    gain = sorted(b - a for a, b in zip(few, semi, strict=True))
-    gains.bar(range(len(gain)), gain, color=["tab:blue" if g >= 0 else "tab:red" for g in gain])
-    gains.axhline(statistics.fmean(gain), color="black", linestyle="--", label=f"mean {statistics.fmean(gain):+.3f}")
+    arms_axes, gains = figure.subplots(1, 2, width_ratios=(1, 2))
+    arms = [a for a in ARMS if any(k[0] == a for k in records)]
+    for i, arm in enumerate(arms):
+        values = [r["mean_dice"] for (a, _), r in sorted(records.items()) if a == arm]
+        arms_axes.bar(i, statistics.fmean(values), color="lightgrey")
+        arms_axes.plot([i] * len(values), values, "o", color="black")
+    arms_axes.set_xticks(range(len(arms)), [a.replace("_", "\n") for a in arms])
+    arms_axes.set_ylabel("mean Dice, held-out cases (a dot per seed)")
+    low = min(r["mean_dice"] for r in records.values())
+    arms_axes.set_ylim(max(0.0, low - 0.05), 1.0)
+    for method, result in summary["methods"].items():
+        few, semi = (seed_mean_per_case(records, a, result["seeds"]) for a in ("supervised_few", method))
+        gain = sorted(b - a for a, b in zip(few, semi, strict=True))
+        seeds = len(result["seeds"])
+        label = f"{method}: mean {result['gain']:+.3f} ({seeds} seed{'s' * (seeds > 1)})"
+        gains.step(range(len(gain)), gain, where="mid", label=label)
     gains.axhline(0, color="grey", linewidth=0.8)
     gains.axhline(TARGET_GAIN, color="tab:green", linestyle=":", label=f"target {TARGET_GAIN:+.2f}")
-    gains.set_xlabel("held-out case (sorted)")
-    gains.set_ylabel("Dice gain of the mean teacher")
+    gains.set_xlabel("held-out case (sorted by gain)")
+    gains.set_ylabel("Dice gain over supervised_few")
     gains.set_title("paired over held-out cases")
     gains.legend()
     figure.tight_layout()
@@ -262,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(record), flush=True)
     chosen = {k: v for k, v in done.items() if k[1] in args.seeds}
     summary = summarize(chosen)
-    if summary["seeds"]:
-        summary["plot"] = str(plot_summary(chosen, summary["seeds"], args.out / "semi_supervised.png"))
+    if summary["methods"]:
+        summary["plot"] = str(plot_summary(chosen, summary, args.out / "semi_supervised.png"))
     print(json.dumps(summary), flush=True)
     return 0
 

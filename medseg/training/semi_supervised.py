@@ -1,10 +1,19 @@
-"""Semi-supervised training with a mean teacher (Tarvainen and Valpola, NeurIPS 2017).
+"""Semi-supervised training: a teacher network labels unlabelled patches for the network being trained.
 
 The trainer's network is the *student*; the *teacher* is a copy whose weights follow the student's as an
-exponential moving average (:func:`ema_update`). Each step, the student and the teacher see the same
-unlabelled patches under different Gaussian noise, and the mean squared difference of their probabilities
-(:func:`consistency_loss`) joins the supervised loss with a weight that ramps up (:func:`sigmoid_rampup`).
-:class:`MeanTeacher` holds the teacher and the unlabelled cases' loader; the settings are
+exponential moving average (:func:`ema_update`). Each step the student and the teacher see the same
+unlabelled patches, and a term that makes the student agree with the teacher joins the supervised loss with
+a weight that ramps up (:func:`sigmoid_rampup`). Two published methods (``semi_supervised.method``):
+
+- ``mean_teacher`` (Tarvainen and Valpola, NeurIPS 2017): both see the patch under different Gaussian
+  noise; the term is the mean squared difference of their probabilities (:func:`consistency_loss`).
+- ``fixmatch`` (Sohn et al., NeurIPS 2020, with the teacher's averaged weights): the teacher sees the patch
+  as the loader augmented it (the *weak* view), the student a *strong* view of it (:func:`strong_view`:
+  intensity scale, shift, blur, noise and a cut-out box, voxel for voxel aligned); the term is the
+  cross-entropy of the student against the teacher's hard labels where the teacher is confident
+  (:func:`pseudo_label_loss`).
+
+:class:`Teacher` holds the teacher and the unlabelled cases' loader; the settings are
 :class:`~medseg.config.SemiSupervisedConfig` (``semi_supervised:`` in a config).
 """
 
@@ -17,8 +26,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import monai.transforms as mt
 import torch
 from monai.data import CacheDataset
+from monai.utils import convert_to_tensor
 from torch import nn
 
 from medseg.config import Config, SemiSupervisedConfig
@@ -79,6 +90,50 @@ def consistency_loss(student: torch.Tensor, teacher: torch.Tensor, *, regions: b
     return nn.functional.mse_loss(torch.softmax(student, dim=1), torch.softmax(teacher, dim=1))
 
 
+def pseudo_label_loss(student: torch.Tensor, teacher: torch.Tensor, *, regions: bool, threshold: float) -> torch.Tensor:
+    """The cross-entropy of the student's logits against the teacher's hard labels, over the voxels where
+    the teacher's probability of its label is at least ``threshold``, divided by all voxels (so that an
+    unsure voxel counts as zero, as in FixMatch).
+
+    Args:
+        student: logits ``(B, C, X, Y, Z)``; the gradient flows into them.
+        teacher: logits of the same shape; a target (detached).
+        regions: outputs are independent regions (sigmoid, labels p ≥ 0.5 per output, binary cross-entropy
+            averaged over outputs) rather than classes (softmax, the label its argmax).
+        threshold: the confidence below which a voxel teaches nothing, in [0, 1].
+    """
+    student, teacher = student.float(), teacher.detach().float()
+    if regions:
+        probability = torch.sigmoid(teacher)
+        confident = torch.maximum(probability, 1.0 - probability) >= threshold
+        target = (probability >= 0.5).float()
+        loss = nn.functional.binary_cross_entropy_with_logits(student, target, reduction="none")
+    else:
+        confidence, target = torch.softmax(teacher, dim=1).max(dim=1)
+        confident = confidence >= threshold
+        loss = nn.functional.cross_entropy(student, target, reduction="none")
+    return (loss * confident).mean()
+
+
+def strong_view(patch_size: Sequence[int], noise_std: float) -> mt.Compose:
+    """FixMatch's strong augmentation of one patch ``(C, *patch_size)`` in normalised intensity units that
+    leaves every voxel where it is (so that the teacher's labels of the weak view apply to it), from MONAI:
+    intensity x (1 + U(-0.3, 0.3)), then + U(-0.3, 0.3); half the time a Gaussian blur of σ 0.5 to 1 voxel;
+    Gaussian noise of a standard deviation up to ``noise_std``; and a cut-out, one box of 1/8 to 1/2 of the
+    patch along each axis set to 0 (the normalised mean). Seed it with ``set_random_state``."""
+    smallest = [max(1, n // 8) for n in patch_size]
+    largest = [max(1, n // 2) for n in patch_size]
+    return mt.Compose(
+        [
+            mt.RandScaleIntensity(factors=0.3, prob=1.0),
+            mt.RandShiftIntensity(offsets=0.3, prob=1.0),
+            mt.RandGaussianSmooth(sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0), prob=0.5),
+            mt.RandGaussianNoise(prob=1.0, std=noise_std),
+            mt.RandCoarseDropout(holes=1, spatial_size=smallest, max_spatial_size=largest, fill_value=0.0, prob=1.0),
+        ]
+    )
+
+
 def unlabelled_cases(
     source: str | Path, *, channels: Sequence[str], data_root: str | Path | None
 ) -> list[ManifestCase]:
@@ -131,13 +186,13 @@ def require_apart(unlabelled: Sequence[ManifestCase], validation: Sequence[Manif
             )
 
 
-class MeanTeacher:
-    """The teacher network and the unlabelled cases' loader of one training run.
+class Teacher:
+    """The teacher network and the unlabelled cases' loader of one training run, for either method.
 
     Each epoch draws ``iterations_per_epoch`` batches of ``semi_supervised.batch_size`` unlabelled cases
     (with replacement, shared among DDP processes as the labelled ones are), their order and augmentation
-    seeded from (seed, epoch, rank) through ``epochs`` (:class:`~medseg.training.sampling.EpochLoader`), so
-    that a resumed run draws what an uninterrupted one would.
+    seeded from (seed, epoch, rank) through :meth:`seed_epoch`, so that a resumed run draws what an
+    uninterrupted one would.
     """
 
     def __init__(
@@ -165,6 +220,12 @@ class MeanTeacher:
             seed=config.seed,
             num_workers=config.data.num_workers,
         )
+        self.strong = strong_view(config.transforms.patch_size, self.settings.noise_std)
+
+    def seed_epoch(self, epoch: int, seed: int) -> None:
+        """Draw epoch ``epoch``'s unlabelled batches from ``seed`` and its strong views from ``seed + 5``."""
+        self.epochs.seed_epoch(epoch, seed)
+        self.strong.set_random_state(seed=seed + 5)
 
     def batches(self) -> Iterator[torch.Tensor]:
         """This epoch's unlabelled image batches ``(B x samples_per_case, C, *patch_size)``."""
@@ -177,18 +238,32 @@ class MeanTeacher:
         std = self.settings.noise_std
         return image + (torch.randn_like(image) * std).clamp(-2 * std, 2 * std)
 
+    def student_view(self, image: torch.Tensor) -> torch.Tensor:
+        """What the student sees of the unlabelled patches ``image`` ``(B, C, *patch_size)``: the mean
+        teacher's noisy view, or FixMatch's strong view of each patch (:func:`strong_view`)."""
+        if self.settings.method == "mean_teacher":
+            return self.noisy(image)
+        return torch.stack([convert_to_tensor(self.strong(patch), track_meta=False) for patch in image])
+
     def weight(self, epoch: int, step: int) -> float:
         """The consistency term's weight at step ``step`` (from 0) of epoch ``epoch`` (from 0)."""
         return self.settings.weight * sigmoid_rampup(epoch + step / self.iterations, self.settings.rampup_epochs)
 
     def consistency(self, student_logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """:func:`consistency_loss` of the student's logits on the noisy unlabelled patches against the
-        teacher's on ``image`` under other noise (the teacher in training mode, as the student, without
-        gradients)."""
-        self.teacher.train()
+        """The term that makes the student's logits on :meth:`student_view` of ``image`` agree with the
+        teacher (without gradients): for the mean teacher :func:`consistency_loss` against its logits on
+        ``image`` under other noise (in training mode, as the student); for FixMatch
+        :func:`pseudo_label_loss` against its logits on ``image`` itself (in evaluation mode)."""
+        fixmatch = self.settings.method == "fixmatch"
+        self.teacher.train(not fixmatch)
         with torch.no_grad():
-            teacher_logits = self.teacher(self.noisy(image))
-        return consistency_loss(full_resolution(student_logits), full_resolution(teacher_logits), regions=self.regions)
+            teacher_logits = self.teacher(image if fixmatch else self.noisy(image))
+        student_logits, teacher_logits = full_resolution(student_logits), full_resolution(teacher_logits)
+        if fixmatch:
+            return pseudo_label_loss(
+                student_logits, teacher_logits, regions=self.regions, threshold=self.settings.threshold
+            )
+        return consistency_loss(student_logits, teacher_logits, regions=self.regions)
 
     def update(self, student: nn.Module, step: int) -> None:
         """Move the teacher towards ``student`` after optimizer step ``step`` (from 1; :func:`ema_decay_at`)."""

@@ -62,7 +62,7 @@ from medseg.networks import build_network, check_patch_size
 from medseg.progress import track, write
 from medseg.training.log import plot_curves, write_metrics_csv
 from medseg.training.sampling import EpochLoader
-from medseg.training.semi_supervised import MeanTeacher, require_apart, unlabelled_cases
+from medseg.training.semi_supervised import Teacher, require_apart, unlabelled_cases
 from medseg.transforms import training_pipeline, validation_pipeline
 
 
@@ -257,7 +257,7 @@ class _Trainer:
         )
         self.loss_fn = build_loss(config.loss, self.table).to(ctx.device)
         regions = self.table.kind == "regions"
-        self.semi = self._mean_teacher(root, val_cases) if config.semi_supervised.unlabelled else None
+        self.semi = self._teacher(root, val_cases) if config.semi_supervised.unlabelled else None
         self.consistency = WindowConsistency(regions, self.windows.divisor) if cfg.consistency_weight else None
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = self._build_scheduler()
@@ -271,13 +271,13 @@ class _Trainer:
         self.best_epoch = 0
         self.history: list[dict[str, Any]] = []
 
-    def _mean_teacher(self, root: Path, val_cases: list[ManifestCase]) -> MeanTeacher:
+    def _teacher(self, root: Path, val_cases: list[ManifestCase]) -> Teacher:
         """The teacher and unlabelled loader of ``semi_supervised`` (:mod:`~medseg.training.semi_supervised`)."""
         source = self.config.semi_supervised.unlabelled
         cases = unlabelled_cases(source, channels=self.manifest.channels, data_root=self.config.data.root)
         require_apart(cases, val_cases, root=root)
         regions = self.table.kind == "regions"
-        return MeanTeacher(self.config, self.ctx, student=self.model, cases=cases, regions=regions)
+        return Teacher(self.config, self.ctx, student=self.model, cases=cases, regions=regions)
 
     @property
     def shipped(self) -> nn.Module:
@@ -390,7 +390,7 @@ class _Trainer:
         self.epochs.seed_epoch(epoch, seed)
         torch.manual_seed(seed + 3)
         if self.semi is not None:
-            self.semi.epochs.seed_epoch(epoch, seed + 11)  # apart from the labelled draw
+            self.semi.seed_epoch(epoch, seed + 11)  # apart from the labelled draw
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One epoch of training (epoch ``epoch``, from 0): its mean loss (``train_loss``) and, in
@@ -420,10 +420,11 @@ class _Trainer:
             labelled = batch.get(LABELLED) if self.config.loss.mask_unlabelled else None
             # drawn outside autocast, which its augmentation (run here when data.num_workers is 0) must not see
             extra = next(unlabelled).to(self.ctx.device) if unlabelled is not None else None
+            view = self.semi.student_view(extra) if extra is not None and self.semi is not None else None
             self.optimizer.zero_grad(set_to_none=True)
             with self._autocast():
-                if extra is not None:  # one forward pass over the labelled and the noisy unlabelled patches
-                    outputs = self.net(torch.cat([image, self.semi.noisy(extra)]))
+                if view is not None:  # one forward pass over the labelled patches and the student's view
+                    outputs = self.net(torch.cat([image, view]))
                     logits = outputs[: len(image)]
                 else:
                     logits = self.net(image)

@@ -1,5 +1,5 @@
-"""Mean-teacher semi-supervised training: its formulas against hand-computed values, and tiny real runs
-that use unlabelled phantom cases, log the consistency term, and resume bit for bit."""
+"""Semi-supervised training (mean teacher, FixMatch): their formulas against hand-computed values, and tiny
+real runs that use unlabelled phantom cases, log the consistency term, and resume bit for bit."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ from medseg.training.semi_supervised import (
     consistency_loss,
     ema_decay_at,
     ema_update,
+    pseudo_label_loss,
     sigmoid_rampup,
+    strong_view,
     unlabelled_cases,
 )
 
@@ -78,6 +80,47 @@ def test_consistency_loss_is_the_mean_squared_difference_of_probabilities() -> N
     assert grad.grad is not None and grad.grad.abs().sum() > 0
 
 
+def test_pseudo_label_loss_is_the_cross_entropy_over_confident_voxels() -> None:
+    teacher = torch.zeros(1, 2, 2, 1, 1)
+    teacher[0, 1, 0] = math.log(19.0)  # voxel 0: class 1 with p 0.95, confident at 0.95
+    teacher[0, 0, 1] = math.log(1.5)  # voxel 1: class 0 with p 0.6, unsure
+    student = torch.zeros(1, 2, 2, 1, 1)  # p 0.5 / 0.5: cross-entropy log 2 against any label
+    assert float(pseudo_label_loss(student, teacher, regions=False, threshold=0.95)) == pytest.approx(math.log(2) / 2)
+    assert float(pseudo_label_loss(student, teacher, regions=False, threshold=0.5)) == pytest.approx(math.log(2))
+    assert float(pseudo_label_loss(student, teacher, regions=False, threshold=0.99)) == 0.0
+    student[0, 1, 0] = math.log(3.0)  # voxel 0 now p 0.75 for the teacher's class 1: -log 0.75
+    assert float(pseudo_label_loss(student, teacher, regions=False, threshold=0.95)) == pytest.approx(
+        -math.log(0.75) / 2
+    )
+    # regions: sigmoid per output; output 0 at voxel 0 is p 0.95 (label 1), the rest are unsure (p 0.6, 0.5)
+    regions = torch.zeros(1, 2, 2, 1, 1)
+    regions[0, 0, 0] = math.log(19.0)
+    regions[0, 1, 1] = math.log(1.5)
+    flat = torch.zeros(1, 2, 2, 1, 1)  # sigmoid 0.5: binary cross-entropy log 2
+    assert float(pseudo_label_loss(flat, regions, regions=True, threshold=0.95)) == pytest.approx(math.log(2) / 4)
+    grad = flat.clone().requires_grad_(True)
+    pseudo_label_loss(grad, regions, regions=True, threshold=0.95).backward()
+    assert grad.grad is not None and int((grad.grad != 0).sum()) == 1  # only the confident voxel teaches
+
+
+def test_strong_view_changes_intensities_in_place_and_repeats_with_its_seed() -> None:
+    torch.manual_seed(0)
+    patch = torch.randn(1, 16, 24, 16)
+    view = strong_view((16, 24, 16), noise_std=0.1)
+    view.set_random_state(seed=7)
+    first = torch.as_tensor(view(patch)).clone()
+    view.set_random_state(seed=7)
+    assert torch.equal(torch.as_tensor(view(patch)), first)
+    assert first.shape == patch.shape and not torch.equal(first, patch)
+    cut = first == 0  # the cut-out box: between 1/8 and 1/2 of the patch along each axis
+    extent = [int(cut.any(dim=d).sum()) for d in ((0, 2, 3), (0, 1, 3), (0, 1, 2))]
+    assert all(n // 8 <= e <= n // 2 for e, n in zip(extent, (16, 24, 16), strict=True)), extent
+    # every other voxel stays where it was: the view follows the patch, not a moved copy of it
+    kept = ~cut
+    assert float(torch.corrcoef(torch.stack([first[kept], patch[kept]]))[0, 1]) > 0.5
+    assert abs(float(torch.corrcoef(torch.stack([first[kept], patch.flip(1)[kept]]))[0, 1])) < 0.2
+
+
 def test_config_refuses_an_ema_decay_of_one() -> None:
     with pytest.raises(ConfigError, match=r"semi_supervised.ema_decay must be in \[0, 1\)"):
         config_from_dict({"semi_supervised": {"ema_decay": 1.0}})
@@ -96,11 +139,14 @@ def _semi(config: Config, unlabelled: Path, **settings: object) -> Config:
     return dataclasses.replace(config, semi_supervised=semi)
 
 
+@pytest.mark.parametrize("method", ["mean_teacher", "fixmatch"])
 def test_unlabelled_cases_teach_the_student_and_move_the_teacher(
-    brats_root: Path, tmp_path: Path, tiny_config: MakeConfig
+    brats_root: Path, tmp_path: Path, tiny_config: MakeConfig, method: str
 ) -> None:
     unlabelled = _unlabelled_manifest(brats_root, tmp_path / "unlabelled.json")
-    config = _semi(tiny_config(brats_root, tmp_path / "run", epochs=2), unlabelled, weight=10.0)
+    # threshold 0.5: the few steps' teacher is confident nowhere near FixMatch's 0.95
+    settings = {"method": method, "threshold": 0.5}
+    config = _semi(tiny_config(brats_root, tmp_path / "run", epochs=2), unlabelled, weight=10.0, **settings)
     result = train(config)
     assert result.epochs_run == 2
     rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
@@ -146,13 +192,18 @@ def test_unlabelled_validation_cases_are_refused(brats_root: Path, tmp_path: Pat
         train(config)
 
 
-def test_semi_supervised_resume_continues_exactly(brats_root: Path, tmp_path: Path, tiny_config: MakeConfig) -> None:
+@pytest.mark.parametrize("method", ["mean_teacher", "fixmatch"])
+def test_semi_supervised_resume_continues_exactly(
+    brats_root: Path, tmp_path: Path, tiny_config: MakeConfig, method: str
+) -> None:
     unlabelled = _unlabelled_manifest(brats_root, tmp_path / "unlabelled.json")
     run = {"epochs": 3, "val_every": 2}
-    train(_semi(tiny_config(brats_root, tmp_path / "straight", **run), unlabelled))
-    interrupted = train(_semi(tiny_config(brats_root, tmp_path / "resumed", **run, max_minutes=0.0), unlabelled))
+    train(_semi(tiny_config(brats_root, tmp_path / "straight", **run), unlabelled, method=method, threshold=0.5))
+    cut = tiny_config(brats_root, tmp_path / "resumed", **run, max_minutes=0.0)
+    interrupted = train(_semi(cut, unlabelled, method=method, threshold=0.5))
     assert interrupted.epochs_run == 1
-    resumed = train(_semi(tiny_config(brats_root, tmp_path / "resumed", **run), unlabelled), resume=True)
+    whole = tiny_config(brats_root, tmp_path / "resumed", **run)
+    resumed = train(_semi(whole, unlabelled, method=method, threshold=0.5), resume=True)
     assert resumed.epochs_run == 3
 
     a, b = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "resumed" / "last.pt")
