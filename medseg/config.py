@@ -265,7 +265,8 @@ class SemiSupervisedConfig:
     - ``fixmatch``: the teacher sees the patch as augmented (the weak view), the student a strong view of it
       (intensity scale and shift, blur, noise up to ``noise_std``, a cut-out box); the term is the
       cross-entropy against the teacher's labels over the voxels where its probability is at least
-      ``threshold``.
+      ``threshold`` (divided by all voxels); ``pseudo_label_loss: dice_ce`` adds a soft Dice loss over
+      those voxels, which weighs a small structure as much as the background.
 
     Validation scores the teacher, and ``best.pt`` and ``last.pt`` hold the teacher's weights (the model
     ``medseg predict`` uses); the student's are kept for ``--resume`` only.
@@ -279,6 +280,7 @@ class SemiSupervisedConfig:
     batch_size: int = _ranged(2, 1)
     noise_std: float = _ranged(0.1, 0)
     threshold: float = _ranged(0.95, 0, 1)
+    pseudo_label_loss: Literal["ce", "dice_ce"] = "ce"
 
     def __post_init__(self) -> None:
         _check_ranges(self, "semi_supervised")

@@ -10,8 +10,8 @@ a weight that ramps up (:func:`sigmoid_rampup`). Two published methods (``semi_s
 - ``fixmatch`` (Sohn et al., NeurIPS 2020, with the teacher's averaged weights): the teacher sees the patch
   as the loader augmented it (the *weak* view), the student a *strong* view of it (:func:`strong_view`:
   intensity scale, shift, blur, noise and a cut-out box, voxel for voxel aligned); the term is the
-  cross-entropy of the student against the teacher's hard labels where the teacher is confident
-  (:func:`pseudo_label_loss`).
+  cross-entropy (``pseudo_label_loss: dice_ce``: plus a soft Dice) of the student against the teacher's
+  hard labels where the teacher is confident (:func:`pseudo_label_loss`).
 
 :class:`Teacher` holds the teacher and the unlabelled cases' loader; the settings are
 :class:`~medseg.config.SemiSupervisedConfig` (``semi_supervised:`` in a config).
@@ -29,6 +29,7 @@ from typing import Any
 import monai.transforms as mt
 import torch
 from monai.data import CacheDataset
+from monai.losses import MaskedDiceLoss
 from monai.utils import convert_to_tensor
 from torch import nn
 
@@ -90,17 +91,23 @@ def consistency_loss(student: torch.Tensor, teacher: torch.Tensor, *, regions: b
     return nn.functional.mse_loss(torch.softmax(student, dim=1), torch.softmax(teacher, dim=1))
 
 
-def pseudo_label_loss(student: torch.Tensor, teacher: torch.Tensor, *, regions: bool, threshold: float) -> torch.Tensor:
+def pseudo_label_loss(
+    student: torch.Tensor, teacher: torch.Tensor, *, regions: bool, threshold: float, dice: bool = False
+) -> torch.Tensor:
     """The cross-entropy of the student's logits against the teacher's hard labels, over the voxels where
     the teacher's probability of its label is at least ``threshold``, divided by all voxels (so that an
-    unsure voxel counts as zero, as in FixMatch).
+    unsure voxel counts as zero, as in FixMatch); with ``dice``, plus MONAI's masked soft Dice loss over the
+    confident voxels (every output, background included, averaged over outputs and patches, as the
+    supervised ``dice_ce``), which weighs a small structure's voxels as much as the background's.
 
     Args:
         student: logits ``(B, C, X, Y, Z)``; the gradient flows into them.
         teacher: logits of the same shape; a target (detached).
         regions: outputs are independent regions (sigmoid, labels p ≥ 0.5 per output, binary cross-entropy
-            averaged over outputs) rather than classes (softmax, the label its argmax).
+            averaged over outputs; a voxel counts for the Dice term where every output is confident) rather
+            than classes (softmax, the label its argmax).
         threshold: the confidence below which a voxel teaches nothing, in [0, 1].
+        dice: add the Dice term.
     """
     student, teacher = student.float(), teacher.detach().float()
     if regions:
@@ -108,11 +115,17 @@ def pseudo_label_loss(student: torch.Tensor, teacher: torch.Tensor, *, regions: 
         confident = torch.maximum(probability, 1.0 - probability) >= threshold
         target = (probability >= 0.5).float()
         loss = nn.functional.binary_cross_entropy_with_logits(student, target, reduction="none")
+        mask = confident.all(dim=1, keepdim=True)
     else:
         confidence, target = torch.softmax(teacher, dim=1).max(dim=1)
         confident = confidence >= threshold
         loss = nn.functional.cross_entropy(student, target, reduction="none")
-    return (loss * confident).mean()
+        target, mask = target.unsqueeze(1), confident.unsqueeze(1)
+    cross_entropy = (loss * confident).mean()
+    if not dice:
+        return cross_entropy
+    masked_dice = MaskedDiceLoss(sigmoid=regions, softmax=not regions, to_onehot_y=not regions)
+    return cross_entropy + masked_dice(student, target, mask=mask.float())
 
 
 def strong_view(patch_size: Sequence[int], noise_std: float) -> mt.Compose:
@@ -261,7 +274,11 @@ class Teacher:
         student_logits, teacher_logits = full_resolution(student_logits), full_resolution(teacher_logits)
         if fixmatch:
             return pseudo_label_loss(
-                student_logits, teacher_logits, regions=self.regions, threshold=self.settings.threshold
+                student_logits,
+                teacher_logits,
+                regions=self.regions,
+                threshold=self.settings.threshold,
+                dice=self.settings.pseudo_label_loss == "dice_ce",
             )
         return consistency_loss(student_logits, teacher_logits, regions=self.regions)
 

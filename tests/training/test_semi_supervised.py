@@ -103,6 +103,20 @@ def test_pseudo_label_loss_is_the_cross_entropy_over_confident_voxels() -> None:
     assert grad.grad is not None and int((grad.grad != 0).sum()) == 1  # only the confident voxel teaches
 
 
+def test_pseudo_label_dice_counts_the_confident_voxels_only() -> None:
+    teacher = torch.zeros(1, 2, 2, 1, 1)
+    teacher[0, 1, 0] = math.log(19.0)  # voxel 0: class 1, confident; voxel 1: p 0.5, unsure
+    student = torch.zeros(1, 2, 2, 1, 1)  # p 0.5 / 0.5 everywhere
+    # over voxel 0 only: background Dice 0 (0.5 predicted, none true): loss 1; class 1: 2 x 0.5 / (0.5 + 1): 1/3
+    expected = math.log(2) / 2 + (1.0 + 1.0 / 3.0) / 2
+    got = pseudo_label_loss(student, teacher, regions=False, threshold=0.95, dice=True)
+    assert float(got) == pytest.approx(expected, abs=1e-4)
+    student[0, 1, 1] = 5.0  # the unsure voxel changes nothing
+    assert float(pseudo_label_loss(student, teacher, regions=False, threshold=0.95, dice=True)) == pytest.approx(
+        expected, abs=1e-4
+    )
+
+
 def test_strong_view_changes_intensities_in_place_and_repeats_with_its_seed() -> None:
     torch.manual_seed(0)
     patch = torch.randn(1, 16, 24, 16)
@@ -139,13 +153,15 @@ def _semi(config: Config, unlabelled: Path, **settings: object) -> Config:
     return dataclasses.replace(config, semi_supervised=semi)
 
 
-@pytest.mark.parametrize("method", ["mean_teacher", "fixmatch"])
+@pytest.mark.parametrize(
+    ("method", "pseudo_label_loss"), [("mean_teacher", "ce"), ("fixmatch", "ce"), ("fixmatch", "dice_ce")]
+)
 def test_unlabelled_cases_teach_the_student_and_move_the_teacher(
-    brats_root: Path, tmp_path: Path, tiny_config: MakeConfig, method: str
+    brats_root: Path, tmp_path: Path, tiny_config: MakeConfig, method: str, pseudo_label_loss: str
 ) -> None:
     unlabelled = _unlabelled_manifest(brats_root, tmp_path / "unlabelled.json")
     # threshold 0.5: the few steps' teacher is confident nowhere near FixMatch's 0.95
-    settings = {"method": method, "threshold": 0.5}
+    settings = {"method": method, "threshold": 0.5, "pseudo_label_loss": pseudo_label_loss}
     config = _semi(tiny_config(brats_root, tmp_path / "run", epochs=2), unlabelled, weight=10.0, **settings)
     result = train(config)
     assert result.epochs_run == 2
