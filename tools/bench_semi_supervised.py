@@ -228,7 +228,7 @@ def plot_summary(records: dict[tuple[str, int], dict], summary: dict, path: Path
         values = [r["mean_dice"] for (a, _), r in sorted(records.items()) if a == arm]
         arms_axes.bar(i, statistics.fmean(values), color="lightgrey")
         arms_axes.plot([i] * len(values), values, "o", color="black")
-    arms_axes.set_xticks(range(len(arms)), [a.replace("_", "\n") for a in arms])
+    arms_axes.set_xticks(range(len(arms)), [a.replace("_", "\n") for a in arms], fontsize=8)
     arms_axes.set_ylabel("mean Dice, held-out cases (a dot per seed)")
     low = min(r["mean_dice"] for r in records.values())
     arms_axes.set_ylim(max(0.0, low - 0.05), 1.0)
