@@ -246,8 +246,9 @@ class TrainConfig:
 
 @dataclass
 class SemiSupervisedConfig:
-    """Unlabelled cases in training: ``method`` ``mean_teacher`` (Tarvainen and Valpola, NeurIPS 2017) or
-    ``fixmatch`` (Sohn et al., NeurIPS 2020; :mod:`medseg.training.semi_supervised`).
+    """Unlabelled cases in training: ``method`` ``mean_teacher`` (Tarvainen and Valpola, NeurIPS 2017),
+    ``fixmatch`` (Sohn et al., NeurIPS 2020; :mod:`medseg.training.semi_supervised`) or ``self_training``
+    (pseudo-labels; below).
 
     ``unlabelled``: a folder of images (found as ``medseg predict`` finds cases) or a medseg manifest, whose
     cases *without* a label are taken (so one manifest may hold the labelled, held-out and unlabelled
@@ -270,10 +271,15 @@ class SemiSupervisedConfig:
 
     Validation scores the teacher, and ``best.pt`` and ``last.pt`` hold the teacher's weights (the model
     ``medseg predict`` uses); the student's are kept for ``--resume`` only.
+
+    ``self_training`` (:mod:`medseg.training.pseudo_labels`) needs no teacher network in training: the
+    checkpoint ``teacher`` (a model trained on the labelled cases) segments the unlabelled cases once, as
+    ``medseg predict`` would, and they join training as labelled cases (the settings above other than
+    ``unlabelled`` do not apply).
     """
 
     unlabelled: str | None = None
-    method: Literal["mean_teacher", "fixmatch"] = "mean_teacher"
+    method: Literal["mean_teacher", "fixmatch", "self_training"] = "mean_teacher"
     weight: float = _ranged(1.0, 0)
     rampup_epochs: float = _ranged(5.0, 0)
     ema_decay: float = _ranged(0.99, 0, 1, open_high=True)
@@ -281,9 +287,14 @@ class SemiSupervisedConfig:
     noise_std: float = _ranged(0.1, 0)
     threshold: float = _ranged(0.95, 0, 1)
     pseudo_label_loss: Literal["ce", "dice_ce"] = "ce"
+    teacher: str | None = None
 
     def __post_init__(self) -> None:
         _check_ranges(self, "semi_supervised")
+        if (self.method == "self_training") != (self.teacher is not None):
+            raise ConfigError("semi_supervised.teacher (a checkpoint) is needed by, and only by, method self_training")
+        if self.teacher is not None and self.unlabelled is None:
+            raise ConfigError("semi_supervised.teacher labels the cases of semi_supervised.unlabelled, which is null")
 
 
 @dataclass

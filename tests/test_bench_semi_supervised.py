@@ -40,6 +40,7 @@ def test_summary_pairs_cases_averaged_over_seeds_and_gives_the_share_of_the_gap(
     records[("supervised_few", 2)] = _record("supervised_few", 2, [0.0] * 4)  # seed 2 unfinished: left out
     records[("fixmatch", 0)] = _record("fixmatch", 0, [0.60, 0.70, 0.80, 0.66])  # seed 0 only: gain -0.01
     summary = bench.summarize(records)
+    assert set(summary["methods"]) == {"mean_teacher", "fixmatch"}  # no self_training record: left out
     teacher, fixmatch = summary["methods"]["mean_teacher"], summary["methods"]["fixmatch"]
     assert teacher["seeds"] == [0, 1] and fixmatch["seeds"] == [0]
     assert teacher["held_out_cases"] == 4

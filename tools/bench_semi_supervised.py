@@ -9,6 +9,8 @@ seed share the config, steps and seed, each trained by ``medseg train`` in its o
 - ``supervised_few``: the 20 labelled cases only;
 - ``mean_teacher`` and ``fixmatch``: the same 20, plus the 148 without their labels
   (``semi_supervised.unlabelled``), with that ``semi_supervised.method``;
+- ``self_training``: the same 20, plus the 148 labelled by the seed's ``supervised_few`` model (its
+  ``last.pt`` as ``semi_supervised.teacher``; so that arm runs first);
 - ``supervised_all``: all 168 labelled (the ceiling the unlabelled cases can at most reach).
 
 The held-out cases are the validation fold of every run (``data.fold=1`` of the split's manifest), and the
@@ -16,8 +18,8 @@ last checkpoint predicts them (``last.pt``: the teacher of a semi-supervised run
 validation chose, which would flatter the score), scored by ``medseg evaluate`` (Dice per label, mean over
 labels per case). ``train.max_minutes`` is off unless ``--set`` names it, so every arm takes the same steps.
 
-Each run prints one JSON line (mean Dice, per-case Dice, training minutes and steps; for a semi-supervised
-arm also its student's mean Dice, the weights the optimizer trained, scored the same way) and appends it to
+Each run prints one JSON line (mean Dice, per-case Dice, training minutes and steps; for a mean teacher or
+FixMatch arm also its student's mean Dice, the weights the optimizer trained, scored the same way) and appends it to
 ``OUT/runs.jsonl``; a run already there is not trained again (the tool resumes), so arms may be added to an
 ``OUT`` later with ``--arms``. The last line is the summary, per semi-supervised method, over the seeds whose
 two supervised arms and that method are done: the arms' mean Dice, the method's gain over
@@ -53,7 +55,8 @@ sys.path.insert(0, str(REPO / "tools"))
 from bench_real import MEDSEG, REAL, append_record, read_records, run_stage, training_done  # noqa: E402
 
 DATASET = REAL / "msd_hippocampus"
-METHODS = ("mean_teacher", "fixmatch")  # semi_supervised.method, an arm each
+METHODS = ("mean_teacher", "fixmatch", "self_training")  # semi_supervised.method, an arm each
+WITH_STUDENT = ("mean_teacher", "fixmatch")  # the methods whose checkpoint also holds the student
 ARMS = ("supervised_few", *METHODS, "supervised_all")
 TARGET_GAIN = 0.02  # issue 27: mean Dice over supervised-only on the same labels, paired over cases
 
@@ -137,6 +140,11 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
     ]
     if arm in METHODS:
         overrides += [f"semi_supervised.unlabelled={manifest}", f"semi_supervised.method={arm}"]
+    if arm == "self_training":
+        teacher = seed_dir / "supervised_few" / "train" / "last.pt"
+        if not teacher.is_file():
+            raise SystemExit(f"bench_semi_supervised: self_training labels with {teacher}: run supervised_few first")
+        overrides.append(f"semi_supervised.teacher={teacher}")
     config = load_config(REPO / args.config, overrides).to_dict()
     if not training_done(run_dir, config):
         resume = ["--resume"] if (run_dir / "last.pt").is_file() else []
@@ -144,7 +152,7 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
         run_stage([*MEDSEG, "train", "--config", args.config, *sets, *resume], arm_dir / "log.txt")
     dice = score_held_out(args, run_dir / "last.pt", manifests["held_out"], arm_dir)
     student = None
-    if arm in METHODS:  # the student apart: what the consistency term did, the teacher's averaging aside
+    if arm in WITH_STUDENT:  # the student apart: what the consistency term did, the teacher's averaging aside
         weights = student_checkpoint(run_dir / "last.pt", arm_dir / "student" / "student.pt")
         student = score_held_out(args, weights, manifests["held_out"], arm_dir / "student")
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))

@@ -61,6 +61,7 @@ from medseg.losses import WindowConsistency, build_loss
 from medseg.networks import build_network, check_patch_size
 from medseg.progress import track, write
 from medseg.training.log import plot_curves, write_metrics_csv
+from medseg.training.pseudo_labels import check_teacher, pseudo_labelled, write_pseudo_labels
 from medseg.training.sampling import EpochLoader
 from medseg.training.semi_supervised import Teacher, require_apart, unlabelled_cases
 from medseg.transforms import training_pipeline, validation_pipeline
@@ -220,6 +221,9 @@ class _Trainer:
                 path=root,
             )
         require_consistent(manifest, root=root)
+        self_training = config.semi_supervised.unlabelled is not None and config.semi_supervised.teacher is not None
+        if self_training:
+            train_cases = train_cases + self._pseudo_labelled(root, val_cases)
         check_patch_fits(config, train_cases, root=root)
         self.train_cases, self.root = train_cases, root
         self.training_fingerprint: dict[str, Any] | None = None  # measured once, on the main process
@@ -257,7 +261,7 @@ class _Trainer:
         )
         self.loss_fn = build_loss(config.loss, self.table).to(ctx.device)
         regions = self.table.kind == "regions"
-        self.semi = self._teacher(root, val_cases) if config.semi_supervised.unlabelled else None
+        self.semi = self._teacher(root, val_cases) if config.semi_supervised.unlabelled and not self_training else None
         self.consistency = WindowConsistency(regions, self.windows.divisor) if cfg.consistency_weight else None
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = self._build_scheduler()
@@ -271,13 +275,28 @@ class _Trainer:
         self.best_epoch = 0
         self.history: list[dict[str, Any]] = []
 
-    def _teacher(self, root: Path, val_cases: list[ManifestCase]) -> Teacher:
-        """The teacher and unlabelled loader of ``semi_supervised`` (:mod:`~medseg.training.semi_supervised`)."""
+    def _unlabelled(self, root: Path, val_cases: list[ManifestCase]) -> list[ManifestCase]:
+        """The cases of ``semi_supervised.unlabelled``, none of them a validation case."""
         source = self.config.semi_supervised.unlabelled
         cases = unlabelled_cases(source, channels=self.manifest.channels, data_root=self.config.data.root)
         require_apart(cases, val_cases, root=root)
-        regions = self.table.kind == "regions"
-        return Teacher(self.config, self.ctx, student=self.model, cases=cases, regions=regions)
+        return cases
+
+    def _teacher(self, root: Path, val_cases: list[ManifestCase]) -> Teacher:
+        """The teacher and unlabelled loader of ``semi_supervised`` (:mod:`~medseg.training.semi_supervised`)."""
+        cases = self._unlabelled(root, val_cases)
+        return Teacher(self.config, self.ctx, student=self.model, cases=cases, regions=self.table.kind == "regions")
+
+    def _pseudo_labelled(self, root: Path, val_cases: list[ManifestCase]) -> list[ManifestCase]:
+        """The unlabelled cases with ``semi_supervised.teacher``'s label maps (:mod:`~medseg.training.pseudo_labels`),
+        which the main process writes once under the run folder."""
+        teacher = str(self.config.semi_supervised.teacher)
+        check_teacher(teacher, table=self.table, channels=self.manifest.channels)
+        cases = self._unlabelled(root, val_cases)
+        if self.ctx.is_main:
+            write_pseudo_labels(teacher, cases, self.run_dir, device=str(self.ctx.device))
+        self.ctx.barrier()
+        return pseudo_labelled(cases, self.run_dir)
 
     @property
     def shipped(self) -> nn.Module:
@@ -624,7 +643,14 @@ RESUME_MAY_CHANGE = frozenset({"data.num_workers", "data.cache_rate", "train.max
 
 # settings that name a file or folder: a resumed run may write the same one another way (relative, absolute)
 PATH_SETTINGS = frozenset(
-    {"data.root", "data.manifest", "train.run_dir", "train.init_weights", "semi_supervised.unlabelled"}
+    {
+        "data.root",
+        "data.manifest",
+        "train.run_dir",
+        "train.init_weights",
+        "semi_supervised.unlabelled",
+        "semi_supervised.teacher",
+    }
 )
 
 

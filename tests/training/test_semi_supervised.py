@@ -1,5 +1,5 @@
-"""Semi-supervised training (mean teacher, FixMatch): their formulas against hand-computed values, and tiny
-real runs that use unlabelled phantom cases, log the consistency term, and resume bit for bit."""
+"""Semi-supervised training (mean teacher, FixMatch, self-training): their formulas against hand-computed
+values, and tiny real runs that use unlabelled phantom cases, log the consistency term, and resume bit for bit."""
 
 from __future__ import annotations
 
@@ -13,15 +13,21 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from medseg.checkpoint import load_checkpoint
 from medseg.config import Config, SemiSupervisedConfig, config_from_dict
+from medseg.data.cases import InputCase
 from medseg.data.manifest import build_manifest, save_manifest
 from medseg.errors import ConfigError, MedsegInputError
+from medseg.inference import Predictor
+from medseg.inference.predictor import read_case
+from medseg.io import read_image
 from medseg.training import train
+from medseg.training.pseudo_labels import PSEUDO_LABELS
 from medseg.training.semi_supervised import (
     consistency_loss,
     ema_decay_at,
@@ -235,6 +241,47 @@ def test_semi_supervised_resume_continues_exactly(
         [r[c] for c in columns] for r in b.training["history"]
     ]
     assert a.training["best_score"] == b.training["best_score"]
+
+
+def test_self_training_trains_on_the_teachers_label_maps(
+    brats_root: Path, tmp_path: Path, tiny_config: MakeConfig, tiny_checkpoint: Path
+) -> None:
+    unlabelled = _unlabelled_manifest(brats_root, tmp_path / "unlabelled.json")
+    settings = {"method": "self_training", "teacher": str(tiny_checkpoint)}
+    cut = _semi(tiny_config(brats_root, tmp_path / "run", epochs=2, max_minutes=0.0), unlabelled, **settings)
+    assert train(cut).epochs_run == 1
+    folder = tmp_path / "run" / PSEUDO_LABELS
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+    written = {}
+    for case in unlabelled_cases(unlabelled, channels=predictor.channels, data_root=None):
+        label = read_image(folder / f"{case.id}.nii.gz")
+        image = read_case(InputCase(case.id, tuple(Path(p) for p in case.images)))
+        assert label.geometry.same_grid(image.geometry) and label.array.shape == image.array.shape[1:]
+        np.testing.assert_array_equal(label.array, predictor.predict(image))  # what medseg predict writes
+        written[case.id] = (folder / f"{case.id}.nii.gz").stat().st_mtime_ns
+    assert len(written) == 4
+    # the 4 labelled training cases and the 4 pseudo-labelled ones
+    assert load_checkpoint(tmp_path / "run" / "last.pt").training_fingerprint["cases"] == 8
+    whole = _semi(tiny_config(brats_root, tmp_path / "run", epochs=2), unlabelled, **settings)
+    assert train(whole, resume=True).epochs_run == 2
+    assert {c: (folder / f"{c}.nii.gz").stat().st_mtime_ns for c in written} == written  # labelled once
+
+
+def test_self_training_needs_a_teacher_that_fits(
+    brats_root: Path, tmp_path: Path, tiny_config: MakeConfig, one_channel_checkpoint: Path
+) -> None:
+    unlabelled = _unlabelled_manifest(brats_root, tmp_path / "unlabelled.json")
+    with pytest.raises(ConfigError, match="needed by, and only by, method self_training"):
+        SemiSupervisedConfig(unlabelled=str(unlabelled), method="self_training")
+    with pytest.raises(ConfigError, match="needed by, and only by, method self_training"):
+        SemiSupervisedConfig(unlabelled=str(unlabelled), teacher="model.pt")
+    with pytest.raises(ConfigError, match=r"semi_supervised\.unlabelled, which is null"):
+        SemiSupervisedConfig(method="self_training", teacher="model.pt")
+    other = str(one_channel_checkpoint)  # one channel, background and foreground
+    config = _semi(tiny_config(brats_root, tmp_path / "run"), unlabelled, method="self_training", teacher=other)
+    with pytest.raises(ConfigError, match=r"semi_supervised.teacher .*one_channel.pt: its labels .* are not the"):
+        train(config)
+    assert not (tmp_path / "run" / PSEUDO_LABELS).exists()
 
 
 @pytest.mark.slow
