@@ -275,7 +275,9 @@ class SemiSupervisedConfig:
     ``self_training`` (:mod:`medseg.training.pseudo_labels`) needs no teacher network in training: the
     checkpoint ``teacher`` (a model trained on the labelled cases) segments the unlabelled cases once, as
     ``medseg predict`` would, and they join training as labelled cases (the settings above other than
-    ``unlabelled`` do not apply).
+    ``unlabelled`` do not apply); ``labelled_share`` is the share of the cases drawn for training that are
+    labelled ones (the rest pseudo-labelled; ``null``: every case alike, the labelled ones in proportion to
+    their number).
     """
 
     unlabelled: str | None = None
@@ -288,9 +290,12 @@ class SemiSupervisedConfig:
     threshold: float = _ranged(0.95, 0, 1)
     pseudo_label_loss: Literal["ce", "dice_ce"] = "ce"
     teacher: str | None = None
+    labelled_share: float | None = _ranged(None, 0, 1, open_low=True, open_high=True)
 
     def __post_init__(self) -> None:
         _check_ranges(self, "semi_supervised")
+        if self.labelled_share is not None and self.method != "self_training":
+            raise ConfigError("semi_supervised.labelled_share is for method self_training")
         if (self.method == "self_training") != (self.teacher is not None):
             raise ConfigError("semi_supervised.teacher (a checkpoint) is needed by, and only by, method self_training")
         if self.teacher is not None and self.unlabelled is None:

@@ -16,7 +16,8 @@ seed share the config, steps and seed, each trained by ``medseg train`` in its o
 The held-out cases are the validation fold of every run (``data.fold=1`` of the split's manifest), and the
 last checkpoint predicts them (``last.pt``: the teacher of a semi-supervised run; not the checkpoint that
 validation chose, which would flatter the score), scored by ``medseg evaluate`` (Dice per label, mean over
-labels per case). ``train.max_minutes`` is off unless ``--set`` names it, so every arm takes the same steps.
+labels per case). ``train.max_minutes`` is off unless ``--set`` names it, so every arm takes the same steps;
+a ``--set semi_supervised.*`` reaches only the arms that use the unlabelled cases.
 
 Each run prints one JSON line (mean Dice, per-case Dice, training minutes and steps; for a mean teacher or
 FixMatch arm also its student's mean Dice, the weights the optimizer trained, scored the same way) and appends it to
@@ -129,9 +130,11 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
     run_dir = arm_dir / "train"
     arm_dir.mkdir(parents=True, exist_ok=True)
     manifest = manifests["all" if arm == "supervised_all" else "few"]
+    # a semi_supervised.* setting is for the arms that use the unlabelled cases
+    arm_sets = [o for o in args.set if arm in METHODS or not o.startswith("semi_supervised.")]
     overrides = [
         "train.max_minutes=null",
-        *args.set,
+        *arm_sets,
         f"seed={seed}",
         f"data.root={DATASET}",
         f"data.manifest={manifest}",
@@ -170,7 +173,7 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
         "train_steps": int(rows[-1]["epoch"]) * config["train"]["iterations_per_epoch"],
         "last_consistency_loss": float(rows[-1]["consistency_loss"]) if "consistency_loss" in rows[-1] else None,
         "config": args.config,
-        "overrides": list(args.set),
+        "overrides": arm_sets,
         "split_seed": args.split_seed,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
     }

@@ -4,7 +4,9 @@ one would)."""
 
 from __future__ import annotations
 
-from monai.data import CacheDataset, DataLoader, DistributedWeightedRandomSampler
+from collections.abc import Sequence
+
+from monai.data import DataLoader, Dataset, DistributedWeightedRandomSampler
 from monai.data.utils import set_rnd
 from torch import Generator
 
@@ -13,22 +15,30 @@ from medseg.distributed import DistContext
 
 class EpochLoader:
     """``iterations`` batches of ``batch_size`` items of ``dataset`` an epoch on each rank, drawn with replacement
-    (MONAI's ``DistributedWeightedRandomSampler``, equal weights), through a ``DataLoader`` with
-    ``num_workers`` workers.
+    (MONAI's ``DistributedWeightedRandomSampler``; an item's chance is in proportion to its entry of
+    ``weights``, all equal when ``None``), through a ``DataLoader`` with ``num_workers`` workers.
 
     Attributes:
         loader: the ``DataLoader`` to iterate over, once :meth:`seed_epoch` seeded the epoch.
     """
 
     def __init__(
-        self, dataset: CacheDataset, *, iterations: int, batch_size: int, ctx: DistContext, seed: int, num_workers: int
+        self,
+        dataset: Dataset,
+        *,
+        iterations: int,
+        batch_size: int,
+        ctx: DistContext,
+        seed: int,
+        num_workers: int,
+        weights: Sequence[float] | None = None,
     ) -> None:
         self.dataset = dataset
         self.num_workers = num_workers
         self.sampler_generator = Generator()
         self.sampler = DistributedWeightedRandomSampler(
             dataset,
-            weights=[1.0] * len(dataset),
+            weights=[1.0] * len(dataset) if weights is None else list(weights),
             num_samples_per_rank=iterations * batch_size,
             generator=self.sampler_generator,
             num_replicas=ctx.world_size,

@@ -202,6 +202,14 @@ def partial_label_table(config: Config, manifest: Manifest, table: LabelTable) -
     return table
 
 
+def _draw_weights(labelled: int, pseudo_labelled: int, labelled_share: float | None) -> list[float] | None:
+    """Sampling weights for ``labelled`` then ``pseudo_labelled`` training cases such that a draw is a labelled
+    case with probability ``labelled_share``; ``None`` (every case alike) without pseudo-labelled cases or share."""
+    if labelled_share is None or pseudo_labelled == 0:
+        return None
+    return [labelled_share / labelled] * labelled + [(1.0 - labelled_share) / pseudo_labelled] * pseudo_labelled
+
+
 class _Trainer:
     """The state of one training run; :func:`train` is its public face."""
 
@@ -221,7 +229,8 @@ class _Trainer:
                 path=root,
             )
         require_consistent(manifest, root=root)
-        self_training = config.semi_supervised.unlabelled is not None and config.semi_supervised.teacher is not None
+        self_training = config.semi_supervised.teacher is not None  # with unlabelled cases (the config checks)
+        labelled = len(train_cases)
         if self_training:
             train_cases = train_cases + self._pseudo_labelled(root, val_cases)
         check_patch_fits(config, train_cases, root=root)
@@ -247,6 +256,7 @@ class _Trainer:
             ctx=ctx,
             seed=config.seed,
             num_workers=config.data.num_workers,
+            weights=_draw_weights(labelled, len(train_cases) - labelled, config.semi_supervised.labelled_share),
         )
         self.model = build_network(
             config.network.name,

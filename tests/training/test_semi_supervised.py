@@ -267,6 +267,24 @@ def test_self_training_trains_on_the_teachers_label_maps(
     assert {c: (folder / f"{c}.nii.gz").stat().st_mtime_ns for c in written} == written  # labelled once
 
 
+def test_labelled_share_sets_the_chance_that_a_draw_is_labelled() -> None:
+    from monai.data import Dataset
+
+    from medseg.distributed import DistContext
+    from medseg.training.sampling import EpochLoader
+    from medseg.training.trainer import _draw_weights
+
+    weights = _draw_weights(2, 6, 0.5)  # 2 labelled cases then 6 pseudo-labelled ones
+    assert weights == pytest.approx([0.25, 0.25] + [1 / 12] * 6)
+    assert _draw_weights(2, 6, None) is None and _draw_weights(2, 0, 0.5) is None
+    dataset = Dataset([{"i": i} for i in range(8)])
+    ctx = DistContext(0, 1, torch.device("cpu"))
+    loader = EpochLoader(dataset, iterations=400, batch_size=2, ctx=ctx, seed=0, num_workers=0, weights=weights)
+    loader.seed_epoch(0, 0)
+    drawn = torch.cat([batch["i"] for batch in loader.loader])
+    assert len(drawn) == 800 and 0.45 < (drawn < 2).float().mean().item() < 0.55  # 0.25 with equal weights
+
+
 def test_self_training_needs_a_teacher_that_fits(
     brats_root: Path, tmp_path: Path, tiny_config: MakeConfig, one_channel_checkpoint: Path
 ) -> None:
@@ -277,6 +295,10 @@ def test_self_training_needs_a_teacher_that_fits(
         SemiSupervisedConfig(unlabelled=str(unlabelled), teacher="model.pt")
     with pytest.raises(ConfigError, match=r"semi_supervised\.unlabelled, which is null"):
         SemiSupervisedConfig(method="self_training", teacher="model.pt")
+    with pytest.raises(ConfigError, match="labelled_share is for method self_training"):
+        SemiSupervisedConfig(unlabelled=str(unlabelled), labelled_share=0.5)
+    with pytest.raises(ConfigError, match=r"labelled_share must be in \(0, 1\)"):
+        SemiSupervisedConfig(unlabelled=str(unlabelled), method="self_training", teacher="m.pt", labelled_share=1.0)
     other = str(one_channel_checkpoint)  # one channel, background and foreground
     config = _semi(tiny_config(brats_root, tmp_path / "run"), unlabelled, method="self_training", teacher=other)
     with pytest.raises(ConfigError, match=r"semi_supervised.teacher .*one_channel.pt: its labels .* are not the"):
