@@ -68,6 +68,12 @@ def write_pseudo_labels(
 
 
 def pseudo_labelled(cases: Sequence[ManifestCase], run_dir: str | Path) -> list[ManifestCase]:
-    """``cases`` with the label maps :func:`write_pseudo_labels` wrote for them under ``run_dir``."""
-    out = Path(run_dir) / PSEUDO_LABELS
-    return [ManifestCase(c.id, c.images, str(out / f"{c.id}.nii.gz"), c.patient, c.fold) for c in cases]
+    """``cases`` with the label maps :func:`write_pseudo_labels` wrote for them under ``run_dir``, every path
+    absolute (a relative one would be read from the labelled cases' root)."""
+    out = Path(run_dir).absolute() / PSEUDO_LABELS
+    return [
+        ManifestCase(
+            c.id, tuple(str(Path(p).absolute()) for p in c.images), str(out / f"{c.id}.nii.gz"), c.patient, c.fold
+        )
+        for c in cases
+    ]

@@ -244,11 +244,12 @@ def test_semi_supervised_resume_continues_exactly(
 
 
 def test_self_training_trains_on_the_teachers_label_maps(
-    brats_root: Path, tmp_path: Path, tiny_config: MakeConfig, tiny_checkpoint: Path
+    brats_root: Path, tmp_path: Path, tiny_config: MakeConfig, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     unlabelled = _unlabelled_manifest(brats_root, tmp_path / "unlabelled.json")
     settings = {"method": "self_training", "teacher": str(tiny_checkpoint)}
-    cut = _semi(tiny_config(brats_root, tmp_path / "run", epochs=2, max_minutes=0.0), unlabelled, **settings)
+    monkeypatch.chdir(tmp_path)  # a run folder relative to the working directory, the data elsewhere
+    cut = _semi(tiny_config(brats_root, Path("run"), epochs=2, max_minutes=0.0), unlabelled, **settings)
     assert train(cut).epochs_run == 1
     folder = tmp_path / "run" / PSEUDO_LABELS
     predictor = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
@@ -262,7 +263,7 @@ def test_self_training_trains_on_the_teachers_label_maps(
     assert len(written) == 4
     # the 4 labelled training cases and the 4 pseudo-labelled ones
     assert load_checkpoint(tmp_path / "run" / "last.pt").training_fingerprint["cases"] == 8
-    whole = _semi(tiny_config(brats_root, tmp_path / "run", epochs=2), unlabelled, **settings)
+    whole = _semi(tiny_config(brats_root, Path("run"), epochs=2), unlabelled, **settings)
     assert train(whole, resume=True).epochs_run == 2
     assert {c: (folder / f"{c}.nii.gz").stat().st_mtime_ns for c in written} == written  # labelled once
 
