@@ -4,7 +4,8 @@
 segmentation Bai et al., MICCAI 2017): the checkpoint ``semi_supervised.teacher`` (typically a model trained on
 the same labelled cases) segments each case of ``semi_supervised.unlabelled`` as ``medseg predict`` would (its
 own inference settings: mirroring, largest component), and training then draws from the labelled and the
-pseudo-labelled cases alike, with the same augmentation. The pseudo-labels are written once, under the run
+pseudo-labelled cases (alike, or a ``semi_supervised.labelled_share`` of the draws labelled), with the same
+augmentation. The pseudo-labels are written once, under the run
 folder (``pseudo_labels/<case>.nii.gz``, on each image's grid, atomically); a resumed run finds them there.
 """
 
@@ -57,7 +58,8 @@ def write_pseudo_labels(
     out = Path(run_dir) / PSEUDO_LABELS
     listing = Path(run_dir) / f"{PSEUDO_LABELS}.json"
     with atomic_output(listing) as tmp:
-        tmp.write_text(json.dumps([{"id": c.id, "images": [str(p) for p in c.images]} for c in cases], indent=1))
+        images = [{"id": c.id, "images": [str(Path(p).absolute()) for p in c.images]} for c in cases]
+        tmp.write_text(json.dumps(images, indent=1))
     summary = predict_folder(model=teacher, input_path=None, cases_file=listing, output_dir=out, device=device)
     if summary.failed:
         raise MedsegInputError(

@@ -246,9 +246,10 @@ def test_semi_supervised_resume_continues_exactly(
 def test_self_training_trains_on_the_teachers_label_maps(
     brats_root: Path, tmp_path: Path, tiny_config: MakeConfig, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    unlabelled = _unlabelled_manifest(brats_root, tmp_path / "unlabelled.json")
+    _unlabelled_manifest(brats_root, tmp_path / "unlabelled.json")
     settings = {"method": "self_training", "teacher": str(tiny_checkpoint)}
-    monkeypatch.chdir(tmp_path)  # a run folder relative to the working directory, the data elsewhere
+    monkeypatch.chdir(tmp_path)  # the run folder and the unlabelled cases' paths relative to the working directory
+    unlabelled = Path("unlabelled.json")
     cut = _semi(tiny_config(brats_root, Path("run"), epochs=2, max_minutes=0.0), unlabelled, **settings)
     assert train(cut).epochs_run == 1
     folder = tmp_path / "run" / PSEUDO_LABELS
