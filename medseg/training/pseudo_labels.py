@@ -5,8 +5,8 @@ segmentation Bai et al., MICCAI 2017): the checkpoint ``semi_supervised.teacher`
 the same labelled cases) segments each case of ``semi_supervised.unlabelled`` as ``medseg predict`` would (its
 own inference settings: mirroring, largest component), and training then draws from the labelled and the
 pseudo-labelled cases (alike, or a ``semi_supervised.labelled_share`` of the draws labelled), with the same
-augmentation. The pseudo-labels are written once, under the run
-folder (``pseudo_labels/<case>.nii.gz``, on each image's grid, atomically); a resumed run finds them there.
+augmentation. The pseudo-labels are written once, under the run folder (``pseudo_labels/<case>.nii.gz``, on
+each image's grid, atomically); a resumed run finds them there.
 """
 
 from __future__ import annotations
