@@ -277,7 +277,10 @@ class SemiSupervisedConfig:
     ``medseg predict`` would, and they join training as labelled cases (the settings above other than
     ``unlabelled`` do not apply); ``labelled_share`` is the share of the cases drawn for training that are
     labelled ones (the rest pseudo-labelled; ``null``: every case alike, the labelled ones in proportion to
-    their number).
+    their number). ``match_volumes`` (class tables) corrects a teacher that segments too little or too much:
+    before labelling, per-label weights of its probabilities (``inference.class_weights``) are fitted so that
+    each label's mean volume over the unlabelled cases equals its mean over the labelled training cases
+    (class-balanced pseudo-labels, as in Zou et al., ECCV 2018).
     """
 
     unlabelled: str | None = None
@@ -291,11 +294,14 @@ class SemiSupervisedConfig:
     pseudo_label_loss: Literal["ce", "dice_ce"] = "ce"
     teacher: str | None = None
     labelled_share: float | None = _ranged(None, 0, 1, open_low=True, open_high=True)
+    match_volumes: bool = False
 
     def __post_init__(self) -> None:
         _check_ranges(self, "semi_supervised")
         if self.labelled_share is not None and self.method != "self_training":
             raise ConfigError("semi_supervised.labelled_share is for method self_training")
+        if self.match_volumes and self.method != "self_training":
+            raise ConfigError("semi_supervised.match_volumes is for method self_training")
         if (self.method == "self_training") != (self.teacher is not None):
             raise ConfigError("semi_supervised.teacher (a checkpoint) is needed by, and only by, method self_training")
         if self.teacher is not None and self.unlabelled is None:
@@ -344,6 +350,10 @@ class InferenceConfig:
     join the mean and the uncertainty maps (mutual information). Only for a network with dropout, on the
     ``torch`` backend (``auto`` picks it); each pass ``k`` draws its masks from seed ``dropout_seed + k``, so
     a prediction does not depend on the cases before it.
+    ``class_weights`` (class tables): one weight per output, background first, in label-value order; a voxel
+    takes the label whose probability times its weight is largest (a correction of the label decision for
+    other class priors, Saerens et al., Neural Computation 2002; the probabilities and uncertainty maps written
+    stay the model's). ``null``: the plain argmax. Self-training's ``semi_supervised.match_volumes`` fits them.
     """
 
     roi_size: list[int] = _ranged([96, 96, 96], 1)
@@ -365,6 +375,7 @@ class InferenceConfig:
     uncertainty_band_mm: float = _ranged(2.0, 0, open_low=True)
     dropout_samples: int = _ranged(0, 0)
     dropout_seed: int = 0
+    class_weights: list[float] | None = _ranged(None, 0, open_low=True)
 
     def __post_init__(self) -> None:
         _check_ranges(self, "inference")

@@ -34,6 +34,7 @@ from medseg.inference.tiling import TilePlan, smallest_window, tiled_inference
 from medseg.inference.uncertainty import UNCERTAINTY_MAPS, pass_statistics
 from medseg.io import Image, read_dicom_series, read_image, require_finite, stack_channels
 from medseg.keys import IMAGE
+from medseg.labels import LabelTable
 from medseg.networks.registry import check_patch_size, default_window_voxels, size_divisor
 from medseg.postprocessing import (
     check_min_component_ml,
@@ -156,6 +157,24 @@ def _temperature(checkpoint: Checkpoint, inference: InferenceConfig) -> float:
             path=checkpoint.source,
         )
     return checkpoint.temperature
+
+
+def _class_weights(table: LabelTable, weights: Sequence[float] | None) -> torch.Tensor | None:
+    """``inference.class_weights`` as a ``(C_out,)`` tensor, or ``None`` without them.
+
+    Raises:
+        ConfigError: weights for a region table, or not one per output.
+    """
+    if weights is None:
+        return None
+    if table.kind == "regions":
+        raise ConfigError(f"inference.class_weights is for class label tables; {table.name} has regions")
+    if len(weights) != table.num_outputs:
+        raise ConfigError(
+            f"inference.class_weights: {len(weights)} weight(s) for the {table.num_outputs} outputs of"
+            f" {table.name} ({', '.join(table.output_names)})"
+        )
+    return torch.tensor(weights, dtype=torch.float32)
 
 
 def _dropout_backend(backend: str, inference: InferenceConfig) -> str:
@@ -318,6 +337,7 @@ class Predictor:
         ]
         check_min_region_ml(self.table, self.inference.min_region_ml)  # fail before a batch reads any case
         check_min_component_ml(self.table, self.inference.min_component_ml)
+        self.class_weights = _class_weights(self.table, self.inference.class_weights)
         for member in self.checkpoints:
             check_mirroring(self.inference, member.section("transforms", TransformConfig))
         self.temperatures = [_temperature(member, self.inference) for member in self.checkpoints]
@@ -551,7 +571,14 @@ class Predictor:
         """Labels ``(X, Y, Z)`` uint8 from probabilities ``(C_out, X, Y, Z)`` straight from the inverse
         transforms (completed in place, :func:`complete_probabilities`)."""
         complete_probabilities(probs, regions=self.table.kind == "regions")
-        return outputs_to_labels(probs, self.table, threshold=self.inference.threshold)
+        return outputs_to_labels(self._weighted(probs), self.table, threshold=self.inference.threshold)
+
+    def _weighted(self, probs: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``(C_out, ...)`` times ``inference.class_weights`` (the label decision's
+        scores), or ``probs`` itself without them."""
+        if self.class_weights is None:
+            return probs
+        return probs * self.class_weights.view(-1, *[1] * (probs.ndim - 1))
 
     def _label_keys(self, probs: torch.Tensor) -> torch.Tensor:
         """Codes ``(X, Y, Z)`` of probabilities ``(C_out, X, Y, Z)`` (completed in place) such that any mix
@@ -559,14 +586,15 @@ class Predictor:
         the argmax for classes, for regions which channels pass ``inference.threshold`` (one bit each)."""
         complete_probabilities(probs, regions=self.table.kind == "regions")
         if self.table.kind != "regions":
-            return probs.argmax(0)
+            return self._weighted(probs).argmax(0)
         bits = 2 ** torch.arange(len(probs)).view(-1, *[1] * (probs.ndim - 1))
         return ((probs > self.inference.threshold) * bits).sum(0)
 
     def labels_from_probabilities(self, probs: np.ndarray, image: Image) -> np.ndarray:
         """Label map ``(X, Y, Z)`` uint8 from ``probs`` ``(C_out, X, Y, Z)`` on ``image``'s grid (as
         :meth:`predict_probabilities` gives them), post-processed (:meth:`postprocess`)."""
-        labels = outputs_to_labels(torch.from_numpy(probs), self.table, threshold=self.inference.threshold)
+        scores = self._weighted(torch.from_numpy(probs))
+        labels = outputs_to_labels(scores, self.table, threshold=self.inference.threshold)
         return self.postprocess(labels, image)
 
     def postprocess(self, labels: np.ndarray, image: Image) -> np.ndarray:

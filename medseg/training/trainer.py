@@ -61,7 +61,7 @@ from medseg.losses import WindowConsistency, build_loss
 from medseg.networks import build_network, check_patch_size
 from medseg.progress import track, write
 from medseg.training.log import plot_curves, write_metrics_csv
-from medseg.training.pseudo_labels import check_teacher, pseudo_labelled, write_pseudo_labels
+from medseg.training.pseudo_labels import check_teacher, mean_volumes_ml, pseudo_labelled, write_pseudo_labels
 from medseg.training.sampling import EpochLoader
 from medseg.training.semi_supervised import Teacher, require_apart, unlabelled_cases
 from medseg.transforms import training_pipeline, validation_pipeline
@@ -232,7 +232,7 @@ class _Trainer:
         self_training = config.semi_supervised.teacher is not None  # with unlabelled cases (the config checks)
         labelled = len(train_cases)
         if self_training:
-            train_cases = train_cases + self._pseudo_labelled(root, val_cases)
+            train_cases = train_cases + self._pseudo_labelled(root, train_cases, val_cases)
         check_patch_fits(config, train_cases, root=root)
         self.train_cases, self.root = train_cases, root
         self.training_fingerprint: dict[str, Any] | None = None  # measured once, on the main process
@@ -297,14 +297,19 @@ class _Trainer:
         cases = self._unlabelled(root, val_cases)
         return Teacher(self.config, self.ctx, student=self.model, cases=cases, regions=self.table.kind == "regions")
 
-    def _pseudo_labelled(self, root: Path, val_cases: list[ManifestCase]) -> list[ManifestCase]:
+    def _pseudo_labelled(
+        self, root: Path, train_cases: list[ManifestCase], val_cases: list[ManifestCase]
+    ) -> list[ManifestCase]:
         """The unlabelled cases with ``semi_supervised.teacher``'s label maps (:mod:`~medseg.training.pseudo_labels`),
-        which the main process writes once under the run folder."""
-        teacher = str(self.config.semi_supervised.teacher)
+        which the main process writes once under the run folder (with ``match_volumes``, at the mean volumes of
+        the labelled ``train_cases``)."""
+        semi = self.config.semi_supervised
+        teacher = str(semi.teacher)
         check_teacher(teacher, table=self.table, channels=self.manifest.channels)
         cases = self._unlabelled(root, val_cases)
         if self.ctx.is_main:
-            write_pseudo_labels(teacher, cases, self.run_dir, device=str(self.ctx.device))
+            target = mean_volumes_ml(train_cases, root, self.table) if semi.match_volumes else None
+            write_pseudo_labels(teacher, cases, self.run_dir, device=str(self.ctx.device), target_ml=target)
         self.ctx.barrier()
         return pseudo_labelled(cases, self.run_dir)
 

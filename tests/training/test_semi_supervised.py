@@ -21,13 +21,14 @@ from torch import nn
 from medseg.checkpoint import load_checkpoint
 from medseg.config import Config, SemiSupervisedConfig, config_from_dict
 from medseg.data.cases import InputCase
-from medseg.data.manifest import build_manifest, save_manifest
+from medseg.data.manifest import ManifestCase, build_manifest, save_manifest
 from medseg.errors import ConfigError, MedsegInputError
 from medseg.inference import Predictor
 from medseg.inference.predictor import read_case
 from medseg.io import read_image
+from medseg.labels import LabelTable
 from medseg.training import train
-from medseg.training.pseudo_labels import PSEUDO_LABELS
+from medseg.training.pseudo_labels import PSEUDO_LABELS, fit_class_weights, mean_volumes_ml, write_pseudo_labels
 from medseg.training.semi_supervised import (
     consistency_loss,
     ema_decay_at,
@@ -269,6 +270,61 @@ def test_self_training_trains_on_the_teachers_label_maps(
     assert {c: (folder / f"{c}.nii.gz").stat().st_mtime_ns for c in written} == written  # labelled once
 
 
+def test_class_weights_are_fitted_to_the_target_volumes() -> None:
+    # two classes, voxel i with tissue probability (i + 0.5) / n: weight w labels tissue where w p > 1 - p, i.e.
+    # p > 1 / (1 + w), a share w / (1 + w) of the voxels; a quarter of them needs w = 1/3
+    n = 10_000
+    tissue = (np.arange(n) + 0.5) / n
+    weights = fit_class_weights(np.stack([1 - tissue, tissue]), np.full(n, 0.001), np.array([0.0, 2.5]), cases=1)
+    assert weights[0] == 1.0 and weights[1] == pytest.approx(1 / 3, rel=1e-3)
+    # three classes pooled from two cases: each foreground class reaches its mean volume per case
+    probabilities = np.random.default_rng(0).dirichlet([8.0, 1.0, 1.0], size=20_000).T
+    voxel_ml = np.full(20_000, 0.002)
+    target = np.array([0.0, 3.0, 1.0])
+    fitted = np.array(fit_class_weights(probabilities, voxel_ml, target, cases=2))
+    labels = (fitted[:, None] * probabilities).argmax(0)
+    assert [voxel_ml[labels == k].sum() / 2 for k in (1, 2)] == pytest.approx([3.0, 1.0], abs=0.01)
+    plain = probabilities.argmax(0)
+    assert voxel_ml[plain == 1].sum() / 2 < 1.5  # the plain argmax is far from the targets
+
+
+def test_self_training_can_label_at_the_labelled_cases_volumes(
+    brats_root: Path, tmp_path: Path, one_channel_checkpoint: Path
+) -> None:
+    table = LabelTable("tissue", {0: "background", 1: "tissue"})
+    manifest = build_manifest(brats_root, layout="brats")
+    # the labelled cases' mean volume of "tissue": their whole tumour (label values 1, 2 and 4 of a BraTS map)
+    labelled = []
+    for case in manifest.cases[:3]:
+        seg = read_image(brats_root / str(case.label))
+        path = tmp_path / f"{case.id}_tissue.nii.gz"
+        from medseg.io.writers import write_label_map
+
+        write_label_map((np.asarray(seg.array) > 0).astype(np.uint8), seg.geometry, path, table=table)
+        labelled.append(dataclasses.replace(case, label=str(path)))
+    target = mean_volumes_ml(labelled, brats_root, table)
+    voxel_ml = float(np.prod(read_image(brats_root / str(labelled[0].label)).geometry.spacing)) / 1000
+    expected = np.mean([np.count_nonzero(read_image(Path(c.label)).array) * voxel_ml for c in labelled])
+    assert target[0] == 0.0 and target[1] == pytest.approx(expected, abs=0.002)
+    # an untrained teacher on three other cases' T1 images: its labels reach that mean volume
+    unlabelled = [ManifestCase(c.id, (str(brats_root / c.images[0]),), None, c.patient, 0) for c in manifest.cases[3:]]
+    write_pseudo_labels(one_channel_checkpoint, unlabelled, tmp_path / "run", device="cpu", target_ml=target)
+    folder = tmp_path / "run" / PSEUDO_LABELS
+    plain = Predictor.from_checkpoint(one_channel_checkpoint, device="cpu")
+    volumes, plain_volumes = [], []
+    for case in unlabelled:
+        label = read_image(folder / f"{case.id}.nii.gz")
+        image = read_case(InputCase(case.id, (Path(case.images[0]),)))
+        assert label.geometry.same_grid(image.geometry)
+        volumes.append(np.count_nonzero(label.array) * voxel_ml)
+        plain_volumes.append(np.count_nonzero(plain.predict(image)) * voxel_ml)
+    assert np.mean(volumes) == pytest.approx(target[1], rel=0.05)
+    assert abs(np.mean(plain_volumes) - target[1]) > 0.2 * target[1]  # the teacher's own labels are not there
+    written = {c.id: (folder / f"{c.id}.nii.gz").stat().st_mtime_ns for c in unlabelled}
+    write_pseudo_labels(one_channel_checkpoint, unlabelled, tmp_path / "run", device="cpu", target_ml=target)
+    assert {c: (folder / f"{c}.nii.gz").stat().st_mtime_ns for c in written} == written  # the same fit: resumed
+
+
 def test_labelled_share_sets_the_chance_that_a_draw_is_labelled() -> None:
     from monai.data import Dataset
 
@@ -299,6 +355,8 @@ def test_self_training_needs_a_teacher_that_fits(
         SemiSupervisedConfig(method="self_training", teacher="model.pt")
     with pytest.raises(ConfigError, match="labelled_share is for method self_training"):
         SemiSupervisedConfig(unlabelled=str(unlabelled), labelled_share=0.5)
+    with pytest.raises(ConfigError, match="match_volumes is for method self_training"):
+        SemiSupervisedConfig(unlabelled=str(unlabelled), method="fixmatch", match_volumes=True)
     with pytest.raises(ConfigError, match=r"labelled_share must be in \(0, 1\)"):
         SemiSupervisedConfig(unlabelled=str(unlabelled), method="self_training", teacher="m.pt", labelled_share=1.0)
     other = str(one_channel_checkpoint)  # one channel, background and foreground
