@@ -87,6 +87,7 @@ def train_and_score(
     run_dir, log = folder / "train", folder / "log.txt"
     manifest = write_manifest(labelled, folder / "labelled.json", seed=seed)
     overrides = [
+        "train.max_minutes=null",  # every round trains its steps, however busy the machine
         f"seed={seed}",
         f"data.manifest={manifest}",
         "data.root=null",
